@@ -1,0 +1,270 @@
+"""The policy's action: bounded, rate-limited multiplicative changes of hyperparameters.
+
+:class:`ActionSpec` is the *only* code that writes ``param_groups`` (and
+dropout modules, and user knobs). Deployment (``ChuckOptimizer``) and
+meta-training (``chuck.envs``) both go through :meth:`ActionSpec.apply`.
+
+Multiplier design: chuck never owns the learning rate. Whatever else writes
+``group["lr"]`` (a user's LambdaLR, OneCycleLR, ReduceLROnPlateau, or code that
+rewrites it every update, as stable-baselines3 does) keeps writing it; chuck
+swaps in ``lr x multiplier`` for the duration of the base optimizer's step
+(:meth:`ActionSpec.effective`) and puts the user's value back afterwards. The
+same holds for weight decay. With multipliers at exactly 1 nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+#: Action dimensions, in order. The learned policy's output has exactly these.
+ACTION_DIMS: tuple[str, ...] = ("lr", "weight_decay", "clip", "dropout")
+
+#: Clip ratio (threshold / median grad norm) at or above which clipping is off.
+CLIP_OFF_LOG_RATIO = 5.0
+
+
+@dataclass
+class Knob:
+    """A user-registered hyperparameter chuck may change (e.g. augmentation strength).
+
+    The user's code reads ``knob.value``; chuck changes it multiplicatively, in
+    step with the action dimension named by ``follows`` (default: the dropout /
+    regularization dimension), within ``[low, high]``.
+    """
+
+    name: str
+    value: float
+    low: float
+    high: float
+    follows: str = "dropout"
+
+    def __post_init__(self) -> None:
+        if self.follows not in ACTION_DIMS:
+            raise ValueError(f"knob {self.name!r}: follows={self.follows!r} is not one of {ACTION_DIMS}")
+        if not (self.low <= self.value <= self.high) or self.low <= 0:
+            raise ValueError(f"knob {self.name!r}: need 0 < low <= value <= high, got {self.low}, {self.value}, {self.high}")
+
+
+@dataclass
+class ActionResult:
+    """What one :meth:`ActionSpec.apply` did."""
+
+    action: list[float]  # the action after clipping to [-1, 1]
+    hyperparameters: dict[str, float]  # effective values afterwards
+    limited: list[str] = field(default_factory=list)  # dims that hit a bound
+
+
+class ActionSpec:
+    """Bounded multiplicative control of lr, weight decay, clipping and dropout.
+
+    Each action entry ``a`` in ``[-1, 1]`` multiplies its hyperparameter by
+    ``exp(a * max_log_step)``: the rate limit. The cumulative multiplier is then
+    clamped into its bounds. Clipping is expressed against the median gradient
+    norm: ``log(clip / median)`` moves by ``a * clip_log_step`` and clipping turns
+    off at ``CLIP_OFF_LOG_RATIO`` (e^5, ~150x the median).
+
+    Args:
+        lr_bounds: allowed range of chuck's lr multiplier.
+        wd_bounds: allowed range of chuck's weight-decay multiplier.
+        dropout_bounds: allowed range of the dropout multiplier (p is also capped at ``max_dropout``).
+        lr_log_step: largest log change of the lr multiplier per decision (log 2: x2 or /2).
+        wd_log_step, clip_log_step, dropout_log_step: the same for the other dimensions.
+        max_dropout: dropout p never exceeds this.
+    """
+
+    version = "1"
+    dims = ACTION_DIMS
+
+    def __init__(
+        self,
+        *,
+        lr_bounds: tuple[float, float] = (1e-3, 100.0),
+        wd_bounds: tuple[float, float] = (1e-3, 100.0),
+        dropout_bounds: tuple[float, float] = (0.1, 5.0),
+        lr_log_step: float = math.log(2.0),
+        wd_log_step: float = math.log(2.0),
+        clip_log_step: float = math.log(4.0),
+        dropout_log_step: float = math.log(1.5),
+        max_dropout: float = 0.9,
+    ) -> None:
+        for name, (lo, hi) in (("lr_bounds", lr_bounds), ("wd_bounds", wd_bounds), ("dropout_bounds", dropout_bounds)):
+            if not (0 < lo <= 1 <= hi):
+                raise ValueError(f"{name} must satisfy 0 < low <= 1 <= high, got {(lo, hi)}")
+        self.lr_bounds, self.wd_bounds, self.dropout_bounds = lr_bounds, wd_bounds, dropout_bounds
+        self.steps = np.array([lr_log_step, wd_log_step, clip_log_step, dropout_log_step], dtype=np.float64)
+        self.max_dropout = max_dropout
+        # bound state
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.dropouts: list[tuple[nn.Module, float]] = []
+        self.knobs: dict[str, Knob] = {}
+        self.lr_mult = 1.0
+        self.wd_mult = 1.0
+        self.dropout_mult = 1.0
+        self.clip = math.inf
+
+    # -- spaces -----------------------------------------------------------
+    @property
+    def space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=(len(self.dims),), dtype=np.float32)
+
+    def card(self) -> dict[str, Any]:
+        return {"version": self.version, "dims": list(self.dims), "log_steps": self.steps.tolist()}
+
+    # -- binding ----------------------------------------------------------
+    def bind(self, optimizer: torch.optim.Optimizer, model: nn.Module | None = None, clip: float | None = None) -> None:
+        """Attach to the optimizer (and the model's dropout modules)."""
+        self.optimizer = optimizer
+        if model is not None:
+            self.dropouts = [(m, float(m.p)) for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+        if clip is not None:
+            if not (clip > 0):
+                raise ValueError(f"max_grad_norm must be > 0, got {clip}")
+            self.clip = float(clip)
+
+    def register_knob(self, knob: Knob) -> Knob:
+        if knob.name in self.knobs:
+            raise ValueError(f"a knob named {knob.name!r} is already registered")
+        self.knobs[knob.name] = knob
+        return knob
+
+    # -- the one writer ---------------------------------------------------
+    @contextmanager
+    def effective(self) -> Iterator[None]:
+        """Swap ``user value x multiplier`` into the groups for one base step, then restore.
+
+        Restoring means schedulers and code that read or rewrite ``group["lr"]``
+        always see their own values, and chuck composes with them as a multiplier.
+        """
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        touch_lr = self.lr_mult != 1.0
+        touch_wd = self.wd_mult != 1.0
+        if not (touch_lr or touch_wd):
+            yield
+            return
+        saved = [(g.get("lr"), g.get("weight_decay")) for g in groups]
+        try:
+            for g, (lr, wd) in zip(groups, saved):
+                if touch_lr and lr is not None:
+                    g["lr"] = lr * self.lr_mult
+                if touch_wd and wd is not None:
+                    g["weight_decay"] = wd * self.wd_mult
+            yield
+        finally:
+            for g, (lr, wd) in zip(groups, saved):
+                if touch_lr and lr is not None:
+                    g["lr"] = lr
+                if touch_wd and wd is not None:
+                    g["weight_decay"] = wd
+
+    def apply(self, action: Sequence[float] | np.ndarray, median_grad_norm: float = math.nan) -> ActionResult:
+        """Apply one policy action. Non-finite entries count as 0 (hold)."""
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape[0] != len(self.dims):
+            raise ValueError(f"action has {a.shape[0]} entries, ActionSpec v{self.version} expects {len(self.dims)} {self.dims}")
+        a = np.clip(np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+        logs = a * self.steps
+        limited: list[str] = []
+
+        self.lr_mult, hit = _clamp(self.lr_mult * math.exp(logs[0]), *self.lr_bounds)
+        if hit:
+            limited.append("lr")
+        self.wd_mult, hit = _clamp(self.wd_mult * math.exp(logs[1]), *self.wd_bounds)
+        if hit:
+            limited.append("weight_decay")
+        self._apply_clip(logs[2], median_grad_norm)
+        if self.dropouts or any(k.follows == "dropout" for k in self.knobs.values()):
+            self.dropout_mult, hit = _clamp(self.dropout_mult * math.exp(logs[3]), *self.dropout_bounds)
+            if hit:
+                limited.append("dropout")
+            for m, p0 in self.dropouts:
+                m.p = min(self.max_dropout, p0 * self.dropout_mult)
+        for knob in self.knobs.values():
+            i = self.dims.index(knob.follows)
+            knob.value = min(knob.high, max(knob.low, knob.value * math.exp(logs[i])))
+        return ActionResult(action=a.tolist(), hyperparameters=self.hyperparameters(), limited=limited)
+
+    def _apply_clip(self, log_change: float, median: float) -> None:
+        if not (median > 0 and math.isfinite(median)) or log_change == 0:
+            return
+        ratio = CLIP_OFF_LOG_RATIO if math.isinf(self.clip) else math.log(self.clip / median)
+        ratio = min(CLIP_OFF_LOG_RATIO, ratio + log_change)
+        # Never clip below a tenth of the median norm: that is a learning-rate cut in disguise.
+        ratio = max(ratio, math.log(0.1))
+        self.clip = math.inf if ratio >= CLIP_OFF_LOG_RATIO else median * math.exp(ratio)
+
+    def backoff(self, factor: float) -> None:
+        """Guardrail backoff: multiply the lr multiplier by ``factor`` (< 1), within bounds."""
+        self.lr_mult, _ = _clamp(self.lr_mult * factor, *self.lr_bounds)
+
+    # -- reading ----------------------------------------------------------
+    def hyperparameters(self) -> dict[str, float]:
+        """Effective values (first param group) after chuck's multipliers."""
+        g = self.optimizer.param_groups[0] if self.optimizer is not None and self.optimizer.param_groups else {}
+        lr = _scalar(g.get("lr", math.nan)) * self.lr_mult
+        wd = _scalar(g.get("weight_decay", 0.0)) * self.wd_mult
+        out = {"lr": lr, "weight_decay": wd, "clip": self.clip, "lr_mult": self.lr_mult, "wd_mult": self.wd_mult}
+        out["dropout"] = float(np.mean([m.p for m, _ in self.dropouts])) if self.dropouts else 0.0
+        out.update({f"knob.{k}": v.value for k, v in self.knobs.items()})
+        return out
+
+    def control_stats(self, median_grad_norm: float) -> dict[str, float]:
+        """The ``ctrl.*`` statistics of the observation (see chuck.observation)."""
+        hp = self.hyperparameters()
+        if math.isinf(self.clip):
+            clip_ratio = CLIP_OFF_LOG_RATIO
+        elif median_grad_norm > 0 and math.isfinite(median_grad_norm):
+            clip_ratio = math.log(self.clip / median_grad_norm)
+        else:
+            clip_ratio = math.nan
+        return {
+            "ctrl.log10_lr": math.log10(hp["lr"]) if hp["lr"] > 0 else math.nan,
+            "ctrl.log_lr_mult": math.log(self.lr_mult),
+            "ctrl.log_wd_mult": math.log(self.wd_mult),
+            "ctrl.clip_on": 0.0 if math.isinf(self.clip) else 1.0,
+            "ctrl.log_clip_ratio": clip_ratio,
+            "ctrl.dropout": hp["dropout"],
+            "ctrl.has_dropout": 1.0 if self.dropouts else 0.0,
+        }
+
+    # -- checkpoint -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "lr_mult": self.lr_mult,
+            "wd_mult": self.wd_mult,
+            "dropout_mult": self.dropout_mult,
+            "clip": self.clip,
+            "dropout_p": [m.p for m, _ in self.dropouts],
+            "knobs": {k: v.value for k, v in self.knobs.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr_mult, self.wd_mult = state["lr_mult"], state["wd_mult"]
+        self.dropout_mult, self.clip = state["dropout_mult"], state["clip"]
+        if len(state["dropout_p"]) != len(self.dropouts):
+            raise ValueError(f"checkpoint has {len(state['dropout_p'])} dropout modules, model has {len(self.dropouts)}")
+        for (m, _), p in zip(self.dropouts, state["dropout_p"]):
+            m.p = p
+        for k, v in state["knobs"].items():
+            if k in self.knobs:
+                self.knobs[k].value = v
+
+
+def _clamp(x: float, lo: float, hi: float) -> tuple[float, bool]:
+    if x < lo:
+        return lo, True
+    if x > hi:
+        return hi, True
+    return x, False
+
+
+def _scalar(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)

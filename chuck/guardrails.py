@@ -1,0 +1,156 @@
+"""Guardrails that run under every policy: non-finite steps, loss spikes, rollback.
+
+* A non-finite loss or gradient norm skips the step: the base optimizer never
+  sees it, so weights and optimizer state are untouched; the lr is backed off.
+* A loss more than ``spike_factor`` times its recent median rolls the model and
+  optimizer state back to the last good in-memory snapshot and backs off. PaLM
+  (Chowdhery et al. 2022, sec. 5.1) handled spikes the same way: restart from a
+  checkpoint ~100 steps earlier and skip the offending data.
+
+Snapshots are taken every ``snapshot_every`` healthy steps into preallocated
+buffers (one copy of parameters and optimizer state), so their cost is a
+memcpy amortized over that many steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+
+
+class Verdict(str, Enum):
+    OK = "ok"
+    SKIP_NONFINITE = "skip_nonfinite"
+    ROLLBACK_SPIKE = "rollback_spike"
+
+
+@dataclass
+class GuardrailConfig:
+    """Guardrail settings.
+
+    Attributes:
+        spike_factor: loss / recent median above which a step is a spike (10x; see module doc).
+        min_history: losses needed before spikes are judged (the median needs a history).
+        snapshot_every: steps between in-memory snapshots; 0 disables rollback (spikes then only skip).
+        backoff: lr multiplier factor after a skip or rollback.
+    """
+
+    spike_factor: float = 10.0
+    min_history: int = 20
+    snapshot_every: int = 50
+    backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.spike_factor <= 1:
+            raise ValueError(f"spike_factor must be > 1, got {self.spike_factor}")
+        if not (0 < self.backoff <= 1):
+            raise ValueError(f"backoff must be in (0, 1], got {self.backoff}")
+        if self.snapshot_every < 0:
+            raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
+
+
+class Guardrails:
+    """Checks each step and keeps the rollback snapshot."""
+
+    def __init__(self, config: GuardrailConfig | None = None) -> None:
+        self.config = config or GuardrailConfig()
+        self._snap_params: list[torch.Tensor] | None = None
+        self._snap_state: dict[int, dict[str, Any]] | None = None
+        self.snapshot_step: int | None = None
+        self.skips = 0
+        self.rollbacks = 0
+
+    def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int) -> Verdict:
+        """Judge one step from its loss (``None`` when the user gave none) and global grad norm.
+
+        Args:
+            median_loss: the recent median training loss (spike reference).
+            history: how many losses that median is over.
+        """
+        if not math.isfinite(grad_norm):
+            return Verdict.SKIP_NONFINITE
+        if loss is None:
+            return Verdict.OK
+        if not math.isfinite(loss):
+            return Verdict.SKIP_NONFINITE
+        if history >= self.config.min_history and median_loss > 0 and loss > self.config.spike_factor * median_loss:
+            return Verdict.ROLLBACK_SPIKE
+        return Verdict.OK
+
+    # -- snapshots --------------------------------------------------------
+    def due(self, step: int) -> bool:
+        every = self.config.snapshot_every
+        return every > 0 and step % every == 0
+
+    @torch.no_grad()
+    def snapshot(self, step: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        params = list(params)
+        if self._snap_params is None or len(self._snap_params) != len(params):
+            self._snap_params = [p.detach().clone() for p in params]
+        else:
+            torch._foreach_copy_(self._snap_params, [p.detach() for p in params])
+        state: dict[int, dict[str, Any]] = {}
+        old = self._snap_state or {}
+        for i, p in enumerate(params):
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            entry = {}
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    prev = old.get(i, {}).get(k)
+                    if isinstance(prev, torch.Tensor) and prev.shape == v.shape and prev.dtype == v.dtype:
+                        entry[k] = prev.copy_(v)
+                    else:
+                        entry[k] = v.detach().clone()
+                else:
+                    entry[k] = v
+            state[i] = entry
+        self._snap_state = state
+        self.snapshot_step = step
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snap_params is not None
+
+    @torch.no_grad()
+    def restore(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        """Put parameters and optimizer state back to the snapshot."""
+        if self._snap_params is None:
+            raise RuntimeError("no snapshot to roll back to")
+        params = list(params)
+        torch._foreach_copy_([p.data for p in params], self._snap_params)
+        for i, p in enumerate(params):
+            snap = (self._snap_state or {}).get(i)
+            if snap is None:
+                optimizer.state.pop(p, None)
+                continue
+            st = optimizer.state.setdefault(p, {})
+            st.clear()
+            for k, v in snap.items():
+                st[k] = v.clone() if isinstance(v, torch.Tensor) else v
+
+    # -- checkpoint -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "skips": self.skips,
+            "rollbacks": self.rollbacks,
+            "snapshot_step": self.snapshot_step,
+            "snap_params": None if self._snap_params is None else [t.clone() for t in self._snap_params],
+            "snap_state": None if self._snap_state is None else {
+                i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in e.items()} for i, e in self._snap_state.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skips, self.rollbacks = state["skips"], state["rollbacks"]
+        self.snapshot_step = state["snapshot_step"]
+        self._snap_params = None if state["snap_params"] is None else [t.clone() for t in state["snap_params"]]
+        self._snap_state = None if state["snap_state"] is None else {
+            int(i): dict(e) for i, e in state["snap_state"].items()
+        }

@@ -1,0 +1,56 @@
+"""``load_policy``: one entry point for every way a policy is named.
+
+* ``"constant"``, ``"heuristic"``: built-in rule policies.
+* ``"default"``: the learned PPO policy shipped as package data (chuck/policies/artifacts/default).
+* a path to an exported policy directory (``policy.json`` + ``policy.pt``).
+* ``"models:/NAME@ALIAS"`` or ``"models:/NAME/VERSION"``: a policy registered in MLflow
+  (needs mlflow; downloaded, then loaded like a path).
+
+Loading never runs pickle: weights go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chuck.policies.base import Policy
+
+BUILTIN = ("constant", "heuristic")
+
+
+class PolicyLoadError(ValueError):
+    """A policy artifact is missing, corrupt, truncated or does not match this chuck."""
+
+
+def load_policy(name_or_path: str | Path) -> Policy:
+    """Load a policy by name, path or MLflow model URI. See the module docstring."""
+    if isinstance(name_or_path, str):
+        if name_or_path == "constant":
+            from chuck.policies.constant import ConstantPolicy
+
+            return ConstantPolicy()
+        if name_or_path == "heuristic":
+            from chuck.policies.heuristic import HeuristicPolicy
+
+            return HeuristicPolicy()
+        if name_or_path == "default":
+            from chuck.policies.artifact import bundled_artifact_dir
+
+            return _load_dir(bundled_artifact_dir("default"))
+        if name_or_path.startswith("models:/"):
+            from chuck.policies.registry import download_registered_policy
+
+            return _load_dir(download_registered_policy(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _load_dir(path)
+    raise PolicyLoadError(
+        f"unknown policy {str(name_or_path)!r}: use one of {BUILTIN + ('default',)}, a path to an exported "
+        "policy directory, or 'models:/NAME@ALIAS'"
+    )
+
+
+def _load_dir(path: Path) -> Policy:
+    from chuck.policies.artifact import load_artifact
+
+    return load_artifact(path)

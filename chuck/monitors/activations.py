@@ -1,0 +1,188 @@
+"""Activation monitor: dead ReLUs, tanh/sigmoid saturation, sparsity, drift.
+
+Forward hooks are *registered only for the sampled forward pass* (the one
+that precedes a decision step) and removed right after, so ordinary steps pay
+nothing, not even a Python call per module. Each hook reduces its output to a
+handful of per-unit statistics over at most ``max_units`` sampled units.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from chuck.monitors.base import Indicator, Monitor, grade
+
+#: Modules whose output is a rectifier: a unit that is <= 0 for every sample in
+#: a batch gets no gradient (a "dead ReLU", Lu et al. 2019, "Dying ReLU and
+#: Initialization"). 10% warns, 40% is bad (rule of thumb from practice).
+RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.CELU, nn.SELU)
+#: Squashing activations: |tanh| > 0.99 (or sigmoid outside [0.01, 0.99]) has a
+#: derivative below 0.02; Glorot & Bengio (2010) show saturated top layers stall training.
+SQUASHERS = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Softsign)
+DEAD_WARN, DEAD_BAD = 0.10, 0.40
+SAT_WARN, SAT_BAD = 0.10, 0.40
+#: Drift of activation scale against the early baseline, |log(std/std0)|: x e (1.0) warns, x e^2 is bad.
+DRIFT_WARN, DRIFT_BAD = 1.0, 2.0
+
+
+class ActivationMonitor(Monitor):
+    """Samples activations through temporary forward hooks.
+
+    Args:
+        model: the user's model; activation modules are found by type. If it has none
+            (e.g. ``F.relu`` in ``forward``), Linear and Conv outputs are watched instead and
+            a unit is "dead" when its pre-activation is <= 0 for the whole batch.
+        max_units: units (features or channels) sampled per module.
+        generator: random generator choosing the sampled units.
+    """
+
+    name = "act"
+
+    def __init__(self, model: nn.Module, max_units: int = 256, generator: torch.Generator | None = None) -> None:
+        self.model = model
+        self.max_units = max_units
+        self.generator = generator
+        mods = [(n, m) for n, m in model.named_modules() if isinstance(m, RECTIFIERS + SQUASHERS)]
+        self._preact = not mods
+        if self._preact:
+            mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+            mods = mods[:-1]  # the output layer is no activation
+        self.modules = mods
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._units: dict[str, torch.Tensor] = {}
+        self._current: dict[str, dict[str, float]] = {}
+        self._baseline_std: dict[str, float] = {}
+        self._stats: dict[str, float] = {}
+
+    # -- arming -----------------------------------------------------------
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def arm(self) -> None:
+        """Hook the next forward pass (idempotent)."""
+        if self._handles or not self.modules:
+            return
+        self._current = {}
+        for name, mod in self.modules:
+            self._handles.append(mod.register_forward_hook(self._make_hook(name, mod)))
+
+    def disarm(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _make_hook(self, name: str, mod: nn.Module):
+        squash = isinstance(mod, SQUASHERS)
+        sigmoid = isinstance(mod, nn.Sigmoid)
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if name in self._current or not isinstance(output, torch.Tensor) or output.dim() < 1:
+                return
+            with torch.no_grad():
+                x = output.detach()
+                # Units: channels (dim 1) of image-like (N, C, H, W[, D]) tensors and of Conv1d
+                # outputs; the last dim of feature tensors, (N, F) and (N, T, F) sequences.
+                if x.dim() >= 4 or isinstance(_module, nn.Conv1d):
+                    x = x.movedim(1, -1)
+                x = x.reshape(-1, x.shape[-1]).float()
+                units = self._units.get(name)
+                if units is None:
+                    n = x.shape[1]
+                    units = torch.randperm(n, generator=self.generator)[: self.max_units] if n > self.max_units else torch.arange(n)
+                    self._units[name] = units
+                x = x.index_select(1, units.to(x.device))
+                rec: dict[str, float] = {"std": float(x.std()) if x.numel() > 1 else 0.0}
+                if squash:
+                    sat = (x < 0.01) | (x > 0.99) if sigmoid else x.abs() > 0.99
+                    rec["saturation"] = float(sat.float().mean())
+                else:
+                    rec["dead"] = float((x <= 0).all(dim=0).float().mean())
+                    rec["sparsity"] = float((x <= 0).float().mean()) if self._preact else float((x == 0).float().mean())
+                self._current[name] = rec
+
+        return hook
+
+    # -- decision ---------------------------------------------------------
+    def on_decision(self) -> None:
+        self.disarm()
+        cur = self._current
+        if not cur:
+            return
+        dead = [r["dead"] for r in cur.values() if "dead" in r]
+        sat = [r["saturation"] for r in cur.values() if "saturation" in r]
+        spars = [r["sparsity"] for r in cur.values() if "sparsity" in r]
+        drifts = []
+        for name, r in cur.items():
+            base = self._baseline_std.setdefault(name, r["std"])
+            if base > 0 and r["std"] > 0:
+                drifts.append(abs(math.log(r["std"] / base)))
+        self._stats = {
+            "act.dead_fraction": float(np.mean(dead)) if dead else 0.0,
+            "act.saturation": float(np.mean(sat)) if sat else 0.0,
+            "act.sparsity": float(np.mean(spars)) if spars else 0.0,
+            "act.drift": float(np.max(drifts)) if drifts else 0.0,
+            "act.has_data": 1.0,
+        }
+        self._per_module = {n: dict(r) for n, r in cur.items()}
+
+    def per_module(self) -> dict[str, dict[str, float]]:
+        """The last sampled statistics, per watched module."""
+        return {n: dict(r) for n, r in getattr(self, "_per_module", {}).items()}
+
+    def stats(self) -> dict[str, float]:
+        nan = float("nan")
+        base = {"act.dead_fraction": nan, "act.saturation": nan, "act.sparsity": nan, "act.drift": nan, "act.has_data": 0.0}
+        base.update(self._stats)
+        return base
+
+    def indicators(self) -> list[Indicator]:
+        s = self.stats()
+        d, sat, sp, dr = s["act.dead_fraction"], s["act.saturation"], s["act.sparsity"], s["act.drift"]
+        worst = max(self.per_module().items(), key=lambda kv: kv[1].get("dead", -1), default=(None, {}))[0]
+        return [
+            Indicator(
+                "act.dead_relu", d, grade(d, DEAD_WARN, DEAD_BAD),
+                f"{d:.0%} of sampled rectifier units are inactive for a whole batch" + (f" (worst: {worst})" if worst else "")
+                if not math.isnan(d) else "no sampled forward pass yet",
+                "lower the learning rate, use LeakyReLU/GELU, or check the init" if grade(d, DEAD_WARN, DEAD_BAD) in ("warn", "bad") else "",
+                "Lu et al. 2019, Dying ReLU and Initialization",
+            ),
+            Indicator(
+                "act.saturation", sat, grade(sat, SAT_WARN, SAT_BAD),
+                f"{sat:.0%} of sampled tanh/sigmoid outputs are saturated" if not math.isnan(sat) else "no sampled forward pass yet",
+                "normalize inputs to the squashing layer or lower the learning rate" if grade(sat, SAT_WARN, SAT_BAD) in ("warn", "bad") else "",
+                "Glorot & Bengio 2010 (saturation of top hidden layers)",
+            ),
+            Indicator(
+                "act.sparsity", sp, "ok" if not math.isnan(sp) else "n/a",
+                f"{sp:.0%} of sampled activations are zero" if not math.isnan(sp) else "no sampled forward pass yet",
+                "very sparse layers could be narrower" if sp > 0.9 else "",
+                "informational",
+            ),
+            Indicator(
+                "act.drift", dr, grade(dr, DRIFT_WARN, DRIFT_BAD),
+                f"activation scale moved up to x{math.exp(dr):.2f} from its early baseline" if not math.isnan(dr) else "no sampled forward pass yet",
+                "normalization layers keep activation scale stable" if grade(dr, DRIFT_WARN, DRIFT_BAD) in ("warn", "bad") else "",
+                "Ioffe & Szegedy 2015 (internal covariate shift)",
+            ),
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "units": {k: v.clone() for k, v in self._units.items()},
+            "baseline_std": dict(self._baseline_std),
+            "stats": dict(self._stats),
+            "per_module": self.per_module(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._units = {k: v.clone() for k, v in state["units"].items()}
+        self._baseline_std = dict(state["baseline_std"])
+        self._stats = dict(state["stats"])
+        self._per_module = {n: dict(r) for n, r in state["per_module"].items()}

@@ -1,0 +1,278 @@
+"""Gradient monitor: norms, vanishing/exploding, noise, clipping threshold, |g| histogram.
+
+Per step it receives the global gradient norm, which the optimizer computes
+anyway (one fused ``torch._foreach_norm`` pass) for its guardrails and clipping.
+Per-layer statistics, the signal-to-noise ratio and the magnitude histogram are
+computed at decision steps only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from chuck.monitors.base import Indicator, Monitor, grade
+
+#: Glorot & Bengio (2010), "Understanding the difficulty of training deep
+#: feedforward neural networks": back-propagated gradient variance should stay
+#: comparable across layers. We flag a spread of 2 (warn) and 4 (bad) decades
+#: between the smallest and largest per-layer gradient RMS.
+VANISHING_SPREAD_WARN = -2.0
+VANISHING_SPREAD_BAD = -4.0
+
+#: A gradient norm this many times its early median is exploding (Pascanu,
+#: Mikolov & Bengio 2013, "On the difficulty of training recurrent neural
+#: networks", motivate norm clipping with such bursts). log(10) warns, log(100) is bad.
+EXPLODING_WARN = math.log(10.0)
+EXPLODING_BAD = math.log(100.0)
+
+#: AutoClip (Seetharaman et al. 2020) clips at a percentile of the observed
+#: gradient-norm history; they use the 10th percentile for source separation.
+#: chuck suggests a conservative 90th percentile: it should cut bursts, not
+#: rescale every step.
+CLIP_PERCENTILE = 90.0
+
+#: Decades of log10|g| covered by the magnitude histogram (one bin per decade).
+HIST_LOW, HIST_HIGH = -16, 2
+
+#: Elements sampled per decision for the histogram: enough for 1% precision on
+#: the quantiles, bounded so that it costs the same for 1M or 1B parameters.
+HIST_SAMPLE = 65536
+
+
+class GradientMonitor(Monitor):
+    """Watches gradients.
+
+    Args:
+        params: the parameters being optimized (those with ``requires_grad``).
+        window: steps of gradient-norm history kept.
+        clip_percentile: percentile of the norm history suggested as clipping threshold.
+        generator: random generator for histogram sampling (checkpointed by the optimizer).
+    """
+
+    name = "grad"
+
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        window: int = 200,
+        clip_percentile: float = CLIP_PERCENTILE,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.params = list(params)
+        self.window = window
+        self.clip_percentile = clip_percentile
+        self.generator = generator
+        self._norms: deque[float] = deque(maxlen=window)
+        self._clipped: deque[bool] = deque(maxlen=window)
+        self._early: list[float] = []
+        self._decision: dict[str, float] = {}
+        self._hist = np.zeros(HIST_HIGH - HIST_LOW, dtype=np.float64)
+        # For optimizers without Adam moments: EMA of g and g^2 across decision steps.
+        self._m: list[torch.Tensor] | None = None
+        self._v: list[torch.Tensor] | None = None
+
+    # -- per step ---------------------------------------------------------
+    def on_step(self, grad_norm: float, clipped: bool) -> None:
+        self._norms.append(grad_norm)
+        self._clipped.append(clipped)
+        if len(self._early) < 20:
+            self._early.append(grad_norm)
+
+    def median_norm(self) -> float:
+        """Median of the recent gradient norms (the reference of chuck's clip ratio)."""
+        return float(np.median(np.fromiter(self._norms, float))) if self._norms else float("nan")
+
+    def suggested_clip(self) -> float:
+        """The clipping threshold suggested by the norm history (``inf`` until 8 steps are seen)."""
+        if len(self._norms) < 8:
+            return float("inf")
+        return float(np.percentile(np.fromiter(self._norms, float), self.clip_percentile))
+
+    # -- decision steps ---------------------------------------------------
+    def on_decision(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        out: dict[str, float] = {}
+        if not grads:
+            self._decision = out
+            return
+        with torch.no_grad():
+            rms = torch.stack([g.float().pow(2).mean().sqrt() for g in grads])
+            rms_np = rms.cpu().numpy()
+            pos = rms_np[rms_np > 0]
+            out["grad.layer_spread_log10"] = float(np.log10(pos.min() / pos.max())) if pos.size else float("nan")
+            out["grad.rms_floor_fraction"] = float(np.mean(rms_np < 1e-10))
+            out["grad.snr"] = self._snr(grads, optimizer)
+            self._histogram(grads, optimizer, out)
+        self._decision = out
+
+    def _snr(self, grads: list[torch.Tensor], optimizer: torch.optim.Optimizer | None) -> float:
+        """Fraction of the gradient's second moment explained by its mean, sum(m^2)/sum(v), in [0, 1].
+
+        1 means the same gradient every step (pure signal), 0 pure noise. Adam-family
+        optimizers already keep bias-corrected-able moments; for others chuck keeps an
+        EMA across decision steps (cheap, coarser).
+        """
+        num = den = 0.0
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                beta1, beta2 = group.get("betas", (None, None))
+                for p in group["params"]:
+                    st = optimizer.state.get(p, {})
+                    if "exp_avg" in st and "exp_avg_sq" in st and beta1 is not None:
+                        t = float(st["step"]) if "step" in st else 1.0
+                        m = st["exp_avg"].float() / (1 - beta1**t)
+                        v = st["exp_avg_sq"].float() / (1 - beta2**t)
+                        num += float(m.pow(2).sum())
+                        den += float(v.sum())
+        if den > 0:
+            return min(1.0, num / den)
+        beta = 0.7
+        if self._m is None or len(self._m) != len(grads):
+            self._m = [g.detach().float().clone() for g in grads]
+            self._v = [g.detach().float().pow(2) for g in grads]
+            return float("nan")
+        for m, v, g in zip(self._m, self._v, grads):
+            m.mul_(beta).add_(g.float(), alpha=1 - beta)
+            v.mul_(beta).addcmul_(g.float(), g.float(), value=1 - beta)
+        num = sum(float(m.pow(2).sum()) for m in self._m)
+        den = sum(float(v.sum()) for v in self._v)
+        return min(1.0, num / den) if den > 0 else float("nan")
+
+    def _histogram(self, grads: list[torch.Tensor], optimizer: torch.optim.Optimizer | None, out: dict[str, float]) -> None:
+        flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
+        if flat.numel() > HIST_SAMPLE:
+            idx = torch.randint(flat.numel(), (HIST_SAMPLE,), generator=self.generator, device="cpu")
+            flat = flat[idx.to(flat.device)]
+        logs = torch.log10(flat.abs().clamp_min(10.0**HIST_LOW))
+        hist = torch.histc(logs, bins=HIST_HIGH - HIST_LOW, min=HIST_LOW, max=HIST_HIGH).cpu().numpy()
+        self._hist = hist / max(hist.sum(), 1.0)
+        q = torch.quantile(logs, torch.tensor([0.1, 0.5, 0.9], device=logs.device)).cpu().numpy()
+        out["grad.log10_abs_p10"], out["grad.log10_abs_median"], out["grad.log10_abs_p90"] = map(float, q)
+        eps = _optimizer_eps(optimizer)
+        out["grad.eps_sgd_fraction"] = float((logs < math.log10(eps)).float().mean()) if eps else float("nan")
+
+    def histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """The last gradient-magnitude histogram: (decade edges of log10|g|, mass per decade)."""
+        return np.arange(HIST_LOW, HIST_HIGH + 1, dtype=float), self._hist.copy()
+
+    def suggested_eps_range(self) -> tuple[float, float]:
+        """Adam epsilon range suggested by the |g| histogram (Silva & Rodriguez 2024).
+
+        epsilon sits in the denominator next to sqrt(v) ~ |g|: coordinates with
+        |g| >> eps get sign-like updates, those with |g| << eps SGD-like ones. The
+        range where epsilon changes the optimizer's behaviour is therefore the
+        decades where the |g| mass lies: chuck returns [10^p10, 10^p90] of log10|g|.
+        """
+        lo, hi = self._decision.get("grad.log10_abs_p10"), self._decision.get("grad.log10_abs_p90")
+        if lo is None or hi is None or math.isnan(lo):
+            return (float("nan"), float("nan"))
+        return (10.0**lo, 10.0**hi)
+
+    # -- statistics -------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        nan = float("nan")
+        out = dict.fromkeys(
+            (
+                "grad.norm_log_ratio_initial", "grad.norm_trend", "grad.norm_cv", "grad.clip_fraction",
+                "grad.layer_spread_log10", "grad.rms_floor_fraction", "grad.snr", "grad.log10_abs_p10",
+                "grad.log10_abs_median", "grad.log10_abs_p90", "grad.eps_sgd_fraction",
+            ),
+            nan,
+        )
+        n = len(self._norms)
+        if n >= 8:
+            norms = np.fromiter(self._norms, float)
+            early = float(np.median(self._early))
+            recent = float(np.median(norms[-min(10, n):]))
+            if early > 0 and recent > 0:
+                out["grad.norm_log_ratio_initial"] = math.log(recent / early)
+            half = n // 2
+            a, b = float(np.median(norms[:half])), float(np.median(norms[half:]))
+            if a > 0 and b > 0:
+                out["grad.norm_trend"] = math.log(b / a)
+            out["grad.norm_cv"] = float(norms.std() / (norms.mean() + 1e-30))
+            out["grad.clip_fraction"] = float(np.mean(self._clipped))
+        out.update(self._decision)
+        return out
+
+    def indicators(self) -> list[Indicator]:
+        s = self.stats()
+        explode = s["grad.norm_log_ratio_initial"]
+        st_exp = grade(explode, EXPLODING_WARN, EXPLODING_BAD)
+        spread = s["grad.layer_spread_log10"]
+        st_van = grade(spread, VANISHING_SPREAD_WARN, VANISHING_SPREAD_BAD, higher_is_worse=False)
+        if s["grad.rms_floor_fraction"] > 0 and st_van == "ok":
+            st_van = "warn"
+        snr = s["grad.snr"]
+        st_snr = grade(snr, 0.05, 0.01, higher_is_worse=False)
+        lo, hi = self.suggested_eps_range()
+        clip = self.suggested_clip()
+        return [
+            Indicator(
+                "grad.exploding", explode, st_exp,
+                f"gradient norm is x{math.exp(explode):.3g} its early median" if not math.isnan(explode) else "fewer than 8 steps",
+                "clip gradients (see grad.clip_suggestion) and lower the learning rate" if st_exp in ("warn", "bad") else "",
+                "Pascanu et al. 2013 (norm clipping against exploding gradients)",
+            ),
+            Indicator(
+                "grad.vanishing", spread, st_van,
+                (f"per-layer gradient RMS spans {-spread:.1f} decades; "
+                 f"{s['grad.rms_floor_fraction']:.0%} of tensors have RMS < 1e-10") if not math.isnan(spread) else "no decision step yet",
+                "add normalization or residual connections; check the init" if st_van in ("warn", "bad") else "",
+                "Glorot & Bengio 2010 (keep gradient variance comparable across layers)",
+            ),
+            Indicator(
+                "grad.noise", snr, st_snr,
+                f"mean explains {snr:.1%} of the gradient's second moment" if not math.isnan(snr) else "not enough moments yet",
+                "gradients are mostly noise: larger batch or lower lr" if st_snr in ("warn", "bad") else "",
+                "signal-to-noise from Adam moments: McCandlish et al. 2018 (gradient noise scale)",
+            ),
+            Indicator(
+                "grad.clip_suggestion", clip, "ok" if math.isfinite(clip) else "n/a",
+                f"{self.clip_percentile:.0f}th percentile of the last {len(self._norms)} gradient norms",
+                f"clip_grad_norm_ at {clip:.3g}" if math.isfinite(clip) else "",
+                "AutoClip, Seetharaman et al. 2020",
+            ),
+            Indicator(
+                "grad.magnitude_histogram", s["grad.log10_abs_median"], "ok" if not math.isnan(lo) else "n/a",
+                f"|g| mass lies in [{lo:.1e}, {hi:.1e}] (10th-90th percentile)" if not math.isnan(lo) else "no decision step yet",
+                f"Adam epsilon is behaviour-relevant in [{lo:.1e}, {hi:.1e}]" if not math.isnan(lo) else "",
+                "Silva & Rodriguez 2024: epsilon separates sign-like from SGD-like updates",
+            ),
+        ]
+
+    # -- checkpoint -------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "norms": list(self._norms),
+            "clipped": [bool(c) for c in self._clipped],
+            "early": list(self._early),
+            "decision": dict(self._decision),
+            "hist": self._hist.tolist(),
+            "m": None if self._m is None else [t.clone() for t in self._m],
+            "v": None if self._v is None else [t.clone() for t in self._v],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._norms = deque(state["norms"], maxlen=self.window)
+        self._clipped = deque(state["clipped"], maxlen=self.window)
+        self._early = list(state["early"])
+        self._decision = dict(state["decision"])
+        self._hist = np.asarray(state["hist"], dtype=np.float64)
+        self._m = None if state["m"] is None else [t.clone() for t in state["m"]]
+        self._v = None if state["v"] is None else [t.clone() for t in state["v"]]
+
+
+def _optimizer_eps(optimizer: torch.optim.Optimizer | None) -> float | None:
+    if optimizer is None:
+        return None
+    for group in optimizer.param_groups:
+        if "eps" in group and group["eps"]:
+            return float(group["eps"])
+    return None

@@ -1,0 +1,149 @@
+"""Weight monitor: update-to-weight ratios, update direction, scale against init, non-finite values.
+
+Updates are measured on two consecutive *sampled* steps before each decision
+(the optimizer calls ``before_step``/``after_step`` around them), so the cost is
+two parameter copies per decision interval, not per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from chuck.monitors.base import Indicator, Monitor, grade
+
+#: CS231n (Karpathy), "Neural Networks Part 3": the ratio of update magnitude to
+#: weight magnitude should be around 1e-3; much lower means a too-small lr, much
+#: higher a too-large one. We warn beyond one decade away, bad beyond two.
+UPDATE_RATIO_TARGET_LOG10 = -3.0
+UPDATE_RATIO_WARN, UPDATE_RATIO_BAD = 1.0, 2.0
+#: Weight RMS this many e-folds from its He/Glorot init scale (He et al. 2015;
+#: Glorot & Bengio 2010) signals runaway growth or collapse.
+SCALE_WARN, SCALE_BAD = math.log(10.0), math.log(100.0)
+
+
+class WeightMonitor(Monitor):
+    """Watches weights and the updates the optimizer makes to them.
+
+    Args:
+        params: parameters being optimized.
+        names: optional display names, aligned with ``params``.
+    """
+
+    name = "weights"
+
+    def __init__(self, params: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> None:
+        self.params = list(params)
+        self.names = list(names) if names is not None else [f"param{i}" for i in range(len(self.params))]
+        # Expected init RMS per matrix/conv weight (fan-in based, He et al. 2015); biases/norms skipped.
+        self._init_rms = [_he_rms(p) for p in self.params]
+        self._before: list[torch.Tensor] | None = None
+        self._prev_update: list[torch.Tensor] | None = None
+        self._stats: dict[str, float] = {}
+        self._ratios: dict[str, float] = {}
+
+    # -- sampled steps ----------------------------------------------------
+    def before_step(self) -> None:
+        with torch.no_grad():
+            self._before = [p.detach().clone() for p in self.params]
+
+    def after_step(self) -> None:
+        if self._before is None:
+            return
+        with torch.no_grad():
+            update = torch._foreach_sub([p.detach() for p in self.params], self._before)
+            w_norms = torch._foreach_norm(self._before)
+            u_norms = torch._foreach_norm(update)
+            ratios = (torch.stack(u_norms) / torch.stack(w_norms).clamp_min(1e-30)).cpu().numpy()
+            ok = np.asarray([w > 0 for w in torch.stack(w_norms).cpu().numpy()])
+            self._ratios = {n: float(r) for n, r, k in zip(self.names, ratios, ok) if k}
+            pos = ratios[ok & (ratios > 0)]
+            self._stats["weights.update_ratio_log10"] = float(np.log10(np.median(pos))) if pos.size else float("nan")
+            if self._prev_update is not None:
+                dot = sum(float((a * b).sum()) for a, b in zip(update, self._prev_update))
+                na = math.sqrt(sum(float(a.pow(2).sum()) for a in update))
+                nb = math.sqrt(sum(float(b.pow(2).sum()) for b in self._prev_update))
+                self._stats["weights.update_cosine"] = dot / (na * nb) if na > 0 and nb > 0 else float("nan")
+            self._prev_update = list(update)
+        self._before = None
+
+    def on_decision(self) -> None:
+        with torch.no_grad():
+            finite = torch.stack([torch.isfinite(p).all() for p in self.params]).cpu().numpy() if self.params else np.ones(0)
+            self._stats["weights.nonfinite_fraction"] = float(1.0 - finite.mean()) if finite.size else 0.0
+            logs = []
+            for p, init in zip(self.params, self._init_rms):
+                if init is None:
+                    continue
+                rms = float(p.detach().float().pow(2).mean().sqrt())
+                if rms > 0 and math.isfinite(rms):
+                    logs.append(math.log(rms / init))
+            self._stats["weights.scale_log_ratio"] = float(max(logs, key=abs)) if logs else float("nan")
+        # Updates are pairwise within one interval: forget the older one.
+        self._prev_update = None
+
+    def update_ratios(self) -> dict[str, float]:
+        """Last measured ||update|| / ||weight|| per parameter."""
+        return dict(self._ratios)
+
+    def stats(self) -> dict[str, float]:
+        nan = float("nan")
+        out = dict.fromkeys(("weights.update_ratio_log10", "weights.update_cosine", "weights.scale_log_ratio", "weights.nonfinite_fraction"), nan)
+        out.update(self._stats)
+        return out
+
+    def indicators(self) -> list[Indicator]:
+        s = self.stats()
+        r = s["weights.update_ratio_log10"]
+        dev = abs(r - UPDATE_RATIO_TARGET_LOG10) if not math.isnan(r) else float("nan")
+        st_r = grade(dev, UPDATE_RATIO_WARN, UPDATE_RATIO_BAD)
+        rec_r = ""
+        if st_r in ("warn", "bad"):
+            rec_r = "updates are tiny: raise the learning rate" if r < UPDATE_RATIO_TARGET_LOG10 else "updates are large: lower the learning rate"
+        scale = s["weights.scale_log_ratio"]
+        cos = s["weights.update_cosine"]
+        nf = s["weights.nonfinite_fraction"]
+        return [
+            Indicator(
+                "weights.update_ratio", r, st_r,
+                f"median ||update||/||weight|| = 10^{r:.2f} (target ~1e-3)" if not math.isnan(r) else "no sampled update yet",
+                rec_r, "CS231n (Karpathy): update/weight ratio ~1e-3",
+            ),
+            Indicator(
+                "weights.update_direction", cos, "n/a" if math.isnan(cos) else ("warn" if cos < -0.5 else "ok"),
+                f"cosine between consecutive updates = {cos:+.2f}" if not math.isnan(cos) else "needs two sampled updates",
+                "consecutive updates point against each other: the lr is likely past the edge of stability" if not math.isnan(cos) and cos < -0.5 else "",
+                "Cohen et al. 2021, edge of stability (sign-flipping updates)",
+            ),
+            Indicator(
+                "weights.scale", scale, grade(abs(scale) if not math.isnan(scale) else scale, SCALE_WARN, SCALE_BAD),
+                f"weight RMS is x{math.exp(scale):.3g} its He-init scale (largest deviation)" if not math.isnan(scale) else "no decision step yet",
+                "weights grow or collapse: adjust weight decay or the init" if grade(abs(scale) if not math.isnan(scale) else scale, SCALE_WARN, SCALE_BAD) in ("warn", "bad") else "",
+                "He et al. 2015 / Glorot & Bengio 2010 init scales",
+            ),
+            Indicator(
+                "weights.nonfinite", nf, grade(nf, 1e-12, 1e-12),
+                f"{nf:.0%} of parameter tensors hold NaN/inf" if not math.isnan(nf) else "no decision step yet",
+                "restore a checkpoint; lower lr; clip" if nf and nf > 0 else "",
+                "any non-finite weight is fatal",
+            ),
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stats": dict(self._stats), "ratios": dict(self._ratios)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._stats = dict(state["stats"])
+        self._ratios = dict(state["ratios"])
+
+
+def _he_rms(p: torch.Tensor) -> float | None:
+    """RMS of a He-normal initialized tensor of this shape, or None for biases and norm scales."""
+    if p.dim() < 2:
+        return None
+    fan_in = p[0].numel()
+    return math.sqrt(2.0 / fan_in)

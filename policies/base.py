@@ -1,0 +1,71 @@
+"""The Policy interface: observation -> action, plus the metadata that ties it to specs.
+
+Every policy chuck can run (the built-in "constant" and "heuristic", the learned
+PPO actor, a user's own) implements this class. ``tests/policies/test_policy_contract.py``
+runs the contract against each of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from chuck.actions import ActionSpec
+from chuck.observation import ObservationSpec
+
+
+class Policy(ABC):
+    """Maps an encoded observation (``ObservationSpec.encode``) to an action in ``[-1, 1]^d``.
+
+    Contract:
+
+    * ``act(obs)`` takes a float32 vector of ``len(ObservationSpec(version).names)`` entries
+      and returns a vector of ``len(ActionSpec.dims)`` entries. It may return anything on
+      bad input: ``ChuckOptimizer`` validates the output and holds on NaN, a wrong shape or
+      an exception, so a policy can never crash a user's training.
+    * ``name``/``version`` identify it; ``observation_version``/``action_version`` name the
+      specs it was built for, and the optimizer refuses a mismatch at construction.
+    * ``state_dict()`` holds only weights_only-safe types; it goes into chuck's checkpoint.
+    * ``interval``: the decision interval the policy was trained or tuned for (``None``: any).
+    """
+
+    name: str = "policy"
+    version: str = "0"
+    observation_version: str = ObservationSpec().version
+    action_version: str = ActionSpec.version
+    interval: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @abstractmethod
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """One decision."""
+
+    def explain(self, observation: np.ndarray) -> dict[str, float]:
+        """Per-feature attribution of the last action (feature name -> weight); empty if unknown."""
+        return {}
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forget per-run state (called when a new run starts)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "observation_version": self.observation_version,
+            "action_version": self.action_version,
+            "interval": self.interval,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r})"

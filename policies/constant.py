@@ -1,0 +1,18 @@
+"""The "constant" policy: never changes anything (chuck as a pure monitor + guardrails)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chuck.actions import ACTION_DIMS
+from chuck.policies.base import Policy
+
+
+class ConstantPolicy(Policy):
+    """Always returns the zero action (hold every hyperparameter)."""
+
+    name = "constant"
+    version = "1"
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        return np.zeros(len(ACTION_DIMS), dtype=np.float32)
