@@ -1,0 +1,108 @@
+"""Per-step overhead of ChuckOptimizer against the bare base optimizer.
+
+A CNN of about a million parameters on 32x32x3 inputs at batch 64, CPU. The
+bare AdamW loop and the same loop under ChuckOptimizer("heuristic", model
+given) run interleaved in one process (blocks of steps, alternating), so
+machine noise hits both equally; the ratio of median per-step times is
+printed.
+
+    python experiments/bench_overhead.py            # full run (about 3 minutes on 2 cores)
+    python experiments/bench_overhead.py --rounds 3 # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import chuck
+
+
+def make_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 16x16
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 8x8
+        nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),    # 4x4
+        nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(256 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10),
+    )
+
+
+def run_block(model, opt, xs, ys, wrapped: bool) -> list[float]:
+    times = []
+    for x, y in zip(xs, ys):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if wrapped:
+            opt.step(loss=loss)
+        else:
+            opt.step()
+        opt.zero_grad()
+        float(loss.detach())  # what a user's logging does; both arms pay it
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=10, help="alternations of bare/chuck blocks")
+    ap.add_argument("--block", type=int, default=40, help="steps per block (a multiple of the interval)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--json", help="also write the result here")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    bare_model = make_cnn()
+    chuck_model = copy.deepcopy(bare_model)
+    n_params = sum(p.numel() for p in bare_model.parameters())
+    bare = torch.optim.AdamW(bare_model.parameters(), lr=1e-3)
+    wrapped = chuck.ChuckOptimizer(torch.optim.AdamW(chuck_model.parameters(), lr=1e-3),
+                                   policy="heuristic", model=chuck_model)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(args.batch, 3, 32, 32, generator=g) for _ in range(args.block)]
+    ys = [torch.randint(0, 10, (args.batch,), generator=g) for _ in range(args.block)]
+
+    run_block(bare_model, bare, xs[:5], ys[:5], False)  # warm-up both
+    run_block(chuck_model, wrapped, xs[:5], ys[:5], True)
+    t_bare, t_chuck = [], []
+    for r in range(args.rounds):
+        order = [(bare_model, bare, False, t_bare), (chuck_model, wrapped, True, t_chuck)]
+        if r % 2:
+            order.reverse()
+        for model, opt, is_chuck, sink in order:
+            sink.extend(run_block(model, opt, xs, ys, is_chuck))
+
+    med_b, med_c = statistics.median(t_bare), statistics.median(t_chuck)
+    mean_b, mean_c = statistics.fmean(t_bare), statistics.fmean(t_chuck)
+    result = {
+        "model_params": n_params,
+        "batch": args.batch,
+        "steps_per_arm": len(t_bare),
+        "interval": wrapped.interval,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "bare_median_ms": round(med_b * 1e3, 3),
+        "chuck_median_ms": round(med_c * 1e3, 3),
+        "ratio_median": round(med_c / med_b, 4),
+        "ratio_mean": round(mean_c / mean_b, 4),
+    }
+    print(json.dumps(result, indent=2))
+    print(f"overhead ratio (mean per-step time, chuck / bare): {result['ratio_mean']:.4f}  "
+          f"(median: {result['ratio_median']:.4f}; target <= 1.05, stretch 1.02)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Shared fixtures: small deterministic models and data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+class FrozenNet(nn.Module):
+    """MLP with a frozen first layer and a parameter that never gets a gradient."""
+
+    def __init__(self, d_in: int = 8, width: int = 16, d_out: int = 3, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.frozen = nn.Linear(d_in, width)
+        self.frozen.requires_grad_(False)
+        self.hidden = nn.Linear(width, width)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(width, d_out)
+        self.unused = nn.Parameter(torch.zeros(4))  # requires grad, never receives one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.act(self.hidden(torch.tanh(self.frozen(x))))))
+
+
+def batch(step: int, n: int = 32, d_in: int = 8, d_out: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic batch for a given step, independent of any global RNG."""
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(n, d_in, generator=g)
+    y = (x[:, :d_out] * torch.arange(1, d_out + 1)).argmax(dim=1)
+    return x, y
+
+
+def make_net(seed: int = 0, **kw) -> FrozenNet:
+    torch.manual_seed(seed)
+    return FrozenNet(**kw)
+
+
+@pytest.fixture
+def net() -> FrozenNet:
+    return make_net()

@@ -1,0 +1,63 @@
+"""The Monitor contract, run against every monitor."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import chuck
+from tests.conftest import batch, make_net
+
+
+def _trained_opt():
+    model = make_net(dropout=0.1)
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model)
+    for s in range(45):
+        x, y = batch(s)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+        if s % 10 == 0:
+            opt.observe(val_loss=float(loss.detach()) * 1.2)
+    return opt
+
+
+MONITORS = ["loss_monitor", "grad_monitor", "weight_monitor", "act_monitor"]
+
+
+@pytest.mark.parametrize("attr", MONITORS)
+def test_monitor_contract(attr: str) -> None:
+    opt = _trained_opt()
+    mon = getattr(opt, attr)
+    s1, s2 = mon.stats(), mon.stats()
+    assert s1.keys() == s2.keys() and s1
+    for k, v in s1.items():
+        assert k.startswith(mon.name + "."), k
+        assert isinstance(v, float) and (math.isfinite(v) or math.isnan(v)), (k, v)
+    inds = mon.indicators()
+    assert inds
+    for ind in inds:
+        assert ind.name.startswith(mon.name + ".")
+        assert ind.status in ("ok", "warn", "bad", "n/a")
+        assert ind.reason and ind.source
+    buf = io.BytesIO()
+    torch.save(mon.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    fresh = getattr(_trained_opt(), attr)
+    fresh.load_state_dict(state)
+    a, b = fresh.stats(), mon.stats()
+    assert all((a[k] == b[k]) or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+
+
+def test_every_observation_feature_has_a_source() -> None:
+    """Every observation feature is a statistic some monitor or the controller produces."""
+    opt = _trained_opt()
+    stats = opt.stats()
+    missing = [n for n in opt.obs_spec.names if n not in stats]
+    assert not missing, f"features with no source statistic: {missing}"

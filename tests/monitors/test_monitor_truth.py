@@ -1,0 +1,168 @@
+"""Each monitor on a constructed case whose truth is known reports the expected status."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import chuck
+from chuck.monitors import ActivationMonitor, GradientMonitor, LossMonitor
+
+
+def _drive(model, opt, steps: int, data, loss_fn=F.cross_entropy):
+    for s in range(steps):
+        x, y = data(s)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+
+
+def _data(s: int):
+    g = torch.Generator().manual_seed(s)
+    x = torch.randn(64, 10, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def test_dead_relus_are_reported_bad() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every unit negative for every input
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-3), "constant", model=model)
+    _drive(model, opt, 40, _data)
+    h = opt.health()
+    assert h["act.dead_relu"].status == "bad"
+    assert h["act.dead_relu"].value == 1.0
+    assert h["act.saturation"].status == "ok"
+
+
+def test_healthy_relus_are_ok() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2), "constant", model=model)
+    _drive(model, opt, 40, _data)
+    assert opt.health()["act.dead_relu"].status == "ok"
+
+
+def test_saturated_tanh_is_reported_bad() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
+    with torch.no_grad():
+        model[0].weight.mul_(200.0)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-3), "constant", model=model)
+    _drive(model, opt, 40, _data)
+    assert opt.health()["act.saturation"].status == "bad"
+
+
+def test_functional_relu_falls_back_to_preactivations() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(10, 16), nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.b(F.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        model.a.bias.fill_(-100.0)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-3), "constant", model=model)
+    _drive(model, opt, 40, _data)
+    assert opt.health()["act.dead_relu"].status == "bad"
+
+
+def test_exploding_gradients_are_reported_bad() -> None:
+    p = nn.Parameter(torch.ones(10))
+    mon = GradientMonitor([p], window=100)
+    for s in range(60):
+        mon.on_step(1.2**s, clipped=False)
+    ind = {i.name: i for i in mon.indicators()}
+    assert ind["grad.exploding"].status == "bad"
+    assert math.isfinite(ind["grad.clip_suggestion"].value)
+
+
+def test_steady_gradients_are_not_exploding() -> None:
+    mon = GradientMonitor([nn.Parameter(torch.ones(3))], window=100)
+    for s in range(60):
+        mon.on_step(1.0 + 0.1 * math.sin(s), clipped=False)
+    assert {i.name: i for i in mon.indicators()}["grad.exploding"].status == "ok"
+
+
+def test_vanishing_gradients_across_layers() -> None:
+    a, b = nn.Parameter(torch.zeros(100)), nn.Parameter(torch.zeros(100))
+    a.grad, b.grad = torch.randn(100), torch.randn(100) * 1e-6
+    mon = GradientMonitor([a, b])
+    mon.on_decision(None)
+    ind = {i.name: i for i in mon.indicators()}
+    assert ind["grad.vanishing"].status == "bad"
+    assert ind["grad.vanishing"].value < -4
+
+
+def test_overfitting_run_is_reported() -> None:
+    mon = LossMonitor(window=50)
+    for s in range(300):
+        mon.on_step(math.exp(-s / 100))  # training loss keeps falling
+        if s % 30 == 29:
+            k = s // 30
+            mon.on_validation(s, 1.0 - 0.1 * k if k < 4 else 0.6 + 0.08 * (k - 3))  # val turns up
+    ind = {i.name: i for i in mon.indicators()}
+    assert ind["loss.overfitting"].status == "bad"
+    assert ind["loss.convergence"].status == "ok"
+
+
+def test_no_overfitting_while_val_falls() -> None:
+    mon = LossMonitor(window=50)
+    for s in range(300):
+        mon.on_step(math.exp(-s / 100))
+        if s % 30 == 29:
+            mon.on_validation(s, math.exp(-s / 120))
+    assert {i.name: i for i in mon.indicators()}["loss.overfitting"].status == "ok"
+
+
+def test_plateau_is_reported_bad() -> None:
+    mon = LossMonitor(window=50)
+    for s in range(200):
+        mon.on_step(0.7 + 0.001 * math.sin(s))
+    ind = {i.name: i for i in mon.indicators()}
+    assert ind["loss.plateau"].status == "bad"
+    assert ind["loss.convergence"].status in ("warn", "bad")
+
+
+def test_converging_run_has_no_plateau() -> None:
+    mon = LossMonitor(window=50)
+    for s in range(200):
+        mon.on_step(math.exp(-s / 50))
+    ind = {i.name: i for i in mon.indicators()}
+    assert ind["loss.plateau"].status == "ok"
+    assert ind["loss.convergence"].status == "ok"
+
+
+def test_activation_monitor_costs_nothing_when_not_armed() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    mon = ActivationMonitor(model)
+    assert not mon.armed and all(len(m._forward_hooks) == 0 for m in model.modules())
+    mon.arm()
+    assert mon.armed
+    model(torch.randn(3, 4))
+    mon.on_decision()
+    assert not mon.armed and all(len(m._forward_hooks) == 0 for m in model.modules())
+    assert mon.stats()["act.has_data"] == 1.0
+
+
+def test_histogram_and_eps_range() -> None:
+    p = nn.Parameter(torch.zeros(10_000))
+    p.grad = 10.0 ** torch.empty(10_000).uniform_(-6, -3)
+    mon = GradientMonitor([p])
+    opt = torch.optim.Adam([p], eps=1e-8)
+    mon.on_decision(opt)
+    lo, hi = mon.suggested_eps_range()
+    assert 1e-6 <= lo < 1e-5 and 1e-4 < hi <= 1e-3
+    edges, mass = mon.histogram()
+    assert mass.sum() == 1.0 or abs(mass.sum() - 1.0) < 1e-9
+    assert mass[edges[:-1].tolist().index(-5.0)] > 0.2
+    assert mon.stats()["grad.eps_sgd_fraction"] == 0.0

@@ -1,0 +1,147 @@
+"""Injected NaN/inf and loss spikes never make weights non-finite; rollback restores the snapshot."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import chuck
+from chuck.guardrails import GuardrailConfig
+from tests.conftest import batch, make_net
+
+
+def _step(model, opt, step: int, *, loss_scale: float = 1.0, grad_fault: float | None = None):
+    x, y = batch(step)
+    loss = F.cross_entropy(model(x), y) * loss_scale
+    loss.backward()
+    if grad_fault is not None:
+        model.hidden.weight.grad[0, 0] = grad_fault
+    opt.step(loss=loss)
+    opt.zero_grad()
+    return loss
+
+
+def _all_finite(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _state_copy(opt):
+    return {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()}
+
+
+@pytest.mark.parametrize("fault", ["nan_loss", "inf_loss", "nan_grad", "inf_grad"])
+def test_nonfinite_step_is_skipped(fault: str) -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.Adam(model.parameters(), lr=1e-2), "constant", model=model)
+    for s in range(30):
+        _step(model, opt, s)
+    weights = copy.deepcopy(model.state_dict())
+    state = _state_copy(opt)
+    mult = opt.action_spec.lr_mult
+    kwargs = {
+        "nan_loss": {"loss_scale": math.nan},
+        "inf_loss": {"loss_scale": math.inf},
+        "nan_grad": {"grad_fault": math.nan},
+        "inf_grad": {"grad_fault": math.inf},
+    }[fault]
+    _step(model, opt, 30, **kwargs)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), f"{fault}: {k} changed on a skipped step"
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, state[id(p)][k]) if torch.is_tensor(v) else v == state[id(p)][k]
+    assert opt.step_count == 30
+    assert opt.action_spec.lr_mult == pytest.approx(mult * 0.5)
+    assert opt.decisions[-1].source == "guardrail" and "skip_nonfinite" in opt.decisions[-1].reason
+    for s in range(31, 60):  # training goes on
+        _step(model, opt, s)
+    assert _all_finite(model) and opt.step_count == 59
+
+
+def test_loss_spike_rolls_back_to_snapshot() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model,
+                               guardrails=GuardrailConfig(snapshot_every=50))
+    for s in range(50):
+        _step(model, opt, s)
+    snap_weights = copy.deepcopy(model.state_dict())
+    snap_state = _state_copy(opt)
+    for s in range(50, 60):  # move away from the snapshot
+        _step(model, opt, s)
+    assert not torch.equal(model.hidden.weight, snap_weights["hidden.weight"])
+
+    _step(model, opt, 60, loss_scale=1000.0)  # a 1000x spike
+
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snap_weights[k]), f"{k} was not restored"
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            if torch.is_tensor(v):
+                assert torch.equal(v, snap_state[id(p)][k])
+    assert opt.guardrails.rollbacks == 1
+    assert "rollback_spike" in opt.decisions[-1].reason and "restored step 50" in opt.decisions[-1].reason
+    assert opt.action_spec.lr_mult == pytest.approx(0.5)
+    for s in range(61, 100):
+        _step(model, opt, s)
+    assert _all_finite(model)
+
+
+def test_exploding_run_never_goes_nonfinite() -> None:
+    """A learning rate far too high, with every guardrail on: weights stay finite."""
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=50.0), "heuristic", model=model)
+    for s in range(200):
+        _step(model, opt, s, loss_scale=1.0 if s % 37 else math.nan)
+        assert _all_finite(model), f"non-finite weights at step {s}"
+    assert opt.guardrails.skips + opt.guardrails.rollbacks > 0
+
+
+class _BadPolicy(chuck.Policy):
+    name = "bad"
+    version = "0"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def act(self, observation):
+        if self.mode == "raise":
+            raise RuntimeError("boom")
+        if self.mode == "nan":
+            return np.full(4, np.nan)
+        return np.zeros(7)
+
+
+@pytest.mark.parametrize("mode,needle", [("raise", "RuntimeError: boom"), ("nan", "non-finite"), ("shape", "shape")])
+def test_failing_policy_holds(mode: str, needle: str) -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), _BadPolicy(mode), model=model)
+    before = opt.hyperparameters
+    for s in range(45):
+        _step(model, opt, s)
+    assert opt.hyperparameters == before
+    assert len(opt.decisions) == 2
+    assert all(d.source == "fallback" and needle in d.reason for d in opt.decisions)
+
+
+def test_gradscaler_skips_are_detected_and_not_progress() -> None:
+    model = make_net()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, grad_scaler=scaler)
+    for s in range(12):
+        x, y = batch(s)
+        loss = F.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if s in (4, 9):
+            model.hidden.weight.grad[0, 0] = math.inf  # overflow: the scaler skips this step
+        scaler.step(opt, loss=loss)
+        scaler.update()
+        opt.zero_grad()
+    assert opt.step_count == 10
+    amp = [d for d in opt.decisions if "amp_overflow" in d.reason]
+    assert len(amp) == 2
+    assert _all_finite(model)

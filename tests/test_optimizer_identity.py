@@ -1,0 +1,87 @@
+"""ChuckOptimizer with the "constant" policy changes nothing: bit-identical to the bare optimizer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import chuck
+from tests.conftest import batch, make_net
+
+OPTIMIZERS = {
+    "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.05),
+    "Adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "SGD-momentum": lambda p: torch.optim.SGD(p, lr=5e-2, momentum=0.9, weight_decay=1e-3),
+    "RMSprop": lambda p: torch.optim.RMSprop(p, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_constant_policy_is_bit_identical(name: str) -> None:
+    bare_model = make_net(dropout=0.0)
+    chuck_model = copy.deepcopy(bare_model)
+    bare = OPTIMIZERS[name](bare_model.parameters())
+    wrapped = chuck.ChuckOptimizer(OPTIMIZERS[name](chuck_model.parameters()), policy="constant", model=chuck_model)
+
+    for step in range(200):
+        x, y = batch(step)
+        for model, opt in ((bare_model, bare), (chuck_model, wrapped)):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if opt is wrapped:
+                opt.step(loss=loss)
+            else:
+                opt.step()
+            opt.zero_grad()
+
+    for (n, a), (_, b) in zip(bare_model.named_parameters(), chuck_model.named_parameters()):
+        assert torch.equal(a, b), f"{name}: parameter {n} differs"
+    assert chuck_model.unused.grad is None
+    assert wrapped.step_count == 200
+    assert len(wrapped.decisions) == 200 // wrapped.interval  # it did decide, and held every time
+    assert all(d.action == [0.0, 0.0, 0.0, 0.0] for d in wrapped.decisions)
+
+
+def test_closure_form_matches_loss_form() -> None:
+    m1 = make_net()
+    m2 = copy.deepcopy(m1)
+    o1 = chuck.ChuckOptimizer(torch.optim.SGD(m1.parameters(), lr=0.1), "heuristic", model=m1)
+    o2 = chuck.ChuckOptimizer(torch.optim.SGD(m2.parameters(), lr=0.1), "heuristic", model=m2)
+    for step in range(60):
+        x, y = batch(step)
+        loss = F.cross_entropy(m1(x), y)
+        loss.backward()
+        o1.step(loss=loss)
+        o1.zero_grad()
+
+        def closure(x=x, y=y):
+            o2.zero_grad()
+            out = F.cross_entropy(m2(x), y)
+            out.backward()
+            return out
+
+        o2.step(closure)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    assert [d.action for d in o1.decisions] == [d.action for d in o2.decisions]
+
+
+def test_rejects_bad_arguments(net) -> None:
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        chuck.ChuckOptimizer(object(), "constant")
+    with pytest.raises(chuck.PolicyLoadError, match="unknown policy"):
+        chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "no-such-policy")
+    with pytest.raises(ValueError, match="interval"):
+        chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", interval=1)
+    with pytest.raises(ValueError, match="total_steps"):
+        chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", total_steps=0)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant")
+    with pytest.raises(TypeError, match="already wrapped"):
+        chuck.ChuckOptimizer(opt, "constant")
+    with pytest.raises(ValueError, match="scalar"):
+        loss = F.cross_entropy(net(batch(0)[0]), batch(0)[1], reduction="none")
+        loss.sum().backward()
+        opt.step(loss=loss)
