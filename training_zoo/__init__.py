@@ -1,1 +1,37 @@
-"""The training zoo: tasks the meta-policy learns from (see issue 3)."""
+"""The training zoo: tasks the meta-policy learns from, and the API to add your own.
+
+>>> from chuck import zoo
+>>> len(zoo.list_tasks("train")) >= 8
+True
+"""
+
+from chuck.zoo.registry import HELDOUT, get_task, list_tasks, register_task, resolve_tasks, split_of
+from chuck.zoo.task import (
+    LR_RANGES,
+    OPTIMIZERS,
+    SearchSpace,
+    SupervisedInstance,
+    Task,
+    TaskConfig,
+    TaskInstance,
+    make_optimizer,
+    split_train_val,
+)
+
+__all__ = [
+    "HELDOUT",
+    "LR_RANGES",
+    "OPTIMIZERS",
+    "SearchSpace",
+    "SupervisedInstance",
+    "Task",
+    "TaskConfig",
+    "TaskInstance",
+    "get_task",
+    "list_tasks",
+    "make_optimizer",
+    "register_task",
+    "resolve_tasks",
+    "split_of",
+    "split_train_val",
+]

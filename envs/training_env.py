@@ -1,0 +1,212 @@
+"""The meta-environment: one episode is one real training run of a zoo task."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from chuck.actions import ActionSpec
+from chuck.observation import ObservationSpec
+from chuck.optimizer import ChuckOptimizer
+from chuck.zoo.registry import resolve_tasks
+from chuck.zoo.task import Task, TaskInstance
+
+
+class TrainingControlEnv(gym.Env):
+    """Control a real training run's hyperparameters through chuck.
+
+    ## Description
+
+    ``reset`` samples a task family from the selected split, then an instance of it
+    (width, depth, activation, normalization, batch size, data size, label noise,
+    base optimizer and an initial learning rate drawn log-uniformly over four
+    decades), wraps its base optimizer in :class:`chuck.ChuckOptimizer` with
+    ``policy=None`` and trains ``interval`` steps so the first observation has data.
+    Each ``step(action)`` applies the action through ``ChuckOptimizer.apply_action``
+    (the deployment path's ActionSpec) and trains ``interval`` more steps through
+    the same optimizer, guardrails and monitors a user's loop runs.
+
+    ## Action Space
+
+    ``Box(-1, 1, (4,), float32)``: :class:`chuck.ActionSpec` v1, log-multiplicative
+    changes of (lr, weight decay, clip threshold, dropout), each entry scaled by its
+    rate limit (x2 per decision for lr).
+
+    ## Observation Space
+
+    ``Box(low, high, (37,), float32)``: :class:`chuck.ObservationSpec` v1, the named,
+    scale-free health features of the monitors plus the controller state.
+
+    ## Rewards
+
+    With ``L_k`` the validation loss after decision ``k`` (floored at
+    ``loss_floor x loss_reference``), ``r_k = log(L_{k-1}) - log(L_k)``: positive when
+    the loss falls, scale-free, and an episode's return telescopes to
+    ``log(L_start / L_end)``. On divergence the episode ends and the last reward is
+    ``log(L_{k-1} / L_start) - divergence_penalty``, so a diverged episode returns
+    exactly ``-divergence_penalty`` whatever it achieved before. RL tasks use the
+    regret ``(R_max - R) / (R_max - R_min)`` of the mean episodic return in place of
+    a loss (see chuck.zoo.families.rl).
+
+    ## Episode End
+
+    Terminates when the task's step budget is spent (the training run is over), or on
+    divergence: a non-finite validation loss or weight, a loss above
+    ``divergence_factor x max(L_0, loss_reference)``, or every step of an interval
+    skipped by the guardrails. No truncation: the budget is the run.
+
+    ## Arguments
+
+    * ``tasks``: split name (``"train"``, ``"heldout"``, ``"custom"``, ``"all"``), ``"domain:cv"``,
+      task ids, or a comma-separated mix (see ``chuck.zoo.resolve_tasks``).
+    * ``interval``: inner training steps per decision (default 20).
+    * ``budget_scale``: multiplies every task's step budget (tests use small values).
+    * ``divergence_factor``, ``divergence_penalty``, ``loss_floor``: see Rewards / Episode End.
+
+    ## Info
+
+    Every step: ``task_id``, ``val_loss``. At episode end also ``family``, ``domain``,
+    ``hyperparameters`` (the sampled config), ``final`` (initial/final losses, metrics,
+    effective lr/wd/clip), ``diverged`` and ``episode_log_ratio`` = log(L_start / L_end).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        tasks: str | Sequence[str] = "train",
+        interval: int = 20,
+        budget_scale: float = 1.0,
+        divergence_factor: float = 3.0,
+        divergence_penalty: float = 1.0,
+        loss_floor: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if interval < 2:
+            raise ValueError(f"interval must be >= 2, got {interval}")
+        if budget_scale <= 0:
+            raise ValueError(f"budget_scale must be positive, got {budget_scale}")
+        self.tasks: list[Task] = resolve_tasks(tasks)
+        self.interval = interval
+        self.budget_scale = budget_scale
+        self.divergence_factor = divergence_factor
+        self.divergence_penalty = divergence_penalty
+        self.loss_floor = loss_floor
+        self.observation_space = ObservationSpec().space
+        self.action_space = ActionSpec().space
+        self.instance: TaskInstance | None = None
+        self.opt: ChuckOptimizer | None = None
+        self.task: Task | None = None
+
+    # -- helpers ----------------------------------------------------------
+    def _budget(self, task: Task) -> int:
+        # at least two decisions' worth of steps: one warm-up interval and one controlled
+        return max(2 * self.interval, int(round(task.budget * self.budget_scale)))
+
+    def _eval(self) -> float:
+        assert self.instance is not None
+        v = float(self.instance.evaluate())
+        return v if math.isfinite(v) else math.inf
+
+    def _floor(self, loss: float) -> float:
+        assert self.instance is not None
+        return max(loss, self.loss_floor * self.instance.loss_reference)
+
+    def _train_interval(self) -> int:
+        """Run ``interval`` inner steps; return how many the guardrails skipped."""
+        assert self.instance is not None and self.opt is not None
+        skipped_before = self._skips()
+        for _ in range(self.interval):
+            loss = self.instance.train_step()
+            self.opt.step(loss=loss)
+            self.opt.zero_grad()
+        return self._skips() - skipped_before
+
+    def _skips(self) -> int:
+        g = self.opt.guardrails if self.opt is not None else None
+        return (g.skips + g.rollbacks) if g is not None else 0
+
+    # -- gym API ----------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        idx = int(self.np_random.integers(len(self.tasks)))
+        if options and "task_id" in options:
+            ids = [t.id for t in self.tasks]
+            if options["task_id"] not in ids:
+                raise ValueError(f"task {options['task_id']!r} is not in this env's tasks {ids}")
+            idx = ids.index(options["task_id"])
+        self.task = self.tasks[idx]
+        config = self.task.sample_config(self.np_random)
+        if options and "lr" in options:
+            config.lr = float(options["lr"])
+        if options and "optimizer" in options:
+            config.optimizer = str(options["optimizer"])
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.instance = self.task.build(config)
+        self.budget = self._budget(self.task)
+        self.opt = ChuckOptimizer(
+            self.instance.optimizer, policy=None, model=self.instance.model,
+            total_steps=self.budget, interval=self.interval, seed=config.seed,
+        )
+        self.l_init = self._floor(self._eval())
+        self._train_interval()
+        self.l_start = self.l_prev = self._floor(self._eval())
+        return self.opt.observation(), {"task_id": self.task.id, "val_loss": self.l_prev}
+
+    def step(self, action: np.ndarray):
+        if self.opt is None or self.instance is None or self.task is None:
+            raise RuntimeError("call reset() before step()")
+        self.opt.apply_action(np.asarray(action, dtype=np.float64), source="external")
+        skipped = self._train_interval()
+        l_now = self._floor(self._eval())
+        weights_ok = all(bool(torch.isfinite(p).all()) for p in self.instance.model.parameters())
+        diverged = (
+            not math.isfinite(l_now)
+            or not weights_ok
+            or l_now > self.divergence_factor * max(self.l_init, self.instance.loss_reference)
+            or skipped >= self.interval
+        )
+        done = diverged or self.opt.step_count >= self.budget or self.opt._calls >= 2 * self.budget
+        if diverged:
+            reward = math.log(self.l_prev / self.l_start) - self.divergence_penalty
+        else:
+            reward = math.log(self.l_prev) - math.log(l_now)
+        info: dict[str, Any] = {"task_id": self.task.id, "val_loss": l_now}
+        if done:
+            info.update(self._final_info(l_now, diverged))
+        self.l_prev = l_now
+        return self.opt.observation(), float(reward), bool(done), False, info
+
+    def _final_info(self, l_now: float, diverged: bool) -> dict[str, Any]:
+        assert self.task is not None and self.instance is not None and self.opt is not None
+        try:
+            metrics = self.instance.metrics()
+        except Exception:  # noqa: BLE001 - a diverged model may not even evaluate
+            metrics = {}
+        return {
+            "family": self.task.family,
+            "domain": self.task.domain,
+            "hyperparameters": self.config.as_dict(),
+            "final": {
+                "initial_val_loss": self.l_init,
+                "start_val_loss": self.l_start,
+                "final_val_loss": l_now,
+                "steps": self.opt.step_count,
+                **metrics,
+                **{k: v for k, v in self.opt.hyperparameters.items() if k in ("lr", "weight_decay", "clip", "dropout")},
+            },
+            "diverged": diverged,
+            "episode_log_ratio": (-self.divergence_penalty if diverged else math.log(self.l_start / l_now)),
+        }
+
+    def close(self) -> None:
+        inst = self.instance
+        for env in getattr(inst, "envs", []) or []:
+            env.close()
+        self.instance = self.opt = None

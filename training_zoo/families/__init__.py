@@ -1,0 +1,1 @@
+"""The built-in task families, one module per domain."""

@@ -1,0 +1,58 @@
+"""A base class for supervised families: data arrays + a model factory -> SupervisedInstance."""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chuck.zoo.task import SupervisedInstance, Task, TaskConfig, make_optimizer, split_train_val
+
+
+def sequence_ce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every position of a (N, T, V) output."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+
+
+def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out.squeeze(-1), target)
+
+
+class SupervisedTask(Task):
+    """Subclasses give ``data`` and ``model``; classification unless ``n_classes`` is None.
+
+    Attributes:
+        n_classes: number of classes (``None`` for regression: MSE on standardized targets).
+        per_position: targets are per sequence position (language models, copy/reverse).
+    """
+
+    n_classes: int | None = 2
+    per_position: bool = False
+
+    @abstractmethod
+    def data(self, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+        """All examples (x, y); the instance splits them into train and a fixed validation part."""
+
+    @abstractmethod
+    def model(self, config: TaskConfig) -> nn.Module:
+        """A fresh model for these settings (global torch RNG already seeded)."""
+
+    def loss_fn(self):
+        if self.n_classes is None:
+            return mse
+        return sequence_ce if self.per_position else F.cross_entropy
+
+    def build(self, config: TaskConfig) -> SupervisedInstance:
+        torch.manual_seed(config.seed)
+        x, y = self.data(config)
+        noise_classes = None if (self.n_classes is None or self.per_position) else self.n_classes
+        train, val = split_train_val(x, y, config, n_classes=noise_classes)
+        model = self.model(config)
+        opt = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+        ref = math.log(self.n_classes) if self.n_classes else 1.0
+        return SupervisedInstance(model, opt, config, train, val, self.loss_fn(), ref,
+                                  accuracy=self.n_classes is not None)

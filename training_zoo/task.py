@@ -1,0 +1,251 @@
+"""The Task API: what a zoo task (or a user's in-house task) provides.
+
+A :class:`Task` is a *family*: a data set and a model family with a search
+space of randomized settings. ``sample_config`` draws one instance's settings
+(width, depth, activation, normalization, batch size, data size, label noise,
+base optimizer, initial learning rate over at least four decades);
+``build`` turns them into a :class:`TaskInstance`, one real training run that
+the meta-environment steps through ``ChuckOptimizer``.
+
+To add an in-house task, subclass :class:`Task` (or use
+:class:`SupervisedTask` with your own data and model factory) and call
+:func:`chuck.zoo.register_task`; see docs/retraining.md.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
+
+#: Initial-lr ranges per base optimizer, log-uniform, each spanning four decades
+#: around the usual good values so that instances start from bad settings too.
+LR_RANGES: dict[str, tuple[float, float]] = {
+    "AdamW": (1e-5, 1e-1),
+    "Adam": (1e-5, 1e-1),
+    "RMSprop": (1e-5, 1e-1),
+    "SGD": (1e-4, 1.0),
+}
+
+
+@dataclass
+class TaskConfig:
+    """One instance's sampled settings (reported in the env's ``info``)."""
+
+    width: int = 64
+    depth: int = 2
+    activation: str = "relu"
+    norm: str = "none"
+    batch_size: int = 32
+    data_fraction: float = 1.0
+    label_noise: float = 0.0
+    dropout: float = 0.0
+    optimizer: str = "AdamW"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What ``Task.sample_config`` draws from. Each field lists the choices (or a range)."""
+
+    widths: Sequence[int] = (32, 64, 128)
+    depths: Sequence[int] = (1, 2, 3)
+    activations: Sequence[str] = ("relu", "tanh", "gelu", "leaky_relu")
+    norms: Sequence[str] = ("none", "batch", "layer")
+    batch_sizes: Sequence[int] = (16, 32, 64)
+    data_fraction: tuple[float, float] = (0.3, 1.0)
+    label_noise: tuple[float, float] = (0.0, 0.0)
+    dropouts: Sequence[float] = (0.0, 0.0, 0.1, 0.3)
+    optimizers: Sequence[str] = OPTIMIZERS
+    weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2)
+
+    def sample(self, rng: np.random.Generator) -> TaskConfig:
+        opt = str(rng.choice(list(self.optimizers)))
+        lo, hi = LR_RANGES[opt]
+        return TaskConfig(
+            width=int(rng.choice(list(self.widths))),
+            depth=int(rng.choice(list(self.depths))),
+            activation=str(rng.choice(list(self.activations))),
+            norm=str(rng.choice(list(self.norms))),
+            batch_size=int(rng.choice(list(self.batch_sizes))),
+            data_fraction=float(rng.uniform(*self.data_fraction)),
+            label_noise=float(rng.uniform(*self.label_noise)) if self.label_noise[1] > 0 else 0.0,
+            dropout=float(rng.choice(list(self.dropouts))),
+            optimizer=opt,
+            lr=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+            weight_decay=float(rng.choice(list(self.weight_decays))),
+            seed=int(rng.integers(0, 2**31 - 1)),
+        )
+
+
+class TaskInstance(ABC):
+    """One training run. The meta-env calls ``train_step`` then ``ChuckOptimizer.step(loss=...)``.
+
+    Attributes:
+        model: the network being trained.
+        optimizer: the *base* optimizer (chuck wraps it).
+        config: the sampled settings.
+        loss_reference: scale of a "hopeless" loss, for the divergence penalty
+            (log #classes for classification, 1.0 for standardized regression).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: TaskConfig
+    loss_reference: float
+
+    @abstractmethod
+    def train_step(self) -> torch.Tensor:
+        """Forward and backward on one batch; return the monitored loss (positive scalar tensor)."""
+
+    @abstractmethod
+    def evaluate(self) -> float:
+        """The validation loss (positive; lower is better)."""
+
+    def metrics(self) -> dict[str, float]:
+        """Extra end-of-episode metrics (accuracy, return, ...)."""
+        return {}
+
+
+class Task(ABC):
+    """A task family of the zoo.
+
+    Attributes:
+        id: unique id, ``"<domain>.<name>"``.
+        domain: ``"cv"``, ``"nlp"``, ``"rl"``, ``"tabular"`` or a user's own.
+        family: the family name (defaults to the id).
+        budget: inner training steps per episode.
+        space: the randomization of instances.
+    """
+
+    id: str = ""
+    domain: str = ""
+    budget: int = 300
+    space: SearchSpace = SearchSpace()
+
+    @property
+    def family(self) -> str:
+        return self.id
+
+    def sample_config(self, rng: np.random.Generator) -> TaskConfig:
+        return self.space.sample(rng)
+
+    @abstractmethod
+    def build(self, config: TaskConfig) -> TaskInstance:
+        """Build the model, data and base optimizer for these settings."""
+
+    def tags(self) -> dict[str, str]:
+        return {"task_id": self.id, "family": self.family, "domain": self.domain}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, domain={self.domain!r}, budget={self.budget})"
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The four base optimizers of the zoo with conventional defaults."""
+    params = list(params)
+    if name == "AdamW":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "RMSprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+
+
+class SupervisedInstance(TaskInstance):
+    """A supervised run over in-memory tensors: random minibatches, full-val evaluation.
+
+    Args:
+        model, optimizer, config: as in :class:`TaskInstance`.
+        train, val: (inputs, targets) tensors.
+        loss_fn: ``loss_fn(output, target) -> scalar``.
+        loss_reference: see :class:`TaskInstance`.
+        max_eval: validation samples used per evaluation (bounded for speed).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: TaskConfig,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        loss_reference: float,
+        max_eval: int = 512,
+        accuracy: bool = True,
+    ) -> None:
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.x_train, self.y_train = train
+        self.x_val, self.y_val = val[0][:max_eval], val[1][:max_eval]
+        self.loss_fn = loss_fn
+        self.loss_reference = loss_reference
+        self.accuracy = accuracy
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def train_step(self) -> torch.Tensor:
+        self.model.train()
+        idx = torch.randint(len(self.x_train), (self.config.batch_size,), generator=self.generator)
+        loss = self.loss_fn(self.model(self.x_train[idx]), self.y_train[idx])
+        loss.backward()
+        return loss.detach()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        out = self.model(self.x_val)
+        loss = float(self.loss_fn(out, self.y_val))
+        self._last_out = out
+        self.model.train()
+        return loss
+
+    @torch.no_grad()
+    def metrics(self) -> dict[str, float]:
+        if not self.accuracy:
+            return {}
+        self.model.eval()
+        out = self.model(self.x_val)
+        self.model.train()
+        pred = out.argmax(-1)
+        return {"val_accuracy": float((pred == self.y_val).float().mean())}
+
+
+def split_train_val(
+    x: np.ndarray, y: np.ndarray, config: TaskConfig, val_fraction: float = 0.25, n_classes: int | None = None
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffle, keep ``data_fraction`` of the training part, and flip ``label_noise`` of its labels.
+
+    The validation part is fixed by a constant seed (so every instance of a family is
+    evaluated on the same held-out data) and never gets label noise.
+    """
+    perm = np.random.default_rng(12345).permutation(len(x))
+    n_val = int(len(x) * val_fraction)
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    rng = np.random.default_rng(config.seed)
+    keep = max(32, int(len(tr_idx) * config.data_fraction))
+    tr_idx = rng.permutation(tr_idx)[:keep]
+    y_tr = np.array(y[tr_idx], copy=True)
+    if config.label_noise > 0 and n_classes:
+        flip = rng.random(len(y_tr)) < config.label_noise
+        y_tr[flip] = rng.integers(0, n_classes, size=int(flip.sum()))
+    return (
+        (torch.as_tensor(x[tr_idx]), torch.as_tensor(y_tr)),
+        (torch.as_tensor(x[val_idx]), torch.as_tensor(y[val_idx])),
+    )
