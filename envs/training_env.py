@@ -68,6 +68,9 @@ class TrainingControlEnv(gym.Env):
     * ``budget_scale``: multiplies every task's step budget (tests use small values).
     * ``divergence_factor``, ``divergence_penalty``, ``loss_floor``: see Rewards / Episode End.
 
+    ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
+    (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
+
     ## Info
 
     Every step: ``task_id``, ``val_loss``. At episode end also ``family``, ``domain``,
@@ -142,10 +145,12 @@ class TrainingControlEnv(gym.Env):
             idx = ids.index(options["task_id"])
         self.task = self.tasks[idx]
         config = self.task.sample_config(self.np_random)
-        if options and "lr" in options:
-            config.lr = float(options["lr"])
-        if options and "optimizer" in options:
-            config.optimizer = str(options["optimizer"])
+        for key, value in (options or {}).items():
+            if key == "task_id":
+                continue
+            if not hasattr(config, key):
+                raise ValueError(f"unknown reset option {key!r}: use 'task_id' or a TaskConfig field")
+            setattr(config, key, type(getattr(config, key))(value))
         self.config = config
         torch.manual_seed(config.seed)
         self.instance = self.task.build(config)

@@ -5,7 +5,7 @@
 True
 """
 
-from chuck.zoo.registry import HELDOUT, get_task, list_tasks, register_task, resolve_tasks, split_of
+from chuck.zoo.registry import HELDOUT, get_task, list_tasks, register_task, resolve_tasks, split_of, unregister_task
 from chuck.zoo.task import (
     LR_RANGES,
     OPTIMIZERS,
@@ -34,4 +34,5 @@ __all__ = [
     "resolve_tasks",
     "split_of",
     "split_train_val",
+    "unregister_task",
 ]

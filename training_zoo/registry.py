@@ -51,6 +51,12 @@ def register_task(task: Task | type[Task], *, split: str = "custom", replace: bo
     return obj
 
 
+def unregister_task(task_id: str) -> None:
+    """Remove a task (a user's; built-in families come back on the next registry load)."""
+    _TASKS.pop(task_id, None)
+    _SPLIT.pop(task_id, None)
+
+
 def _load_builtins() -> None:
     if any(s != "custom" for s in _SPLIT.values()):
         return

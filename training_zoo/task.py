@@ -199,9 +199,10 @@ class SupervisedInstance(TaskInstance):
         self.loss_reference = loss_reference
         self.accuracy = accuracy
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.model.train()
 
     def train_step(self) -> torch.Tensor:
-        self.model.train()
+        # the model is in train mode: evaluate() and metrics() switch back after use
         idx = torch.randint(len(self.x_train), (self.config.batch_size,), generator=self.generator)
         loss = self.loss_fn(self.model(self.x_train[idx]), self.y_train[idx])
         loss.backward()

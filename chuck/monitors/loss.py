@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from chuck.monitors.base import Indicator, Monitor, grade
+from chuck.monitors.base import Indicator, Monitor, grade, median
 
 #: A step counts as "improving" when the smoothed loss beats its best by this
 #: relative margin. ReduceLROnPlateau's default is 1e-4 per *epoch*; per step the
@@ -32,6 +32,9 @@ OVERFIT_GL_BAD = 0.05
 #: this kind; 10x is where chuck's guardrail rolls back, 3x only warns.
 SPIKE_WARN_FACTOR = 3.0
 SPIKE_BAD_FACTOR = 10.0
+
+#: Steps between refreshes of the cached median used by the spike guardrail.
+MEDIAN_REFRESH = 8
 
 
 class LossMonitor(Monitor):
@@ -58,6 +61,8 @@ class LossMonitor(Monitor):
         self._val: deque[tuple[int, float, float]] = deque(maxlen=100)  # (step, val, train_ema)
         self._best_val = float("inf")
         self._cache: dict[str, float] | None = None
+        self._median: float | None = None
+        self._median_at = 0
 
     # -- per step ---------------------------------------------------------
     def on_step(self, loss: float) -> None:
@@ -86,10 +91,17 @@ class LossMonitor(Monitor):
         return len(self._log_losses)
 
     def median_loss(self) -> float:
-        """Median of the recent training losses (the spike guardrail's reference)."""
+        """Median of the recent training losses (the spike guardrail's reference).
+
+        Recomputed every ``MEDIAN_REFRESH`` steps: the guardrail asks every step, a
+        median over the window moves slowly, and a 10x spike test does not need it fresher.
+        """
         if not self._log_losses:
             return float("nan")
-        return math.exp(float(np.median(np.fromiter(self._log_losses, float))))
+        if self._median is None or self._steps - self._median_at >= MEDIAN_REFRESH:
+            self._median = math.exp(median(self._log_losses))
+            self._median_at = self._steps
+        return self._median
 
     # -- statistics -------------------------------------------------------
     def stats(self) -> dict[str, float]:
@@ -110,15 +122,15 @@ class LossMonitor(Monitor):
         n = len(self._log_losses)
         if n >= 8:
             y = np.fromiter(self._log_losses, float)
-            x = np.arange(n, dtype=float)
-            slope, intercept = np.polyfit(x, y, 1)
-            resid = y - (slope * x + intercept)
+            x = np.arange(n, dtype=float) - (n - 1) / 2.0  # centred: closed-form least squares
+            slope = float(x @ y / (x @ x))
+            resid = y - y.mean() - slope * x
             noise = float(resid.std())
             progress = abs(slope) * n
             out["loss.log_slope"] = float(slope) * 100.0  # per 100 steps
             out["loss.noise"] = noise
             out["loss.noise_to_progress"] = noise / (noise + progress + 1e-12)
-            out["loss.spike"] = float(y[-1] - np.median(y))
+            out["loss.spike"] = float(y[-1]) - median(self._log_losses)
             out["loss.plateau"] = self._since_improve / self.window
         if self._initial and not math.isnan(self._ema):
             out["loss.log_ratio_initial"] = math.log(max(self._ema, 1e-30) / max(np.mean(self._initial), 1e-30))
@@ -130,7 +142,8 @@ class LossMonitor(Monitor):
             out["loss.overfit_gl"] = last_val / self._best_val - 1.0 if self._best_val > 0 else nan
             if len(self._val) >= 3:
                 v = np.log(np.maximum([r[1] for r in list(self._val)[-5:]], 1e-30))
-                out["loss.val_trend"] = float(np.polyfit(np.arange(len(v), dtype=float), v, 1)[0])
+                xv = np.arange(len(v), dtype=float) - (len(v) - 1) / 2.0
+                out["loss.val_trend"] = float(xv @ v / (xv @ xv))
         return out
 
     def indicators(self) -> list[Indicator]:
@@ -190,6 +203,8 @@ class LossMonitor(Monitor):
             "steps": self._steps,
             "val": [list(v) for v in self._val],
             "best_val": self._best_val,
+            "median": self._median,
+            "median_at": self._median_at,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -202,3 +217,4 @@ class LossMonitor(Monitor):
         self._val = deque((tuple(v) for v in state["val"]), maxlen=100)
         self._best_val = state["best_val"]
         self._cache = None
+        self._median, self._median_at = state["median"], state["median_at"]

@@ -42,7 +42,7 @@ class WeightMonitor(Monitor):
         # Expected init RMS per matrix/conv weight (fan-in based, He et al. 2015); biases/norms skipped.
         self._init_rms = [_he_rms(p) for p in self.params]
         self._before: list[torch.Tensor] | None = None
-        self._prev_update: list[torch.Tensor] | None = None
+        self._prev_update: torch.Tensor | None = None  # flattened previous update
         self._stats: dict[str, float] = {}
         self._ratios: dict[str, float] = {}
 
@@ -56,31 +56,32 @@ class WeightMonitor(Monitor):
             return
         with torch.no_grad():
             update = torch._foreach_sub([p.detach() for p in self.params], self._before)
-            w_norms = torch._foreach_norm(self._before)
-            u_norms = torch._foreach_norm(update)
-            ratios = (torch.stack(u_norms) / torch.stack(w_norms).clamp_min(1e-30)).cpu().numpy()
-            ok = np.asarray([w > 0 for w in torch.stack(w_norms).cpu().numpy()])
+            w_norms = torch.stack(torch._foreach_norm(self._before))
+            u_norms = torch.stack(torch._foreach_norm(update))
+            ratios = (u_norms / w_norms.clamp_min(1e-30)).cpu().numpy()
+            ok = (w_norms > 0).cpu().numpy()
             self._ratios = {n: float(r) for n, r, k in zip(self.names, ratios, ok) if k}
             pos = ratios[ok & (ratios > 0)]
             self._stats["weights.update_ratio_log10"] = float(np.log10(np.median(pos))) if pos.size else float("nan")
-            if self._prev_update is not None:
-                dot = sum(float((a * b).sum()) for a, b in zip(update, self._prev_update))
-                na = math.sqrt(sum(float(a.pow(2).sum()) for a in update))
-                nb = math.sqrt(sum(float(b.pow(2).sum()) for b in self._prev_update))
-                self._stats["weights.update_cosine"] = dot / (na * nb) if na > 0 and nb > 0 else float("nan")
-            self._prev_update = list(update)
+            flat = torch.cat([u.reshape(-1).float() for u in update])
+            if self._prev_update is not None and self._prev_update.shape == flat.shape:
+                denom = float(flat.norm() * self._prev_update.norm())
+                self._stats["weights.update_cosine"] = float(flat @ self._prev_update) / denom if denom > 0 else float("nan")
+            self._prev_update = flat
         self._before = None
 
     def on_decision(self) -> None:
         with torch.no_grad():
-            finite = torch.stack([torch.isfinite(p).all() for p in self.params]).cpu().numpy() if self.params else np.ones(0)
-            self._stats["weights.nonfinite_fraction"] = float(1.0 - finite.mean()) if finite.size else 0.0
+            if not self.params:
+                return
+            # one fused norm per tensor; a non-finite norm means a non-finite entry
+            norms = torch.stack(torch._foreach_norm([p.detach() for p in self.params])).float().cpu().numpy()
+            finite = np.isfinite(norms)
+            self._stats["weights.nonfinite_fraction"] = float(1.0 - finite.mean())
             logs = []
-            for p, init in zip(self.params, self._init_rms):
-                if init is None:
-                    continue
-                rms = float(p.detach().float().pow(2).mean().sqrt())
-                if rms > 0 and math.isfinite(rms):
+            for n, p, init in zip(norms, self.params, self._init_rms):
+                rms = n / math.sqrt(p.numel())
+                if init is not None and rms > 0 and math.isfinite(rms):
                     logs.append(math.log(rms / init))
             self._stats["weights.scale_log_ratio"] = float(max(logs, key=abs)) if logs else float("nan")
         # Updates are pairwise within one interval: forget the older one.

@@ -1,0 +1,138 @@
+"""The meta-environment: checkers with zero warnings, determinism, reward sign, info, user tasks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import chuck.envs
+from chuck import zoo
+from chuck.envs import ENV_ID, TrainingControlEnv
+
+SMALL = dict(interval=4, budget_scale=0.05)  # 8-step episodes: the checkers only need the plumbing
+
+
+@pytest.mark.parametrize("task_id", zoo.list_tasks())
+def test_checkers_pass_with_zero_warnings(task_id: str) -> None:
+    env = TrainingControlEnv(tasks=task_id, **SMALL)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=True)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_registered_id_makes_the_env() -> None:
+    env = gym.make(ENV_ID, tasks="tabular.wine_mlp", **SMALL)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert info["task_id"] == "tabular.wine_mlp"
+
+
+def _rollout(env: TrainingControlEnv, seed: int, actions: list[np.ndarray]):
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    rewards = []
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+        out.append(obs)
+        rewards.append(r)
+        if term or trunc:
+            break
+    return out, rewards
+
+
+@pytest.mark.parametrize("task_id", ["cv.digits_mlp", "nlp.parity_gru", "rl.cartpole_reinforce"])
+def test_seeded_resets_are_deterministic(task_id: str) -> None:
+    env = TrainingControlEnv(tasks=task_id, interval=5, budget_scale=0.15)
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, 4).astype(np.float32) for _ in range(4)]
+    o1, r1 = _rollout(env, 42, actions)
+    o2, r2 = _rollout(env, 42, actions)
+    assert all(np.array_equal(a, b) for a, b in zip(o1, o2))
+    assert r1 == r2
+    o3, _ = _rollout(env, 43, actions)
+    assert not np.array_equal(o1[0], o3[0])
+
+
+def test_reward_sign_and_telescoping() -> None:
+    """Progress gives positive reward; the return telescopes to log(L_start / L_end)."""
+    env = TrainingControlEnv(tasks="tabular.breast_cancer_mlp", interval=10)
+    env.reset(seed=0, options={"lr": 1e-3, "optimizer": "AdamW", "label_noise": 0.0, "depth": 1})
+    total, done, info = 0.0, False, {}
+    rewards = []
+    while not done:
+        _, r, done, _, info = env.step(np.zeros(4, dtype=np.float32))
+        rewards.append(r)
+        total += r
+    assert not info["diverged"]
+    assert total == pytest.approx(info["episode_log_ratio"], abs=1e-9)
+    assert total > 0.3, "a good lr on breast cancer should cut the loss by far more than 25%"
+    assert sum(r > 0 for r in rewards) > len(rewards) / 2
+
+
+def test_divergence_ends_the_episode_with_the_penalty() -> None:
+    env = TrainingControlEnv(tasks="tabular.friedman_regression", interval=10, divergence_penalty=1.0)
+    env.reset(seed=0, options={"lr": 5.0, "optimizer": "SGD"})
+    total, done, info = 0.0, False, {}
+    while not done:
+        _, r, done, _, info = env.step(np.ones(4, dtype=np.float32))  # and push the lr up
+        total += r
+    assert info["diverged"]
+    assert total == pytest.approx(-1.0)
+    for key in ("task_id", "family", "domain", "hyperparameters", "final", "diverged"):
+        assert key in info
+    assert info["hyperparameters"]["lr"] == 5.0 and info["domain"] == "tabular"
+
+
+def test_the_env_uses_the_deployment_path() -> None:
+    """The env's optimizer is a ChuckOptimizer and its actions are recorded as decisions."""
+    env = TrainingControlEnv(tasks="cv.digits_mlp", interval=5, budget_scale=0.2)
+    env.reset(seed=1)
+    env.step(np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32))
+    assert isinstance(env.opt, chuck.ChuckOptimizer)
+    d = env.opt.decisions[-1]
+    assert d.source == "external" and d.action[0] == 1.0 and d.hyperparameters["lr_mult"] == pytest.approx(2.0)
+    assert set(d.observation) == set(chuck.ObservationSpec().names)
+
+
+def test_user_registered_task_runs_end_to_end() -> None:
+    import torch
+    from torch import nn
+
+    class Sine(zoo.Task):
+        id, domain, budget = "inhouse.sine", "inhouse", 40
+        space = zoo.SearchSpace(optimizers=("Adam",), norms=("none",))
+
+        def build(self, config: zoo.TaskConfig) -> zoo.TaskInstance:
+            x = torch.linspace(-3, 3, 256).unsqueeze(1)
+            y = torch.sin(x).squeeze(1)
+            model = nn.Sequential(nn.Linear(1, config.width), nn.Tanh(), nn.Linear(config.width, 1))
+            opt = zoo.make_optimizer(config.optimizer, model.parameters(), config.lr, 0.0)
+            return zoo.SupervisedInstance(model, opt, config, (x, y), (x, y),
+                                          lambda o, t: ((o.squeeze(1) - t) ** 2).mean(), 1.0, accuracy=False)
+
+    zoo.register_task(Sine, replace=True)
+    try:
+        _run_user_task()
+    finally:
+        zoo.unregister_task("inhouse.sine")
+
+
+def _run_user_task() -> None:
+    assert "inhouse.sine" in zoo.list_tasks("custom")
+    env = TrainingControlEnv(tasks="custom", interval=5)
+    obs, info = env.reset(seed=0)
+    assert info["task_id"] == "inhouse.sine"
+    done, steps = False, 0
+    while not done:
+        obs, r, done, _, info = env.step(env.action_space.sample())
+        assert math.isfinite(r)
+        steps += 1
+    assert steps == 40 // 5 - 1 and info["family"] == "inhouse.sine"
