@@ -1,0 +1,110 @@
+"""The ``chuck`` command line: demo, train-policy, evaluate, ui.
+
+Each subcommand imports its heavy dependencies only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field, help text from the attribute docstrings in the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        help_ = docs.get(f.name, "") + f" (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
+        elif isinstance(default, (dict, list)):
+            parser.add_argument(flag, default=default, type=json.loads, help=help_ + " [JSON]")
+        elif default is None:
+            parser.add_argument(flag, default=None, help=help_)
+        else:
+            parser.add_argument(flag, default=default, type=type(default), help=help_)
+
+
+def _cmd_train_policy(args: argparse.Namespace) -> int:
+    from chuck.metatrain import MetaTrainConfig, train_policy
+
+    fields = {f.name for f in dataclasses.fields(MetaTrainConfig)}
+    cfg = MetaTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    result = train_policy(cfg)
+    last = result.evaluations[-1] if result.evaluations else {}
+    print(f"policy exported to {result.artifact_dir}")
+    print(f"registered as models:/{cfg.name}@{cfg.alias} (version {result.model_version}); MLflow run {result.run_id}")
+    if last:
+        print(f"held-out return {last['heldout_return']:+.3f} vs constant {last['constant_return']:+.3f} "
+              f"(advantage {last['advantage']:+.3f})")
+    print(f"load it with chuck.load_policy({str(result.artifact_dir)!r}) or chuck.load_policy('models:/{cfg.name}@{cfg.alias}')")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from chuck.demo import DemoConfig, run_demo
+
+    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from chuck.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store: {uri}); Ctrl-C to stop")
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chuck", description="chuck: a learned meta-policy for neural-network training")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from chuck.metatrain import MetaTrainConfig
+
+    p = sub.add_parser("train-policy", help="meta-train a policy with PPO over zoo (and your) tasks")
+    _add_dataclass_flags(p, MetaTrainConfig)
+    p.set_defaults(func=_cmd_train_policy)
+
+    try:
+        from chuck.demo import DemoConfig
+    except ImportError:  # pragma: no cover - demo lands with its issue
+        DemoConfig = None  # type: ignore[assignment]
+    if DemoConfig is not None:
+        p = sub.add_parser("demo", help="train a zoo task twice (plain AdamW vs chuck) and compare")
+        _add_dataclass_flags(p, DemoConfig)
+        p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the local store (loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=_cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""Meta-training: stable-baselines3 PPO over the zoo, logged in MLflow, exported as a chuck policy.
+
+    from chuck.metatrain import MetaTrainConfig, train_policy
+    result = train_policy(MetaTrainConfig(tasks="train", timesteps=40_000, output="runs/default"))
+
+or ``chuck train-policy --tasks train --timesteps 40000 --output runs/default``.
+
+What happens:
+
+1. ``n_envs`` :class:`~chuck.envs.TrainingControlEnv` in subprocesses (SubprocVecEnv;
+   one torch thread each), wrapped in ``VecMonitor`` and ``VecNormalize`` (observations
+   only: the reward is already scale-free). The normalization statistics are exported with
+   the policy, so deployment sees exactly what training saw.
+2. PPO trains; every rollout's metrics go to MLflow (an SB3 ``KVWriter``). Every
+   ``eval_every`` timesteps the policy is *exported* and the exported, torch-only actor is
+   evaluated on the held-out families against the constant (do-nothing) policy on the same
+   task instances: this is the deployment path, not SB3's ``predict``.
+3. Checkpoints (SB3 zip + VecNormalize + progress) every ``checkpoint_every`` timesteps;
+   a rerun with the same ``output`` resumes, continuing the same MLflow run.
+4. At the end: the artifact (``policy.pt`` + ``policy.json`` card) is logged to the run,
+   registered as a new version of ``name`` with ``alias``, and evaluation tables and plots
+   are logged too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chuck.observation import ObservationSpec
+
+
+@dataclass
+class MetaTrainConfig:
+    """Settings of one meta-training run (every field is a ``chuck train-policy`` flag)."""
+
+    tasks: str = "train"
+    """Training tasks: a split ("train", "custom", "all"), "domain:cv", task ids, or a comma-separated mix."""
+    eval_tasks: str = "heldout"
+    """Tasks of the periodic evaluation (held-out families by default)."""
+    timesteps: int = 40_000
+    """PPO timesteps (= decisions) in total, across environments."""
+    seed: int = 0
+    """Seed of PPO and of the environments."""
+    n_envs: int = 2
+    """Parallel environments (subprocesses); one per core is right."""
+    interval: int = 20
+    """Inner training steps per decision; stored in the card and used at deployment."""
+    budget_scale: float = 1.0
+    """Multiplies each task's step budget (small values for smoke tests)."""
+    init_policy: str | None = None
+    """Start from this policy's actor and normalization ("default", a path, models:/...): fine-tuning."""
+    output: str = "runs/policy"
+    """Directory for checkpoints and the exported artifact; rerunning with it resumes."""
+    name: str = "chuck-policy"
+    """Registered model name in MLflow (and the policy's name in its card)."""
+    alias: str = "candidate"
+    """Alias set on the new registered version."""
+    eval_every: int = 10_000
+    """Timesteps between held-out evaluations (0: only at the end)."""
+    eval_episodes: int = 8
+    """Episodes per evaluation (fixed seeds, the same instances every time)."""
+    checkpoint_every: int = 2_000
+    """Timesteps between checkpoints."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: local SQLite under CHUCK_HOME)."""
+    experiment: str = "chuck-meta-training"
+    """MLflow experiment name."""
+    progress: bool = True
+    """Show a progress bar."""
+    ppo: dict[str, Any] = field(default_factory=lambda: {
+        "n_steps": 64, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.95,
+        "gae_lambda": 0.9, "clip_range": 0.2, "ent_coef": 0.0,
+    })
+    """PPO hyperparameters passed to stable_baselines3.PPO (n_steps is per environment)."""
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layers of actor and critic."""
+    log_std_init: float = -1.0
+    """Initial log std of the Gaussian policy: std 0.37 keeps early exploration from slamming every bound."""
+
+
+@dataclass
+class TrainResult:
+    artifact_dir: Path
+    run_id: str
+    model_version: str | None
+    evaluations: list[dict[str, Any]]
+
+
+def _need_sb3():
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - in chuck[all]
+        raise ImportError("meta-training needs stable-baselines3 and mlflow: pip install 'chuck[all]'") from exc
+
+
+def _make_env(tasks: str, interval: int, budget_scale: float, seed: int):
+    def thunk():
+        import torch
+
+        torch.set_num_threads(1)  # one core per environment process
+        from chuck.envs import TrainingControlEnv
+
+        env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale)
+        env.reset(seed=seed)
+        return env
+
+    return thunk
+
+
+def evaluate_policy(policy: Any, tasks: str, episodes: int, *, interval: int = 20, budget_scale: float = 1.0,
+                    seed: int = 10_000, options: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run ``episodes`` meta-env episodes with ``policy`` (a chuck Policy, or None = hold) on fixed seeds.
+
+    The observation goes through ``policy.act`` exactly as in ``ChuckOptimizer``. Returns one row
+    per episode: task, seed, initial lr, return (= log(L_start/L_end), or -penalty if diverged).
+    """
+    from chuck.envs import TrainingControlEnv
+
+    env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale)
+    hold = np.zeros(env.action_space.shape, dtype=np.float32)
+    rows = []
+    for i in range(episodes):
+        opts = options[i] if options else None
+        obs, _ = env.reset(seed=seed + i, options=opts)
+        done, ret, info = False, 0.0, {}
+        while not done:
+            action = hold if policy is None else np.asarray(policy.act(obs), dtype=np.float32)
+            obs, r, done, _, info = env.step(action)
+            ret += r
+        rows.append({
+            "task_id": info["task_id"], "seed": seed + i, "optimizer": info["hyperparameters"]["optimizer"],
+            "initial_lr": info["hyperparameters"]["lr"], "return": ret, "diverged": info["diverged"],
+            "final_val_loss": info["final"]["final_val_loss"], "final_lr": info["final"]["lr"],
+        })
+    env.close()
+    return rows
+
+
+def train_policy(cfg: MetaTrainConfig) -> TrainResult:
+    """Run (or resume) meta-training; see the module docstring."""
+    _need_sb3()
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.logger import KVWriter, Logger
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
+
+    from chuck import tracking
+    from chuck.loading import load_policy
+    from chuck.policies.artifact import load_artifact
+    from chuck.policies.export import export_sb3, load_actor_into_sb3
+    from chuck.zoo import resolve_tasks
+
+    resolve_tasks(cfg.tasks)  # fail fast on a bad task spec
+    resolve_tasks(cfg.eval_tasks)
+    out = Path(cfg.output)
+    ckpt = out / "checkpoint"
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = ckpt / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    mlflow = tracking.setup(cfg.tracking_uri, cfg.experiment)
+
+    thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, cfg.seed + 1000 * i) for i in range(cfg.n_envs)]
+    venv = SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks)
+    venv = VecMonitor(venv)
+    if state and (ckpt / "vecnormalize.pkl").exists():
+        venv = VecNormalize.load(str(ckpt / "vecnormalize.pkl"), venv)  # training-internal pickle, never shipped
+    else:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0)
+
+    run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else f"{cfg.name}-seed{cfg.seed}")
+    run_id = run.info.run_id
+    try:
+        if not state:
+            mlflow.log_params({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in asdict(cfg).items()})
+            mlflow.set_tags({"chuck.kind": "meta-training", "chuck.observation_version": ObservationSpec().version})
+
+        class MLflowWriter(KVWriter):
+            def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+                metrics = {k.replace("/", "."): float(v) for k, v in key_values.items()
+                           if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))}
+                if metrics:
+                    mlflow.log_metrics(metrics, step=int(step))
+
+            def close(self) -> None:
+                pass
+
+        if state and (ckpt / "ppo.zip").exists():
+            model = PPO.load(str(ckpt / "ppo.zip"), env=venv, device="cpu")
+        else:
+            model = PPO("MlpPolicy", venv, seed=cfg.seed, device="cpu", verbose=0,
+                        policy_kwargs={"net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
+                                       "log_std_init": cfg.log_std_init},
+                        **cfg.ppo)
+            if cfg.init_policy:
+                init = load_policy(cfg.init_policy)
+                load_actor_into_sb3(model, init.actor)
+                venv.obs_rms.mean = init.actor.obs_mean.numpy().copy()
+                venv.obs_rms.var = init.actor.obs_var.numpy().copy()
+                venv.obs_rms.count = 1e4  # trust the inherited statistics
+                mlflow.set_tag("chuck.init_policy", cfg.init_policy)
+        model.set_logger(Logger(folder=None, output_formats=[MLflowWriter()]))
+
+        obs_low = np.asarray(state.get("obs_low", [np.inf] * len(ObservationSpec().names)), dtype=np.float64)
+        obs_high = np.asarray(state.get("obs_high", [-np.inf] * len(ObservationSpec().names)), dtype=np.float64)
+        evaluations: list[dict[str, Any]] = list(state.get("evaluations", []))
+        baseline_rows = evaluate_policy(None, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval,
+                                        budget_scale=cfg.budget_scale)
+        baseline = float(np.mean([r["return"] for r in baseline_rows]))
+
+        def card(extra_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+            finite = np.isfinite(obs_low) & np.isfinite(obs_high)
+            return {
+                "name": cfg.name, "version": f"{run_id[:8]}-{int(model.num_timesteps)}", "interval": cfg.interval,
+                "observation_stats": {
+                    "low": np.where(finite, obs_low, ObservationSpec().low).tolist(),
+                    "high": np.where(finite, obs_high, ObservationSpec().high).tolist(),
+                    "mean": np.asarray(venv.obs_rms.mean).tolist(), "std": np.sqrt(np.asarray(venv.obs_rms.var)).tolist(),
+                },
+                "training": {"tasks": cfg.tasks, "eval_tasks": cfg.eval_tasks, "timesteps": int(model.num_timesteps),
+                             "seed": cfg.seed, "mlflow_run_id": run_id, "ppo": cfg.ppo, "interval": cfg.interval,
+                             "budget_scale": cfg.budget_scale, "init_policy": cfg.init_policy},
+                "evaluation": extra_eval or (evaluations[-1] if evaluations else {}),
+            }
+
+        def run_eval() -> dict[str, Any]:
+            tmp = Path(tempfile.mkdtemp(prefix="chuck-eval-"))
+            try:
+                export_sb3(model, venv, tmp, card())
+                policy = load_artifact(tmp)  # evaluate what ships: the torch-only export
+                rows = evaluate_policy(policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval,
+                                       budget_scale=cfg.budget_scale)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            mean = float(np.mean([r["return"] for r in rows]))
+            result = {"timesteps": int(model.num_timesteps), "heldout_return": mean, "constant_return": baseline,
+                      "advantage": mean - baseline, "diverged": float(np.mean([r["diverged"] for r in rows]))}
+            mlflow.log_metrics({f"eval.{k}": v for k, v in result.items() if k != "timesteps"}, step=int(model.num_timesteps))
+            evaluations.append(result)
+            return result
+
+        def save_checkpoint() -> None:
+            ckpt.mkdir(parents=True, exist_ok=True)
+            model.save(str(ckpt / "ppo.zip"))
+            venv.save(str(ckpt / "vecnormalize.pkl"))
+            state_path.write_text(json.dumps({
+                "run_id": run_id, "timesteps": int(model.num_timesteps), "obs_low": obs_low.tolist(),
+                "obs_high": obs_high.tolist(), "evaluations": evaluations,
+            }))
+
+        class Hooks(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bar = None
+                self.last_ckpt = self.last_eval = 0
+
+            def _on_training_start(self) -> None:
+                self.last_ckpt = self.last_eval = int(self.model.num_timesteps)
+                if cfg.progress:
+                    from tqdm.auto import tqdm
+
+                    self.bar = tqdm(total=cfg.timesteps, initial=int(self.model.num_timesteps), desc="meta-training",
+                                    unit="decision")
+
+            def _on_step(self) -> bool:
+                nonlocal obs_low, obs_high
+                raw = venv.get_original_obs()
+                obs_low = np.minimum(obs_low, raw.min(0))
+                obs_high = np.maximum(obs_high, raw.max(0))
+                t = int(self.model.num_timesteps)
+                if self.bar is not None:
+                    self.bar.update(t - self.bar.n)
+                if cfg.eval_every and t - self.last_eval >= cfg.eval_every:
+                    self.last_eval = t
+                    res = run_eval()
+                    if self.bar is not None:
+                        self.bar.set_postfix(heldout=f"{res['heldout_return']:+.3f}", constant=f"{baseline:+.3f}")
+                if t - self.last_ckpt >= cfg.checkpoint_every:
+                    self.last_ckpt = t
+                    save_checkpoint()
+                return True
+
+            def _on_training_end(self) -> None:
+                if self.bar is not None:
+                    self.bar.close()
+
+        remaining = cfg.timesteps - int(model.num_timesteps)
+        if remaining > 0:
+            model.learn(total_timesteps=remaining, callback=CallbackList([Hooks()]), reset_num_timesteps=False)
+        save_checkpoint()
+        final = run_eval()
+        save_checkpoint()
+
+        artifact = export_sb3(model, venv, out / "artifact", card(final))
+        load_artifact(artifact)  # the exported artifact must load before it is registered
+        mlflow.log_artifacts(str(artifact), artifact_path="policy")
+        _log_eval_outputs(mlflow, out, evaluations, baseline_rows)
+        version = tracking.register_artifact(run_id, "policy", cfg.name, cfg.alias)
+        mlflow.set_tag("chuck.registered", f"models:/{cfg.name}@{cfg.alias} (version {version})")
+        return TrainResult(artifact_dir=artifact, run_id=run_id, model_version=version, evaluations=evaluations)
+    finally:
+        mlflow.end_run()
+        venv.close()
+
+
+def _log_eval_outputs(mlflow: Any, out: Path, evaluations: list[dict[str, Any]], baseline_rows: list[dict[str, Any]]) -> None:
+    """Evaluation table (CSV) and learning-curve plot as run artifacts."""
+    import csv
+
+    table = out / "evaluations.csv"
+    if evaluations:
+        with open(table, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(evaluations[0]))
+            w.writeheader()
+            w.writerows(evaluations)
+        mlflow.log_artifact(str(table), artifact_path="evaluation")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    if evaluations:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ts = [e["timesteps"] for e in evaluations]
+        ax.plot(ts, [e["heldout_return"] for e in evaluations], marker="o", label="learned policy")
+        ax.axhline(evaluations[0]["constant_return"], color="gray", ls="--", label="constant (hold)")
+        ax.set_xlabel("PPO timesteps (decisions)")
+        ax.set_ylabel("held-out return = log(L_start/L_end)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "heldout_curve.png", dpi=120)
+        plt.close(fig)
+        mlflow.log_artifact(str(out / "heldout_curve.png"), artifact_path="evaluation")

@@ -1,0 +1,102 @@
+"""The learned policy at deployment: a torch-only MLP actor with bundled observation normalization.
+
+It mirrors stable-baselines3's ``MlpPolicy`` actor for a Box action space
+(``mlp_extractor.policy_net`` then ``action_net``; the deterministic action is
+the Gaussian mean, clipped to the action space) and ``VecNormalize``'s
+observation transform, ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``.
+No SB3 import is needed to run it; ``tests/policies/test_export_parity.py``
+checks that both give the same action.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from chuck.observation import ObservationSpec
+from chuck.policies.base import Policy
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class ActorNetwork(nn.Module):
+    """Normalization + MLP actor. State-dict keys are part of the artifact format."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "tanh",
+                 clip_obs: float = 10.0, epsilon: float = 1e-8) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = obs_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), ACTIVATIONS[activation]()]
+            d = h
+        self.policy_net = nn.Sequential(*layers)
+        self.action_net = nn.Linear(d, act_dim)
+        self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
+        self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
+        self.clip_obs, self.epsilon = clip_obs, epsilon
+
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        z = (obs.double() - self.obs_mean) / torch.sqrt(self.obs_var + self.epsilon)
+        return z.clamp(-self.clip_obs, self.clip_obs).float()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action (unclipped mean) for raw observations."""
+        return self.action_net(self.policy_net(self.normalize(obs)))
+
+
+class LearnedPolicy(Policy):
+    """A policy loaded from an exported artifact (see :mod:`chuck.policies.artifact`).
+
+    Attributes:
+        card: the artifact's JSON card (specs, training, evaluation, checksum).
+        obs_low, obs_high: per-feature range of the observations seen in training
+            (used by ChuckOptimizer's out-of-distribution check).
+    """
+
+    def __init__(self, actor: ActorNetwork, card: dict[str, Any]) -> None:
+        self.actor = actor.eval()
+        self.card = card
+        self.name = card.get("name", "learned")
+        self.version = str(card.get("version", "0"))
+        self.observation_version = str(card["observation"]["version"])
+        self.action_version = str(card["action"]["version"])
+        self.interval = card.get("interval")
+        self._spec = ObservationSpec()
+        stats = card.get("observation_stats") or {}
+        self.obs_low = np.asarray(stats["low"], dtype=np.float32) if "low" in stats else None
+        self.obs_high = np.asarray(stats["high"], dtype=np.float32) if "high" in stats else None
+
+    @torch.no_grad()
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
+        return self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
+
+    def act_batch(self, observations: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.actor(torch.as_tensor(observations, dtype=torch.float32)).clamp(-1.0, 1.0).numpy()
+
+    def explain(self, observation: np.ndarray) -> dict[str, float]:
+        """Gradient x input attribution of the action through the actor (Simonyan et al. 2014;
+        Shrikumar et al. 2016), on normalized features, normalized to sum |.| = 1."""
+        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
+        z = self.actor.normalize(obs).requires_grad_(True)
+        out = self.actor.action_net(self.actor.policy_net(z)).clamp(-1.0, 1.0)
+        out.abs().sum().backward()
+        attr = (z.grad * z).detach().reshape(-1).numpy()
+        total = float(np.abs(attr).sum())
+        if total <= 0 or not np.isfinite(total):
+            return {}
+        return {n: float(a / total) for n, a in zip(self._spec.names, attr)}
+
+    def out_of_distribution(self, observation: np.ndarray, margin: float = 0.0) -> list[str]:
+        """Names of features outside the range seen in training (widened by ``margin`` x range)."""
+        if self.obs_low is None or self.obs_high is None:
+            return []
+        obs = np.asarray(observation, dtype=np.float32).reshape(-1)
+        width = (self.obs_high - self.obs_low) * margin
+        bad = (obs < self.obs_low - width) | (obs > self.obs_high + width)
+        return [n for n, b in zip(self._spec.names, bad) if b]
