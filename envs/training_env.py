@@ -29,7 +29,8 @@ class TrainingControlEnv(gym.Env):
     ``policy=None`` and trains ``interval`` steps so the first observation has data.
     Each ``step(action)`` applies the action through ``ChuckOptimizer.apply_action``
     (the deployment path's ActionSpec) and trains ``interval`` more steps through
-    the same optimizer, guardrails and monitors a user's loop runs.
+    the same optimizer, guardrails and monitors a user's loop runs, then evaluates
+    and reports the validation loss with ``ChuckOptimizer.observe``, as a user's loop does.
 
     ## Action Space
 
@@ -162,6 +163,7 @@ class TrainingControlEnv(gym.Env):
         self.l_init = self._floor(self._eval())
         self._train_interval()
         self.l_start = self.l_prev = self._floor(self._eval())
+        self.opt.observe(val_loss=self.l_start)
         return self.opt.observation(), {"task_id": self.task.id, "val_loss": self.l_prev}
 
     def step(self, action: np.ndarray):
@@ -170,6 +172,9 @@ class TrainingControlEnv(gym.Env):
         self.opt.apply_action(np.asarray(action, dtype=np.float64), source="external")
         skipped = self._train_interval()
         l_now = self._floor(self._eval())
+        # a user's loop reports its evaluations with observe(); the env does the same, so that
+        # the validation features (gap, trend, Prechelt's GL) look alike in training and deployment
+        self.opt.observe(val_loss=l_now if math.isfinite(l_now) else None)
         weights_ok = all(bool(torch.isfinite(p).all()) for p in self.instance.model.parameters())
         diverged = (
             not math.isfinite(l_now)
