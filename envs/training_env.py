@@ -68,6 +68,8 @@ class TrainingControlEnv(gym.Env):
     * ``interval``: inner training steps per decision (default 20).
     * ``budget_scale``: multiplies every task's step budget (tests use small values).
     * ``divergence_factor``, ``divergence_penalty``, ``loss_floor``: see Rewards / Episode End.
+    * ``p_no_total``, ``p_no_model``: probability that an episode's ChuckOptimizer gets no
+      ``total_steps`` / no ``model`` (as in user code that omits them).
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -89,6 +91,8 @@ class TrainingControlEnv(gym.Env):
         divergence_factor: float = 3.0,
         divergence_penalty: float = 1.0,
         loss_floor: float = 1e-3,
+        p_no_total: float = 0.3,
+        p_no_model: float = 0.2,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -101,6 +105,7 @@ class TrainingControlEnv(gym.Env):
         self.divergence_factor = divergence_factor
         self.divergence_penalty = divergence_penalty
         self.loss_floor = loss_floor
+        self.p_no_total, self.p_no_model = p_no_total, p_no_model
         self.observation_space = ObservationSpec().space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
@@ -156,9 +161,13 @@ class TrainingControlEnv(gym.Env):
         torch.manual_seed(config.seed)
         self.instance = self.task.build(config)
         self.budget = self._budget(self.task)
+        # Users may leave out total_steps or the model; so does the env, sometimes, so that a
+        # policy trained here has seen those observations (progress and activation features absent).
+        give_total = bool(self.np_random.random() >= self.p_no_total)
+        give_model = bool(self.np_random.random() >= self.p_no_model)
         self.opt = ChuckOptimizer(
-            self.instance.optimizer, policy=None, model=self.instance.model,
-            total_steps=self.budget, interval=self.interval, seed=config.seed,
+            self.instance.optimizer, policy=None, model=self.instance.model if give_model else None,
+            total_steps=self.budget if give_total else None, interval=self.interval, seed=config.seed,
         )
         self.l_init = self._floor(self._eval())
         self._train_interval()

@@ -93,8 +93,9 @@ def test_divergence_ends_the_episode_with_the_penalty() -> None:
 
 def test_the_env_uses_the_deployment_path() -> None:
     """The env's optimizer is a ChuckOptimizer and its actions are recorded as decisions."""
-    env = TrainingControlEnv(tasks="cv.digits_mlp", interval=5, budget_scale=0.2)
+    env = TrainingControlEnv(tasks="cv.digits_mlp", interval=5, budget_scale=0.2, p_no_model=0.0)
     env.reset(seed=1)
+    assert env.opt.model is env.instance.model
     env.step(np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32))
     assert isinstance(env.opt, chuck.ChuckOptimizer)
     d = env.opt.decisions[-1]
