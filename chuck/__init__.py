@@ -18,6 +18,15 @@ from chuck.optimizer import ChuckOptimizer
 from chuck.policies.base import Policy
 from chuck.report import Decision, HealthReport
 
+
+def __getattr__(name: str):
+    # Edge modules load lazily so that `import chuck` needs only torch, numpy and gymnasium.
+    if name == "MLflowDecisionLogger":
+        from chuck.mlflow_logger import MLflowDecisionLogger
+
+        return MLflowDecisionLogger
+    raise AttributeError(f"module 'chuck' has no attribute {name!r}")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "HealthReport",
     "Indicator",
     "Knob",
+    "MLflowDecisionLogger",
     "ObservationSpec",
     "Policy",
     "PolicyLoadError",

@@ -58,6 +58,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         action_spec: bounds and rate limits of the actions (default :class:`ActionSpec`).
         monitor_window: steps of history the monitors keep (default ``max(50, 5 * interval)``).
         seed: seeds chuck's own sampling (histogram elements, activation units).
+        tracking: a decision logger, e.g. :class:`chuck.MLflowDecisionLogger`; it is attached
+            here and closed by :meth:`close`.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         action_spec: ActionSpec | None = None,
         monitor_window: int | None = None,
         seed: int = 0,
+        tracking: Any | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"ChuckOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -129,6 +132,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.metrics: dict[str, float] = {}
         self._listeners: list[DecisionListener] = []
         self._arm_if_due()
+        self.tracking = tracking
+        if tracking is not None:
+            tracking.attach(self)
+        self._closed = False
 
     # -- delegation (schedule_free style) ---------------------------------
     @property
@@ -406,6 +413,24 @@ class ChuckOptimizer(torch.optim.Optimizer):
             recommendations=recommend(self._profile, self.stats()),
             hyperparameters=self.action_spec.hyperparameters(),
         )
+
+    # -- end of run -------------------------------------------------------
+    def close(self) -> None:
+        """End the run: flush and close the tracking logger. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.tracking is not None:
+            try:
+                self.tracking.close()
+            except Exception as exc:  # noqa: BLE001 - closing must never raise into user code
+                warnings.warn(f"chuck: closing the tracking logger failed: {exc}", RuntimeWarning, stacklevel=2)
+
+    def __enter__(self) -> ChuckOptimizer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     # -- checkpoints ------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]

@@ -123,8 +123,14 @@ class TrainingControlEnv(gym.Env):
         return v if math.isfinite(v) else math.inf
 
     def _floor(self, loss: float) -> float:
+        """Clip a loss into [floor, cap] so that every reward is finite.
+
+        The cap is the divergence threshold: a loss above it ends the episode anyway, and an
+        infinite loss (a warm-up that already diverged) must not turn log-ratios into inf or nan.
+        """
         assert self.instance is not None
-        return max(loss, self.loss_floor * self.instance.loss_reference)
+        ref = self.instance.loss_reference
+        return min(max(loss, self.loss_floor * ref), self._cap) if not math.isnan(loss) else self._cap
 
     def _train_interval(self) -> int:
         """Run ``interval`` inner steps; return how many the guardrails skipped."""
@@ -169,7 +175,10 @@ class TrainingControlEnv(gym.Env):
             self.instance.optimizer, policy=None, model=self.instance.model if give_model else None,
             total_steps=self.budget if give_total else None, interval=self.interval, seed=config.seed,
         )
-        self.l_init = self._floor(self._eval())
+        first = self._eval()
+        ref = self.instance.loss_reference
+        self.l_init = max(first, self.loss_floor * ref) if math.isfinite(first) else ref
+        self._cap = self.divergence_factor * max(self.l_init, ref)  # the divergence threshold
         self._train_interval()
         self.l_start = self.l_prev = self._floor(self._eval())
         self.opt.observe(val_loss=self.l_start)
@@ -180,15 +189,16 @@ class TrainingControlEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         self.opt.apply_action(np.asarray(action, dtype=np.float64), source="external")
         skipped = self._train_interval()
-        l_now = self._floor(self._eval())
+        raw = self._eval()
         # a user's loop reports its evaluations with observe(); the env does the same, so that
         # the validation features (gap, trend, Prechelt's GL) look alike in training and deployment
-        self.opt.observe(val_loss=l_now if math.isfinite(l_now) else None)
+        self.opt.observe(val_loss=raw if math.isfinite(raw) else None)
+        l_now = self._floor(raw)
         weights_ok = all(bool(torch.isfinite(p).all()) for p in self.instance.model.parameters())
         diverged = (
-            not math.isfinite(l_now)
+            not math.isfinite(raw)
             or not weights_ok
-            or l_now > self.divergence_factor * max(self.l_init, self.instance.loss_reference)
+            or raw > self._cap
             or skipped >= self.interval
         )
         done = diverged or self.opt.step_count >= self.budget or self.opt._calls >= 2 * self.budget

@@ -137,3 +137,18 @@ def _run_user_task() -> None:
         assert math.isfinite(r)
         steps += 1
     assert steps == 40 // 5 - 1 and info["family"] == "inhouse.sine"
+
+
+@pytest.mark.parametrize("lr,optimizer", [(1.0, "SGD"), (0.1, "Adam"), (1e-5, "RMSprop")])
+def test_rewards_are_finite_even_when_warmup_diverges(lr: float, optimizer: str) -> None:
+    """A run that diverges inside the warm-up interval must not produce inf/nan rewards (PPO would die)."""
+    env = TrainingControlEnv(tasks="tabular.friedman_regression,cv.digits_mlp", interval=10, budget_scale=0.5)
+    for seed in range(2):
+        obs, _ = env.reset(seed=seed, options={"lr": lr, "optimizer": optimizer})
+        done, total, info = False, 0.0, {}
+        while not done:
+            obs, r, done, _, info = env.step(np.ones(4, dtype=np.float32))
+            assert math.isfinite(r) and np.isfinite(obs).all()
+            total += r
+        if info["diverged"]:
+            assert total == pytest.approx(-env.divergence_penalty)
