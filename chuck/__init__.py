@@ -19,12 +19,21 @@ from chuck.policies.base import Policy
 from chuck.report import Decision, HealthReport
 
 
+_LAZY = {
+    "MLflowDecisionLogger": ("chuck.mlflow_logger", "MLflowDecisionLogger"),
+    "tune": ("chuck.tuning", "tune"),
+    "suggest_hyperparameters": ("chuck.history", "suggest_hyperparameters"),
+    "read_history": ("chuck.history", "read_history"),
+}
+
+
 def __getattr__(name: str):
     # Edge modules load lazily so that `import chuck` needs only torch, numpy and gymnasium.
-    if name == "MLflowDecisionLogger":
-        from chuck.mlflow_logger import MLflowDecisionLogger
+    if name in _LAZY:
+        import importlib
 
-        return MLflowDecisionLogger
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'chuck' has no attribute {name!r}")
 
 __version__ = "0.1.0"
@@ -43,4 +52,7 @@ __all__ = [
     "PolicyLoadError",
     "__version__",
     "load_policy",
+    "read_history",
+    "suggest_hyperparameters",
+    "tune",
 ]

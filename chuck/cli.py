@@ -64,6 +64,42 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_history(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from chuck.history import filter_history, history_dir, read_history, summary_columns
+
+    df = filter_history(read_history(), optimizer=args.optimizer, policy=args.policy, label=args.label,
+                        min_params=args.min_params, max_params=args.max_params, limit=args.limit)
+    if len(df) == 0:
+        print(f"no runs recorded in {history_dir()}")
+        return 0
+    if args.csv:
+        df.write_csv(args.csv)
+        print(f"wrote {len(df)} runs to {args.csv}")
+        return 0
+    view = df.select(summary_columns(df)).with_columns(
+        pl.from_epoch(pl.col("created").cast(pl.Int64), time_unit="s").alias("created"))
+    with pl.Config(tbl_rows=max(len(view), 10), tbl_cols=20, tbl_width_chars=200, fmt_str_lengths=30):
+        print(view)
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from chuck.tuning import tune, zoo_train_fn
+
+    train_fn, model = zoo_train_fn(args.task, seed=args.seed, steps=args.steps, optimizer=args.optimizer)
+    eps = tuple(float(x) for x in args.eps_range.split(",")) if args.eps_range else None
+    res = tune(train_fn, n_trials=args.trials, model=model, optimizer=args.optimizer,
+               study_name=args.study or f"chuck-tune-{args.task}", storage=args.storage, eps_range=eps,
+               warm_start=not args.cold, tracking_uri=args.tracking_uri, seed=args.seed, progress=True)
+    print(f"best validation loss {res.best_value:.4g} after {res.trials} trials: {res.best_params}")
+    if res.enqueued:
+        print(f"warm-started with {len(res.enqueued)} trials from the run history")
+    print(f"study {res.study_name!r} in {res.storage} (run again to resume or extend with --trials)")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -93,6 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("demo", help="train a zoo task twice (plain AdamW vs chuck) and compare")
         _add_dataclass_flags(p, DemoConfig)
         p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("history", help="show the run history as a table")
+    p.add_argument("--optimizer", help="only runs of this optimizer class (e.g. AdamW)")
+    p.add_argument("--policy", help="only runs whose policy id contains this")
+    p.add_argument("--label", help="only runs whose label contains this")
+    p.add_argument("--min-params", type=int)
+    p.add_argument("--max-params", type=int)
+    p.add_argument("--limit", type=int, default=50, help="most recent N runs (default 50)")
+    p.add_argument("--csv", help="write the filtered table to this CSV file instead")
+    p.set_defaults(func=_cmd_history)
+
+    p = sub.add_parser("tune", help="Optuna cold start on a zoo task (warm-started from the history)")
+    p.add_argument("--task", required=True, help="zoo task id, e.g. cv.digits_mlp")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the task budget)")
+    p.add_argument("--optimizer", default="AdamW")
+    p.add_argument("--eps-range", default=None, help="'lo,hi' epsilon search range (Adam family)")
+    p.add_argument("--study", default=None)
+    p.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite under CHUCK_HOME)")
+    p.add_argument("--cold", action="store_true", help="no warm start from the history")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the local store (loopback only)")
     p.add_argument("--port", type=int, default=5000)

@@ -60,6 +60,12 @@ class ChuckOptimizer(torch.optim.Optimizer):
         seed: seeds chuck's own sampling (histogram elements, activation units).
         tracking: a decision logger, e.g. :class:`chuck.MLflowDecisionLogger`; it is attached
             here and closed by :meth:`close`.
+        history: write a run record when the run ends (``close()``, ``with``, or interpreter
+            exit) to ``$CHUCK_HOME/history`` (``True``), to a given directory (a path), or not (``False``).
+        label, batch_size, data_size: extra context stored in the history record's fingerprint.
+        ood_fallback: what to do when the observation leaves the range the (learned) policy was
+            trained on: ``"heuristic"`` (ask the heuristic policy), ``"hold"``, or ``"off"``.
+        ood_margin: tolerance beyond the trained range, as a fraction of that range.
     """
 
     def __init__(
@@ -77,6 +83,12 @@ class ChuckOptimizer(torch.optim.Optimizer):
         monitor_window: int | None = None,
         seed: int = 0,
         tracking: Any | None = None,
+        history: bool | str = True,
+        label: str = "",
+        batch_size: int | None = None,
+        data_size: int | None = None,
+        ood_fallback: str = "heuristic",
+        ood_margin: float = 0.1,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"ChuckOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -135,7 +147,21 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.tracking = tracking
         if tracking is not None:
             tracking.attach(self)
+        if ood_fallback not in ("heuristic", "hold", "off"):
+            raise ValueError(f"ood_fallback must be 'heuristic', 'hold' or 'off', got {ood_fallback!r}")
+        self.ood_fallback, self.ood_margin = ood_fallback, ood_margin
+        self._fallback_policy = None
+        self._history = history
+        self._history_info = {"label": label, "batch_size": batch_size, "data_size": data_size}
+        self._initial_hyperparameters = {k: v for k, v in self.action_spec.hyperparameters().items() if not k.startswith("knob.")}
+        self.history_path: str | None = None
         self._closed = False
+        if history:
+            import atexit
+            import weakref
+
+            ref = weakref.ref(self)
+            atexit.register(lambda: (o := ref()) is not None and o.close())
 
     # -- delegation (schedule_free style) ---------------------------------
     @property
@@ -317,6 +343,18 @@ class ChuckOptimizer(torch.optim.Optimizer):
             return self._hold(f"policy returned shape {action.shape}, expected ({len(self.action_spec.dims)},)")
         if not np.all(np.isfinite(action)):
             return self._hold("policy returned non-finite values")
+        ood = getattr(self.policy, "out_of_distribution", None)
+        if ood is not None and self.ood_fallback != "off":
+            outside = ood(obs, margin=self.ood_margin)
+            if outside:
+                why = f"out of distribution ({', '.join(outside[:4])}{'...' if len(outside) > 4 else ''})"
+                if self.ood_fallback == "hold":
+                    return self._hold(why)
+                if self._fallback_policy is None:
+                    from chuck.policies.heuristic import HeuristicPolicy
+
+                    self._fallback_policy = HeuristicPolicy()
+                return np.asarray(self._fallback_policy.act(obs), dtype=np.float64), "fallback", f"{why}: heuristic"
         return action, "policy", ""
 
     def _hold(self, reason: str) -> tuple[np.ndarray, str, str]:
@@ -416,15 +454,29 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     # -- end of run -------------------------------------------------------
     def close(self) -> None:
-        """End the run: flush and close the tracking logger. Idempotent."""
+        """End the run: write the history record and close the tracking logger. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._history and self._step > 0:
+            self._write_history()
         if self.tracking is not None:
             try:
                 self.tracking.close()
             except Exception as exc:  # noqa: BLE001 - closing must never raise into user code
                 warnings.warn(f"chuck: closing the tracking logger failed: {exc}", RuntimeWarning, stacklevel=2)
+
+    def _write_history(self) -> None:
+        try:
+            from chuck.history import record_from_optimizer, write_record
+
+            record = record_from_optimizer(self, **self._history_info)
+            directory = self._history if isinstance(self._history, str) else None
+            self.history_path = str(write_record(record, directory))
+        except ImportError as exc:
+            warnings.warn(f"chuck: run history needs polars ({exc}); no record written", RuntimeWarning, stacklevel=3)
+        except Exception as exc:  # noqa: BLE001 - a history failure must never break the user's run
+            warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=3)
 
     def __enter__(self) -> ChuckOptimizer:
         return self

@@ -174,6 +174,7 @@ class TrainingControlEnv(gym.Env):
         self.opt = ChuckOptimizer(
             self.instance.optimizer, policy=None, model=self.instance.model if give_model else None,
             total_steps=self.budget if give_total else None, interval=self.interval, seed=config.seed,
+            history=False,  # thousands of meta-training episodes are not user runs
         )
         first = self._eval()
         ref = self.instance.loss_reference

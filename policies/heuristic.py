@@ -12,7 +12,7 @@ Rules, in priority order for the learning rate:
 3. Plateau for a whole window: warm restart, double the lr once, then wait
    ``restart_cooldown`` decisions (SGDR, Loshchilov & Hutter 2017, restarts the
    lr on a schedule; here the plateau triggers it).
-4. Updates tiny (ratio < 10^-4.5) or steady convergence with small noise
+4. Updates tiny (ratio < 10^-4, where the weights monitor warns) or steady convergence with small noise
    while updates are still below ~10^-2.5 of the weights: speed up by x2 or x1.41.
 
 Overfitting (Prechelt GL > 2% with a rising validation loss) raises weight
@@ -70,7 +70,7 @@ class HeuristicPolicy(Policy):
         elif f["loss.plateau"] >= 1.0 and self._cooldown == 0:
             lr, why["loss.plateau"] = 1.0, 1.0
             self._cooldown = self.restart_cooldown
-        elif has_updates and f["weights.update_ratio_log10"] < -4.5:
+        elif has_updates and f["weights.update_ratio_log10"] < -4.0:  # the weights monitor's warn line
             lr, why["weights.update_ratio_log10"] = 1.0, 1.0
         elif (
             f["loss.log_slope"] < -0.05 and f["loss.noise_to_progress"] < 0.5 and f["loss.spike"] < math.log(1.5)

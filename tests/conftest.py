@@ -40,3 +40,10 @@ def make_net(seed: int = 0, **kw) -> FrozenNet:
 @pytest.fixture
 def net() -> FrozenNet:
     return make_net()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_chuck_home(tmp_path, monkeypatch):
+    """Every test gets its own CHUCK_HOME (history, Optuna DB, MLflow store): nothing leaks to ~/.chuck."""
+    monkeypatch.setenv("CHUCK_HOME", str(tmp_path / "chuck_home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

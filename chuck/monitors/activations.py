@@ -144,11 +144,12 @@ class ActivationMonitor(Monitor):
     def indicators(self) -> list[Indicator]:
         s = self.stats()
         d, sat, sp, dr = s["act.dead_fraction"], s["act.saturation"], s["act.sparsity"], s["act.drift"]
-        worst = max(self.per_module().items(), key=lambda kv: kv[1].get("dead", -1), default=(None, {}))[0]
+        worst_name, worst = max(self.per_module().items(), key=lambda kv: kv[1].get("dead", -1), default=(None, {}))
+        worst_name = worst_name if worst.get("dead", 0.0) > 0 else None
         return [
             Indicator(
                 "act.dead_relu", d, grade(d, DEAD_WARN, DEAD_BAD),
-                f"{d:.0%} of sampled rectifier units are inactive for a whole batch" + (f" (worst: {worst})" if worst else "")
+                f"{d:.0%} of sampled rectifier units are inactive for a whole batch" + (f" (worst: {worst_name})" if worst_name else "")
                 if not math.isnan(d) else "no sampled forward pass yet",
                 "lower the learning rate, use LeakyReLU/GELU, or check the init" if grade(d, DEAD_WARN, DEAD_BAD) in ("warn", "bad") else "",
                 "Lu et al. 2019, Dying ReLU and Initialization",

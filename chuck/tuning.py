@@ -1,0 +1,268 @@
+"""Cold start with Optuna: ``chuck.tune``.
+
+Where no policy fits yet or the history has nothing similar, an Optuna study
+(TPE, median pruning on the intermediate values your train function reports)
+picks starting hyperparameters: learning rate, weight decay, clip threshold and,
+for Adam-family optimizers, epsilon within the range the gradient-magnitude
+histogram suggests (Silva & Rodriguez 2024; see
+``chuck.monitors.GradientMonitor.suggested_eps_range``).
+
+* Warm start: when a model is given, the history's nearest runs are enqueued
+  (``study.enqueue_trial``) before TPE samples anything.
+* Storage: an Optuna RDB URL (default ``sqlite:///$CHUCK_HOME/optuna.db``; a
+  PostgreSQL URL works the same way). Calling ``tune`` again with the same study
+  name resumes: it runs only the trials still missing to reach ``n_trials``.
+* Tracking: one MLflow parent run per study, one nested run per trial.
+* History: the best trial is written to the run history.
+
+``train_fn(params, trial) -> float`` trains with ``params`` (a dict with ``lr``,
+``weight_decay``, ``clip`` and maybe ``eps``), calls ``trial.report(value, step)``
+with intermediate validation losses (it raises ``optuna.TrialPruned`` when the
+trial should stop; let it propagate) and returns the final validation loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+
+
+@dataclass
+class TuneResult:
+    best_params: dict[str, float]
+    best_value: float
+    study_name: str
+    storage: str
+    trials: int
+    enqueued: list[dict[str, float]] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+
+
+class TrialHandle:
+    """What ``train_fn`` receives: report intermediate values; know the trial number."""
+
+    def __init__(self, trial: Any, mlflow: Any | None) -> None:
+        self._trial, self._mlflow = trial, mlflow
+        self.number = trial.number
+
+    def report(self, value: float, step: int) -> None:
+        """Report an intermediate validation loss; raises ``optuna.TrialPruned`` if the trial should stop."""
+        import optuna
+
+        value = float(value) if math.isfinite(float(value)) else 1e12
+        self._trial.report(value, step)
+        if self._mlflow is not None:
+            self._mlflow.log_metric("val_loss", value, step=step)
+        if self._trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+
+def default_storage() -> str:
+    from chuck.home import chuck_home
+
+    return f"sqlite:///{chuck_home() / 'optuna.db'}"
+
+
+def eps_range_from(opt: Any, widen_decades: float = 0.0) -> tuple[float, float]:
+    """The epsilon search range suggested by a ChuckOptimizer's gradient histogram (optionally widened)."""
+    lo, hi = opt.grad_monitor.suggested_eps_range()
+    if not (lo > 0 and hi > 0):
+        raise ValueError("no gradient histogram yet: run at least one decision interval first")
+    f = 10.0**widen_decades
+    return lo / f, hi * f
+
+
+def tune(
+    train_fn: Callable[[dict[str, float], TrialHandle], float],
+    *,
+    n_trials: int = 20,
+    model: Any = None,
+    optimizer: str = "AdamW",
+    study_name: str = "chuck-tune",
+    storage: str | None = None,
+    lr_range: tuple[float, float] = (1e-5, 1.0),
+    weight_decay_range: tuple[float, float] = (1e-6, 1e-1),
+    clip_range: tuple[float, float] = (0.1, 100.0),
+    eps_range: tuple[float, float] | None = None,
+    warm_start: bool = True,
+    warm_start_k: int = 3,
+    tracking: bool = True,
+    tracking_uri: str | None = None,
+    experiment: str = "chuck-tune",
+    seed: int = 0,
+    n_startup_trials: int = 5,
+    history: bool = True,
+    timeout: float | None = None,
+    progress: bool = False,
+) -> TuneResult:
+    """Run (or resume) an Optuna study over chuck's hyperparameters. See the module docstring."""
+    try:
+        import optuna
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("chuck.tune needs optuna: pip install 'chuck[all]'") from exc
+    for name, (lo, hi) in (("lr_range", lr_range), ("weight_decay_range", weight_decay_range), ("clip_range", clip_range)):
+        if not (0 < lo < hi):
+            raise ValueError(f"{name} must satisfy 0 < low < high, got {(lo, hi)}")
+    if eps_range is not None and optimizer not in ADAM_FAMILY:
+        raise ValueError(f"eps_range applies to Adam-family optimizers {ADAM_FAMILY}, not {optimizer}")
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    storage = storage or default_storage()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, load_if_exists=True, direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=1),
+    )
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    enqueued: list[dict[str, float]] = []
+    if warm_start and model is not None and not study.trials:
+        enqueued = _warm_start_params(model, optimizer, warm_start_k, lr_range, weight_decay_range, clip_range, eps_range)
+        for params in enqueued:
+            study.enqueue_trial(params, user_attrs={"chuck.warm_start": True})
+
+    mlflow = None
+    parent_id = study.user_attrs.get("mlflow_run_id")
+    if tracking:
+        from chuck import tracking as tr
+
+        mlflow = tr.setup(tracking_uri, experiment)
+        resumed = parent_id is not None
+        parent = mlflow.start_run(run_id=parent_id, run_name=None if resumed else f"tune:{study_name}")
+        parent_id = parent.info.run_id
+        study.set_user_attr("mlflow_run_id", parent_id)
+        if not resumed:  # params are immutable in MLflow; a resumed or extended study keeps its originals
+            mlflow.log_params({"study": study_name, "optimizer": optimizer, "lr_range": str(lr_range),
+                               "eps_range": str(eps_range), "warm_start": warm_start and model is not None})
+        mlflow.set_tag("chuck.n_trials_target", str(n_trials))
+
+    def objective(trial: Any) -> float:
+        params = {
+            "lr": trial.suggest_float("lr", *lr_range, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", *weight_decay_range, log=True),
+            "clip": trial.suggest_float("clip", *clip_range, log=True),
+        }
+        if eps_range is not None:
+            params["eps"] = trial.suggest_float("eps", *eps_range, log=True)
+        if mlflow is None:
+            return float(train_fn(params, TrialHandle(trial, None)))
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+            mlflow.log_params({**params, "warm_start": bool(trial.user_attrs.get("chuck.warm_start"))})
+            try:
+                value = float(train_fn(params, TrialHandle(trial, mlflow)))
+            except optuna.TrialPruned:
+                mlflow.set_tag("state", "pruned")
+                raise
+            mlflow.log_metric("final_val_loss", value)
+            return value if math.isfinite(value) else 1e12
+
+    try:
+        remaining = n_trials - sum(t.state in done_states for t in study.trials)
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, timeout=timeout, show_progress_bar=progress,
+                           catch=(FloatingPointError,))
+        best = study.best_trial
+        if mlflow is not None:
+            mlflow.log_metrics({"best_val_loss": best.value, "best_trial": best.number})
+    finally:
+        if mlflow is not None:
+            mlflow.end_run()
+    result = TuneResult(dict(best.params), float(best.value), study_name, storage,
+                        sum(t.state in done_states for t in study.trials), enqueued, parent_id)
+    if history and model is not None:
+        _write_history(result, model, optimizer)
+    return result
+
+
+def _clip(v: float, lo: float, hi: float) -> float:
+    return min(max(v, lo), hi)
+
+
+def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_range) -> list[dict[str, float]]:
+    from chuck.history import fingerprint, nearest_runs
+
+    out = []
+    for _, row in nearest_runs(fingerprint(model, None) | {"optimizer": optimizer}, k=k):
+        lr = row.get("final_lr")
+        if not lr:
+            continue
+        clip = row.get("final_clip")
+        params = {
+            "lr": _clip(lr, *lr_range),
+            "weight_decay": _clip(row.get("final_weight_decay") or wd_range[0], *wd_range),
+            "clip": _clip(clip if clip and math.isfinite(clip) else clip_range[1], *clip_range),
+        }
+        if eps_range is not None:
+            params["eps"] = math.sqrt(eps_range[0] * eps_range[1])
+        if params not in out:
+            out.append(params)
+    return out
+
+
+def _write_history(result: TuneResult, model: Any, optimizer: str) -> None:
+    import time
+    import uuid
+    import warnings
+
+    from chuck.history import RunRecord, fingerprint, write_record
+
+    hp = {"lr": result.best_params["lr"], "weight_decay": result.best_params["weight_decay"],
+          "clip": result.best_params["clip"]}
+    try:
+        write_record(RunRecord(
+            run_id=uuid.uuid4().hex, created=time.time(), policy_id="optuna",
+            fingerprint=fingerprint(model, None) | {"optimizer": optimizer}, initial=hp, final=hp,
+            outcome={"best_val_loss": result.best_value, "final_val_loss": result.best_value, "diverged": False,
+                     "steps": 0, "trials": result.trials},
+            decisions={}, label=f"tune:{result.study_name}",
+        ))
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"chuck.tune: could not write the history record: {exc}", RuntimeWarning, stacklevel=3)
+
+
+def zoo_train_fn(task_id: str, seed: int = 0, steps: int | None = None, interval: int = 20,
+                 optimizer: str = "AdamW", policy: str = "constant") -> tuple[Callable[[dict[str, float], TrialHandle], float], Any]:
+    """A ``train_fn`` that trains one fixed instance of a zoo task (and that instance's model, for warm starts).
+
+    The same instance (data subset, init, batch order) is rebuilt for every trial, so trials
+    differ only by their hyperparameters.
+    """
+    import numpy as np
+    import torch
+
+    import chuck
+    from chuck import zoo
+
+    task = zoo.get_task(task_id)
+    cfg = task.sample_config(np.random.default_rng(seed))
+    cfg.optimizer = optimizer
+    budget = steps or task.budget
+    torch.manual_seed(cfg.seed)
+    probe_model = task.build(cfg).model
+
+    def train_fn(params: dict[str, float], trial: TrialHandle) -> float:
+        cfg.lr, cfg.weight_decay = params["lr"], params["weight_decay"]
+        torch.manual_seed(cfg.seed)
+        inst = task.build(cfg)
+        if "eps" in params:
+            for g in inst.optimizer.param_groups:
+                g["eps"] = params["eps"]
+        opt = chuck.ChuckOptimizer(inst.optimizer, policy, model=inst.model, interval=interval,
+                                   max_grad_norm=params["clip"], history=False)
+        for step in range(1, budget + 1):
+            loss = inst.train_step()
+            opt.step(loss=loss)
+            opt.zero_grad()
+            if step % interval == 0 or step == budget:
+                v = inst.evaluate()
+                if not math.isfinite(v):
+                    return 1e12
+                opt.observe(val_loss=v)
+                trial.report(v, step)
+        return inst.evaluate()
+
+    return train_fn, probe_model

@@ -1,0 +1,73 @@
+"""chuck.tune: a real Optuna study in SQLite storage, with MLflow nested runs, warm start and resume."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from chuck.history import read_history
+from chuck.tuning import tune, zoo_train_fn
+
+
+@pytest.fixture
+def tiny():
+    return zoo_train_fn("tabular.wine_mlp", seed=0, steps=30, interval=10)
+
+
+def test_tune_logs_trials_and_writes_history(tiny, tmp_path) -> None:
+    train_fn, model = tiny
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = tune(train_fn, n_trials=4, model=model, storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="t1",
+               tracking_uri=uri, n_startup_trials=2)
+    assert set(res.best_params) == {"lr", "weight_decay", "clip"} and math.isfinite(res.best_value)
+    assert res.trials == 4
+    client = MlflowClient(tracking_uri=uri)
+    children = client.search_runs([client.get_experiment_by_name("chuck-tune").experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{res.mlflow_run_id}'")
+    assert len(children) == 4 and all("lr" in c.data.params for c in children)
+    assert client.get_run(res.mlflow_run_id).data.metrics["best_val_loss"] == pytest.approx(res.best_value)
+    hist = read_history()
+    assert len(hist) == 1 and hist.row(0, named=True)["label"] == "tune:t1"
+
+
+def test_interrupted_study_resumes(tiny, tmp_path) -> None:
+    train_fn, model = tiny
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    calls = {"n": 0}
+
+    def flaky(params, trial):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the user hits Ctrl-C during the third trial
+        return train_fn(params, trial)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(flaky, n_trials=5, storage=storage, study_name="resume", tracking=False, history=False)
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
+    res = tune(train_fn, n_trials=5, storage=storage, study_name="resume", tracking=False, history=False)
+    assert res.trials == 5
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials) == 5
+
+
+def test_warm_start_enqueues_nearest_history(tiny, tmp_path) -> None:
+    train_fn, model = tiny
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = tune(train_fn, n_trials=3, model=model, storage=storage, study_name="cold", tracking=False, warm_start=False)
+    assert first.enqueued == []
+    warm = tune(train_fn, n_trials=2, model=model, storage=storage, study_name="warm", tracking=False)
+    assert warm.enqueued and warm.enqueued[0]["lr"] == pytest.approx(first.best_params["lr"])
+    study = optuna.load_study(study_name="warm", storage=storage)
+    assert study.trials[0].params["lr"] == pytest.approx(first.best_params["lr"])
+
+
+def test_eps_range_only_for_adam_family(tiny) -> None:
+    train_fn, _ = tiny
+    with pytest.raises(ValueError, match="Adam-family"):
+        tune(train_fn, n_trials=1, optimizer="SGD", eps_range=(1e-8, 1e-4), tracking=False)
+    with pytest.raises(ValueError, match="lr_range"):
+        tune(train_fn, n_trials=1, lr_range=(1.0, 0.1), tracking=False)
