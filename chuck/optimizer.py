@@ -137,6 +137,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.act_monitor = ActivationMonitor(model, generator=self._generator) if model is not None else None
         self._profile = ModelProfile.of(model) if model is not None else None
 
+        self._pending_loss: Any = None
         self._step = 0  # base-optimizer steps taken (skipped steps do not count)
         self._calls = 0  # step() calls
         self._skips_since_decision = 0
@@ -211,6 +212,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
         """Call ``fn(opt, decision)`` after every decision (used by chuck's MLflow logger)."""
         self._listeners.append(fn)
 
+    def record_loss(self, loss: Any) -> None:
+        """Give the loss of the coming step, for training loops that call ``step()`` without it
+        (Hugging Face Trainer, stable-baselines3). Consumed by the next :meth:`step`."""
+        self._pending_loss = loss
+
     def register_knob(self, name: str, value: float, low: float, high: float, follows: str = "dropout") -> Knob:
         """Register a user hyperparameter chuck may change; read it back as ``knob.value``."""
         return self.action_spec.register_knob(Knob(name, value, low, high, follows))
@@ -225,6 +231,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if loss is None and self._pending_loss is not None:
+            loss = self._pending_loss
+        self._pending_loss = None
         for hook in list(self._optimizer_step_pre_hooks.values()):
             hook(self, (), {})
         self._check_scaler()

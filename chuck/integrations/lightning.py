@@ -1,0 +1,61 @@
+"""PyTorch Lightning: ``trainer = Trainer(callbacks=[ChuckCallback("default")])``.
+
+At ``on_fit_start`` (after Lightning has built the optimizers from
+``configure_optimizers``) the callback wraps each optimizer in a
+``ChuckOptimizer``. Lightning's automatic optimization calls
+``optimizer.step(closure=...)``; chuck takes the loss from the closure. Your
+schedulers keep pointing at the base optimizer and keep working: chuck
+multiplies their lr. The validation loss (``val_key`` in
+``trainer.callback_metrics``) is reported at the end of each validation epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover - the older package name
+    try:
+        from pytorch_lightning.callbacks import Callback  # type: ignore[no-redef]
+    except ImportError as exc:
+        raise ImportError("chuck.integrations.lightning needs lightning: pip install lightning") from exc
+
+from chuck.optimizer import ChuckOptimizer
+
+
+class ChuckCallback(Callback):
+    """Wrap the LightningModule's optimizers in ChuckOptimizer.
+
+    Args:
+        policy: any ``chuck.load_policy`` name/path/URI, or a Policy.
+        val_key: ``callback_metrics`` key of the validation loss.
+        **kwargs: passed to :class:`chuck.ChuckOptimizer` (interval, tracking, history, ...).
+    """
+
+    def __init__(self, policy: Any = "default", val_key: str = "val_loss", **kwargs: Any) -> None:
+        self.policy, self.val_key, self.kwargs = policy, val_key, kwargs
+        self.optimizers: list[ChuckOptimizer] = []
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        total = trainer.estimated_stepping_batches
+        total = int(total) if total and total != float("inf") else None
+        wrapped = []
+        for opt in trainer.strategy.optimizers:
+            if not isinstance(opt, ChuckOptimizer):
+                opt = ChuckOptimizer(opt, self.policy, model=pl_module, total_steps=total, **self.kwargs)
+            wrapped.append(opt)
+        trainer.strategy.optimizers = wrapped  # the setter rebuilds Lightning's optimizer wrappers
+        self.optimizers = wrapped
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        v = trainer.callback_metrics.get(self.val_key)
+        if v is not None:
+            for opt in self.optimizers:
+                opt.observe(val_loss=v)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        for opt in self.optimizers:
+            opt.close()

@@ -1,0 +1,71 @@
+"""Hugging Face transformers: ``ChuckTrainer(..., chuck_policy="default")`` instead of ``Trainer``.
+
+A ``TrainerCallback`` receives the optimizer but cannot replace it, so this is a
+``Trainer`` subclass: ``create_optimizer`` wraps the optimizer the Trainer built
+(AdamW with its own weight-decay groups) in a ``ChuckOptimizer``; the Trainer's
+lr scheduler is created on top of it and keeps working (chuck multiplies its lr).
+``training_step`` hands each micro-batch loss to chuck (``record_loss``), and an
+internal callback reports ``eval_loss`` after every evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:
+    from transformers import Trainer, TrainerCallback
+except ImportError as exc:  # pragma: no cover
+    raise ImportError("chuck.integrations.transformers needs transformers: pip install transformers") from exc
+
+from chuck.optimizer import ChuckOptimizer
+
+
+class _Observe(TrainerCallback):
+    def __init__(self, trainer: ChuckTrainer) -> None:
+        self.trainer = trainer
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        opt = self.trainer.chuck_optimizer
+        if opt is not None and metrics and "eval_loss" in metrics:
+            opt.observe(val_loss=metrics["eval_loss"])
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.chuck_optimizer is not None:
+            self.trainer.chuck_optimizer.close()
+
+
+class ChuckTrainer(Trainer):
+    """``transformers.Trainer`` whose optimizer is steered by chuck.
+
+    Args:
+        chuck_policy: any ``chuck.load_policy`` name/path/URI, or a Policy.
+        chuck_kwargs: passed to :class:`chuck.ChuckOptimizer` (interval, tracking, history, ...).
+        *args, **kwargs: the usual ``Trainer`` arguments.
+    """
+
+    def __init__(self, *args: Any, chuck_policy: Any = "default", chuck_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.chuck_policy = chuck_policy
+        self.chuck_kwargs = chuck_kwargs or {}
+        self.chuck_optimizer: ChuckOptimizer | None = None
+        self._micro_losses: list[float] = []
+        self.add_callback(_Observe(self))
+
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        opt = super().create_optimizer(*args, **kwargs)
+        if not isinstance(opt, ChuckOptimizer):
+            total = self.args.max_steps if self.args.max_steps and self.args.max_steps > 0 else None
+            self.chuck_optimizer = ChuckOptimizer(opt, self.chuck_policy, model=self.model, total_steps=total,
+                                                  **self.chuck_kwargs)
+            self.optimizer = self.chuck_optimizer
+        return self.optimizer
+
+    def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if self.chuck_optimizer is not None:
+            self._micro_losses.append(float(loss.detach()))
+            # the step after the last micro-batch sees the mean of the accumulated losses
+            self.chuck_optimizer.record_loss(sum(self._micro_losses) / len(self._micro_losses))
+            if len(self._micro_losses) >= self.args.gradient_accumulation_steps:
+                self._micro_losses = []
+        return loss

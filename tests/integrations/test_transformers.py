@@ -1,0 +1,55 @@
+"""ChuckTrainer: a real Hugging Face Trainer on a tiny model (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+import chuck  # noqa: E402
+from chuck.integrations.transformers import ChuckTrainer  # noqa: E402
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, x=None, labels=None):
+        logits = self.net(x)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+class DS(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = (self.x[:, 0] > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def test_chuck_trainer(tmp_path) -> None:
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=16, learning_rate=1e-5,
+        eval_strategy="steps", eval_steps=10, logging_steps=10, save_strategy="no", report_to=[],
+        use_cpu=True, disable_tqdm=True, gradient_accumulation_steps=2, lr_scheduler_type="linear",
+    )
+    trainer = ChuckTrainer(model=TinyClassifier(), args=args, train_dataset=DS(512, 0), eval_dataset=DS(64, 1),
+                           chuck_policy="heuristic", chuck_kwargs={"interval": 5})
+    trainer.train()
+    opt = trainer.chuck_optimizer
+    assert isinstance(opt, chuck.ChuckOptimizer)
+    assert opt.step_count == 40
+    assert len(opt.decisions) == 8
+    assert opt.loss_monitor.history == 40, "every optimizer step should have received the (accumulated) loss"
+    assert opt.stats()["loss.has_val"] == 1.0
+    assert opt._closed
