@@ -13,15 +13,24 @@ hyperparameters, reason, attribution). Tags: ``chuck.policy_id``,
 Why it cannot slow training: ``ChuckOptimizer`` only appends records to an
 in-memory queue; a daemon thread sends them in batches (``log_batch``, up to
 ``batch_size`` metrics) every ``flush_every`` seconds. Why it cannot break training:
-when a send fails (server down), the batch goes to a bounded on-disk spool
-(JSON lines, ``max_spool_records``, oldest dropped first, a count of dropped
-records kept) and is replayed, in order, once sends succeed again.
+every batch is first written to a bounded on-disk spool (JSON lines under
+``$CHUCK_HOME/spool``, ``max_spool_records``, oldest dropped first, a count of
+dropped records kept), then sent, and removed from the spool only once MLflow
+accepted it. When the server is down the records wait there and are replayed, in
+order, once sends succeed again; a crash or a hung request loses nothing
+(:func:`replay_spool` sends a leftover spool file later). ``close()`` gives up after
+its ``timeout`` and leaves what is unsent in the spool.
+
+The MLflow client retries failed requests for minutes by default; unless you set
+them, the logger lowers ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (to 2) and
+``MLFLOW_HTTP_REQUEST_TIMEOUT`` (to 10 s) so that an outage is noticed quickly.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import queue
 import tempfile
 import threading
@@ -61,8 +70,11 @@ class MLflowDecisionLogger:
         max_spool_records: int = 200_000,
         log_observation: bool = True,
     ) -> None:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow import MlflowClient
 
+        from chuck.home import chuck_home
         from chuck.tracking import default_tracking_uri, setup
 
         self.tracking_uri = tracking_uri or default_tracking_uri()
@@ -77,7 +89,7 @@ class MLflowDecisionLogger:
         self.run_id = run_id
         self.flush_every, self.batch_size = flush_every, batch_size
         self.log_observation = log_observation
-        self.spool_path = Path(spool_dir or tempfile.mkdtemp(prefix="chuck-spool-")) / f"{run_id}.jsonl"
+        self.spool_path = Path(spool_dir or chuck_home() / "spool") / f"{run_id}.jsonl"
         self.spool_path.parent.mkdir(parents=True, exist_ok=True)
         self.max_spool_records = max_spool_records
         self.dropped = 0
@@ -137,17 +149,15 @@ class MLflowDecisionLogger:
                     pending.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            spooled = self._read_spool()
-            records = spooled + pending
+            records = self._read_spool() + pending
             if not records:
                 return True
+            self._write_spool(records)  # persisted before sending: a hang or a crash loses nothing
             try:
                 self._send(records)
-            except Exception:  # noqa: BLE001 - server down or any transport failure: keep the data
-                self._write_spool(records)
+            except Exception:  # noqa: BLE001 - server down or any transport failure: the spool keeps it
                 return False
-            if spooled:
-                self.spool_path.unlink(missing_ok=True)
+            self.spool_path.unlink(missing_ok=True)
             return True
 
     def _send(self, records: list[tuple[str, float, int, int]]) -> None:
@@ -192,10 +202,21 @@ class MLflowDecisionLogger:
             return
         self._closed = True
         self._stop.set()
-        self._thread.join(timeout=5.0)
         deadline = time.monotonic() + timeout
-        while not self.flush() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        self._thread.join(timeout=timeout)
+
+        def final_flush() -> None:
+            while not self.flush() and time.monotonic() < deadline:
+                time.sleep(0.5)
+
+        # in a thread, so that a request hanging past the deadline cannot hold the caller
+        closer = threading.Thread(target=final_flush, daemon=True)
+        closer.start()
+        closer.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.spooled:
+            warnings.warn(f"chuck: MLflow unreachable; {self.spooled} records kept in {self.spool_path} "
+                          "(send them later with chuck.mlflow_logger.replay_spool)", RuntimeWarning, stacklevel=2)
+            return
         try:
             self._log_table()
             if self.dropped:
@@ -232,3 +253,28 @@ class MLflowDecisionLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_size: int = 500) -> int:
+    """Send a leftover spool file (named ``<run_id>.jsonl``) to MLflow; returns the records sent.
+
+    The file is removed once everything is accepted.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from chuck.tracking import default_tracking_uri
+
+    path = Path(spool_path)
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            k, v, t, s = json.loads(line)
+            records.append(Metric(k, float(v), int(t), int(s)))
+        except (ValueError, TypeError):
+            continue
+    for i in range(0, len(records), batch_size):
+        client.log_batch(path.stem, metrics=records[i : i + batch_size])
+    path.unlink()
+    return len(records)
