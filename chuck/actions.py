@@ -77,7 +77,9 @@ class ActionSpec:
         wd_bounds: allowed range of chuck's weight-decay multiplier.
         dropout_bounds: allowed range of the dropout multiplier (p is also capped at ``max_dropout``).
         lr_log_step: largest log change of the lr multiplier per decision (log 2: x2 or /2).
-        wd_log_step, clip_log_step, dropout_log_step: the same for the other dimensions.
+        wd_log_step: largest log change of the weight-decay multiplier per decision.
+        clip_log_step: largest change of log(clip / median grad norm) per decision.
+        dropout_log_step: largest log change of the dropout multiplier per decision.
         max_dropout: dropout p never exceeds this.
     """
 

@@ -62,7 +62,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             here and closed by :meth:`close`.
         history: write a run record when the run ends (``close()``, ``with``, or interpreter
             exit) to ``$CHUCK_HOME/history`` (``True``), to a given directory (a path), or not (``False``).
-        label, batch_size, data_size: extra context stored in the history record's fingerprint.
+        label: free text stored with the history record.
+        batch_size: stored in the history record's fingerprint (used for warm starts).
+        data_size: stored in the history record's fingerprint (used for warm starts).
         ood_fallback: what to do when the observation leaves the range the (learned) policy was
             trained on: ``"heuristic"`` (ask the heuristic policy), ``"hold"``, or ``"off"``.
         ood_margin: tolerance beyond the trained range, as a fraction of that range.
