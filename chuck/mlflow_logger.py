@@ -238,13 +238,13 @@ class MLflowDecisionLogger:
             cpath = Path(d) / "decisions.csv"
             with open(cpath, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["step", "source", "action", "lr", "weight_decay", "clip", "dropout", "reason", "top_features"])
+                w.writerow(["step", "source", "reason", "top_features", "action", "lr", "weight_decay", "clip", "dropout"])
                 for r in self._decisions:
                     hp = r["hyperparameters"]
                     top = sorted(r["attribution"].items(), key=lambda kv: -abs(kv[1]))[:3]
-                    w.writerow([r["step"], r["source"], json.dumps([round(a, 3) for a in r["action"]]), hp.get("lr"),
-                                hp.get("weight_decay"), hp.get("clip"), hp.get("dropout"), r["reason"],
-                                "; ".join(f"{k}={v:+.2f}" for k, v in top)])
+                    w.writerow([r["step"], r["source"], r["reason"], "; ".join(f"{k}={v:+.2f}" for k, v in top),
+                                json.dumps([round(a, 3) for a in r["action"]]), hp.get("lr"), hp.get("weight_decay"),
+                                hp.get("clip"), hp.get("dropout")])
             self.client.log_artifact(self.run_id, str(jpath), artifact_path="chuck")
             self.client.log_artifact(self.run_id, str(cpath), artifact_path="chuck")
 
