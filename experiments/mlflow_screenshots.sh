@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 export CHUCK_HOME="$work/home"
-.venv/bin/chuck demo --steps 300 --out "$work/demo.png" > "$work/demo.log"
+.venv/bin/chuck demo --policy heuristic --steps 300 --out "$work/demo.png" > "$work/demo.log"
 port=5077
 .venv/bin/python -m mlflow ui --backend-store-uri "sqlite:///$CHUCK_HOME/mlflow.db" --host 127.0.0.1 --port $port > "$work/ui.log" 2>&1 &
 ui=$!

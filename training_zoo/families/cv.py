@@ -5,21 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from chuck.zoo import data, models
-from chuck.zoo.families.supervised import SupervisedTask
+from chuck.zoo.families.supervised import DatasetMLPTask, SupervisedTask
 from chuck.zoo.task import SearchSpace, TaskConfig
 
 
-class DigitsMLP(SupervisedTask):
+class DigitsMLP(DatasetMLPTask):
     """scikit-learn's 8x8 digits, flattened, through an MLP."""
 
     id, domain, n_classes, budget = "cv.digits_mlp", "cv", 10, 300
+    dataset, d_in, n_out = "digits", 64, 10
     space = SearchSpace(widths=(32, 64, 128, 256), depths=(1, 2, 3, 4), label_noise=(0.0, 0.3))
-
-    def data(self, config: TaskConfig):
-        return data.sklearn_dataset("digits")
-
-    def model(self, config: TaskConfig):
-        return models.mlp(64, 10, config.width, config.depth, config.activation, config.norm, config.dropout)
 
 
 class DigitsCNN(SupervisedTask):

@@ -56,3 +56,22 @@ class SupervisedTask(Task):
         ref = math.log(self.n_classes) if self.n_classes else 1.0
         return SupervisedInstance(model, opt, config, train, val, self.loss_fn(), ref,
                                   accuracy=self.n_classes is not None)
+
+
+class DatasetMLPTask(SupervisedTask):
+    """An MLP on a bundled data set: subclasses set ``dataset`` (see ``chuck.zoo.data.sklearn_dataset``),
+    ``d_in`` and ``n_out`` (classes, or 1 with ``n_classes = None`` for regression)."""
+
+    dataset: str = ""
+    d_in: int = 0
+    n_out: int = 0
+
+    def data(self, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+        from chuck.zoo.data import sklearn_dataset
+
+        return sklearn_dataset(self.dataset)
+
+    def model(self, config: TaskConfig) -> nn.Module:
+        from chuck.zoo.models import mlp
+
+        return mlp(self.d_in, self.n_out, config.width, config.depth, config.activation, config.norm, config.dropout)

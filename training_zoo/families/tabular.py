@@ -5,46 +5,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from chuck.zoo import data, models
-from chuck.zoo.families.supervised import SupervisedTask
+from chuck.zoo import models
+from chuck.zoo.families.supervised import DatasetMLPTask, SupervisedTask
 from chuck.zoo.task import SearchSpace, TaskConfig
 
 _TAB = dict(widths=(32, 64, 128, 256), depths=(1, 2, 3), batch_sizes=(16, 32, 64))
 
 
-class BreastCancerMLP(SupervisedTask):
+class BreastCancerMLP(DatasetMLPTask):
     id, domain, n_classes, budget = "tabular.breast_cancer_mlp", "tabular", 2, 250
+    dataset, d_in, n_out = "breast_cancer", 30, 2
     space = SearchSpace(label_noise=(0.0, 0.3), **_TAB)
 
-    def data(self, config: TaskConfig):
-        return data.sklearn_dataset("breast_cancer")
 
-    def model(self, config: TaskConfig):
-        return models.mlp(30, 2, config.width, config.depth, config.activation, config.norm, config.dropout)
-
-
-class WineMLP(SupervisedTask):
+class WineMLP(DatasetMLPTask):
     """178 samples: small data, overfits readily, more so with label noise."""
 
     id, domain, n_classes, budget = "tabular.wine_mlp", "tabular", 3, 250
+    dataset, d_in, n_out = "wine", 13, 3
     space = SearchSpace(label_noise=(0.0, 0.3), **_TAB)
 
-    def data(self, config: TaskConfig):
-        return data.sklearn_dataset("wine")
 
-    def model(self, config: TaskConfig):
-        return models.mlp(13, 3, config.width, config.depth, config.activation, config.norm, config.dropout)
-
-
-class DiabetesRegression(SupervisedTask):
+class DiabetesRegression(DatasetMLPTask):
     id, domain, n_classes, budget = "tabular.diabetes_regression", "tabular", None, 250
+    dataset, d_in, n_out = "diabetes", 10, 1
     space = SearchSpace(**_TAB)
-
-    def data(self, config: TaskConfig):
-        return data.sklearn_dataset("diabetes")
-
-    def model(self, config: TaskConfig):
-        return models.mlp(10, 1, config.width, config.depth, config.activation, config.norm, config.dropout)
 
 
 class FriedmanRegression(SupervisedTask):
