@@ -114,6 +114,10 @@ class Guardrails:
         self._snap_state = state
         self.snapshot_step = step
 
+    def drop_snapshot(self) -> None:
+        self._snap_params = self._snap_state = None
+        self.snapshot_step = None
+
     @property
     def has_snapshot(self) -> bool:
         return self._snap_params is not None

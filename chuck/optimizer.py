@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,6 +58,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         action_spec: bounds and rate limits of the actions (default :class:`ActionSpec`).
         monitor_window: steps of history the monitors keep (default ``max(50, 5 * interval)``).
         seed: seeds chuck's own sampling (histogram elements, activation units).
+        max_decisions: decisions kept in memory (and checkpoints), most recent first; ``None``
+            keeps all. At one decision per 20 steps the default covers a million steps; a tracking
+            logger keeps the full trail.
         tracking: a decision logger, e.g. :class:`chuck.MLflowDecisionLogger`; it is attached
             here and closed by :meth:`close`.
         history: write a run record when the run ends (``close()``, ``with``, or interpreter
@@ -84,6 +87,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         action_spec: ActionSpec | None = None,
         monitor_window: int | None = None,
         seed: int = 0,
+        max_decisions: int | None = 50_000,
         tracking: Any | None = None,
         history: bool | str = True,
         label: str = "",
@@ -143,7 +147,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._step = 0  # base-optimizer steps taken (skipped steps do not count)
         self._calls = 0  # step() calls
         self._skips_since_decision = 0
-        self.decisions: list[Decision] = []
+        self.decisions: deque[Decision] = deque(maxlen=max_decisions)
         self.metrics: dict[str, float] = {}
         self._listeners: list[DecisionListener] = []
         self._arm_if_due()
@@ -164,7 +168,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
             import weakref
 
             ref = weakref.ref(self)
-            atexit.register(lambda: (o := ref()) is not None and o.close())
+            self._atexit = lambda: (o := ref()) is not None and o.close()
+            atexit.register(self._atexit)
 
     # -- delegation (schedule_free style) ---------------------------------
     @property
@@ -180,9 +185,13 @@ class ChuckOptimizer(torch.optim.Optimizer):
         return self.optimizer.defaults
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; chuck's monitors and guardrails follow."""
         self.optimizer.add_param_group(param_group)
-        new = [p for p in param_group["params"] if p.requires_grad] if isinstance(param_group["params"], list) else []
-        self._params.extend(new)
+        self._params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self.grad_monitor.params = self._params
+        self.weight_monitor = WeightMonitor(self._params, _param_names(self.model, self._params))
+        if self.guardrails is not None:
+            self.guardrails.drop_snapshot()  # it no longer covers every parameter
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._check_scaler()
@@ -469,6 +478,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "_atexit", None) is not None:
+            import atexit
+
+            atexit.unregister(self._atexit)
         if self._history and self._step > 0:
             self._write_history()
         if self.tracking is not None:
@@ -548,7 +561,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._generator.set_state(chuck_state["rng"])
         if self.policy is not None and chuck_state["policy_state"]:
             self.policy.load_state_dict(chuck_state["policy_state"])
-        self.decisions = [Decision.from_dict(d) for d in chuck_state["decisions"]]
+        self.decisions = deque((Decision.from_dict(d) for d in chuck_state["decisions"]), maxlen=self.decisions.maxlen)
         self.metrics = dict(chuck_state["metrics"])
         self._last_scale = chuck_state["last_scale"]
         if self.act_monitor is not None:

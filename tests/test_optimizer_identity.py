@@ -85,3 +85,31 @@ def test_rejects_bad_arguments(net) -> None:
         loss = F.cross_entropy(net(batch(0)[0]), batch(0)[1], reduction="none")
         loss.sum().backward()
         opt.step(loss=loss)
+
+
+def test_add_param_group_is_followed(net) -> None:
+    head = torch.nn.Linear(3, 3)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "heuristic", model=net, interval=5)
+    for step in range(60):
+        x, y = batch(step)
+        if step == 30:
+            opt.add_param_group({"params": head.parameters()})
+        loss = F.cross_entropy(head(net(x)) if step >= 30 else net(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+    assert any(p is head.weight for p in opt.grad_monitor.params)
+    # the sampled updates before the last decision cover the new head too (4 trainable net tensors + 2)
+    assert len(opt.weight_monitor.update_ratios()) == 6
+    assert opt.step_count == 60
+
+
+def test_decisions_are_bounded(net) -> None:
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net, interval=2, max_decisions=5)
+    for step in range(40):
+        x, y = batch(step)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+    assert len(opt.decisions) == 5 and opt.decisions[-1].step == 40
