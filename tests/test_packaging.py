@@ -40,7 +40,7 @@ print("HEAVY", heavy)
 
 def test_core_path_imports_no_heavy_dependency() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", CORE_PATH.format(policies=["constant", "heuristic"])],
+        [sys.executable, "-c", CORE_PATH.format(policies=["constant", "heuristic", "default"])],
         capture_output=True, text=True, check=True,
     ).stdout
     assert "HEAVY []" in out, out

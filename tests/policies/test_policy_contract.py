@@ -12,7 +12,7 @@ import chuck
 from chuck.actions import ActionSpec
 from chuck.observation import ObservationSpec
 
-POLICIES = ["constant", "heuristic"]
+POLICIES = ["constant", "heuristic", "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)
@@ -56,3 +56,11 @@ def test_heuristic_reacts_to_instability_and_overfitting() -> None:
     pol.reset()
     assert pol.act(plateau)[0] == 1.0  # warm restart
     assert pol.act(plateau)[0] == 0.0  # then a cooldown
+
+
+def test_default_policy_is_bundled_and_learned() -> None:
+    policy = chuck.load_policy("default")
+    card = policy.card
+    assert card["training"]["tasks"] == "train" and card["training"]["timesteps"] >= 10_000
+    assert card["evaluation"]["heldout_return"] > card["evaluation"]["constant_return"]
+    assert policy.interval == 20 and policy.obs_low is not None
