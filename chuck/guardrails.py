@@ -37,13 +37,21 @@ class GuardrailConfig:
         spike_factor: loss / recent median above which a step is a spike (10x; see module doc).
         min_history: losses needed before spikes are judged (the median needs a history).
         snapshot_every: steps between in-memory snapshots; 0 disables rollback (spikes then only skip).
+            A due snapshot waits until the loss is healthy (at most ``healthy_factor`` x its median),
+            so that it never captures weights that are already going bad.
+        healthy_factor: see ``snapshot_every``.
         backoff: lr multiplier factor after a skip or rollback.
+        max_rollbacks_in_a_row: after this many rollbacks with no good step between them the loss
+            level has shifted for good (a new data phase, a curriculum): the spike reference is
+            reset and training goes on, instead of rolling back forever.
     """
 
     spike_factor: float = 10.0
     min_history: int = 20
     snapshot_every: int = 50
+    healthy_factor: float = 3.0
     backoff: float = 0.5
+    max_rollbacks_in_a_row: int = 3
 
     def __post_init__(self) -> None:
         if self.spike_factor <= 1:
@@ -64,6 +72,8 @@ class Guardrails:
         self.snapshot_step: int | None = None
         self.skips = 0
         self.rollbacks = 0
+        self.rollbacks_in_a_row = 0
+        self._snapshot_pending = False
 
     def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int) -> Verdict:
         """Judge one step from its loss (``None`` when the user gave none) and global grad norm.
@@ -83,9 +93,13 @@ class Guardrails:
         return Verdict.OK
 
     # -- snapshots --------------------------------------------------------
-    def due(self, step: int) -> bool:
+    def due(self, step: int, loss: float | None, median_loss: float) -> bool:
+        """Whether to snapshot now: every ``snapshot_every`` steps, postponed while the loss is unhealthy."""
         every = self.config.snapshot_every
-        return every > 0 and step % every == 0
+        if every > 0 and step % every == 0:
+            self._snapshot_pending = True
+        healthy = loss is None or not (median_loss > 0) or loss <= self.config.healthy_factor * median_loss
+        return self._snapshot_pending and healthy
 
     @torch.no_grad()
     def snapshot(self, step: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
@@ -113,6 +127,7 @@ class Guardrails:
             state[i] = entry
         self._snap_state = state
         self.snapshot_step = step
+        self._snapshot_pending = False
 
     def drop_snapshot(self) -> None:
         self._snap_params = self._snap_state = None
@@ -144,6 +159,8 @@ class Guardrails:
         return {
             "skips": self.skips,
             "rollbacks": self.rollbacks,
+            "rollbacks_in_a_row": self.rollbacks_in_a_row,
+            "snapshot_pending": self._snapshot_pending,
             "snapshot_step": self.snapshot_step,
             "snap_params": None if self._snap_params is None else [t.clone() for t in self._snap_params],
             "snap_state": None if self._snap_state is None else {
@@ -153,6 +170,7 @@ class Guardrails:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skips, self.rollbacks = state["skips"], state["rollbacks"]
+        self.rollbacks_in_a_row, self._snapshot_pending = state["rollbacks_in_a_row"], state["snapshot_pending"]
         self.snapshot_step = state["snapshot_step"]
         self._snap_params = None if state["snap_params"] is None else [t.clone() for t in state["snap_params"]]
         self._snap_state = None if state["snap_state"] is None else {

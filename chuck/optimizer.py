@@ -258,6 +258,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if verdict is not Verdict.OK:
             self._guardrail(verdict, loss_v, gnorm_v)
             return loss
+        if self.guardrails is not None:
+            self.guardrails.rollbacks_in_a_row = 0
 
         clip = self.action_spec.clip
         clipped = math.isfinite(clip) and gnorm_v > clip
@@ -276,7 +278,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if loss_v is not None:
             self.loss_monitor.on_step(loss_v)
         self.grad_monitor.on_step(gnorm_v, clipped)
-        if self.guardrails is not None and self.guardrails.due(self._step):
+        if self.guardrails is not None and self.guardrails.due(self._step, loss_v, self.loss_monitor.median_loss()):
             self.guardrails.snapshot(self._step, self._params, self.optimizer)
         if self._step % self.interval == 0:
             self._decide()
@@ -323,9 +325,18 @@ class ChuckOptimizer(torch.optim.Optimizer):
         g = self.guardrails
         assert g is not None
         self._skips_since_decision += 1
+        if verdict is Verdict.ROLLBACK_SPIKE and g.rollbacks_in_a_row >= g.config.max_rollbacks_in_a_row:
+            # the same "spike" survived every rollback: the loss level has shifted for good
+            g.rollbacks_in_a_row = 0
+            g.skips += 1
+            self.loss_monitor.reset_spike_reference()
+            self._record("guardrail", [], f"accept_level_shift: loss {loss_v:.4g} stayed above {g.config.spike_factor:g} x "
+                         f"the old median after {g.config.max_rollbacks_in_a_row} rollbacks; spike reference reset")
+            return
         if verdict is Verdict.ROLLBACK_SPIKE and g.has_snapshot:
             g.restore(self._params, self.optimizer)
             g.rollbacks += 1
+            g.rollbacks_in_a_row += 1
             reason = (f"rollback_spike: loss {loss_v:.4g} > {g.config.spike_factor:g} x median "
                       f"{self.loss_monitor.median_loss():.4g}; restored step {g.snapshot_step}")
         else:

@@ -145,3 +145,29 @@ def test_gradscaler_skips_are_detected_and_not_progress() -> None:
     amp = [d for d in opt.decisions if "amp_overflow" in d.reason]
     assert len(amp) == 2
     assert _all_finite(model)
+
+
+def test_lasting_level_shift_does_not_roll_back_forever() -> None:
+    """A loss that jumps 100x for good (new data phase) is accepted after a few rollbacks."""
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "constant", model=model)
+    for s in range(60):
+        _step(model, opt, s)
+    for s in range(60, 200):
+        _step(model, opt, s, loss_scale=100.0)
+    assert opt.guardrails.rollbacks == 3
+    assert any("accept_level_shift" in d.reason for d in opt.decisions)
+    assert opt.step_count >= 200 - 4 - 1  # training went on
+    assert _all_finite(model)
+
+
+def test_snapshot_waits_for_a_healthy_loss() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "constant", model=model,
+                               guardrails=GuardrailConfig(snapshot_every=50))
+    for s in range(49):
+        _step(model, opt, s)
+    _step(model, opt, 49, loss_scale=5.0)  # step 50 is due, but its loss is 5x the median: no snapshot yet
+    assert opt.guardrails.snapshot_step is None
+    _step(model, opt, 50)
+    assert opt.guardrails.snapshot_step == 51

@@ -85,6 +85,12 @@ class LossMonitor(Monitor):
         self._val.append((step, float(val_loss), self._ema))
         self._best_val = min(self._best_val, float(val_loss))
 
+    def reset_spike_reference(self) -> None:
+        """Forget the recent losses (the guardrail's median) after a lasting shift of the loss level."""
+        self._log_losses.clear()
+        self._median = None
+        self._cache = None
+
     @property
     def history(self) -> int:
         """How many recent training losses the window holds."""
