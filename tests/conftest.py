@@ -32,6 +32,22 @@ def batch(step: int, n: int = 32, d_in: int = 8, d_out: int = 3) -> tuple[torch.
     return x, y
 
 
+def run_steps(model, opt, start: int, stop: int, *, loss_scale: float = 1.0, observe_every: int | None = None) -> None:
+    """The ordinary training loop over ``batch(step)`` for steps [start, stop), loss passed to chuck."""
+    import torch.nn.functional as F
+
+    for step in range(start, stop):
+        x, y = batch(step)
+        loss = F.cross_entropy(model(x), y) * loss_scale
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+        if observe_every and step % observe_every == 0:
+            with torch.no_grad():
+                xv, yv = batch(10_000 + step)
+                opt.observe(val_loss=F.cross_entropy(model(xv), yv))
+
+
 def make_net(seed: int = 0, **kw) -> FrozenNet:
     torch.manual_seed(seed)
     return FrozenNet(**kw)

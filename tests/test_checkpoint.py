@@ -5,25 +5,15 @@ from __future__ import annotations
 import io
 
 import torch
-import torch.nn.functional as F
 
 import chuck
-from tests.conftest import batch, make_net
+from tests.conftest import make_net, run_steps
 
 K, M = 70, 90
 
 
 def _train(model, opt, start: int, stop: int) -> None:
-    for step in range(start, stop):
-        x, y = batch(step)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad()
-        if step % 15 == 0:
-            with torch.no_grad():
-                xv, yv = batch(10_000 + step)
-                opt.observe(val_loss=F.cross_entropy(model(xv), yv))
+    run_steps(model, opt, start, stop, observe_every=15)
 
 
 def _fresh(seed_model: int = 0):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import chuck
-from tests.conftest import batch, make_net
+from tests.conftest import batch, make_net, run_steps
 
 OPTIMIZERS = {
     "AdamW": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.05),
@@ -106,10 +106,5 @@ def test_add_param_group_is_followed(net) -> None:
 
 def test_decisions_are_bounded(net) -> None:
     opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net, interval=2, max_decisions=5)
-    for step in range(40):
-        x, y = batch(step)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad()
+    run_steps(net, opt, 0, 40)
     assert len(opt.decisions) == 5 and opt.decisions[-1].step == 40

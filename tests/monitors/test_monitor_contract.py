@@ -7,23 +7,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import chuck
-from tests.conftest import batch, make_net
+from tests.conftest import make_net, run_steps
 
 
 def _trained_opt():
     model = make_net(dropout=0.1)
     opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model)
-    for s in range(45):
-        x, y = batch(s)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad()
-        if s % 10 == 0:
-            opt.observe(val_loss=float(loss.detach()) * 1.2)
+    run_steps(model, opt, 0, 45, observe_every=10)
     return opt
 
 

@@ -14,31 +14,33 @@ from chuck.zoo.task import SearchSpace, TaskConfig
 _SEQ_SPACE = dict(norms=("none",), activations=("relu", "gelu"), batch_sizes=(32, 64))
 
 
-class CharLMGRU(SupervisedTask):
-    """Next-character prediction on standard-library docstrings with a GRU."""
+class _CharLM(SupervisedTask):
+    """Next-character prediction on standard-library docstrings: windows of ``seq_len`` + 1 characters."""
 
-    id, domain, n_classes, per_position, budget = "nlp.charlm_gru", "nlp", 96, True, 150
-    space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
+    n_classes, per_position = 96, True
+    seq_len, corpus_seed = 24, 0
 
     def data(self, config: TaskConfig):
-        windows, _ = data.char_corpus(24, 3000, np.random.default_rng(3))
+        windows, _ = data.char_corpus(self.seq_len, 3000, np.random.default_rng(self.corpus_seed))
         w = windows.numpy()
         return w[:, :-1], w[:, 1:]
+
+
+class CharLMGRU(_CharLM):
+    """Character LM with a GRU."""
+
+    id, domain, budget, seq_len, corpus_seed = "nlp.charlm_gru", "nlp", 150, 24, 3
+    space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
 
     def model(self, config: TaskConfig):
         return models.GRUModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout)
 
 
-class CharLMTransformer(SupervisedTask):
-    """Next-character prediction with a tiny causal Transformer."""
+class CharLMTransformer(_CharLM):
+    """Character LM with a tiny causal Transformer."""
 
-    id, domain, n_classes, per_position, budget = "nlp.charlm_transformer", "nlp", 96, True, 150
+    id, domain, budget, seq_len, corpus_seed = "nlp.charlm_transformer", "nlp", 150, 32, 4
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
-
-    def data(self, config: TaskConfig):
-        windows, _ = data.char_corpus(32, 3000, np.random.default_rng(4))
-        w = windows.numpy()
-        return w[:, :-1], w[:, 1:]
 
     def model(self, config: TaskConfig):
         return models.TinyTransformer(96, 96, config.width, config.depth, 32, per_position=True, causal=True,
