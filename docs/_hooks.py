@@ -11,10 +11,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
+
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = {"envs": "envs", "policies": "policies", "zoo": "training_zoo"}
 
 
+@event_priority(100)  # before mkdocstrings reads its paths (hooks otherwise run after plugins)
 def on_config(config, **kwargs):
     stage = ROOT / ".apisrc" / "chuck"
     if stage.parent.exists():
