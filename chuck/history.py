@@ -249,6 +249,14 @@ def nearest_runs(fp: dict[str, Any], k: int = 5, history: Any = None, max_distan
     return out[:k]
 
 
+def learned_value(row: dict, name: str, mult: str) -> float | None:
+    """What a past run learned for ``name`` ("lr", "weight_decay"): its initial value times the
+    multiplier chuck ended on (``mult``: "lr_mult", "wd_mult"), or the final value when the
+    record has no multiplier."""
+    start, m = row.get(f"initial_{name}"), row.get(f"final_{mult}")
+    return start * m if start and m else row.get(f"final_{name}")
+
+
 def _score(row: dict) -> float:
     """How well a run went, comparable across tasks: log(final / initial loss), lower is better."""
     init = row.get("outcome_initial_train_loss")
@@ -270,10 +278,12 @@ def suggest_hyperparameters(
 ) -> Suggestion:
     """Starting lr, weight decay and clip from the nearest past runs' outcomes.
 
-    Each of the ``k`` nearest non-diverged runs within ``max_distance`` votes with the
-    *final* effective hyperparameters it ended on (what chuck learned during that run),
-    weighted by ``exp(-score) / (distance + 0.1)``, where the score is log(best / initial
-    loss). lr and weight decay are combined geometrically; clip takes the weighted median.
+    Each of the ``k`` nearest non-diverged runs within ``max_distance`` votes with what chuck
+    learned during it: its initial lr and weight decay times the multipliers chuck ended on
+    (the user's own schedule factored out: a cosine schedule's final lr is near zero and says
+    nothing about a good start), weighted by ``exp(-score) / (distance + 0.1)``, where the score
+    is log(best / initial loss). lr and weight decay are combined geometrically; clip takes the
+    weighted median. Records without multipliers (from ``chuck.tune``) vote with their values.
     """
     fp = fingerprint(model, optimizer, batch_size=batch_size, data_size=data_size)
     near = nearest_runs(fp, k=k, history=history, max_distance=max_distance)
@@ -282,8 +292,8 @@ def suggest_hyperparameters(
     w = np.array([math.exp(-_score(r)) / (d + 0.1) for d, r in near])
     w = w / w.sum()
 
-    def geo(key: str) -> float | None:
-        vals = [(wi, r.get(key)) for wi, (_, r) in zip(w, near) if r.get(key) and r.get(key) > 0]
+    def geo(name: str, mult: str) -> float | None:
+        vals = [(wi, v) for wi, (_, r) in zip(w, near) if (v := learned_value(r, name, mult)) and v > 0]
         if not vals:
             return None
         ws = np.array([a for a, _ in vals])
@@ -296,8 +306,8 @@ def suggest_hyperparameters(
         if acc >= 0.5:
             clip = c
             break
-    wd = geo("final_weight_decay")
-    return Suggestion(lr=geo("final_lr"), weight_decay=wd if wd is not None else 0.0, clip=clip,
+    wd = geo("weight_decay", "wd_mult")
+    return Suggestion(lr=geo("lr", "lr_mult"), weight_decay=wd if wd is not None else 0.0, clip=clip,
                       distance=near[0][0], runs=[r["run_id"] for _, r in near], source="history")
 
 

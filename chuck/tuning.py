@@ -183,17 +183,17 @@ def _clip(v: float, lo: float, hi: float) -> float:
 
 
 def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_range) -> list[dict[str, float]]:
-    from chuck.history import fingerprint, nearest_runs
+    from chuck.history import fingerprint, learned_value, nearest_runs
 
     out = []
     for _, row in nearest_runs(fingerprint(model, None) | {"optimizer": optimizer}, k=k):
-        lr = row.get("final_lr")
+        lr = learned_value(row, "lr", "lr_mult")
         if not lr:
             continue
         clip = row.get("final_clip")
         params = {
             "lr": _clip(lr, *lr_range),
-            "weight_decay": _clip(row.get("final_weight_decay") or wd_range[0], *wd_range),
+            "weight_decay": _clip(learned_value(row, "weight_decay", "wd_mult") or wd_range[0], *wd_range),
             "clip": _clip(clip if clip and math.isfinite(clip) else clip_range[1], *clip_range),
         }
         if eps_range is not None:

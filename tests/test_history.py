@@ -144,3 +144,16 @@ def test_history_cli(capsys) -> None:
     assert "cli-run" in out and "AdamW" in out
     assert main(["history", "--optimizer", "SGD"]) == 0
     assert "no runs" in capsys.readouterr().out
+
+
+def test_suggestion_factors_out_the_users_schedule() -> None:
+    """A run that started at 1e-3 under a cosine schedule (final lr ~0) while chuck's multiplier ended at 4
+    suggests 4e-3, not the decayed lr."""
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.AdamW(model.parameters())
+    rec = _record(1e-3, fingerprint(model, opt))
+    rec.final = {"lr": 1e-9, "weight_decay": 0.04, "clip": math.inf, "lr_mult": 4.0, "wd_mult": 2.0}
+    rec.initial = {"lr": 1e-3, "weight_decay": 0.02, "clip": math.inf}
+    write_record(rec)
+    s = suggest_hyperparameters(model, opt)
+    assert s.lr == pytest.approx(4e-3) and s.weight_decay == pytest.approx(0.04)
