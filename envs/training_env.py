@@ -183,12 +183,14 @@ class TrainingControlEnv(gym.Env):
         self._train_interval()
         self.l_start = self.l_prev = self._floor(self._eval())
         self.opt.observe(val_loss=self.l_start)
-        return self.opt.observation(), {"task_id": self.task.id, "val_loss": self.l_prev}
+        self._obs = self.opt.observation()
+        return self._obs, {"task_id": self.task.id, "val_loss": self.l_prev}
 
     def step(self, action: np.ndarray):
         if self.opt is None or self.instance is None or self.task is None:
             raise RuntimeError("call reset() before step()")
-        self.opt.apply_action(np.asarray(action, dtype=np.float64), source="external")
+        # the observation the action answers is the one returned last: reuse it, do not recompute
+        self.opt.apply_action(np.asarray(action, dtype=np.float64), source="external", observation=self._obs)
         skipped = self._train_interval()
         raw = self._eval()
         # a user's loop reports its evaluations with observe(); the env does the same, so that
@@ -211,7 +213,8 @@ class TrainingControlEnv(gym.Env):
         if done:
             info.update(self._final_info(l_now, diverged))
         self.l_prev = l_now
-        return self.opt.observation(), float(reward), bool(done), False, info
+        self._obs = self.opt.observation()
+        return self._obs, float(reward), bool(done), False, info
 
     def _final_info(self, l_now: float, diverged: bool) -> dict[str, Any]:
         assert self.task is not None and self.instance is not None and self.opt is not None
