@@ -436,16 +436,16 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if result.limited:
             reason = (reason + "; " if reason else "") + "at bound: " + ", ".join(result.limited)
         self._skips_since_decision = 0
-        return self._record(source, result.action, reason, obs, attribution)
+        return self._record(source, result.action, reason, obs, attribution, result.hyperparameters)
 
     def _record(self, source: str, action: list[float], reason: str, obs: np.ndarray | None = None,
-                attribution: dict[str, float] | None = None) -> Decision:
+                attribution: dict[str, float] | None = None, hyperparameters: dict[str, float] | None = None) -> Decision:
         d = Decision(
             step=self._step,
             source=source,
             action=[float(a) for a in action],
             observation=self.obs_spec.as_dict(obs) if obs is not None else {},
-            hyperparameters=self.action_spec.hyperparameters(),
+            hyperparameters=hyperparameters if hyperparameters is not None else self.action_spec.hyperparameters(),
             reason=reason,
             attribution=attribution or {},
             policy_id=self.policy_id,
