@@ -31,6 +31,10 @@ ACTION_DIMS: tuple[str, ...] = ("lr", "weight_decay", "clip", "dropout")
 #: Clip ratio (threshold / median grad norm) at or above which clipping is off.
 CLIP_OFF_LOG_RATIO = 5.0
 
+#: Median gradient norms at or below this are no usable reference for a clip threshold
+#: (float64 gradients can reach denormals; a threshold derived from them would be 0).
+MIN_CLIP_REFERENCE = 1e-30
+
 
 @dataclass
 class Knob:
@@ -195,13 +199,21 @@ class ActionSpec:
         return ActionResult(action=a.tolist(), hyperparameters=self.hyperparameters(), limited=limited)
 
     def _apply_clip(self, log_change: float, median: float) -> None:
-        if not (median > 0 and math.isfinite(median)) or log_change == 0:
+        """Move log(clip / median grad norm) by ``log_change``; never raises, never writes a bad value.
+
+        Ratios are formed in log space: ``clip / median`` underflows for denormal medians and
+        ``math.log(0)`` raised (faults issue, item 4). A median that is not a usable positive
+        float (0, denormal, inf, nan) leaves the threshold where it is.
+        """
+        if not (MIN_CLIP_REFERENCE < median < math.inf) or log_change == 0:
             return
-        ratio = CLIP_OFF_LOG_RATIO if math.isinf(self.clip) else math.log(self.clip / median)
+        ratio = CLIP_OFF_LOG_RATIO if math.isinf(self.clip) else math.log(self.clip) - math.log(median)
         ratio = min(CLIP_OFF_LOG_RATIO, ratio + log_change)
         # Never clip below a tenth of the median norm: that is a learning-rate cut in disguise.
         ratio = max(ratio, math.log(0.1))
-        self.clip = math.inf if ratio >= CLIP_OFF_LOG_RATIO else median * math.exp(ratio)
+        clip = math.inf if ratio >= CLIP_OFF_LOG_RATIO else median * math.exp(ratio)
+        if clip > 0:  # inf (off) or a positive finite threshold; an underflow to 0 keeps the old one
+            self.clip = clip
 
     def backoff(self, factor: float) -> None:
         """Guardrail backoff: multiply the lr multiplier by ``factor`` (< 1), within bounds."""
@@ -218,25 +230,6 @@ class ActionSpec:
         out.update({f"knob.{k}": v.value for k, v in self.knobs.items()})
         return out
 
-    def control_stats(self, median_grad_norm: float) -> dict[str, float]:
-        """The ``ctrl.*`` statistics of the observation (see chuck.observation)."""
-        hp = self.hyperparameters()
-        if math.isinf(self.clip):
-            clip_ratio = CLIP_OFF_LOG_RATIO
-        elif median_grad_norm > 0 and math.isfinite(median_grad_norm):
-            clip_ratio = math.log(self.clip / median_grad_norm)
-        else:
-            clip_ratio = math.nan
-        return {
-            "ctrl.log10_lr": math.log10(hp["lr"]) if hp["lr"] > 0 else math.nan,
-            "ctrl.log_lr_mult": math.log(self.lr_mult),
-            "ctrl.log_wd_mult": math.log(self.wd_mult),
-            "ctrl.clip_on": 0.0 if math.isinf(self.clip) else 1.0,
-            "ctrl.log_clip_ratio": clip_ratio,
-            "ctrl.dropout": hp["dropout"],
-            "ctrl.has_dropout": 1.0 if self.dropouts else 0.0,
-        }
-
     # -- checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -248,11 +241,30 @@ class ActionSpec:
             "knobs": {k: v.value for k, v in self.knobs.items()},
         }
 
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        """Why ``state`` cannot be loaded (``None`` when it can): every value finite and in bounds."""
+        for key, (lo, hi) in (("lr_mult", self.lr_bounds), ("wd_mult", self.wd_bounds), ("dropout_mult", self.dropout_bounds)):
+            v = state.get(key)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or not (lo <= v <= hi):
+                return f"{key} must be a finite number in [{lo:g}, {hi:g}], got {v!r}"
+        clip = state.get("clip")
+        if not isinstance(clip, (int, float)) or math.isnan(clip) or clip <= 0:
+            return f"clip must be a positive number or inf (off), got {clip!r}"
+        if len(state.get("dropout_p", [])) != len(self.dropouts):
+            return f"the checkpoint has {len(state.get('dropout_p', []))} dropout modules, the model {len(self.dropouts)}"
+        if any(not (0.0 <= float(p) <= 1.0) for p in state.get("dropout_p", [])):
+            return "dropout probabilities must lie in [0, 1]"
+        for k, v in state.get("knobs", {}).items():
+            if k in self.knobs and not (self.knobs[k].low <= v <= self.knobs[k].high):
+                return f"knob {k!r} = {v!r} is outside [{self.knobs[k].low}, {self.knobs[k].high}]"
+        return None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lr_mult, self.wd_mult = state["lr_mult"], state["wd_mult"]
         self.dropout_mult, self.clip = state["dropout_mult"], state["clip"]
-        if len(state["dropout_p"]) != len(self.dropouts):
-            raise ValueError(f"checkpoint has {len(state['dropout_p'])} dropout modules, model has {len(self.dropouts)}")
+        why = self.validate_state_dict(state)
+        if why:
+            raise ValueError(f"cannot load the action state: {why}")
         for (m, _), p in zip(self.dropouts, state["dropout_p"]):
             m.p = p
         for k, v in state["knobs"].items():

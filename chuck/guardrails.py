@@ -3,9 +3,16 @@
 * A non-finite loss or gradient norm skips the step: the base optimizer never
   sees it, so weights and optimizer state are untouched; the lr is backed off.
 * A loss more than ``spike_factor`` times its recent median rolls the model and
-  optimizer state back to the last good in-memory snapshot and backs off. PaLM
-  (Chowdhery et al. 2022, sec. 5.1) handled spikes the same way: restart from a
-  checkpoint ~100 steps earlier and skip the offending data.
+  optimizer state back to the last good in-memory snapshot (or, before the first
+  snapshot, skips the step) and backs off. PaLM (Chowdhery et al. 2022, sec. 5.1)
+  handled spikes the same way: restart from a checkpoint ~100 steps earlier and
+  skip the offending data.
+* A "spike" that comes back ``max_rollbacks_in_a_row`` times with no good step in
+  between is a lasting shift of the loss level (a curriculum change, a new data
+  mix, a resumed run on new data): it is accepted, the spike reference restarts
+  from the new level and the lr multiplier is restored to its value before the
+  streak. This holds whether or not a snapshot exists (faults issue, item 1: before
+  it, an early shift was skipped for 857 of 1000 steps).
 
 Snapshots are taken every ``snapshot_every`` healthy steps into preallocated
 buffers (one copy of parameters and optimizer state), so their cost is a
@@ -29,6 +36,16 @@ class Verdict(str, Enum):
     ROLLBACK_SPIKE = "rollback_spike"
 
 
+class Action(str, Enum):
+    """What the optimizer does about a verdict (the names guardrail records and monitors see)."""
+
+    SKIP_NONFINITE = "skip_nonfinite"
+    ROLLBACK_SPIKE = "rollback_spike"
+    SKIP_SPIKE = "skip_spike"  # a spike before any snapshot exists
+    ACCEPT_LEVEL_SHIFT = "accept_level_shift"
+    AMP_OVERFLOW = "amp_overflow"  # GradScaler skipped the step: counted, no backoff
+
+
 @dataclass
 class GuardrailConfig:
     """Guardrail settings.
@@ -41,9 +58,10 @@ class GuardrailConfig:
             so that it never captures weights that are already going bad.
         healthy_factor: see ``snapshot_every``.
         backoff: lr multiplier factor after a skip or rollback.
-        max_rollbacks_in_a_row: after this many rollbacks with no good step between them the loss
-            level has shifted for good (a new data phase, a curriculum): the spike reference is
-            reset and training goes on, instead of rolling back forever.
+        max_rollbacks_in_a_row: after this many spike verdicts (rollbacks, or skips before the
+            first snapshot) with no good step between them the loss level has shifted for good
+            (a new data phase, a curriculum): the spike reference is reset, the lr multiplier
+            restored, and training goes on, instead of rolling back or skipping forever.
     """
 
     spike_factor: float = 10.0
@@ -60,6 +78,8 @@ class GuardrailConfig:
             raise ValueError(f"backoff must be in (0, 1], got {self.backoff}")
         if self.snapshot_every < 0:
             raise ValueError(f"snapshot_every must be >= 0, got {self.snapshot_every}")
+        if self.max_rollbacks_in_a_row < 1:
+            raise ValueError(f"max_rollbacks_in_a_row must be >= 1, got {self.max_rollbacks_in_a_row}")
 
 
 class Guardrails:
@@ -72,8 +92,31 @@ class Guardrails:
         self.snapshot_step: int | None = None
         self.skips = 0
         self.rollbacks = 0
-        self.rollbacks_in_a_row = 0
+        self.amp_overflows = 0  # GradScaler skips: counted, never backed off (routine in AMP)
+        self.spikes_in_a_row = 0
+        self.lr_mult_before_streak: float | None = None
         self._snapshot_pending = False
+
+    def react(self, verdict: Verdict) -> Action:
+        """The action for a non-OK verdict, updating the spike streak."""
+        if verdict is Verdict.SKIP_NONFINITE:
+            self.skips += 1
+            return Action.SKIP_NONFINITE
+        if self.spikes_in_a_row >= self.config.max_rollbacks_in_a_row:
+            self.spikes_in_a_row = 0
+            self.skips += 1
+            return Action.ACCEPT_LEVEL_SHIFT
+        self.spikes_in_a_row += 1
+        if self.has_snapshot:
+            self.rollbacks += 1
+            return Action.ROLLBACK_SPIKE
+        self.skips += 1
+        return Action.SKIP_SPIKE
+
+    def good_step(self) -> None:
+        """A step passed every check: any spike streak is over."""
+        self.spikes_in_a_row = 0
+        self.lr_mult_before_streak = None
 
     def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int) -> Verdict:
         """Judge one step from its loss (``None`` when the user gave none) and global grad norm.
@@ -133,6 +176,11 @@ class Guardrails:
         self._snap_params = self._snap_state = None
         self.snapshot_step = None
 
+    def covers(self, params: Sequence[torch.Tensor]) -> bool:
+        """Whether the snapshot holds exactly these parameters' shapes (a layer unfrozen since: no)."""
+        snap = self._snap_params
+        return snap is not None and len(snap) == len(params) and all(s.shape == p.shape for s, p in zip(snap, params))
+
     @property
     def has_snapshot(self) -> bool:
         return self._snap_params is not None
@@ -159,7 +207,9 @@ class Guardrails:
         return {
             "skips": self.skips,
             "rollbacks": self.rollbacks,
-            "rollbacks_in_a_row": self.rollbacks_in_a_row,
+            "amp_overflows": self.amp_overflows,
+            "spikes_in_a_row": self.spikes_in_a_row,
+            "lr_mult_before_streak": self.lr_mult_before_streak,
             "snapshot_pending": self._snapshot_pending,
             "snapshot_step": self.snapshot_step,
             "snap_params": None if self._snap_params is None else [t.clone() for t in self._snap_params],
@@ -168,9 +218,24 @@ class Guardrails:
             },
         }
 
+    def validate_state_dict(self, state: dict[str, Any], params: Sequence[torch.Tensor]) -> str | None:
+        """Why ``state`` cannot be loaded for these parameters (``None`` when it can)."""
+        for key in ("skips", "rollbacks", "spikes_in_a_row"):
+            if not isinstance(state.get(key), int) or state[key] < 0:
+                return f"guardrails.{key} must be a non-negative integer, got {state.get(key)!r}"
+        snap = state.get("snap_params")
+        if snap is not None:
+            shapes = [tuple(t.shape) for t in snap]
+            want = [tuple(p.shape) for p in params]
+            if shapes != want:
+                return f"the rollback snapshot holds {len(shapes)} tensors of other shapes than the model's {len(want)}: another model?"
+        return None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.skips, self.rollbacks = state["skips"], state["rollbacks"]
-        self.rollbacks_in_a_row, self._snapshot_pending = state["rollbacks_in_a_row"], state["snapshot_pending"]
+        self.amp_overflows = int(state.get("amp_overflows", 0))
+        self.spikes_in_a_row, self._snapshot_pending = state["spikes_in_a_row"], state["snapshot_pending"]
+        self.lr_mult_before_streak = state.get("lr_mult_before_streak")
         self.snapshot_step = state["snapshot_step"]
         self._snap_params = None if state["snap_params"] is None else [t.clone() for t in state["snap_params"]]
         self._snap_state = None if state["snap_state"] is None else {

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from chuck.monitors.base import Indicator
+
+
+#: Sources of a decision record.
+SOURCES = ("policy", "external", "fallback", "guardrail")
 
 
 @dataclass
@@ -22,7 +28,10 @@ class Decision:
         observation: the named observation the action was computed from.
         hyperparameters: effective lr, weight decay, clip, dropout (and knobs) afterwards.
         reason: why, in words (fallback cause, guardrail verdict, or the policy's top features).
-        attribution: feature -> weight of its influence on the action, when the policy can tell.
+        attribution: per action dimension (``"lr"``, ``"weight_decay"``, ``"clip"``, ``"dropout"``),
+            feature -> signed weight of its push on that dimension (positive: towards raising it).
+            Filled for learned policies (gradient x input), and for the heuristic and fallbacks
+            from their rules.
         policy_id: ``name@version`` of the policy.
     """
 
@@ -32,7 +41,7 @@ class Decision:
     observation: dict[str, float]
     hyperparameters: dict[str, float]
     reason: str = ""
-    attribution: dict[str, float] = field(default_factory=dict)
+    attribution: dict[str, dict[str, float]] = field(default_factory=dict)
     policy_id: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -41,6 +50,54 @@ class Decision:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
         return cls(**d)
+
+    def top_features(self, dim: str = "lr", k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` features that pushed ``dim`` hardest, with their signed weights."""
+        return sorted(self.attribution.get(dim, {}).items(), key=lambda kv: -abs(kv[1]))[:k]
+
+    def __str__(self) -> str:
+        hp = self.hyperparameters
+        moved = ", ".join(f"{d} {a:+.2f}" for d, a in zip(("lr", "wd", "clip", "dropout"), self.action) if abs(a) > 1e-6)
+        head = (f"step {self.step} [{self.source}] {moved or 'hold'} -> lr={hp.get('lr', math.nan):.3g} "
+                f"wd={hp.get('weight_decay', math.nan):.3g} clip={hp.get('clip', math.nan):.3g}")
+        return head + (f": {self.reason}" if self.reason else "")
+
+
+class DecisionLog(Sequence[Decision]):
+    """The decisions of a run, most recent last, bounded to ``maxlen`` (``None``: unbounded).
+
+    Indexes and slices like a list (``log[-1]``, ``log[:2]``); the oldest decisions are dropped
+    once ``maxlen`` is reached, so a run of a million steps keeps bounded memory.
+    """
+
+    def __init__(self, items: Iterable[Decision] = (), maxlen: int | None = None) -> None:
+        self._items: deque[Decision] = deque(items, maxlen=maxlen)
+
+    @property
+    def maxlen(self) -> int | None:
+        return self._items.maxlen
+
+    def append(self, d: Decision) -> None:
+        self._items.append(d)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> Decision: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Decision]: ...
+
+    def __getitem__(self, i: int | slice) -> Decision | list[Decision]:
+        if isinstance(i, slice):
+            return list(self._items)[i]
+        return self._items[i]
+
+    def __iter__(self) -> Iterator[Decision]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"DecisionLog({len(self)} decisions, maxlen={self.maxlen})"
 
 
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from chuck.actions import ActionSpec
 from chuck.observation import ObservationSpec
 from chuck.optimizer import ChuckOptimizer
+from chuck.zoo.loop import train
 from chuck.zoo.registry import resolve_tasks
 from chuck.zoo.task import Task, TaskInstance
 
@@ -24,13 +25,16 @@ class TrainingControlEnv(gym.Env):
 
     ``reset`` samples a task family from the selected split, then an instance of it
     (width, depth, activation, normalization, batch size, data size, label noise,
-    base optimizer and an initial learning rate drawn log-uniformly over four
-    decades), wraps its base optimizer in :class:`chuck.ChuckOptimizer` with
-    ``policy=None`` and trains ``interval`` steps so the first observation has data.
-    Each ``step(action)`` applies the action through ``ChuckOptimizer.apply_action``
-    (the deployment path's ActionSpec) and trains ``interval`` more steps through
-    the same optimizer, guardrails and monitors a user's loop runs, then evaluates
-    and reports the validation loss with ``ChuckOptimizer.observe``, as a user's loop does.
+    base optimizer and an initial learning rate, see :meth:`chuck.zoo.Task.sample_config`),
+    wraps its base optimizer in :class:`chuck.ChuckOptimizer` with ``policy=None`` and
+    trains until the optimizer's first decision point. Each ``step(action)`` hands the
+    action to the optimizer's :class:`chuck.controller.Controller` (the deployment
+    path: the same ActionSpec, the same decision record) and trains, through the same
+    optimizer, guardrails and monitors a user's loop runs (:func:`chuck.zoo.loop.train`),
+    until the controller's next decision point: the decision clock is the one users
+    run, counted in successful steps. Then it evaluates and, in most episodes,
+    reports the validation loss with ``ChuckOptimizer.observe`` after the step, as the
+    README's loop does.
 
     ## Action Space
 
@@ -58,8 +62,9 @@ class TrainingControlEnv(gym.Env):
 
     Terminates when the task's step budget is spent (the training run is over), or on
     divergence: a non-finite validation loss or weight, a loss above
-    ``divergence_factor x max(L_0, loss_reference)``, or every step of an interval
-    skipped by the guardrails. No truncation: the budget is the run.
+    ``divergence_factor x max(L_0, loss_reference)``, or no decision point within two
+    intervals' worth of calls (the guardrails skipped at least half of them). No
+    truncation: the budget (rounded up to whole intervals) is the run.
 
     ## Arguments
 
@@ -70,6 +75,8 @@ class TrainingControlEnv(gym.Env):
     * ``divergence_factor``, ``divergence_penalty``, ``loss_floor``: see Rewards / Episode End.
     * ``p_no_total``, ``p_no_model``: probability that an episode's ChuckOptimizer gets no
       ``total_steps`` / no ``model`` (as in user code that omits them).
+    * ``p_no_val``: probability that an episode never calls ``observe(val_loss=...)`` (many
+      training loops never do); the env still evaluates, for the reward only.
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -93,6 +100,7 @@ class TrainingControlEnv(gym.Env):
         loss_floor: float = 1e-3,
         p_no_total: float = 0.3,
         p_no_model: float = 0.2,
+        p_no_val: float = 0.3,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -105,7 +113,8 @@ class TrainingControlEnv(gym.Env):
         self.divergence_factor = divergence_factor
         self.divergence_penalty = divergence_penalty
         self.loss_floor = loss_floor
-        self.p_no_total, self.p_no_model = p_no_total, p_no_model
+        self.p_no_total, self.p_no_model, self.p_no_val = p_no_total, p_no_model, p_no_val
+        self.give_val = True
         self.observation_space = ObservationSpec().space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
@@ -114,8 +123,10 @@ class TrainingControlEnv(gym.Env):
 
     # -- helpers ----------------------------------------------------------
     def _budget(self, task: Task) -> int:
-        # at least two decisions' worth of steps: one warm-up interval and one controlled
-        return max(2 * self.interval, int(round(task.budget * self.budget_scale)))
+        # at least two decisions' worth of steps (one warm-up interval and one controlled), and a
+        # whole number of intervals, so that the episode ends on a decision point
+        steps = max(2 * self.interval, int(round(task.budget * self.budget_scale)))
+        return -(-steps // self.interval) * self.interval
 
     def _eval(self) -> float:
         assert self.instance is not None
@@ -132,19 +143,17 @@ class TrainingControlEnv(gym.Env):
         ref = self.instance.loss_reference
         return min(max(loss, self.loss_floor * ref), self._cap) if not math.isnan(loss) else self._cap
 
-    def _train_interval(self) -> int:
-        """Run ``interval`` inner steps; return how many the guardrails skipped."""
-        assert self.instance is not None and self.opt is not None
-        skipped_before = self._skips()
-        for _ in range(self.interval):
-            loss = self.instance.train_step()
-            self.opt.step(loss=loss)
-            self.opt.zero_grad()
-        return self._skips() - skipped_before
+    def _train_to_decision(self) -> bool:
+        """Train until the optimizer's next decision point; ``False`` if it never came.
 
-    def _skips(self) -> int:
-        g = self.opt.guardrails if self.opt is not None else None
-        return (g.skips + g.rollbacks) if g is not None else 0
+        The loop gets twice an interval's worth of calls: a decision missing after that many
+        means the guardrails threw away at least half of them (the run is diverging).
+        """
+        assert self.instance is not None and self.opt is not None
+        controller = self.opt.controller
+        left = 2 * self.budget - self.opt.calls
+        train(self.instance, self.opt, max(0, min(2 * self.interval, left)), until=lambda: controller.pending is not None)
+        return controller.pending is not None
 
     # -- gym API ----------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -171,6 +180,7 @@ class TrainingControlEnv(gym.Env):
         # policy trained here has seen those observations (progress and activation features absent).
         give_total = bool(self.np_random.random() >= self.p_no_total)
         give_model = bool(self.np_random.random() >= self.p_no_model)
+        self.give_val = bool(self.np_random.random() >= self.p_no_val)
         self.opt = ChuckOptimizer(
             self.instance.optimizer, policy=None, model=self.instance.model if give_model else None,
             total_steps=self.budget if give_total else None, interval=self.interval, seed=config.seed,
@@ -180,31 +190,33 @@ class TrainingControlEnv(gym.Env):
         ref = self.instance.loss_reference
         self.l_init = max(first, self.loss_floor * ref) if math.isfinite(first) else ref
         self._cap = self.divergence_factor * max(self.l_init, ref)  # the divergence threshold
-        self._train_interval()
-        self.l_start = self.l_prev = self._floor(self._eval())
-        self.opt.observe(val_loss=self.l_start)
-        self._obs = self.opt.observation()
-        return self._obs, {"task_id": self.task.id, "val_loss": self.l_prev}
+        reached = self._train_to_decision()
+        raw = self._eval()
+        self.l_start = self.l_prev = self._floor(raw)
+        self._report(raw)
+        obs = self.opt.controller.pending if reached else self.opt.observation()
+        return obs, {"task_id": self.task.id, "val_loss": self.l_prev}
+
+    def _report(self, raw: float) -> None:
+        # a user's loop reports its evaluations with observe() after the step; the env does the
+        # same in the episodes where it gives validation losses at all
+        if self.give_val and math.isfinite(raw):
+            assert self.opt is not None
+            self.opt.observe(val_loss=raw)
 
     def step(self, action: np.ndarray):
         if self.opt is None or self.instance is None or self.task is None:
             raise RuntimeError("call reset() before step()")
-        # the observation the action answers is the one returned last: reuse it, do not recompute
-        self.opt.apply_action(np.asarray(action, dtype=np.float64), source="external", observation=self._obs)
-        skipped = self._train_interval()
+        controller = self.opt.controller
+        if controller.pending is not None:
+            controller.act_external(np.asarray(action, dtype=np.float64), self.opt.step_count)
+        reached = self._train_to_decision()
         raw = self._eval()
-        # a user's loop reports its evaluations with observe(); the env does the same, so that
-        # the validation features (gap, trend, Prechelt's GL) look alike in training and deployment
-        self.opt.observe(val_loss=raw if math.isfinite(raw) else None)
+        self._report(raw)
         l_now = self._floor(raw)
         weights_ok = all(bool(torch.isfinite(p).all()) for p in self.instance.model.parameters())
-        diverged = (
-            not math.isfinite(raw)
-            or not weights_ok
-            or raw > self._cap
-            or skipped >= self.interval
-        )
-        done = diverged or self.opt.step_count >= self.budget or self.opt._calls >= 2 * self.budget
+        diverged = not math.isfinite(raw) or not weights_ok or raw > self._cap or not reached
+        done = diverged or self.opt.step_count >= self.budget or self.opt.calls >= 2 * self.budget
         if diverged:
             reward = math.log(self.l_prev / self.l_start) - self.divergence_penalty
         else:
@@ -213,8 +225,8 @@ class TrainingControlEnv(gym.Env):
         if done:
             info.update(self._final_info(l_now, diverged))
         self.l_prev = l_now
-        self._obs = self.opt.observation()
-        return self._obs, float(reward), bool(done), False, info
+        obs = controller.pending if reached else self.opt.observation()
+        return obs, float(reward), bool(done), False, info
 
     def _final_info(self, l_now: float, diverged: bool) -> dict[str, Any]:
         assert self.task is not None and self.instance is not None and self.opt is not None

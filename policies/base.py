@@ -45,12 +45,16 @@ class Policy(ABC):
     def act(self, observation: np.ndarray) -> np.ndarray:
         """One decision."""
 
-    def explain(self, observation: np.ndarray) -> dict[str, float]:
-        """Per-feature attribution of the last action (feature name -> weight); empty if unknown."""
+    def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
+        """Why the last action, per action dimension: ``{dimension: {feature or rule: signed weight}}``.
+
+        A positive weight pushed that dimension up. Empty when the policy cannot tell. (A flat
+        ``{feature: weight}`` mapping is accepted too and attributed to every dimension that moved.)
+        """
         return {}
 
     def reset(self) -> None:  # noqa: B027 - optional hook
-        """Forget per-run state (called when a new run starts)."""
+        """Forget per-run state; the controller calls it when a run starts."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -45,7 +45,7 @@ class HeuristicPolicy(Policy):
         self.spec = ObservationSpec()
         self.restart_cooldown = restart_cooldown
         self._cooldown = 0
-        self._last_reasons: dict[str, float] = {}
+        self._last_reasons: dict[str, dict[str, float]] = {}
 
     def reset(self) -> None:
         self._cooldown = 0
@@ -53,7 +53,7 @@ class HeuristicPolicy(Policy):
     def act(self, observation: np.ndarray) -> np.ndarray:
         f = self.spec.as_dict(observation)
         lr = wd = clip = drop = 0.0
-        why: dict[str, float] = {}
+        lr_why = clip_why = reg_why = ""
         self._cooldown = max(0, self._cooldown - 1)
 
         unstable = (
@@ -64,36 +64,39 @@ class HeuristicPolicy(Policy):
         )
         has_updates = f["weights.update_ratio_log10"] != -3.0 or f["weights.update_cosine"] != 0.0
         if unstable:
-            lr, why["instability"] = -1.0, 1.0
+            lr, lr_why = -1.0, "instability (loss spike, sign-flipping updates or skipped steps)"
         elif has_updates and f["weights.update_ratio_log10"] > -1.5:
-            lr, why["weights.update_ratio_log10"] = -1.0, 1.0
+            lr, lr_why = -1.0, "weights.update_ratio_log10"
         elif f["loss.plateau"] >= 1.0 and self._cooldown == 0:
-            lr, why["loss.plateau"] = 1.0, 1.0
+            lr, lr_why = 1.0, "loss.plateau"
             self._cooldown = self.restart_cooldown
         elif has_updates and f["weights.update_ratio_log10"] < -4.0:  # the weights monitor's warn line
-            lr, why["weights.update_ratio_log10"] = 1.0, 1.0
+            lr, lr_why = 1.0, "weights.update_ratio_log10"
         elif (
             f["loss.log_slope"] < -0.05 and f["loss.noise_to_progress"] < 0.5 and f["loss.spike"] < math.log(1.5)
             and f["weights.update_ratio_log10"] < -2.5  # CS231n's ~1e-3: no faster than that
         ):
-            lr, why["loss.log_slope"] = 0.5, 1.0
+            lr, lr_why = 0.5, "loss.log_slope"
         elif f["loss.noise_to_progress"] > 0.9 and f["loss.log_slope"] > 0:
-            lr, why["loss.noise_to_progress"] = -0.5, 1.0
+            lr, lr_why = -0.5, "loss.noise_to_progress"
 
         if f["loss.has_val"] > 0 and f["loss.overfit_gl"] > 0.02 and f["loss.val_trend"] > 0:
             wd = drop = 1.0
-            why["loss.overfit_gl"] = 1.0
+            reg_why = "loss.overfit_gl"
 
         if f["grad.norm_log_ratio_initial"] > math.log(10.0) or f["loss.spike"] > math.log(3.0):
-            clip, why["grad.norm_log_ratio_initial"] = -1.0, 1.0
+            clip, clip_why = -1.0, "grad.norm_log_ratio_initial"
         elif f["ctrl.clip_on"] > 0 and f["grad.clip_fraction"] > 0.5 and not unstable:
-            clip, why["grad.clip_fraction"] = 0.5, 1.0
+            clip, clip_why = 0.5, "grad.clip_fraction"
 
-        self._last_reasons = why
+        # the rule that fired, per dimension, signed like the action it caused
+        moves = {"lr": (lr, lr_why), "weight_decay": (wd, reg_why), "clip": (clip, clip_why), "dropout": (drop, reg_why)}
+        self._last_reasons = {dim: {why: float(np.sign(a))} for dim, (a, why) in moves.items() if a != 0.0 and why}
         return np.array([lr, wd, clip, drop], dtype=np.float32)
 
-    def explain(self, observation: np.ndarray) -> dict[str, float]:
-        return dict(self._last_reasons)
+    def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
+        """The rule behind each dimension's last move: ``{dimension: {rule: +1 or -1}}``."""
+        return {d: dict(r) for d, r in self._last_reasons.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"cooldown": self._cooldown}

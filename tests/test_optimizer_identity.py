@@ -98,7 +98,7 @@ def test_add_param_group_is_followed(net) -> None:
         loss.backward()
         opt.step(loss=loss)
         opt.zero_grad()
-    assert any(p is head.weight for p in opt.grad_monitor.params)
+    assert any(p is head.weight for p in opt.grad_monitor.ctx.params)
     # the sampled updates before the last decision cover the new head too (4 trainable net tensors + 2)
     assert len(opt.weight_monitor.update_ratios()) == 6
     assert opt.step_count == 60

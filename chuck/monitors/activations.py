@@ -38,15 +38,15 @@ class ActivationMonitor(Monitor):
             (e.g. ``F.relu`` in ``forward``), Linear and Conv outputs are watched instead and
             a unit is "dead" when its pre-activation is <= 0 for the whole batch.
         max_units: units (features or channels) sampled per module.
-        generator: random generator choosing the sampled units.
+
+    The random generator choosing the sampled units is the run's (its context's).
     """
 
     name = "act"
 
-    def __init__(self, model: nn.Module, max_units: int = 256, generator: torch.Generator | None = None) -> None:
+    def __init__(self, model: nn.Module, max_units: int = 256) -> None:
         self.model = model
         self.max_units = max_units
-        self.generator = generator
         mods = [(n, m) for n, m in model.named_modules() if isinstance(m, RECTIFIERS + SQUASHERS)]
         self._preact = not mods
         if self._preact:
@@ -94,7 +94,7 @@ class ActivationMonitor(Monitor):
                 units = self._units.get(name)
                 if units is None:
                     n = x.shape[1]
-                    units = torch.randperm(n, generator=self.generator)[: self.max_units] if n > self.max_units else torch.arange(n)
+                    units = torch.randperm(n, generator=self.ctx.generator)[: self.max_units] if n > self.max_units else torch.arange(n)
                     self._units[name] = units
                 x = x.index_select(1, units.to(x.device))
                 rec: dict[str, float] = {"std": float(x.std()) if x.numel() > 1 else 0.0}
@@ -182,8 +182,26 @@ class ActivationMonitor(Monitor):
             "per_module": self.per_module(),
         }
 
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        widths = {n: _width(m) for n, m in self.modules}
+        for name, units in state.get("units", {}).items():
+            if name not in widths:
+                return f"the checkpoint samples module {name!r}, which this model does not have"
+            if units.numel() and widths[name] is not None and int(units.max()) >= widths[name]:
+                return f"module {name!r} has {widths[name]} units, the checkpoint samples unit {int(units.max())}"
+        return None
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._units = {k: v.clone() for k, v in state["units"].items()}
         self._baseline_std = dict(state["baseline_std"])
         self._stats = dict(state["stats"])
         self._per_module = {n: dict(r) for n, r in state["per_module"].items()}
+
+
+def _width(module: nn.Module) -> int | None:
+    """Units of a watched module's output when its type says (Linear/Conv), else unknown."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return module.out_channels
+    return None

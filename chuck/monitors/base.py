@@ -10,8 +10,9 @@ A monitor turns a training run into two things:
   reason, recommendation, source of the threshold) for ``ChuckOptimizer.health()``.
 
 Monitors are cheap by contract on the per-step path (``on_step``) and may do
-costly work only in ``on_decision``, which the optimizer calls every
-``interval`` steps.
+costly work only in ``on_decision``, which the controller calls once per
+decision. :class:`chuck.monitors.suite.MonitorSuite` holds them in a list and
+drives the lifecycle; users add their own with ``ChuckOptimizer(monitors=[...])``.
 """
 
 from __future__ import annotations
@@ -70,10 +71,63 @@ def grade(
     return "ok"
 
 
-class Monitor(ABC):
-    """Base class of every monitor.
+@dataclass(frozen=True)
+class StepRecord:
+    """What every monitor's per-step hook receives after a base-optimizer step.
 
-    Contract (checked by ``tests/monitors/test_monitor_contract.py`` for every monitor):
+    Attributes:
+        step: base-optimizer steps taken, this one included (skipped steps do not count).
+        loss: the training loss as a float, or ``None`` when the user gave none.
+        grad_norm: the global gradient norm before clipping (``0.0`` when nothing has a gradient).
+        clipped: whether chuck clipped this step's gradients.
+    """
+
+    step: int
+    loss: float | None
+    grad_norm: float
+    clipped: bool
+
+
+class MonitorContext:
+    """What a monitor may read about the run: set by :class:`MonitorSuite` before any hook.
+
+    ``params`` is recomputed on every access from the optimizer's groups, so a layer that
+    is unfrozen mid-run, or a group added with ``add_param_group``, is watched from then on.
+    """
+
+    def __init__(self, optimizer: Any, model: Any = None, generator: Any = None, names: dict[int, str] | None = None) -> None:
+        self.optimizer = optimizer
+        self.model = model
+        self.generator = generator
+        self.names = names or {}
+
+    @property
+    def params(self) -> list[Any]:
+        """Every parameter of every group that currently requires a gradient."""
+        return [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
+
+    def name(self, p: Any, i: int) -> str:
+        return self.names.get(id(p), f"param{i}")
+
+
+class Monitor(ABC):
+    """Base class of every monitor: one lifecycle, driven by :class:`MonitorSuite`.
+
+    Lifecycle, in the order the optimizer calls it:
+
+    * ``attach(ctx)``: once, before anything else (the suite stores ``ctx`` in ``self.ctx``).
+    * ``on_step(record)``: after every successful base step. Cheap by contract: a few float
+      operations, no tensor work (the per-step overhead budget is ~2%, see docs/results.md).
+    * ``before_update()`` / ``after_update()``: around the base update of the two steps
+      before a decision (sampled steps: the weight monitor measures updates there).
+    * ``arm()``: after the step that precedes a decision's last step, so that the coming
+      forward pass can be sampled (activation hooks).
+    * ``on_decision()``: costly work, once per decision, before ``stats()`` is read.
+    * ``on_validation(step, value)``: when the user reports a validation loss.
+    * ``on_guardrail(verdict)``: when a guardrail skipped, rolled back or accepted a step.
+
+    Contract (checked by ``tests/monitors/test_monitor_contract.py`` for every monitor,
+    the built-in ones and a user-defined one):
 
     * ``name`` is a short identifier, unique among the optimizer's monitors.
     * ``stats()`` returns the same keys every call, each a finite float or ``nan``,
@@ -84,6 +138,32 @@ class Monitor(ABC):
     """
 
     name: str = "monitor"
+    ctx: MonitorContext
+
+    def attach(self, ctx: MonitorContext) -> None:
+        self.ctx = ctx
+
+    def on_step(self, record: StepRecord) -> None:  # noqa: B027 - optional hook
+        """Cheap per-step bookkeeping."""
+
+    def before_update(self) -> None:  # noqa: B027 - optional hook
+        """Before the base update of a sampled step."""
+
+    def after_update(self) -> None:  # noqa: B027 - optional hook
+        """After the base update of a sampled step."""
+
+    def arm(self) -> None:  # noqa: B027 - optional hook
+        """The next forward pass precedes a decision: hook it if needed."""
+
+    def on_decision(self) -> None:  # noqa: B027 - optional hook
+        """Costly work, called every ``interval`` steps before ``stats()`` is read."""
+
+    def on_validation(self, step: int, value: float) -> None:  # noqa: B027 - optional hook
+        """A finite validation loss reported through ``observe``."""
+
+    def on_guardrail(self, verdict: str) -> None:  # noqa: B027 - optional hook
+        """A guardrail intervention (``"skip_nonfinite"``, ``"rollback_spike"``, ``"skip_spike"``,
+        ``"accept_level_shift"``, ``"amp_overflow"``)."""
 
     @abstractmethod
     def stats(self) -> dict[str, float]:
@@ -93,16 +173,20 @@ class Monitor(ABC):
     def indicators(self) -> list[Indicator]:
         """Human-facing indicators for the health report."""
 
-    def on_decision(self) -> None:  # noqa: B027 - optional hook
-        """Costly work, called every ``interval`` steps before ``stats()`` is read."""
-
-    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable state (weights_only-safe types only)."""
+        """Checkpointable state (weights_only-safe types only). Stateless monitors keep the default."""
+        return {}
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what ``state_dict`` returned."""
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        """Why ``state`` cannot be loaded into this monitor (``None`` when it can).
+
+        Checked for every monitor before anything of a checkpoint is loaded, so that a bad
+        checkpoint leaves the run untouched.
+        """
+        return None
 
 
 def safe_log(x: float, floor: float = 1e-30) -> float:

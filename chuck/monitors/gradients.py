@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, grade, median
+from chuck.monitors.base import Indicator, Monitor, StepRecord, grade, median
 
 #: Glorot & Bengio (2010), "Understanding the difficulty of training deep
 #: feedforward neural networks": back-propagated gradient variance should stay
@@ -49,26 +48,19 @@ HIST_SAMPLE = 16384
 class GradientMonitor(Monitor):
     """Watches gradients.
 
+    The parameters, the optimizer (for Adam moments and epsilon) and the random generator
+    for histogram sampling come from the run's :class:`~chuck.monitors.base.MonitorContext`.
+
     Args:
-        params: the parameters being optimized (those with ``requires_grad``).
         window: steps of gradient-norm history kept.
         clip_percentile: percentile of the norm history suggested as clipping threshold.
-        generator: random generator for histogram sampling (checkpointed by the optimizer).
     """
 
     name = "grad"
 
-    def __init__(
-        self,
-        params: Sequence[torch.Tensor],
-        window: int = 200,
-        clip_percentile: float = CLIP_PERCENTILE,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        self.params = list(params)
+    def __init__(self, window: int = 200, clip_percentile: float = CLIP_PERCENTILE) -> None:
         self.window = window
         self.clip_percentile = clip_percentile
-        self.generator = generator
         self._norms: deque[float] = deque(maxlen=window)
         self._clipped: deque[bool] = deque(maxlen=window)
         self._early: list[float] = []
@@ -79,11 +71,11 @@ class GradientMonitor(Monitor):
         self._v: list[torch.Tensor] | None = None
 
     # -- per step ---------------------------------------------------------
-    def on_step(self, grad_norm: float, clipped: bool) -> None:
-        self._norms.append(grad_norm)
-        self._clipped.append(clipped)
+    def on_step(self, record: StepRecord) -> None:
+        self._norms.append(record.grad_norm)
+        self._clipped.append(record.clipped)
         if len(self._early) < 20:
-            self._early.append(grad_norm)
+            self._early.append(record.grad_norm)
 
     def median_norm(self) -> float:
         """Median of the recent gradient norms (the reference of chuck's clip ratio)."""
@@ -96,8 +88,10 @@ class GradientMonitor(Monitor):
         return float(np.percentile(np.fromiter(self._norms, float), self.clip_percentile))
 
     # -- decision steps ---------------------------------------------------
-    def on_decision(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
+    def on_decision(self) -> None:
+        optimizer = self.ctx.optimizer
+        # sparse gradients (nn.Embedding(sparse=True)) are read through their stored values
+        grads = [dense_values(p.grad) for p in self.ctx.params if p.grad is not None]
         out: dict[str, float] = {}
         if not grads:
             self._decision = out
@@ -126,7 +120,7 @@ class GradientMonitor(Monitor):
                 beta1, beta2 = group.get("betas", (None, None))
                 for p in group["params"]:
                     st = optimizer.state.get(p, {})
-                    if "exp_avg" in st and "exp_avg_sq" in st and beta1 is not None:
+                    if "exp_avg" in st and "exp_avg_sq" in st and beta1 is not None and not st["exp_avg"].is_sparse:
                         t = float(st["step"]) if "step" in st else 1.0
                         m = st["exp_avg"].float() / (1 - beta1**t)
                         v = st["exp_avg_sq"].float() / (1 - beta2**t)
@@ -138,7 +132,8 @@ class GradientMonitor(Monitor):
                 return min(1.0, num / den)
         beta = 0.7
         gf = [g.detach().float() for g in grads]
-        if self._m is None or len(self._m) != len(grads):
+        if self._m is None or [m.shape for m in self._m] != [g.shape for g in gf]:
+            # first decision, or the set of parameters with a gradient changed (a layer was unfrozen)
             self._m = [g.clone() for g in gf]
             self._v = [g.pow(2) for g in gf]
             return float("nan")
@@ -152,7 +147,7 @@ class GradientMonitor(Monitor):
     def _histogram(self, grads: list[torch.Tensor], optimizer: torch.optim.Optimizer | None, out: dict[str, float]) -> None:
         flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
         if flat.numel() > HIST_SAMPLE:
-            idx = torch.randint(flat.numel(), (HIST_SAMPLE,), generator=self.generator, device="cpu")
+            idx = torch.randint(flat.numel(), (HIST_SAMPLE,), generator=self.ctx.generator, device="cpu")
             flat = flat[idx.to(flat.device)]
         logs = torch.log10(flat.abs().clamp_min(10.0**HIST_LOW))
         # Ten bins per decade: quantiles to 0.1 decade (sorting for exact ones costs ~10x more),
@@ -276,6 +271,22 @@ class GradientMonitor(Monitor):
         self._hist = np.asarray(state["hist"], dtype=np.float64)
         self._m = None if state["m"] is None else [t.clone() for t in state["m"]]
         self._v = None if state["v"] is None else [t.clone() for t in state["v"]]
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        norms = state.get("norms")
+        if not isinstance(norms, list) or not all(isinstance(x, float) and x >= 0 for x in norms):
+            return "norms must be a list of non-negative floats"
+        if state.get("m") is not None:
+            shapes = sorted(tuple(p.shape) for p in self.ctx.params)
+            ms = sorted(tuple(t.shape) for t in state["m"])
+            if any(s not in shapes for s in ms):
+                return f"gradient moments have shapes {ms[:4]}..., the model's parameters {shapes[:4]}...: another model?"
+        return None
+
+
+def dense_values(g: torch.Tensor) -> torch.Tensor:
+    """A gradient as a dense tensor of its stored values (sparse ones: their non-zeros)."""
+    return g.coalesce().values() if g.is_sparse else g
 
 
 def _optimizer_eps(optimizer: torch.optim.Optimizer | None) -> float | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from chuck.monitors.base import Indicator, Monitor, grade, median
+from chuck.monitors.base import Indicator, Monitor, StepRecord, grade, median
 
 #: A step counts as "improving" when the smoothed loss beats its best by this
 #: relative margin. ReduceLROnPlateau's default is 1e-4 per *epoch*; per step the
@@ -65,7 +65,11 @@ class LossMonitor(Monitor):
         self._median_at = 0
 
     # -- per step ---------------------------------------------------------
-    def on_step(self, loss: float) -> None:
+    def on_step(self, record: StepRecord) -> None:
+        if record.loss is not None:
+            self.add_loss(record.loss)
+
+    def add_loss(self, loss: float) -> None:
         """Record one finite training loss (non-finite ones never reach here)."""
         self._steps += 1
         self._cache = None

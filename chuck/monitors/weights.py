@@ -1,14 +1,13 @@
 """Weight monitor: update-to-weight ratios, update direction, scale against init, non-finite values.
 
 Updates are measured on two consecutive *sampled* steps before each decision
-(the optimizer calls ``before_step``/``after_step`` around them), so the cost is
+(the suite calls ``before_update``/``after_update`` around them), so the cost is
 two parameter copies per decision interval, not per step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,38 +28,41 @@ SCALE_WARN, SCALE_BAD = math.log(10.0), math.log(100.0)
 class WeightMonitor(Monitor):
     """Watches weights and the updates the optimizer makes to them.
 
-    Args:
-        params: parameters being optimized.
-        names: optional display names, aligned with ``params``.
+    The parameters (and their display names) come from the run's
+    :class:`~chuck.monitors.base.MonitorContext`, read afresh at every sampled step, so
+    layers unfrozen mid-run are watched from then on.
     """
 
     name = "weights"
 
-    def __init__(self, params: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> None:
-        self.params = list(params)
-        self.names = list(names) if names is not None else [f"param{i}" for i in range(len(self.params))]
-        # Expected init RMS per matrix/conv weight (fan-in based, He et al. 2015); biases/norms skipped.
-        self._init_rms = [_he_rms(p) for p in self.params]
+    def __init__(self) -> None:
+        self._params: list[torch.Tensor] = []
         self._before: list[torch.Tensor] | None = None
-        self._prev_update: torch.Tensor | None = None  # flattened previous update
+        self._prev_update: torch.Tensor | None = None  # flattened previous update (checkpointed)
         self._stats: dict[str, float] = {}
         self._ratios: dict[str, float] = {}
 
     # -- sampled steps ----------------------------------------------------
-    def before_step(self) -> None:
+    def before_update(self) -> None:
+        self._params = self.ctx.params
         with torch.no_grad():
-            self._before = [p.detach().clone() for p in self.params]
+            self._before = [p.detach().clone() for p in self._params]
 
-    def after_step(self) -> None:
+    def after_update(self) -> None:
         if self._before is None:
             return
+        params, before = self._params, self._before
+        self._before = None
+        if not params:
+            return
+        names = [self.ctx.name(p, i) for i, p in enumerate(params)]
         with torch.no_grad():
-            update = torch._foreach_sub([p.detach() for p in self.params], self._before)
-            w_norms = torch.stack(torch._foreach_norm(self._before))
+            update = torch._foreach_sub([p.detach() for p in params], before)
+            w_norms = torch.stack(torch._foreach_norm(before))
             u_norms = torch.stack(torch._foreach_norm(update))
             ratios = (u_norms / w_norms.clamp_min(1e-30)).cpu().numpy()
             ok = (w_norms > 0).cpu().numpy()
-            self._ratios = {n: float(r) for n, r, k in zip(self.names, ratios, ok) if k}
+            self._ratios = {n: float(r) for n, r, k in zip(names, ratios, ok) if k}
             pos = ratios[ok & (ratios > 0)]
             self._stats["weights.update_ratio_log10"] = float(np.log10(np.median(pos))) if pos.size else float("nan")
             flat = torch.cat([u.reshape(-1).float() for u in update])
@@ -68,24 +70,25 @@ class WeightMonitor(Monitor):
                 denom = float(flat.norm() * self._prev_update.norm())
                 self._stats["weights.update_cosine"] = float(flat @ self._prev_update) / denom if denom > 0 else float("nan")
             self._prev_update = flat
-        self._before = None
 
     def on_decision(self) -> None:
+        # Updates are pairwise within one interval: forget the older one.
+        self._prev_update = None
+        params = self.ctx.params
+        if not params:
+            return
         with torch.no_grad():
-            if not self.params:
-                return
             # one fused norm per tensor; a non-finite norm means a non-finite entry
-            norms = torch.stack(torch._foreach_norm([p.detach() for p in self.params])).float().cpu().numpy()
+            norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).float().cpu().numpy()
             finite = np.isfinite(norms)
             self._stats["weights.nonfinite_fraction"] = float(1.0 - finite.mean())
             logs = []
-            for n, p, init in zip(norms, self.params, self._init_rms):
+            for n, p in zip(norms, params):
+                init = _he_rms(p)  # expected init RMS of a matrix/conv weight (fan-in, He et al. 2015)
                 rms = n / math.sqrt(p.numel())
                 if init is not None and rms > 0 and math.isfinite(rms):
                     logs.append(math.log(rms / init))
             self._stats["weights.scale_log_ratio"] = float(max(logs, key=abs)) if logs else float("nan")
-        # Updates are pairwise within one interval: forget the older one.
-        self._prev_update = None
 
     def update_ratios(self) -> dict[str, float]:
         """Last measured ||update|| / ||weight|| per parameter."""
@@ -135,11 +138,24 @@ class WeightMonitor(Monitor):
         ]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stats": dict(self._stats), "ratios": dict(self._ratios)}
+        # The previous update is state too: a checkpoint taken between the two sampled steps
+        # of an interval must resume to the same update cosine (faults issue, item 6).
+        prev = None if self._prev_update is None else self._prev_update.clone()
+        return {"stats": dict(self._stats), "ratios": dict(self._ratios), "prev_update": prev}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._stats = dict(state["stats"])
         self._ratios = dict(state["ratios"])
+        prev = state.get("prev_update")
+        self._prev_update = None if prev is None else prev.clone()
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        prev = state.get("prev_update")
+        if prev is not None:
+            n = sum(p.numel() for p in self.ctx.params)
+            if not isinstance(prev, torch.Tensor) or prev.numel() != n:
+                return f"the saved update has {getattr(prev, 'numel', lambda: '?')()} entries, the model {n}: another model?"
+        return None
 
 
 def _he_rms(p: torch.Tensor) -> float | None:

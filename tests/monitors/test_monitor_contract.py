@@ -12,27 +12,36 @@ import chuck
 from tests.conftest import make_net, run_steps
 
 
+from tests.monitors.test_user_monitor import LossRangeMonitor
+
+
 def _trained_opt():
     model = make_net(dropout=0.1)
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model)
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model,
+                               monitors=[LossRangeMonitor()], history=False)
     run_steps(model, opt, 0, 45, observe_every=10)
     return opt
 
 
-MONITORS = ["loss_monitor", "grad_monitor", "weight_monitor", "act_monitor"]
+#: every monitor a run holds: the built-in ones, the controller state, and a user's
+MONITORS = [m.name for m in _trained_opt().monitors]
 
 
-@pytest.mark.parametrize("attr", MONITORS)
-def test_monitor_contract(attr: str) -> None:
+def test_the_suite_holds_every_kind_of_monitor() -> None:
+    assert MONITORS == ["loss", "grad", "weights", "act", "ctrl", "user"]
+
+
+@pytest.mark.parametrize("name", MONITORS)
+def test_monitor_contract(name: str) -> None:
     opt = _trained_opt()
-    mon = getattr(opt, attr)
+    mon = opt.monitors[name]
     s1, s2 = mon.stats(), mon.stats()
     assert s1.keys() == s2.keys() and s1
     for k, v in s1.items():
         assert k.startswith(mon.name + "."), k
         assert isinstance(v, float) and (math.isfinite(v) or math.isnan(v)), (k, v)
     inds = mon.indicators()
-    assert inds
+    assert inds or name == "ctrl", "the controller state is an observation source, not a health indicator"
     for ind in inds:
         assert ind.name.startswith(mon.name + ".")
         assert ind.status in ("ok", "warn", "bad", "n/a")
@@ -41,7 +50,8 @@ def test_monitor_contract(attr: str) -> None:
     torch.save(mon.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    fresh = getattr(_trained_opt(), attr)
+    fresh = _trained_opt().monitors[name]
+    assert fresh.validate_state_dict(state) is None
     fresh.load_state_dict(state)
     a, b = fresh.stats(), mon.stats()
     assert all((a[k] == b[k]) or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)

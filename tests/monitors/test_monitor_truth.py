@@ -9,7 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 import chuck
-from chuck.monitors import ActivationMonitor, GradientMonitor, LossMonitor
+from chuck.monitors import ActivationMonitor, GradientMonitor, LossMonitor, MonitorContext, StepRecord
+
+
+def _attached(monitor, *params, optimizer=None):
+    """A monitor attached, as the suite would, to a run over ``params``."""
+    opt = optimizer or torch.optim.SGD(list(params) or [nn.Parameter(torch.zeros(1))], lr=0.0)
+    monitor.attach(MonitorContext(opt, generator=torch.Generator().manual_seed(0)))
+    return monitor
+
+
+def _grad_norm(mon, norm: float, step: int) -> None:
+    mon.on_step(StepRecord(step, None, norm, False))
+
+
+def _loss(mon, loss: float, step: int) -> None:
+    mon.on_step(StepRecord(step, loss, 1.0, False))
 
 
 def _drive(model, opt, steps: int, data, loss_fn=F.cross_entropy):
@@ -77,27 +92,26 @@ def test_functional_relu_falls_back_to_preactivations() -> None:
 
 
 def test_exploding_gradients_are_reported_bad() -> None:
-    p = nn.Parameter(torch.ones(10))
-    mon = GradientMonitor([p], window=100)
+    mon = _attached(GradientMonitor(window=100), nn.Parameter(torch.ones(10)))
     for s in range(60):
-        mon.on_step(1.2**s, clipped=False)
+        _grad_norm(mon, 1.2**s, s)
     ind = {i.name: i for i in mon.indicators()}
     assert ind["grad.exploding"].status == "bad"
     assert math.isfinite(ind["grad.clip_suggestion"].value)
 
 
 def test_steady_gradients_are_not_exploding() -> None:
-    mon = GradientMonitor([nn.Parameter(torch.ones(3))], window=100)
+    mon = _attached(GradientMonitor(window=100), nn.Parameter(torch.ones(3)))
     for s in range(60):
-        mon.on_step(1.0 + 0.1 * math.sin(s), clipped=False)
+        _grad_norm(mon, 1.0 + 0.1 * math.sin(s), s)
     assert {i.name: i for i in mon.indicators()}["grad.exploding"].status == "ok"
 
 
 def test_vanishing_gradients_across_layers() -> None:
     a, b = nn.Parameter(torch.zeros(100)), nn.Parameter(torch.zeros(100))
     a.grad, b.grad = torch.randn(100), torch.randn(100) * 1e-6
-    mon = GradientMonitor([a, b])
-    mon.on_decision(None)
+    mon = _attached(GradientMonitor(), a, b)
+    mon.on_decision()
     ind = {i.name: i for i in mon.indicators()}
     assert ind["grad.vanishing"].status == "bad"
     assert ind["grad.vanishing"].value < -4
@@ -106,7 +120,7 @@ def test_vanishing_gradients_across_layers() -> None:
 def test_overfitting_run_is_reported() -> None:
     mon = LossMonitor(window=50)
     for s in range(300):
-        mon.on_step(math.exp(-s / 100))  # training loss keeps falling
+        _loss(mon, math.exp(-s / 100), s)  # training loss keeps falling
         if s % 30 == 29:
             k = s // 30
             mon.on_validation(s, 1.0 - 0.1 * k if k < 4 else 0.6 + 0.08 * (k - 3))  # val turns up
@@ -118,7 +132,7 @@ def test_overfitting_run_is_reported() -> None:
 def test_no_overfitting_while_val_falls() -> None:
     mon = LossMonitor(window=50)
     for s in range(300):
-        mon.on_step(math.exp(-s / 100))
+        _loss(mon, math.exp(-s / 100), s)
         if s % 30 == 29:
             mon.on_validation(s, math.exp(-s / 120))
     assert {i.name: i for i in mon.indicators()}["loss.overfitting"].status == "ok"
@@ -127,7 +141,7 @@ def test_no_overfitting_while_val_falls() -> None:
 def test_plateau_is_reported_bad() -> None:
     mon = LossMonitor(window=50)
     for s in range(200):
-        mon.on_step(0.7 + 0.001 * math.sin(s))
+        _loss(mon, 0.7 + 0.001 * math.sin(s), s)
     ind = {i.name: i for i in mon.indicators()}
     assert ind["loss.plateau"].status == "bad"
     assert ind["loss.convergence"].status in ("warn", "bad")
@@ -136,7 +150,7 @@ def test_plateau_is_reported_bad() -> None:
 def test_converging_run_has_no_plateau() -> None:
     mon = LossMonitor(window=50)
     for s in range(200):
-        mon.on_step(math.exp(-s / 50))
+        _loss(mon, math.exp(-s / 50), s)
     ind = {i.name: i for i in mon.indicators()}
     assert ind["loss.plateau"].status == "ok"
     assert ind["loss.convergence"].status == "ok"
@@ -144,7 +158,7 @@ def test_converging_run_has_no_plateau() -> None:
 
 def test_activation_monitor_costs_nothing_when_not_armed() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    mon = ActivationMonitor(model)
+    mon = _attached(ActivationMonitor(model), *model.parameters())
     assert not mon.armed and all(len(m._forward_hooks) == 0 for m in model.modules())
     mon.arm()
     assert mon.armed
@@ -157,9 +171,8 @@ def test_activation_monitor_costs_nothing_when_not_armed() -> None:
 def test_histogram_and_eps_range() -> None:
     p = nn.Parameter(torch.zeros(10_000))
     p.grad = 10.0 ** torch.empty(10_000).uniform_(-6, -3)
-    mon = GradientMonitor([p])
-    opt = torch.optim.Adam([p], eps=1e-8)
-    mon.on_decision(opt)
+    mon = _attached(GradientMonitor(), p, optimizer=torch.optim.Adam([p], eps=1e-8))
+    mon.on_decision()
     lo, hi = mon.suggested_eps_range()
     assert 1e-6 <= lo < 1e-5 and 1e-4 < hi <= 1e-3
     edges, mass = mon.histogram()

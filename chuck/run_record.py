@@ -1,0 +1,81 @@
+"""The end of a run: its history record is written exactly once, however the run ends.
+
+A run ends with ``close()``, a ``with`` block, garbage collection of the optimizer
+(training inside a function that returns only the model) or interpreter exit. Each
+path calls :meth:`RunLedger.finish`; only the first writes. A core-only install
+(no polars) says once per process that history is off, instead of warning at every
+exit (faults issue, item 12).
+"""
+
+from __future__ import annotations
+
+import atexit
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+_told_no_history = False
+
+
+@dataclass
+class RunLedger:
+    """What a run's history record needs from its start, and whether it was written.
+
+    Attributes:
+        target: ``True`` (``$CHUCK_HOME/history``), a directory, or ``False`` (no record).
+        info: label, batch size, data size for the record's fingerprint.
+        initial: the hyperparameters the run started with.
+    """
+
+    target: bool | str
+    info: dict[str, Any]
+    initial: dict[str, float] = field(default_factory=dict)
+    written: bool = False
+    _atexit: Any = None
+
+    @classmethod
+    def start(cls, opt: Any, target: bool | str, info: dict[str, Any]) -> RunLedger:
+        initial = {k: v for k, v in opt.hyperparameters.items() if not k.startswith("knob.")}
+        ledger = cls(target, info, initial)
+        opt._initial_hyperparameters = initial  # read by chuck.history.record_from_optimizer
+        if target:
+            ref = weakref.ref(opt)
+
+            def at_exit() -> None:
+                o = ref()
+                if o is not None:
+                    o.close()
+
+            ledger._atexit = at_exit
+            atexit.register(at_exit)
+        return ledger
+
+    def finish(self, opt: Any) -> str | None:
+        """Write the record (once, and only for a run that took steps); return its path."""
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+        if self.written or not self.target or opt.step_count == 0:
+            return None
+        self.written = True
+        return write_history_record(opt, self.target, self.info)
+
+
+def write_history_record(opt: Any, target: bool | str, info: dict[str, Any]) -> str | None:
+    """Write ``opt``'s record; never raises into the user's run."""
+    global _told_no_history
+    try:
+        from chuck.history import record_from_optimizer, write_record
+
+        record = record_from_optimizer(opt, **info)
+        directory = target if isinstance(target, str) else None
+        return str(write_record(record, directory))
+    except ImportError as exc:  # polars (or another edge dependency) is not installed
+        if not _told_no_history:
+            _told_no_history = True
+            warnings.warn(f"chuck: run history is off in this install (it needs polars: pip install 'chuck[all]'): {exc}",
+                          RuntimeWarning, stacklevel=3)
+    except Exception as exc:  # noqa: BLE001 - a history failure must never break the user's run
+        warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=3)
+    return None

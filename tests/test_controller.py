@@ -1,0 +1,162 @@
+"""One decision clock: the env and deployment decide at the same steps, see the same
+observations and end with the same hyperparameters, faults included (core redesign issue)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import chuck
+from chuck.envs import TrainingControlEnv
+from chuck.policies.base import Policy
+from chuck.zoo.loop import evaluate
+
+TASK = "tabular.breast_cancer_mlp"
+INTERVAL = 5
+
+
+class ReplayPolicy(Policy):
+    """Plays a fixed sequence of actions, one per decision."""
+
+    name = "replay"
+
+    def __init__(self, actions: list[np.ndarray]) -> None:
+        self.actions = actions
+        self.i = 0
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        a = self.actions[min(self.i, len(self.actions) - 1)]
+        self.i += 1
+        return a
+
+
+class FaultyInstance:
+    """Wraps a task instance: at chosen calls the loss is NaN, inf, or a 50x spike, or a gradient is NaN."""
+
+    def __init__(self, inner, faults: dict[int, str]) -> None:
+        self.inner, self.faults, self.calls = inner, faults, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def train_step(self) -> torch.Tensor:
+        self.calls += 1
+        loss = self.inner.train_step()
+        kind = self.faults.get(self.calls)
+        if kind == "nan":
+            return loss * math.nan
+        if kind == "inf":
+            return loss * math.inf
+        if kind == "spike":
+            return loss * 50.0
+        if kind == "grad_nan":
+            p = next(p for p in self.inner.model.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = math.nan
+        return loss
+
+    def evaluate(self) -> float:
+        return self.inner.evaluate()
+
+
+def _faults(seed: int, budget: int) -> dict[int, str]:
+    rng = np.random.default_rng(seed)
+    calls = rng.choice(np.arange(25, budget), size=6, replace=False)
+    return {int(c): k for c, k in zip(calls, ("nan", "inf", "spike", "grad_nan", "nan", "spike"))}
+
+
+def _env_run(seed: int, actions: list[np.ndarray], faults: dict[int, str]):
+    env = TrainingControlEnv(tasks=TASK, interval=INTERVAL, budget_scale=0.5, p_no_total=0.0, p_no_model=0.0, p_no_val=0.0)
+    task = env.tasks[0]
+    build = task.build
+    task.build = lambda cfg: FaultyInstance(build(cfg), faults)  # type: ignore[method-assign]
+    try:
+        obs, _ = env.reset(seed=seed)
+        observations = [obs]
+        for a in actions:
+            obs, _, term, _, _ = env.step(a)
+            observations.append(obs)
+            if term:
+                break
+    finally:
+        task.build = build  # type: ignore[method-assign]
+    opt = env.opt
+    assert opt is not None
+    return env, opt, observations
+
+
+def _deployment_run(env: TrainingControlEnv, actions: list[np.ndarray], faults: dict[int, str]):
+    """The same instance trained by a user's loop: step, and after a decision evaluate and observe."""
+    torch.manual_seed(env.config.seed)
+    inst = FaultyInstance(env.tasks[0].build(env.config), faults)
+    opt = chuck.ChuckOptimizer(inst.optimizer, ReplayPolicy(actions), model=inst.model, total_steps=env.budget,
+                               interval=INTERVAL, seed=env.config.seed, history=False)
+    observations = []
+    evaluate(inst)  # the env evaluates once before training (the initial loss); evaluation is pure
+    while opt.step_count < env.budget and opt.calls < 2 * env.budget:
+        before = len([d for d in opt.decisions if d.source != "guardrail"])
+        loss = inst.train_step()
+        opt.step(loss=loss)
+        opt.zero_grad()
+        decided = [d for d in opt.decisions if d.source != "guardrail"]
+        if len(decided) > before:
+            observations.append(np.array(list(decided[-1].observation.values()), dtype=np.float32))
+            v = evaluate(inst)
+            if math.isfinite(v):
+                opt.observe(val_loss=v)
+    return opt, observations
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_env_and_deployment_make_the_same_decisions(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    actions = [rng.uniform(-1, 1, 4).astype(np.float32) for _ in range(200)]
+    probe = TrainingControlEnv(tasks=TASK, interval=INTERVAL, budget_scale=0.5)
+    probe.reset(seed=seed)
+    faults = _faults(seed, probe.budget)
+
+    env, env_opt, env_obs = _env_run(seed, actions, faults)
+    dep_opt, dep_obs = _deployment_run(env, actions, faults)
+
+    env_dec = [d for d in env_opt.decisions if d.source != "guardrail"]
+    dep_dec = [d for d in dep_opt.decisions if d.source != "guardrail"]
+    # the env's last observation is pending (the episode ended on it): deployment decided on it
+    assert [d.step for d in env_dec] == [d.step for d in dep_dec][: len(env_dec)]
+    assert len(dep_dec) == len(env_dec) + 1
+    for a, b in zip(env_obs, dep_obs):
+        np.testing.assert_array_equal(a, b)
+    assert [d.hyperparameters for d in env_dec] == [d.hyperparameters for d in dep_dec[: len(env_dec)]]
+    guard_env = [(d.step, d.reason.split(":")[0]) for d in env_opt.decisions if d.source == "guardrail"]
+    guard_dep = [(d.step, d.reason.split(":")[0]) for d in dep_opt.decisions if d.source == "guardrail"]
+    assert guard_env == guard_dep and len(guard_env) >= 4, "the injected faults must have been caught, alike"
+    for p, q in zip(env.instance.model.parameters(), dep_opt.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_policy_reset_is_called_when_a_run_starts() -> None:
+    class Counting(ReplayPolicy):
+        resets = 0
+
+        def reset(self) -> None:
+            type(self).resets += 1
+
+    model = torch.nn.Linear(3, 1)
+    chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), Counting([np.zeros(4)]), history=False)
+    assert Counting.resets == 1
+
+
+def test_decision_hooks_return_handles() -> None:
+    model = torch.nn.Linear(3, 1)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "heuristic", interval=2, history=False)
+    seen: list[int] = []
+    handle = opt.register_decision_hook(lambda o, d: seen.append(d.step))
+    for i in range(8):
+        if i == 4:
+            handle.remove()
+        loss = model(torch.ones(2, 3)).pow(2).mean()
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+    assert seen == [2, 4]
