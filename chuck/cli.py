@@ -100,6 +100,27 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from chuck.evaluate import EvaluationInputError, evaluate
+
+    try:
+        summary = evaluate(policies=args.policies, baselines=args.baselines, tasks=args.tasks, lrs=args.lrs,
+                           seeds=args.seeds, workers=args.workers, out=args.out, budget_scale=args.budget_scale,
+                           observe=args.observe, oracle_lrs=args.oracle_lrs, mlflow=args.mlflow,
+                           tracking_uri=args.tracking_uri, progress=not args.no_progress)
+    except EvaluationInputError as exc:
+        print(f"chuck evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.to_markdown())
+    for w in summary.warnings:
+        print(f"! {w}")
+    print(f"{summary.rows} runs summarized ({summary.executed} executed now, {summary.oracle_executed} of them for the "
+          f"oracle sweep); rows, summary.json and the plot in {summary.out}")
+    if summary.mlflow_run_id:
+        print(f"MLflow run {summary.mlflow_run_id} in experiment 'chuck-evaluate' (chuck ui to explore)")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -152,6 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("evaluate", help="chuck policies vs baseline optimizers: regret against an lr-sweep oracle",
+                       description="Every arm trains the same task instances (task, seed) from every starting lr; "
+                                   "regret = final validation loss / the best of an lr sweep. Resumes in --out.")
+    from chuck.evaluate import BASELINES, DEFAULT_LRS, DEFAULT_POLICIES, DEFAULT_SEEDS, ORACLE_LRS
+
+    def _csv(xs: Sequence[object]) -> str:
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs)
+
+    p.add_argument("--policies", default=_csv(DEFAULT_POLICIES),
+                   help="comma-separated policies: default, heuristic, constant, a path, models:/NAME@ALIAS "
+                        "('' for none) (default: %(default)s)")
+    p.add_argument("--baselines", default=_csv(BASELINES), help="comma-separated, any of %(default)s ('' for none)")
+    p.add_argument("--tasks", default="test", help="a split (test, validation, train, custom, all), domain:X, "
+                                                   "task ids, or a comma-separated mix (default: %(default)s)")
+    p.add_argument("--lrs", default=_csv(DEFAULT_LRS), help="starting learning rates (default: %(default)s)")
+    p.add_argument("--seeds", default=_csv(DEFAULT_SEEDS), help="instance seeds (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one torch thread each (default: 1)")
+    p.add_argument("--out", required=True, help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; "
+                                                "rerun with the same one to resume")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's step budget (default: 1)")
+    p.add_argument("--no-observe", dest="observe", action="store_false",
+                   help="never report validation losses to chuck (observe); arms become chuck:SPEC/no-observe")
+    p.add_argument("--oracle-lrs", default=_csv(ORACLE_LRS), help="the oracle sweep's lrs (default: %(default)s)")
+    p.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: chuck's local SQLite store)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ui", help="open the MLflow UI on the local store (loopback only)")
     p.add_argument("--port", type=int, default=5000)

@@ -1,0 +1,273 @@
+"""``evaluate``: check every input, run the evaluation, summarize, write the outputs, log to MLflow.
+
+Every input is checked first (policies load, tasks resolve, baselines are known and
+installed, ``rows.csv`` in ``out`` is readable); nothing runs and nothing is written before
+that passes. The runs themselves are planned and executed by
+:class:`chuck.evaluation.schedule.Scheduler`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import json
+import math
+import pickle
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
+from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
+from chuck.evaluation.schedule import ROW_FIELDS, Instance, Scheduler
+from chuck.evaluation.stats import Summary, plot_regret_by_lr, summarize_arms
+
+DEFAULT_LRS = (1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_POLICIES = ("default", "heuristic")
+EXPERIMENT = "chuck-evaluate"
+
+
+class EvaluationInputError(ValueError):
+    """An unknown policy, task or baseline, or an unusable setting: raised before any run."""
+
+
+def _split_list(value: str | Sequence[Any]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [i.strip() for i in items if i.strip()]
+
+
+def _unique(xs: Sequence[Any]) -> list[Any]:
+    return list(dict.fromkeys(xs))
+
+
+def resolve_task_spec(spec: str | Sequence[str]) -> list[Any]:
+    """``chuck.zoo.resolve_tasks``, accepting ``test``/``validation`` while the registry still calls them ``heldout``."""
+    from chuck import zoo
+
+    items = []
+    for item in _split_list(spec):
+        if item in ("test", "validation", "heldout"):
+            try:
+                zoo.list_tasks(item)
+            except ValueError:
+                item = "heldout" if item != "heldout" else "test"
+        items.append(item)
+    try:
+        return zoo.resolve_tasks(items)
+    except (KeyError, ValueError) as exc:
+        raise EvaluationInputError(f"tasks {spec!r}: {exc.args[0] if exc.args else exc}") from None
+
+
+def _resolve_policy(spec: str, tracking_uri: str | None, downloads: Path) -> str:
+    """Load the policy once (so a bad one fails now); return where workers load it from.
+
+    ``models:/`` policies are downloaded once, into ``downloads`` (removed after the evaluation).
+    """
+    import chuck
+    from chuck.loading import BUILTIN, PolicyLoadError
+
+    try:
+        if spec.startswith("models:/"):
+            import inspect
+
+            from chuck.policies.registry import download_registered_policy
+            from chuck.tracking import default_tracking_uri
+
+            uri = tracking_uri or default_tracking_uri()
+            if "dst" in inspect.signature(download_registered_policy).parameters:
+                dst = Path(tempfile.mkdtemp(prefix="policy-", dir=downloads))
+                location = str(download_registered_policy(spec, uri, dst=dst))
+            else:  # pragma: no cover - older registry module: downloads to its own temporary folder
+                location = str(download_registered_policy(spec, uri))
+        elif spec in BUILTIN or spec == "default":
+            location = spec
+        else:
+            location = str(Path(spec).expanduser().resolve())
+        chuck.load_policy(location)
+    except (PolicyLoadError, OSError, ValueError) as exc:
+        raise EvaluationInputError(f"policy {spec!r}: {exc}") from None
+    return location
+
+
+def _settings_hash(budget_scale: float, oracle_lrs: Sequence[float]) -> str:
+    blob = json.dumps({"budget_scale": budget_scale, "eval_every": EVAL_EVERY, "oracle_lrs": list(oracle_lrs)})
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+@dataclass
+class _Inputs:
+    """The checked inputs of one evaluation."""
+
+    policies: list[str]
+    baselines: list[str]
+    task_spec: Any
+    tasks: list[Any]
+    lrs: list[float]
+    seeds: list[int]
+    oracle_lrs: tuple[float, ...]
+    workers: int
+    out: Path
+    budget_scale: float
+    observe: bool
+
+
+def _numbers(value: Any, kind: type, what: str) -> list[Any]:
+    try:
+        xs = _unique([kind(float(x)) if kind is float else kind(x) for x in _split_list(value)])
+    except ValueError:
+        raise EvaluationInputError(f"{what} must be numbers, got {value!r}") from None
+    if not xs or not all(math.isfinite(x) and x >= 0 for x in xs) or (kind is float and min(xs) <= 0):
+        raise EvaluationInputError(f"{what} must be {'positive' if kind is float else 'non-negative'} numbers, got {value!r}")
+    return xs
+
+
+def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, workers: int, out: Any,
+           budget_scale: float, observe: bool, oracle_lrs: Any) -> _Inputs:
+    """Everything that can be wrong with the inputs, before anything runs (policies are checked by the caller)."""
+    baseline_names = _unique(_split_list(baselines))
+    unknown = [b for b in baseline_names if b not in BASELINES]
+    if unknown:
+        raise EvaluationInputError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+    for b in baseline_names:
+        module = BASELINE_PACKAGES.get(b)
+        if module and importlib.util.find_spec(module) is None:
+            raise EvaluationInputError(f"baseline {b!r} needs the {module} package: pip install 'chuck[experiments]'")
+    policy_specs = _unique(_split_list(policies))
+    if not policy_specs and not baseline_names:
+        raise EvaluationInputError("nothing to evaluate: give at least one policy or baseline")
+    if not (budget_scale > 0 and math.isfinite(budget_scale)):
+        raise EvaluationInputError(f"budget_scale must be positive, got {budget_scale}")
+    if workers < 1:
+        raise EvaluationInputError(f"workers must be at least 1, got {workers}")
+    task_list = resolve_task_spec(tasks)
+    if workers > 1:
+        from chuck import zoo
+
+        for task in task_list:
+            if zoo.split_of(task.id) == "custom":
+                try:
+                    pickle.dumps(task)
+                except Exception as exc:  # noqa: BLE001 - any pickling failure
+                    raise EvaluationInputError(f"task {task.id!r} cannot be sent to worker processes ({exc}); "
+                                               "define it in an importable module or use workers=1") from None
+    out = Path(out)
+    rows = out / "rows.csv"
+    if rows.exists() and rows.stat().st_size:
+        with open(rows, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is not None and tuple(header) != ROW_FIELDS:
+            raise EvaluationInputError(f"{rows} has other columns ({header}); it was written by another version of "
+                                       "chuck evaluate: choose a new output directory")
+    return _Inputs(policies=policy_specs, baselines=baseline_names, task_spec=tasks, tasks=task_list,
+                   lrs=_numbers(lrs, float, "lrs"), seeds=_numbers(seeds, int, "seeds"),
+                   oracle_lrs=tuple(sorted(_numbers(oracle_lrs, float, "oracle lrs"))), workers=workers, out=out,
+                   budget_scale=float(budget_scale), observe=observe)
+
+
+def evaluate(
+    policies: Sequence[str] | str = DEFAULT_POLICIES,
+    baselines: Sequence[str] | str = BASELINES,
+    tasks: Sequence[str] | str = "test",
+    lrs: Sequence[float] | str = DEFAULT_LRS,
+    seeds: Sequence[int] | str = DEFAULT_SEEDS,
+    workers: int = 1,
+    out: str | Path = "chuck-evaluate",
+    budget_scale: float = 1.0,
+    observe: bool = True,
+    oracle_lrs: Sequence[float] | str = ORACLE_LRS,
+    mlflow: bool = True,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> Summary:
+    """Evaluate chuck policies against baseline optimizers on zoo (or your) tasks.
+
+    Every arm trains the same instances (task, seed) from every starting lr through the
+    deployment path (``ChuckOptimizer`` with its fallback; validation every 20 steps through
+    ``observe`` unless ``observe=False``) for the task's budget times ``budget_scale``. Regret
+    is the final validation loss over the instance's oracle (best over a constant-AdamW,
+    AdamW + cosine and Prodigy sweep over ``oracle_lrs``); a diverged or crashed run counts
+    as regret 100. See ``chuck.evaluation`` for every definition.
+
+    Args:
+        policies: policy specs for ``chuck.load_policy`` (``default``, ``heuristic``,
+            ``constant``, a path, ``models:/NAME@ALIAS``); arm ``chuck:SPEC``.
+        baselines: any of ``adamw``, ``cosine``, ``plateau``, ``schedulefree``, ``prodigy``.
+        tasks: a split (``test``, ``validation``, ``train``, ``custom``, ``all``), ``domain:X``,
+            task ids, or a comma-separated mix.
+        lrs: starting learning rates.
+        seeds: instance seeds; each (task, seed) is one instance.
+        workers: worker processes (one torch thread each); 1 runs in this process.
+        out: output directory (``rows.csv``, ``summary.json``, ``summary.md``, ``regret_by_lr.png``);
+            rerunning with the same directory resumes.
+        budget_scale: multiplies every task's step budget (small values for smoke tests).
+        observe: report validation losses to chuck's ``observe``; ``False`` gives the arms
+            ``chuck:SPEC/no-observe``.
+        oracle_lrs: the oracle sweep's lrs (default nine half-decades 1e-5..1e-1).
+        mlflow: log a parent run (experiment ``chuck-evaluate``) with the summary and plot.
+        tracking_uri: MLflow store (default: chuck's local SQLite store).
+        progress: show a progress bar.
+
+    Raises:
+        EvaluationInputError: an unknown policy, task or baseline, or a bad setting; raised
+            before any run starts or any file is written.
+    """
+    inputs = _check(policies, baselines, tasks, lrs, seeds, workers, out, budget_scale, observe, oracle_lrs)
+    downloads = Path(tempfile.mkdtemp(prefix="chuck-evaluate-policies-"))
+    try:
+        locations = {chuck_arm(p, observe): _resolve_policy(p, tracking_uri, downloads) for p in inputs.policies}
+        summary = _run(inputs, locations, progress)
+    finally:
+        shutil.rmtree(downloads, ignore_errors=True)
+    if mlflow:
+        from chuck.evaluation.tracking import log_summary
+
+        log_summary(summary, inputs.out, tracking_uri, EXPERIMENT)
+    else:
+        write_summary(summary, inputs.out)
+    return summary
+
+
+def _run(inputs: _Inputs, locations: dict[str, str], progress: bool) -> Summary:
+    from chuck import zoo
+
+    arms = list(locations) + inputs.baselines
+    instances = []
+    for task in inputs.tasks:
+        ship = zoo.split_of(task.id) == "custom"  # registered at runtime: a fresh worker cannot look it up
+        for seed in inputs.seeds:
+            steps = steps_for(task, inputs.budget_scale)
+            cache = OracleCache(instance_key(task, seed, inputs.budget_scale, steps, instance_config(task, seed)))
+            instances.append(Instance(task=task, seed=seed, steps=steps, cache=cache, ship_task=ship))
+    inputs.out.mkdir(parents=True, exist_ok=True)
+    sched = Scheduler(arms, locations, instances, inputs.lrs, inputs.oracle_lrs,
+                      _settings_hash(inputs.budget_scale, inputs.oracle_lrs), inputs.out / "rows.csv", inputs.workers, progress)
+    sched.load_rows()
+    sched.run()
+
+    rows = [r for r in sched.rows if r["key"] in sched.planned]
+    settings = {
+        "policies": inputs.policies, "baselines": inputs.baselines, "tasks": [t.id for t in inputs.tasks],
+        "task_spec": inputs.task_spec if isinstance(inputs.task_spec, str) else list(inputs.task_spec),
+        "lrs": inputs.lrs, "seeds": inputs.seeds, "budget_scale": inputs.budget_scale, "observe": inputs.observe,
+        "oracle_lrs": list(inputs.oracle_lrs),
+        "oracle_arms": "constant AdamW and AdamW + cosine at every oracle lr; Prodigy once at lr=1.0 (+ cosine)",
+        "eval_every": EVAL_EVERY, "workers": inputs.workers,
+    }
+    summary = Summary(arms=summarize_arms(rows, arms), settings=settings, out=str(inputs.out), rows=len(rows),
+                      executed=sched.executed, oracle_executed=sched.oracle_executed, warnings=sched.warnings)
+    title = (f"regret by starting lr: {', '.join(settings['tasks'])[:80]} "
+             f"({len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g})")
+    plot = plot_regret_by_lr(summary.arms, inputs.out / "regret_by_lr.png", title)
+    summary.plot = str(plot) if plot else None
+    return summary
+
+
+def write_summary(summary: Summary, out: Path) -> None:
+    """``summary.json`` and ``summary.md`` in ``out``."""
+    (out / "summary.json").write_text(summary.to_json() + "\n")
+    (out / "summary.md").write_text(summary.to_markdown())

@@ -1,0 +1,318 @@
+"""Scheduling: which runs an evaluation needs, in what order, and the resumable ``rows.csv``.
+
+Each instance's oracle sweep is queued ahead of the main runs; as soon as an instance's sweep
+is complete its harm probes are queued and its rows (which need the oracle for their regret)
+are appended to ``rows.csv``, one flushed line per run. A rerun with the same output
+directory skips every row already there, and the oracle cache skips finished sweep runs, so
+an interrupted evaluation resumes where it stopped.
+
+Runs that are the same training run are executed once: Prodigy ignores the starting lr, the
+``adamw`` and ``cosine`` arms at a swept lr are the oracle's own runs, and a harm probe at a
+starting lr is that main run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chuck.evaluation.oracle import OracleCache, oracle_of, oracle_runs
+from chuck.evaluation.runs import (
+    FAILED_REGRET,
+    RunSpec,
+    effective_loss,
+    effective_lr,
+    failed,
+    init_worker,
+    run_id,
+    run_one,
+)
+
+ROW_FIELDS = ("key", "kind", "task_id", "family", "domain", "seed", "arm", "lr", "steps", "final_loss", "initial_loss",
+              "oracle_loss", "best_lr", "regret", "harm", "diverged", "error", "seconds")
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` where there is one (workers fork from a server that imported torch and the zoo
+    once: seconds saved per worker), else ``spawn``. Never plain ``fork``: the parent may hold
+    torch threads or an MLflow connection."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["chuck.evaluation.runs", "chuck.zoo"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class Instance:
+    """One (task, seed) of the evaluation: its steps, its oracle cache and the runs finished so far."""
+
+    task: Any
+    seed: int
+    steps: int
+    cache: OracleCache
+    ship_task: bool
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    oracle_ready: bool = False
+    oracle: float = math.nan
+    best_lr: float | None = None
+    buffered: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+def parse_row(raw: dict[str, str]) -> dict[str, Any] | None:
+    """A row of rows.csv with its types back; ``None`` for a torn line (a run killed mid-write)."""
+    if any(raw.get(k) is None for k in ROW_FIELDS):
+        return None
+    try:
+        row: dict[str, Any] = dict(raw)
+        row["seed"], row["steps"] = int(raw["seed"]), int(raw["steps"])
+        for k in ("lr", "final_loss", "initial_loss", "oracle_loss", "regret", "seconds"):
+            row[k] = float(raw[k])
+        row["best_lr"] = float(raw["best_lr"]) if raw["best_lr"] else None
+        row["harm"] = float(raw["harm"]) if raw["harm"] else None
+        row["diverged"] = raw["diverged"] == "True"
+        return row
+    except ValueError:
+        return None
+
+
+class InlineExecutor:
+    """``workers=1``: run in this process, one torch thread (as in the pool, so results match)."""
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        fut: Future = Future()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            fut.set_result(fn(*args))  # run_one reports crashes in its result; Ctrl-C propagates
+        finally:
+            torch.set_num_threads(threads)
+        return fut
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+class Scheduler:
+    """One ``evaluate`` call's work: instances, the run queue, the rows file."""
+
+    def __init__(self, arms: list[str], locations: dict[str, str], instances: list[Instance], lrs: list[float],
+                 oracle_lrs: tuple[float, ...], settings_hash: str, rows_path: Path, workers: int, progress: bool) -> None:
+        self.arms, self.locations, self.instances = arms, locations, instances
+        self.lrs, self.oracle_lrs, self.settings_hash = lrs, oracle_lrs, settings_hash
+        self.rows_path, self.workers, self.progress = rows_path, workers, progress
+        self.oracle_ids = [run_id(a, lr) for a, lr in oracle_runs(oracle_lrs)]
+        self.done_keys: set[str] = set()
+        self.rows: list[dict[str, Any]] = []
+        self.waiting: dict[tuple[int, str], list[tuple[str, str, float]]] = {}
+        self.queue: deque[tuple[int, str, str, float]] = deque()
+        self.planned: set[str] = set()
+        self.executed = self.oracle_executed = 0
+        self.warnings: list[str] = []
+
+    # -- rows ---------------------------------------------------------------------------------
+    def key(self, kind: str, i: int, arm: str, lr: float) -> str:
+        inst = self.instances[i]
+        return f"{kind}|{inst.task.id}|{inst.seed}|{arm}|{lr!r}|{inst.steps}|{self.settings_hash}"
+
+    def load_rows(self) -> None:
+        if not self.rows_path.exists():
+            return
+        with open(self.rows_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is not None and tuple(reader.fieldnames) != ROW_FIELDS:
+                raise ValueError(f"{self.rows_path} has other columns ({reader.fieldnames}): choose a new output directory")
+            for raw in reader:
+                row = parse_row(raw)
+                if row is not None and row["key"] not in self.done_keys:
+                    self.done_keys.add(row["key"])
+                    self.rows.append(row)
+
+    def open_rows(self) -> None:
+        new = not self.rows_path.exists() or self.rows_path.stat().st_size == 0
+        torn = not new and not self.rows_path.read_bytes().endswith(b"\n")
+        self.file = open(self.rows_path, "a", newline="")
+        if torn:
+            self.file.write("\n")
+        self.writer = csv.DictWriter(self.file, fieldnames=ROW_FIELDS)
+        if new:
+            self.writer.writeheader()
+            self.file.flush()
+
+    def write_row(self, kind: str, i: int, arm: str, lr: float) -> None:
+        inst = self.instances[i]
+        res = inst.results[run_id(arm, lr)]
+        bad = failed(res)
+        final = float(res["final_loss"])
+        regret = FAILED_REGRET if bad or not math.isfinite(inst.oracle) else final / max(inst.oracle, 1e-12)
+        harm: float | str = ""
+        if kind == "harm_probe" and inst.best_lr is not None:
+            ref = effective_loss(inst.results[run_id("adamw", inst.best_lr)])
+            harm = FAILED_REGRET if bad else final / max(ref, 1e-12)
+        row = {
+            "key": self.key(kind, i, arm, lr), "kind": kind, "task_id": inst.task.id, "family": inst.task.family,
+            "domain": inst.task.domain, "seed": inst.seed, "arm": arm, "lr": lr, "steps": inst.steps,
+            "final_loss": final, "initial_loss": float(res["initial_loss"]), "oracle_loss": inst.oracle,
+            "best_lr": "" if inst.best_lr is None else inst.best_lr, "regret": regret, "harm": harm,
+            "diverged": bool(res["diverged"]), "error": res.get("error", ""), "seconds": res["seconds"],
+        }
+        self.writer.writerow(row)
+        self.file.flush()
+        parsed = parse_row({k: str(v) for k, v in row.items()})
+        assert parsed is not None
+        self.rows.append(parsed)
+        self.done_keys.add(row["key"])
+
+    # -- planning -------------------------------------------------------------------------------
+    def need(self, kind: str, i: int, arm: str, lr: float) -> None:
+        """Plan a row: write it when its run and its instance's oracle are ready, else queue the run."""
+        key = self.key(kind, i, arm, lr)
+        self.planned.add(key)
+        if key in self.done_keys:
+            return
+        inst, rid = self.instances[i], run_id(arm, lr)
+        if rid in inst.results:
+            self.ready(kind, i, arm, lr)
+            return
+        if (i, rid) not in self.waiting:
+            self.waiting[(i, rid)] = []
+            self.enqueue(i, rid, arm, lr)
+        self.waiting[(i, rid)].append((kind, arm, lr))
+
+    def enqueue(self, i: int, rid: str, arm: str, lr: float) -> None:
+        self.queue.append((i, rid, arm, lr))
+        if self.bar is not None:
+            self.bar.total += 1
+            self.bar.refresh()
+
+    def ready(self, kind: str, i: int, arm: str, lr: float) -> None:
+        inst = self.instances[i]
+        if inst.oracle_ready:
+            self.write_row(kind, i, arm, lr)
+        else:
+            inst.buffered.append((kind, arm, lr))
+
+    def oracle_check(self, i: int) -> None:
+        """When instance ``i``'s sweep is complete: its oracle, its harm probes, its buffered rows."""
+        inst = self.instances[i]
+        if inst.oracle_ready or any(rid not in inst.results for rid in self.oracle_ids):
+            return
+        inst.oracle, inst.best_lr = oracle_of(inst.results, self.oracle_lrs)
+        inst.oracle_ready = True
+        if not math.isfinite(inst.oracle):
+            self.warnings.append(f"{inst.task.id} seed {inst.seed}: every oracle run crashed; its runs count as regret {FAILED_REGRET:g}")
+        if inst.best_lr is None:
+            self.warnings.append(f"{inst.task.id} seed {inst.seed}: every constant-AdamW run crashed; no harm probes")
+        else:
+            for arm in self.arms:
+                self.need("harm_probe", i, arm, inst.best_lr)
+        for kind, arm, lr in inst.buffered:
+            self.write_row(kind, i, arm, lr)
+        inst.buffered.clear()
+
+    def plan(self) -> None:
+        for i, inst in enumerate(self.instances):
+            inst.results.update(inst.cache.runs)
+            for arm, lr in oracle_runs(self.oracle_lrs):
+                rid = run_id(arm, lr)
+                if rid not in inst.results and (i, rid) not in self.waiting:
+                    self.waiting[(i, rid)] = []
+                    self.enqueue(i, rid, arm, lr)
+        for i in range(len(self.instances)):
+            self.oracle_check(i)
+            for lr in self.lrs:
+                for arm in self.arms:
+                    self.need("main", i, arm, lr)
+
+    # -- running --------------------------------------------------------------------------------
+    def spec(self, i: int, arm: str, lr: float) -> RunSpec:
+        inst = self.instances[i]
+        # effective_lr: a Prodigy run is built the same whichever starting lr asked for it first
+        return RunSpec(task_id=inst.task.id, seed=inst.seed, arm=arm, lr=effective_lr(arm, lr), steps=inst.steps,
+                       policy=self.locations.get(arm), task=inst.task if inst.ship_task else None)
+
+    def finish(self, i: int, rid: str, result: dict[str, Any]) -> None:
+        inst = self.instances[i]
+        inst.results[rid] = result
+        self.executed += 1
+        if rid in self.oracle_ids:
+            self.oracle_executed += 1
+            inst.cache.add(rid, result)
+        for kind, arm, lr in self.waiting.pop((i, rid), []):
+            self.ready(kind, i, arm, lr)
+        self.oracle_check(i)
+
+    def make_executor(self) -> Any:
+        if self.workers == 1:
+            return InlineExecutor()
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=worker_context(), initializer=init_worker)
+
+    def run(self) -> None:
+        """Plan, then execute the queue (oracle sweeps first) until every planned row is written.
+
+        A worker process that dies (killed, out of memory, segfault) breaks the pool and takes
+        every run in flight with it: the pool is restarted and those runs are tried once more;
+        a run that fails twice is recorded as crashed.
+        """
+        self.bar = None
+        self.open_rows()
+        executor = None
+        try:
+            self.plan()
+            if self.progress:
+                try:
+                    from tqdm.auto import tqdm
+
+                    self.bar = tqdm(total=len(self.queue), desc="chuck evaluate", unit="run", dynamic_ncols=True)
+                except ImportError:  # pragma: no cover - tqdm is in chuck[all]
+                    pass
+            executor = self.make_executor()
+            in_flight: dict[Future, tuple[int, str, str, float]] = {}
+            retried: set[tuple[int, str]] = set()
+            broken = False
+            while self.queue or in_flight:
+                if broken and not in_flight:
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    executor, broken = self.make_executor(), False
+                while not broken and self.queue and len(in_flight) < 2 * self.workers:
+                    job = self.queue.popleft()
+                    i, _, arm, lr = job
+                    try:
+                        in_flight[executor.submit(run_one, self.spec(i, arm, lr))] = job
+                    except BrokenProcessPool:
+                        self.queue.appendleft(job)
+                        broken = True
+                if not in_flight:
+                    continue
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = in_flight.pop(fut)
+                    try:
+                        result = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a worker that died takes its runs with it
+                        broken = broken or isinstance(exc, BrokenProcessPool)
+                        if job[:2] not in retried:
+                            retried.add(job[:2])
+                            self.queue.appendleft(job)
+                            continue
+                        result = {"final_loss": math.nan, "initial_loss": math.nan, "loss_reference": math.nan,
+                                  "diverged": False, "error": f"worker process died: {type(exc).__name__}: {exc}"[:500],
+                                  "seconds": 0.0}
+                    self.finish(job[0], job[1], result)
+                    if self.bar is not None:
+                        self.bar.update(1)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+            self.file.close()
+            if self.bar is not None:
+                self.bar.close()

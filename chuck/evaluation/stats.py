@@ -1,0 +1,196 @@
+"""From rows to the summary: regret and harm per arm, per starting lr and per family; the plot.
+
+* ``median_regret``, ``geo_regret`` (geometric mean): over the arm's main runs, with 95%
+  percentile-bootstrap intervals over runs (1000 resamples, fixed seed, so reruns agree).
+* ``within_10pct``: share of main runs with regret <= 1.1.
+* ``harm_rate``: share of the arm's harm probes (runs at the instance's best constant lr)
+  whose final loss is more than 5% above constant AdamW's there; ``worst_harm`` the largest
+  ratio. Harm is not broken down per starting lr (the probes all start at the best lr).
+
+Diverged and crashed runs count with regret (and harm) 100: they are in every statistic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+WITHIN = 1.10
+HARM_THRESHOLD = 1.05
+
+
+@dataclass
+class ArmStats:
+    """Regret (and harm) statistics of one arm over a set of runs."""
+
+    runs: int
+    median_regret: float
+    median_regret_ci: tuple[float, float]
+    geo_regret: float
+    geo_regret_ci: tuple[float, float]
+    within_10pct: float
+    diverged: int
+    errors: int
+    harm_runs: int | None = None
+    harm_rate: float | None = None
+    worst_harm: float | None = None
+
+
+@dataclass
+class ArmSummary(ArmStats):
+    """An arm's statistics overall, and broken down per starting lr and per task family."""
+
+    per_lr: dict[str, ArmStats] = field(default_factory=dict)
+    per_family: dict[str, ArmStats] = field(default_factory=dict)
+
+
+@dataclass
+class Summary:
+    """What :func:`chuck.evaluate.evaluate` measured.
+
+    Attributes:
+        arms: per arm (policies first, then baselines), its :class:`ArmSummary`.
+        settings: the evaluation's inputs (tasks, lrs, seeds, budget scale, oracle sweep...).
+        out: the output directory (``rows.csv``, ``summary.json``, ``summary.md``, the plot).
+        plot: the regret-by-starting-lr PNG, ``None`` without matplotlib.
+        rows: rows summarized (main runs and harm probes).
+        executed: runs executed by this call (oracle sweep included); the rest came from
+            ``rows.csv`` or the oracle cache.
+        oracle_executed: of ``executed``, the oracle sweep's runs.
+        mlflow_run_id: the MLflow parent run, ``None`` when not logged.
+        warnings: instances whose oracle or harm probe could not be computed.
+    """
+
+    arms: dict[str, ArmSummary]
+    settings: dict[str, Any]
+    out: str
+    plot: str | None = None
+    rows: int = 0
+    executed: int = 0
+    oracle_executed: int = 0
+    mlflow_run_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
+
+    def to_markdown(self) -> str:
+        """The headline table (one line per arm)."""
+        lines = ["| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | harm rate | worst harm | diverged | crashed |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for arm, s in self.arms.items():
+            lines.append(
+                f"| {arm} | {s.runs} | {s.median_regret:.3f} [{s.median_regret_ci[0]:.3f}, {s.median_regret_ci[1]:.3f}] "
+                f"| {s.geo_regret:.3f} [{s.geo_regret_ci[0]:.3f}, {s.geo_regret_ci[1]:.3f}] | {s.within_10pct:.0%} "
+                f"| {_pct(s.harm_rate)} | {_num(s.worst_harm)} | {s.diverged} | {s.errors} |")
+        lrs = sorted({lr for s in self.arms.values() for lr in s.per_lr}, key=float)
+        if lrs:
+            lines += ["", "Geometric-mean regret by starting lr:", "",
+                      "| arm | " + " | ".join(f"{float(lr):g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+            for arm, s in self.arms.items():
+                lines.append(f"| {arm} | " + " | ".join(_num(s.per_lr[lr].geo_regret if lr in s.per_lr else None) for lr in lrs) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0%}"
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def geomean(x: np.ndarray, axis: int | None = None) -> Any:
+    return np.exp(np.mean(np.log(np.maximum(x, 1e-12)), axis=axis))
+
+
+def bootstrap_ci(x: np.ndarray, stat: Any, point: float) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``stat`` over ``x`` (resampled in chunks).
+
+    The interval is widened to contain ``point`` in the rare small-sample case where the
+    percentiles miss it, so that ``lo <= point <= hi`` always holds.
+    """
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    n, samples = len(x), []
+    chunk = max(1, min(BOOTSTRAP_RESAMPLES, 2_000_000 // max(n, 1)))
+    done = 0
+    while done < BOOTSTRAP_RESAMPLES:
+        k = min(chunk, BOOTSTRAP_RESAMPLES - done)
+        samples.append(stat(x[rng.integers(0, n, size=(k, n))], axis=1))
+        done += k
+    lo, hi = np.percentile(np.concatenate(samples), [2.5, 97.5])
+    return float(min(lo, point)), float(max(hi, point))
+
+
+def arm_stats(main: list[dict[str, Any]], probes: list[dict[str, Any]] | None) -> ArmStats:
+    """Statistics of one arm over its main runs (and harm probes, when given)."""
+    reg = np.array([float(r["regret"]) for r in main], dtype=np.float64)
+    med, geo = float(np.median(reg)), float(geomean(reg))
+    stats = ArmStats(
+        runs=len(reg), median_regret=med, median_regret_ci=bootstrap_ci(reg, np.median, med),
+        geo_regret=geo, geo_regret_ci=bootstrap_ci(reg, geomean, geo),
+        within_10pct=float(np.mean(reg <= WITHIN)),
+        diverged=sum(bool(r["diverged"]) for r in main), errors=sum(bool(r["error"]) for r in main),
+    )
+    if probes is not None:
+        harm = np.array([float(r["harm"]) for r in probes], dtype=np.float64)
+        stats.harm_runs = len(harm)
+        if len(harm):
+            stats.harm_rate = float(np.mean(harm > HARM_THRESHOLD))
+            stats.worst_harm = float(np.max(harm))
+    return stats
+
+
+def summarize_arms(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, ArmSummary]:
+    """Per-arm summaries from finished rows (``kind`` main or harm_probe)."""
+    out: dict[str, ArmSummary] = {}
+    for arm in arms:
+        main = [r for r in rows if r["arm"] == arm and r["kind"] == "main"]
+        if not main:
+            continue
+        probes = [r for r in rows if r["arm"] == arm and r["kind"] == "harm_probe"]
+        s = ArmSummary(**asdict(arm_stats(main, probes)))
+        for lr in sorted({float(r["lr"]) for r in main}):
+            s.per_lr[repr(lr)] = arm_stats([r for r in main if float(r["lr"]) == lr], None)
+        for fam in sorted({r["family"] for r in main}):
+            s.per_family[fam] = arm_stats([r for r in main if r["family"] == fam],
+                                          [r for r in probes if r["family"] == fam])
+        out[arm] = s
+    return out
+
+
+def plot_regret_by_lr(arms: dict[str, ArmSummary], path: Path, title: str) -> Path | None:
+    """Geometric-mean regret (log y) by starting lr (log x), one line per arm; ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for arm, s in arms.items():
+        lrs = sorted(s.per_lr, key=float)
+        ax.plot([float(lr) for lr in lrs], [s.per_lr[lr].geo_regret for lr in lrs], marker="o", label=arm,
+                lw=2.5 if arm.startswith("chuck:") else 1.2)
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("starting learning rate")
+    ax.set_ylabel("geo-mean regret (final / oracle sweep)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,58 @@
+"""MLflow logging of an evaluation: a parent run with the summary and the plot, one child per arm."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from chuck.evaluation.stats import ArmStats, Summary
+
+HEADLINE = ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
+
+
+def metric_name(text: str) -> str:
+    """MLflow metric names allow letters, digits, ``_-. /:`` only."""
+    return re.sub(r"[^A-Za-z0-9_\-. /:]", "_", text)
+
+
+def _metrics(stats: ArmStats, prefix: str = "") -> dict[str, float]:
+    return {prefix + k: float(getattr(stats, k)) for k in HEADLINE if getattr(stats, k) is not None}
+
+
+def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experiment: str) -> str:
+    """Log ``summary`` to MLflow (chuck's store unless ``tracking_uri``); write its files; return the run id."""
+    from chuck import tracking
+    from chuck.evaluation.runner import write_summary
+
+    mlflow = tracking.setup(tracking_uri, experiment)
+    s = summary.settings
+    params: dict[str, Any] = {
+        "policies": ",".join(s["policies"]) or "-", "baselines": ",".join(s["baselines"]) or "-",
+        "tasks": ",".join(s["tasks"]), "lrs": ",".join(f"{x:g}" for x in s["lrs"]),
+        "seeds": ",".join(str(x) for x in s["seeds"]), "budget_scale": s["budget_scale"], "observe": s["observe"],
+        "oracle_lrs": ",".join(f"{x:g}" for x in s["oracle_lrs"]), "out": str(out.resolve()),
+    }
+    with mlflow.start_run(run_name=f"evaluate {str(s['task_spec'])[:60]}") as run:
+        summary.mlflow_run_id = run.info.run_id
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        headline: dict[str, float] = {}
+        for arm, stats in summary.arms.items():
+            headline.update(_metrics(stats, metric_name(arm) + "."))
+        mlflow.log_metrics(headline)
+        mlflow.log_metrics({"runs": summary.rows, "executed": summary.executed})
+        for arm, stats in summary.arms.items():
+            with mlflow.start_run(run_name=arm, nested=True):
+                mlflow.set_tag("arm", arm)
+                metrics = _metrics(stats)
+                for lr, st in stats.per_lr.items():
+                    metrics[f"geo_regret_lr_{float(lr):g}"] = st.geo_regret
+                for fam, st in stats.per_family.items():
+                    metrics[metric_name(f"geo_regret.{fam}")] = st.geo_regret
+                mlflow.log_metrics(metrics)
+        write_summary(summary, out)
+        for name in ("summary.json", "summary.md", "rows.csv"):
+            mlflow.log_artifact(str(out / name))
+        if summary.plot:
+            mlflow.log_artifact(summary.plot)
+    return summary.mlflow_run_id

@@ -1,0 +1,269 @@
+"""``chuck evaluate``: end to end via the CLI, resume, input checks, oracle cache, divergence, crashes.
+
+The tasks are two tiny synthetic classification families registered for the test (40 steps
+at ``budget_scale=0.1``) and the oracle sweep is reduced to three lrs; the default sweep is
+checked separately.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import chuck
+from chuck import zoo
+from chuck.cli import main
+from chuck.evaluate import FAILED_REGRET, ORACLE_LRS, ROW_FIELDS, EvaluationInputError, evaluate
+from chuck.evaluation import schedule
+from chuck.evaluation.oracle import oracle_runs
+from chuck.evaluation.runs import RunSpec, run_one
+from chuck.zoo import SearchSpace, SupervisedInstance, Task, make_optimizer
+
+SCALE = 0.1  # 400-step budgets -> 40 steps
+ORACLE = [1e-3, 1e-2, 1e-1]
+N_ORACLE = len(oracle_runs(tuple(ORACLE)))  # 2 x 3 + Prodigy once
+
+
+class TinyTask(Task):
+    """A 3-class problem on fixed Gaussian data, a one-hidden-layer MLP (milliseconds per step)."""
+
+    domain, budget = "test", 400
+    space = SearchSpace(widths=(16, 32), depths=(1,), norms=("none",), batch_sizes=(32,), dropouts=(0.0,),
+                        weight_decays=(0.0,))
+
+    def __init__(self, task_id: str = "test.tiny_a", data_seed: int = 0, crash_above_lr: float | None = None) -> None:
+        self.id, self.data_seed, self.crash_above_lr = task_id, data_seed, crash_above_lr
+
+    def build(self, config):
+        g = torch.Generator().manual_seed(self.data_seed)
+        x = torch.randn(256, 8, generator=g)
+        y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+        model = nn.Sequential(nn.Linear(8, config.width), nn.Tanh(), nn.Linear(config.width, 3))
+        opt = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+        inst = SupervisedInstance(model, opt, config, (x[:192], y[:192]), (x[192:], y[192:]), F.cross_entropy, math.log(3))
+        if self.crash_above_lr is not None and config.lr > self.crash_above_lr:
+            step = inst.train_step
+
+            def crashing_step(calls=[0]):  # noqa: B006 - a counter shared by this instance's calls
+                calls[0] += 1
+                if calls[0] > 10:
+                    raise RuntimeError("simulated crash in the user's training code")
+                return step()
+
+            inst.train_step = crashing_step
+        return inst
+
+
+@pytest.fixture
+def tiny_tasks():
+    tasks = [TinyTask("test.tiny_a", 0), TinyTask("test.tiny_b", 1), TinyTask("test.tiny_crash", 2, crash_above_lr=0.05)]
+    for t in tasks:
+        zoo.register_task(t, replace=True)
+    yield tasks
+    for t in tasks:
+        zoo.unregister_task(t.id)
+
+
+@pytest.fixture
+def count_runs(monkeypatch):
+    """Counts the runs actually executed (workers=1 runs them in this process)."""
+    calls: list[RunSpec] = []
+
+    def counting(spec):
+        calls.append(spec)
+        return run_one(spec)
+
+    monkeypatch.setattr(schedule, "run_one", counting)
+    return calls
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _small(out, **kw):
+    args = dict(policies=["heuristic"], baselines=["adamw", "prodigy"], tasks="test.tiny_a", lrs=[1e-3], seeds=[0],
+                out=out, budget_scale=SCALE, oracle_lrs=ORACLE, mlflow=False, progress=False)
+    args.update(kw)
+    return evaluate(**args)
+
+
+def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--policies", "heuristic", "--baselines", "adamw,cosine,prodigy",
+               "--tasks", "test.tiny_a,test.tiny_b", "--lrs", "1e-3,1e-1", "--seeds", "0",
+               "--budget-scale", str(SCALE), "--oracle-lrs", ",".join(map(str, ORACLE)), "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    assert "chuck:heuristic" in capsys.readouterr().out
+    rows = _rows(out / "rows.csv")
+    assert tuple(rows[0]) == ROW_FIELDS
+    main_rows = [r for r in rows if r["kind"] == "main"]
+    probes = [r for r in rows if r["kind"] == "harm_probe"]
+    assert len(main_rows) == 2 * 2 * 4 and len(probes) == 2 * 4  # tasks x lrs x arms; one probe per arm and task
+    assert {r["steps"] for r in rows} == {"40"}
+    for r in rows:
+        assert float(r["regret"]) > 0 and math.isfinite(float(r["regret"]))
+    for r in probes:  # harm is measured at the instance's best constant lr, against constant AdamW there
+        assert float(r["lr"]) == float(r["best_lr"]) and float(r["lr"]) in ORACLE
+        if r["arm"] == "adamw":
+            assert float(r["harm"]) == 1.0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]) == ["chuck:heuristic", "adamw", "cosine", "prodigy"]
+    for arm, s in summary["arms"].items():
+        for key in ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm"):
+            assert math.isfinite(s[key]), (arm, key)
+        for key in ("median_regret", "geo_regret"):
+            lo, hi = s[key + "_ci"]
+            assert lo <= s[key] <= hi, (arm, key)
+        assert s["runs"] == 4 and 0 <= s["harm_rate"] <= 1
+        assert set(s["per_lr"]) == {repr(1e-3), repr(1e-1)}
+        assert set(s["per_family"]) == {"test.tiny_a", "test.tiny_b"}
+        assert s["per_family"]["test.tiny_a"]["harm_runs"] == 1
+        for sub in [*s["per_lr"].values(), *s["per_family"].values()]:
+            lo, hi = sub["geo_regret_ci"]
+            assert lo <= sub["geo_regret"] <= hi
+    # Prodigy ignores the starting lr: the same run stands for both
+    prodigy = {r["lr"]: r["final_loss"] for r in main_rows if r["arm"] == "prodigy" and r["task_id"] == "test.tiny_a"}
+    assert len(set(prodigy.values())) == 1
+    png = out / "regret_by_lr.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    import mlflow
+
+    from chuck.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(default_tracking_uri())
+    exp = client.get_experiment_by_name("chuck-evaluate")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and len(runs) == 1 + 4
+    assert parent[0].info.run_id == summary["mlflow_run_id"]
+    assert math.isclose(parent[0].data.metrics["chuck:heuristic.median_regret"], summary["arms"]["chuck:heuristic"]["median_regret"])
+    artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
+    assert {"summary.json", "regret_by_lr.png", "rows.csv"} <= artifacts
+
+
+def test_resume_skips_finished_runs(tiny_tasks, tmp_path, count_runs):
+    out = tmp_path / "eval"
+    first = _small(out, lrs=[1e-3, 3e-4])
+    n_rows = len(_rows(out / "rows.csv"))
+    assert first.executed == len(count_runs) > N_ORACLE
+    count_runs.clear()
+    second = _small(out, lrs=[1e-3, 3e-4])
+    assert len(count_runs) == 0 and second.executed == 0
+    assert len(_rows(out / "rows.csv")) == n_rows
+    assert second.to_dict()["arms"] == first.to_dict()["arms"]
+    # an interrupted evaluation: drop two finished chuck rows; only those two runs are redone
+    rows = _rows(out / "rows.csv")
+    dropped = [r for r in rows if r["arm"] == "chuck:heuristic" and r["kind"] == "main"]
+    assert len(dropped) == 2
+    with open(out / "rows.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        w.writeheader()
+        w.writerows(r for r in rows if r not in dropped)
+    third = _small(out, lrs=[1e-3, 3e-4])
+    assert len(count_runs) == 2 and {s.arm for s in count_runs} == {"chuck:heuristic"}
+    assert third.to_dict()["arms"] == first.to_dict()["arms"]
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--policies", "{tmp}/no_such_policy", "no_such_policy"),
+    ("--tasks", "test.no_such_task", "test.no_such_task"),
+    ("--baselines", "adamw,lion", "lion"),
+])
+def test_bad_input_fails_before_any_run(tiny_tasks, tmp_path, capsys, count_runs, flag, value, needle):
+    out = tmp_path / "eval"
+    args = {"--policies": "heuristic", "--baselines": "adamw", "--tasks": "test.tiny_a"}
+    args[flag] = value.format(tmp=tmp_path)
+    argv = ["evaluate", *[x for kv in args.items() for x in kv], "--lrs", "1e-3", "--seeds", "0",
+            "--budget-scale", str(SCALE), "--out", str(out), "--no-mlflow", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and needle in err
+    assert count_runs == [] and not (out / "rows.csv").exists()
+    with pytest.raises(EvaluationInputError):
+        _small(out, **{flag[2:]: [value.format(tmp=tmp_path)]})
+
+
+def test_oracle_cache_is_reused_and_invalidated_by_a_budget_change(tiny_tasks, tmp_path):
+    from chuck.home import chuck_home
+
+    first = _small(tmp_path / "a", policies=[], baselines=["adamw"])
+    assert first.oracle_executed == N_ORACLE
+    cached = _small(tmp_path / "b", policies=[], baselines=["adamw"])
+    assert cached.oracle_executed == 0 and cached.executed == 0  # adamw@1e-3 is a sweep run: reused too
+    assert cached.arms["adamw"].median_regret == first.arms["adamw"].median_regret
+    tiny_tasks[0].budget = 300  # 30 steps now: the cached sweep no longer applies
+    changed = _small(tmp_path / "c", policies=[], baselines=["adamw"])
+    assert changed.oracle_executed == N_ORACLE
+    assert {r["steps"] for r in _rows(tmp_path / "c" / "rows.csv")} == {"30"}
+    assert len(list((chuck_home() / "oracle").glob("*.json"))) == 2
+
+
+def test_diverging_arm_counts_as_regret_100(tiny_tasks, tmp_path):
+    s = _small(tmp_path / "eval", baselines=["adamw"], lrs=[1e-3, 10.0])
+    bad = [r for r in _rows(tmp_path / "eval" / "rows.csv") if r["kind"] == "main" and r["lr"] == "10.0"]
+    assert {r["arm"] for r in bad} == {"chuck:heuristic", "adamw"}
+    adamw = next(r for r in bad if r["arm"] == "adamw")
+    assert adamw["diverged"] == "True" and float(adamw["regret"]) == FAILED_REGRET
+    assert s.arms["adamw"].runs == 2 and s.arms["adamw"].diverged == 1
+    assert s.arms["adamw"].per_lr[repr(10.0)].geo_regret == pytest.approx(FAILED_REGRET)
+
+
+def test_crashing_run_is_shown_with_regret_100(tiny_tasks, tmp_path):
+    s = _small(tmp_path / "eval", tasks="test.tiny_crash", baselines=["adamw"], lrs=[1e-3, 0.1])
+    crashed = [r for r in _rows(tmp_path / "eval" / "rows.csv") if r["error"]]
+    # every arm started above 0.05 crashes; so do the sweep's 0.1 runs and Prodigy (lr 1.0), left out of the oracle
+    assert {(r["arm"], r["lr"]) for r in crashed if r["kind"] == "main"} == {("chuck:heuristic", "0.1"), ("adamw", "0.1")}
+    assert all(float(r["regret"]) == FAILED_REGRET and "simulated crash" in r["error"] for r in crashed)
+    assert s.arms["adamw"].errors == 1 and s.arms["adamw"].runs == 2
+    assert math.isfinite(s.arms["adamw"].geo_regret)
+
+
+def test_common_random_numbers_in_process_and_in_workers(tiny_tasks, tmp_path, monkeypatch):
+    spec = RunSpec("test.tiny_b", 0, "chuck:heuristic", 1e-2, 40, policy="heuristic")
+    a, b = run_one(spec), run_one(spec)
+    assert a["error"] == "" and a["final_loss"] == b["final_loss"]
+    inline = _small(tmp_path / "one", tasks="test.tiny_b", baselines=["adamw"], workers=1)
+    monkeypatch.setenv("CHUCK_HOME", str(tmp_path / "other_home"))  # no oracle cache: the pool reruns everything
+    pooled = _small(tmp_path / "two", tasks="test.tiny_b", baselines=["adamw"], workers=2)
+    assert pooled.executed == inline.executed
+    key = lambda r: (r["kind"], r["arm"], r["lr"])  # noqa: E731
+    one = {key(r): r["final_loss"] for r in _rows(tmp_path / "one" / "rows.csv")}
+    two = {key(r): r["final_loss"] for r in _rows(tmp_path / "two" / "rows.csv")}
+    assert one == two
+
+
+def test_no_observe_never_reports_validation(tiny_tasks, tmp_path, monkeypatch, count_runs):
+    seen: list[float] = []
+    real = chuck.ChuckOptimizer.observe
+
+    def spy(self, val_loss=None, **metrics):
+        seen.append(float(val_loss))
+        return real(self, val_loss, **metrics)
+
+    monkeypatch.setattr(chuck.ChuckOptimizer, "observe", spy)
+    s = _small(tmp_path / "off", baselines=[], observe=False)
+    assert list(s.arms) == ["chuck:heuristic/no-observe"] and seen == []
+    assert count_runs
+    count_runs.clear()
+    _small(tmp_path / "on", baselines=[])
+    chuck_runs = [r for r in count_runs if r.arm == "chuck:heuristic"]
+    assert chuck_runs and len(seen) == 2 * len(chuck_runs)  # evaluations at steps 20 and 40 of each run
+
+
+def test_default_oracle_sweep_is_dense():
+    assert len(ORACLE_LRS) >= 7 and min(ORACLE_LRS) <= 1e-5 and max(ORACLE_LRS) >= 1e-1
+    ratios = [b / a for a, b in zip(ORACLE_LRS, ORACLE_LRS[1:])]
+    assert all(3.0 < r < 3.3 for r in ratios)  # half decades
+    runs = oracle_runs(ORACLE_LRS)
+    assert {a for a, _ in runs} == {"adamw", "cosine", "prodigy"} and len(runs) == 2 * len(ORACLE_LRS) + 1
