@@ -133,10 +133,11 @@ def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, work
     unknown = [b for b in baseline_names if b not in BASELINES]
     if unknown:
         raise EvaluationInputError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
-    for b in baseline_names:
+    for b in [*baseline_names, "prodigy"]:  # the oracle sweep runs Prodigy whatever the baselines
         module = BASELINE_PACKAGES.get(b)
         if module and importlib.util.find_spec(module) is None:
-            raise EvaluationInputError(f"baseline {b!r} needs the {module} package: pip install 'chuck[experiments]'")
+            why = f"baseline {b!r}" if b in baseline_names else "the oracle sweep (Prodigy)"
+            raise EvaluationInputError(f"{why} needs the {module} package: pip install 'chuck[experiments]'")
     policy_specs = _unique(_split_list(policies))
     if not policy_specs and not baseline_names:
         raise EvaluationInputError("nothing to evaluate: give at least one policy or baseline")
@@ -223,12 +224,17 @@ def evaluate(
         summary = _run(inputs, locations, progress)
     finally:
         shutil.rmtree(downloads, ignore_errors=True)
+    write_summary(summary, inputs.out)  # first: an MLflow failure must not cost the results
     if mlflow:
         from chuck.evaluation.tracking import log_summary
 
-        log_summary(summary, inputs.out, tracking_uri, EXPERIMENT)
-    else:
-        write_summary(summary, inputs.out)
+        try:
+            log_summary(summary, inputs.out, tracking_uri, EXPERIMENT)
+        except Exception as exc:  # noqa: BLE001 - store down, bad URI...: the evaluation itself succeeded
+            summary.mlflow_run_id = None
+            summary.warnings.append(f"MLflow logging failed ({type(exc).__name__}: {exc}); "
+                                    "outputs are in the output directory only")
+            write_summary(summary, inputs.out)
     return summary
 
 
@@ -260,8 +266,9 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool) -> Summary:
     }
     summary = Summary(arms=summarize_arms(rows, arms), settings=settings, out=str(inputs.out), rows=len(rows),
                       executed=sched.executed, oracle_executed=sched.oracle_executed, warnings=sched.warnings)
-    title = (f"regret by starting lr: {', '.join(settings['tasks'])[:80]} "
-             f"({len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g})")
+    spec = settings["task_spec"] if isinstance(settings["task_spec"], str) else ",".join(settings["task_spec"])
+    title = (f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
+             f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep")
     plot = plot_regret_by_lr(summary.arms, inputs.out / "regret_by_lr.png", title)
     summary.plot = str(plot) if plot else None
     return summary

@@ -265,7 +265,7 @@ class Scheduler:
         """
         self.bar = None
         self.open_rows()
-        executor = None
+        executor, completed = None, False
         try:
             self.plan()
             if self.progress:
@@ -310,9 +310,10 @@ class Scheduler:
                     self.finish(job[0], job[1], result)
                     if self.bar is not None:
                         self.bar.update(1)
+            completed = True
         finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
+            if executor is not None:  # on Ctrl-C do not wait for the runs in flight: rerun to resume
+                executor.shutdown(wait=completed, cancel_futures=True)
             self.file.close()
             if self.bar is not None:
                 self.bar.close()

@@ -21,7 +21,7 @@ def _metrics(stats: ArmStats, prefix: str = "") -> dict[str, float]:
 
 
 def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experiment: str) -> str:
-    """Log ``summary`` to MLflow (chuck's store unless ``tracking_uri``); write its files; return the run id."""
+    """Log ``summary`` to MLflow (chuck's store unless ``tracking_uri``); rewrite its files with the run id; return it."""
     from chuck import tracking
     from chuck.evaluation.runner import write_summary
 
