@@ -5,9 +5,19 @@
 True
 """
 
-from chuck.zoo.registry import HELDOUT, get_task, list_tasks, register_task, resolve_tasks, split_of, unregister_task
+from chuck.zoo.registry import (
+    SPLITS,
+    TEST,
+    VALIDATION,
+    get_task,
+    list_tasks,
+    register_task,
+    resolve_tasks,
+    split_of,
+    unregister_task,
+)
+from chuck.zoo.starting_lr import FALLBACK_LR, LR_REGIMES, OPTIMIZER_LR_OFFSET
 from chuck.zoo.task import (
-    LR_RANGES,
     OPTIMIZERS,
     SearchSpace,
     SupervisedInstance,
@@ -19,14 +29,18 @@ from chuck.zoo.task import (
 )
 
 __all__ = [
-    "HELDOUT",
-    "LR_RANGES",
+    "FALLBACK_LR",
+    "LR_REGIMES",
     "OPTIMIZERS",
+    "OPTIMIZER_LR_OFFSET",
+    "SPLITS",
     "SearchSpace",
     "SupervisedInstance",
+    "TEST",
     "Task",
     "TaskConfig",
     "TaskInstance",
+    "VALIDATION",
     "get_task",
     "list_tasks",
     "make_optimizer",

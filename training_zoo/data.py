@@ -1,9 +1,10 @@
 """Data for the zoo: bundled with packages or generated; nothing is fetched at run time.
 
 * scikit-learn's bundled sets (digits, breast cancer, wine, diabetes) ship inside
-  the wheel (``sklearn/datasets/data``).
-* Synthetic images (shapes, oriented textures), sequences (copy, reverse, parity,
-  brackets) and text classification are generated from a seed.
+  the wheel (``sklearn/datasets/data``); its generators (``make_classification``,
+  ``make_friedman2`` ...) make the synthetic tabular sets of :data:`GENERATED_TABULAR`.
+* Synthetic images (shapes, oriented textures, glyphs), sequences (copy, reverse, parity,
+  brackets, digit sums, Markov chains) and text classification are generated from a seed.
 * Character-level text comes from the docstrings of Python's standard library,
   which every Python installation carries.
 
@@ -51,6 +52,47 @@ def sklearn_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "diabetes":
         y = ((y - y.mean()) / y.std()).astype(np.float32)
     return x, y
+
+
+#: Generated tabular sets: name -> (scikit-learn generator, its arguments, target handling).
+#: Target handling: "classes" (integer labels), "standardize", or a float: the raw target
+#: times that factor, so regression families span target scales from 1e-2 to 1e3.
+GENERATED_TABULAR: dict[str, tuple[str, dict, str | float]] = {
+    # 50 classes, one cluster each: many-class classification
+    "many_classes": ("make_classification", dict(n_samples=6000, n_features=24, n_informative=14, n_redundant=4,
+                                                 n_classes=50, n_clusters_per_class=1, class_sep=1.5), "classes"),
+    # 30% of labels (train and validation) flipped at random: noisy labels, irreducible loss
+    "noisy_binary": ("make_classification", dict(n_samples=1200, n_features=20, n_informative=6, flip_y=0.3,
+                                                 class_sep=1.0), "classes"),
+    # 40k well-separated points: large, easy data (nothing to overfit)
+    "large_easy": ("make_classification", dict(n_samples=40_000, n_features=16, n_informative=10, n_classes=8,
+                                               n_clusters_per_class=2, class_sep=2.5), "classes"),
+    # 400 features for 600 samples, 10 informative: high-dimensional, overfits without decay
+    "sparse_highdim": ("make_classification", dict(n_samples=600, n_features=400, n_informative=10, n_redundant=0,
+                                                   n_clusters_per_class=1, class_sep=1.5), "classes"),
+    # Friedman #2 (an electrical impedance): raw targets, mean ~500, std ~400
+    "friedman2_raw": ("make_friedman2", dict(n_samples=2000, noise=20.0), 1.0),
+    # Friedman #3 (a phase angle) scaled by 1e-2: targets ~0.01, squared errors ~1e-5
+    "friedman3_small": ("make_friedman3", dict(n_samples=2000, noise=0.05), 0.01),
+    # Friedman #1 with 10 extra noise features, for the deep residual MLPs
+    "friedman1_wide": ("make_friedman1", dict(n_samples=4000, n_features=20, noise=1.0), "standardize"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def generated_tabular(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A set of :data:`GENERATED_TABULAR` as (X, y); X standardized per feature."""
+    from sklearn import datasets
+
+    gen, kwargs, target = GENERATED_TABULAR[name]
+    x, y = getattr(datasets, gen)(random_state=seed, **kwargs)
+    x = x.astype(np.float32)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    if target == "classes":
+        return x, y.astype(np.int64)
+    if target == "standardize":
+        return x, ((y - y.mean()) / y.std()).astype(np.float32)
+    return x, (y * float(target)).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -132,7 +174,12 @@ def sequence_task(kind: str, n: int, length: int, rng: np.random.Generator) -> t
     * ``copy``/``reverse``: tokens 1..8, target per position (the sequence, or its reverse).
     * ``parity``: bits, target the parity of the whole string (binary classification).
     * ``brackets``: '(' = 1, ')' = 2, target whether the string is balanced; half are made balanced.
+    * ``digit_sum``: digits 0..9 as tokens 1..10, target their sum as a float (raw scale:
+      mean 4.5 x length).
     """
+    if kind == "digit_sum":
+        x = rng.integers(0, 10, size=(n, length))
+        return x + 1, x.sum(1).astype(np.float32)
     if kind in ("copy", "reverse"):
         x = rng.integers(1, 9, size=(n, length))
         y = x.copy() if kind == "copy" else x[:, ::-1].copy()
@@ -157,6 +204,47 @@ def sequence_task(kind: str, n: int, length: int, rng: np.random.Generator) -> t
             x[i] = s
         return x, y
     raise ValueError(f"unknown sequence task {kind!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def markov_sequences(n: int, length: int, vocab: int, seed: int) -> np.ndarray:
+    """``n`` sequences of ``length`` + 1 tokens from a random second-order Markov chain over ``vocab`` tokens.
+
+    Each (previous, current) pair has a peaked next-token distribution (Dirichlet(0.1)),
+    so a model can get well below log(vocab) but never below the chain's entropy rate.
+    """
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.full(vocab, 0.1), size=(vocab, vocab))
+    cdf = probs.cumsum(-1)
+    seq = np.zeros((n, length + 1), dtype=np.int64)
+    seq[:, :2] = rng.integers(0, vocab, size=(n, 2))
+    for t in range(2, length + 1):
+        u = rng.random(n)[:, None]
+        seq[:, t] = np.minimum((cdf[seq[:, t - 2], seq[:, t - 1]] < u).sum(-1), vocab - 1)
+    return seq
+
+
+def glyph_images(n: int, n_classes: int, size: int, rng: np.random.Generator, glyph: int = 5,
+                 template_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Many-class images: one random ``glyph`` x ``glyph`` binary template per class (fixed by
+    ``template_seed``), drawn at a random position of a ``size`` x ``size`` canvas with random
+    contrast and pixel noise."""
+    templates = np.random.default_rng(template_seed).random((n_classes, glyph, glyph)) < 0.45
+    labels = rng.integers(0, n_classes, size=n)
+    imgs = rng.normal(0, 0.25, (n, 1, size, size)).astype(np.float32)
+    pos = rng.integers(0, size - glyph + 1, size=(n, 2))
+    contrast = rng.uniform(0.7, 1.3, n)
+    for i, lab in enumerate(labels):
+        r, c = pos[i]
+        imgs[i, 0, r : r + glyph, c : c + glyph] += contrast[i] * templates[lab]
+    return imgs, labels
+
+
+def patchify(imgs: np.ndarray, patch: int) -> np.ndarray:
+    """(N, C, H, W) images -> (N, H/patch * W/patch, C * patch^2) patch vectors, row-major (ViT's tokens)."""
+    n, c, h, w = imgs.shape
+    x = imgs.reshape(n, c, h // patch, patch, w // patch, patch)
+    return x.transpose(0, 2, 4, 1, 3, 5).reshape(n, (h // patch) * (w // patch), c * patch * patch)
 
 
 def _balanced(length: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Model factories for the zoo: MLP, CNN, small ResNet, GRU and a tiny Transformer.
+"""Model factories for the zoo: MLP (plain, residual, autoencoder), CNN, small ResNet, recurrent
+nets (GRU, LSTM, Elman RNN) and a tiny Transformer (over tokens or over image patches).
 
 Each takes the sampled width/depth/activation/normalization so that one family
 covers a spread of architectures (some of them badly conditioned on purpose).
@@ -39,6 +40,34 @@ def mlp(d_in: int, d_out: int, width: int, depth: int, act: str = "relu", norm: 
     return nn.Sequential(*layers)
 
 
+def residual_mlp(d_in: int, d_out: int, width: int, blocks: int, act: str = "relu", norm: str = "layer",
+                 dropout: float = 0.0) -> nn.Sequential:
+    """Stem, ``blocks`` pre-norm residual blocks ``x + W2 act(W1 norm(x))``, norm, head.
+
+    Pre-norm keeps the residual stream's scale growing slowly with depth (Xiong et al. 2020),
+    so deep stacks train at higher lrs than the plain :func:`mlp` of the same depth.
+    """
+    return nn.Sequential(
+        nn.Linear(d_in, width), *[ResidualMLPBlock(width, act, norm, dropout) for _ in range(blocks)],
+        _norm1d(norm, width), nn.Linear(width, d_out),
+    )
+
+
+class ResidualMLPBlock(nn.Module):
+    def __init__(self, width: int, act: str, norm: str, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_norm1d(norm, width), nn.Linear(width, 2 * width), activation(act),
+                                  nn.Dropout(dropout), nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def autoencoder(d_in: int, code: int, width: int, depth: int, act: str = "relu", norm: str = "none") -> nn.Sequential:
+    """MLP encoder to a ``code``-wide bottleneck and a mirrored MLP decoder back to ``d_in``."""
+    return nn.Sequential(mlp(d_in, code, width, depth, act, norm), activation(act), mlp(code, d_in, width, depth, act, norm))
+
+
 def cnn(in_ch: int, n_classes: int, width: int, depth: int, act: str = "relu", norm: str = "none", dropout: float = 0.0) -> nn.Sequential:
     """Conv blocks (conv, norm, act, pool every other block), global average pool, linear head."""
     layers: list[nn.Module] = []
@@ -76,13 +105,21 @@ def resnet(in_ch: int, n_classes: int, width: int, blocks: int, act: str = "relu
     )
 
 
-class GRUModel(nn.Module):
-    """Embedding -> GRU -> linear; per position (language model) or from the last state (classifier)."""
+RNN_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 
-    def __init__(self, vocab: int, n_out: int, width: int, depth: int, per_position: bool, dropout: float = 0.0) -> None:
+
+class RecurrentModel(nn.Module):
+    """Embedding -> recurrent net -> linear; per position (language model) or from the last state (classifier).
+
+    ``cell``: ``"gru"``, ``"lstm"`` or ``"rnn"`` (Elman, tanh: saturating, with exploding and
+    vanishing gradients through time, Pascanu et al. 2013).
+    """
+
+    def __init__(self, vocab: int, n_out: int, width: int, depth: int, per_position: bool, dropout: float = 0.0,
+                 cell: str = "gru") -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
-        self.rnn = nn.GRU(width, width, num_layers=depth, batch_first=True, dropout=dropout if depth > 1 else 0.0)
+        self.rnn = RNN_CELLS[cell](width, width, num_layers=depth, batch_first=True, dropout=dropout if depth > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(width, n_out)
         self.per_position = per_position
@@ -96,15 +133,20 @@ class GRUModel(nn.Module):
 class TinyTransformer(nn.Module):
     """A pre-norm Transformer encoder with learned positions; causal for language modelling.
 
-    Classification pools the mean over positions; per-position tasks predict every token.
+    Classification (and regression) pools the mean over positions; per-position tasks predict
+    every token. Inputs are token ids (``vocab``), or feature vectors of size ``d_in`` (image
+    patches, as in ViT, Dosovitskiy et al. 2021) embedded by a linear map when ``vocab`` is None.
     """
 
     def __init__(
-        self, vocab: int, n_out: int, width: int, depth: int, max_len: int, *,
+        self, vocab: int | None, n_out: int, width: int, depth: int, max_len: int, *,
         per_position: bool, causal: bool, heads: int = 4, dropout: float = 0.0, act: str = "gelu",
+        d_in: int | None = None,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, width)
+        if (vocab is None) == (d_in is None):
+            raise ValueError("give exactly one of vocab (token inputs) and d_in (vector inputs)")
+        self.embed = nn.Embedding(vocab, width) if vocab is not None else nn.Linear(d_in, width)
         self.pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
         layer = nn.TransformerEncoderLayer(
             width, heads, dim_feedforward=2 * width, dropout=dropout, batch_first=True, norm_first=True,

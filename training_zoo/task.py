@@ -3,7 +3,8 @@
 A :class:`Task` is a *family*: a data set and a model family with a search
 space of randomized settings. ``sample_config`` draws one instance's settings
 (width, depth, activation, normalization, batch size, data size, label noise,
-base optimizer, initial learning rate over at least four decades);
+base optimizer, and a starting learning rate too low, near the family's best or
+too high, a third each: see :mod:`chuck.zoo.starting_lr`);
 ``build`` turns them into a :class:`TaskInstance`, one real training run that
 the meta-environment steps through ``ChuckOptimizer``.
 
@@ -14,7 +15,6 @@ To add an in-house task, subclass :class:`Task` (or use
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,16 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
+from chuck.zoo.starting_lr import FALLBACK_LR, calibration_key, draw_lr, lookup_best_lr
 
-#: Initial-lr ranges per base optimizer, log-uniform, each spanning four decades
-#: around the usual good values so that instances start from bad settings too.
-LR_RANGES: dict[str, tuple[float, float]] = {
-    "AdamW": (1e-5, 1e-1),
-    "Adam": (1e-5, 1e-1),
-    "RMSprop": (1e-5, 1e-1),
-    "SGD": (1e-4, 1.0),
-}
+OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
 
 
 @dataclass
@@ -50,6 +43,9 @@ class TaskConfig:
     dropout: float = 0.0
     optimizer: str = "AdamW"
     lr: float = 1e-3
+    #: ``"low"``, ``"near"`` or ``"high"`` relative to the family's best lr when drawn by
+    #: ``Task.sample_config``; empty for a hand-made config.
+    lr_regime: str = ""
     weight_decay: float = 0.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -73,9 +69,11 @@ class SearchSpace:
     optimizers: Sequence[str] = OPTIMIZERS
     weight_decays: Sequence[float] = (0.0, 1e-4, 1e-2)
 
-    def sample(self, rng: np.random.Generator) -> TaskConfig:
+    def sample(self, rng: np.random.Generator, best_lr: float = FALLBACK_LR) -> TaskConfig:
+        """One instance's settings; the starting lr is drawn around ``best_lr`` (AdamW's best for the
+        family) by :func:`chuck.zoo.starting_lr.draw_lr`."""
         opt = str(rng.choice(list(self.optimizers)))
-        lo, hi = LR_RANGES[opt]
+        lr, regime = draw_lr(rng, best_lr, opt)
         return TaskConfig(
             width=int(rng.choice(list(self.widths))),
             depth=int(rng.choice(list(self.depths))),
@@ -86,7 +84,8 @@ class SearchSpace:
             label_noise=float(rng.uniform(*self.label_noise)) if self.label_noise[1] > 0 else 0.0,
             dropout=float(rng.choice(list(self.dropouts))),
             optimizer=opt,
-            lr=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+            lr=lr,
+            lr_regime=regime,
             weight_decay=float(rng.choice(list(self.weight_decays))),
             seed=int(rng.integers(0, 2**31 - 1)),
         )
@@ -141,8 +140,23 @@ class Task(ABC):
     def family(self) -> str:
         return self.id
 
+    @property
+    def calibration_key(self) -> str:
+        """Hash of what the best lr depends on (budget, search space): the cache entry's key."""
+        return calibration_key(self.budget, self.space)
+
+    @property
+    def best_lr(self) -> float:
+        """The family's best constant AdamW lr, from ``chuck/zoo/best_lr.json``.
+
+        Falls back to 1e-3 with a warning when the entry is missing or stale (measured
+        under another budget or search space). A user's task may override this property
+        to declare its own value instead of calibrating.
+        """
+        return lookup_best_lr(self.id, self.calibration_key)
+
     def sample_config(self, rng: np.random.Generator) -> TaskConfig:
-        return self.space.sample(rng)
+        return self.space.sample(rng, best_lr=self.best_lr)
 
     @abstractmethod
     def build(self, config: TaskConfig) -> TaskInstance:

@@ -1,7 +1,16 @@
-"""Language families: character LMs (GRU, Transformer) on stdlib docstrings, synthetic sequence
-tasks (reverse, parity, brackets) and synthetic topic classification."""
+"""Language families: character LMs (GRU, Elman RNN, Transformer) on stdlib docstrings, a Markov-chain
+LM (LSTM), synthetic sequence tasks (reverse, parity, brackets, digit sums) and synthetic topic
+classification (with plenty of data, and with a hundred sentences).
+
+They span the architecture (GRU, LSTM, saturating Elman RNN, causal and bidirectional attention,
+bag of embeddings), the objective (next-token prediction over 16 or 96 symbols, sequence-to-sequence,
+classification, regression of a sum at a raw scale) and the data regime (fresh-looking large data,
+a tiny training set that overfits, label noise).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -27,17 +36,29 @@ class _CharLM(SupervisedTask):
 
 
 class CharLMGRU(_CharLM):
-    """Character LM with a GRU."""
+    """Character LM with a GRU. Axis: gated recurrent net, 96-way next-token prediction."""
 
     id, domain, budget, seq_len, corpus_seed = "nlp.charlm_gru", "nlp", 150, 24, 3
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
 
     def model(self, config: TaskConfig):
-        return models.GRUModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout)
+        return models.RecurrentModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout)
+
+
+class CharLMRNN(_CharLM):
+    """Character LM with a plain Elman RNN (tanh). Axis: saturating recurrent net whose gradients
+    explode or vanish through time (Pascanu et al. 2013): clipping and a cautious lr pay."""
+
+    id, domain, budget, seq_len, corpus_seed = "nlp.charlm_rnn", "nlp", 300, 24, 12
+    space = SearchSpace(widths=(64, 128), depths=(1, 2), **_SEQ_SPACE)
+
+    def model(self, config: TaskConfig):
+        return models.RecurrentModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout,
+                                     cell="rnn")
 
 
 class CharLMTransformer(_CharLM):
-    """Character LM with a tiny causal Transformer."""
+    """Character LM with a tiny causal Transformer. Axis: causal attention, pre-norm."""
 
     id, domain, budget, seq_len, corpus_seed = "nlp.charlm_transformer", "nlp", 150, 32, 4
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
@@ -48,7 +69,8 @@ class CharLMTransformer(_CharLM):
 
 
 class ReverseTransformer(SupervisedTask):
-    """Output the input sequence reversed (length 8, tokens 1..8), bidirectional Transformer."""
+    """Output the input sequence reversed (length 8, tokens 1..8), bidirectional Transformer.
+    Axis: sequence-to-sequence prediction with attention."""
 
     id, domain, n_classes, per_position, budget = "nlp.reverse_transformer", "nlp", 9, True, 250
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
@@ -62,7 +84,7 @@ class ReverseTransformer(SupervisedTask):
 
 
 class ParityGRU(SupervisedTask):
-    """Parity of a 6-bit string with a GRU (a classic hard-to-optimize sequence task)."""
+    """Parity of a 6-bit string with a GRU. Axis: a classic hard-to-optimize sequence task (long plateau)."""
 
     id, domain, n_classes, budget = "nlp.parity_gru", "nlp", 2, 300
     space = SearchSpace(widths=(16, 32, 64), depths=(1, 2), **_SEQ_SPACE)
@@ -71,11 +93,12 @@ class ParityGRU(SupervisedTask):
         return data.sequence_task("parity", 2000, 6, np.random.default_rng(6))
 
     def model(self, config: TaskConfig):
-        return models.GRUModel(3, 2, config.width, config.depth, per_position=False, dropout=config.dropout)
+        return models.RecurrentModel(3, 2, config.width, config.depth, per_position=False, dropout=config.dropout)
 
 
 class BracketsTransformer(SupervisedTask):
-    """Is a string of 10 brackets balanced? Bidirectional Transformer classifier."""
+    """Is a string of 10 brackets balanced? Bidirectional Transformer classifier. Axis: attention,
+    binary classification of structure."""
 
     id, domain, n_classes, budget = "nlp.brackets_transformer", "nlp", 2, 250
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
@@ -97,19 +120,74 @@ class _EmbedMean(nn.Module):
         return self.head(self.embed(x).mean(1))
 
 
+@functools.lru_cache(maxsize=None)
+def _topics() -> tuple[np.ndarray, np.ndarray]:
+    x, y, _ = data.topic_sentences(1500, 20, np.random.default_rng(9))
+    return x, y
+
+
 class TopicClassification(SupervisedTask):
-    """Synthetic sentences with topic words; mean-of-embeddings + MLP classifier; label noise variants."""
+    """Synthetic sentences with topic words; mean-of-embeddings + MLP classifier; label noise variants.
+    Axis: bag-of-embeddings text classification, label noise."""
 
     id, domain, n_classes, budget = "nlp.topic_classification", "nlp", 4, 250
     space = SearchSpace(widths=(16, 32, 64), depths=(1, 2), label_noise=(0.0, 0.3))
 
     def data(self, config: TaskConfig):
-        x, y, _ = data.topic_sentences(1500, 20, np.random.default_rng(9))
-        return x, y
+        return _topics()
 
     def model(self, config: TaskConfig):
         head = models.mlp(config.width, 4, config.width, config.depth, config.activation, config.norm, config.dropout)
         return _EmbedMean(data.TOPIC_VOCAB, config.width, head)
 
 
-FAMILIES = [CharLMGRU, CharLMTransformer, ReverseTransformer, ParityGRU, BracketsTransformer, TopicClassification]
+class TopicFewShotTransformer(SupervisedTask):
+    """The topic sentences, but only 5-10% of the training part (55-110 sentences), through a
+    bidirectional Transformer classifier. Axis: tiny data that overfits, with attention."""
+
+    id, domain, n_classes, budget = "nlp.topic_fewshot_transformer", "nlp", 4, 400
+    space = SearchSpace(widths=(32, 64), depths=(1, 2), data_fraction=(0.05, 0.1), label_noise=(0.0, 0.15),
+                        **{**_SEQ_SPACE, "batch_sizes": (16, 32)})
+
+    def data(self, config: TaskConfig):
+        return _topics()
+
+    def model(self, config: TaskConfig):
+        return models.TinyTransformer(data.TOPIC_VOCAB, 4, config.width, config.depth, 20, per_position=False,
+                                      causal=False, dropout=config.dropout, act=config.activation)
+
+
+class MarkovLSTM(SupervisedTask):
+    """Next-token prediction on 20k sequences of a random second-order Markov chain over 16 symbols,
+    with an LSTM. Axis: large, easy data (nothing to overfit; the loss floor is the chain's entropy
+    rate) and a gated recurrent net with a cell state."""
+
+    id, domain, n_classes, per_position, budget = "nlp.markov_lstm", "nlp", 16, True, 600
+    space = SearchSpace(widths=(32, 64), depths=(1,), **{**_SEQ_SPACE, "batch_sizes": (64,)})
+
+    def data(self, config: TaskConfig):
+        seq = data.markov_sequences(20_000, 16, 16, seed=14)
+        return seq[:, :-1], seq[:, 1:]
+
+    def model(self, config: TaskConfig):
+        return models.RecurrentModel(16, 16, config.width, config.depth, per_position=True, dropout=config.dropout,
+                                     cell="lstm")
+
+
+class DigitSumTransformer(SupervisedTask):
+    """The sum of 12 digits (mean 54, std 10) regressed at its raw scale by a bidirectional Transformer.
+    Axis: regression from a sequence at a large target scale (initial MSE ~3000)."""
+
+    id, domain, n_classes, budget = "nlp.digit_sum_transformer", "nlp", None, 300
+    space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
+
+    def data(self, config: TaskConfig):
+        return data.sequence_task("digit_sum", 3000, 12, np.random.default_rng(15))
+
+    def model(self, config: TaskConfig):
+        return models.TinyTransformer(11, 1, config.width, config.depth, 12, per_position=False, causal=False,
+                                      dropout=config.dropout, act=config.activation)
+
+
+FAMILIES = [CharLMGRU, CharLMRNN, CharLMTransformer, ReverseTransformer, ParityGRU, BracketsTransformer,
+            TopicClassification, TopicFewShotTransformer, MarkovLSTM, DigitSumTransformer]

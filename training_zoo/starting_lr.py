@@ -1,0 +1,134 @@
+"""Where an episode's learning rate starts: the family's best constant lr, then too low, near it, or too high.
+
+A policy learns to fix a bad start only if it meets bad starts of every kind,
+and to leave a good one alone only if it meets good ones. A log-uniform draw
+over fixed decades does neither well: "good" sits at a different place for
+every family, so some families start almost always too low and others too
+high. Each family therefore records its best constant lr for AdamW (measured
+by :mod:`chuck.zoo.calibrate`, cached in ``best_lr.json`` next to this file),
+and every episode draws a *regime* first, a third each:
+
+* ``"near"``: within +-0.5 decade of the best lr,
+* ``"low"``: 0.5 to 2 decades below it,
+* ``"high"``: 0.5 to 2 decades above it,
+
+log-uniform inside the regime, then shifted by the base optimizer's offset
+(:data:`OPTIMIZER_LR_OFFSET`) since SGD's good lrs are not AdamW's.
+
+The cache entry of a family is keyed by its id and by a hash of what determines
+its best lr (the step budget and the search space, see :func:`calibration_key`):
+change either and the entry is stale; a missing or stale entry falls back to
+:data:`FALLBACK_LR` with a warning, until ``python -m chuck.zoo.calibrate`` is rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The committed calibration results (see :mod:`chuck.zoo.calibrate`).
+CACHE_PATH = Path(__file__).with_name("best_lr.json")
+
+#: The lr a family without a fresh cache entry starts around (AdamW's usual default).
+FALLBACK_LR = 1e-3
+
+#: The base optimizer the cache is measured for; the others are shifted by their offset.
+REFERENCE_OPTIMIZER = "AdamW"
+
+#: Decades from the family's best lr, per regime: [lo, hi), drawn log-uniform.
+LR_REGIMES: dict[str, tuple[float, float]] = {
+    "low": (-2.0, -0.5),
+    "near": (-0.5, 0.5),
+    "high": (0.5, 2.0),
+}
+
+#: log10(best lr of the optimizer / best lr of AdamW), measured by
+#: ``python -m chuck.zoo.calibrate --optimizer X --output ...`` on a subset of families
+#: (median over them; see docs in the calibrate module). Adam matches AdamW (the same update
+#: up to the decoupled decay). RMSprop without bias correction takes ~10x larger first steps
+#: (its second-moment average starts at zero) and wants a lower lr. SGD with momentum 0.9
+#: has no per-coordinate normalization: its good lrs sit well above the adaptive methods'.
+OPTIMIZER_LR_OFFSET: dict[str, float] = {
+    "AdamW": 0.0,
+    "Adam": 0.0,
+    "RMSprop": -0.5,
+    "SGD": 1.5,
+}
+
+
+def calibration_key(budget: int, space: Any) -> str:
+    """A short hash of what a family's best lr depends on: its step budget and its search space.
+
+    ``space`` is a (frozen) dataclass, normally a :class:`~chuck.zoo.task.SearchSpace`; its
+    fields are serialized in a stable order, tuples and lists alike.
+    """
+    fields = dataclasses.asdict(space) if dataclasses.is_dataclass(space) else dict(vars(space))
+    blob = json.dumps({"budget": int(budget), "space": fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        return {}
+    return json.loads(p.read_text()).get("tasks", {})
+
+
+def reload_cache() -> None:
+    """Forget the cached file contents (after a calibration rewrote it)."""
+    _load.cache_clear()
+
+
+def cache_entry(task_id: str, key: str, path: Path | str | None = None) -> dict[str, Any] | None:
+    """The cache entry for ``task_id`` if present *and* measured under ``key``; else ``None``.
+
+    ``path`` defaults to :data:`CACHE_PATH` (read at call time).
+    """
+    entry = _load(str(path or CACHE_PATH)).get(task_id)
+    if entry is None or entry.get("key") != key:
+        return None
+    return entry
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def lookup_best_lr(task_id: str, key: str, path: Path | str | None = None) -> float:
+    """The cached best AdamW lr of a family, or :data:`FALLBACK_LR` with a warning (once per family and key)."""
+    path = path or CACHE_PATH
+    entry = cache_entry(task_id, key, path)
+    if entry is not None:
+        return float(entry["best_lr"])
+    if (task_id, key) not in _warned:
+        _warned.add((task_id, key))
+        stale = task_id in _load(str(path))
+        warnings.warn(
+            f"task {task_id!r}: {'stale' if stale else 'no'} best-lr cache entry (budget or search space "
+            f"changed, or never calibrated); starting lrs are drawn around {FALLBACK_LR:g}. "
+            f"Run `python -m chuck.zoo.calibrate --tasks {task_id}` to measure it.",
+            stacklevel=3,
+        )
+    return FALLBACK_LR
+
+
+def draw_lr(rng: np.random.Generator, best_lr: float, optimizer: str) -> tuple[float, str]:
+    """A starting lr and its regime (``"low"``, ``"near"`` or ``"high"``, a third each) for ``optimizer``."""
+    regime = ("low", "near", "high")[int(rng.integers(3))]
+    lo, hi = LR_REGIMES[regime]
+    decades = rng.uniform(lo, hi) + OPTIMIZER_LR_OFFSET.get(optimizer, 0.0)
+    return float(best_lr * 10.0**decades), regime
+
+
+def regime_of(lr: float, best_lr: float, optimizer: str) -> str:
+    """Which regime ``lr`` falls in for a family whose AdamW best lr is ``best_lr`` (outside +-2 decades too)."""
+    d = math.log10(lr / best_lr) - OPTIMIZER_LR_OFFSET.get(optimizer, 0.0)
+    return "low" if d < LR_REGIMES["near"][0] else "high" if d >= LR_REGIMES["near"][1] else "near"
