@@ -13,14 +13,18 @@ Format (``format_version`` 1)::
                   "evaluation": {...}, "sha256": checksum of policy.pt}
 
 Every failure to load raises :class:`chuck.PolicyLoadError` naming what is wrong
-(missing file, bad JSON, checksum mismatch = corrupt or truncated, spec version
-mismatch, tensor shape mismatch).
+(missing file, not a regular file, too large, bad JSON, a card field that breaks the
+schema of :mod:`chuck.policies.card`, checksum mismatch = corrupt or truncated, spec
+version mismatch, tensor shape mismatch).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ import torch
 from chuck.actions import ActionSpec
 from chuck.loading import PolicyLoadError
 from chuck.observation import ObservationSpec
+from chuck.policies.card import check_weights_match, validate_card
 from chuck.policies.learned import ActorNetwork, LearnedPolicy
 
 FORMAT = "chuck-policy"
@@ -37,12 +42,39 @@ FORMAT_VERSION = 1
 WEIGHTS, CARD = "policy.pt", "policy.json"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: Largest ``policy.pt`` read. An exported MLP actor is kilobytes to a few MB (the default is 31 KB);
+#: the bound keeps a hostile or mistaken file from being read into memory whole.
+MAX_WEIGHTS_BYTES = 64 << 20
+#: Largest ``policy.json`` read (the default card is 7 KB).
+MAX_CARD_BYTES = 4 << 20
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else PolicyLoadError.
+
+    Opened non-blocking and checked with ``fstat`` on the open descriptor, so the check and the
+    read see the same file: a FIFO would otherwise block ``open()`` forever and a link to
+    ``/dev/zero`` never reach end of file (faults issue, item 8).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PolicyLoadError(f"policy artifact: cannot open {path} ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyLoadError(f"policy artifact: {path} is not a regular file (device, FIFO or socket)")
+        if st.st_size > limit:
+            raise PolicyLoadError(f"policy artifact: {path} is larger than {limit} bytes ({st.st_size})")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # the file grew while being read
+                raise PolicyLoadError(f"policy artifact: {path} is larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def bundled_artifact_dir(name: str) -> Path:
@@ -61,7 +93,9 @@ def save_artifact(actor: ActorNetwork, out_dir: str | Path, card: dict[str, Any]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
-    torch.save(tensors, out / WEIGHTS)
+    buf = io.BytesIO()
+    torch.save(tensors, buf)
+    (out / WEIGHTS).write_bytes(buf.getvalue())
     full = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -69,58 +103,50 @@ def save_artifact(actor: ActorNetwork, out_dir: str | Path, card: dict[str, Any]
         "action": ActionSpec().card(),
         "normalization": {"clip_obs": actor.clip_obs, "epsilon": actor.epsilon},
         **card,
-        "sha256": sha256(out / WEIGHTS),
+        "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
     }
     (out / CARD).write_text(json.dumps(full, indent=2, sort_keys=True, default=float))
     return out
 
 
 def load_artifact(path: str | Path) -> LearnedPolicy:
-    """Load and validate an exported policy directory (or the path of its policy.json)."""
+    """Load and validate an exported policy directory (or the path of its policy.json).
+
+    Order matters: the card is checked against its schema, the weights are read (bounded,
+    regular files only) and checksummed, their shapes compared with the card, and only
+    then is the network allocated.
+    """
     path = Path(path)
-    if path.is_file() and path.name == CARD:
+    if path.name == CARD and not path.is_dir():
         path = path.parent
     card_path, weights_path = path / CARD, path / WEIGHTS
     for p in (card_path, weights_path):
         if not p.exists():
             raise PolicyLoadError(f"policy artifact {path}: missing {p.name}")
     try:
-        card = json.loads(card_path.read_text())
+        raw_card = json.loads(read_regular_file(card_path, MAX_CARD_BYTES).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PolicyLoadError(f"policy artifact {path}: {CARD} is not valid JSON ({exc})") from None
-    if card.get("format") != FORMAT:
-        raise PolicyLoadError(f"policy artifact {path}: not a chuck policy card (format={card.get('format')!r})")
-    if card.get("format_version") != FORMAT_VERSION:
-        raise PolicyLoadError(
-            f"policy artifact {path}: format_version {card.get('format_version')} is not supported (expected {FORMAT_VERSION})"
-        )
-    digest = sha256(weights_path)
-    if digest != card.get("sha256"):
+    obs_spec, act_spec = ObservationSpec(), ActionSpec()
+    card = validate_card(raw_card, str(path), obs_names=list(obs_spec.names), obs_version=str(obs_spec.version),
+                         action_dims=list(act_spec.dims), action_version=str(act_spec.version),
+                         format_name=FORMAT, format_version=FORMAT_VERSION)
+    data = read_regular_file(weights_path, MAX_WEIGHTS_BYTES)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != card["sha256"]:
         raise PolicyLoadError(
             f"policy artifact {path}: checksum mismatch for {WEIGHTS} (corrupt or truncated file): "
-            f"card says {str(card.get('sha256'))[:12]}..., file is {digest[:12]}..."
-        )
-    obs_spec, act_spec = ObservationSpec(), ActionSpec()
-    if str(card["observation"].get("version")) != obs_spec.version or [f[0] for f in card["observation"]["features"]] != obs_spec.names:
-        raise PolicyLoadError(
-            f"policy artifact {path}: observation spec v{card['observation'].get('version')} does not match "
-            f"this chuck's v{obs_spec.version} (features differ)"
-        )
-    if str(card["action"].get("version")) != act_spec.version or list(card["action"]["dims"]) != list(act_spec.dims):
-        raise PolicyLoadError(
-            f"policy artifact {path}: action spec v{card['action'].get('version')} {card['action'].get('dims')} does not "
-            f"match this chuck's v{act_spec.version} {list(act_spec.dims)}"
+            f"card says {card['sha256'][:12]}..., file is {digest[:12]}..."
         )
     try:
-        tensors = torch.load(weights_path, weights_only=True, map_location="cpu")
+        tensors = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt artifact
         raise PolicyLoadError(f"policy artifact {path}: cannot read {WEIGHTS} ({type(exc).__name__}: {exc})") from None
-    arch = card.get("architecture", {})
-    norm = card.get("normalization", {})
-    actor = ActorNetwork(
-        len(obs_spec.names), len(act_spec.dims), list(arch.get("hidden", [64, 64])), arch.get("activation", "tanh"),
-        clip_obs=float(norm.get("clip_obs", 10.0)), epsilon=float(norm.get("epsilon", 1e-8)),
-    )
+    obs_dim, act_dim = len(obs_spec.names), len(act_spec.dims)
+    check_weights_match(tensors, card, str(path), obs_dim, act_dim)
+    arch, norm = card["architecture"], card["normalization"]
+    actor = ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"],
+                         clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
     try:
         actor.load_state_dict(tensors, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:

@@ -4,8 +4,8 @@ It mirrors stable-baselines3's ``MlpPolicy`` actor for a Box action space
 (``mlp_extractor.policy_net`` then ``action_net``; the deterministic action is
 the Gaussian mean, clipped to the action space) and ``VecNormalize``'s
 observation transform, ``clip((obs - mean) / sqrt(var + eps), -clip, clip)``.
-No SB3 import is needed to run it; ``tests/policies/test_export_parity.py``
-checks that both give the same action.
+No SB3 import is needed to run it; ``test_export_parity`` in
+``tests/policies/test_artifact.py`` checks that both give the same action.
 """
 
 from __future__ import annotations
@@ -74,10 +74,6 @@ class LearnedPolicy(Policy):
     def act(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
         return self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
-
-    def act_batch(self, observations: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.actor(torch.as_tensor(observations, dtype=torch.float32)).clamp(-1.0, 1.0).numpy()
 
     def explain(self, observation: np.ndarray) -> dict[str, float]:
         """Gradient x input attribution of the action through the actor (Simonyan et al. 2014;
