@@ -4,7 +4,9 @@
 * ``"default"``: the learned PPO policy shipped as package data (chuck/policies/artifacts/default).
 * a path to an exported policy directory (``policy.json`` + ``policy.pt``).
 * ``"models:/NAME@ALIAS"`` or ``"models:/NAME/VERSION"``: a policy registered in MLflow
-  (needs mlflow; downloaded, then loaded like a path).
+  (needs mlflow; downloaded to a temporary folder, loaded like a path, folder removed),
+  from the store :func:`chuck.tracking.resolve_tracking_uri` names: ``MLFLOW_TRACKING_URI``
+  or else ``$CHUCK_HOME/mlflow.db``, where ``chuck train-policy`` registers.
 
 Loading never runs pickle: weights go through ``torch.load(weights_only=True)``.
 """
@@ -38,9 +40,9 @@ def load_policy(name_or_path: str | Path) -> Policy:
 
             return _load_dir(bundled_artifact_dir("default"))
         if name_or_path.startswith("models:/"):
-            from chuck.policies.registry import download_registered_policy
+            from chuck.policies.registry import load_registered_policy
 
-            return _load_dir(download_registered_policy(name_or_path))
+            return load_registered_policy(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _load_dir(path)

@@ -1,13 +1,21 @@
-"""MLflow set-up shared by meta-training, the demo, tuning and the decision logger.
+"""MLflow set-up shared by meta-training, the demo, tuning, the decision logger and policy loading.
 
 Default backend: a local SQLite file, ``sqlite:///$CHUCK_HOME/mlflow.db``, with
 artifacts under ``$CHUCK_HOME/mlartifacts`` (no server). Any tracking URI works:
 pass one, or set ``MLFLOW_TRACKING_URI``.
+
+:func:`resolve_tracking_uri` is the single rule for which store chuck talks to, so
+that ``load_policy("models:/NAME@ALIAS")`` in a fresh process finds what
+``chuck train-policy`` registered. It never consults ``mlflow.get_tracking_uri()``:
+that never returns None (so a fallback after it never ran) and its default is a
+``mlflow.db`` in the current directory, which it creates (faults issue, item 9).
 """
 
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +30,39 @@ def _mlflow():
     return mlflow
 
 
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The store chuck uses: ``tracking_uri`` if given, else ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///$CHUCK_HOME/mlflow.db``. ``CHUCK_HOME`` is only touched in the last case."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{chuck_home() / 'mlflow.db'}"
+
+
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{chuck_home() / 'mlflow.db'}"
+    """:func:`resolve_tracking_uri` with nothing given (kept for existing callers)."""
+    return resolve_tracking_uri(None)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``ConnectionError`` if an http(s) tracking server does not answer within ``timeout``.
+
+    Any HTTP answer counts as reachable (a proxy may not serve ``/health``); only a refused,
+    reset or timed-out connection does not. Other schemes are not checked. The MLflow client
+    would otherwise retry a dead server with exponential backoff for minutes.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
 
 
 def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
@@ -33,26 +72,29 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
     the current directory. Returns the ``mlflow`` module.
     """
     mlflow = _mlflow()
-    uri = tracking_uri or default_tracking_uri()
+    uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models are registered (and looked up) in the same store
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None
-        if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
+        if (db := sqlite_path(uri)) is not None:
             location = (db.parent / "mlartifacts" / experiment).resolve().as_uri()
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return mlflow
 
 
-def register_artifact(run_id: str, artifact_path: str, name: str, alias: str | None = None) -> str:
+def register_artifact(run_id: str, artifact_path: str, name: str, alias: str | None = None,
+                      tracking_uri: str | None = None) -> str:
     """Register a run's artifact directory as a new version of model ``name``; set ``alias``.
 
     Returns the version. Works for any artifact directory (chuck policies are not
-    MLflow "flavors": they load with chuck.load_policy("models:/NAME@ALIAS")).
+    MLflow "flavors": they load with chuck.load_policy("models:/NAME@ALIAS")). The
+    registry is the tracking store itself: ``tracking_uri``, else the one :func:`setup` selected.
     """
     mlflow = _mlflow()
-    client = mlflow.MlflowClient()
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.get_registered_model(name)
     except Exception:  # noqa: BLE001 - MlflowException when absent

@@ -1,24 +1,103 @@
-"""Fetch a policy registered in MLflow (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``)."""
+"""Fetch a policy registered in MLflow (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``).
+
+The store is the one ``chuck train-policy`` registered into, found with
+:func:`chuck.tracking.resolve_tracking_uri` (explicit argument, ``MLFLOW_TRACKING_URI``,
+else ``$CHUCK_HOME/mlflow.db``), never MLflow's process default, which is a
+``./mlflow.db`` it would create in the working directory (faults issue, item 9).
+Nothing is created in the working directory, the download directory is always
+removed, and an unreachable server fails within seconds, not after the MLflow
+client's minutes of retries.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from chuck.loading import PolicyLoadError
 
+#: Seconds to wait for a tracking server to answer its health check before giving up.
+CONNECT_TIMEOUT_S = 5.0
 
-def download_registered_policy(uri: str, tracking_uri: str | None = None) -> Path:
-    """Download the registered artifact directory to a temporary folder and return its path."""
+
+@contextlib.contextmanager
+def _quick_http() -> Iterator[None]:
+    """Lower the MLflow client's HTTP retries and timeout for one call, unless the user set them.
+
+    Defaults are 7 retries with exponential backoff (minutes against a failing server).
+    """
+    overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    added = [k for k in overrides if k not in os.environ]
+    os.environ.update({k: overrides[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    """Download the registered artifact directory into ``dst`` (default: a new temporary folder)
+    and return its path. A temporary folder created here is removed if the download fails;
+    prefer :func:`load_registered_policy`, which also removes it after loading."""
     try:
         import mlflow
     except ImportError as exc:
         raise PolicyLoadError(f"loading {uri!r} needs mlflow: pip install 'chuck[all]'") from exc
-    from chuck.tracking import default_tracking_uri
+    from chuck.tracking import check_reachable, resolve_tracking_uri, sqlite_path
 
-    mlflow.set_tracking_uri(tracking_uri or mlflow.get_tracking_uri() or default_tracking_uri())
-    dst = Path(tempfile.mkdtemp(prefix="chuck-policy-"))
+    store = resolve_tracking_uri(tracking_uri)
+    db = sqlite_path(store)
+    if db is not None and not db.exists():
+        # opening a missing SQLite store would create (and migrate) an empty one
+        raise PolicyLoadError(f"cannot fetch {uri!r}: no MLflow store at {db} (nothing registered there; "
+                              "register with `chuck train-policy` or set MLFLOW_TRACKING_URI)")
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+        check_reachable(store, timeout=CONNECT_TIMEOUT_S)
+    except ConnectionError as exc:
+        raise PolicyLoadError(f"cannot fetch {uri!r}: {exc}") from None
+    name, ref = _parse(uri)
+    owned = dst is None
+    target = Path(tempfile.mkdtemp(prefix="chuck-policy-")) if owned else Path(dst)
+    try:
+        with _quick_http():
+            # Resolved with an explicit client: mlflow's "models:/" artifact repository looks the
+            # model up in the *default* registry whatever registry_uri is passed to
+            # download_artifacts, and so creates ./mlflow.db (mlflow 3.x).
+            client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
+            version = client.get_model_version_by_alias(name, ref[1:]).version if ref.startswith("@") else ref
+            source = client.get_model_version_download_uri(name, version)
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target),
+                                                            tracking_uri=store, registry_uri=store))
     except Exception as exc:  # noqa: BLE001 - MlflowException, missing alias, server down...
-        raise PolicyLoadError(f"cannot fetch {uri!r} from MLflow ({type(exc).__name__}: {exc})") from None
+        if owned:
+            shutil.rmtree(target, ignore_errors=True)
+        raise PolicyLoadError(f"cannot fetch {uri!r} from MLflow store {store} ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(uri: str) -> tuple[str, str]:
+    """``models:/NAME@ALIAS`` -> (NAME, "@ALIAS"); ``models:/NAME/VERSION`` -> (NAME, "VERSION")."""
+    rest = uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        if name and alias:
+            return name, "@" + alias
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, version
+    raise PolicyLoadError(f"cannot fetch {uri!r}: use 'models:/NAME@ALIAS' or 'models:/NAME/VERSION'")
+
+
+def load_registered_policy(uri: str, tracking_uri: str | None = None) -> Any:
+    """Download, load (validated like any artifact) and clean up: returns the LearnedPolicy."""
+    from chuck.policies.artifact import load_artifact
+
+    with tempfile.TemporaryDirectory(prefix="chuck-policy-") as d:
+        return load_artifact(download_registered_policy(uri, tracking_uri, dst=d))
