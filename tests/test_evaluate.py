@@ -95,9 +95,22 @@ def _small(out, **kw):
     return evaluate(**args)
 
 
+def _register_default_policy(name: str) -> str:
+    """The bundled default policy registered in chuck's MLflow store, as ``models:/NAME@champion``."""
+    from chuck import tracking
+    from chuck.policies.artifact import bundled_artifact_dir
+
+    mlflow = tracking.setup(None, "policies")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(bundled_artifact_dir("default")), "policy")
+    tracking.register_artifact(run.info.run_id, "policy", name, "champion")
+    return f"models:/{name}@champion"
+
+
 def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = main(["evaluate", "--policies", "heuristic", "--baselines", "adamw,cosine,prodigy",
+    registered = _register_default_policy("tiny-policy")
+    rc = main(["evaluate", "--policies", f"heuristic,{registered}", "--baselines", "adamw,cosine,prodigy",
                "--tasks", "test.tiny_a,test.tiny_b", "--lrs", "1e-3,1e-1", "--seeds", "0",
                "--budget-scale", str(SCALE), "--oracle-lrs", ",".join(map(str, ORACLE)), "--out", str(out),
                "--no-progress"])
@@ -107,17 +120,18 @@ def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsy
     assert tuple(rows[0]) == ROW_FIELDS
     main_rows = [r for r in rows if r["kind"] == "main"]
     probes = [r for r in rows if r["kind"] == "harm_probe"]
-    assert len(main_rows) == 2 * 2 * 4 and len(probes) == 2 * 4  # tasks x lrs x arms; one probe per arm and task
+    assert len(main_rows) == 2 * 2 * 5 and len(probes) == 2 * 5  # tasks x lrs x arms; one probe per arm and task
     assert {r["steps"] for r in rows} == {"40"}
     for r in rows:
         assert float(r["regret"]) > 0 and math.isfinite(float(r["regret"]))
+        assert r["error"] == "", r  # the registered policy loaded in the runs too
     for r in probes:  # harm is measured at the instance's best constant lr, against constant AdamW there
         assert float(r["lr"]) == float(r["best_lr"]) and float(r["lr"]) in ORACLE
         if r["arm"] == "adamw":
             assert float(r["harm"]) == 1.0
 
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["arms"]) == ["chuck:heuristic", "adamw", "cosine", "prodigy"]
+    assert list(summary["arms"]) == ["chuck:heuristic", f"chuck:{registered}", "adamw", "cosine", "prodigy"]
     for arm, s in summary["arms"].items():
         for key in ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm"):
             assert math.isfinite(s[key]), (arm, key)
@@ -145,7 +159,7 @@ def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsy
     exp = client.get_experiment_by_name("chuck-evaluate")
     runs = client.search_runs([exp.experiment_id])
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parent) == 1 and len(runs) == 1 + 4
+    assert len(parent) == 1 and len(runs) == 1 + 5
     assert parent[0].info.run_id == summary["mlflow_run_id"]
     assert math.isclose(parent[0].data.metrics["chuck:heuristic.median_regret"], summary["arms"]["chuck:heuristic"]["median_regret"])
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}

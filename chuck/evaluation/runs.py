@@ -7,19 +7,18 @@ trains it with :func:`chuck.zoo.loop.train`, the loop every other chuck workflow
 
 Arms:
 
-==============  ==========================================================================
-``adamw``       the instance's AdamW at the starting lr, constant
-``cosine``      AdamW + ``CosineAnnealingLR`` over the budget
-``plateau``     AdamW + ``ReduceLROnPlateau(factor=0.5, patience=2)`` on each evaluation
-``schedulefree`` ``schedulefree.AdamWScheduleFree`` (Defazio et al. 2024), warm-up 5%,
-                evaluated on its averaged weights
-``prodigy``     ``prodigyopt.Prodigy`` (Mishchenko & Defazio 2024) at ``lr=1.0`` + cosine, as
-                its authors recommend. Prodigy estimates its own step size, so it ignores the
-                starting lr: it runs once per instance and that run stands for every starting
-                lr. Its multiplier is not swept (see ``chuck.evaluation.oracle``).
-``chuck:SPEC``  ``ChuckOptimizer(AdamW, policy=SPEC)`` with its OOD fallback, validation
-                reported through ``observe``; ``chuck:SPEC/no-observe`` never calls ``observe``
-==============  ==========================================================================
+* ``adamw``: the instance's AdamW at the starting lr, constant.
+* ``cosine``: AdamW + ``CosineAnnealingLR`` over the budget.
+* ``plateau``: AdamW + ``ReduceLROnPlateau(factor=0.5, patience=2)`` on each evaluation.
+* ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (Defazio et al. 2024) at the starting
+  lr, warm-up 5% of the budget, evaluated on its averaged weights.
+* ``prodigy``: ``prodigyopt.Prodigy`` (Mishchenko & Defazio 2024) at ``lr=1.0`` + cosine, as
+  its authors recommend. Prodigy estimates its own step size, so it ignores the starting
+  lr: it runs once per instance and that run stands for every starting lr. Its multiplier
+  is not swept (see ``chuck.evaluation.oracle``).
+* ``chuck:SPEC``: ``ChuckOptimizer(AdamW, policy=SPEC, model=..., total_steps=budget,
+  history=False)`` with its OOD fallback, validation reported through ``observe``;
+  ``chuck:SPEC/no-observe`` never calls ``observe``.
 """
 
 from __future__ import annotations
