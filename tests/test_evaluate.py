@@ -89,8 +89,8 @@ def _rows(path):
 
 
 def _small(out, **kw):
-    args = dict(policies=["heuristic"], baselines=["adamw", "prodigy"], tasks="test.tiny_a", lrs=[1e-3], seeds=[0],
-                out=out, budget_scale=SCALE, oracle_lrs=ORACLE, mlflow=False, progress=False)
+    args = {"policies": ["heuristic"], "baselines": ["adamw", "prodigy"], "tasks": "test.tiny_a", "lrs": [1e-3],
+            "seeds": [0], "out": out, "budget_scale": SCALE, "oracle_lrs": ORACLE, "mlflow": False, "progress": False}
     args.update(kw)
     return evaluate(**args)
 

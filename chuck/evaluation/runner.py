@@ -266,7 +266,7 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool) -> Summary:
     }
     summary = Summary(arms=summarize_arms(rows, arms), settings=settings, out=str(inputs.out), rows=len(rows),
                       executed=sched.executed, oracle_executed=sched.oracle_executed, warnings=sched.warnings)
-    spec = settings["task_spec"] if isinstance(settings["task_spec"], str) else ",".join(settings["task_spec"])
+    spec = inputs.task_spec if isinstance(inputs.task_spec, str) else ",".join(map(str, inputs.task_spec))
     title = (f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
              f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep")
     plot = plot_regret_by_lr(summary.arms, inputs.out / "regret_by_lr.png", title)

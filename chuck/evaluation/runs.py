@@ -23,6 +23,7 @@ Arms:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
@@ -173,10 +174,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         out["error"] = f"{type(exc).__name__}: {exc}{where}"[:500]
     finally:
         if opt is not None and hasattr(opt, "close"):
-            try:
+            with contextlib.suppress(Exception):  # closing must not turn a result into a crash
                 opt.close()
-            except Exception:  # noqa: BLE001 - closing must not turn a result into a crash
-                pass
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ class Scheduler:
     def open_rows(self) -> None:
         new = not self.rows_path.exists() or self.rows_path.stat().st_size == 0
         torn = not new and not self.rows_path.read_bytes().endswith(b"\n")
-        self.file = open(self.rows_path, "a", newline="")
+        self.file = open(self.rows_path, "a", newline="")  # noqa: SIM115 - open for the whole run, closed in run()
         if torn:
             self.file.write("\n")
         self.writer = csv.DictWriter(self.file, fieldnames=ROW_FIELDS)
