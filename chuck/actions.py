@@ -192,7 +192,7 @@ class ActionSpec:
             if hit:
                 limited.append("dropout")
             for m, p0 in self.dropouts:
-                m.p = min(self.max_dropout, p0 * self.dropout_mult)
+                m.p = min(self.max_dropout, p0 * self.dropout_mult)  # type: ignore[assignment]
         for knob in self.knobs.values():
             i = self.dims.index(knob.follows)
             knob.value = min(knob.high, max(knob.low, knob.value * math.exp(logs[i])))

@@ -44,8 +44,10 @@ class DemoConfig:
 
 
 def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | None, logger: Any, desc: str) -> dict[str, Any]:
-    import chuck
     from tqdm.auto import tqdm
+
+    import chuck
+    from chuck.zoo.loop import evaluate, train
 
     torch.manual_seed(cfg.seed)
     inst = task.build(cfg)
@@ -54,28 +56,28 @@ def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | Non
         opt = chuck.ChuckOptimizer(inst.optimizer, policy, model=inst.model, total_steps=steps, interval=interval,
                                    tracking=logger)
     hist: dict[str, list] = {"step": [], "train": [], "val_step": [], "val": [], "lr": []}
-    t0 = time.perf_counter()
-    for step in tqdm(range(1, steps + 1), desc=desc, leave=True):
-        loss = inst.train_step()
-        if policy is not None:
-            opt.step(loss=loss)
-            lr = opt.hyperparameters["lr"]
-        else:
-            opt.step()
-            lr = opt.param_groups[0]["lr"]
-        opt.zero_grad()
+
+    def lr_now() -> float:
+        return opt.hyperparameters["lr"] if policy is not None else opt.param_groups[0]["lr"]
+
+    def on_step(step: int, loss: torch.Tensor) -> None:
         hist["step"].append(step)
         hist["train"].append(float(loss))
-        hist["lr"].append(lr)
-        if step % interval == 0 or step == steps:
-            v = inst.evaluate()
-            hist["val_step"].append(step)
-            hist["val"].append(v)
-            if policy is not None:
-                opt.observe(val_loss=v)
-            logger.log_metric("val_loss", v, step)
-            logger.log_metric("train_loss", float(loss), step)
-            logger.log_metric("lr", lr, step)
+        hist["lr"].append(lr_now())
+        bar.update(1)
+
+    def on_eval(step: int, v: float) -> None:
+        hist["val_step"].append(step)
+        hist["val"].append(v)
+        logger.log_metric("val_loss", v, step)
+        logger.log_metric("train_loss", hist["train"][-1], step)
+        logger.log_metric("lr", lr_now(), step)
+
+    t0 = time.perf_counter()
+    with tqdm(total=steps, desc=desc, leave=True) as bar:
+        train(inst, opt, steps, eval_every=interval, on_step=on_step, on_eval=on_eval)
+        if steps % interval:
+            on_eval(steps, evaluate(inst, opt))
     seconds = time.perf_counter() - t0
     metrics = inst.metrics()
     result = {"history": hist, "seconds": seconds, "metrics": metrics, "final_val": hist["val"][-1],

@@ -25,7 +25,6 @@ What happens:
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -119,7 +118,9 @@ def evaluate_policy(policy: Any, tasks: str, episodes: int, *, interval: int = 2
                     seed: int = 10_000, options: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Run ``episodes`` meta-env episodes with ``policy`` (a chuck Policy, or None = hold) on fixed seeds.
 
-    The observation goes through ``policy.act`` exactly as in ``ChuckOptimizer``. Returns one row
+    Each decision is asked the way deployment asks it: through the episode's own
+    :meth:`chuck.controller.Controller.ask` (shape and finiteness checks, the out-of-distribution
+    fallback to the heuristic, hold on any failure), on the controller's clock. Returns one row
     per episode: task, seed, initial lr, return (= log(L_start/L_end), or -penalty if diverged).
     """
     from chuck.envs import TrainingControlEnv
@@ -130,9 +131,11 @@ def evaluate_policy(policy: Any, tasks: str, episodes: int, *, interval: int = 2
     for i in range(episodes):
         opts = options[i] if options else None
         obs, _ = env.reset(seed=seed + i, options=opts)
+        if policy is not None:
+            policy.reset()  # a run starts
         done, ret, info = False, 0.0, {}
         while not done:
-            action = hold if policy is None else np.asarray(policy.act(obs), dtype=np.float32)
+            action = hold if policy is None else _ask_as_deployed(env, policy, obs)
             obs, r, done, _, info = env.step(action)
             ret += r
         rows.append({
@@ -144,16 +147,27 @@ def evaluate_policy(policy: Any, tasks: str, episodes: int, *, interval: int = 2
     return rows
 
 
+def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> np.ndarray:
+    controller = env.opt.controller
+    controller.policy = policy
+    try:
+        return controller.ask(obs).action.astype(np.float32)
+    finally:
+        controller.policy = None  # the env stays under external control
+
+
 def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     """Run (or resume) meta-training; see the module docstring."""
     _need_sb3()
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-    from stable_baselines3.common.logger import KVWriter, Logger
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
 
     from chuck import tracking
     from chuck.loading import load_policy
+    from chuck.metatrain_callbacks import EveryCallback, MLflowKVWriter, ObservationRangeCallback, ProgressCallback
     from chuck.policies.artifact import load_artifact
     from chuck.policies.export import export_sb3, load_actor_into_sb3
     from chuck.zoo import resolve_tasks
@@ -168,12 +182,14 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     mlflow = tracking.setup(cfg.tracking_uri, cfg.experiment)
 
     thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, cfg.seed + 1000 * i) for i in range(cfg.n_envs)]
-    venv = SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks)
-    venv = VecMonitor(venv)
+    monitored = VecMonitor(SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks))
+    venv: VecNormalize
     if state and (ckpt / "vecnormalize.pkl").exists():
-        venv = VecNormalize.load(str(ckpt / "vecnormalize.pkl"), venv)  # training-internal pickle, never shipped
+        venv = VecNormalize.load(str(ckpt / "vecnormalize.pkl"), monitored)  # training-internal pickle, never shipped
     else:
-        venv = VecNormalize(venv, norm_obs=True, norm_reward=False, clip_obs=10.0)
+        venv = VecNormalize(monitored, norm_obs=True, norm_reward=False, clip_obs=10.0)
+    rms = venv.obs_rms  # one RunningMeanStd: the observation is a Box, not a dict
+    assert isinstance(rms, RunningMeanStd)
 
     run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else f"{cfg.name}-seed{cfg.seed}")
     run_id = run.info.run_id
@@ -181,16 +197,6 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         if not state:
             mlflow.log_params({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in asdict(cfg).items()})
             mlflow.set_tags({"chuck.kind": "meta-training", "chuck.observation_version": ObservationSpec().version})
-
-        class MLflowWriter(KVWriter):
-            def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-                metrics = {k.replace("/", "."): float(v) for k, v in key_values.items()
-                           if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))}
-                if metrics:
-                    mlflow.log_metrics(metrics, step=int(step))
-
-            def close(self) -> None:
-                pass
 
         if state and (ckpt / "ppo.zip").exists():
             model = PPO.load(str(ckpt / "ppo.zip"), env=venv, device="cpu")
@@ -202,11 +208,11 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             if cfg.init_policy:
                 init = load_policy(cfg.init_policy)
                 load_actor_into_sb3(model, init.actor)
-                venv.obs_rms.mean = init.actor.obs_mean.numpy().copy()
-                venv.obs_rms.var = init.actor.obs_var.numpy().copy()
-                venv.obs_rms.count = 1e4  # trust the inherited statistics
+                rms.mean = init.actor.obs_mean.numpy().copy()
+                rms.var = init.actor.obs_var.numpy().copy()
+                rms.count = 1e4  # trust the inherited statistics
                 mlflow.set_tag("chuck.init_policy", cfg.init_policy)
-        model.set_logger(Logger(folder=None, output_formats=[MLflowWriter()]))
+        model.set_logger(Logger(folder=None, output_formats=[MLflowKVWriter(mlflow)]))  # type: ignore[list-item]
 
         obs_low = np.asarray(state.get("obs_low", [np.inf] * len(ObservationSpec().names)), dtype=np.float64)
         obs_high = np.asarray(state.get("obs_high", [-np.inf] * len(ObservationSpec().names)), dtype=np.float64)
@@ -222,7 +228,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                 "observation_stats": {
                     "low": np.where(finite, obs_low, ObservationSpec().low).tolist(),
                     "high": np.where(finite, obs_high, ObservationSpec().high).tolist(),
-                    "mean": np.asarray(venv.obs_rms.mean).tolist(), "std": np.sqrt(np.asarray(venv.obs_rms.var)).tolist(),
+                    "mean": np.asarray(rms.mean).tolist(), "std": np.sqrt(np.asarray(rms.var)).tolist(),
                 },
                 "training": {"tasks": cfg.tasks, "eval_tasks": cfg.eval_tasks, "timesteps": int(model.num_timesteps),
                              "seed": cfg.seed, "mlflow_run_id": run_id, "ppo": cfg.ppo, "interval": cfg.interval,
@@ -255,45 +261,15 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                 "obs_high": obs_high.tolist(), "evaluations": evaluations,
             }))
 
-        class Hooks(BaseCallback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.bar = None
-                self.last_ckpt = self.last_eval = 0
-
-            def _on_training_start(self) -> None:
-                self.last_ckpt = self.last_eval = int(self.model.num_timesteps)
-                if cfg.progress:
-                    from tqdm.auto import tqdm
-
-                    self.bar = tqdm(total=cfg.timesteps, initial=int(self.model.num_timesteps), desc="meta-training",
-                                    unit="decision")
-
-            def _on_step(self) -> bool:
-                nonlocal obs_low, obs_high
-                raw = venv.get_original_obs()
-                obs_low = np.minimum(obs_low, raw.min(0))
-                obs_high = np.maximum(obs_high, raw.max(0))
-                t = int(self.model.num_timesteps)
-                if self.bar is not None:
-                    self.bar.update(t - self.bar.n)
-                if cfg.eval_every and t - self.last_eval >= cfg.eval_every:
-                    self.last_eval = t
-                    res = run_eval()
-                    if self.bar is not None:
-                        self.bar.set_postfix(heldout=f"{res['heldout_return']:+.3f}", constant=f"{baseline:+.3f}")
-                if t - self.last_ckpt >= cfg.checkpoint_every:
-                    self.last_ckpt = t
-                    save_checkpoint()
-                return True
-
-            def _on_training_end(self) -> None:
-                if self.bar is not None:
-                    self.bar.close()
+        callbacks = [ObservationRangeCallback(obs_low, obs_high), EveryCallback(cfg.eval_every, run_eval),
+                     EveryCallback(cfg.checkpoint_every, save_checkpoint)]
+        if cfg.progress:
+            callbacks.append(ProgressCallback(cfg.timesteps, lambda: {
+                "heldout": f"{evaluations[-1]['heldout_return']:+.3f}" if evaluations else "-", "constant": f"{baseline:+.3f}"}))
 
         remaining = cfg.timesteps - int(model.num_timesteps)
         if remaining > 0:
-            model.learn(total_timesteps=remaining, callback=CallbackList([Hooks()]), reset_num_timesteps=False)
+            model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
         save_checkpoint()
         final = run_eval()
         save_checkpoint()

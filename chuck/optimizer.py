@@ -265,6 +265,12 @@ class ChuckOptimizer(torch.optim.Optimizer):
         """Call ``hook(opt, decision)`` after every decision (chuck's MLflow logger uses this)."""
         return self.controller.register_decision_hook(hook)
 
+    def add_decision_listener(self, fn: DecisionHook) -> None:
+        """Deprecated: use :meth:`register_decision_hook`, which returns a handle."""
+        warnings.warn("add_decision_listener is deprecated; use register_decision_hook (it returns a handle)",
+                      DeprecationWarning, stacklevel=2)
+        self.register_decision_hook(fn)
+
     def record_loss(self, loss: Any) -> None:
         """Give the loss of the coming step, for training loops that call ``step()`` without it
         (Hugging Face Trainer, stable-baselines3). Consumed by the next :meth:`step`."""
@@ -592,6 +598,10 @@ def _read_scalars(loss: Any, grads: list[torch.Tensor]) -> tuple[float | None, f
     if grads:
         norms = torch._foreach_norm([dense_values(g) for g in grads])
         dev = norms[0].device
+        if dev.type == "cpu" and len(norms) <= 32:
+            # a few CPU scalars: reading them beats two more dispatched ops (stack, norm) on small models
+            gv = math.hypot(*map(float, norms))
+            return (None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)), gv
         gnorm = torch.linalg.vector_norm(torch.stack(norms) if dev.type == "cpu" else torch.stack([n.to(dev) for n in norms]))
     else:
         gnorm, dev = torch.zeros(()), torch.device("cpu")

@@ -171,6 +171,7 @@ def tune(
     finally:
         if mlflow is not None:
             mlflow.end_run()
+    assert best.value is not None  # a finished trial (study.best_trial only returns completed ones)
     result = TuneResult(dict(best.params), float(best.value), study_name, storage,
                         sum(t.state in done_states for t in study.trials), enqueued, parent_id)
     if history and model is not None:
@@ -236,6 +237,7 @@ def zoo_train_fn(task_id: str, seed: int = 0, steps: int | None = None, interval
 
     import chuck
     from chuck import zoo
+    from chuck.zoo.loop import evaluate, train
 
     task = zoo.get_task(task_id)
     cfg = task.sample_config(np.random.default_rng(seed))
@@ -253,16 +255,15 @@ def zoo_train_fn(task_id: str, seed: int = 0, steps: int | None = None, interval
                 g["eps"] = params["eps"]
         opt = chuck.ChuckOptimizer(inst.optimizer, policy, model=inst.model, interval=interval,
                                    max_grad_norm=params["clip"], history=False)
-        for step in range(1, budget + 1):
-            loss = inst.train_step()
-            opt.step(loss=loss)
-            opt.zero_grad()
-            if step % interval == 0 or step == budget:
-                v = inst.evaluate()
-                if not math.isfinite(v):
-                    return 1e12
-                opt.observe(val_loss=v)
+        vals: list[float] = []
+
+        def on_eval(step: int, v: float) -> None:
+            vals.append(v)
+            if math.isfinite(v):
                 trial.report(v, step)
-        return inst.evaluate()
+
+        train(inst, opt, budget, eval_every=interval, on_eval=on_eval, until=lambda: bool(vals) and not math.isfinite(vals[-1]))
+        final = evaluate(inst, opt)
+        return final if math.isfinite(final) else 1e12
 
     return train_fn, probe_model

@@ -70,6 +70,7 @@ def warm_vs_cold(task_id: str, trials: int, steps: int) -> dict:
 def eps_check(task_id: str, steps: int) -> dict:
     import chuck
     from chuck import zoo
+from chuck.zoo.loop import train as run
     from chuck.tuning import eps_range_from
 
     task = zoo.get_task(task_id)
@@ -83,10 +84,7 @@ def eps_check(task_id: str, steps: int) -> dict:
             for g in inst.optimizer.param_groups:
                 g["eps"] = eps
         opt = chuck.ChuckOptimizer(inst.optimizer, "constant", model=inst.model, history=False, interval=20)
-        for _ in range(40 if probe else steps):
-            loss = inst.train_step()
-            opt.step(loss=loss)
-            opt.zero_grad()
+        run(inst, opt, 40 if probe else steps)
         return opt if probe else inst.evaluate()
 
     lo, hi = eps_range_from(train(None, probe=True))

@@ -24,6 +24,7 @@ import torch
 
 from chuck import zoo
 from chuck.envs import TrainingControlEnv
+from chuck.zoo.loop import train
 
 
 def bare(task, config, budget: int, interval: int, evaluate: bool) -> float:
@@ -31,12 +32,7 @@ def bare(task, config, budget: int, interval: int, evaluate: bool) -> float:
     inst = task.build(config)
     t0 = time.perf_counter()
     inst.evaluate()
-    for s in range(1, budget + 1):
-        inst.train_step()
-        inst.optimizer.step()
-        inst.optimizer.zero_grad()
-        if evaluate and s % interval == 0:
-            inst.evaluate()
+    train(inst, inst.optimizer, budget, eval_every=interval if evaluate else None)
     return time.perf_counter() - t0
 
 
@@ -57,7 +53,7 @@ def through_env(task_id: str, seed: int, interval: int) -> tuple[float, int, int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="train,heldout")
+    ap.add_argument("--tasks", default="train,validation,test")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--interval", type=int, default=20)
     ap.add_argument("--json", help="write the table here")

@@ -47,7 +47,7 @@ class ActivationMonitor(Monitor):
     def __init__(self, model: nn.Module, max_units: int = 256) -> None:
         self.model = model
         self.max_units = max_units
-        mods = [(n, m) for n, m in model.named_modules() if isinstance(m, RECTIFIERS + SQUASHERS)]
+        mods: list[tuple[str, nn.Module]] = [(n, m) for n, m in model.named_modules() if isinstance(m, RECTIFIERS + SQUASHERS)]
         self._preact = not mods
         if self._preact:
             mods = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
@@ -187,8 +187,9 @@ class ActivationMonitor(Monitor):
         for name, units in state.get("units", {}).items():
             if name not in widths:
                 return f"the checkpoint samples module {name!r}, which this model does not have"
-            if units.numel() and widths[name] is not None and int(units.max()) >= widths[name]:
-                return f"module {name!r} has {widths[name]} units, the checkpoint samples unit {int(units.max())}"
+            width = widths[name]
+            if units.numel() and width is not None and int(units.max()) >= width:
+                return f"module {name!r} has {width} units, the checkpoint samples unit {int(units.max())}"
         return None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

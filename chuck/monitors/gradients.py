@@ -113,26 +113,26 @@ class GradientMonitor(Monitor):
         optimizers already keep bias-corrected-able moments; for others chuck keeps an
         EMA across decision steps (cheap, coarser).
         """
-        nums: list[torch.Tensor] = []
-        dens: list[torch.Tensor] = []
         if optimizer is not None:
+            # Adam family: ||m||^2 / sum(v) with one fused op each (v >= 0, so its L1 norm is its sum);
+            # bias correction from each group's step count.
+            num = den = 0.0
             for group in optimizer.param_groups:
                 beta1, beta2 = group.get("betas", (None, None))
-                for p in group["params"]:
-                    st = optimizer.state.get(p, {})
-                    if "exp_avg" in st and "exp_avg_sq" in st and beta1 is not None and not st["exp_avg"].is_sparse:
-                        t = float(st["step"]) if "step" in st else 1.0
-                        m = st["exp_avg"].float() / (1 - beta1**t)
-                        v = st["exp_avg_sq"].float() / (1 - beta2**t)
-                        nums.append(m.pow(2).sum())
-                        dens.append(v.sum())
-        if dens:
-            num, den = torch.stack(nums).sum().item(), torch.stack(dens).sum().item()
+                states = [optimizer.state.get(p, {}) for p in group["params"]]
+                states = [st for st in states if "exp_avg" in st and "exp_avg_sq" in st and not st["exp_avg"].is_sparse]
+                if beta1 is None or not states:
+                    continue
+                t = float(states[0]["step"]) if "step" in states[0] else 1.0
+                m2 = sum(float(n) ** 2 for n in torch._foreach_norm([st["exp_avg"] for st in states]))
+                v1 = sum(float(n) for n in torch._foreach_norm([st["exp_avg_sq"] for st in states], 1))
+                num += m2 / (1 - beta1**t) ** 2
+                den += v1 / (1 - beta2**t)
             if den > 0:
                 return min(1.0, num / den)
         beta = 0.7
         gf = [g.detach().float() for g in grads]
-        if self._m is None or [m.shape for m in self._m] != [g.shape for g in gf]:
+        if self._m is None or self._v is None or [m.shape for m in self._m] != [g.shape for g in gf]:
             # first decision, or the set of parameters with a gradient changed (a layer was unfrozen)
             self._m = [g.clone() for g in gf]
             self._v = [g.pow(2) for g in gf]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from chuck.monitors.base import Indicator, Monitor, StepRecord, grade, median
+from chuck.monitors.base import Indicator, Monitor, Status, StepRecord, grade, median
 
 #: A step counts as "improving" when the smoothed loss beats its best by this
 #: relative margin. ReduceLROnPlateau's default is 1e-4 per *epoch*; per step the
@@ -143,7 +143,7 @@ class LossMonitor(Monitor):
             out["loss.spike"] = float(y[-1]) - median(self._log_losses)
             out["loss.plateau"] = self._since_improve / self.window
         if self._initial and not math.isnan(self._ema):
-            out["loss.log_ratio_initial"] = math.log(max(self._ema, 1e-30) / max(np.mean(self._initial), 1e-30))
+            out["loss.log_ratio_initial"] = math.log(max(self._ema, 1e-30) / max(float(np.mean(self._initial)), 1e-30))
         out["loss.has_val"] = 1.0 if self._val else 0.0
         if self._val:
             _, last_val, train_ema = self._val[-1]
@@ -159,7 +159,7 @@ class LossMonitor(Monitor):
     def indicators(self) -> list[Indicator]:
         s = self.stats()
         slope, ntp = s["loss.log_slope"], s["loss.noise_to_progress"]
-        conv_status = "n/a" if math.isnan(slope) else ("ok" if slope < -0.01 else ("warn" if slope < 0.5 else "bad"))
+        conv_status: Status = "n/a" if math.isnan(slope) else ("ok" if slope < -0.01 else ("warn" if slope < 0.5 else "bad"))
         inds = [
             Indicator(
                 "loss.convergence", slope, conv_status,
