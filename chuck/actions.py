@@ -28,6 +28,15 @@ from torch import nn
 #: Action dimensions, in order. The learned policy's output has exactly these.
 ACTION_DIMS: tuple[str, ...] = ("lr", "weight_decay", "clip", "dropout")
 
+#: The learning-rate reach of each action spec version. v2 lets the lr move x3 per decision
+#: within [1e-3, 1e3] of the user's value: from a start two decades off, a good lr is four
+#: decisions away (the policy issue, lever 3: "let the lr move by decades early in a run").
+ACTION_VERSIONS: dict[str, dict[str, Any]] = {
+    "1": {"lr_bounds": (1e-3, 100.0), "lr_log_step": math.log(2.0)},
+    "2": {"lr_bounds": (1e-3, 1000.0), "lr_log_step": math.log(3.0)},
+}
+LATEST_ACTION_VERSION = "2"
+
 #: Clip ratio (threshold / median grad norm) at or above which clipping is off.
 CLIP_OFF_LOG_RATIO = 5.0
 
@@ -87,21 +96,27 @@ class ActionSpec:
         max_dropout: dropout p never exceeds this.
     """
 
-    version = "1"
+    version = LATEST_ACTION_VERSION
     dims = ACTION_DIMS
 
     def __init__(
         self,
         *,
-        lr_bounds: tuple[float, float] = (1e-3, 100.0),
+        version: str = LATEST_ACTION_VERSION,
+        lr_bounds: tuple[float, float] | None = None,
         wd_bounds: tuple[float, float] = (1e-3, 100.0),
         dropout_bounds: tuple[float, float] = (0.1, 5.0),
-        lr_log_step: float = math.log(2.0),
+        lr_log_step: float | None = None,
         wd_log_step: float = math.log(2.0),
         clip_log_step: float = math.log(4.0),
         dropout_log_step: float = math.log(1.5),
         max_dropout: float = 0.9,
     ) -> None:
+        if version not in ACTION_VERSIONS:
+            raise ValueError(f"action spec v{version} is unknown to this chuck (it knows {sorted(ACTION_VERSIONS)})")
+        self.version = version
+        lr_bounds = lr_bounds or ACTION_VERSIONS[version]["lr_bounds"]
+        lr_log_step = lr_log_step or ACTION_VERSIONS[version]["lr_log_step"]
         for name, (lo, hi) in (("lr_bounds", lr_bounds), ("wd_bounds", wd_bounds), ("dropout_bounds", dropout_bounds)):
             if not (0 < lo <= 1 <= hi):
                 raise ValueError(f"{name} must satisfy 0 < low <= 1 <= high, got {(lo, hi)}")

@@ -85,7 +85,8 @@ class Controller:
             raise ValueError(f"ood_fallback must be one of {OOD_FALLBACKS}, got {ood_fallback!r}")
         self.policy = policy
         self.action_spec = action_spec
-        self.obs_spec = ObservationSpec()
+        # the policy's own observation version (older artifacts keep loading); the newest otherwise
+        self.obs_spec = ObservationSpec(policy.observation_version) if policy is not None else ObservationSpec()
         self.suite = suite
         self.control = control
         self.interval = int(interval)
@@ -95,6 +96,7 @@ class Controller:
         self.pending: np.ndarray | None = None  # observation awaiting an external action
         self._hooks: OrderedDict[int, DecisionHook] = OrderedDict()
         self._fallback: Any = None
+        self.ranks: Any = None  # a chuck.distributed.RankSync under data parallelism: rank 0 decides for all
         if policy is not None:
             policy.reset()  # a new run starts
 
@@ -122,7 +124,10 @@ class Controller:
         if self.policy is None:
             self.pending = obs
             return None
-        answer = self.ask(obs)
+        if self.ranks is None:
+            answer = self.ask(obs)
+        else:  # one rank asks, every rank applies its answer (and records its observation)
+            answer, obs = self.ranks.agree(self.ask(obs) if self.ranks.is_leader else None, obs)
         return self.apply(answer.action, step=step, source=answer.source, reason=answer.reason,
                           observation=obs, attribution=answer.attribution)
 
@@ -165,7 +170,7 @@ class Controller:
         if self._fallback is None:
             from chuck.policies.heuristic import HeuristicPolicy
 
-            self._fallback = HeuristicPolicy()
+            self._fallback = HeuristicPolicy(observation_version=self.obs_spec.version)
         action = np.asarray(self._fallback.act(obs), dtype=np.float64)
         attribution = _per_dimension(self._fallback.explain(obs), action, self.action_spec.dims)
         return PolicyAnswer(action, "fallback", f"{why}: heuristic", attribution)

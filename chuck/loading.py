@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chuck.policies.base import Policy
 
-BUILTIN = ("constant", "heuristic")
+BUILTIN = ("constant", "heuristic", "prior")
 
 
 class PolicyLoadError(ValueError):
@@ -35,6 +35,10 @@ def load_policy(name_or_path: str | Path) -> Policy:
             from chuck.policies.heuristic import HeuristicPolicy
 
             return HeuristicPolicy()
+        if name_or_path == "prior":
+            from chuck.policies.prior import StepSizePrior
+
+            return StepSizePrior()
         if name_or_path == "default":
             from chuck.policies.artifact import bundled_artifact_dir
 

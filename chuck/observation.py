@@ -85,6 +85,18 @@ FEATURES_V1: tuple[Feature, ...] = (
     _F("ctrl.skip_rate", 0.0, 1.0, 0.0, "fraction of steps since the last decision skipped by guardrails"),
 )
 
+#: Version 2 adds learning-rate-free step-size signals (chuck.monitors.stepsize), so that a
+#: policy can tell "too high" from "too low" without knowing the task (policy issue, lever 1).
+FEATURES_V2: tuple[Feature, ...] = FEATURES_V1 + (
+    _F("step.log10_update_over_dhat", -8.0, 3.0, -1.0, "log10(mean |update| / Prodigy-style distance estimate d_hat)"),
+    _F("step.hypergrad", -1.0, 1.0, 0.0, "EMA of cos(-new gradient, last step): > 0 still descending, < 0 overshooting"),
+    _F("step.dhat_growth", -1.0, 3.0, 0.0, "log10 growth of d_hat since the last decision (> 0: still far from the goal)"),
+)
+
+#: Every observation version this chuck can encode; artifacts name theirs, the newest is the default.
+FEATURE_SETS: dict[str, tuple[Feature, ...]] = {"1": FEATURES_V1, "2": FEATURES_V2}
+LATEST_VERSION = "2"
+
 
 class ObservationSpec:
     """Fixed, named, versioned observation.
@@ -94,7 +106,10 @@ class ObservationSpec:
     True
     """
 
-    def __init__(self, features: tuple[Feature, ...] = FEATURES_V1, version: str = "1") -> None:
+    def __init__(self, version: str = LATEST_VERSION) -> None:
+        if version not in FEATURE_SETS:
+            raise ValueError(f"observation spec v{version} is unknown to this chuck (it knows {sorted(FEATURE_SETS)})")
+        features = FEATURE_SETS[version]
         names = [f.name for f in features]
         if len(set(names)) != len(names):
             raise ValueError("duplicate feature names in ObservationSpec")

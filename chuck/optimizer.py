@@ -36,9 +36,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from chuck.actions import ActionSpec, Knob
+from chuck.actions import ACTION_VERSIONS, LATEST_ACTION_VERSION, ActionSpec, Knob
 from chuck.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
 from chuck.controller import Controller, DecisionHook
+from chuck.distributed import rank_sync
 from chuck.guardrails import Action, GuardrailConfig, Guardrails, Verdict
 from chuck.monitors import (
     ActivationMonitor,
@@ -54,7 +55,8 @@ from chuck.monitors import (
     recommend,
 )
 from chuck.monitors.gradients import dense_values
-from chuck.observation import ObservationSpec
+from chuck.monitors.stepsize import StepSizeMonitor
+from chuck.observation import FEATURE_SETS, ObservationSpec
 from chuck.report import Decision, DecisionLog, HealthReport
 from chuck.run_record import RunLedger
 
@@ -96,6 +98,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         ood_fallback: what to do when the observation leaves the range the (learned) policy was
             trained on: ``"heuristic"`` (ask the heuristic policy), ``"hold"``, or ``"off"``.
         ood_margin: tolerance beyond the trained range, as a fraction of that range.
+        process_group: under data parallelism, the ranks that agree on every guardrail verdict and
+            decision (:mod:`chuck.distributed`): ``None`` means the default group whenever
+            ``torch.distributed`` is initialized with more than one rank; ``False`` never agrees.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         data_size: int | None = None,
         ood_fallback: str = "heuristic",
         ood_margin: float = 0.1,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"ChuckOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -144,8 +150,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.total_steps = total_steps
         resolved = _resolve_policy(policy)
         self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else 20))
-        self.action_spec = action_spec or ActionSpec()
-        _check_spec_versions(resolved, ObservationSpec(), self.action_spec)
+        _check_spec_versions(resolved, action_spec)
+        self.action_spec = action_spec or ActionSpec(version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION)
         self.action_spec.bind(optimizer, model, max_grad_norm)
         self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
         self._grad_scaler = grad_scaler
@@ -158,7 +164,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._ctx = MonitorContext(optimizer, model, self._generator, names)
         self._grad_monitor = GradientMonitor(window=window)
         self.control = ControlMonitor(self.action_spec, self.interval, total_steps, self._grad_monitor.median_norm)
-        builtin: list[Monitor] = [LossMonitor(window=window), self._grad_monitor, WeightMonitor()]
+        builtin: list[Monitor] = [LossMonitor(window=window), self._grad_monitor, WeightMonitor(), StepSizeMonitor()]
         if model is not None:
             builtin.append(ActivationMonitor(model))
         self.monitors = MonitorSuite([*builtin, self.control, *monitors], self._ctx)
@@ -167,6 +173,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
             resolved, self.action_spec, self.monitors, self.control, interval=self.interval, owner=self,
             ood_fallback=ood_fallback, ood_margin=ood_margin, max_decisions=max_decisions,
         )
+        # data parallelism: one all-reduce per step replaces the scalar read; rank 0 decides for all
+        self._ranks = rank_sync(process_group, optimizer, model, action_dims=len(self.action_spec.dims))
+        self.controller.ranks = self._ranks
+        self._read_scalars = _read_scalars if self._ranks is None else self._ranks.read_scalars
+        leader = self._ranks is None or self._ranks.is_leader  # the one rank that logs and writes history
         if not self._ctx.params:
             warnings.warn("chuck: no parameter of this optimizer requires a gradient; chuck watches nothing "
                           "until one does", RuntimeWarning, stacklevel=2)
@@ -177,11 +188,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.metrics: dict[str, float] = {}
         self._arm_if_due()
         self.tracking = tracking
-        if tracking is not None:
+        if tracking is not None and leader:
             tracking.attach(self)
         self.history_path: str | None = None
         self._closed = False
-        self._ledger = RunLedger.start(self, history, {"label": label, "batch_size": batch_size, "data_size": data_size})
+        self._ledger = RunLedger.start(self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size})
 
     # -- delegation (schedule_free style) ---------------------------------
     @property
@@ -299,7 +310,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             loss = self._pending_loss
         self._pending_loss = None
         grads = self._grads()
-        loss_v, gnorm_v = _read_scalars(loss, grads)
+        loss_v, gnorm_v = self._read_scalars(loss, grads)
         verdict = self._judge(loss_v, gnorm_v)
         if verdict is not Verdict.OK:
             self._intervene(verdict, loss_v, gnorm_v)
@@ -319,7 +330,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 out = closure()
             if not first:  # the first evaluation happens before the base optimizer changes anything
                 grads = self._grads()
-                first["loss"], first["gnorm"] = _read_scalars(out, grads)
+                first["loss"], first["gnorm"] = self._read_scalars(out, grads)
                 first["verdict"] = self._judge(first["loss"], first["gnorm"])
                 if first["verdict"] is not Verdict.OK:
                     raise _SkipStep
@@ -569,15 +580,18 @@ def _resolve_policy(policy: Any) -> Any:
     raise TypeError(f"policy must be a chuck Policy, a name/path/URI string, or None; got {type(policy).__name__}")
 
 
-def _check_spec_versions(policy: Any, obs_spec: ObservationSpec, action_spec: ActionSpec) -> None:
+def _check_spec_versions(policy: Any, action_spec: ActionSpec | None) -> None:
     if policy is None:
         return
-    if policy.observation_version != obs_spec.version:
+    if policy.observation_version not in FEATURE_SETS:
         raise ValueError(f"policy {policy.id} was built for observation spec v{policy.observation_version}, "
-                         f"this chuck has v{obs_spec.version}")
-    if policy.action_version != action_spec.version:
+                         f"this chuck knows {sorted(FEATURE_SETS)}")
+    if policy.action_version not in ACTION_VERSIONS:
         raise ValueError(f"policy {policy.id} was built for action spec v{policy.action_version}, "
-                         f"this chuck has v{action_spec.version}")
+                         f"this chuck knows {sorted(ACTION_VERSIONS)}")
+    if action_spec is not None and policy.action_version != action_spec.version:
+        raise ValueError(f"policy {policy.id} was built for action spec v{policy.action_version}, "
+                         f"the action_spec given is v{action_spec.version}")
 
 
 def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:

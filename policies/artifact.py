@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from chuck.actions import ActionSpec
+from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.loading import PolicyLoadError
-from chuck.observation import ObservationSpec
+from chuck.observation import FEATURE_SETS, ObservationSpec
 from chuck.policies.card import check_weights_match, validate_card
 from chuck.policies.learned import ActorNetwork, LearnedPolicy
 
@@ -127,7 +127,7 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
         raw_card = json.loads(read_regular_file(card_path, MAX_CARD_BYTES).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PolicyLoadError(f"policy artifact {path}: {CARD} is not valid JSON ({exc})") from None
-    obs_spec, act_spec = ObservationSpec(), ActionSpec()
+    obs_spec, act_spec = _declared_specs(raw_card)
     card = validate_card(raw_card, str(path), obs_names=list(obs_spec.names), obs_version=str(obs_spec.version),
                          action_dims=list(act_spec.dims), action_version=str(act_spec.version),
                          format_name=FORMAT, format_version=FORMAT_VERSION)
@@ -152,3 +152,13 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise PolicyLoadError(f"policy artifact {path}: weights do not match the card's architecture ({exc})") from None
     return LearnedPolicy(actor, card)
+
+
+def _declared_specs(raw_card: Any) -> tuple[ObservationSpec, ActionSpec]:
+    """The specs a card declares, when this chuck knows their versions (older artifacts keep
+    loading); otherwise the newest, so that the card check names the mismatch."""
+    declared = raw_card if isinstance(raw_card, dict) else {}
+    obs_v = str((declared.get("observation") or {}).get("version")) if isinstance(declared.get("observation"), dict) else ""
+    act_v = str((declared.get("action") or {}).get("version")) if isinstance(declared.get("action"), dict) else ""
+    return (ObservationSpec(obs_v) if obs_v in FEATURE_SETS else ObservationSpec(),
+            ActionSpec(version=act_v) if act_v in ACTION_VERSIONS else ActionSpec())

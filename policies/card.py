@@ -34,6 +34,9 @@ MIN_INTERVAL, MAX_INTERVAL = 2, 100_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+#: Built-in controllers a learned policy may be a residual on (card field ``prior``).
+KNOWN_PRIORS = ("prior@1",)
+
 def _fail(where: str, field: str, problem: str) -> PolicyLoadError:
     return PolicyLoadError(f"policy artifact {where}: card field {field} {problem}")
 
@@ -127,6 +130,9 @@ def validate_card(card: Any, where: str, *, obs_names: list[str], obs_version: s
         if key in stats:
             stats[key] = _numbers(stats[key], f"observation_stats.{key}", where, len(obs_names))
     out["observation_stats"] = stats
+    prior = card.get("prior")
+    if prior is not None and prior not in KNOWN_PRIORS:
+        raise _fail(where, "prior", f"must be one of {KNOWN_PRIORS} or absent, not {prior!r}")
     for key in ("name", "version"):
         if key in card and not isinstance(card[key], (str, int, float)):
             raise _fail(where, key, f"must be a string, not {type(card[key]).__name__}")

@@ -36,13 +36,16 @@ class HeuristicPolicy(Policy):
 
     Args:
         restart_cooldown: decisions to wait after a warm restart before another.
+        observation_version: the observation spec to read (default: the newest).
     """
 
     name = "heuristic"
     version = "1"
 
-    def __init__(self, restart_cooldown: int = 10) -> None:
-        self.spec = ObservationSpec()
+    def __init__(self, restart_cooldown: int = 10, observation_version: str | None = None) -> None:
+        # as a fallback it reads the observation of the policy it stands in for (any known version)
+        self.spec = ObservationSpec(observation_version) if observation_version else ObservationSpec()
+        self.observation_version = self.spec.version
         self.restart_cooldown = restart_cooldown
         self._cooldown = 0
         self._last_reasons: dict[str, dict[str, float]] = {}

@@ -65,28 +65,44 @@ class LearnedPolicy(Policy):
         self.observation_version = str(card["observation"]["version"])
         self.action_version = str(card["action"]["version"])
         self.interval = card.get("interval")
-        self._spec = ObservationSpec()
+        self._spec = ObservationSpec(self.observation_version)
         stats = card.get("observation_stats") or {}
         self.obs_low = np.asarray(stats["low"], dtype=np.float32) if "low" in stats else None
         self.obs_high = np.asarray(stats["high"], dtype=np.float32) if "high" in stats else None
+        # a residual policy: the actor learned corrections to a built-in controller's action
+        self.prior = _make_prior(card.get("prior"), self.observation_version)
+
+    def reset(self) -> None:
+        if self.prior is not None:
+            self.prior.reset()
 
     @torch.no_grad()
     def act(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
-        return self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
+        residual = self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
+        if self.prior is None:
+            return residual
+        return np.clip(np.asarray(self.prior.act(observation), dtype=np.float32) + residual, -1.0, 1.0)
 
-    def explain(self, observation: np.ndarray) -> dict[str, float]:
-        """Gradient x input attribution of the action through the actor (Simonyan et al. 2014;
-        Shrikumar et al. 2016), on normalized features, normalized to sum |.| = 1."""
+    def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
+        """Per action dimension, the signed gradient x input attribution of the actor's output
+        (Simonyan et al. 2014; Shrikumar et al. 2016) on normalized features, normalized to
+        sum |.| = 1 per dimension; for a residual policy, the prior's own reason is added."""
+        from chuck.actions import ACTION_DIMS
+
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
-        z = self.actor.normalize(obs).requires_grad_(True)
-        out = self.actor.action_net(self.actor.policy_net(z)).clamp(-1.0, 1.0)
-        out.abs().sum().backward()
-        attr = (z.grad * z).detach().reshape(-1).numpy()
-        total = float(np.abs(attr).sum())
-        if total <= 0 or not np.isfinite(total):
-            return {}
-        return {n: float(a / total) for n, a in zip(self._spec.names, attr)}
+        out: dict[str, dict[str, float]] = {}
+        for d, dim in enumerate(ACTION_DIMS):
+            z = self.actor.normalize(obs).requires_grad_(True)
+            self.actor.action_net(self.actor.policy_net(z))[0, d].backward()
+            attr = (z.grad * z).detach().reshape(-1).numpy()
+            total = float(np.abs(attr).sum())
+            if total > 0 and np.isfinite(total):
+                out[dim] = {n: float(a / total) for n, a in zip(self._spec.names, attr) if a != 0.0}
+        if self.prior is not None:
+            for dim, reasons in self.prior.explain(observation).items():
+                out.setdefault(dim, {}).update({f"prior: {k}": v for k, v in reasons.items()})
+        return out
 
     def out_of_distribution(self, observation: np.ndarray, margin: float = 0.0) -> list[str]:
         """Names of features outside the range seen in training (widened by ``margin`` x range)."""
@@ -96,3 +112,13 @@ class LearnedPolicy(Policy):
         width = (self.obs_high - self.obs_low) * margin
         bad = (obs < self.obs_low - width) | (obs > self.obs_high + width)
         return [n for n, b in zip(self._spec.names, bad) if b]
+
+
+def _make_prior(spec: str | None, observation_version: str) -> Policy | None:
+    if spec is None:
+        return None
+    if spec == "prior@1":
+        from chuck.policies.prior import StepSizePrior
+
+        return StepSizePrior(observation_version=observation_version)
+    raise ValueError(f"unknown prior {spec!r}")  # the card check refuses it first

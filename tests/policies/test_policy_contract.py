@@ -9,19 +9,18 @@ import pytest
 import torch
 
 import chuck
-from chuck.actions import ActionSpec
+from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.observation import ObservationSpec
 
-POLICIES = ["constant", "heuristic", "default"]
+POLICIES = ["constant", "heuristic", "prior", "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_policy_contract(name: str) -> None:
     policy = chuck.load_policy(name)
     assert isinstance(policy, chuck.Policy)
-    spec = ObservationSpec()
-    assert policy.observation_version == spec.version
-    assert policy.action_version == ActionSpec.version
+    spec = ObservationSpec(policy.observation_version)  # every version this chuck knows loads
+    assert policy.action_version in ACTION_VERSIONS
     assert policy.id == f"{policy.name}@{policy.version}"
     space = spec.space
     space.seed(0)
@@ -64,3 +63,26 @@ def test_default_policy_is_bundled_and_learned() -> None:
     assert card["training"]["tasks"] == "train" and card["training"]["timesteps"] >= 10_000
     assert card["evaluation"]["heldout_return"] > card["evaluation"]["constant_return"]
     assert policy.interval == 20 and policy.obs_low is not None
+
+
+def test_prior_follows_the_hypergradient() -> None:
+    from chuck.policies.prior import DEAD_BAND, SET_POINT
+
+    spec = ObservationSpec()
+    pol = chuck.load_policy("prior")
+    names = spec.names
+
+    def lr_action(**features: float) -> float:
+        obs = spec.encode({})
+        for k, v in features.items():
+            obs[names.index(k)] = v
+        return float(pol.act(obs)[0])
+
+    assert lr_action(**{"step.hypergrad": 0.3}) == 1.0  # far too low: the full x3 step
+    assert lr_action(**{"step.hypergrad": SET_POINT + DEAD_BAND / 2}) == 0.0  # a tuned run is left alone
+    assert lr_action(**{"step.hypergrad": -0.1}) < 0  # overshooting
+    assert lr_action(**{"step.hypergrad": 0.3, "ctrl.skip_rate": 0.2}) == -1.0  # instability wins
+    assert lr_action(**{"step.log10_update_over_dhat": 3.0}) == -1.0  # steps dwarf the distance bound
+    obs = spec.encode({"step.hypergrad": 0.3})
+    assert pol.act(obs)[1:].tolist() == [0.0, 0.0, 0.0], "the prior drives the lr only"
+    assert pol.explain(obs) == {"lr": {"step.hypergrad": 1.0}}

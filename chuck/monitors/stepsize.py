@@ -1,0 +1,188 @@
+"""Step-size monitor: is the learning rate too high or too low, without knowing the task?
+
+Two learning-rate-free signals, measured on the two sampled steps before each
+decision and on a fixed random subset of coordinates (at most ``SUBSET``), so
+that memory and time stay small whatever the model's size:
+
+* **Distance estimate** (D-Adaptation, Defazio & Mishchenko 2023; Prodigy,
+  Mishchenko & Defazio 2023). For convex losses and *any* trajectory x_i with
+  gradients g_i, ``d_hat = sum_i <g_i, x_0 - x_i> / ||sum_i g_i||_1`` is a lower
+  bound on ``||x_0 - x*||_inf``; Prodigy runs Adam with lr = max d_hat. chuck
+  reports ``log10(mean |update| / d_hat)``: far below the Prodigy operating point
+  (about -1) the steps are tiny next to the distance still to travel; around or
+  above it they are as large as Prodigy would take.
+* **Hypergradient** (Baydin et al. 2018, "Online learning rate adaptation with
+  hypergradient descent"): the cosine between the new gradient and the previous
+  update's descent direction, ``cos(-g_t, -u_{t-1}) = -cos(g_t, u_{t-1})`` with
+  ``u`` the step taken. Positive: the loss still falls along the last step (the
+  lr could grow); negative: the last step overshot (the lr is too high). Averaged
+  over decisions with an EMA, since one minibatch gradient is noisy.
+
+``step.dhat_growth`` says whether the estimate is still growing (log10 per
+decision): it grows while gradients keep pointing the same way, i.e. while the run
+is far from where it is going.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from chuck.monitors.base import Indicator, Monitor, grade
+
+#: Coordinates sampled for both estimates; enough for stable sums, constant cost.
+SUBSET = 4096
+#: EMA factor of the hypergradient cosine across decisions.
+HYPERGRAD_BETA = 0.7
+
+
+class StepSizeMonitor(Monitor):
+    """Learning-rate-free step-size signals (see the module docstring)."""
+
+    name = "step"
+
+    def __init__(self, subset: int = SUBSET) -> None:
+        self.subset = subset
+        self._idx: list[torch.Tensor] | None = None
+        self._shapes: list[torch.Size] = []
+        self._x0: torch.Tensor | None = None
+        self._num = 0.0  # sum_i <g_i, x0 - x_i>
+        self._gsum: torch.Tensor | None = None  # sum_i g_i (subset)
+        self._dhat = 0.0  # running max of the bound
+        self._dhat_prev = 0.0  # at the previous decision
+        self._x_before: torch.Tensor | None = None
+        self._u_prev: torch.Tensor | None = None  # the previous sampled step's update (subset)
+        self._hyper = math.nan
+        self._update_abs = math.nan
+        self._growth = math.nan
+
+    # -- subset -----------------------------------------------------------------
+    def _choose(self, params: list[torch.Tensor]) -> None:
+        total = sum(p.numel() for p in params)
+        gen = self.ctx.generator
+        self._idx = []
+        for p in params:
+            k = max(1, round(self.subset * p.numel() / max(total, 1))) if total > self.subset else p.numel()
+            k = min(k, p.numel())
+            idx = torch.randperm(p.numel(), generator=gen)[:k] if k < p.numel() else torch.arange(p.numel())
+            self._idx.append(idx.to(p.device))
+        self._shapes = [p.shape for p in params]
+        self._x0 = self._gather([p.detach() for p in params])
+        self._num, self._gsum, self._dhat, self._dhat_prev = 0.0, None, 0.0, 0.0
+        self._u_prev = None
+
+    def _gather(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        assert self._idx is not None
+        return torch.cat([t.reshape(-1).index_select(0, i).float().cpu() for t, i in zip(tensors, self._idx)])
+
+    # -- sampled steps ----------------------------------------------------------
+    def before_update(self) -> None:
+        params = [p for p in self.ctx.params if not (p.grad is not None and p.grad.is_sparse)]
+        if not params:
+            return
+        if self._idx is None or [p.shape for p in params] != self._shapes:
+            self._choose(params)  # first sample, or the trainable set changed: start over
+        with torch.no_grad():
+            x = self._gather([p.detach() for p in params])
+            g = self._gather([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+        if not (torch.isfinite(x).all() and torch.isfinite(g).all()):
+            self._x_before = None
+            return
+        assert self._x0 is not None
+        self._num += float(g @ (self._x0 - x))
+        self._gsum = g.clone() if self._gsum is None else self._gsum.add_(g)
+        den = float(self._gsum.abs().sum())
+        if den > 0:
+            self._dhat = max(self._dhat, self._num / den)
+        if self._u_prev is not None:
+            nu, ng = float(self._u_prev.norm()), float(g.norm())
+            if nu > 0 and ng > 0:
+                cos = -float(g @ self._u_prev) / (nu * ng)  # > 0: still descending along the last step
+                self._hyper = cos if math.isnan(self._hyper) else HYPERGRAD_BETA * self._hyper + (1 - HYPERGRAD_BETA) * cos
+        self._x_before = x
+        self._params = params
+
+    def after_update(self) -> None:
+        if self._x_before is None:
+            return
+        with torch.no_grad():
+            x = self._gather([p.detach() for p in self._params])
+        u = x - self._x_before
+        self._x_before = None
+        if torch.isfinite(u).all():
+            self._u_prev = u
+            self._update_abs = float(u.abs().mean())
+
+    def on_decision(self) -> None:
+        self._u_prev = None  # the next sampled pair starts fresh: updates are compared within a pair
+        if self._dhat > 0 and self._dhat_prev > 0:
+            self._growth = math.log10(self._dhat / self._dhat_prev)
+        self._dhat_prev = self._dhat
+
+    # -- read-outs ----------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        ratio = math.nan
+        if self._update_abs > 0:
+            # no positive distance bound yet although steps are taken: the trajectory does not follow
+            # the gradients at all, i.e. the steps are infinitely large next to the estimate
+            ratio = math.log10(self._update_abs / self._dhat) if self._dhat > 0 else math.inf
+        return {
+            "step.log10_update_over_dhat": ratio,
+            "step.hypergrad": self._hyper,
+            "step.dhat_growth": self._growth,
+        }
+
+    def indicators(self) -> list[Indicator]:
+        s = self.stats()
+        r, h = s["step.log10_update_over_dhat"], s["step.hypergrad"]
+        r = min(r, 99.0)  # +inf (no distance bound yet) reads as "far too large" below
+        low = grade(-r if not math.isnan(r) else r, 2.0, 3.0)
+        return [
+            Indicator(
+                "step.size_vs_distance", r, low,
+                f"mean step is 10^{r:.1f} of the distance estimate d_hat" if not math.isnan(r) else "no sampled update yet",
+                "steps are tiny next to the distance still to travel: raise the learning rate" if low in ("warn", "bad") else "",
+                "D-Adaptation / Prodigy distance bound (Defazio & Mishchenko 2023; Mishchenko & Defazio 2023)",
+            ),
+            Indicator(
+                "step.hypergradient", h, grade(-h if not math.isnan(h) else h, 0.2, 0.5),
+                f"new gradients point {'along' if h >= 0 else 'against'} the last step (cosine {h:+.2f})" if not math.isnan(h)
+                else "needs two consecutive sampled steps",
+                "the last steps overshot: lower the learning rate" if not math.isnan(h) and h < -0.2 else "",
+                "hypergradient descent, Baydin et al. 2018",
+            ),
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "idx": None if self._idx is None else [i.cpu().clone() for i in self._idx],
+            "shapes": [list(s) for s in self._shapes],
+            "x0": None if self._x0 is None else self._x0.clone(),
+            "num": self._num,
+            "gsum": None if self._gsum is None else self._gsum.clone(),
+            "dhat": self._dhat,
+            "dhat_prev": self._dhat_prev,
+            "u_prev": None if self._u_prev is None else self._u_prev.clone(),
+            "hyper": self._hyper,
+            "update_abs": self._update_abs,
+            "growth": self._growth,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        params = self.ctx.params
+        self._idx = None if state["idx"] is None else [i.clone().to(p.device) for i, p in zip(state["idx"], params)]
+        self._shapes = [torch.Size(s) for s in state["shapes"]]
+        self._x0 = None if state["x0"] is None else state["x0"].clone()
+        self._num = float(state["num"])
+        self._gsum = None if state["gsum"] is None else state["gsum"].clone()
+        self._dhat, self._dhat_prev = float(state["dhat"]), float(state["dhat_prev"])
+        self._u_prev = None if state["u_prev"] is None else state["u_prev"].clone()
+        self._hyper, self._update_abs, self._growth = state["hyper"], state["update_abs"], state["growth"]
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        shapes = state.get("shapes") or []
+        if shapes and [list(p.shape) for p in self.ctx.params if not p.is_sparse][: len(shapes)] != shapes:
+            return "the sampled coordinates belong to parameters of other shapes: another model?"
+        return None
