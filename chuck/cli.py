@@ -34,10 +34,21 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Seque
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
         elif isinstance(default, (dict, list)):
             parser.add_argument(flag, default=default, type=json.loads, help=help_ + " [JSON]")
-        elif default is None:
-            parser.add_argument(flag, default=None, help=help_)
+        elif default is None or "None" in str(f.type):
+            parser.add_argument(flag, default=default, type=_optional(str(f.type)), help=help_ + " ('none' for none)")
         else:
             parser.add_argument(flag, default=default, type=type(default), help=help_)
+
+
+def _optional(annotation: str):
+    """Parser of an ``X | None`` field's flag: ``none`` means None, otherwise X."""
+    base = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+
+    def parse(text: str):
+        return None if text.lower() == "none" else base(text)
+
+    parse.__name__ = base.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def _cmd_train_policy(args: argparse.Namespace) -> int:

@@ -25,8 +25,6 @@ What happens:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +40,8 @@ class MetaTrainConfig:
 
     tasks: str = "train"
     """Training tasks: a split ("train", "custom", "all"), "domain:cv", task ids, or a comma-separated mix."""
-    eval_tasks: str = "heldout"
-    """Tasks of the periodic evaluation (held-out families by default)."""
+    eval_tasks: str = "validation"
+    """Tasks of the periodic evaluation (the validation families by default: they choose checkpoints)."""
     timesteps: int = 40_000
     """PPO timesteps (= decisions) in total, across environments."""
     seed: int = 0
@@ -62,8 +60,8 @@ class MetaTrainConfig:
     """Registered model name in MLflow (and the policy's name in its card)."""
     alias: str = "candidate"
     """Alias set on the new registered version."""
-    eval_every: int = 10_000
-    """Timesteps between held-out evaluations (0: only at the end)."""
+    eval_every: int | None = None
+    """Timesteps between evaluations (0: only at the end; default: an eighth of the budget)."""
     eval_episodes: int = 8
     """Episodes per evaluation (fixed seeds, the same instances every time)."""
     checkpoint_every: int = 2_000
@@ -74,15 +72,23 @@ class MetaTrainConfig:
     """MLflow experiment name."""
     progress: bool = True
     """Show a progress bar."""
+    prior: str | None = "prior@1"
+    """Built-in controller the policy is a residual on ("prior@1", see chuck.policies.prior), or none."""
     ppo: dict[str, Any] = field(default_factory=lambda: {
-        "n_steps": 64, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.95,
-        "gae_lambda": 0.9, "clip_range": 0.2, "ent_coef": 0.0,
+        "n_steps": 256, "batch_size": 128, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 1.0,
+        "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.0,
     })
-    """PPO hyperparameters passed to stable_baselines3.PPO (n_steps is per environment)."""
+    """PPO hyperparameters passed to stable_baselines3.PPO (n_steps is per environment). gamma = 1: an
+    episode's return telescopes to log(L_start / L_end) only undiscounted, and the end of a run,
+    where annealing pays, must not be discounted away (the policy issue, lever 4)."""
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layers of actor and critic."""
-    log_std_init: float = -1.0
-    """Initial log std of the Gaussian policy: std 0.37 keeps early exploration from slamming every bound."""
+    log_std_init: float = -1.2
+    """Initial log std of the Gaussian policy: std 0.30 explores around the prior without slamming every bound."""
+
+    def __post_init__(self) -> None:
+        if self.eval_every is None:
+            self.eval_every = max(1, self.timesteps // 8)
 
 
 @dataclass
@@ -100,14 +106,14 @@ def _need_sb3():
         raise ImportError("meta-training needs stable-baselines3 and mlflow: pip install 'chuck[all]'") from exc
 
 
-def _make_env(tasks: str, interval: int, budget_scale: float, seed: int):
+def _make_env(tasks: str, interval: int, budget_scale: float, seed: int, prior: str | None = None):
     def thunk():
         import torch
 
         torch.set_num_threads(1)  # one core per environment process
         from chuck.envs import TrainingControlEnv
 
-        env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale)
+        env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale, prior=prior)
         env.reset(seed=seed)
         return env
 
@@ -156,6 +162,20 @@ def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> np.ndarray:
         controller.policy = None  # the env stays under external control
 
 
+def _start_run(mlflow: Any, run_id: str | None, name: str) -> Any:
+    """Continue the checkpoint's MLflow run, or start a new one when this store does not have it
+    (a checkpoint resumed on another machine, or in a fresh CHUCK_HOME)."""
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+            return mlflow.start_run(run_id=run_id)
+        except Exception:  # noqa: BLE001 - MlflowException: not in this store
+            run = mlflow.start_run(run_name=name)
+            mlflow.set_tag("chuck.resumed_from_run", run_id)
+            return run
+    return mlflow.start_run(run_name=name)
+
+
 def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     """Run (or resume) meta-training; see the module docstring."""
     _need_sb3()
@@ -181,7 +201,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     mlflow = tracking.setup(cfg.tracking_uri, cfg.experiment)
 
-    thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, cfg.seed + 1000 * i) for i in range(cfg.n_envs)]
+    thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, cfg.seed + 1000 * i, cfg.prior) for i in range(cfg.n_envs)]
     monitored = VecMonitor(SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks))
     venv: VecNormalize
     if state and (ckpt / "vecnormalize.pkl").exists():
@@ -191,7 +211,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     rms = venv.obs_rms  # one RunningMeanStd: the observation is a Box, not a dict
     assert isinstance(rms, RunningMeanStd)
 
-    run = mlflow.start_run(run_id=state.get("run_id"), run_name=None if state else f"{cfg.name}-seed{cfg.seed}")
+    run = _start_run(mlflow, state.get("run_id"), f"{cfg.name}-seed{cfg.seed}")
     run_id = run.info.run_id
     try:
         if not state:
@@ -225,6 +245,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             finite = np.isfinite(obs_low) & np.isfinite(obs_high)
             return {
                 "name": cfg.name, "version": f"{run_id[:8]}-{int(model.num_timesteps)}", "interval": cfg.interval,
+                "prior": cfg.prior,
                 "observation_stats": {
                     "low": np.where(finite, obs_low, ObservationSpec().low).tolist(),
                     "high": np.where(finite, obs_high, ObservationSpec().high).tolist(),
@@ -237,14 +258,13 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             }
 
         def run_eval() -> dict[str, Any]:
-            tmp = Path(tempfile.mkdtemp(prefix="chuck-eval-"))
-            try:
-                export_sb3(model, venv, tmp, card())
-                policy = load_artifact(tmp)  # evaluate what ships: the torch-only export
-                rows = evaluate_policy(policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval,
-                                       budget_scale=cfg.budget_scale)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            # every evaluated policy is kept as a snapshot: checkpoint selection compares them later
+            # with `chuck evaluate` on many more instances than these few episodes
+            snap = out / "snapshots" / f"{int(model.num_timesteps):08d}"
+            export_sb3(model, venv, snap, card())
+            policy = load_artifact(snap)  # evaluate what ships: the torch-only export
+            rows = evaluate_policy(policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval,
+                                   budget_scale=cfg.budget_scale)
             mean = float(np.mean([r["return"] for r in rows]))
             result = {"timesteps": int(model.num_timesteps), "heldout_return": mean, "constant_return": baseline,
                       "advantage": mean - baseline, "diverged": float(np.mean([r["diverged"] for r in rows]))}

@@ -77,6 +77,9 @@ class TrainingControlEnv(gym.Env):
       ``total_steps`` / no ``model`` (as in user code that omits them).
     * ``p_no_val``: probability that an episode never calls ``observe(val_loss=...)`` (many
       training loops never do); the env still evaluates, for the reward only.
+    * ``prior``: ``None``, or a built-in controller (``"prior@1"``, see chuck.policies.prior)
+      whose action the agent's action is added to: the agent learns a residual, and the
+      exported policy carries the same prior (its card's ``prior`` field).
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -101,6 +104,7 @@ class TrainingControlEnv(gym.Env):
         p_no_total: float = 0.3,
         p_no_model: float = 0.2,
         p_no_val: float = 0.3,
+        prior: str | None = None,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -115,6 +119,7 @@ class TrainingControlEnv(gym.Env):
         self.loss_floor = loss_floor
         self.p_no_total, self.p_no_model, self.p_no_val = p_no_total, p_no_model, p_no_val
         self.give_val = True
+        self.prior = _load_prior(prior)
         self.observation_space = ObservationSpec().space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
@@ -209,7 +214,10 @@ class TrainingControlEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         controller = self.opt.controller
         if controller.pending is not None:
-            controller.act_external(np.asarray(action, dtype=np.float64), self.opt.step_count)
+            a = np.asarray(action, dtype=np.float64)
+            if self.prior is not None:  # the agent learns corrections to the prior's action
+                a = np.clip(np.asarray(self.prior.act(controller.pending), dtype=np.float64) + a, -1.0, 1.0)
+            controller.act_external(a, self.opt.step_count)
         reached = self._train_to_decision()
         raw = self._eval()
         self._report(raw)
@@ -255,3 +263,13 @@ class TrainingControlEnv(gym.Env):
         for env in getattr(inst, "envs", []) or []:
             env.close()
         self.instance = self.opt = None
+
+
+def _load_prior(spec: str | None) -> Any:
+    if spec is None:
+        return None
+    if spec != "prior@1":
+        raise ValueError(f"unknown prior {spec!r}: the env knows 'prior@1'")
+    from chuck.policies.prior import StepSizePrior
+
+    return StepSizePrior()
