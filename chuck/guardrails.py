@@ -94,11 +94,13 @@ class Guardrails:
         self.rollbacks = 0
         self.amp_overflows = 0  # GradScaler skips: counted, never backed off (routine in AMP)
         self.spikes_in_a_row = 0
+        self.good_in_a_row = 0
         self.lr_mult_before_streak: float | None = None
         self._snapshot_pending = False
 
     def react(self, verdict: Verdict) -> Action:
         """The action for a non-OK verdict, updating the spike streak."""
+        self.good_in_a_row = 0
         if verdict is Verdict.SKIP_NONFINITE:
             self.skips += 1
             return Action.SKIP_NONFINITE
@@ -114,9 +116,16 @@ class Guardrails:
         return Action.SKIP_SPIKE
 
     def good_step(self) -> None:
-        """A step passed every check: any spike streak is over."""
+        """A step passed every check: any spike streak is over.
+
+        The lr multiplier from before the streak is remembered until ``min_history`` good steps
+        in a row: a shifted batch that happens to pass the test between two streaks must not
+        make the backed-off value the one restored when the shift is accepted.
+        """
         self.spikes_in_a_row = 0
-        self.lr_mult_before_streak = None
+        self.good_in_a_row += 1
+        if self.good_in_a_row >= self.config.min_history:
+            self.lr_mult_before_streak = None
 
     def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int) -> Verdict:
         """Judge one step from its loss (``None`` when the user gave none) and global grad norm.
@@ -209,6 +218,7 @@ class Guardrails:
             "rollbacks": self.rollbacks,
             "amp_overflows": self.amp_overflows,
             "spikes_in_a_row": self.spikes_in_a_row,
+            "good_in_a_row": self.good_in_a_row,
             "lr_mult_before_streak": self.lr_mult_before_streak,
             "snapshot_pending": self._snapshot_pending,
             "snapshot_step": self.snapshot_step,
@@ -236,6 +246,7 @@ class Guardrails:
         self.amp_overflows = int(state.get("amp_overflows", 0))
         self.spikes_in_a_row, self._snapshot_pending = state["spikes_in_a_row"], state["snapshot_pending"]
         self.lr_mult_before_streak = state.get("lr_mult_before_streak")
+        self.good_in_a_row = int(state.get("good_in_a_row", 0))
         self.snapshot_step = state["snapshot_step"]
         self._snap_params = None if state["snap_params"] is None else [t.clone() for t in state["snap_params"]]
         self._snap_state = None if state["snap_state"] is None else {

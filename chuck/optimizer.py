@@ -410,7 +410,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         g = self.guardrails
         assert g is not None
         spec = self.action_spec
-        if verdict is Verdict.ROLLBACK_SPIKE and g.spikes_in_a_row == 0:
+        if verdict is Verdict.ROLLBACK_SPIKE and g.lr_mult_before_streak is None:
             g.lr_mult_before_streak = spec.lr_mult
         params = self._ctx.params
         if g.has_snapshot and not g.covers(params):

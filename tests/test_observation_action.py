@@ -42,7 +42,7 @@ def _bound_spec(**kw) -> tuple[ActionSpec, torch.optim.Optimizer, nn.Module]:
 
 
 def test_action_rate_limit_and_bounds() -> None:
-    spec, opt, model = _bound_spec()
+    spec, opt, model = _bound_spec(version="1")  # v1: x2 per decision, lr multiplier in [1e-3, 100]
     res = spec.apply([5.0, -5.0, 0.0, 1.0])  # out-of-range entries are clipped to [-1, 1]
     assert res.action == [1.0, -1.0, 0.0, 1.0]
     assert spec.lr_mult == pytest.approx(2.0) and spec.wd_mult == pytest.approx(0.5)
@@ -88,8 +88,18 @@ def test_knobs_follow_their_dimension() -> None:
         Knob("x", 2.0, 0.1, 1.0)
 
 
+def test_action_v2_reaches_decades() -> None:
+    spec, _, _ = _bound_spec()
+    assert spec.version == "2"
+    spec.apply([1.0, 0.0, 0.0, 0.0])
+    assert spec.lr_mult == pytest.approx(3.0)
+    for _ in range(10):
+        spec.apply([1.0, 0.0, 0.0, 0.0])
+    assert spec.lr_mult == 1000.0
+
+
 def test_effective_restores_even_on_error() -> None:
-    spec, opt, _ = _bound_spec()
+    spec, opt, _ = _bound_spec(version="1")
     spec.apply([1.0, 1.0, 0.0, 0.0])
     with pytest.raises(RuntimeError):
         with spec.effective():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import copy
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import chuck
+from chuck.actions import ActionSpec
 from tests.conftest import batch, make_net
 
 SCHEDULERS = {
@@ -17,6 +20,9 @@ SCHEDULERS = {
     "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=2, factor=0.5),
 }
 
+
+#: the lr factor of one full step down under the current action spec
+DOWN = math.exp(-ActionSpec().steps[0])
 
 def _run(name: str, wrap: bool, mult_action: float | None, steps: int = 120):
     model = make_net()
@@ -58,23 +64,23 @@ def test_multiplier_one_leaves_trajectory_unchanged(name: str) -> None:
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_effective_lr_is_scheduler_times_multiplier(name: str) -> None:
     bare_lrs, _, _ = _run(name, wrap=False, mult_action=None)
-    lrs, eff, _ = _run(name, wrap=True, mult_action=-1.0)  # x 1/2
+    lrs, eff, _ = _run(name, wrap=True, mult_action=-1.0)  # one full step down
     assert lrs == bare_lrs  # the scheduler's own trajectory is untouched
-    assert eff == pytest.approx([lr * 0.5 for lr in bare_lrs], rel=1e-12)
+    assert eff == pytest.approx([lr * DOWN for lr in bare_lrs], rel=1e-12)
 
 
 def test_effective_lr_reaches_the_update() -> None:
     """Plain SGD: the applied update is exactly -(user lr x multiplier) x grad."""
     model = make_net()
     opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant")
-    opt.apply_action([1.0, 0.0, 0.0, 0.0])  # x2
+    opt.apply_action([1.0, 0.0, 0.0, 0.0])  # one full step up
     x, y = batch(0)
     loss = F.cross_entropy(model(x), y)
     loss.backward()
     before = copy.deepcopy(model.hidden.weight.detach())
     grad = model.hidden.weight.grad.clone()
     opt.step(loss=loss)
-    torch.testing.assert_close(model.hidden.weight.detach(), before - 0.2 * grad)
+    torch.testing.assert_close(model.hidden.weight.detach(), before - 0.1 / DOWN * grad)
     assert opt.param_groups[0]["lr"] == 0.1  # the user's value is back in the group
 
 
@@ -89,7 +95,7 @@ def test_rewriting_lr_every_update_is_respected() -> None:
         x, y = batch(step)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        assert opt.hyperparameters["lr"] == pytest.approx(0.005 * (step + 1))
+        assert opt.hyperparameters["lr"] == pytest.approx(0.01 * DOWN * (step + 1))
         opt.step(loss=loss)
         opt.zero_grad()
         assert opt.param_groups[0]["lr"] == 0.01 * (step + 1)

@@ -28,7 +28,7 @@ MONITORS = [m.name for m in _trained_opt().monitors]
 
 
 def test_the_suite_holds_every_kind_of_monitor() -> None:
-    assert MONITORS == ["loss", "grad", "weights", "act", "ctrl", "user"]
+    assert MONITORS == ["loss", "grad", "weights", "step", "act", "ctrl", "user"]
 
 
 @pytest.mark.parametrize("name", MONITORS)
