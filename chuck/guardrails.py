@@ -57,6 +57,11 @@ class GuardrailConfig:
             A due snapshot waits until the loss is healthy (at most ``healthy_factor`` x its median),
             so that it never captures weights that are already going bad.
         healthy_factor: see ``snapshot_every``.
+        min_spike_fraction: a spike must also reach this fraction of the run's initial loss. Once a
+            run has driven its loss a thousandfold down, minibatch losses 10x the median are routine
+            and still far below where training started: rolling back on them drove a ResNet's lr
+            to its floor (validation split, textures_resnet). A real divergence climbs back towards
+            the starting loss, which this keeps catching.
         backoff: lr multiplier factor after a skip or rollback.
         max_rollbacks_in_a_row: after this many spike verdicts (rollbacks, or skips before the
             first snapshot) with no good step between them the loss level has shifted for good
@@ -68,6 +73,7 @@ class GuardrailConfig:
     min_history: int = 20
     snapshot_every: int = 50
     healthy_factor: float = 3.0
+    min_spike_fraction: float = 0.1
     backoff: float = 0.5
     max_rollbacks_in_a_row: int = 3
 
@@ -127,12 +133,14 @@ class Guardrails:
         if self.good_in_a_row >= self.config.min_history:
             self.lr_mult_before_streak = None
 
-    def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int) -> Verdict:
+    def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int,
+              initial_loss: float = math.nan) -> Verdict:
         """Judge one step from its loss (``None`` when the user gave none) and global grad norm.
 
         Args:
             median_loss: the recent median training loss (spike reference).
             history: how many losses that median is over.
+            initial_loss: the run's starting loss level (``nan`` when unknown); see ``min_spike_fraction``.
         """
         if not math.isfinite(grad_norm):
             return Verdict.SKIP_NONFINITE
@@ -140,7 +148,9 @@ class Guardrails:
             return Verdict.OK
         if not math.isfinite(loss):
             return Verdict.SKIP_NONFINITE
-        if history >= self.config.min_history and median_loss > 0 and loss > self.config.spike_factor * median_loss:
+        floor = self.config.min_spike_fraction * initial_loss if initial_loss > 0 else 0.0
+        if (history >= self.config.min_history and median_loss > 0 and loss > self.config.spike_factor * median_loss
+                and loss > floor):
             return Verdict.ROLLBACK_SPIKE
         return Verdict.OK
 

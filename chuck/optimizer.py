@@ -24,6 +24,7 @@ optimizer that wraps another.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -354,7 +355,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if self.guardrails is None:
             return Verdict.OK
         lm = self.loss_monitor
-        return self.guardrails.check(loss_v, gnorm_v, lm.median_loss(), lm.history)
+        return self.guardrails.check(loss_v, gnorm_v, lm.median_loss(), lm.history, lm.initial_loss())
 
     def _clip(self, grads: list[torch.Tensor], gnorm_v: float) -> bool:
         clip = self.action_spec.clip
@@ -488,10 +489,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         # A run trained inside a function that returns only the model is garbage-collected
         # without close(): its record is written then (faults issue, item 10).
         if not getattr(self, "_closed", True):
-            try:
+            with contextlib.suppress(Exception):  # never raise from a finalizer
                 self.close()
-            except Exception:  # noqa: BLE001, S110 - never raise from a finalizer
-                pass
 
     def __enter__(self) -> ChuckOptimizer:
         return self

@@ -70,8 +70,8 @@ def warm_vs_cold(task_id: str, trials: int, steps: int) -> dict:
 def eps_check(task_id: str, steps: int) -> dict:
     import chuck
     from chuck import zoo
-from chuck.zoo.loop import train as run
     from chuck.tuning import eps_range_from
+    from chuck.zoo.loop import train as run
 
     task = zoo.get_task(task_id)
     cfg = task.sample_config(np.random.default_rng(0))

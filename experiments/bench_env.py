@@ -65,13 +65,13 @@ def main() -> None:
         env_t, bare_t, bare_noeval_t = [], [], []
         for rep in range(args.reps):
             _, decisions, steps, config = through_env(task.id, rep, args.interval)  # config of this rep
-            arms = [
-                lambda: env_t.append(through_env(task.id, rep, args.interval)[0]),
-                lambda: bare_t.append(bare(task, config, steps, args.interval, evaluate=True)),
-                lambda: bare_noeval_t.append(bare(task, config, steps, args.interval, evaluate=False)),
-            ]
+            arms = ["env", "bare", "bare_noeval"]
             for arm in arms[rep % 3:] + arms[: rep % 3]:  # rotate the order: no arm always goes first
-                arm()
+                if arm == "env":
+                    env_t.append(through_env(task.id, rep, args.interval)[0])
+                else:
+                    sink = bare_t if arm == "bare" else bare_noeval_t
+                    sink.append(bare(task, config, steps, args.interval, evaluate=arm == "bare"))
         e, b, bn = statistics.median(env_t), statistics.median(bare_t), statistics.median(bare_noeval_t)
         rows.append({
             "task": task.id, "episode_s": round(e, 3), "decisions_per_s": round(decisions / e, 2),

@@ -100,6 +100,10 @@ class LossMonitor(Monitor):
         """How many recent training losses the window holds."""
         return len(self._log_losses)
 
+    def initial_loss(self) -> float:
+        """The mean of the first training losses (the run's starting level), ``nan`` before any."""
+        return float(np.mean(self._initial)) if self._initial else float("nan")
+
     def median_loss(self) -> float:
         """Median of the recent training losses (the spike guardrail's reference).
 
