@@ -10,16 +10,33 @@ Per decision it logs, at the decision's step: ``chuck.lr``, ``chuck.weight_decay
 hyperparameters, reason, attribution). Tags: ``chuck.policy_id``,
 ``chuck.policy_version``, ``chuck.mode``.
 
-Why it cannot slow training: ``ChuckOptimizer`` only appends records to an
-in-memory queue; a daemon thread sends them in batches (``log_batch``, up to
-``batch_size`` metrics) every ``flush_every`` seconds. Why it cannot break training:
-every batch is first written to a bounded on-disk spool (JSON lines under
-``$CHUCK_HOME/spool``, ``max_spool_records``, oldest dropped first, a count of
-dropped records kept), then sent, and removed from the spool only once MLflow
-accepted it. When the server is down the records wait there and are replayed, in
-order, once sends succeed again; a crash or a hung request loses nothing
-(:func:`replay_spool` sends a leftover spool file later). ``close()`` gives up after
-its ``timeout`` and leaves what is unsent in the spool.
+Why it cannot slow training: ``ChuckOptimizer`` only appends records to in-memory
+queues; a daemon thread sends them in batches (``log_batch``, up to ``batch_size``
+metrics) every ``flush_every`` seconds.
+
+Why it cannot break training, and what it does when things go wrong:
+
+* Every batch is first written to a bounded on-disk spool (:mod:`chuck.mlflow_spool`,
+  under ``$CHUCK_HOME/spool`` or ``spool_dir``), then sent, and removed from the spool
+  once MLflow accepted it. When the server is down the records wait there and are sent,
+  in order, once it is back; :func:`replay_spool` sends a leftover spool later.
+* Decision rows are appended to the spool as they come, never kept in a list, and the
+  table is built from there at ``close()``: memory does not grow with the run, and the
+  table survives a server that is down at ``close()`` (faults issue, item 14).
+* The spool is a safety net, not a gate: if it cannot be written (full disk), records
+  are still sent; while they cannot be sent either they wait in memory, at most
+  ``max_spool_records`` metrics and ``max_table_rows_in_memory`` decision rows
+  (faults issue, item 13). Whatever exceeds a bound is lost and counted (:attr:`lost`,
+  :attr:`decisions_lost`).
+* Loss is reported, never hidden: ``close()`` warns with the counts and writes the tags
+  ``chuck.records_lost`` / ``chuck.decisions_lost`` on the run; a run the logger created
+  ends with status ``FAILED`` instead of ``FINISHED`` (a run you passed in keeps its
+  status: it is yours to end, the tags say what is missing).
+* An unwritable ``CHUCK_HOME`` (or ``spool_dir``) falls back to a temporary spool with a
+  warning (faults issue, item 15).
+* ``close()`` gives up after ``close_timeout`` seconds (default 10; ``close(timeout=...)``
+  overrides it once) and leaves what is unsent in the spool, so a server that is gone
+  costs at most that much at the end of training.
 
 The MLflow client retries failed requests for minutes by default; unless you set
 them, the logger lowers ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (to 2) and
@@ -28,7 +45,6 @@ them, the logger lowers ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (to 2) and
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -36,10 +52,14 @@ import tempfile
 import threading
 import time
 import warnings
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from chuck.mlflow_spool import Record, Spool, log_decision_table, replay_spool
 from chuck.report import Decision
+
+__all__ = ["MLflowDecisionLogger", "replay_spool"]
 
 
 class MLflowDecisionLogger:
@@ -49,12 +69,16 @@ class MLflowDecisionLogger:
         run_id: log into this existing run; otherwise a run is created in ``experiment``.
         experiment: experiment for a new run (default ``"chuck"``).
         run_name: name of a new run.
-        tracking_uri: MLflow tracking URI (default: local SQLite under CHUCK_HOME).
+        tracking_uri: MLflow tracking URI (default: :func:`chuck.tracking.resolve_tracking_uri`).
         flush_every: seconds between background sends.
         batch_size: metrics per ``log_batch`` call (MLflow accepts up to 1000).
-        spool_dir: where failed batches wait (default: a temporary directory).
-        max_spool_records: bound of the spool, in metric records.
+        spool_dir: where unsent records and the decision table wait (default
+            ``$CHUCK_HOME/spool``; a temporary directory, with a warning, if that is not writable).
+        max_spool_records: bound of the metric spool, and of the metrics held in memory
+            when the spool cannot be written, in records.
+        max_table_rows_in_memory: decision rows held in memory when the spool cannot be written.
         log_observation: also log every observation feature as a metric.
+        close_timeout: seconds ``close()`` waits for MLflow before leaving the rest in the spool.
     """
 
     def __init__(
@@ -68,16 +92,17 @@ class MLflowDecisionLogger:
         batch_size: int = 500,
         spool_dir: str | Path | None = None,
         max_spool_records: int = 200_000,
+        max_table_rows_in_memory: int = 1_000,
         log_observation: bool = True,
+        close_timeout: float = 10.0,
     ) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow import MlflowClient
 
-        from chuck.home import chuck_home
-        from chuck.tracking import default_tracking_uri, setup
+        from chuck.tracking import resolve_tracking_uri, setup
 
-        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         if run_id is None:
             setup(self.tracking_uri, experiment)
@@ -89,19 +114,48 @@ class MLflowDecisionLogger:
         self.run_id = run_id
         self.flush_every, self.batch_size = flush_every, batch_size
         self.log_observation = log_observation
-        self.spool_path = Path(spool_dir or chuck_home() / "spool") / f"{run_id}.jsonl"
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        self.close_timeout = close_timeout
         self.max_spool_records = max_spool_records
-        self.dropped = 0
+        self.max_table_rows_in_memory = max_table_rows_in_memory
+        self._spool = Spool(_spool_directory(spool_dir), run_id)
         self.sent = 0
-        self._queue: queue.Queue[tuple[str, float, int, int]] = queue.Queue()
-        self._decisions: list[dict[str, Any]] = []
+        # Loss counters, one per writing thread (training thread / sender thread): no shared +=.
+        self._lost_queued = self._lost_bounded = 0
+        self._rows_lost_queued = self._rows_lost_bounded = 0
+        self._backlog: list[Record] = []        # metrics that neither the spool nor MLflow took
+        self._table_backlog: list[dict[str, Any]] = []  # decision rows the spool did not take
+        self._spool_warned = False
+        self._metrics: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        self._rows: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._tags: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="chuck-mlflow-logger", daemon=True)
         self._thread.start()
-        self._closed = False
+
+    # -- counters ----------------------------------------------------------
+    @property
+    def spool_path(self) -> Path:
+        """The metric spool file (``<spool_dir>/<run_id>.jsonl``)."""
+        return self._spool.metrics_path
+
+    @property
+    def lost(self) -> int:
+        """Metric records lost so far (over a bound while neither the spool nor MLflow took them)."""
+        return self._lost_queued + self._lost_bounded
+
+    dropped = lost  # the name of this counter before the faults issue
+
+    @property
+    def decisions_lost(self) -> int:
+        """Decision-table rows lost so far."""
+        return self._rows_lost_queued + self._rows_lost_bounded
+
+    @property
+    def spooled(self) -> int:
+        """Metric records waiting to be sent (in the spool, or in memory when it cannot be written)."""
+        return len(self._spool.read_metrics()) + len(self._backlog)
 
     # -- called by ChuckOptimizer (hot path: queue puts only) --------------
     def attach(self, opt: Any) -> None:
@@ -112,11 +166,15 @@ class MLflowDecisionLogger:
             "chuck.mode": "external" if pol is None else "policy",
             "chuck.interval": str(opt.interval),
         }
-        opt.add_decision_listener(self)
+        register = getattr(opt, "register_decision_hook", None)
+        if register is not None:
+            self._hook_handle = register(self)
+        else:  # a ChuckOptimizer from before hooks returned handles
+            opt.add_decision_listener(self)
 
     def __call__(self, opt: Any, d: Decision) -> None:
         now = int(time.time() * 1000)
-        put = self._queue.put
+        put = self._put
         for k in ("lr", "weight_decay", "clip", "dropout"):
             v = d.hyperparameters.get(k)
             if v is not None and math.isfinite(v):
@@ -128,125 +186,160 @@ class MLflowDecisionLogger:
         if self.log_observation:
             for k, v in d.observation.items():
                 put((f"chuck.obs.{k}", float(v), now, d.step))
-        self._decisions.append(d.as_dict())
+        # a sender stuck on a hung request cannot drain the queues: bound them too
+        if self._rows.qsize() < self.max_table_rows_in_memory:
+            self._rows.put(d.as_dict())
+        else:
+            self._rows_lost_queued += 1
+
+    def _put(self, record: Record) -> None:
+        if self._metrics.qsize() < self.max_spool_records:
+            self._metrics.put(record)
+        else:
+            self._lost_queued += 1
 
     def log_metric(self, key: str, value: float, step: int) -> None:
         """Queue any other metric (the demo logs its losses this way)."""
         if math.isfinite(value):
-            self._queue.put((key, float(value), int(time.time() * 1000), int(step)))
+            self._put((key, float(value), int(time.time() * 1000), int(step)))
 
     # -- background sending ------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_every):
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - the sender must outlive any single failure
+                warnings.warn(f"chuck: MLflow sender error, will retry: {type(exc).__name__}: {exc}",
+                              RuntimeWarning, stacklevel=1)
 
     def flush(self) -> bool:
-        """Send what is queued (spooled records first). Returns True when nothing is left unsent."""
+        """Spool the decision rows, then send what is queued (spooled records first).
+
+        Returns True when no metric is left unsent.
+        """
         with self._lock:
-            pending = []
-            while True:
-                try:
-                    pending.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            records = self._read_spool() + pending
+            self._spool_rows(_drain(self._rows))
+            records = self._spool.read_metrics() + self._backlog + _drain(self._metrics)
             if not records:
                 return True
-            self._write_spool(records)  # persisted before sending: a hang or a crash loses nothing
-            try:
-                self._send(records)
-            except Exception:  # noqa: BLE001 - server down or any transport failure: the spool keeps it
-                return False
-            self.spool_path.unlink(missing_ok=True)
-            return True
+            records = self._bounded(records)
+            self._persist(records)  # persisted before sending: a hang or a crash loses nothing
+            sent = self._send(records)
+            if sent == len(records):
+                self._spool.clear_metrics()
+                self._backlog = []
+                return True
+            if sent:
+                self._persist(records[sent:])
+            return False
 
-    def _send(self, records: list[tuple[str, float, int, int]]) -> None:
+    def _spool_rows(self, rows: list[dict[str, Any]]) -> None:
+        rows = self._table_backlog + rows  # earlier rows first: the table stays in step order
+        self._table_backlog = []
+        if not self._spool.append_decisions(rows):
+            self._spool_failed()
+            keep = rows[-self.max_table_rows_in_memory :]
+            self._rows_lost_bounded += len(rows) - len(keep)
+            self._table_backlog = keep
+
+    def _bounded(self, records: list[Record]) -> list[Record]:
+        if len(records) > self.max_spool_records:  # oldest dropped first
+            self._lost_bounded += len(records) - self.max_spool_records
+            records = records[-self.max_spool_records :]
+        return records
+
+    def _persist(self, records: list[Record]) -> None:
+        if self._spool.write_metrics(records):
+            self._backlog = []
+        else:
+            self._spool_failed()
+            self._spool.clear_metrics()  # stale now: memory holds every unsent record
+            self._backlog = records
+
+    def _spool_failed(self) -> None:
+        if not self._spool_warned:
+            self._spool_warned = True
+            warnings.warn(
+                f"chuck: could not write the spool in {self._spool.directory} ({self._spool.last_error}); records "
+                f"are still sent, but during an outage at most {self.max_spool_records} wait in memory and the "
+                "rest are lost (counted, and reported at close())", RuntimeWarning, stacklevel=1)
+
+    def _send(self, records: list[Record]) -> int:
+        """Send in batches; the number of records MLflow accepted (a prefix of ``records``)."""
         from mlflow.entities import Metric, RunTag
 
         tags = [RunTag(k, v) for k, v in self._tags.items()]
-        for i in range(0, max(len(records), 1), self.batch_size):
-            chunk = records[i : i + self.batch_size]
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk],
-                                  tags=tags if i == 0 else [])
-            self.sent += len(chunk)
-
-    def _read_spool(self) -> list[tuple[str, float, int, int]]:
-        if not self.spool_path.exists():
-            return []
-        out = []
-        for line in self.spool_path.read_text().splitlines():
-            try:
-                k, v, t, s = json.loads(line)
-                out.append((k, float(v), int(t), int(s)))
-            except (ValueError, TypeError):
-                continue  # a torn line from a crash: skip it
-        return out
-
-    def _write_spool(self, records: list[tuple[str, float, int, int]]) -> None:
-        if len(records) > self.max_spool_records:
-            self.dropped += len(records) - self.max_spool_records
-            records = records[-self.max_spool_records :]
-        tmp = self.spool_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(self.spool_path)
-
-    @property
-    def spooled(self) -> int:
-        """Records waiting in the spool."""
-        return len(self._read_spool())
+        done = 0
+        try:
+            for i in range(0, len(records), self.batch_size):
+                chunk = records[i : i + self.batch_size]
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk],
+                                      tags=tags if i == 0 else [])
+                done += len(chunk)
+                self.sent += len(chunk)
+        except Exception:  # noqa: BLE001, S110 - server down or any transport failure: the records wait
+            pass
+        return done
 
     # -- end ---------------------------------------------------------------
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread, send everything (retrying until ``timeout``), log the decision table."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread, send everything, log the decision table, end an owned run.
+
+        Waits at most ``timeout`` seconds (default: ``close_timeout``); what is unsent by then
+        stays in the spool for :func:`replay_spool`. Never raises; warns about anything unsent or lost.
+        """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         self._stop.set()
-        deadline = time.monotonic() + timeout
-        self._thread.join(timeout=timeout)
-
-        def final_flush() -> None:
-            while not self.flush() and time.monotonic() < deadline:
-                time.sleep(0.5)
-
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        outcome: dict[str, Any] = {}
         # in a thread, so that a request hanging past the deadline cannot hold the caller
-        closer = threading.Thread(target=final_flush, daemon=True)
+        closer = threading.Thread(target=self._finish, args=(deadline, outcome), name="chuck-mlflow-close", daemon=True)
         closer.start()
         closer.join(timeout=max(0.0, deadline - time.monotonic()))
-        if self.spooled:
-            warnings.warn(f"chuck: MLflow unreachable; {self.spooled} records kept in {self.spool_path} "
-                          "(send them later with chuck.mlflow_logger.replay_spool)", RuntimeWarning, stacklevel=2)
-            return
+        if "error" in outcome:
+            warnings.warn(f"chuck: could not log the decision table to MLflow ({outcome['error']}); "
+                          f"it stays in {self._spool.table_path}", RuntimeWarning, stacklevel=2)
+        elif not outcome.get("done"):
+            # unsent metrics that are only in memory die with the process
+            self._lost_bounded += len(self._backlog)
+            self._rows_lost_bounded += len(self._table_backlog)
+            warnings.warn(f"chuck: MLflow unreachable; {len(self._spool.read_metrics())} records kept in "
+                          f"{self._spool.directory} (send them later with chuck.mlflow_logger.replay_spool)"
+                          + self._loss_text(), RuntimeWarning, stacklevel=2)
+        elif self.lost or self.decisions_lost:
+            warnings.warn(f"chuck: MLflow run {self.run_id} is incomplete:{self._loss_text()}; tagged "
+                          f"chuck.records_lost{' and marked FAILED' if self._owns_run else ''}",
+                          RuntimeWarning, stacklevel=2)
+
+    def _loss_text(self) -> str:
+        if not (self.lost or self.decisions_lost):
+            return ""
+        return (f" {self.lost} records and {self.decisions_lost} decision rows were lost "
+                "(spool unwritable or over its bound while MLflow was unreachable)")
+
+    def _finish(self, deadline: float, outcome: dict[str, Any]) -> None:
         try:
-            self._log_table()
-            if self.dropped:
-                self.client.set_tag(self.run_id, "chuck.spool_dropped", str(self.dropped))
+            while not self.flush():
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            with self._lock:
+                log_decision_table(self.client, self.run_id,
+                                   chain(self._spool.read_decisions(), list(self._table_backlog)))
+                self._spool.clear_decisions()
+                self._table_backlog = []
+            lost = self.lost or self.decisions_lost
+            if lost:
+                self.client.set_tag(self.run_id, "chuck.records_lost", str(self.lost))
+                self.client.set_tag(self.run_id, "chuck.decisions_lost", str(self.decisions_lost))
             if self._owns_run:
-                self.client.set_terminated(self.run_id)
+                self.client.set_terminated(self.run_id, status="FAILED" if lost else "FINISHED")
+            outcome["done"] = True
         except Exception as exc:  # noqa: BLE001 - never raise into the user's code
-            warnings.warn(f"chuck: could not log the decision table to MLflow ({exc}); "
-                          f"unsent records stay in {self.spool_path}", RuntimeWarning, stacklevel=2)
-
-    def _log_table(self) -> None:
-        if not self._decisions:
-            return
-        import csv
-
-        with tempfile.TemporaryDirectory() as d:
-            jpath = Path(d) / "decisions.json"
-            jpath.write_text(json.dumps(self._decisions, indent=1, default=float))
-            cpath = Path(d) / "decisions.csv"
-            with open(cpath, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["step", "source", "reason", "top_features", "action", "lr", "weight_decay", "clip", "dropout"])
-                for r in self._decisions:
-                    hp = r["hyperparameters"]
-                    top = sorted(r["attribution"].items(), key=lambda kv: -abs(kv[1]))[:3]
-                    w.writerow([r["step"], r["source"], r["reason"], "; ".join(f"{k}={v:+.2f}" for k, v in top),
-                                json.dumps([round(a, 3) for a in r["action"]]), hp.get("lr"), hp.get("weight_decay"),
-                                hp.get("clip"), hp.get("dropout")])
-            self.client.log_artifact(self.run_id, str(jpath), artifact_path="chuck")
-            self.client.log_artifact(self.run_id, str(cpath), artifact_path="chuck")
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
 
     def __enter__(self) -> MLflowDecisionLogger:
         return self
@@ -255,26 +348,32 @@ class MLflowDecisionLogger:
         self.close()
 
 
-def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_size: int = 500) -> int:
-    """Send a leftover spool file (named ``<run_id>.jsonl``) to MLflow; returns the records sent.
-
-    The file is removed once everything is accepted.
-    """
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    from chuck.tracking import default_tracking_uri
-
-    path = Path(spool_path)
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
-    records = []
-    for line in path.read_text().splitlines():
+def _drain(q: queue.SimpleQueue) -> list:
+    out = []
+    while True:
         try:
-            k, v, t, s = json.loads(line)
-            records.append(Metric(k, float(v), int(t), int(s)))
-        except (ValueError, TypeError):
-            continue
-    for i in range(0, len(records), batch_size):
-        client.log_batch(path.stem, metrics=records[i : i + batch_size])
-    path.unlink()
-    return len(records)
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def _spool_directory(spool_dir: str | Path | None) -> Path:
+    """``spool_dir`` (default ``$CHUCK_HOME/spool``) if it can be created and written, else a
+    temporary directory, with a warning: logging to a remote server must not need a writable
+    CHUCK_HOME (faults issue, item 15)."""
+    from chuck.home import chuck_home
+
+    wanted: Path | str = spool_dir or "$CHUCK_HOME/spool"
+    try:
+        d = Path(spool_dir) if spool_dir else chuck_home() / "spool"
+        wanted = d
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".probe-")  # catches read-only mounts, even for root
+        os.close(fd)
+        os.unlink(probe)
+        return d
+    except OSError as exc:
+        tmp = Path(tempfile.mkdtemp(prefix="chuck-spool-"))
+        warnings.warn(f"chuck: cannot use {wanted} for the MLflow spool ({exc}); using a temporary spool in {tmp} "
+                      "(set CHUCK_HOME or spool_dir to keep unsent records across reboots)", RuntimeWarning, stacklevel=3)
+        return tmp

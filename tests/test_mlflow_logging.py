@@ -1,5 +1,7 @@
 """Decisions in MLflow, checked through MlflowClient against a real `mlflow server` on loopback;
-and a server outage in the middle of a run."""
+a server outage in the middle of a run; and the faults of the issue's items 13-15: a spool
+on a full disk, records lost and reported, bounded memory, the decision table spooled and
+replayed, an unwritable CHUCK_HOME, a configurable close deadline."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from mlflow import MlflowClient
 
 import chuck
 from tests.conftest import batch, make_net
-from tests.mlflow_server import MlflowServer
+from tests.full_disk import full_disk  # noqa: F401 - fixture
+from tests.mlflow_server import MlflowServer, free_port
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +116,126 @@ def test_unreachable_server_keeps_records_for_replay(tmp_path) -> None:
     with pytest.warns(RuntimeWarning, match="records kept in"):
         logger.close(timeout=2.0)
     assert logger.spooled > 0
+    table = tmp_path / "spool" / f"{logger.run_id}.decisions.jsonl"
+    assert table.exists(), "the decision table must wait in the spool too"
     srv.start()
     try:
         from chuck.mlflow_logger import replay_spool
 
         sent = replay_spool(logger.spool_path, tracking_uri=srv.uri)
-        assert sent > 0 and not logger.spool_path.exists()
-        hist = MlflowClient(tracking_uri=srv.uri).get_metric_history(logger.run_id, "chuck.lr")
+        assert sent > 0 and not logger.spool_path.exists() and not table.exists()
+        client = MlflowClient(tracking_uri=srv.uri)
+        hist = client.get_metric_history(logger.run_id, "chuck.lr")
         assert len(hist) == len(opt.decisions) == 6
+        rows = json.loads(open(client.download_artifacts(logger.run_id, "chuck/decisions.json")).read())
+        assert [r["step"] for r in rows] == [d.step for d in opt.decisions]
     finally:
         srv.stop()
+
+
+def test_spool_on_a_full_disk_does_not_stop_sending(server_uri, full_disk) -> None:
+    """The spool is a safety net, not a gate: when it cannot be written, records are still sent."""
+    logger = chuck.MLflowDecisionLogger(experiment="chuck-full-spool", tracking_uri=server_uri, flush_every=0.2,
+                                        spool_dir=full_disk)
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, interval=5,
+                               tracking=logger)
+    with pytest.warns(RuntimeWarning, match="could not write the spool"):
+        _train(opt, model, 0, 60)
+        opt.close()
+    client = MlflowClient(tracking_uri=server_uri)
+    steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "chuck.lr"))
+    assert steps == sorted(d.step for d in opt.decisions) and len(steps) == 12
+    assert len(client.get_metric_history(logger.run_id, "chuck.obs.grad.snr")) == 12
+    assert logger.lost == 0
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and "chuck.records_lost" not in run.data.tags
+
+
+def test_lost_records_are_counted_and_the_run_is_not_marked_complete(tmp_path, full_disk) -> None:
+    """Spool unwritable and server down: only ``max_spool_records`` fit in memory; the rest are
+    lost, counted, reported at close() and written on the run (status FAILED, chuck.records_lost)."""
+    srv = MlflowServer(tmp_path / "srv").start()
+    try:
+        logger = chuck.MLflowDecisionLogger(experiment="chuck-lost", tracking_uri=srv.uri, flush_every=3600,
+                                            spool_dir=full_disk, max_spool_records=50)
+        srv.stop()
+        model = make_net()
+        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5,
+                                   tracking=logger)
+        _train(opt, model, 0, 30)
+        with pytest.warns(RuntimeWarning, match="could not write the spool"):
+            assert logger.flush() is False  # drained into memory, capped at 50: the rest are gone
+        assert logger.lost > 0
+        srv.start()
+        with pytest.warns(RuntimeWarning, match=f"{logger.lost} records .*lost"):
+            logger.close()
+        run = MlflowClient(tracking_uri=srv.uri).get_run(logger.run_id)
+        assert run.data.tags["chuck.records_lost"] == str(logger.lost)
+        assert run.info.status == "FAILED"
+    finally:
+        srv.stop()
+
+
+def _one_decision():
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "heuristic", model=model, interval=5,
+                               history=False)
+    _train(opt, model, 0, 5)
+    return opt, opt.decisions[-1]
+
+
+def test_memory_stays_bounded_during_an_outage(tmp_path, monkeypatch) -> None:
+    """12k decisions while the server is unreachable: the table goes to the spool, not to a list."""
+    import gc
+    import tracemalloc
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail each send at once
+    opt, decision = _one_decision()
+    logger = chuck.MLflowDecisionLogger(run_id="0" * 32, tracking_uri=f"http://127.0.0.1:{free_port()}",
+                                        flush_every=3600, spool_dir=tmp_path / "spool", log_observation=False)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(12):
+            for _ in range(1000):
+                logger(opt, decision)
+            logger.flush()  # what the sender thread does every flush_every seconds
+        gc.collect()  # failed requests leave reference cycles (exception, traceback, frames): not kept memory
+        grew = (tracemalloc.get_traced_memory()[0] - before) / 2**20
+    finally:
+        tracemalloc.stop()
+    assert grew < 4, f"the logger kept {grew:.0f} MiB for 12k decisions"
+    table = tmp_path / "spool" / f"{logger.run_id}.decisions.jsonl"
+    assert sum(1 for _ in open(table)) == 12_000
+    with pytest.warns(RuntimeWarning, match="records kept in"):
+        logger.close(timeout=1.0)
+
+
+def test_unwritable_chuck_home_falls_back_to_a_temporary_spool(server_uri, tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where CHUCK_HOME's parent should be")
+    monkeypatch.setenv("CHUCK_HOME", str(blocker / "home"))  # cannot be created, even by root
+    with pytest.warns(RuntimeWarning, match="temporary spool"):
+        logger = chuck.MLflowDecisionLogger(experiment="chuck-no-home", tracking_uri=server_uri, flush_every=0.2)
+    assert not logger.spool_path.is_relative_to(blocker)
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5,
+                               tracking=logger, history=False)
+    _train(opt, model, 0, 30)
+    opt.close()
+    hist = MlflowClient(tracking_uri=server_uri).get_metric_history(logger.run_id, "chuck.lr")
+    assert len(hist) == len(opt.decisions) == 6
+
+
+def test_close_deadline_is_configurable(tmp_path) -> None:
+    """A server that is gone costs close() its deadline, not 30 s (ChuckOptimizer calls close() bare)."""
+    logger = chuck.MLflowDecisionLogger(run_id="1" * 32, tracking_uri=f"http://127.0.0.1:{free_port()}",
+                                        flush_every=0.2, spool_dir=tmp_path / "spool", close_timeout=1.5)
+    opt, decision = _one_decision()
+    for _ in range(20):
+        logger(opt, decision)
+    t0 = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="records kept in"):
+        logger.close()
+    assert time.monotonic() - t0 < 4.0
