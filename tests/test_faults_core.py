@@ -224,10 +224,12 @@ def test_core_only_install_warns_at_most_once(tmp_path) -> None:
         sys.modules["polars"] = None  # a core-only install: importing polars fails
         warnings.simplefilter("always")
         import torch, chuck
+        runs = []  # three runs alive until the interpreter exits: each ends there
         for _ in range(3):
             m = torch.nn.Linear(2, 1)
             opt = chuck.ChuckOptimizer(torch.optim.SGD(m.parameters(), lr=0.1), history={str(tmp_path)!r})
             m(torch.ones(1, 2)).sum().backward(); opt.step(); opt.zero_grad()
+            runs.append(opt)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
