@@ -10,7 +10,6 @@ from typing import Any, overload
 
 from chuck.monitors.base import Indicator
 
-
 #: Sources of a decision record.
 SOURCES = ("policy", "external", "fallback", "guardrail")
 

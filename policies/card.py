@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from chuck.loading import PolicyLoadError
+from chuck.policies.learned import ACTIVATIONS
 
-#: Activations an exported actor may use (SB3's MlpPolicy defaults and the usual alternative).
-ACTIVATION_NAMES = ("tanh", "relu")
+#: Activations an exported actor may use: those ActorNetwork can build.
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 #: Most hidden layers a card may declare; SB3 policies use 2, and the shapes must match the weights anyway.
 MAX_HIDDEN_LAYERS = 16
 #: Decision interval bounds. ChuckOptimizer samples updates on the two steps before a decision,

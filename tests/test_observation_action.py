@@ -101,9 +101,8 @@ def test_action_v2_reaches_decades() -> None:
 def test_effective_restores_even_on_error() -> None:
     spec, opt, _ = _bound_spec(version="1")
     spec.apply([1.0, 1.0, 0.0, 0.0])
-    with pytest.raises(RuntimeError):
-        with spec.effective():
-            assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)
-            assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.2)
-            raise RuntimeError
+    with pytest.raises(RuntimeError), spec.effective():
+        assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)
+        assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.2)
+        raise RuntimeError
     assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["weight_decay"] == 0.1

@@ -142,7 +142,7 @@ def test_sparse_adam_on_a_sparse_embedding() -> None:
                                model=emb, interval=4, max_grad_norm=0.01, history=False)
     dense = torch.optim.Adam(head.parameters(), lr=1e-2)
     before = emb.weight.detach().clone()
-    for s in range(12):
+    for _s in range(12):
         idx = torch.randint(0, 100, (16,))
         loss = F.cross_entropy(head(emb(idx)), idx % 2)
         loss.backward()

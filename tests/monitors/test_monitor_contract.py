@@ -10,8 +10,6 @@ import torch
 
 import chuck
 from tests.conftest import make_net, run_steps
-
-
 from tests.monitors.test_user_monitor import LossRangeMonitor
 
 
