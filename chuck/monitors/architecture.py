@@ -12,11 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-NORM_LAYERS = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.RMSNorm,
-)
-WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from chuck.taxonomy import DROPOUT_LAYERS, LAYER_TYPES, NORM_LAYERS, WEIGHT_LAYERS
 
 
 @dataclass(frozen=True)
@@ -38,9 +34,9 @@ class ModelProfile:
             weight_layers=sum(isinstance(m, WEIGHT_LAYERS) for m in mods),
             norm_layers=sum(isinstance(m, NORM_LAYERS) for m in mods),
             max_width=max(widths, default=0),
-            has_dropout=any(isinstance(m, nn.modules.dropout._DropoutNd) for m in mods),
-            has_recurrent=any(isinstance(m, nn.RNNBase) for m in mods),
-            has_attention=any(isinstance(m, nn.MultiheadAttention) for m in mods),
+            has_dropout=any(isinstance(m, DROPOUT_LAYERS) for m in mods),
+            has_recurrent=any(isinstance(m, LAYER_TYPES["rnn"]) for m in mods),
+            has_attention=any(isinstance(m, LAYER_TYPES["attention"]) for m in mods),
         )
 
 
