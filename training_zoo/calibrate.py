@@ -4,11 +4,15 @@ For every family: a few fixed instances (``Task.sample_config`` with seeds 0, 1,
 then the base optimizer forced to AdamW, everything else as drawn), each trained
 for the family's full budget at every lr of a half-decade grid (1e-5 ... 1 by
 default) through :func:`chuck.zoo.loop.train` with an evaluation every 20 steps.
-The score of an lr is the mean over instances of ``log(min(L_final / L_start, 10))``
-(a diverged run counts as 10x its starting loss), so instances whose losses live
-at different scales weigh alike. The best lr is the grid's argmin, refined by the
-vertex of a parabola through it and its two neighbours (in log10 lr, moved at most
-a quarter decade: the grid spacing bounds what the data can say).
+Each run's result is ``log(min(L_final / L_start, 10))`` (a diverged run counts as
+10x its starting loss), so instances whose losses live at different scales weigh
+alike. The score of an lr is the *median* over instances, then averaged with its
+grid neighbours (weights 1/4, 1/2, 1/4): one lucky run (an RL agent that happens to
+solve CartPole drives its regret to the 1e-3 floor, log = -6.9) must not make a
+spike the optimum. The best lr is the smoothed argmin, refined by the vertex of a
+parabola through it and its two neighbours (in log10 lr, moved at most a quarter
+decade: the grid spacing bounds what the data can say). The raw per-run log ratios
+are kept in the file, so another scoring can be applied without rerunning.
 
 Each entry is keyed by the family's :attr:`~chuck.zoo.task.Task.calibration_key`
 (a hash of its budget and search space): change either and the entry goes stale.
@@ -73,6 +77,19 @@ def score(start: float, final: float) -> float:
     return math.log(min(max(final, 1e-12) / start, WORST_RATIO))
 
 
+def smoothed_scores(log_ratios: list[list[float]]) -> list[float]:
+    """Per lr (rows), the median over instances (columns), then a [1/4, 1/2, 1/4] average with the neighbours."""
+    med = np.median(np.asarray(log_ratios, dtype=float), axis=1)
+    padded = np.concatenate([[np.nan], med, [np.nan]])
+    out = []
+    for i in range(1, len(padded) - 1):
+        w = np.array([0.25, 0.5, 0.25])
+        v = padded[i - 1 : i + 2]
+        ok = np.isfinite(v)
+        out.append(float((w[ok] * v[ok]).sum() / w[ok].sum()))
+    return out
+
+
 def refine(lrs: list[float], scores: list[float]) -> float:
     """The grid argmin, moved to the vertex of the parabola through it and its neighbours (in log10 lr)."""
     i = int(np.argmin(scores))
@@ -87,29 +104,34 @@ def refine(lrs: list[float], scores: list[float]) -> float:
 
 
 def calibrate_task(task: Task, lrs: list[float], instances: int, optimizer: str, log=print) -> dict[str, Any]:
-    """Sweep one family; the cache entry (with the per-lr scores, for inspection)."""
-    scores, seconds = [], []
+    """Sweep one family; the cache entry (with the smoothed scores and raw log ratios, for inspection)."""
+    log_ratios, seconds = [], []
     for lr in lrs:
         per = []
         for seed in range(instances):
             start, final, sec = run_once(task, seed, optimizer, lr)
-            per.append(score(start, final))
+            per.append(round(score(start, final), 4))
             seconds.append(sec)
-        scores.append(float(np.mean(per)))
-        log(f"  {task.id} lr={lr:.0e} score={scores[-1]:+.3f} ({np.mean(seconds[-instances:]):.2f}s/episode)")
+        log_ratios.append(per)
+        log(f"  {task.id} lr={lr:.0e} log ratios={per} ({np.mean(seconds[-instances:]):.2f}s/episode)")
+    scores = smoothed_scores(log_ratios)
     return {
         "key": task.calibration_key,
         "budget": task.budget,
         "best_lr": refine(lrs, scores),
         "grid_best_lr": lrs[int(np.argmin(scores))],
         "scores": [round(s, 4) for s in scores],
+        "log_ratios": log_ratios,
         "seconds_per_episode": round(float(np.median(seconds)), 3),  # median: the first run pays imports
     }
 
 
 def _write(path: Path, protocol: dict[str, Any], tasks: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"protocol": protocol, "tasks": dict(sorted(tasks.items()))}, indent=1) + "\n")
+    # one line per family entry: diffs of a recalibration stay readable
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(tasks.items())]
+    text = '{\n "protocol": ' + json.dumps(protocol) + ',\n "tasks": {\n' + ",\n".join(lines) + "\n }\n}\n"
+    tmp.write_text(text)
     os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
@@ -143,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         [t for s in ("train", "validation", "test") for t in list_tasks(s)])
     lrs = [float(x) for x in args.lrs.split(",")]
     protocol = {"optimizer": args.optimizer, "instances": args.instances, "lrs": lrs, "eval_every": EVAL_EVERY,
-                "score": f"mean over instances of log(min(final/start val loss, {WORST_RATIO:g}))"}
+                "score": f"median over instances of log(min(final/start val loss, {WORST_RATIO:g})), "
+                         "then [1/4, 1/2, 1/4]-smoothed over the lr grid"}
     existing: dict[str, Any] = {}
     if args.output.exists():
         existing = json.loads(args.output.read_text()).get("tasks", {})

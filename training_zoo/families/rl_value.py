@@ -10,6 +10,7 @@ different failure mode from the policy-gradient families in
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 
 import gymnasium as gym
@@ -130,7 +131,7 @@ class TDValueInstance(TaskInstance):
 
     ``train_step`` regresses V(s) onto r + gamma V_target(s') for a minibatch of training
     transitions; ``evaluate`` is the squared error of V against the Monte-Carlo returns of
-    held-out episodes, in the returns' own units (variance in the hundreds).
+    held-out episodes, in the returns' own units (their variance is ~20, their mean square ~340).
     """
 
     def __init__(self, config: TaskConfig, gamma: float = 0.95, target_every: int = 10) -> None:
@@ -174,7 +175,7 @@ class CartPoleDQN(Task):
     off-policy control, a non-stationary regression target."""
 
     id, domain, budget = "rl.cartpole_dqn", "rl", 1500
-    space = SearchSpace(**{**RL_SPACE.__dict__, "depths": (1, 2), "widths": (64, 128)})
+    space = dataclasses.replace(RL_SPACE, widths=(64, 128))
 
     def build(self, config: TaskConfig) -> TaskInstance:
         return DQNInstance("CartPole-v1", config, CARTPOLE_RETURNS)
@@ -184,7 +185,7 @@ class CartPoleTDValue(Task):
     """TD(0) value prediction for a fixed noisy CartPole controller, evaluated against Monte-Carlo returns.
 
     Axis: RL objective (bootstrapped policy evaluation) and regression at a large target scale
-    (returns up to ~30, squared errors in the hundreds at the start).
+    (discounted returns up to 20, a squared error of ~340 at the start).
     """
 
     id, domain, budget = "rl.cartpole_td_value", "rl", 800
