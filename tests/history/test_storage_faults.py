@@ -17,6 +17,7 @@ import pytest
 from torch import nn
 
 from chuck.history import RunRecord, fingerprint, read_history, suggest_hyperparameters, write_record
+from tests.full_disk import full_disk  # noqa: F401 - fixture
 
 MODEL = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
 
@@ -60,27 +61,6 @@ def test_history_cli_survives_a_foreign_file(capsys) -> None:
     with pytest.warns(RuntimeWarning, match="skipping"):
         assert main(["history"]) == 0
     assert "test" in capsys.readouterr().out
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs, filled up. Needs root (mount); skipped otherwise."""
-    if os.geteuid() != 0:
-        pytest.skip("a full disk is simulated with a 64k tmpfs, which needs root to mount")
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs failed (not permitted in this container)")
-    try:
-        with open(mnt / "filler", "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_says_so_and_leaves_no_temporary_file(full_disk) -> None:
