@@ -55,14 +55,24 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     from chuck.metatrain import MetaTrainConfig, train_policy
 
     fields = {f.name for f in dataclasses.fields(MetaTrainConfig)}
-    cfg = MetaTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    result = train_policy(cfg)
+    try:
+        cfg = MetaTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    except ValueError as exc:  # a bad setting (an unknown backend, ...)
+        print(f"chuck train-policy: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = train_policy(cfg)
+    except ImportError as exc:  # a missing optional dependency (Ray for --backend ray): the message says what to install
+        print(f"chuck train-policy: error: {exc}", file=sys.stderr)
+        return 2
     last = result.evaluations[-1] if result.evaluations else {}
     print(f"policy exported to {result.artifact_dir}")
     print(f"registered as models:/{cfg.name}@{cfg.alias} (version {result.model_version}); MLflow run {result.run_id}")
     if last:
         print(f"held-out return {last['heldout_return']:+.3f} vs constant {last['constant_return']:+.3f} "
               f"(advantage {last['advantage']:+.3f})")
+    if result.lost_episodes:
+        print(f"{result.lost_episodes} episode(s) lost to dead environment actors were retried")
     print(f"load it with chuck.load_policy({str(result.artifact_dir)!r}) or chuck.load_policy('models:/{cfg.name}@{cfg.alias}')")
     return 0
 
@@ -117,6 +127,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         summary = evaluate(policies=args.policies, baselines=args.baselines, tasks=args.tasks, lrs=args.lrs,
                            seeds=args.seeds, workers=args.workers, out=args.out, budget_scale=args.budget_scale,
+                           backend=args.backend, ray_address=args.ray_address,
                            observe=args.observe, oracle_lrs=args.oracle_lrs, mlflow=args.mlflow,
                            tracking_uri=args.tracking_uri, progress=not args.no_progress)
     except EvaluationInputError as exc:
@@ -201,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "task ids, or a comma-separated mix (default: %(default)s)")
     p.add_argument("--lrs", default=_csv(DEFAULT_LRS), help="starting learning rates (default: %(default)s)")
     p.add_argument("--seeds", default=_csv(DEFAULT_SEEDS), help="instance seeds (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes, one torch thread each (default: 1)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes, one torch thread each (default: 1); "
+                                                              "with --backend ray, runs in flight (default: the cluster's CPUs)")
+    p.add_argument("--backend", choices=("process", "ray"), default="process",
+                   help="process: this machine (default); ray: every run a Ray task on a cluster")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else a "
+                                                       "local Ray runtime for this evaluation)")
     p.add_argument("--out", required=True, help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; "
                                                 "rerun with the same one to resume")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's step budget (default: 1)")

@@ -8,7 +8,8 @@ or ``chuck train-policy --tasks train --timesteps 40000 --output runs/default``.
 What happens:
 
 1. ``n_envs`` :class:`~chuck.envs.TrainingControlEnv` in subprocesses (SubprocVecEnv;
-   one torch thread each), wrapped in ``VecMonitor`` and ``VecNormalize`` (observations
+   one torch thread each; or, with ``backend="ray"``, in Ray actors anywhere on a cluster:
+   :class:`chuck.ray_backend.RayVecEnv`), wrapped in ``VecMonitor`` and ``VecNormalize`` (observations
    only: the reward is already scale-free). The normalization statistics are exported with
    the policy, so deployment sees exactly what training saw.
 2. PPO trains; every rollout's metrics go to MLflow (an SB3 ``KVWriter``). Every
@@ -33,6 +34,8 @@ import numpy as np
 
 from chuck.observation import ObservationSpec
 
+BACKENDS = ("process", "ray")
+
 
 @dataclass
 class MetaTrainConfig:
@@ -47,7 +50,15 @@ class MetaTrainConfig:
     seed: int = 0
     """Seed of PPO and of the environments."""
     n_envs: int = 2
-    """Parallel environments (subprocesses); one per core is right."""
+    """Parallel environments (subprocesses, or Ray actors); one per core is right."""
+    backend: str = "process"
+    """Where the environments run: "process" (subprocesses of this machine) or "ray" (Ray actors on a cluster)."""
+    ray_address: str | None = None
+    """Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else a local Ray runtime for this run)."""
+    ray_cpus_per_env: float = 1.0
+    """CPUs each environment actor requests from Ray."""
+    ray_gpus_per_env: float = 0.0
+    """GPUs each environment actor requests from Ray."""
     interval: int = 20
     """Inner training steps per decision; stored in the card and used at deployment."""
     budget_scale: float = 1.0
@@ -87,6 +98,8 @@ class MetaTrainConfig:
     """Initial log std of the Gaussian policy: std 0.30 explores around the prior without slamming every bound."""
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.eval_every is None:
             self.eval_every = max(1, self.timesteps // 8)
 
@@ -97,6 +110,8 @@ class TrainResult:
     run_id: str
     model_version: str | None
     evaluations: list[dict[str, Any]]
+    lost_episodes: int = 0
+    """Episodes whose environment actor died and that were retried (Ray backend)."""
 
 
 def _need_sb3():
@@ -104,6 +119,17 @@ def _need_sb3():
         import stable_baselines3  # noqa: F401
     except ImportError as exc:  # pragma: no cover - in chuck[all]
         raise ImportError("meta-training needs stable-baselines3 and mlflow: pip install 'chuck[all]'") from exc
+
+
+def _vec_env(cfg: MetaTrainConfig, thunks: list[Any]) -> Any:
+    """The vectorized environments of ``cfg.backend``."""
+    if cfg.backend == "ray":
+        from chuck.ray_backend import RayVecEnv
+
+        return RayVecEnv(thunks, address=cfg.ray_address, num_cpus=cfg.ray_cpus_per_env, num_gpus=cfg.ray_gpus_per_env)
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    return SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks)
 
 
 def _make_env(tasks: str, interval: int, budget_scale: float, seed: int, prior: str | None = None):
@@ -179,11 +205,15 @@ def _start_run(mlflow: Any, run_id: str | None, name: str) -> Any:
 def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     """Run (or resume) meta-training; see the module docstring."""
     _need_sb3()
+    if cfg.backend == "ray":
+        from chuck.ray_backend import require_ray
+
+        require_ray()  # before anything starts: the message says how to install it
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.running_mean_std import RunningMeanStd
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
+    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
     from chuck import tracking
     from chuck.loading import load_policy
@@ -202,7 +232,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     mlflow = tracking.setup(cfg.tracking_uri, cfg.experiment)
 
     thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, cfg.seed + 1000 * i, cfg.prior) for i in range(cfg.n_envs)]
-    monitored = VecMonitor(SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks))
+    monitored = VecMonitor(_vec_env(cfg, thunks))
     venv: VecNormalize
     if state and (ckpt / "vecnormalize.pkl").exists():
         venv = VecNormalize.load(str(ckpt / "vecnormalize.pkl"), monitored)  # training-internal pickle, never shipped
@@ -300,7 +330,11 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         _log_eval_outputs(mlflow, out, evaluations, baseline_rows)
         version = tracking.register_artifact(run_id, "policy", cfg.name, cfg.alias)
         mlflow.set_tag("chuck.registered", f"models:/{cfg.name}@{cfg.alias} (version {version})")
-        return TrainResult(artifact_dir=artifact, run_id=run_id, model_version=version, evaluations=evaluations)
+        lost = int(getattr(monitored.venv, "lost_episodes", 0))
+        if cfg.backend == "ray":
+            mlflow.log_metric("ray.lost_episodes", lost, step=int(model.num_timesteps))
+        return TrainResult(artifact_dir=artifact, run_id=run_id, model_version=version, evaluations=evaluations,
+                           lost_episodes=lost)
     finally:
         mlflow.end_run()
         venv.close()

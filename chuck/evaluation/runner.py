@@ -110,10 +110,14 @@ class _Inputs:
     lrs: list[float]
     seeds: list[int]
     oracle_lrs: tuple[float, ...]
-    workers: int
+    workers: int | None
     out: Path
     budget_scale: float
     observe: bool
+    backend: str = "process"
+
+
+BACKENDS = ("process", "ray")
 
 
 def _numbers(value: Any, kind: type, what: str) -> list[Any]:
@@ -126,8 +130,8 @@ def _numbers(value: Any, kind: type, what: str) -> list[Any]:
     return xs
 
 
-def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, workers: int, out: Any,
-           budget_scale: float, observe: bool, oracle_lrs: Any) -> _Inputs:
+def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, workers: int | None, out: Any,
+           budget_scale: float, observe: bool, oracle_lrs: Any, backend: str = "process") -> _Inputs:
     """Everything that can be wrong with the inputs, before anything runs (policies are checked by the caller)."""
     baseline_names = _unique(_split_list(baselines))
     unknown = [b for b in baseline_names if b not in BASELINES]
@@ -143,10 +147,14 @@ def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, work
         raise EvaluationInputError("nothing to evaluate: give at least one policy or baseline")
     if not (budget_scale > 0 and math.isfinite(budget_scale)):
         raise EvaluationInputError(f"budget_scale must be positive, got {budget_scale}")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise EvaluationInputError(f"workers must be at least 1, got {workers}")
+    if backend not in BACKENDS:
+        raise EvaluationInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise EvaluationInputError("the Ray backend needs Ray, which is not installed: pip install 'chuck[ray]'")
     task_list = resolve_task_spec(tasks)
-    if workers > 1:
+    if (workers or 1) > 1 or backend == "ray":
         from chuck import zoo
 
         for task in task_list:
@@ -155,7 +163,7 @@ def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, work
                     pickle.dumps(task)
                 except Exception as exc:  # noqa: BLE001 - any pickling failure
                     raise EvaluationInputError(f"task {task.id!r} cannot be sent to worker processes ({exc}); "
-                                               "define it in an importable module or use workers=1") from None
+                                               "define it in an importable module or use workers=1 (backend process)") from None
     out = Path(out)
     rows = out / "rows.csv"
     if rows.exists() and rows.stat().st_size:
@@ -167,7 +175,7 @@ def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, work
     return _Inputs(policies=policy_specs, baselines=baseline_names, task_spec=tasks, tasks=task_list,
                    lrs=_numbers(lrs, float, "lrs"), seeds=_numbers(seeds, int, "seeds"),
                    oracle_lrs=tuple(sorted(_numbers(oracle_lrs, float, "oracle lrs"))), workers=workers, out=out,
-                   budget_scale=float(budget_scale), observe=observe)
+                   budget_scale=float(budget_scale), observe=observe, backend=backend)
 
 
 def evaluate(
@@ -176,7 +184,7 @@ def evaluate(
     tasks: Sequence[str] | str = "test",
     lrs: Sequence[float] | str = DEFAULT_LRS,
     seeds: Sequence[int] | str = DEFAULT_SEEDS,
-    workers: int = 1,
+    workers: int | None = None,
     out: str | Path = "chuck-evaluate",
     budget_scale: float = 1.0,
     observe: bool = True,
@@ -184,6 +192,8 @@ def evaluate(
     mlflow: bool = True,
     tracking_uri: str | None = None,
     progress: bool = True,
+    backend: str = "process",
+    ray_address: str | None = None,
 ) -> Summary:
     """Evaluate chuck policies against baseline optimizers on zoo (or your) tasks.
 
@@ -202,7 +212,8 @@ def evaluate(
             task ids, or a comma-separated mix.
         lrs: starting learning rates.
         seeds: instance seeds; each (task, seed) is one instance.
-        workers: worker processes (one torch thread each); 1 runs in this process.
+        workers: worker processes (one torch thread each); 1 (the default) runs in this process.
+            With ``backend="ray"``: the runs in flight at once (default: the cluster's CPUs).
         out: output directory (``rows.csv``, ``summary.json``, ``summary.md``, ``regret_by_lr.png``);
             rerunning with the same directory resumes.
         budget_scale: multiplies every task's step budget (small values for smoke tests).
@@ -212,16 +223,25 @@ def evaluate(
         mlflow: log a parent run (experiment ``chuck-evaluate``) with the summary and plot.
         tracking_uri: MLflow store (default: chuck's local SQLite store).
         progress: show a progress bar.
+        backend: ``"process"`` (this machine) or ``"ray"``: every run a Ray task on the cluster
+            at ``ray_address`` (default ``$RAY_ADDRESS``, else a local Ray runtime), one CPU each.
+        ray_address: see ``backend``.
 
     Raises:
         EvaluationInputError: an unknown policy, task or baseline, or a bad setting; raised
             before any run starts or any file is written.
     """
-    inputs = _check(policies, baselines, tasks, lrs, seeds, workers, out, budget_scale, observe, oracle_lrs)
+    inputs = _check(policies, baselines, tasks, lrs, seeds, workers, out, budget_scale, observe, oracle_lrs, backend)
     downloads = Path(tempfile.mkdtemp(prefix="chuck-evaluate-policies-"))
     try:
         locations = {chuck_arm(p, observe): _resolve_policy(p, tracking_uri, downloads) for p in inputs.policies}
-        summary = _run(inputs, locations, progress)
+        executor = None
+        if inputs.backend == "ray":
+            from chuck.ray_backend import RayExecutor
+
+            executor = RayExecutor(ray_address)
+            inputs.workers = inputs.workers or executor.capacity
+        summary = _run(inputs, locations, progress, executor)
     finally:
         shutil.rmtree(downloads, ignore_errors=True)
     write_summary(summary, inputs.out)  # first: an MLflow failure must not cost the results
@@ -238,7 +258,7 @@ def evaluate(
     return summary
 
 
-def _run(inputs: _Inputs, locations: dict[str, str], progress: bool) -> Summary:
+def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: Any = None) -> Summary:
     from chuck import zoo
 
     arms = list(locations) + inputs.baselines
@@ -251,7 +271,8 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool) -> Summary:
             instances.append(Instance(task=task, seed=seed, steps=steps, cache=cache, ship_task=ship))
     inputs.out.mkdir(parents=True, exist_ok=True)
     sched = Scheduler(arms, locations, instances, inputs.lrs, inputs.oracle_lrs,
-                      _settings_hash(inputs.budget_scale, inputs.oracle_lrs), inputs.out / "rows.csv", inputs.workers, progress)
+                      _settings_hash(inputs.budget_scale, inputs.oracle_lrs), inputs.out / "rows.csv", inputs.workers or 1, progress,
+                      executor)
     sched.load_rows()
     sched.run()
 
@@ -262,7 +283,7 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool) -> Summary:
         "lrs": inputs.lrs, "seeds": inputs.seeds, "budget_scale": inputs.budget_scale, "observe": inputs.observe,
         "oracle_lrs": list(inputs.oracle_lrs),
         "oracle_arms": "constant AdamW and AdamW + cosine at every oracle lr; Prodigy once at lr=1.0 (+ cosine)",
-        "eval_every": EVAL_EVERY, "workers": inputs.workers,
+        "eval_every": EVAL_EVERY, "workers": inputs.workers or 1, "backend": inputs.backend,
     }
     summary = Summary(arms=summarize_arms(rows, arms), settings=settings, out=str(inputs.out), rows=len(rows),
                       executed=sched.executed, oracle_executed=sched.oracle_executed, warnings=sched.warnings)

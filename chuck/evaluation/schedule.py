@@ -106,8 +106,10 @@ class Scheduler:
     """One ``evaluate`` call's work: instances, the run queue, the rows file."""
 
     def __init__(self, arms: list[str], locations: dict[str, str], instances: list[Instance], lrs: list[float],
-                 oracle_lrs: tuple[float, ...], settings_hash: str, rows_path: Path, workers: int, progress: bool) -> None:
+                 oracle_lrs: tuple[float, ...], settings_hash: str, rows_path: Path, workers: int, progress: bool,
+                 executor: Any = None) -> None:
         self.arms, self.locations, self.instances = arms, locations, instances
+        self.executor = executor  # given: runs go there (chuck.ray_backend.RayExecutor); else a process pool
         self.lrs, self.oracle_lrs, self.settings_hash = lrs, oracle_lrs, settings_hash
         self.rows_path, self.workers, self.progress = rows_path, workers, progress
         self.oracle_ids = [run_id(a, lr) for a, lr in oracle_runs(oracle_lrs)]
@@ -252,6 +254,8 @@ class Scheduler:
         self.oracle_check(i)
 
     def make_executor(self) -> Any:
+        if self.executor is not None:
+            return self.executor
         if self.workers == 1:
             return InlineExecutor()
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=worker_context(), initializer=init_worker)
