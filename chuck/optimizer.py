@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 from torch.utils.hooks import RemovableHandle
 
 from chuck.actions import ACTION_VERSIONS, LATEST_ACTION_VERSION, ActionSpec, Knob
@@ -95,7 +96,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
             collection or interpreter exit) to ``$CHUCK_HOME/history`` (``True``), to a given
             directory (a path), or not (``False``).
         label: free text stored with the history record.
-        batch_size, data_size: stored in the history record's fingerprint (used for warm starts).
+        batch_size: stored in the history record's fingerprint (used for warm starts).
+        data_size: stored in the history record's fingerprint (used for warm starts).
         ood_fallback: what to do when the observation leaves the range the (learned) policy was
             trained on: ``"heuristic"`` (ask the heuristic policy), ``"hold"``, or ``"off"``.
         ood_margin: tolerance beyond the trained range, as a fraction of that range.
@@ -137,14 +139,14 @@ class ChuckOptimizer(torch.optim.Optimizer):
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         # torch.optim.Optimizer.__init__ would build param_groups/state/defaults of its own; here
         # they are the base optimizer's (properties below), so we set up only its hook registries
-        # and patch step the way it does, which makes global and per-optimizer step hooks fire.
+        # (step() fires them, see there).
         self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
         self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
-        self._patch_step_function()
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
 
         self.optimizer = optimizer
         self.model = model
@@ -293,13 +295,35 @@ class ChuckOptimizer(torch.optim.Optimizer):
         return self.action_spec.register_knob(Knob(name, value, low, high, follows))
 
     # -- the step ---------------------------------------------------------
-    def step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:  # type: ignore[override]
+    def step(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Guardrails, clipping, the base step, monitors and (every ``interval`` steps) a decision.
 
-        Pass the loss either as ``loss=`` or through ``closure`` (whose return value is the loss);
-        without it chuck still watches gradients and weights but not the loss. Optimizers that
-        need a closure (LBFGS) get it, wrapped so that the guardrails judge its first evaluation.
+        Call it as ``step(loss=loss)``, ``step(closure)`` (the closure's return value is the loss)
+        or ``step()``; without a loss chuck still watches gradients and weights but not the loss.
+        Optimizers that need a closure (LBFGS) get it, wrapped so that the guardrails judge its
+        first evaluation.
+
+        Step hooks fire as torch fires them (global pre hooks, then this optimizer's; the post
+        hooks after, on skipped steps too), with ``(self, args, kwargs)`` where ``args`` starts with
+        the optimizer, and a pre hook may return new ``(args, kwargs)``. torch's own wrapper does
+        the same inside a profiler record; that record costs more than chuck's whole per-step
+        work on small models (about 10-60 us), so chuck calls the hooks itself.
         """
+        call = (self, *args)
+        for pre_hook in (*_global_optimizer_pre_hooks.values(), *self._optimizer_step_pre_hooks.values()):
+            result = pre_hook(self, call, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(f"a step pre hook must return None or (new_args, new_kwargs), got {result!r}")
+                call, kwargs = result
+        out = self._run_step(*call[1:], **kwargs)
+        for post_hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
+            post_hook(self, call, kwargs)
+        return out
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch's _patch_step_function must not wrap it again
+
+    def _run_step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
         self._calls += 1
         self._check_scaler()
         if self._closure_driven:

@@ -15,8 +15,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-_told_no_history = False
-
 
 @dataclass
 class RunLedger:
@@ -37,6 +35,11 @@ class RunLedger:
     @classmethod
     def start(cls, opt: Any, target: bool | str, info: dict[str, Any]) -> RunLedger:
         initial = {k: v for k, v in opt.hyperparameters.items() if not k.startswith("knob.")}
+        if target is True:
+            # resolved now: a run collected later must not write into whatever CHUCK_HOME is then
+            from chuck.home import chuck_home
+
+            target = str(chuck_home() / "history")
         ledger = cls(target, info, initial)
         opt._initial_hyperparameters = initial  # read by chuck.history.record_from_optimizer
         if target:
@@ -64,18 +67,17 @@ class RunLedger:
 
 def write_history_record(opt: Any, target: bool | str, info: dict[str, Any]) -> str | None:
     """Write ``opt``'s record; never raises into the user's run."""
-    global _told_no_history
     try:
-        from chuck.history import record_from_optimizer, write_record
-
+        from chuck.history import record_from_optimizer, report_polars_missing_once, write_record
+    except ImportError as exc:  # pragma: no cover - chuck.history itself imports lazily
+        warnings.warn(f"chuck: run history unavailable: {exc}", RuntimeWarning, stacklevel=3)
+        return None
+    try:
         record = record_from_optimizer(opt, **info)
         directory = target if isinstance(target, str) else None
         return str(write_record(record, directory))
-    except ImportError as exc:  # polars (or another edge dependency) is not installed
-        if not _told_no_history:
-            _told_no_history = True
-            warnings.warn(f"chuck: run history is off in this install (it needs polars: pip install 'chuck[all]'): {exc}",
-                          RuntimeWarning, stacklevel=3)
+    except ImportError:  # polars is not installed: say so once per process, not at every exit
+        report_polars_missing_once()
     except Exception as exc:  # noqa: BLE001 - a history failure must never break the user's run
         warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=3)
     return None
