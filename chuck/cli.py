@@ -27,7 +27,7 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Seque
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         flag = "--" + f.name.replace("_", "-")
         help_ = docs.get(f.name, "") + f" (default: {default})"
         if isinstance(default, bool):
@@ -109,11 +109,19 @@ def _cmd_history(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from chuck.tuning import tune, zoo_train_fn
 
-    train_fn, model = zoo_train_fn(args.task, seed=args.seed, steps=args.steps, optimizer=args.optimizer)
     eps = tuple(float(x) for x in args.eps_range.split(",")) if args.eps_range else None
-    res = tune(train_fn, n_trials=args.trials, model=model, optimizer=args.optimizer,
-               study_name=args.study or f"chuck-tune-{args.task}", storage=args.storage, eps_range=eps,
-               warm_start=not args.cold, tracking_uri=args.tracking_uri, seed=args.seed, progress=True)
+    common = {"n_trials": args.trials, "optimizer": args.optimizer, "study_name": args.study or f"chuck-tune-{args.task}",
+              "storage": args.storage, "eps_range": eps, "tracking_uri": args.tracking_uri,
+              "heartbeat_interval": args.heartbeat_interval}
+    if args.n_workers > 1:
+        from chuck.study import tune_zoo_in_workers
+
+        res = tune_zoo_in_workers(args.task, args.n_workers, seed=args.seed, steps=args.steps, warm_start=not args.cold,
+                                  progress=True, **common)
+    else:
+        train_fn, model = zoo_train_fn(args.task, seed=args.seed, steps=args.steps, optimizer=args.optimizer)
+        res = tune(train_fn, model=model, warm_start=not args.cold, seed=args.seed, progress=True, **common)
+    assert res is not None
     print(f"best validation loss {res.best_value:.4g} after {res.trials} trials: {res.best_params}")
     if res.enqueued:
         print(f"warm-started with {len(res.enqueued)} trials from the run history")
@@ -164,14 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(p, MetaTrainConfig)
     p.set_defaults(func=_cmd_train_policy)
 
-    try:
-        from chuck.demo import DemoConfig
-    except ImportError:  # pragma: no cover - demo lands with its issue
-        DemoConfig = None  # type: ignore[assignment]
-    if DemoConfig is not None:
-        p = sub.add_parser("demo", help="train a zoo task twice (plain AdamW vs chuck) and compare")
-        _add_dataclass_flags(p, DemoConfig)
-        p.set_defaults(func=_cmd_demo)
+    from chuck.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="train a zoo task twice (plain AdamW vs chuck) and compare")
+    _add_dataclass_flags(p, DemoConfig)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("history", help="show the run history as a table")
     p.add_argument("--optimizer", help="only runs of this optimizer class (e.g. AdamW)")
@@ -190,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="AdamW")
     p.add_argument("--eps-range", default=None, help="'lo,hi' epsilon search range (Adam family)")
     p.add_argument("--study", default=None)
-    p.add_argument("--storage", default=None, help="Optuna RDB URL (default sqlite under CHUCK_HOME)")
+    p.add_argument("--storage", default=None, help="Optuna RDB URL, e.g. postgresql://USER:PASSWORD@HOST/DB to share "
+                                                   "the study across machines (default sqlite under CHUCK_HOME)")
+    p.add_argument("--n-workers", type=int, default=1, help="worker processes sharing the study (default 1); the same "
+                                                            "command on other machines adds theirs")
+    p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between a running trial's heartbeats; "
+                                                                     "a dead worker's trial is retried after 3 of them")
     p.add_argument("--cold", action="store_true", help="no warm start from the history")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tracking-uri", default=None)

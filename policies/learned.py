@@ -35,6 +35,8 @@ class ActorNetwork(nn.Module):
             d = h
         self.policy_net = nn.Sequential(*layers)
         self.action_net = nn.Linear(d, act_dim)
+        self.obs_mean: torch.Tensor
+        self.obs_var: torch.Tensor
         self.register_buffer("obs_mean", torch.zeros(obs_dim, dtype=torch.float64))
         self.register_buffer("obs_var", torch.ones(obs_dim, dtype=torch.float64))
         self.clip_obs, self.epsilon = clip_obs, epsilon
@@ -95,6 +97,7 @@ class LearnedPolicy(Policy):
         for d, dim in enumerate(ACTION_DIMS):
             z = self.actor.normalize(obs).requires_grad_(True)
             self.actor.action_net(self.actor.policy_net(z))[0, d].backward()
+            assert z.grad is not None
             attr = (z.grad * z).detach().reshape(-1).numpy()
             total = float(np.abs(attr).sum())
             if total > 0 and np.isfinite(total):

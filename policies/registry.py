@@ -64,7 +64,7 @@ def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: s
         raise PolicyLoadError(f"cannot fetch {uri!r}: {exc}") from None
     name, ref = _parse(uri)
     owned = dst is None
-    target = Path(tempfile.mkdtemp(prefix="chuck-policy-")) if owned else Path(dst)
+    target = Path(tempfile.mkdtemp(prefix="chuck-policy-")) if dst is None else Path(dst)
     try:
         with _quick_http():
             # Resolved with an explicit client: mlflow's "models:/" artifact repository looks the

@@ -81,7 +81,7 @@ def train(
     for i in range(start + 1, start + steps + 1):
         loss = instance.train_step()
         if takes_loss:
-            opt.step(loss=loss)  # type: ignore[call-arg]
+            opt.step(loss=loss)  # type: ignore[call-arg,call-overload]
         else:
             opt.step()
         opt.zero_grad()
@@ -97,7 +97,7 @@ def train(
             out.val_steps.append(i)
             out.val_losses.append(v)
             if plateau and math.isfinite(v):
-                scheduler.step(v)
+                scheduler.step(v)  # type: ignore[union-attr]
             if observe and takes_loss and math.isfinite(v):
                 opt.observe(val_loss=v)  # type: ignore[attr-defined]
             if on_eval is not None:
