@@ -76,8 +76,9 @@ def _sharded(optimizer: torch.optim.Optimizer, model: Any) -> str | None:
     return None
 
 
-def rank_sync(process_group: Any, optimizer: torch.optim.Optimizer, model: Any = None, *,
-              action_dims: int = 4) -> RankSync | None:
+def rank_sync(
+    process_group: Any, optimizer: torch.optim.Optimizer, model: Any = None, *, action_dims: int = 4
+) -> RankSync | None:
     """The agreement for this run, or ``None`` when it runs in one process.
 
     Args:
@@ -104,7 +105,8 @@ def rank_sync(process_group: Any, optimizer: torch.optim.Optimizer, model: Any =
         raise ShardedParametersError(
             f"chuck does not support sharded parameters yet ({why}): its gradient norm, clipping, monitors and "
             "rollback snapshots would see one shard as the whole tensor and report wrong norms. Use "
-            "DistributedDataParallel, or pass process_group=False only if every rank holds whole parameters.")
+            "DistributedDataParallel, or pass process_group=False only if every rank holds whole parameters."
+        )
     return RankSync(group, action_dims=action_dims)
 
 
@@ -197,7 +199,7 @@ class RankSync:
             return answer, obs
         vals = buf.cpu().numpy()
         n = self.action_dims
-        source, action, leader_obs = _SOURCES[int(vals[0])], vals[1:1 + n].copy(), vals[1 + n:].astype(obs.dtype)
+        source, action, leader_obs = _SOURCES[int(vals[0])], vals[1 : 1 + n].copy(), vals[1 + n :].astype(obs.dtype)
         return PolicyAnswer(action, source, f"decided on rank {self.leader_rank}"), leader_obs
 
     def barrier(self) -> None:

@@ -82,8 +82,15 @@ def disconnect() -> None:
 def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
     """Ray's errors for a worker, actor or object that is gone (not an exception raised by our code)."""
     ex = ray.exceptions
-    names = ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "ObjectLostError", "NodeDiedError",
-             "OwnerDiedError", "LocalRayletDiedError")
+    names = (
+        "RayActorError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "ObjectLostError",
+        "NodeDiedError",
+        "OwnerDiedError",
+        "LocalRayletDiedError",
+    )
     return tuple(getattr(ex, n) for n in names if isinstance(getattr(ex, n, None), type))
 
 
@@ -174,8 +181,16 @@ class RayVecEnv(_VecEnv):  # type: ignore[misc,valid-type]
             resources they request fails with a message instead of waiting forever.
     """
 
-    def __init__(self, env_fns: Sequence[Callable[[], Any]], *, address: str | None = None, num_cpus: float = 1.0,
-                 num_gpus: float = 0.0, max_restarts: int = 20, start_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], Any]],
+        *,
+        address: str | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        max_restarts: int = 20,
+        start_timeout: float = 300.0,
+    ) -> None:
         ray = self._ray = require_ray()
         self._owns = connect(address, num_cpus=len(env_fns) * num_cpus)
         self._lost = _lost_errors(ray)
@@ -191,7 +206,8 @@ class RayVecEnv(_VecEnv):  # type: ignore[misc,valid-type]
             self.close()
             raise TimeoutError(
                 f"{len(pending)} of {len(ready)} environment actors were not placed within {start_timeout:g} s: each "
-                f"requests {num_cpus:g} CPU and {num_gpus:g} GPU; the cluster has {ray.cluster_resources()}")
+                f"requests {num_cpus:g} CPU and {num_gpus:g} GPU; the cluster has {ray.cluster_resources()}"
+            )
         spaces = ray.get(ready)
         self.placement = [(pid, node) for _, _, pid, node in spaces]
         self._starts: list[dict[str, Any] | None] = [None] * len(self._fns)
@@ -204,8 +220,11 @@ class RayVecEnv(_VecEnv):  # type: ignore[misc,valid-type]
         self.restarts[i] += 1
         if self.restarts[i] > self.max_restarts:
             raise RuntimeError(f"environment {i} lost its actor {self.restarts[i]} times (last: {why}); giving up") from why
-        warnings.warn(f"chuck: environment actor {i} died ({type(why).__name__}); replacing it and retrying its episode",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"chuck: environment actor {i} died ({type(why).__name__}); replacing it and retrying its episode",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         with contextlib.suppress(Exception):  # it is gone already
             self._ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = self._actor_cls.remote(self._fns[i])
@@ -263,8 +282,11 @@ class RayVecEnv(_VecEnv):  # type: ignore[misc,valid-type]
         while True:
             self._replace(i, exc)
             try:
-                o, reset_info = (self._get(i, self.actors[i].replay.remote(start)) if start is not None
-                                 else self._get(i, self.actors[i].reset.remote(None, None))[:2])
+                o, reset_info = (
+                    self._get(i, self.actors[i].replay.remote(start))
+                    if start is not None
+                    else self._get(i, self.actors[i].reset.remote(None, None))[:2]
+                )
                 break
             except self._lost as again:
                 exc = again
@@ -295,8 +317,9 @@ class RayVecEnv(_VecEnv):  # type: ignore[misc,valid-type]
         self._ray.get([self.actors[i].set_attr.remote(attr_name, value) for i in self._indices(indices)])
 
     def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
-        return self._ray.get([self.actors[i].env_method.remote(method_name, method_args, method_kwargs)
-                              for i in self._indices(indices)])
+        return self._ray.get(
+            [self.actors[i].env_method.remote(method_name, method_args, method_kwargs) for i in self._indices(indices)]
+        )
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
         return self._ray.get([self.actors[i].is_wrapped.remote(wrapper_class) for i in self._indices(indices)])
@@ -325,8 +348,7 @@ class RayExecutor:
         max_retries: Ray's retries of a run whose worker died.
     """
 
-    def __init__(self, address: str | None = None, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                 max_retries: int = 2) -> None:
+    def __init__(self, address: str | None = None, *, num_cpus: float = 1.0, num_gpus: float = 0.0, max_retries: int = 2) -> None:
         ray = self._ray = require_ray()
         self._owns = connect(address)
         self._task = ray.remote(_in_worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)

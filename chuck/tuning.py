@@ -12,6 +12,11 @@ histogram suggests (Silva & Rodriguez 2024; see
 * Storage: an Optuna RDB URL (default ``sqlite:///$CHUCK_HOME/optuna.db``; a
   PostgreSQL URL works the same way). Calling ``tune`` again with the same study
   name resumes: it runs only the trials still missing to reach ``n_trials``.
+* Workers: any number of processes, on any machines, may run ``tune`` on the same
+  study and storage at once (``chuck tune --n-workers N``; PostgreSQL across
+  machines): trials are numbered by the storage, a dead worker's trial is retried
+  (heartbeats), and the study stops at ``n_trials`` finished trials (see
+  :mod:`chuck.study`).
 * Tracking: one MLflow parent run per study, one nested run per trial.
 * History: the best trial is written to the run history.
 
@@ -24,6 +29,8 @@ trial should stop; let it propagate) and returns the final validation loss.
 from __future__ import annotations
 
 import math
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,8 +105,16 @@ def tune(
     history: bool = True,
     timeout: float | None = None,
     progress: bool = False,
-) -> TuneResult:
-    """Run (or resume) an Optuna study over chuck's hyperparameters. See the module docstring."""
+    heartbeat_interval: int = 10,
+    prepare_only: bool = False,
+) -> TuneResult | None:
+    """Run (or resume) an Optuna study over chuck's hyperparameters. See the module docstring.
+
+    ``heartbeat_interval``: seconds between a running trial's heartbeats; a trial silent for
+    three of them belongs to a dead worker and is retried. ``prepare_only``:
+    create the study, enqueue the warm start and start the MLflow parent run, run no trial
+    and return ``None`` (what :func:`chuck.study.tune_zoo_in_workers` does before starting workers).
+    """
     try:
         import optuna
     except ImportError as exc:  # pragma: no cover
@@ -111,31 +126,27 @@ def tune(
         raise ValueError(f"eps_range applies to Adam-family optimizers {ADAM_FAMILY}, not {optimizer}")
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    from chuck.study import claim_parent_run, counts, open_study, optimize_until
+
     storage = storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, load_if_exists=True, direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=1),
-    )
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    study = open_study(optuna, study_name, storage, seed=seed, n_startup_trials=n_startup_trials,
+                       heartbeat_interval=heartbeat_interval)
     enqueued: list[dict[str, float]] = []
     if warm_start and model is not None and not study.trials:
         enqueued = _warm_start_params(model, optimizer, warm_start_k, lr_range, weight_decay_range, clip_range, eps_range)
-        for params in enqueued:
-            study.enqueue_trial(params, user_attrs={"chuck.warm_start": True})
+        for params in enqueued:  # skip_if_exists: workers starting together queue each suggestion once
+            study.enqueue_trial(params, user_attrs={"chuck.warm_start": True}, skip_if_exists=True)
 
     mlflow = None
-    parent_id = study.user_attrs.get("mlflow_run_id")
+    parent_id = None
     if tracking:
         from chuck import tracking as tr
 
         mlflow = tr.setup(tracking_uri, experiment)
-        resumed = parent_id is not None
-        parent = mlflow.start_run(run_id=parent_id, run_name=None if resumed else f"tune:{study_name}")
+        parent, created = claim_parent_run(mlflow, study, f"tune:{study_name}")
         parent_id = parent.info.run_id
-        study.set_user_attr("mlflow_run_id", parent_id)
-        if not resumed:  # params are immutable in MLflow; a resumed or extended study keeps its originals
+        if created:  # params are immutable in MLflow; a resumed or extended study keeps its originals
             mlflow.log_params({"study": study_name, "optimizer": optimizer, "lr_range": str(lr_range),
                                "eps_range": str(eps_range), "warm_start": warm_start and model is not None})
         mlflow.set_tag("chuck.n_trials_target", str(n_trials))
@@ -148,6 +159,7 @@ def tune(
         }
         if eps_range is not None:
             params["eps"] = trial.suggest_float("eps", *eps_range, log=True)
+        trial.set_user_attr("chuck.worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it (shared studies)
         if mlflow is None:
             return float(train_fn(params, TrialHandle(trial, None)))
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
@@ -161,10 +173,9 @@ def tune(
             return value if math.isfinite(value) else 1e12
 
     try:
-        remaining = n_trials - sum(t.state in done_states for t in study.trials)
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=timeout, show_progress_bar=progress,
-                           catch=(FloatingPointError,))
+        if prepare_only:
+            return None
+        optimize_until(optuna, study, objective, n_trials, timeout=timeout, catch=(FloatingPointError,), progress=progress)
         best = study.best_trial
         if mlflow is not None:
             mlflow.log_metrics({"best_val_loss": best.value, "best_trial": best.number})
@@ -172,8 +183,8 @@ def tune(
         if mlflow is not None:
             mlflow.end_run()
     assert best.value is not None  # a finished trial (study.best_trial only returns completed ones)
-    result = TuneResult(dict(best.params), float(best.value), study_name, storage,
-                        sum(t.state in done_states for t in study.trials), enqueued, parent_id)
+    result = TuneResult(dict(best.params), float(best.value), study_name, storage, counts(optuna, study)["finished"],
+                        enqueued, parent_id)
     if history and model is not None:
         _write_history(result, model, optimizer)
     return result

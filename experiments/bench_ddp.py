@@ -69,8 +69,9 @@ def _allreduce_latency(n: int = 2000) -> float:
 
 
 def _rank(rank: int, world: int, port: int, names: list[str], rounds: int, block: int, out: str | None) -> None:
-    import chuck
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import chuck
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -84,10 +85,16 @@ def _rank(rank: int, world: int, port: int, names: list[str], rounds: int, block
         nets = {arm: DDP(copy.deepcopy(base)) for arm in ARMS}
         opts = {
             "bare": torch.optim.AdamW(nets["bare"].parameters(), lr=1e-3),
-            "local": chuck.ChuckOptimizer(torch.optim.AdamW(nets["local"].parameters(), lr=1e-3), "heuristic",
-                                          model=nets["local"], history=False, process_group=False),
-            "agreed": chuck.ChuckOptimizer(torch.optim.AdamW(nets["agreed"].parameters(), lr=1e-3), "heuristic",
-                                           model=nets["agreed"], history=False),
+            "local": chuck.ChuckOptimizer(
+                torch.optim.AdamW(nets["local"].parameters(), lr=1e-3),
+                "heuristic",
+                model=nets["local"],
+                history=False,
+                process_group=False,
+            ),
+            "agreed": chuck.ChuckOptimizer(
+                torch.optim.AdamW(nets["agreed"].parameters(), lr=1e-3), "heuristic", model=nets["agreed"], history=False
+            ),
         }
         g = torch.Generator().manual_seed(1 + rank)
         xs = [torch.randn(batch, *shape, generator=g) for _ in range(block)]
@@ -102,10 +109,15 @@ def _rank(rank: int, world: int, port: int, names: list[str], rounds: int, block
         med = {arm: statistics.median(t) * 1e3 for arm, t in times.items()}
         mean = {arm: statistics.fmean(t) * 1e3 for arm, t in times.items()}
         results[name] = {
-            "params": sum(p.numel() for p in base.parameters()), "batch": batch, "steps_per_arm": len(times["bare"]),
-            "median_ms": med, "mean_ms": mean,
-            "agreed_over_local_median": med["agreed"] / med["local"], "agreed_over_local_mean": mean["agreed"] / mean["local"],
-            "agreed_over_bare_median": med["agreed"] / med["bare"], "local_over_bare_median": med["local"] / med["bare"],
+            "params": sum(p.numel() for p in base.parameters()),
+            "batch": batch,
+            "steps_per_arm": len(times["bare"]),
+            "median_ms": med,
+            "mean_ms": mean,
+            "agreed_over_local_median": med["agreed"] / med["local"],
+            "agreed_over_local_mean": mean["agreed"] / mean["local"],
+            "agreed_over_bare_median": med["agreed"] / med["bare"],
+            "local_over_bare_median": med["local"] / med["bare"],
             "collectives_per_step": opts["agreed"]._ranks.collectives / opts["agreed"].calls,
         }
         for o in opts.values():

@@ -17,10 +17,12 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 with a SQLite backend under ``root``; restartable on the same port."""
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend under ``root`` (or the store ``backend_uri``, e.g.
+    PostgreSQL), serving its artifacts from ``root/artifacts``; restartable on the same port."""
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
+    def __init__(self, root: Path, port: int | None = None, backend_uri: str | None = None) -> None:
         self.root, self.port = Path(root), port or free_port()
+        self.backend_uri = backend_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -29,9 +31,9 @@ class MlflowServer:
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "server.log", "ab")
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server writes to it while it runs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT,

@@ -46,9 +46,20 @@ class RayCluster:
 
     def start(self, timeout: float = 120.0) -> RayCluster:
         ray_cli = Path(sys.executable).with_name("ray")
-        cmd = [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-               f"--num-cpus={self.num_cpus}", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
-               f"--object-store-memory={self.object_store_mb * 1024 * 1024}", f"--temp-dir={self.tmp}", "--block"]
+        cmd = [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.port}",
+            f"--num-cpus={self.num_cpus}",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+            f"--temp-dir={self.tmp}",
+            "--block",
+        ]
         env = {**os.environ, **self.env, "RAY_AUTH_MODE": "disabled"}
         self.log = open(self.tmp / "ray-start.log", "wb")  # noqa: SIM115 - open while the cluster runs
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -73,7 +84,7 @@ class RayCluster:
                 continue
             try:
                 stat = (d / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
+                fields = stat[stat.rindex(")") + 2 :].split()
                 title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue

@@ -50,13 +50,22 @@ def _digest(model: nn.Module) -> str:
 
 
 def _build(policy: str, sync: bool, tracking=None, history=False):
-    import chuck
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    import chuck
+
     model = DDP(_model())
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=3e-3), policy, model=model, interval=10,
-                               total_steps=STEPS, history=history, tracking=tracking, seed=0,
-                               process_group=None if sync else False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        policy,
+        model=model,
+        interval=10,
+        total_steps=STEPS,
+        history=history,
+        tracking=tracking,
+        seed=0,
+        process_group=None if sync else False,
+    )
     return model, opt
 
 
@@ -95,8 +104,13 @@ def _rank_main(rank: int, port: int, out: str, mlflow_uri: str) -> None:
             digests: list[str] = []
             _train(model, opt, 0, STEPS, rank, digests)
             g = opt.guardrails
-            res[policy] = {"digests": digests, "trail": _trail(opt), "skips": g.skips, "rollbacks": g.rollbacks,
-                           "collectives": opt._ranks.collectives}
+            res[policy] = {
+                "digests": digests,
+                "trail": _trail(opt),
+                "skips": g.skips,
+                "rollbacks": g.rollbacks,
+                "collectives": opt._ranks.collectives,
+            }
             opt.close()
 
         # control: the same run without agreement diverges (the checks above can fail)
@@ -109,8 +123,7 @@ def _rank_main(rank: int, port: int, out: str, mlflow_uri: str) -> None:
         # one rank logs decisions and writes history, whoever is handed a logger
         import chuck
 
-        logger = chuck.MLflowDecisionLogger(experiment="ddp", run_name=f"rank{rank}", tracking_uri=mlflow_uri,
-                                            flush_every=0.2)
+        logger = chuck.MLflowDecisionLogger(experiment="ddp", run_name=f"rank{rank}", tracking_uri=mlflow_uri, flush_every=0.2)
         hist = Path(out) / "history"
         model, opt = _build("heuristic", sync=True, tracking=logger, history=str(hist))
         _train(model, opt, 0, 60, rank, [])

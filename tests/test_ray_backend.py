@@ -95,12 +95,46 @@ def test_train_policy_on_ray_survives_a_killed_actor(ray_cluster, tmp_path, caps
 
     killer = threading.Thread(target=kill_one_mid_rollout, daemon=True)
     killer.start()
-    code = main(["train-policy", "--backend", "ray", "--ray-address", ray_cluster.address, "--n-envs", "4",
-                 "--ray-cpus-per-env", "0.5", "--tasks", TASKS, "--eval-tasks", "tabular.wine_mlp",
-                 "--timesteps", "192", "--interval", "5", "--budget-scale", "0.2", "--eval-every", "0",
-                 "--eval-episodes", "1", "--checkpoint-every", "64", "--output", str(tmp_path / "run"),
-                 "--tracking-uri", uri, "--name", "ray-tiny", "--alias", "test", "--no-progress",
-                 "--ppo", '{"n_steps": 16, "batch_size": 32, "n_epochs": 2}'])
+    code = main(
+        [
+            "train-policy",
+            "--backend",
+            "ray",
+            "--ray-address",
+            ray_cluster.address,
+            "--n-envs",
+            "4",
+            "--ray-cpus-per-env",
+            "0.5",
+            "--tasks",
+            TASKS,
+            "--eval-tasks",
+            "tabular.wine_mlp",
+            "--timesteps",
+            "192",
+            "--interval",
+            "5",
+            "--budget-scale",
+            "0.2",
+            "--eval-every",
+            "0",
+            "--eval-episodes",
+            "1",
+            "--checkpoint-every",
+            "64",
+            "--output",
+            str(tmp_path / "run"),
+            "--tracking-uri",
+            uri,
+            "--name",
+            "ray-tiny",
+            "--alias",
+            "test",
+            "--no-progress",
+            "--ppo",
+            '{"n_steps": 16, "batch_size": 32, "n_epochs": 2}',
+        ]
+    )
     killer.join(timeout=5)
     out = capsys.readouterr().out
     assert code == 0, out
@@ -121,14 +155,46 @@ def test_train_policy_on_ray_survives_a_killed_actor(ray_cluster, tmp_path, caps
 def test_evaluate_on_ray_matches_in_process(ray_cluster, tiny_tasks, tmp_path, capsys, monkeypatch) -> None:  # noqa: F811
     from chuck.evaluate import evaluate
 
-    common = {"policies": ["heuristic"], "baselines": ["adamw"], "tasks": "test.tiny_a,test.tiny_b", "lrs": [1e-3, 1e-1],
-              "seeds": [0], "budget_scale": SCALE, "oracle_lrs": ORACLE, "mlflow": False, "progress": False}
+    common = {
+        "policies": ["heuristic"],
+        "baselines": ["adamw"],
+        "tasks": "test.tiny_a,test.tiny_b",
+        "lrs": [1e-3, 1e-1],
+        "seeds": [0],
+        "budget_scale": SCALE,
+        "oracle_lrs": ORACLE,
+        "mlflow": False,
+        "progress": False,
+    }
     local = evaluate(out=tmp_path / "local", workers=1, **common)
     monkeypatch.setenv("CHUCK_HOME", str(tmp_path / "home2"))  # no oracle cache: Ray runs every run again
-    code = main(["evaluate", "--backend", "ray", "--ray-address", ray_cluster.address, "--policies", "heuristic",
-                 "--baselines", "adamw", "--tasks", "test.tiny_a,test.tiny_b", "--lrs", "0.001,0.1", "--seeds", "0",
-                 "--budget-scale", str(SCALE), "--oracle-lrs", ",".join(map(str, ORACLE)), "--out", str(tmp_path / "ray"),
-                 "--no-mlflow", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--backend",
+            "ray",
+            "--ray-address",
+            ray_cluster.address,
+            "--policies",
+            "heuristic",
+            "--baselines",
+            "adamw",
+            "--tasks",
+            "test.tiny_a,test.tiny_b",
+            "--lrs",
+            "0.001,0.1",
+            "--seeds",
+            "0",
+            "--budget-scale",
+            str(SCALE),
+            "--oracle-lrs",
+            ",".join(map(str, ORACLE)),
+            "--out",
+            str(tmp_path / "ray"),
+            "--no-mlflow",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     import json
 
