@@ -30,6 +30,7 @@ import numpy as np
 from torch.utils.hooks import RemovableHandle
 
 from chuck.actions import ActionSpec
+from chuck.explain import describe_feature, explain_action, training_ranges
 from chuck.monitors.control import ControlMonitor
 from chuck.monitors.suite import MonitorSuite
 from chuck.observation import ObservationSpec
@@ -128,8 +129,9 @@ class Controller:
             answer = self.ask(obs)
         else:  # one rank asks, every rank applies its answer (and records its observation)
             answer, obs = self.ranks.agree(self.ask(obs) if self.ranks.is_leader else None, obs)
-        return self.apply(answer.action, step=step, source=answer.source, reason=answer.reason,
-                          observation=obs, attribution=answer.attribution)
+        return self.apply(
+            answer.action, step=step, source=answer.source, reason=answer.reason, observation=obs, attribution=answer.attribution
+        )
 
     def observation(self) -> np.ndarray:
         return self.obs_spec.encode(self.suite.stats())
@@ -153,7 +155,9 @@ class Controller:
             outside = self._out_of_distribution(obs)
             if outside:
                 return self._fallback_answer(obs, outside)
-            return PolicyAnswer(action, "policy", attribution=_per_dimension(self.policy.explain(obs), action, self.action_spec.dims))
+            return PolicyAnswer(
+                action, "policy", attribution=_per_dimension(self.policy.explain(obs), action, self.action_spec.dims)
+            )
         except Exception as exc:  # noqa: BLE001 - any failure in asking (act, OOD check, explain) means hold
             return self._hold(f"asking the policy raised {type(exc).__name__}: {exc}")
 
@@ -165,6 +169,18 @@ class Controller:
 
     def _fallback_answer(self, obs: np.ndarray, outside: list[str]) -> PolicyAnswer:
         why = f"out of distribution ({', '.join(outside[:4])}{'...' if len(outside) > 4 else ''})"
+        named = self.obs_spec.as_dict(obs)
+        first = outside[0]
+        if first in named:
+            lo, hi = getattr(self.policy, "obs_low", None), getattr(self.policy, "obs_high", None)
+            seen = ""
+            if lo is not None and hi is not None and first in self.obs_spec.names:
+                i = self.obs_spec.names.index(first)
+                a, b = float(lo[i]), float(hi[i])
+                seen = (
+                    f"; the policy only saw {a:.3g} in training" if a == b else f"; the policy saw {a:.3g}..{b:.3g} in training"
+                )
+            why += f": {describe_feature(first, named[first])} ({first} = {named[first]:.3g}{seen})"
         if self.ood_fallback == "hold":
             return self._hold(why)
         if self._fallback is None:
@@ -173,7 +189,7 @@ class Controller:
             self._fallback = HeuristicPolicy(observation_version=self.obs_spec.version)
         action = np.asarray(self._fallback.act(obs), dtype=np.float64)
         attribution = _per_dimension(self._fallback.explain(obs), action, self.action_spec.dims)
-        return PolicyAnswer(action, "fallback", f"{why}: heuristic", attribution)
+        return PolicyAnswer(action, "fallback", f"{why}; the heuristic decided", attribution)
 
     def _hold(self, reason: str) -> PolicyAnswer:
         return PolicyAnswer(np.zeros(len(self.action_spec.dims)), "fallback", f"hold: {reason}")
@@ -190,14 +206,30 @@ class Controller:
     ) -> Decision:
         """Apply one action through :class:`ActionSpec` and record the decision."""
         obs = self.observation() if observation is None else observation
+        before = self.action_spec.hyperparameters()
         result = self.action_spec.apply(action, self.control.median_grad_norm())
         attribution = attribution or {}
-        words = explain_in_words(result.action, attribution, self.action_spec.dims)
-        reason = "; ".join(r for r in (reason, words) if r)
+        words = explain_action(
+            self.action_spec.dims,
+            before,
+            result.hyperparameters,
+            attribution,
+            self.obs_spec.as_dict(obs),
+            training_ranges=self._training_ranges(),
+        )
+        if not (words or reason) and source != "external":
+            words = "hold"
+        reason = ": ".join(r for r in (reason, words) if r)
         if result.limited:
             reason = (reason + "; " if reason else "") + "at bound: " + ", ".join(result.limited)
         self.control.decision_made()
         return self.record(source, result.action, reason, step, obs, attribution, result.hyperparameters)
+
+    def _training_ranges(self) -> dict[str, tuple[float, float]]:
+        """The feature ranges a learned policy saw in training (the words' "usual" where no monitor sets one)."""
+        if not hasattr(self, "_ranges"):
+            self._ranges = training_ranges(self.policy) if self.policy is not None else {}
+        return self._ranges
 
     def record(
         self,
@@ -249,7 +281,9 @@ def _per_dimension(raw: Any, action: np.ndarray, dims: tuple[str, ...]) -> dict[
 
 
 def explain_in_words(action: list[float], attribution: dict[str, dict[str, float]], dims: tuple[str, ...], k: int = 2) -> str:
-    """"lr up (loss.log_slope +0.41, weights.update_ratio_log10 +0.22)" for each dimension that moved."""
+    """ "lr up (loss.log_slope +0.41, weights.update_ratio_log10 +0.22)" for each dimension that moved.
+
+    Terse, without values; decisions carry the full wording of :func:`chuck.explain.explain_action`."""
     parts = []
     for d, a in zip(dims, action):
         if abs(a) <= 1e-6:
@@ -258,4 +292,3 @@ def explain_in_words(action: list[float], attribution: dict[str, dict[str, float
         because = f" ({', '.join(f'{n} {w:+.2f}' for n, w in top)})" if top else ""
         parts.append(f"{d} {'up' if a > 0 else 'down'}{because}")
     return "; ".join(parts)
-

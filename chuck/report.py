@@ -55,11 +55,22 @@ class Decision:
         return sorted(self.attribution.get(dim, {}).items(), key=lambda kv: -abs(kv[1]))[:k]
 
     def __str__(self) -> str:
-        hp = self.hyperparameters
-        moved = ", ".join(f"{d} {a:+.2f}" for d, a in zip(("lr", "wd", "clip", "dropout"), self.action) if abs(a) > 1e-6)
-        head = (f"step {self.step} [{self.source}] {moved or 'hold'} -> lr={hp.get('lr', math.nan):.3g} "
-                f"wd={hp.get('weight_decay', math.nan):.3g} clip={hp.get('clip', math.nan):.3g}")
-        return head + (f": {self.reason}" if self.reason else "")
+        """``step 120 [policy] lr x3: update ratio 10^-4.6, below its usual 10^-3 (+0.41) -> lr 3e-05, wd 0.01, clipping off``."""
+        return f"step {self.step} [{self.source}] {self.reason or 'hold'} -> {_hp_text(self.hyperparameters)}"
+
+    def __repr__(self) -> str:
+        """Readable: the step, source, resulting hyperparameters and the reason (the observation is in ``.observation``)."""
+        return f"Decision(step={self.step}, source={self.source!r}, {_hp_text(self.hyperparameters)}, reason={self.reason!r})"
+
+
+def _hp_text(hp: dict[str, float]) -> str:
+    clip = hp.get("clip", math.nan)
+    text = f"lr {hp.get('lr', math.nan):.3g}, wd {hp.get('weight_decay', math.nan):.3g}, " + (
+        "clipping off" if math.isinf(clip) else f"clip {clip:.3g}"
+    )
+    if hp.get("dropout"):
+        text += f", dropout {hp['dropout']:.2f}"
+    return text
 
 
 class DecisionLog(Sequence[Decision]):
@@ -128,15 +139,17 @@ class HealthReport:
     def __str__(self) -> str:
         marks = {"ok": "ok  ", "warn": "WARN", "bad": "BAD ", "n/a": "--  "}
         hp = self.hyperparameters
+        clip = hp.get("clip", math.nan)
         lines = [
             f"chuck health at step {self.step}: lr={hp.get('lr', math.nan):.3g} "
-            f"wd={hp.get('weight_decay', math.nan):.3g} clip={hp.get('clip', math.nan):.3g} "
-            f"dropout={hp.get('dropout', 0.0):.2f}"
+            f"wd={hp.get('weight_decay', math.nan):.3g} clip={'off' if math.isinf(clip) else format(clip, '.3g')} "
+            f"dropout={hp.get('dropout', 0.0):.2f}",
+            "  (ok: nothing to do; WARN: look at it; BAD: act now; --: not measurable yet)",
         ]
         width = max((len(i.name) for i in self.indicators), default=10)
         for i in self.indicators:
             line = f"  [{marks.get(i.status, i.status)}] {i.name:<{width}}  {i.reason}"
-            if i.recommendation:
+            if i.recommendation and i.status in ("warn", "bad"):  # ok and n/a ask for nothing
                 line += f"  -> {i.recommendation}"
             lines.append(line)
         if self.recommendations:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from chuck.monitors.base import Indicator, Monitor, grade
+from chuck.monitors.base import Indicator, Monitor, advise, grade
 
 #: Modules whose output is a rectifier: a unit that is <= 0 for every sample in
 #: a batch gets no gradient (a "dead ReLU", Lu et al. 2019, "Dying ReLU and
@@ -25,6 +25,8 @@ RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish
 #: derivative below 0.02; Glorot & Bengio (2010) show saturated top layers stall training.
 SQUASHERS = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Softsign)
 DEAD_WARN, DEAD_BAD = 0.10, 0.40
+#: Share of zero activations beyond which a layer is mostly idle (the architecture advice's line).
+SPARSE_WARN = 0.9
 SAT_WARN, SAT_BAD = 0.10, 0.40
 #: Drift of activation scale against the early baseline, |log(std/std0)|: x e (1.0) warns, x e^2 is bad.
 DRIFT_WARN, DRIFT_BAD = 1.0, 2.0
@@ -94,7 +96,11 @@ class ActivationMonitor(Monitor):
                 units = self._units.get(name)
                 if units is None:
                     n = x.shape[1]
-                    units = torch.randperm(n, generator=self.ctx.generator)[: self.max_units] if n > self.max_units else torch.arange(n)
+                    units = (
+                        torch.randperm(n, generator=self.ctx.generator)[: self.max_units]
+                        if n > self.max_units
+                        else torch.arange(n)
+                    )
                     self._units[name] = units
                 x = x.index_select(1, units.to(x.device))
                 rec: dict[str, float] = {"std": float(x.std()) if x.numel() > 1 else 0.0}
@@ -148,28 +154,42 @@ class ActivationMonitor(Monitor):
         worst_name = worst_name if worst.get("dead", 0.0) > 0 else None
         return [
             Indicator(
-                "act.dead_relu", d, grade(d, DEAD_WARN, DEAD_BAD),
-                f"{d:.0%} of sampled rectifier units are inactive for a whole batch" + (f" (worst: {worst_name})" if worst_name else "")
-                if not math.isnan(d) else "no sampled forward pass yet",
-                "lower the learning rate, use LeakyReLU/GELU, or check the init" if grade(d, DEAD_WARN, DEAD_BAD) in ("warn", "bad") else "",
+                "act.dead_relu",
+                d,
+                grade(d, DEAD_WARN, DEAD_BAD),
+                f"{d:.0%} of sampled rectifier units are inactive for a whole batch"
+                + (f" (worst: {worst_name})" if worst_name else "")
+                if not math.isnan(d)
+                else "no sampled forward pass yet",
+                advise(grade(d, DEAD_WARN, DEAD_BAD), "lower the learning rate, use LeakyReLU/GELU, or check the init"),
                 "Lu et al. 2019, Dying ReLU and Initialization",
             ),
             Indicator(
-                "act.saturation", sat, grade(sat, SAT_WARN, SAT_BAD),
-                f"{sat:.0%} of sampled tanh/sigmoid outputs are saturated" if not math.isnan(sat) else "no sampled forward pass yet",
-                "normalize inputs to the squashing layer or lower the learning rate" if grade(sat, SAT_WARN, SAT_BAD) in ("warn", "bad") else "",
+                "act.saturation",
+                sat,
+                grade(sat, SAT_WARN, SAT_BAD),
+                f"{sat:.0%} of sampled tanh/sigmoid outputs are saturated"
+                if not math.isnan(sat)
+                else "no sampled forward pass yet",
+                advise(grade(sat, SAT_WARN, SAT_BAD), "normalize inputs to the squashing layer or lower the learning rate"),
                 "Glorot & Bengio 2010 (saturation of top hidden layers)",
             ),
             Indicator(
-                "act.sparsity", sp, "ok" if not math.isnan(sp) else "n/a",
+                "act.sparsity",
+                sp,
+                "n/a" if math.isnan(sp) else ("warn" if sp > SPARSE_WARN else "ok"),
                 f"{sp:.0%} of sampled activations are zero" if not math.isnan(sp) else "no sampled forward pass yet",
-                "very sparse layers could be narrower" if sp > 0.9 else "",
-                "informational",
+                "over 90% of activations are zero: the layers could be narrower" if sp > SPARSE_WARN else "",
+                "rule of thumb (the architecture advice uses the same 90%)",
             ),
             Indicator(
-                "act.drift", dr, grade(dr, DRIFT_WARN, DRIFT_BAD),
-                f"activation scale moved up to x{math.exp(dr):.2f} from its early baseline" if not math.isnan(dr) else "no sampled forward pass yet",
-                "normalization layers keep activation scale stable" if grade(dr, DRIFT_WARN, DRIFT_BAD) in ("warn", "bad") else "",
+                "act.drift",
+                dr,
+                grade(dr, DRIFT_WARN, DRIFT_BAD),
+                f"activation scale moved up to x{math.exp(dr):.2f} from its early baseline"
+                if not math.isnan(dr)
+                else "no sampled forward pass yet",
+                advise(grade(dr, DRIFT_WARN, DRIFT_BAD), "normalization layers keep activation scale stable"),
                 "Ioffe & Szegedy 2015 (internal covariate shift)",
             ),
         ]

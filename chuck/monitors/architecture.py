@@ -29,8 +29,11 @@ class ModelProfile:
     @classmethod
     def of(cls, model: nn.Module) -> ModelProfile:
         mods = list(model.modules())
-        widths: list[int] = [int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)  # type: ignore[arg-type]
-                             for m in mods if isinstance(m, WEIGHT_LAYERS)]
+        widths: list[int] = [
+            int(m.out_features if isinstance(m, nn.Linear) else m.out_channels)  # type: ignore[arg-type]
+            for m in mods
+            if isinstance(m, WEIGHT_LAYERS)
+        ]
         return cls(
             weight_layers=sum(isinstance(m, WEIGHT_LAYERS) for m in mods),
             norm_layers=sum(isinstance(m, NORM_LAYERS) for m in mods),

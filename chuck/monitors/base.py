@@ -29,12 +29,19 @@ Status = Literal["ok", "warn", "bad", "n/a"]
 class Indicator:
     """One named health indicator, as shown by ``ChuckOptimizer.health()``.
 
+    Statuses mean the same for every indicator:
+
+    * ``"ok"``: nothing to do (no recommendation);
+    * ``"warn"``: look at it (the recommendation says what to check or try);
+    * ``"bad"``: act now (the recommendation says what to do);
+    * ``"n/a"``: not measurable yet (the reason says what is missing; no recommendation).
+
     Attributes:
         name: dotted name, ``"<monitor>.<indicator>"``, e.g. ``"loss.plateau"``.
         value: the measured value (``nan`` when not yet measurable).
         status: ``"ok"``, ``"warn"``, ``"bad"`` or ``"n/a"`` (not enough data).
         reason: one sentence saying why the status is what it is.
-        recommendation: what a person (or the heuristic policy) should do; empty when ok.
+        recommendation: what a person (or the heuristic policy) should do; empty unless warn or bad.
         source: where the threshold comes from (paper, issue or rule of thumb).
     """
 
@@ -69,6 +76,11 @@ def grade(
     if value >= warn:
         return "warn"
     return "ok"
+
+
+def advise(status: Status, recommendation: str) -> str:
+    """The recommendation when ``status`` asks for action (warn or bad); empty otherwise."""
+    return recommendation if status in ("warn", "bad") else ""
 
 
 @dataclass(frozen=True)

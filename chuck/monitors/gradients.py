@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, StepRecord, grade, median
+from chuck.monitors.base import Indicator, Monitor, StepRecord, advise, grade, median
 
 #: Glorot & Bengio (2010), "Understanding the difficulty of training deep
 #: feedforward neural networks": back-propagated gradient variance should stay
@@ -38,6 +38,22 @@ CLIP_PERCENTILE = 90.0
 
 #: Decades of log10|g| covered by the magnitude histogram (one bin per decade).
 HIST_LOW, HIST_HIGH = -16, 2
+
+#: Gradient entries at most this fraction of the largest sampled one are float noise (float32
+#: carries about 7 significant digits), counted with the exact zeros and left out of the
+#: "where the mass lies" range: unused rows, dead units and rounding residue are no scale
+#: anyone can tune epsilon to.
+NEGLIGIBLE_RELATIVE = 1e-7
+
+#: Share of the (non-negligible) gradient entries below Adam's epsilon at which the histogram
+#: indicator warns: there the update is damped towards SGD-like steps instead of Adam's
+#: sign-like ones (Silva & Rodriguez 2024), for most of the model.
+EPS_DAMPED_WARN = 0.5
+
+#: Share of recent steps clipped above which the clipping threshold is no burst guard but a
+#: rescaling of nearly every step, i.e. a hidden learning-rate cut (AutoClip clips a
+#: percentile's worth of steps, not all of them).
+CLIP_MOSTLY = 0.5
 
 #: Elements sampled per decision for the histogram: the 10th/90th percentiles of a
 #: 16k sample are within about half a percentile of the truth, and the cost
@@ -66,6 +82,8 @@ class GradientMonitor(Monitor):
         self._early: list[float] = []
         self._decision: dict[str, float] = {}
         self._hist = np.zeros(HIST_HIGH - HIST_LOW, dtype=np.float64)
+        # the histogram read for people (not part of stats(): the observation keeps its definition)
+        self._hist_info: dict[str, float] = {}
         # For optimizers without Adam moments: EMA of g and g^2 across decision steps.
         self._m: list[torch.Tensor] | None = None
         self._v: list[torch.Tensor] | None = None
@@ -160,6 +178,7 @@ class GradientMonitor(Monitor):
             out[f"grad.log10_abs_{key}"] = HIST_LOW + (int(np.searchsorted(cdf, q)) + 0.5) / 10.0
         eps = _optimizer_eps(optimizer)
         out["grad.eps_sgd_fraction"] = float((logs < math.log10(eps)).float().mean()) if eps else float("nan")
+        self._hist_info = _meaningful_range(flat, eps)
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """The last gradient-magnitude histogram: (decade edges of log10|g|, mass per decade)."""
@@ -183,9 +202,17 @@ class GradientMonitor(Monitor):
         nan = float("nan")
         out = dict.fromkeys(
             (
-                "grad.norm_log_ratio_initial", "grad.norm_trend", "grad.norm_cv", "grad.clip_fraction",
-                "grad.layer_spread_log10", "grad.rms_floor_fraction", "grad.snr", "grad.log10_abs_p10",
-                "grad.log10_abs_median", "grad.log10_abs_p90", "grad.eps_sgd_fraction",
+                "grad.norm_log_ratio_initial",
+                "grad.norm_trend",
+                "grad.norm_cv",
+                "grad.clip_fraction",
+                "grad.layer_spread_log10",
+                "grad.rms_floor_fraction",
+                "grad.snr",
+                "grad.log10_abs_p10",
+                "grad.log10_abs_median",
+                "grad.log10_abs_p90",
+                "grad.eps_sgd_fraction",
             ),
             nan,
         )
@@ -193,7 +220,7 @@ class GradientMonitor(Monitor):
         if n >= 8:
             norms = np.fromiter(self._norms, float)
             early = median(self._early)
-            recent = median(norms[-min(10, n):].tolist())
+            recent = median(norms[-min(10, n) :].tolist())
             if early > 0 and recent > 0:
                 out["grad.norm_log_ratio_initial"] = math.log(recent / early)
             half = n // 2
@@ -215,41 +242,104 @@ class GradientMonitor(Monitor):
             st_van = "warn"
         snr = s["grad.snr"]
         st_snr = grade(snr, 0.05, 0.01, higher_is_worse=False)
-        lo, hi = self.suggested_eps_range()
         clip = self.suggested_clip()
         return [
             Indicator(
-                "grad.exploding", explode, st_exp,
-                f"gradient norm is x{math.exp(explode):.3g} its early median" if not math.isnan(explode) else "fewer than 8 steps",
-                "clip gradients (see grad.clip_suggestion) and lower the learning rate" if st_exp in ("warn", "bad") else "",
+                "grad.exploding",
+                explode,
+                st_exp,
+                f"gradient norm is x{math.exp(explode):.3g} its early median"
+                if not math.isnan(explode)
+                else "fewer than 8 steps",
+                advise(
+                    st_exp, f"clip gradients (clip_grad_norm_ at {clip:.3g}, the suggestion below) and lower the learning rate"
+                ),
                 "Pascanu et al. 2013 (norm clipping against exploding gradients)",
             ),
             Indicator(
-                "grad.vanishing", spread, st_van,
-                (f"per-layer gradient RMS spans {-spread:.1f} decades; "
-                 f"{s['grad.rms_floor_fraction']:.0%} of tensors have RMS < 1e-10") if not math.isnan(spread) else "no decision step yet",
-                "add normalization or residual connections; check the init" if st_van in ("warn", "bad") else "",
+                "grad.vanishing",
+                spread,
+                st_van,
+                (
+                    f"per-layer gradient RMS spans {-spread:.1f} decades; "
+                    f"{s['grad.rms_floor_fraction']:.0%} of tensors have RMS < 1e-10"
+                )
+                if not math.isnan(spread)
+                else "no decision step yet",
+                advise(st_van, "add normalization or residual connections; check the init"),
                 "Glorot & Bengio 2010 (keep gradient variance comparable across layers)",
             ),
             Indicator(
-                "grad.noise", snr, st_snr,
+                "grad.noise",
+                snr,
+                st_snr,
                 f"mean explains {snr:.1%} of the gradient's second moment" if not math.isnan(snr) else "not enough moments yet",
-                "gradients are mostly noise: larger batch or lower lr" if st_snr in ("warn", "bad") else "",
+                advise(st_snr, "gradients are mostly noise: larger batch or lower lr"),
                 "signal-to-noise from Adam moments: McCandlish et al. 2018 (gradient noise scale)",
             ),
-            Indicator(
-                "grad.clip_suggestion", clip, "ok" if math.isfinite(clip) else "n/a",
-                f"{self.clip_percentile:.0f}th percentile of the last {len(self._norms)} gradient norms",
-                f"clip_grad_norm_ at {clip:.3g}" if math.isfinite(clip) else "",
-                "AutoClip, Seetharaman et al. 2020",
-            ),
-            Indicator(
-                "grad.magnitude_histogram", s["grad.log10_abs_median"], "ok" if not math.isnan(lo) else "n/a",
-                f"|g| mass lies in [{lo:.1e}, {hi:.1e}] (10th-90th percentile)" if not math.isnan(lo) else "no decision step yet",
-                f"Adam epsilon is behaviour-relevant in [{lo:.1e}, {hi:.1e}]" if not math.isnan(lo) else "",
-                "Silva & Rodriguez 2024: epsilon separates sign-like from SGD-like updates",
-            ),
+            self._clip_indicator(clip),
+            self._histogram_indicator(),
         ]
+
+    def _clip_indicator(self, clip: float) -> Indicator:
+        src = "AutoClip, Seetharaman et al. 2020 (clip at a percentile of the norm history)"
+        if not math.isfinite(clip):
+            return Indicator(
+                "grad.clip_suggestion", clip, "n/a", f"fewer than 8 gradient norms seen ({len(self._norms)})", "", src
+            )
+        n = len(self._norms)
+        clipped = float(np.mean(self._clipped)) if self._clipped else 0.0
+        pct = f"the {self.clip_percentile:.0f}th percentile of the last {n} gradient norms is {clip:.3g}"
+        if clipped > CLIP_MOSTLY:
+            return Indicator(
+                "grad.clip_suggestion",
+                clip,
+                "warn",
+                f"clipping cut {clipped:.0%} of the last {n} steps: the threshold sits below typical gradient norms "
+                f"({pct}), so it rescales nearly every step like a lower learning rate",
+                f"unless the run was unstable, raise the clip threshold towards {clip:.3g} (or turn clipping off)",
+                src,
+            )
+        if clipped > 0:
+            why = f"clipping cut {clipped:.0%} of the last {n} steps (bursts only); {pct}"
+        else:
+            why = f"no step clipped; {pct}, a threshold that would cut bursts only"
+        return Indicator("grad.clip_suggestion", clip, "ok", why, "", src)
+
+    def _histogram_indicator(self) -> Indicator:
+        info = self._hist_info
+        src = "Silva & Rodriguez 2024: epsilon separates sign-like from SGD-like updates"
+        if not info:
+            return Indicator("grad.magnitude_histogram", float("nan"), "n/a", "no decision step yet", "", src)
+        zeros = info["negligible_fraction"]
+        if math.isnan(info["p10"]):
+            return Indicator(
+                "grad.magnitude_histogram",
+                float("nan"),
+                "n/a",
+                f"all {zeros:.0%} of the sampled gradient entries are zero or float noise",
+                "",
+                src,
+            )
+        lo, hi, median_ = 10.0 ** info["p10"], 10.0 ** info["p90"], info["median"]
+        why = f"nonzero |g| lie in [{lo:.1e}, {hi:.1e}] (10th-90th percentile)"
+        if zeros > 0:
+            why += f"; {zeros:.0%} of entries are exactly zero or float noise (left out)"
+        eps, damped = info.get("eps", math.nan), info.get("below_eps", math.nan)
+        if math.isnan(eps):
+            return Indicator("grad.magnitude_histogram", median_, "ok", why, "", src)
+        if damped >= EPS_DAMPED_WARN:
+            return Indicator(
+                "grad.magnitude_histogram",
+                median_,
+                "warn",
+                why
+                + f"; {damped:.0%} of them are below the optimizer's eps={eps:.0e}, where its updates shrink to SGD-like steps",
+                f"lower eps below {lo:.0e} (unless SGD-like updates are intended)",
+                src,
+            )
+        where = "below this range" if eps < lo else f"inside it ({damped:.0%} of entries below)"
+        return Indicator("grad.magnitude_histogram", median_, "ok", why + f"; eps={eps:.0e} is {where}", "", src)
 
     # -- checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -259,6 +349,7 @@ class GradientMonitor(Monitor):
             "early": list(self._early),
             "decision": dict(self._decision),
             "hist": self._hist.tolist(),
+            "hist_info": dict(self._hist_info),
             "m": None if self._m is None else [t.clone() for t in self._m],
             "v": None if self._v is None else [t.clone() for t in self._v],
         }
@@ -269,6 +360,7 @@ class GradientMonitor(Monitor):
         self._early = list(state["early"])
         self._decision = dict(state["decision"])
         self._hist = np.asarray(state["hist"], dtype=np.float64)
+        self._hist_info = dict(state.get("hist_info") or {})
         self._m = None if state["m"] is None else [t.clone() for t in state["m"]]
         self._v = None if state["v"] is None else [t.clone() for t in state["v"]]
 
@@ -282,6 +374,37 @@ class GradientMonitor(Monitor):
             if any(s not in shapes for s in ms):
                 return f"gradient moments have shapes {ms[:4]}..., the model's parameters {shapes[:4]}...: another model?"
         return None
+
+
+def _meaningful_range(flat: torch.Tensor, eps: float | None) -> dict[str, float]:
+    """Where the non-negligible gradient mass lies (log10 10th/50th/90th percentiles), the share of
+    exact zeros and float noise, and the share of the rest below ``eps``."""
+    a = flat.abs().float()
+    top = float(a.max()) if a.numel() else 0.0
+    keep = a > top * NEGLIGIBLE_RELATIVE if top > 0 else torch.zeros_like(a, dtype=torch.bool)
+    out = {
+        "negligible_fraction": float(1.0 - keep.float().mean()) if a.numel() else 1.0,
+        "p10": math.nan,
+        "median": math.nan,
+        "p90": math.nan,
+        "eps": float(eps) if eps else math.nan,
+        "below_eps": math.nan,
+    }
+    if int(keep.sum()) == 0:
+        return out
+    kept = a[keep]
+    # 0.1-decade bins, as for the observation's percentiles (a histogram is cheaper than a sort)
+    fine = (
+        torch.histc(torch.log10(kept.clamp_min(10.0**HIST_LOW)), bins=(HIST_HIGH - HIST_LOW) * 10, min=HIST_LOW, max=HIST_HIGH)
+        .cpu()
+        .numpy()
+    )
+    cdf = np.cumsum(fine) / max(fine.sum(), 1.0)
+    for key, q in (("p10", 0.1), ("median", 0.5), ("p90", 0.9)):
+        out[key] = HIST_LOW + (int(np.searchsorted(cdf, q)) + 0.5) / 10.0
+    if eps:
+        out["below_eps"] = float((kept < eps).float().mean())
+    return out
 
 
 def dense_values(g: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from chuck.monitors.base import Indicator, Monitor, Status, StepRecord, grade, median
+from chuck.monitors.base import Indicator, Monitor, Status, StepRecord, advise, grade, median
 
 #: A step counts as "improving" when the smoothed loss beats its best by this
 #: relative margin. ReduceLROnPlateau's default is 1e-4 per *epoch*; per step the
@@ -32,6 +32,24 @@ OVERFIT_GL_BAD = 0.05
 #: this kind; 10x is where chuck's guardrail rolls back, 3x only warns.
 SPIKE_WARN_FACTOR = 3.0
 SPIKE_BAD_FACTOR = 10.0
+
+#: Slope of log(loss) per 100 steps at which a rising training loss is "bad" (act now) rather than
+#: "warn": +50% per 100 steps is a run leaving its basin, not minibatch drift (rule of thumb).
+CONVERGENCE_RISING_BAD = 0.5
+
+#: Std of log(loss) around its trend above which noise that swamps progress is an oscillation
+#: worth a look (x1.65 swings) or worth acting on (x2.7 swings, with no progress at all). Below
+#: them a flat, noisy curve is ordinary minibatch noise late in training (rule of thumb).
+OSCILLATION_NOISE_WARN = 0.5
+OSCILLATION_NOISE_BAD = 1.0
+
+#: log(val / train) from which the generalization gap alone is worth a look, even while the
+#: validation loss is at its best: validation twice the training loss (rule of thumb).
+GEN_GAP_WARN = math.log(2.0)
+
+#: Slope of log(validation loss) per evaluation (over the last five) below which the validation
+#: loss counts as still improving: 0.2% per evaluation, above the jitter of a fixed validation set.
+VAL_IMPROVING = -0.002
 
 #: Steps between refreshes of the cached median used by the spike guardrail.
 MEDIAN_REFRESH = 8
@@ -127,9 +145,16 @@ class LossMonitor(Monitor):
         nan = float("nan")
         out = dict.fromkeys(
             (
-                "loss.log_slope", "loss.noise", "loss.noise_to_progress", "loss.spike",
-                "loss.plateau", "loss.log_ratio_initial", "loss.gen_gap", "loss.val_trend",
-                "loss.overfit_gl", "loss.has_val",
+                "loss.log_slope",
+                "loss.noise",
+                "loss.noise_to_progress",
+                "loss.spike",
+                "loss.plateau",
+                "loss.log_ratio_initial",
+                "loss.gen_gap",
+                "loss.val_trend",
+                "loss.overfit_gl",
+                "loss.has_val",
             ),
             nan,
         )
@@ -162,49 +187,131 @@ class LossMonitor(Monitor):
 
     def indicators(self) -> list[Indicator]:
         s = self.stats()
-        slope, ntp = s["loss.log_slope"], s["loss.noise_to_progress"]
-        conv_status: Status = "n/a" if math.isnan(slope) else ("ok" if slope < -0.01 else ("warn" if slope < 0.5 else "bad"))
-        inds = [
-            Indicator(
-                "loss.convergence", slope, conv_status,
-                f"log-loss slope {slope:+.3f} per 100 steps" if not math.isnan(slope) else "fewer than 8 losses seen",
-                "" if conv_status in ("ok", "n/a") else "loss is not falling: check the learning rate (too low: flat; too high: rising)",
-                "log-linear fit over the monitor window",
-            ),
-            Indicator(
-                "loss.oscillation", ntp, grade(ntp, 0.8, 0.95),
-                f"noise is {ntp:.0%} of noise+progress over the window" if not math.isnan(ntp) else "not enough data",
-                "lower the learning rate or raise the batch size" if grade(ntp, 0.8, 0.95) in ("warn", "bad") else "",
-                "rule of thumb: progress should dominate minibatch noise",
-            ),
-            Indicator(
-                "loss.spike", s["loss.spike"],
-                grade(s["loss.spike"], math.log(SPIKE_WARN_FACTOR), math.log(SPIKE_BAD_FACTOR)),
-                f"latest loss is x{math.exp(s['loss.spike']):.2f} its recent median" if not math.isnan(s["loss.spike"]) else "not enough data",
-                "spikes: lower lr or clip gradients" if grade(s["loss.spike"], math.log(SPIKE_WARN_FACTOR), math.log(SPIKE_BAD_FACTOR)) != "ok" else "",
-                "PaLM (Chowdhery et al. 2022, sec. 5.1): roll back and skip on loss spikes",
-            ),
-            Indicator(
-                "loss.plateau", s["loss.plateau"], grade(s["loss.plateau"], 0.5, 1.0),
-                f"{self._since_improve} steps without a {PLATEAU_REL_IMPROVEMENT:.0%} improvement of the smoothed loss",
-                "plateau: try a warm restart (raise lr briefly) or decay it" if grade(s["loss.plateau"], 0.5, 1.0) != "ok" else "",
-                "ReduceLROnPlateau-style patience, expressed as a fraction of the window",
-            ),
+        n = len(self._log_losses)
+        val_falling = self._val_falling(s)
+        return [
+            self._convergence(s, n, val_falling),
+            self._oscillation(s, val_falling),
+            self._spike(s),
+            self._plateau(s, n, val_falling),
+            self._overfitting(s),
         ]
-        gl = s["loss.overfit_gl"]
-        st = grade(gl, OVERFIT_GL_WARN, OVERFIT_GL_BAD)
-        if st != "n/a" and not (s["loss.val_trend"] > 0 or math.isnan(s["loss.val_trend"])):
-            st = "ok" if st == "warn" else st  # val falling again: not (yet) overfitting
-        inds.append(
-            Indicator(
-                "loss.overfitting", gl, st,
-                (f"validation loss is {gl:.1%} above its best; gap log(val/train) = {s['loss.gen_gap']:+.2f}")
-                if not math.isnan(gl) else "no validation loss observed (call opt.observe(val_loss=...))",
-                "more regularization (weight decay, dropout, augmentation) or stop early" if st in ("warn", "bad") else "",
-                "Prechelt 1998, generalization-loss criterion GL_2 / GL_5",
+
+    def _val_falling(self, s: dict[str, float]) -> bool:
+        """The validation loss still improves: falling over the last evaluations and near its best."""
+        trend = s["loss.val_trend"]
+        return not math.isnan(trend) and trend < VAL_IMPROVING and s["loss.overfit_gl"] < OVERFIT_GL_WARN
+
+    def _convergence(self, s: dict[str, float], n: int, val_falling: bool) -> Indicator:
+        slope, noise = s["loss.log_slope"], s["loss.noise"]
+        src = "log-linear fit over the monitor window; a trend counts when it exceeds 2 standard errors"
+        if math.isnan(slope):
+            return Indicator("loss.convergence", slope, "n/a", f"fewer than 8 losses seen ({n})", "", src)
+        # standard error of a least-squares slope, per 100 steps: noise / sqrt(sum x^2), x centred
+        se = 100.0 * noise / math.sqrt(max(n * (n * n - 1) / 12.0, 1e-12))
+        pct = f"{abs(math.expm1(slope)):.1%} per 100 steps"
+        status: Status
+        if slope < -max(2.0 * se, 1e-3):
+            status, why, rec = "ok", f"training loss falling {pct}", ""
+        elif slope > 2.0 * se and slope > 0.01:
+            status = "bad" if slope >= CONVERGENCE_RISING_BAD else "warn"
+            why = f"training loss rising {pct} over the last {n} steps"
+            rec = "the loss climbs: lower the learning rate (or check the data pipeline)"
+        elif val_falling:
+            status, rec = "ok", ""
+            why = f"training loss flat within its minibatch noise over the last {n} steps, validation loss still falling"
+        elif s["loss.log_ratio_initial"] < math.log(0.5):
+            status = "warn"
+            why = (
+                f"training loss flat within its minibatch noise over the last {n} steps, after falling to "
+                f"{math.exp(s['loss.log_ratio_initial']):.2g}x its start"
             )
+            rec = (
+                "converged or stalled: if the validation loss no longer improves, decay the lr or stop"
+                if s["loss.has_val"] > 0
+                else "converged or stalled: report a validation loss (opt.observe(val_loss=...)) to tell which"
+            )
+        else:
+            status = "warn"
+            why = f"training loss has not moved from its starting level over the last {n} steps"
+            rec = "no progress: check the learning rate (too low: flat; too high: noisy) and the data"
+        return Indicator("loss.convergence", slope, status, why, rec, src)
+
+    def _oscillation(self, s: dict[str, float], val_falling: bool) -> Indicator:
+        ntp, noise = s["loss.noise_to_progress"], s["loss.noise"]
+        src = (
+            "rule of thumb: a small trend next to minibatch noise is normal late in training; swings beyond "
+            f"+-{math.expm1(OSCILLATION_NOISE_WARN):.0%} (+-{math.expm1(OSCILLATION_NOISE_BAD):.0%}) without progress suggest a too-high lr"
         )
-        return inds
+        if math.isnan(ntp):
+            return Indicator("loss.oscillation", ntp, "n/a", "fewer than 8 losses seen", "", src)
+        swing = f"minibatch losses swing about {math.expm1(noise):.0%} around the trend"
+        status: Status = "ok"
+        if ntp < 0.8:
+            why = f"progress shows through the minibatch noise (noise is {ntp:.0%} of noise+progress, under 80%)"
+        elif val_falling:
+            why = f"noise is {ntp:.0%} of noise+progress, as expected once the trend flattens; validation loss still falling"
+        elif noise < OSCILLATION_NOISE_WARN:
+            why = f"noise is {ntp:.0%} of noise+progress but small: {swing}"
+        else:
+            status = "bad" if noise >= OSCILLATION_NOISE_BAD and ntp >= 0.95 else "warn"
+            why = f"the loss jumps without progress: {swing}, noise is {ntp:.0%} of noise+progress"
+        rec = advise(status, "lower the learning rate or raise the batch size (if the validation loss stalls too)")
+        return Indicator("loss.oscillation", ntp, status, why, rec, src)
+
+    def _spike(self, s: dict[str, float]) -> Indicator:
+        spike = s["loss.spike"]
+        status = grade(spike, math.log(SPIKE_WARN_FACTOR), math.log(SPIKE_BAD_FACTOR))
+        return Indicator(
+            "loss.spike",
+            spike,
+            status,
+            f"latest loss is x{math.exp(spike):.2f} its recent median" if not math.isnan(spike) else "fewer than 8 losses seen",
+            advise(status, "loss spikes: lower the lr or clip gradients (chuck's guardrail rolls back 10x spikes)"),
+            "PaLM (Chowdhery et al. 2022, sec. 5.1): roll back and skip on loss spikes",
+        )
+
+    def _plateau(self, s: dict[str, float], n: int, val_falling: bool) -> Indicator:
+        p = s["loss.plateau"]
+        src = "ReduceLROnPlateau-style patience, as a fraction of the window (half: warn, a whole window: bad)"
+        if math.isnan(p):
+            return Indicator("loss.plateau", p, "n/a", f"fewer than 8 losses seen ({n})", "", src)
+        why = f"{self._since_improve} steps without a {PLATEAU_REL_IMPROVEMENT:.0%} improvement of the smoothed training loss"
+        status = grade(p, 0.5, 1.0)
+        if status != "ok" and val_falling:
+            status, why = "ok", why + ", but the validation loss is still falling"
+        rec = advise(status, "plateau: try a warm restart (raise the lr briefly) or decay it; stop if validation stalls too")
+        return Indicator("loss.plateau", p, status, why, rec, src)
+
+    def _overfitting(self, s: dict[str, float]) -> Indicator:
+        gl, gap, trend = s["loss.overfit_gl"], s["loss.gen_gap"], s["loss.val_trend"]
+        src = (
+            f"Prechelt 1998, generalization-loss criterion GL_2 / GL_5; rule of thumb: validation "
+            f"{math.exp(GEN_GAP_WARN):.0f}x the training loss"
+        )
+        if math.isnan(gl):
+            return Indicator(
+                "loss.overfitting", gl, "n/a", "no validation loss observed (call opt.observe(val_loss=...))", "", src
+            )
+        status = grade(gl, OVERFIT_GL_WARN, OVERFIT_GL_BAD)
+        best_step = next((f"step {st}" for st, v, _ in self._val if v == self._best_val), f"before step {self._val[0][0]}")
+        ratio = (
+            f"validation loss {math.exp(gap):.2g}x the training loss" if not math.isnan(gap) else "no training loss to compare"
+        )
+        why = f"validation loss is {gl:.1%} above its best ({best_step}); {ratio}"
+        rec = ""
+        if status != "ok" and not (trend > 0):
+            status, why = "ok", why + ", but falling again"  # not (yet) overfitting
+        if status in ("warn", "bad"):
+            rec = f"more regularization (weight decay, dropout, augmentation) or stop early (best validation loss at {best_step})"
+        elif not math.isnan(gap) and gap >= GEN_GAP_WARN:
+            status = "warn"
+            why = f"{ratio}, though the validation loss is {'at its best' if gl <= 0 else f'{gl:.1%} above its best'}"
+            rec = (
+                "the model fits its training data far better than new data: watch for the validation loss "
+                "turning up; more regularization (weight decay, dropout, augmentation) may help"
+            )
+        return Indicator("loss.overfitting", gl, status, why, rec, src)
 
     # -- checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, grade
+from chuck.monitors.base import Indicator, Monitor, Status, advise, grade
 
 #: Coordinates sampled for both estimates; enough for stable sums, constant cost.
 SUBSET = 4096
@@ -137,20 +137,29 @@ class StepSizeMonitor(Monitor):
     def indicators(self) -> list[Indicator]:
         s = self.stats()
         r, h = s["step.log10_update_over_dhat"], s["step.hypergrad"]
-        r = min(r, 99.0)  # +inf (no distance bound yet) reads as "far too large" below
-        low = grade(-r if not math.isnan(r) else r, 2.0, 3.0)
+        low: Status
+        if math.isinf(r):  # the run has not moved from its start along the sampled coordinates: no bound yet
+            low, why = "n/a", "no distance estimate yet (the sampled coordinates have not moved)"
+        else:
+            low = grade(-r if not math.isnan(r) else r, 2.0, 3.0)
+            why = f"mean step is 10^{r:.1f} of the distance estimate d_hat" if not math.isnan(r) else "no sampled update yet"
         return [
             Indicator(
-                "step.size_vs_distance", r, low,
-                f"mean step is 10^{r:.1f} of the distance estimate d_hat" if not math.isnan(r) else "no sampled update yet",
-                "steps are tiny next to the distance still to travel: raise the learning rate" if low in ("warn", "bad") else "",
+                "step.size_vs_distance",
+                r,
+                low,
+                why,
+                advise(low, "steps are tiny next to the distance still to travel: raise the learning rate"),
                 "D-Adaptation / Prodigy distance bound (Defazio & Mishchenko 2023; Mishchenko & Defazio 2023)",
             ),
             Indicator(
-                "step.hypergradient", h, grade(-h if not math.isnan(h) else h, 0.2, 0.5),
-                f"new gradients point {'along' if h >= 0 else 'against'} the last step (cosine {h:+.2f})" if not math.isnan(h)
+                "step.hypergradient",
+                h,
+                grade(-h if not math.isnan(h) else h, 0.2, 0.5),
+                f"new gradients point {'along' if h >= 0 else 'against'} the last step (cosine {h:+.2f})"
+                if not math.isnan(h)
                 else "needs two consecutive sampled steps",
-                "the last steps overshot: lower the learning rate" if not math.isnan(h) and h < -0.2 else "",
+                advise(grade(-h if not math.isnan(h) else h, 0.2, 0.5), "the last steps overshot: lower the learning rate"),
                 "hypergradient descent, Baydin et al. 2018",
             ),
         ]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, grade
+from chuck.monitors.base import Indicator, Monitor, advise, grade
 
 #: CS231n (Karpathy), "Neural Networks Part 3": the ratio of update magnitude to
 #: weight magnitude should be around 1e-3; much lower means a too-small lr, much
@@ -96,7 +96,9 @@ class WeightMonitor(Monitor):
 
     def stats(self) -> dict[str, float]:
         nan = float("nan")
-        out = dict.fromkeys(("weights.update_ratio_log10", "weights.update_cosine", "weights.scale_log_ratio", "weights.nonfinite_fraction"), nan)
+        out = dict.fromkeys(
+            ("weights.update_ratio_log10", "weights.update_cosine", "weights.scale_log_ratio", "weights.nonfinite_fraction"), nan
+        )
         out.update(self._stats)
         return out
 
@@ -107,32 +109,49 @@ class WeightMonitor(Monitor):
         st_r = grade(dev, UPDATE_RATIO_WARN, UPDATE_RATIO_BAD)
         rec_r = ""
         if st_r in ("warn", "bad"):
-            rec_r = "updates are tiny: raise the learning rate" if r < UPDATE_RATIO_TARGET_LOG10 else "updates are large: lower the learning rate"
+            rec_r = (
+                "updates are tiny: raise the learning rate"
+                if r < UPDATE_RATIO_TARGET_LOG10
+                else "updates are large: lower the learning rate"
+            )
         scale = s["weights.scale_log_ratio"]
         cos = s["weights.update_cosine"]
         nf = s["weights.nonfinite_fraction"]
         return [
             Indicator(
-                "weights.update_ratio", r, st_r,
+                "weights.update_ratio",
+                r,
+                st_r,
                 f"median ||update||/||weight|| = 10^{r:.2f} (target ~1e-3)" if not math.isnan(r) else "no sampled update yet",
-                rec_r, "CS231n (Karpathy): update/weight ratio ~1e-3",
+                rec_r,
+                "CS231n (Karpathy): update/weight ratio ~1e-3",
             ),
             Indicator(
-                "weights.update_direction", cos, "n/a" if math.isnan(cos) else ("warn" if cos < -0.5 else "ok"),
+                "weights.update_direction",
+                cos,
+                "n/a" if math.isnan(cos) else ("warn" if cos < -0.5 else "ok"),
                 f"cosine between consecutive updates = {cos:+.2f}" if not math.isnan(cos) else "needs two sampled updates",
-                "consecutive updates point against each other: the lr is likely past the edge of stability" if not math.isnan(cos) and cos < -0.5 else "",
+                "consecutive updates point against each other: the lr is likely past the edge of stability"
+                if not math.isnan(cos) and cos < -0.5
+                else "",
                 "Cohen et al. 2021, edge of stability (sign-flipping updates)",
             ),
             Indicator(
-                "weights.scale", scale, grade(abs(scale) if not math.isnan(scale) else scale, SCALE_WARN, SCALE_BAD),
-                f"weight RMS is x{math.exp(scale):.3g} its He-init scale (largest deviation)" if not math.isnan(scale) else "no decision step yet",
-                "weights grow or collapse: adjust weight decay or the init" if grade(abs(scale) if not math.isnan(scale) else scale, SCALE_WARN, SCALE_BAD) in ("warn", "bad") else "",
+                "weights.scale",
+                scale,
+                grade(abs(scale) if not math.isnan(scale) else scale, SCALE_WARN, SCALE_BAD),
+                f"weight RMS is x{math.exp(scale):.3g} its He-init scale (largest deviation)"
+                if not math.isnan(scale)
+                else "no decision step yet",
+                advise(grade(abs(scale), SCALE_WARN, SCALE_BAD), "weights grow or collapse: adjust weight decay or the init"),
                 "He et al. 2015 / Glorot & Bengio 2010 init scales",
             ),
             Indicator(
-                "weights.nonfinite", nf, grade(nf, 1e-12, 1e-12),
+                "weights.nonfinite",
+                nf,
+                grade(nf, 1e-12, 1e-12),
                 f"{nf:.0%} of parameter tensors hold NaN/inf" if not math.isnan(nf) else "no decision step yet",
-                "restore a checkpoint; lower lr; clip" if nf and nf > 0 else "",
+                advise(grade(nf, 1e-12, 1e-12), "restore a checkpoint; lower lr; clip"),
                 "any non-finite weight is fatal",
             ),
         ]
