@@ -69,8 +69,8 @@ def _sharded(optimizer: torch.optim.Optimizer, model: Any) -> str | None:
         DTensor = ()  # type: ignore[assignment,misc]
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if getattr(p, "_is_flat_param", False):
-                return "its parameters are FSDP flat parameters"
+            if getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False):
+                return "its parameters are FSDP flat parameters or views of them"
             if isinstance(p, DTensor):
                 return "its parameters are DTensors (FSDP2 fully_shard or tensor parallelism)"
     return None
