@@ -8,7 +8,7 @@ bare run evaluates too), and (c) the bare loop without evaluation. Arms are
 interleaved per repetition in one process. Prints decisions/s, inner steps/s
 and the time ratios env/bare.
 
-    python experiments/bench_env.py                 # all train+heldout tasks, 3 repetitions
+    python experiments/bench_env.py                 # every zoo family, 3 repetitions
     python experiments/bench_env.py --tasks cv.digits_mlp --reps 5
 """
 
