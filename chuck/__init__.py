@@ -18,7 +18,6 @@ from chuck.optimizer import ChuckOptimizer
 from chuck.policies.base import Policy
 from chuck.report import Decision, HealthReport
 
-
 _LAZY = {
     "MLflowDecisionLogger": ("chuck.mlflow_logger", "MLflowDecisionLogger"),
     "tune": ("chuck.tuning", "tune"),
@@ -35,6 +34,7 @@ def __getattr__(name: str):
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'chuck' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -20,8 +20,20 @@ from chuck.report import Decision
 #: controller state as the ``ctrl`` monitor; the weight monitor keeps its previous update.
 STATE_VERSION = 2
 
-_REQUIRED = ("step", "calls", "interval", "action", "guardrails", "monitors", "rng", "policy_id",
-             "policy_state", "decisions", "metrics", "last_scale")
+_REQUIRED = (
+    "step",
+    "calls",
+    "interval",
+    "action",
+    "guardrails",
+    "monitors",
+    "rng",
+    "policy_id",
+    "policy_state",
+    "decisions",
+    "metrics",
+    "last_scale",
+)
 _DECISION_FIELDS = {f.name for f in fields(Decision)}
 
 
@@ -63,8 +75,10 @@ def validate_chuck_state(cs: dict[str, Any], opt: Any, base_state: dict[str, Any
         if not isinstance(cs[key], int) or cs[key] < 0:
             problems.append(f"{key} must be a non-negative integer, got {cs[key]!r}")
     if cs["interval"] != opt.interval:
-        problems.append(f"the checkpoint decides every {cs['interval']} steps, this optimizer every {opt.interval}: "
-                        f"pass interval={cs['interval']}")
+        problems.append(
+            f"the checkpoint decides every {cs['interval']} steps, this optimizer every {opt.interval}: "
+            f"pass interval={cs['interval']}"
+        )
     why = opt.action_spec.validate_state_dict(cs["action"]) if isinstance(cs["action"], dict) else "not a dict"
     if why:
         problems.append(f"action: {why}")
@@ -84,7 +98,9 @@ def validate_chuck_state(cs: dict[str, Any], opt: Any, base_state: dict[str, Any
             torch.Generator().set_state(cs["rng"])
         except RuntimeError as exc:
             problems.append(f"rng: {exc}")
-    if not isinstance(cs["decisions"], list) or any(not isinstance(d, dict) or set(d) - _DECISION_FIELDS for d in cs["decisions"]):
+    if not isinstance(cs["decisions"], list) or any(
+        not isinstance(d, dict) or set(d) - _DECISION_FIELDS for d in cs["decisions"]
+    ):
         problems.append("decisions must be a list of decision records")
     if not isinstance(cs["metrics"], dict):
         problems.append("metrics must be a dict")
@@ -118,7 +134,9 @@ def _base_state_problems(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -
         for pid, p in zip(ids, params):
             for key, value in state.get(pid, {}).items():
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and not value.is_sparse and value.shape != p.shape:
-                    problems.append(f"state {key!r} of a parameter has shape {tuple(value.shape)}, the parameter "
-                                    f"{tuple(p.shape)}: a checkpoint of another model?")
+                    problems.append(
+                        f"state {key!r} of a parameter has shape {tuple(value.shape)}, the parameter "
+                        f"{tuple(p.shape)}: a checkpoint of another model?"
+                    )
                     break
     return problems

@@ -53,8 +53,9 @@ def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | Non
     inst = task.build(cfg)
     opt: Any = inst.optimizer
     if policy is not None:
-        opt = chuck.ChuckOptimizer(inst.optimizer, policy, model=inst.model, total_steps=steps, interval=interval,
-                                   tracking=logger)
+        opt = chuck.ChuckOptimizer(
+            inst.optimizer, policy, model=inst.model, total_steps=steps, interval=interval, tracking=logger
+        )
     hist: dict[str, list] = {"step": [], "train": [], "val_step": [], "val": [], "lr": []}
 
     def lr_now() -> float:
@@ -80,8 +81,15 @@ def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | Non
             on_eval(steps, evaluate(inst, opt))
     seconds = time.perf_counter() - t0
     metrics = inst.metrics()
-    result = {"history": hist, "seconds": seconds, "metrics": metrics, "final_val": hist["val"][-1],
-              "best_val": min(hist["val"]), "final_lr": hist["lr"][-1], "opt": opt}
+    result = {
+        "history": hist,
+        "seconds": seconds,
+        "metrics": metrics,
+        "final_val": hist["val"][-1],
+        "best_val": min(hist["val"]),
+        "final_lr": hist["lr"][-1],
+        "opt": opt,
+    }
     if policy is not None:
         opt.close()
     else:
@@ -108,8 +116,11 @@ def _plot(path: Path, plain: dict[str, Any], ch: dict[str, Any], title: str) -> 
     ax.legend()
 
     steps = [d.step for d in decisions]
-    for ax, key, label, log in ((axes[0, 1], "lr", "learning rate", True), (axes[1, 0], "weight_decay", "weight decay", False),
-                                (axes[1, 1], "clip", "gradient clip threshold (inf = off)", True)):
+    for ax, key, label, log in (
+        (axes[0, 1], "lr", "learning rate", True),
+        (axes[1, 0], "weight_decay", "weight decay", False),
+        (axes[1, 1], "clip", "gradient clip threshold (inf = off)", True),
+    ):
         vals = [d.hyperparameters.get(key, math.nan) for d in decisions]
         shown = [v if math.isfinite(v) else np.nan for v in vals]
         if key == "lr":
@@ -154,8 +165,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     config.optimizer, config.lr, config.label_noise = "AdamW", cfg.lr, 0.0
     uri = cfg.tracking_uri or tracking.default_tracking_uri()
     tracking.setup(uri, cfg.experiment)
-    print(f"chuck demo: {cfg.task} ({config.width}x{config.depth} {config.activation}, norm={config.norm}), "
-          f"AdamW from lr={cfg.lr:g}, {steps} steps per arm; policy {policy.id}")
+    print(
+        f"chuck demo: {cfg.task} ({config.width}x{config.depth} {config.activation}, norm={config.norm}), "
+        f"AdamW from lr={cfg.lr:g}, {steps} steps per arm; policy {policy.id}"
+    )
 
     plain_log = MLflowDecisionLogger(experiment=cfg.experiment, run_name="AdamW", tracking_uri=uri)
     plain = _train_arm(task, config, steps, interval, None, plain_log, "AdamW        ")
@@ -167,7 +180,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print(f"{'arm':<30} {'final val loss':>14} {'best val loss':>14} {'val acc':>8} {'final lr':>10} {'time s':>7}")
     for name, r in rows:
         acc = r["metrics"].get("val_accuracy", math.nan)
-        print(f"{name:<30} {r['final_val']:>14.4f} {r['best_val']:>14.4f} {acc:>8.3f} {r['final_lr']:>10.3g} {r['seconds']:>7.1f}")
+        print(
+            f"{name:<30} {r['final_val']:>14.4f} {r['best_val']:>14.4f} {acc:>8.3f} {r['final_lr']:>10.3g} {r['seconds']:>7.1f}"
+        )
     decisions = ch["opt"].decisions
     by_source: dict[str, int] = {}
     for d in decisions:
@@ -179,9 +194,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             feats[k] = feats.get(k, 0.0) + abs(v)
     top = sorted(feats.items(), key=lambda kv: -kv[1])[:5]
     print()
-    print(f"chuck made {len(decisions)} decisions ({', '.join(f'{n} {k}' for k, n in by_source.items())}); "
-          f"lr went {config.lr:.2g} -> {lrs[-1]:.2g} (range {min(lrs):.2g}..{max(lrs):.2g}); "
-          f"clipping {'on at ' + format(decisions[-1].hyperparameters['clip'], '.3g') if decisions and math.isfinite(decisions[-1].hyperparameters['clip']) else 'off'} at the end")
+    print(
+        f"chuck made {len(decisions)} decisions ({', '.join(f'{n} {k}' for k, n in by_source.items())}); "
+        f"lr went {config.lr:.2g} -> {lrs[-1]:.2g} (range {min(lrs):.2g}..{max(lrs):.2g}); "
+        f"clipping {'on at ' + format(decisions[-1].hyperparameters['clip'], '.3g') if decisions and math.isfinite(decisions[-1].hyperparameters['clip']) else 'off'} at the end"
+    )
     if top:
         print("features that drove the decisions most: " + ", ".join(f"{k} ({v / max(len(decisions), 1):.2f})" for k, v in top))
     print()
@@ -192,5 +209,4 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print(f"plot: {out.resolve()}")
     print(f"MLflow runs in experiment {cfg.experiment!r} at {uri}")
     print(f"explore them: chuck ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)")
-    return {"plain": plain, "chuck": ch, "png": out, "tracking_uri": uri,
-            "run_ids": (plain_log.run_id, chuck_log.run_id)}
+    return {"plain": plain, "chuck": ch, "png": out, "tracking_uri": uri, "run_ids": (plain_log.run_id, chuck_log.run_id)}

@@ -133,8 +133,9 @@ class Guardrails:
         if self.good_in_a_row >= self.config.min_history:
             self.lr_mult_before_streak = None
 
-    def check(self, loss: float | None, grad_norm: float, median_loss: float, history: int,
-              initial_loss: float = math.nan) -> Verdict:
+    def check(
+        self, loss: float | None, grad_norm: float, median_loss: float, history: int, initial_loss: float = math.nan
+    ) -> Verdict:
         """Judge one step from its loss (``None`` when the user gave none) and global grad norm.
 
         Args:
@@ -149,8 +150,12 @@ class Guardrails:
         if not math.isfinite(loss):
             return Verdict.SKIP_NONFINITE
         floor = self.config.min_spike_fraction * initial_loss if initial_loss > 0 else 0.0
-        if (history >= self.config.min_history and median_loss > 0 and loss > self.config.spike_factor * median_loss
-                and loss > floor):
+        if (
+            history >= self.config.min_history
+            and median_loss > 0
+            and loss > self.config.spike_factor * median_loss
+            and loss > floor
+        ):
             return Verdict.ROLLBACK_SPIKE
         return Verdict.OK
 
@@ -233,8 +238,11 @@ class Guardrails:
             "snapshot_pending": self._snapshot_pending,
             "snapshot_step": self.snapshot_step,
             "snap_params": None if self._snap_params is None else [t.clone() for t in self._snap_params],
-            "snap_state": None if self._snap_state is None else {
-                i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in e.items()} for i, e in self._snap_state.items()
+            "snap_state": None
+            if self._snap_state is None
+            else {
+                i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in e.items()}
+                for i, e in self._snap_state.items()
             },
         }
 
@@ -259,6 +267,4 @@ class Guardrails:
         self.good_in_a_row = int(state.get("good_in_a_row", 0))
         self.snapshot_step = state["snapshot_step"]
         self._snap_params = None if state["snap_params"] is None else [t.clone() for t in state["snap_params"]]
-        self._snap_state = None if state["snap_state"] is None else {
-            int(i): dict(e) for i, e in state["snap_state"].items()
-        }
+        self._snap_state = None if state["snap_state"] is None else {int(i): dict(e) for i, e in state["snap_state"].items()}

@@ -85,10 +85,18 @@ class MetaTrainConfig:
     """Show a progress bar."""
     prior: str | None = "prior@1"
     """Built-in controller the policy is a residual on ("prior@1", see chuck.policies.prior), or none."""
-    ppo: dict[str, Any] = field(default_factory=lambda: {
-        "n_steps": 256, "batch_size": 128, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 1.0,
-        "gae_lambda": 0.95, "clip_range": 0.2, "ent_coef": 0.0,
-    })
+    ppo: dict[str, Any] = field(
+        default_factory=lambda: {
+            "n_steps": 256,
+            "batch_size": 128,
+            "n_epochs": 10,
+            "learning_rate": 3e-4,
+            "gamma": 1.0,
+            "gae_lambda": 0.95,
+            "clip_range": 0.2,
+            "ent_coef": 0.0,
+        }
+    )
     """PPO hyperparameters passed to stable_baselines3.PPO (n_steps is per environment). gamma = 1: an
     episode's return telescopes to log(L_start / L_end) only undiscounted, and the end of a run,
     where annealing pays, must not be discounted away (the policy issue, lever 4)."""
@@ -146,8 +154,16 @@ def _make_env(tasks: str, interval: int, budget_scale: float, seed: int, prior: 
     return thunk
 
 
-def evaluate_policy(policy: Any, tasks: str, episodes: int, *, interval: int = 20, budget_scale: float = 1.0,
-                    seed: int = 10_000, options: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def evaluate_policy(
+    policy: Any,
+    tasks: str,
+    episodes: int,
+    *,
+    interval: int = 20,
+    budget_scale: float = 1.0,
+    seed: int = 10_000,
+    options: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Run ``episodes`` meta-env episodes with ``policy`` (a chuck Policy, or None = hold) on fixed seeds.
 
     Each decision is asked the way deployment asks it: through the episode's own
@@ -170,11 +186,18 @@ def evaluate_policy(policy: Any, tasks: str, episodes: int, *, interval: int = 2
             action = hold if policy is None else _ask_as_deployed(env, policy, obs)
             obs, r, done, _, info = env.step(action)
             ret += r
-        rows.append({
-            "task_id": info["task_id"], "seed": seed + i, "optimizer": info["hyperparameters"]["optimizer"],
-            "initial_lr": info["hyperparameters"]["lr"], "return": ret, "diverged": info["diverged"],
-            "final_val_loss": info["final"]["final_val_loss"], "final_lr": info["final"]["lr"],
-        })
+        rows.append(
+            {
+                "task_id": info["task_id"],
+                "seed": seed + i,
+                "optimizer": info["hyperparameters"]["optimizer"],
+                "initial_lr": info["hyperparameters"]["lr"],
+                "return": ret,
+                "diverged": info["diverged"],
+                "final_val_loss": info["final"]["final_val_loss"],
+                "final_lr": info["final"]["lr"],
+            }
+        )
     env.close()
     return rows
 
@@ -251,10 +274,18 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         if state and (ckpt / "ppo.zip").exists():
             model = PPO.load(str(ckpt / "ppo.zip"), env=venv, device="cpu")
         else:
-            model = PPO("MlpPolicy", venv, seed=cfg.seed, device="cpu", verbose=0,
-                        policy_kwargs={"net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
-                                       "log_std_init": cfg.log_std_init},
-                        **cfg.ppo)
+            model = PPO(
+                "MlpPolicy",
+                venv,
+                seed=cfg.seed,
+                device="cpu",
+                verbose=0,
+                policy_kwargs={
+                    "net_arch": {"pi": list(cfg.net_arch), "vf": list(cfg.net_arch)},
+                    "log_std_init": cfg.log_std_init,
+                },
+                **cfg.ppo,
+            )
             if cfg.init_policy:
                 init = load_policy(cfg.init_policy)
                 load_actor_into_sb3(model, init.actor)
@@ -267,23 +298,35 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         obs_low = np.asarray(state.get("obs_low", [np.inf] * len(ObservationSpec().names)), dtype=np.float64)
         obs_high = np.asarray(state.get("obs_high", [-np.inf] * len(ObservationSpec().names)), dtype=np.float64)
         evaluations: list[dict[str, Any]] = list(state.get("evaluations", []))
-        baseline_rows = evaluate_policy(None, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval,
-                                        budget_scale=cfg.budget_scale)
+        baseline_rows = evaluate_policy(
+            None, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale
+        )
         baseline = float(np.mean([r["return"] for r in baseline_rows]))
 
         def card(extra_eval: dict[str, Any] | None = None) -> dict[str, Any]:
             finite = np.isfinite(obs_low) & np.isfinite(obs_high)
             return {
-                "name": cfg.name, "version": f"{run_id[:8]}-{int(model.num_timesteps)}", "interval": cfg.interval,
+                "name": cfg.name,
+                "version": f"{run_id[:8]}-{int(model.num_timesteps)}",
+                "interval": cfg.interval,
                 "prior": cfg.prior,
                 "observation_stats": {
                     "low": np.where(finite, obs_low, ObservationSpec().low).tolist(),
                     "high": np.where(finite, obs_high, ObservationSpec().high).tolist(),
-                    "mean": np.asarray(rms.mean).tolist(), "std": np.sqrt(np.asarray(rms.var)).tolist(),
+                    "mean": np.asarray(rms.mean).tolist(),
+                    "std": np.sqrt(np.asarray(rms.var)).tolist(),
                 },
-                "training": {"tasks": cfg.tasks, "eval_tasks": cfg.eval_tasks, "timesteps": int(model.num_timesteps),
-                             "seed": cfg.seed, "mlflow_run_id": run_id, "ppo": cfg.ppo, "interval": cfg.interval,
-                             "budget_scale": cfg.budget_scale, "init_policy": cfg.init_policy},
+                "training": {
+                    "tasks": cfg.tasks,
+                    "eval_tasks": cfg.eval_tasks,
+                    "timesteps": int(model.num_timesteps),
+                    "seed": cfg.seed,
+                    "mlflow_run_id": run_id,
+                    "ppo": cfg.ppo,
+                    "interval": cfg.interval,
+                    "budget_scale": cfg.budget_scale,
+                    "init_policy": cfg.init_policy,
+                },
                 "evaluation": extra_eval or (evaluations[-1] if evaluations else {}),
             }
 
@@ -293,11 +336,17 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             snap = out / "snapshots" / f"{int(model.num_timesteps):08d}"
             export_sb3(model, venv, snap, card())
             policy = load_artifact(snap)  # evaluate what ships: the torch-only export
-            rows = evaluate_policy(policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval,
-                                   budget_scale=cfg.budget_scale)
+            rows = evaluate_policy(
+                policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale
+            )
             mean = float(np.mean([r["return"] for r in rows]))
-            result = {"timesteps": int(model.num_timesteps), "heldout_return": mean, "constant_return": baseline,
-                      "advantage": mean - baseline, "diverged": float(np.mean([r["diverged"] for r in rows]))}
+            result = {
+                "timesteps": int(model.num_timesteps),
+                "heldout_return": mean,
+                "constant_return": baseline,
+                "advantage": mean - baseline,
+                "diverged": float(np.mean([r["diverged"] for r in rows])),
+            }
             mlflow.log_metrics({f"eval.{k}": v for k, v in result.items() if k != "timesteps"}, step=int(model.num_timesteps))
             evaluations.append(result)
             return result
@@ -306,16 +355,33 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             ckpt.mkdir(parents=True, exist_ok=True)
             model.save(str(ckpt / "ppo.zip"))
             venv.save(str(ckpt / "vecnormalize.pkl"))
-            state_path.write_text(json.dumps({
-                "run_id": run_id, "timesteps": int(model.num_timesteps), "obs_low": obs_low.tolist(),
-                "obs_high": obs_high.tolist(), "evaluations": evaluations,
-            }))
+            state_path.write_text(
+                json.dumps(
+                    {
+                        "run_id": run_id,
+                        "timesteps": int(model.num_timesteps),
+                        "obs_low": obs_low.tolist(),
+                        "obs_high": obs_high.tolist(),
+                        "evaluations": evaluations,
+                    }
+                )
+            )
 
-        callbacks = [ObservationRangeCallback(obs_low, obs_high), EveryCallback(cfg.eval_every, run_eval),
-                     EveryCallback(cfg.checkpoint_every, save_checkpoint)]
+        callbacks = [
+            ObservationRangeCallback(obs_low, obs_high),
+            EveryCallback(cfg.eval_every, run_eval),
+            EveryCallback(cfg.checkpoint_every, save_checkpoint),
+        ]
         if cfg.progress:
-            callbacks.append(ProgressCallback(cfg.timesteps, lambda: {
-                "heldout": f"{evaluations[-1]['heldout_return']:+.3f}" if evaluations else "-", "constant": f"{baseline:+.3f}"}))
+            callbacks.append(
+                ProgressCallback(
+                    cfg.timesteps,
+                    lambda: {
+                        "heldout": f"{evaluations[-1]['heldout_return']:+.3f}" if evaluations else "-",
+                        "constant": f"{baseline:+.3f}",
+                    },
+                )
+            )
 
         remaining = cfg.timesteps - int(model.num_timesteps)
         if remaining > 0:
@@ -333,8 +399,9 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         lost = int(getattr(monitored.venv, "lost_episodes", 0))
         if cfg.backend == "ray":
             mlflow.log_metric("ray.lost_episodes", lost, step=int(model.num_timesteps))
-        return TrainResult(artifact_dir=artifact, run_id=run_id, model_version=version, evaluations=evaluations,
-                           lost_episodes=lost)
+        return TrainResult(
+            artifact_dir=artifact, run_id=run_id, model_version=version, evaluations=evaluations, lost_episodes=lost
+        )
     finally:
         mlflow.end_run()
         venv.close()

@@ -22,8 +22,11 @@ class MLflowKVWriter(KVWriter):
         self.mlflow = mlflow
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-        metrics = {k.replace("/", "."): float(v) for k, v in key_values.items()
-                   if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))}
+        metrics = {
+            k.replace("/", "."): float(v)
+            for k, v in key_values.items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))
+        }
         if metrics:
             self.mlflow.log_metrics(metrics, step=int(step))
 

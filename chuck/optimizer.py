@@ -154,7 +154,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         resolved = _resolve_policy(policy)
         self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else 20))
         _check_spec_versions(resolved, action_spec)
-        self.action_spec = action_spec or ActionSpec(version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION)
+        self.action_spec = action_spec or ActionSpec(
+            version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION
+        )
         self.action_spec.bind(optimizer, model, max_grad_norm)
         self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
         self._grad_scaler = grad_scaler
@@ -173,8 +175,15 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.monitors = MonitorSuite([*builtin, self.control, *monitors], self._ctx)
         self._profile = ModelProfile.of(model) if model is not None else None
         self.controller = Controller(
-            resolved, self.action_spec, self.monitors, self.control, interval=self.interval, owner=self,
-            ood_fallback=ood_fallback, ood_margin=ood_margin, max_decisions=max_decisions,
+            resolved,
+            self.action_spec,
+            self.monitors,
+            self.control,
+            interval=self.interval,
+            owner=self,
+            ood_fallback=ood_fallback,
+            ood_margin=ood_margin,
+            max_decisions=max_decisions,
         )
         # data parallelism: one all-reduce per step replaces the scalar read; rank 0 decides for all
         self._ranks = rank_sync(process_group, optimizer, model, action_dims=len(self.action_spec.dims))
@@ -182,8 +191,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._read_scalars = _read_scalars if self._ranks is None else self._ranks.read_scalars
         leader = self._ranks is None or self._ranks.is_leader  # the one rank that logs and writes history
         if not self._ctx.params:
-            warnings.warn("chuck: no parameter of this optimizer requires a gradient; chuck watches nothing "
-                          "until one does", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "chuck: no parameter of this optimizer requires a gradient; chuck watches nothing until one does",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
         self._pending_loss: Any = None
         self._step = 0  # base-optimizer steps taken (skipped steps do not count)
@@ -195,7 +207,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             tracking.attach(self)
         self.history_path: str | None = None
         self._closed = False
-        self._ledger = RunLedger.start(self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size})
+        self._ledger = RunLedger.start(
+            self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size}
+        )
 
     # -- delegation (schedule_free style) ---------------------------------
     @property
@@ -281,8 +295,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def add_decision_listener(self, fn: DecisionHook) -> None:
         """Deprecated: use :meth:`register_decision_hook`, which returns a handle."""
-        warnings.warn("add_decision_listener is deprecated; use register_decision_hook (it returns a handle)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "add_decision_listener is deprecated; use register_decision_hook (it returns a handle)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         self.register_decision_hook(fn)
 
     def record_loss(self, loss: Any) -> None:
@@ -447,13 +464,17 @@ class ChuckOptimizer(torch.optim.Optimizer):
             if g.lr_mult_before_streak is not None:
                 spec.lr_mult = g.lr_mult_before_streak
             g.lr_mult_before_streak = None
-            reason = (f"accept_level_shift: loss {loss_v:.4g} stayed above {g.config.spike_factor:g} x the old median "
-                      f"{g.config.max_rollbacks_in_a_row} times in a row; spike reference reset, lr multiplier restored")
+            reason = (
+                f"accept_level_shift: loss {loss_v:.4g} stayed above {g.config.spike_factor:g} x the old median "
+                f"{g.config.max_rollbacks_in_a_row} times in a row; spike reference reset, lr multiplier restored"
+            )
         elif action is Action.ROLLBACK_SPIKE:
             g.restore(params, self.optimizer)
             spec.backoff(g.config.backoff)
-            reason = (f"rollback_spike: loss {loss_v:.4g} > {g.config.spike_factor:g} x median "
-                      f"{self.loss_monitor.median_loss():.4g}; restored step {g.snapshot_step}")
+            reason = (
+                f"rollback_spike: loss {loss_v:.4g} > {g.config.spike_factor:g} x median "
+                f"{self.loss_monitor.median_loss():.4g}; restored step {g.snapshot_step}"
+            )
         else:
             spec.backoff(g.config.backoff)
             reason = f"{action.value}: loss={loss_v}, grad_norm={gnorm_v}; step skipped, weights untouched"
@@ -493,8 +514,12 @@ class ChuckOptimizer(torch.optim.Optimizer):
         advice = recommend(self._profile, self.stats())
         if not self._ctx.params:
             advice = ["no parameter requires a gradient: chuck watches nothing (unfreeze a layer to train it)", *advice]
-        return HealthReport(step=self._step, indicators=self.monitors.indicators(), recommendations=advice,
-                            hyperparameters=self.action_spec.hyperparameters())
+        return HealthReport(
+            step=self._step,
+            indicators=self.monitors.indicators(),
+            recommendations=advice,
+            hyperparameters=self.action_spec.hyperparameters(),
+        )
 
     # -- end of run -------------------------------------------------------
     def close(self) -> None:
@@ -562,8 +587,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             chuck_state = validate_chuck_state(chuck_state, self, state_dict)
         self.optimizer.load_state_dict(state_dict)
         if chuck_state is None:
-            warnings.warn("state_dict has no 'chuck' entry (a bare optimizer checkpoint?): chuck starts fresh",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                "state_dict has no 'chuck' entry (a bare optimizer checkpoint?): chuck starts fresh", RuntimeWarning, stacklevel=2
+            )
         else:
             self._load_chuck_state(chuck_state)
         for post_hook in list(self._optimizer_load_state_dict_post_hooks.values()):
@@ -571,8 +597,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def _load_chuck_state(self, cs: dict[str, Any]) -> None:
         if cs["policy_id"] != self.policy_id:
-            warnings.warn(f"checkpoint was written under policy {cs['policy_id']}, resuming under {self.policy_id}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"checkpoint was written under policy {cs['policy_id']}, resuming under {self.policy_id}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self._step, self._calls = cs["step"], cs["calls"]
         self.action_spec.load_state_dict(cs["action"])
         if self.guardrails is not None and cs["guardrails"] is not None:
@@ -581,8 +610,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._generator.set_state(cs["rng"])
         if self.policy is not None and cs["policy_state"]:
             self.policy.load_state_dict(cs["policy_state"])
-        self.controller.decisions = DecisionLog((Decision.from_dict(d) for d in cs["decisions"]),
-                                                maxlen=self.decisions.maxlen)
+        self.controller.decisions = DecisionLog((Decision.from_dict(d) for d in cs["decisions"]), maxlen=self.decisions.maxlen)
         self.metrics = dict(cs["metrics"])
         self._last_scale = cs["last_scale"]
         act = self.act_monitor
@@ -607,14 +635,19 @@ def _check_spec_versions(policy: Any, action_spec: ActionSpec | None) -> None:
     if policy is None:
         return
     if policy.observation_version not in FEATURE_SETS:
-        raise ValueError(f"policy {policy.id} was built for observation spec v{policy.observation_version}, "
-                         f"this chuck knows {sorted(FEATURE_SETS)}")
+        raise ValueError(
+            f"policy {policy.id} was built for observation spec v{policy.observation_version}, "
+            f"this chuck knows {sorted(FEATURE_SETS)}"
+        )
     if policy.action_version not in ACTION_VERSIONS:
-        raise ValueError(f"policy {policy.id} was built for action spec v{policy.action_version}, "
-                         f"this chuck knows {sorted(ACTION_VERSIONS)}")
+        raise ValueError(
+            f"policy {policy.id} was built for action spec v{policy.action_version}, this chuck knows {sorted(ACTION_VERSIONS)}"
+        )
     if action_spec is not None and policy.action_version != action_spec.version:
-        raise ValueError(f"policy {policy.id} was built for action spec v{policy.action_version}, "
-                         f"the action_spec given is v{action_spec.version}")
+        raise ValueError(
+            f"policy {policy.id} was built for action spec v{policy.action_version}, "
+            f"the action_spec given is v{action_spec.version}"
+        )
 
 
 def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:

@@ -43,7 +43,7 @@ def default_tracking_uri() -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -84,8 +84,9 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
     return mlflow
 
 
-def register_artifact(run_id: str, artifact_path: str, name: str, alias: str | None = None,
-                      tracking_uri: str | None = None) -> str:
+def register_artifact(
+    run_id: str, artifact_path: str, name: str, alias: str | None = None, tracking_uri: str | None = None
+) -> str:
     """Register a run's artifact directory as a new version of model ``name``; set ``alias``.
 
     Returns the version. Works for any artifact directory (chuck policies are not

@@ -130,8 +130,9 @@ def tune(
 
     storage = storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(optuna, study_name, storage, seed=seed, n_startup_trials=n_startup_trials,
-                       heartbeat_interval=heartbeat_interval)
+    study = open_study(
+        optuna, study_name, storage, seed=seed, n_startup_trials=n_startup_trials, heartbeat_interval=heartbeat_interval
+    )
     enqueued: list[dict[str, float]] = []
     if warm_start and model is not None and not study.trials:
         enqueued = _warm_start_params(model, optimizer, warm_start_k, lr_range, weight_decay_range, clip_range, eps_range)
@@ -147,8 +148,15 @@ def tune(
         parent, created = claim_parent_run(mlflow, study, f"tune:{study_name}")
         parent_id = parent.info.run_id
         if created:  # params are immutable in MLflow; a resumed or extended study keeps its originals
-            mlflow.log_params({"study": study_name, "optimizer": optimizer, "lr_range": str(lr_range),
-                               "eps_range": str(eps_range), "warm_start": warm_start and model is not None})
+            mlflow.log_params(
+                {
+                    "study": study_name,
+                    "optimizer": optimizer,
+                    "lr_range": str(lr_range),
+                    "eps_range": str(eps_range),
+                    "warm_start": warm_start and model is not None,
+                }
+            )
         mlflow.set_tag("chuck.n_trials_target", str(n_trials))
 
     def objective(trial: Any) -> float:
@@ -183,8 +191,9 @@ def tune(
         if mlflow is not None:
             mlflow.end_run()
     assert best.value is not None  # a finished trial (study.best_trial only returns completed ones)
-    result = TuneResult(dict(best.params), float(best.value), study_name, storage, counts(optuna, study)["finished"],
-                        enqueued, parent_id)
+    result = TuneResult(
+        dict(best.params), float(best.value), study_name, storage, counts(optuna, study)["finished"], enqueued, parent_id
+    )
     if history and model is not None:
         _write_history(result, model, optimizer)
     return result
@@ -222,22 +231,34 @@ def _write_history(result: TuneResult, model: Any, optimizer: str) -> None:
 
     from chuck.history import RunRecord, fingerprint, write_record
 
-    hp = {"lr": result.best_params["lr"], "weight_decay": result.best_params["weight_decay"],
-          "clip": result.best_params["clip"]}
+    hp = {"lr": result.best_params["lr"], "weight_decay": result.best_params["weight_decay"], "clip": result.best_params["clip"]}
     try:
-        write_record(RunRecord(
-            run_id=uuid.uuid4().hex, created=time.time(), policy_id="optuna",
-            fingerprint=fingerprint(model, None) | {"optimizer": optimizer}, initial=hp, final=hp,
-            outcome={"best_val_loss": result.best_value, "final_val_loss": result.best_value, "diverged": False,
-                     "steps": 0, "trials": result.trials},
-            decisions={}, label=f"tune:{result.study_name}",
-        ))
+        write_record(
+            RunRecord(
+                run_id=uuid.uuid4().hex,
+                created=time.time(),
+                policy_id="optuna",
+                fingerprint=fingerprint(model, None) | {"optimizer": optimizer},
+                initial=hp,
+                final=hp,
+                outcome={
+                    "best_val_loss": result.best_value,
+                    "final_val_loss": result.best_value,
+                    "diverged": False,
+                    "steps": 0,
+                    "trials": result.trials,
+                },
+                decisions={},
+                label=f"tune:{result.study_name}",
+            )
+        )
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"chuck.tune: could not write the history record: {exc}", RuntimeWarning, stacklevel=3)
 
 
-def zoo_train_fn(task_id: str, seed: int = 0, steps: int | None = None, interval: int = 20,
-                 optimizer: str = "AdamW", policy: str = "constant") -> tuple[Callable[[dict[str, float], TrialHandle], float], Any]:
+def zoo_train_fn(
+    task_id: str, seed: int = 0, steps: int | None = None, interval: int = 20, optimizer: str = "AdamW", policy: str = "constant"
+) -> tuple[Callable[[dict[str, float], TrialHandle], float], Any]:
     """A ``train_fn`` that trains one fixed instance of a zoo task (and that instance's model, for warm starts).
 
     The same instance (data subset, init, batch order) is rebuilt for every trial, so trials
@@ -264,8 +285,9 @@ def zoo_train_fn(task_id: str, seed: int = 0, steps: int | None = None, interval
         if "eps" in params:
             for g in inst.optimizer.param_groups:
                 g["eps"] = params["eps"]
-        opt = chuck.ChuckOptimizer(inst.optimizer, policy, model=inst.model, interval=interval,
-                                   max_grad_norm=params["clip"], history=False)
+        opt = chuck.ChuckOptimizer(
+            inst.optimizer, policy, model=inst.model, interval=interval, max_grad_norm=params["clip"], history=False
+        )
         vals: list[float] = []
 
         def on_eval(step: int, v: float) -> None:

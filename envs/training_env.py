@@ -187,8 +187,12 @@ class TrainingControlEnv(gym.Env):
         give_model = bool(self.np_random.random() >= self.p_no_model)
         self.give_val = bool(self.np_random.random() >= self.p_no_val)
         self.opt = ChuckOptimizer(
-            self.instance.optimizer, policy=None, model=self.instance.model if give_model else None,
-            total_steps=self.budget if give_total else None, interval=self.interval, seed=config.seed,
+            self.instance.optimizer,
+            policy=None,
+            model=self.instance.model if give_model else None,
+            total_steps=self.budget if give_total else None,
+            interval=self.interval,
+            seed=config.seed,
             history=False,  # thousands of meta-training episodes are not user runs
         )
         first = self._eval()

@@ -50,21 +50,45 @@ def warm_vs_cold(task_id: str, trials: int, steps: int) -> dict:
     storage = f"sqlite:///{Path(os.environ['CHUCK_HOME']) / 'optuna.db'}"
     for seed in (1, 2):  # the history: tuned runs of other instances of the family
         fn, model = zoo_train_fn(task_id, seed=seed, steps=steps)
-        tune(fn, n_trials=trials, model=model, storage=storage, study_name=f"{task_id}-hist{seed}", tracking=False,
-             warm_start=False, seed=seed)
+        tune(
+            fn,
+            n_trials=trials,
+            model=model,
+            storage=storage,
+            study_name=f"{task_id}-hist{seed}",
+            tracking=False,
+            warm_start=False,
+            seed=seed,
+        )
     fn, model = zoo_train_fn(task_id, seed=0, steps=steps)
     out = {}
     for mode in ("cold", "warm"):
-        res = tune(fn, n_trials=trials, model=model, storage=storage, study_name=f"{task_id}-{mode}", tracking=False,
-                   warm_start=(mode == "warm"), history=False, seed=0)
+        res = tune(
+            fn,
+            n_trials=trials,
+            model=model,
+            storage=storage,
+            study_name=f"{task_id}-{mode}",
+            tracking=False,
+            warm_start=(mode == "warm"),
+            history=False,
+            seed=0,
+        )
         study = optuna.load_study(study_name=f"{task_id}-{mode}", storage=storage)
         vals = [t.value if t.value is not None else math.inf for t in study.trials]
         out[mode] = {"values": vals, "best": res.best_value, "enqueued": len(res.enqueued)}
     cold_best = out["cold"]["best"]
     cold_at = first_reaching(out["cold"]["values"], cold_best)
     warm_at = first_reaching(out["warm"]["values"], cold_best)
-    return {"task": task_id, "cold_best": cold_best, "warm_best": out["warm"]["best"], "cold_trials_to_best": cold_at,
-            "warm_trials_to_cold_best": warm_at, "ratio": warm_at / cold_at, "warm_enqueued": out["warm"]["enqueued"]}
+    return {
+        "task": task_id,
+        "cold_best": cold_best,
+        "warm_best": out["warm"]["best"],
+        "cold_trials_to_best": cold_at,
+        "warm_trials_to_cold_best": warm_at,
+        "ratio": warm_at / cold_at,
+        "warm_enqueued": out["warm"]["enqueued"],
+    }
 
 
 def eps_check(task_id: str, steps: int) -> dict:
@@ -94,9 +118,15 @@ def eps_check(task_id: str, steps: int) -> dict:
     best = min(finite, key=finite.get)
     inside = {e: v for e, v in finite.items() if lo <= e <= hi}
     best_inside = min(inside.values()) if inside else math.inf
-    return {"task": task_id, "range": [lo, hi], "best_eps": best, "best_loss": finite[best],
-            "best_in_range": bool(lo <= best <= hi), "range_best_within_1pct": bool(best_inside <= finite[best] * 1.01),
-            "losses": {f"{e:.0e}": v for e, v in losses.items()}}
+    return {
+        "task": task_id,
+        "range": [lo, hi],
+        "best_eps": best,
+        "best_loss": finite[best],
+        "best_in_range": bool(lo <= best <= hi),
+        "range_best_within_1pct": bool(best_inside <= finite[best] * 1.01),
+        "losses": {f"{e:.0e}": v for e, v in losses.items()},
+    }
 
 
 def main() -> None:
@@ -113,17 +143,25 @@ def main() -> None:
     for t in tasks:
         warm.append(warm_vs_cold(t, args.trials, args.steps))
         r = warm[-1]
-        print(f"{t:30s} cold best {r['cold_best']:.4f} at trial {r['cold_trials_to_best']:2d}; warm reaches it at "
-              f"trial {r['warm_trials_to_cold_best']:2d} (ratio {r['ratio']:.2f}; {r['warm_enqueued']} enqueued)", flush=True)
+        print(
+            f"{t:30s} cold best {r['cold_best']:.4f} at trial {r['cold_trials_to_best']:2d}; warm reaches it at "
+            f"trial {r['warm_trials_to_cold_best']:2d} (ratio {r['ratio']:.2f}; {r['warm_enqueued']} enqueued)",
+            flush=True,
+        )
     eps = []
     for t in tasks:
         eps.append(eps_check(t, args.steps))
         r = eps[-1]
-        print(f"{t:30s} eps range [{r['range'][0]:.1e}, {r['range'][1]:.1e}]  best eps {r['best_eps']:.0e}  "
-              f"in range: {r['best_in_range']}  range best within 1%: {r['range_best_within_1pct']}", flush=True)
+        print(
+            f"{t:30s} eps range [{r['range'][0]:.1e}, {r['range'][1]:.1e}]  best eps {r['best_eps']:.0e}  "
+            f"in range: {r['best_in_range']}  range best within 1%: {r['range_best_within_1pct']}",
+            flush=True,
+        )
     ratios = [r["ratio"] for r in warm]
     summary = {
-        "tasks": len(tasks), "trials_per_study": args.trials, "steps_per_trial": args.steps,
+        "tasks": len(tasks),
+        "trials_per_study": args.trials,
+        "steps_per_trial": args.steps,
         "geomean_trials_ratio_warm_over_cold": float(np.exp(np.mean(np.log(ratios)))),
         "median_trials_ratio": float(np.median(ratios)),
         "warm_faster_or_equal": float(np.mean([r <= 1.0 for r in ratios])),

@@ -66,27 +66,40 @@ def main() -> None:
         for rep in range(args.reps):
             _, decisions, steps, config = through_env(task.id, rep, args.interval)  # config of this rep
             arms = ["env", "bare", "bare_noeval"]
-            for arm in arms[rep % 3:] + arms[: rep % 3]:  # rotate the order: no arm always goes first
+            for arm in arms[rep % 3 :] + arms[: rep % 3]:  # rotate the order: no arm always goes first
                 if arm == "env":
                     env_t.append(through_env(task.id, rep, args.interval)[0])
                 else:
                     sink = bare_t if arm == "bare" else bare_noeval_t
                     sink.append(bare(task, config, steps, args.interval, evaluate=arm == "bare"))
         e, b, bn = statistics.median(env_t), statistics.median(bare_t), statistics.median(bare_noeval_t)
-        rows.append({
-            "task": task.id, "episode_s": round(e, 3), "decisions_per_s": round(decisions / e, 2),
-            "inner_steps_per_s": round(steps / e, 1), "bare_steps_per_s": round(steps / b, 1),
-            "ratio_vs_bare_with_eval": round(e / b, 3), "ratio_vs_bare_train_only": round(e / bn, 3),
-        })
+        rows.append(
+            {
+                "task": task.id,
+                "episode_s": round(e, 3),
+                "decisions_per_s": round(decisions / e, 2),
+                "inner_steps_per_s": round(steps / e, 1),
+                "bare_steps_per_s": round(steps / b, 1),
+                "ratio_vs_bare_with_eval": round(e / b, 3),
+                "ratio_vs_bare_train_only": round(e / bn, 3),
+            }
+        )
         r = rows[-1]
-        print(f"{task.id:30s} episode {e:6.2f}s  {r['decisions_per_s']:6.1f} dec/s  {r['inner_steps_per_s']:7.1f} steps/s  "
-              f"env/bare(eval) {r['ratio_vs_bare_with_eval']:.3f}  env/bare(train only) {r['ratio_vs_bare_train_only']:.3f}",
-              flush=True)
+        print(
+            f"{task.id:30s} episode {e:6.2f}s  {r['decisions_per_s']:6.1f} dec/s  {r['inner_steps_per_s']:7.1f} steps/s  "
+            f"env/bare(eval) {r['ratio_vs_bare_with_eval']:.3f}  env/bare(train only) {r['ratio_vs_bare_train_only']:.3f}",
+            flush=True,
+        )
     tot_e = sum(r["episode_s"] for r in rows)
     geo = float(np.exp(np.mean([np.log(r["ratio_vs_bare_with_eval"]) for r in rows])))
     geo_n = float(np.exp(np.mean([np.log(r["ratio_vs_bare_train_only"]) for r in rows])))
-    summary = {"tasks": len(rows), "total_episode_s": round(tot_e, 2), "geomean_ratio_vs_bare_with_eval": round(geo, 3),
-               "geomean_ratio_vs_bare_train_only": round(geo_n, 3), "target": "<= 1.10 vs the bare loop"}
+    summary = {
+        "tasks": len(rows),
+        "total_episode_s": round(tot_e, 2),
+        "geomean_ratio_vs_bare_with_eval": round(geo, 3),
+        "geomean_ratio_vs_bare_train_only": round(geo_n, 3),
+        "target": "<= 1.10 vs the bare loop",
+    }
     print(json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as f:

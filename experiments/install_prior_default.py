@@ -46,8 +46,14 @@ def main() -> None:
         "snapshot": str(Path(args.snapshot).relative_to(ROOT)) if Path(args.snapshot).is_absolute() else args.snapshot,
     }
     card["splits"] = {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
-    card["evaluation"] = {"validation": {arm: {k: v for k, v in stats.items() if k in (
-        "median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")} for arm, stats in arms.items()}}
+    card["evaluation"] = {
+        "validation": {
+            arm: {
+                k: v for k, v in stats.items() if k in ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
+            }
+            for arm, stats in arms.items()
+        }
+    }
     # No observation range: the zero residual reads nothing, so an out-of-distribution fallback to
     # the heuristic would only replace the prior's well-defined behaviour by another rule.
     save_artifact(actor, TARGET, card)

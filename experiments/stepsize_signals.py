@@ -23,8 +23,15 @@ import chuck
 from chuck import zoo
 from chuck.zoo.loop import train
 
-FEATURES = ("step.log10_update_over_dhat", "step.hypergrad", "step.dhat_growth", "weights.update_ratio_log10",
-            "weights.update_cosine", "loss.log_slope", "loss.noise_to_progress")
+FEATURES = (
+    "step.log10_update_over_dhat",
+    "step.hypergrad",
+    "step.dhat_growth",
+    "weights.update_ratio_log10",
+    "weights.update_cosine",
+    "loss.log_slope",
+    "loss.noise_to_progress",
+)
 OFFSETS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 
 
@@ -54,7 +61,10 @@ def main() -> None:
         for k in OFFSETS:
             r = run(task.id, k)
             rows.append(r)
-            print(f"{task.id:32s} lr x10^{k:+.1f}  " + "  ".join(f"{f.split('.')[-1][:14]}={r[f]:+.2f}" for f in FEATURES[:3]), flush=True)
+            print(
+                f"{task.id:32s} lr x10^{k:+.1f}  " + "  ".join(f"{f.split('.')[-1][:14]}={r[f]:+.2f}" for f in FEATURES[:3]),
+                flush=True,
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -128,9 +128,16 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PolicyLoadError(f"policy artifact {path}: {CARD} is not valid JSON ({exc})") from None
     obs_spec, act_spec = _declared_specs(raw_card)
-    card = validate_card(raw_card, str(path), obs_names=list(obs_spec.names), obs_version=str(obs_spec.version),
-                         action_dims=list(act_spec.dims), action_version=str(act_spec.version),
-                         format_name=FORMAT, format_version=FORMAT_VERSION)
+    card = validate_card(
+        raw_card,
+        str(path),
+        obs_names=list(obs_spec.names),
+        obs_version=str(obs_spec.version),
+        action_dims=list(act_spec.dims),
+        action_version=str(act_spec.version),
+        format_name=FORMAT,
+        format_version=FORMAT_VERSION,
+    )
     data = read_regular_file(weights_path, MAX_WEIGHTS_BYTES)
     digest = hashlib.sha256(data).hexdigest()
     if digest != card["sha256"]:
@@ -145,8 +152,7 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
     obs_dim, act_dim = len(obs_spec.names), len(act_spec.dims)
     check_weights_match(tensors, card, str(path), obs_dim, act_dim)
     arch, norm = card["architecture"], card["normalization"]
-    actor = ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"],
-                         clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
+    actor = ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
     try:
         actor.load_state_dict(tensors, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -160,5 +166,7 @@ def _declared_specs(raw_card: Any) -> tuple[ObservationSpec, ActionSpec]:
     declared = raw_card if isinstance(raw_card, dict) else {}
     obs_v = str((declared.get("observation") or {}).get("version")) if isinstance(declared.get("observation"), dict) else ""
     act_v = str((declared.get("action") or {}).get("version")) if isinstance(declared.get("action"), dict) else ""
-    return (ObservationSpec(obs_v) if obs_v in FEATURE_SETS else ObservationSpec(),
-            ActionSpec(version=act_v) if act_v in ACTION_VERSIONS else ActionSpec())
+    return (
+        ObservationSpec(obs_v) if obs_v in FEATURE_SETS else ObservationSpec(),
+        ActionSpec(version=act_v) if act_v in ACTION_VERSIONS else ActionSpec(),
+    )

@@ -38,6 +38,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Built-in controllers a learned policy may be a residual on (card field ``prior``).
 KNOWN_PRIORS = ("prior@1",)
 
+
 def _fail(where: str, field: str, problem: str) -> PolicyLoadError:
     return PolicyLoadError(f"policy artifact {where}: card field {field} {problem}")
 
@@ -76,8 +77,17 @@ def _numbers(value: Any, field: str, where: str, length: int) -> list[float]:
     return [float(v) for v in value]
 
 
-def validate_card(card: Any, where: str, *, obs_names: list[str], obs_version: str, action_dims: list[str],
-                  action_version: str, format_name: str, format_version: int) -> dict[str, Any]:
+def validate_card(
+    card: Any,
+    where: str,
+    *,
+    obs_names: list[str],
+    obs_version: str,
+    action_dims: list[str],
+    action_version: str,
+    format_name: str,
+    format_version: int,
+) -> dict[str, Any]:
     """Check a parsed card against the schema and this chuck's specs; return it normalized.
 
     Normalized: ``interval`` is an ``int`` (or ``None``), ``architecture.hidden`` a list of
@@ -88,8 +98,9 @@ def validate_card(card: Any, where: str, *, obs_names: list[str], obs_version: s
     if card.get("format") != format_name:
         raise PolicyLoadError(f"policy artifact {where}: not a chuck policy card (format={card.get('format')!r})")
     if card.get("format_version") != format_version:
-        raise PolicyLoadError(f"policy artifact {where}: format_version {card.get('format_version')!r} "
-                              f"is not supported (expected {format_version})")
+        raise PolicyLoadError(
+            f"policy artifact {where}: format_version {card.get('format_version')!r} is not supported (expected {format_version})"
+        )
     out = dict(card)
     if not isinstance(card.get("sha256"), str) or not _SHA256.fullmatch(card["sha256"]):
         raise _fail(where, "sha256", "must be the 64-digit hex checksum of policy.pt")
@@ -99,19 +110,26 @@ def validate_card(card: Any, where: str, *, obs_names: list[str], obs_version: s
     if not isinstance(features, list) or not all(isinstance(f, list) and f and isinstance(f[0], str) for f in features):
         raise _fail(where, "observation.features", "must be a list of [name, low, high]")
     if str(obs.get("version")) != obs_version or [f[0] for f in features] != obs_names:
-        raise PolicyLoadError(f"policy artifact {where}: observation spec v{obs.get('version')} does not match "
-                              f"this chuck's v{obs_version} (features differ)")
+        raise PolicyLoadError(
+            f"policy artifact {where}: observation spec v{obs.get('version')} does not match "
+            f"this chuck's v{obs_version} (features differ)"
+        )
     act = _section(card, "action", where)
     if not isinstance(act.get("dims"), list):
         raise _fail(where, "action.dims", "must be a list of dimension names")
     if str(act.get("version")) != action_version or act["dims"] != action_dims:
-        raise PolicyLoadError(f"policy artifact {where}: action spec v{act.get('version')} {act['dims']} does not "
-                              f"match this chuck's v{action_version} {action_dims}")
+        raise PolicyLoadError(
+            f"policy artifact {where}: action spec v{act.get('version')} {act['dims']} does not "
+            f"match this chuck's v{action_version} {action_dims}"
+        )
 
     arch = dict(_section(card, "architecture", where, required=False))
     hidden = arch.get("hidden", [64, 64])
-    if (not isinstance(hidden, list) or not 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
-            or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)):
+    if (
+        not isinstance(hidden, list)
+        or not 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden)
+    ):
         raise _fail(where, "architecture.hidden", f"must be a list of 1 to {MAX_HIDDEN_LAYERS} positive integers, not {hidden!r}")
     activation = arch.get("activation", "tanh")
     if activation not in ACTIVATION_NAMES:

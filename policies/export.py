@@ -41,8 +41,10 @@ def load_actor_into_sb3(model: Any, actor: ActorNetwork) -> None:
     """Initialize an SB3 policy's actor from an exported one (fine-tuning from "default")."""
     pol = model.policy
     sd = actor.state_dict()
-    pol.mlp_extractor.policy_net.load_state_dict({k[len("policy_net."):]: v for k, v in sd.items() if k.startswith("policy_net.")})
-    pol.action_net.load_state_dict({k[len("action_net."):]: v for k, v in sd.items() if k.startswith("action_net.")})
+    pol.mlp_extractor.policy_net.load_state_dict(
+        {k[len("policy_net.") :]: v for k, v in sd.items() if k.startswith("policy_net.")}
+    )
+    pol.action_net.load_state_dict({k[len("action_net.") :]: v for k, v in sd.items() if k.startswith("action_net.")})
 
 
 def export_sb3(model: Any, vec_normalize: Any | None, out_dir: str | Path, card: dict[str, Any]) -> Path:

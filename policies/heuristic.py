@@ -76,7 +76,9 @@ class HeuristicPolicy(Policy):
         elif has_updates and f["weights.update_ratio_log10"] < -4.0:  # the weights monitor's warn line
             lr, lr_why = 1.0, "weights.update_ratio_log10"
         elif (
-            f["loss.log_slope"] < -0.05 and f["loss.noise_to_progress"] < 0.5 and f["loss.spike"] < math.log(1.5)
+            f["loss.log_slope"] < -0.05
+            and f["loss.noise_to_progress"] < 0.5
+            and f["loss.spike"] < math.log(1.5)
             and f["weights.update_ratio_log10"] < -2.5  # CS231n's ~1e-3: no faster than that
         ):
             lr, lr_why = 0.5, "loss.log_slope"

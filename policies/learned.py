@@ -25,8 +25,15 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 class ActorNetwork(nn.Module):
     """Normalization + MLP actor. State-dict keys are part of the artifact format."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], activation: str = "tanh",
-                 clip_obs: float = 10.0, epsilon: float = 1e-8) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: list[int],
+        activation: str = "tanh",
+        clip_obs: float = 10.0,
+        epsilon: float = 1e-8,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         d = obs_dim

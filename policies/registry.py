@@ -31,8 +31,11 @@ def _quick_http() -> Iterator[None]:
 
     Defaults are 7 retries with exponential backoff (minutes against a failing server).
     """
-    overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    overrides = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
     added = [k for k in overrides if k not in os.environ]
     os.environ.update({k: overrides[k] for k in added})
     try:
@@ -56,8 +59,10 @@ def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: s
     db = sqlite_path(store)
     if db is not None and not db.exists():
         # opening a missing SQLite store would create (and migrate) an empty one
-        raise PolicyLoadError(f"cannot fetch {uri!r}: no MLflow store at {db} (nothing registered there; "
-                              "register with `chuck train-policy` or set MLFLOW_TRACKING_URI)")
+        raise PolicyLoadError(
+            f"cannot fetch {uri!r}: no MLflow store at {db} (nothing registered there; "
+            "register with `chuck train-policy` or set MLFLOW_TRACKING_URI)"
+        )
     try:
         check_reachable(store, timeout=CONNECT_TIMEOUT_S)
     except ConnectionError as exc:
@@ -73,8 +78,11 @@ def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: s
             client = mlflow.MlflowClient(tracking_uri=store, registry_uri=store)
             version = client.get_model_version_by_alias(name, ref[1:]).version if ref.startswith("@") else ref
             source = client.get_model_version_download_uri(name, version)
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target),
-                                                            tracking_uri=store, registry_uri=store))
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=source, dst_path=str(target), tracking_uri=store, registry_uri=store
+                )
+            )
     except Exception as exc:  # noqa: BLE001 - MlflowException, missing alias, server down...
         if owned:
             shutil.rmtree(target, ignore_errors=True)
@@ -83,7 +91,7 @@ def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: s
 
 def _parse(uri: str) -> tuple[str, str]:
     """``models:/NAME@ALIAS`` -> (NAME, "@ALIAS"); ``models:/NAME/VERSION`` -> (NAME, "VERSION")."""
-    rest = uri[len("models:/"):].strip("/")
+    rest = uri[len("models:/") :].strip("/")
     if "@" in rest:
         name, alias = rest.rsplit("@", 1)
         if name and alias:

@@ -18,8 +18,9 @@ def _train(model, opt, start: int, stop: int) -> None:
 
 def _fresh(seed_model: int = 0):
     model = make_net(seed_model, dropout=0.2)
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-5), "heuristic", model=model,
-                               total_steps=K + M, interval=10)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-5), "heuristic", model=model, total_steps=K + M, interval=10
+    )
     opt.register_knob("augment", 0.5, 0.1, 1.0)
     return model, opt
 

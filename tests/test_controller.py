@@ -91,8 +91,15 @@ def _deployment_run(env: TrainingControlEnv, actions: list[np.ndarray], faults: 
     """The same instance trained by a user's loop: step, and after a decision evaluate and observe."""
     torch.manual_seed(env.config.seed)
     inst = FaultyInstance(env.tasks[0].build(env.config), faults)
-    opt = chuck.ChuckOptimizer(inst.optimizer, ReplayPolicy(actions), model=inst.model, total_steps=env.budget,
-                               interval=INTERVAL, seed=env.config.seed, history=False)
+    opt = chuck.ChuckOptimizer(
+        inst.optimizer,
+        ReplayPolicy(actions),
+        model=inst.model,
+        total_steps=env.budget,
+        interval=INTERVAL,
+        seed=env.config.seed,
+        history=False,
+    )
     observations = []
     evaluate(inst)  # the env evaluates once before training (the initial loss); evaluation is pure
     while opt.step_count < env.budget and opt.calls < 2 * env.budget:

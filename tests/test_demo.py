@@ -23,7 +23,20 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
 
 
 def test_demo_cli_quick(tmp_path, capsys) -> None:
-    assert main(["demo", "--quick", "--policy", "heuristic", "--out", str(tmp_path / "d.png"),
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--quick",
+                "--policy",
+                "heuristic",
+                "--out",
+                str(tmp_path / "d.png"),
+                "--tracking-uri",
+                f"sqlite:///{tmp_path / 'm.db'}",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "d.png").exists()
     assert "heuristic" in capsys.readouterr().out

@@ -34,8 +34,7 @@ class TinyTask(Task):
     """A 3-class problem on fixed Gaussian data, a one-hidden-layer MLP (milliseconds per step)."""
 
     domain, budget = "test", 400
-    space = SearchSpace(widths=(16, 32), depths=(1,), norms=("none",), batch_sizes=(32,), dropouts=(0.0,),
-                        weight_decays=(0.0,))
+    space = SearchSpace(widths=(16, 32), depths=(1,), norms=("none",), batch_sizes=(32,), dropouts=(0.0,), weight_decays=(0.0,))
 
     def __init__(self, task_id: str = "test.tiny_a", data_seed: int = 0, crash_above_lr: float | None = None) -> None:
         self.id, self.data_seed, self.crash_above_lr = task_id, data_seed, crash_above_lr
@@ -93,8 +92,18 @@ def _rows(path):
 
 
 def _small(out, **kw):
-    args = {"policies": ["heuristic"], "baselines": ["adamw", "prodigy"], "tasks": "test.tiny_a", "lrs": [1e-3],
-            "seeds": [0], "out": out, "budget_scale": SCALE, "oracle_lrs": ORACLE, "mlflow": False, "progress": False}
+    args = {
+        "policies": ["heuristic"],
+        "baselines": ["adamw", "prodigy"],
+        "tasks": "test.tiny_a",
+        "lrs": [1e-3],
+        "seeds": [0],
+        "out": out,
+        "budget_scale": SCALE,
+        "oracle_lrs": ORACLE,
+        "mlflow": False,
+        "progress": False,
+    }
     args.update(kw)
     return evaluate(**args)
 
@@ -114,10 +123,28 @@ def _register_default_policy(name: str) -> str:
 def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsys):
     out = tmp_path / "eval"
     registered = _register_default_policy("tiny-policy")
-    rc = main(["evaluate", "--policies", f"heuristic,{registered}", "--baselines", "adamw,cosine,prodigy",
-               "--tasks", "test.tiny_a,test.tiny_b", "--lrs", "1e-3,1e-1", "--seeds", "0",
-               "--budget-scale", str(SCALE), "--oracle-lrs", ",".join(map(str, ORACLE)), "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "--policies",
+            f"heuristic,{registered}",
+            "--baselines",
+            "adamw,cosine,prodigy",
+            "--tasks",
+            "test.tiny_a,test.tiny_b",
+            "--lrs",
+            "1e-3,1e-1",
+            "--seeds",
+            "0",
+            "--budget-scale",
+            str(SCALE),
+            "--oracle-lrs",
+            ",".join(map(str, ORACLE)),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "chuck:heuristic" in capsys.readouterr().out
     rows = _rows(out / "rows.csv")
@@ -165,7 +192,9 @@ def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsy
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parent) == 1 and len(runs) == 1 + 5
     assert parent[0].info.run_id == summary["mlflow_run_id"]
-    assert math.isclose(parent[0].data.metrics["chuck:heuristic.median_regret"], summary["arms"]["chuck:heuristic"]["median_regret"])
+    assert math.isclose(
+        parent[0].data.metrics["chuck:heuristic.median_regret"], summary["arms"]["chuck:heuristic"]["median_regret"]
+    )
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"summary.json", "regret_by_lr.png", "rows.csv"} <= artifacts
 
@@ -193,17 +222,32 @@ def test_resume_skips_finished_runs(tiny_tasks, tmp_path, count_runs):
     assert third.to_dict()["arms"] == first.to_dict()["arms"]
 
 
-@pytest.mark.parametrize("flag,value,needle", [
-    ("--policies", "{tmp}/no_such_policy", "no_such_policy"),
-    ("--tasks", "test.no_such_task", "test.no_such_task"),
-    ("--baselines", "adamw,lion", "lion"),
-])
+@pytest.mark.parametrize(
+    "flag,value,needle",
+    [
+        ("--policies", "{tmp}/no_such_policy", "no_such_policy"),
+        ("--tasks", "test.no_such_task", "test.no_such_task"),
+        ("--baselines", "adamw,lion", "lion"),
+    ],
+)
 def test_bad_input_fails_before_any_run(tiny_tasks, tmp_path, capsys, count_runs, flag, value, needle):
     out = tmp_path / "eval"
     args = {"--policies": "heuristic", "--baselines": "adamw", "--tasks": "test.tiny_a"}
     args[flag] = value.format(tmp=tmp_path)
-    argv = ["evaluate", *[x for kv in args.items() for x in kv], "--lrs", "1e-3", "--seeds", "0",
-            "--budget-scale", str(SCALE), "--out", str(out), "--no-mlflow", "--no-progress"]
+    argv = [
+        "evaluate",
+        *[x for kv in args.items() for x in kv],
+        "--lrs",
+        "1e-3",
+        "--seeds",
+        "0",
+        "--budget-scale",
+        str(SCALE),
+        "--out",
+        str(out),
+        "--no-mlflow",
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "error" in err and needle in err

@@ -40,8 +40,9 @@ def test_early_level_shift_is_accepted_within_bounded_steps(shift_at: int, confi
     """Loss x20 for good, before the first snapshot (or with snapshots off): 857 of 1000 steps were
     skipped and the lr driven to 1e-6. Now: a few skips, the shift accepted, the lr restored."""
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "constant", model=model,
-                               guardrails=config, history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), "constant", model=model, guardrails=config, history=False
+    )
     _train(model, opt, 0, 1000, scale_from=shift_at)
     skipped = opt.calls - opt.step_count
     # a shifted batch that happens to pass the 10x test ends a streak, so allow two streaks
@@ -124,8 +125,7 @@ class _WrongStats(Policy):
 @pytest.mark.parametrize("policy_cls", [_OODRaises, _WrongStats])
 def test_a_failing_ood_check_means_hold(policy_cls) -> None:
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy_cls(), model=model,
-                               interval=5, history=False)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy_cls(), model=model, interval=5, history=False)
     run_steps(model, opt, 0, 12)
     assert len(opt.decisions) == 2
     assert all(d.source == "fallback" and d.reason.startswith("hold") for d in opt.decisions)
@@ -135,8 +135,9 @@ def test_a_failing_ood_check_means_hold(policy_cls) -> None:
 # -- 6. resume is bit-exact at every phase of the interval ----------------------------
 def _fresh(seed=0):
     model = make_net(seed, dropout=0.2)
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "default", model=model,
-                               total_steps=60, interval=5, history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), "default", model=model, total_steps=60, interval=5, history=False
+    )
     return model, opt
 
 
@@ -184,7 +185,11 @@ def test_bad_checkpoints_are_refused_and_nothing_is_loaded(mutate, match) -> Non
     mutate(sd["chuck"])
     model, opt = _fresh(seed=3)
     run_steps(model, opt, 0, 3)
-    before = (opt.step_count, opt.action_spec.state_dict(), {k: v.clone() for k, v in opt.optimizer.state[next(iter(opt.optimizer.state))].items()})
+    before = (
+        opt.step_count,
+        opt.action_spec.state_dict(),
+        {k: v.clone() for k, v in opt.optimizer.state[next(iter(opt.optimizer.state))].items()},
+    )
     with pytest.raises(CheckpointError, match=match):
         opt.load_state_dict(sd)
     after_state = opt.optimizer.state[next(iter(opt.optimizer.state))]
@@ -195,10 +200,17 @@ def test_bad_checkpoints_are_refused_and_nothing_is_loaded(mutate, match) -> Non
 def test_a_checkpoint_of_another_model_is_refused() -> None:
     sd = _checkpoint()
     torch.manual_seed(0)
-    other = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 5),
-                                torch.nn.Linear(5, 3), torch.nn.Linear(3, 4))
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(other.parameters(), lr=1e-3), "default", model=other,
-                               total_steps=60, interval=5, history=False)
+    other = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.2),
+        torch.nn.Linear(16, 5),
+        torch.nn.Linear(5, 3),
+        torch.nn.Linear(3, 4),
+    )
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(other.parameters(), lr=1e-3), "default", model=other, total_steps=60, interval=5, history=False
+    )
     with pytest.raises(CheckpointError, match="another model|parameters"):
         opt.load_state_dict(sd)
 
@@ -207,8 +219,7 @@ def test_a_checkpoint_of_another_model_is_refused() -> None:
 def test_history_record_is_written_when_the_optimizer_is_collected(tmp_path) -> None:
     def train() -> torch.nn.Module:
         model = make_net()
-        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model,
-                                   history=str(tmp_path))
+        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, history=str(tmp_path))
         run_steps(model, opt, 0, 5)
         return model  # the optimizer goes out of scope without close()
 

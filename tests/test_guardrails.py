@@ -65,8 +65,9 @@ def test_nonfinite_step_is_skipped(fault: str) -> None:
 
 def test_loss_spike_rolls_back_to_snapshot() -> None:
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model,
-                               guardrails=GuardrailConfig(snapshot_every=50))
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model, guardrails=GuardrailConfig(snapshot_every=50)
+    )
     for s in range(50):
         _step(model, opt, s)
     snap_weights = copy.deepcopy(model.state_dict())
@@ -150,8 +151,9 @@ def test_gradscaler_skips_are_detected_and_not_progress() -> None:
 def _amp_run(overflow_steps: set[int], steps: int = 600) -> chuck.ChuckOptimizer:
     model = make_net()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=50)
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-3), "heuristic", model=model,
-                               grad_scaler=scaler, history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1e-3), "heuristic", model=model, grad_scaler=scaler, history=False
+    )
     for s in range(steps):
         x, y = batch(s)
         loss = F.cross_entropy(model(x), y)
@@ -191,8 +193,9 @@ def test_lasting_level_shift_does_not_roll_back_forever() -> None:
 
 def test_snapshot_waits_for_a_healthy_loss() -> None:
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "constant", model=model,
-                               guardrails=GuardrailConfig(snapshot_every=50))
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), "constant", model=model, guardrails=GuardrailConfig(snapshot_every=50)
+    )
     for s in range(49):
         _step(model, opt, s)
     _step(model, opt, 49, loss_scale=5.0)  # step 50 is due, but its loss is 5x the median: no snapshot yet

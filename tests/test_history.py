@@ -33,8 +33,9 @@ def _train(opt, model, steps: int = 25) -> None:
 
 def test_context_manager_writes_one_record() -> None:
     model = make_net()
-    with chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model,
-                              label="unit", batch_size=32, data_size=1000) as opt:
+    with chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, label="unit", batch_size=32, data_size=1000
+    ) as opt:
         _train(opt, model)
     opt.close()  # idempotent
     df = read_history()
@@ -78,15 +79,21 @@ def test_interpreter_exit_writes_the_record(tmp_path) -> None:
 
 
 def _record(lr: float, fp: dict, loss: float = 0.5) -> RunRecord:
-    return RunRecord(run_id=uuid.uuid4().hex, created=time.time(), policy_id="test", fingerprint=fp,
-                     initial={"lr": lr, "weight_decay": 0.0, "clip": math.inf}, final={"lr": lr, "weight_decay": 0.01, "clip": math.inf},
-                     outcome={"initial_train_loss": 2.0, "best_val_loss": loss, "final_val_loss": loss, "diverged": False, "steps": 10})
+    return RunRecord(
+        run_id=uuid.uuid4().hex,
+        created=time.time(),
+        policy_id="test",
+        fingerprint=fp,
+        initial={"lr": lr, "weight_decay": 0.0, "clip": math.inf},
+        final={"lr": lr, "weight_decay": 0.01, "clip": math.inf},
+        outcome={"initial_train_loss": 2.0, "best_val_loss": loss, "final_val_loss": loss, "diverged": False, "steps": 10},
+    )
 
 
 def _writer(args) -> int:
     directory, n, seed = args
     fp = fingerprint(nn.Linear(3, 3), None)
-    for i in range(n):
+    for _ in range(n):
         write_record(_record(1e-3 * (seed + 1), fp), directory)
     return n
 

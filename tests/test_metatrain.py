@@ -14,10 +14,21 @@ def test_tiny_meta_training_end_to_end(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CHUCK_HOME", str(tmp_path / "home"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = MetaTrainConfig(
-        tasks="tabular.breast_cancer_mlp,tabular.diabetes_regression", eval_tasks="tabular.wine_mlp",
-        timesteps=256, n_envs=2, interval=5, budget_scale=0.2, output=str(tmp_path / "run"),
-        eval_every=128, eval_episodes=2, checkpoint_every=64, tracking_uri=uri, progress=False,
-        name="tiny", alias="test", ppo={"n_steps": 32, "batch_size": 32, "n_epochs": 2},
+        tasks="tabular.breast_cancer_mlp,tabular.diabetes_regression",
+        eval_tasks="tabular.wine_mlp",
+        timesteps=256,
+        n_envs=2,
+        interval=5,
+        budget_scale=0.2,
+        output=str(tmp_path / "run"),
+        eval_every=128,
+        eval_episodes=2,
+        checkpoint_every=64,
+        tracking_uri=uri,
+        progress=False,
+        name="tiny",
+        alias="test",
+        ppo={"n_steps": 32, "batch_size": 32, "n_epochs": 2},
     )
     result = train_policy(cfg)
     policy = chuck.load_policy(str(result.artifact_dir))

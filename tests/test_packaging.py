@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,8 @@ print("HEAVY", heavy)
 def test_core_path_imports_no_heavy_dependency() -> None:
     out = subprocess.run(
         [sys.executable, "-c", CORE_PATH.format(policies=["constant", "heuristic", "default"])],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "HEAVY []" in out, out

@@ -23,6 +23,7 @@ SCHEDULERS = {
 #: the lr factor of one full step down under the current action spec
 DOWN = math.exp(-ActionSpec().steps[0])
 
+
 def _run(name: str, wrap: bool, mult_action: float | None, steps: int = 120):
     model = make_net()
     base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

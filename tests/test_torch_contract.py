@@ -138,8 +138,14 @@ def test_sparse_adam_on_a_sparse_embedding() -> None:
     torch.manual_seed(0)
     emb = nn.Embedding(100, 8, sparse=True)
     head = nn.Linear(8, 2)
-    opt = chuck.ChuckOptimizer(torch.optim.SparseAdam(list(emb.parameters()), lr=1e-2), "heuristic",
-                               model=emb, interval=4, max_grad_norm=0.01, history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SparseAdam(list(emb.parameters()), lr=1e-2),
+        "heuristic",
+        model=emb,
+        interval=4,
+        max_grad_norm=0.01,
+        history=False,
+    )
     dense = torch.optim.Adam(head.parameters(), lr=1e-2)
     before = emb.weight.detach().clone()
     for _s in range(12):
@@ -159,8 +165,9 @@ def test_a_model_with_nothing_trainable() -> None:
     model = make_net()
     model.requires_grad_(False)
     with pytest.warns(RuntimeWarning, match="watches nothing"):
-        opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model,
-                                   interval=5, history=False)
+        opt = chuck.ChuckOptimizer(
+            torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, interval=5, history=False
+        )
     for s in range(12):
         x, _ = batch(s)
         opt.step(loss=model(x).sum())

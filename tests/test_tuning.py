@@ -20,13 +20,22 @@ def tiny():
 def test_tune_logs_trials_and_writes_history(tiny, tmp_path) -> None:
     train_fn, model = tiny
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = tune(train_fn, n_trials=4, model=model, storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="t1",
-               tracking_uri=uri, n_startup_trials=2)
+    res = tune(
+        train_fn,
+        n_trials=4,
+        model=model,
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+        study_name="t1",
+        tracking_uri=uri,
+        n_startup_trials=2,
+    )
     assert set(res.best_params) == {"lr", "weight_decay", "clip"} and math.isfinite(res.best_value)
     assert res.trials == 4
     client = MlflowClient(tracking_uri=uri)
-    children = client.search_runs([client.get_experiment_by_name("chuck-tune").experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{res.mlflow_run_id}'")
+    children = client.search_runs(
+        [client.get_experiment_by_name("chuck-tune").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{res.mlflow_run_id}'",
+    )
     assert len(children) == 4 and all("lr" in c.data.params for c in children)
     assert client.get_run(res.mlflow_run_id).data.metrics["best_val_loss"] == pytest.approx(res.best_value)
     hist = read_history()

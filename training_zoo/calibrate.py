@@ -100,7 +100,7 @@ def refine(lrs: list[float], scores: list[float]) -> float:
         if a > 0:
             step = min(xs[2] - xs[1], xs[1] - xs[0]) / 2
             x = float(np.clip(-b / (2 * a), x - step, x + step))
-    return float(f"{10 ** x:.3g}")
+    return float(f"{10**x:.3g}")
 
 
 def calibrate_task(task: Task, lrs: list[float], instances: int, optimizer: str, log=print) -> dict[str, Any]:
@@ -139,8 +139,9 @@ def compare(path: Path, reference: Path = CACHE_PATH) -> dict[str, float]:
     """log10(best lr in ``path`` / best lr in ``reference``) per family present in both with the same key."""
     a = json.loads(Path(path).read_text())["tasks"]
     b = json.loads(Path(reference).read_text())["tasks"]
-    return {t: round(math.log10(a[t]["best_lr"] / b[t]["best_lr"]), 3)
-            for t in sorted(set(a) & set(b)) if a[t]["key"] == b[t]["key"]}
+    return {
+        t: round(math.log10(a[t]["best_lr"] / b[t]["best_lr"]), 3) for t in sorted(set(a) & set(b)) if a[t]["key"] == b[t]["key"]
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,12 +162,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"median offset: {float(np.median(list(offsets.values()))):+.2f} decades over {len(offsets)} families")
         return 0
     torch.set_num_threads(1)
-    tasks = resolve_tasks(args.tasks) if args.tasks else resolve_tasks(
-        [t for s in ("train", "validation", "test") for t in list_tasks(s)])
+    tasks = (
+        resolve_tasks(args.tasks)
+        if args.tasks
+        else resolve_tasks([t for s in ("train", "validation", "test") for t in list_tasks(s)])
+    )
     lrs = [float(x) for x in args.lrs.split(",")]
-    protocol = {"optimizer": args.optimizer, "instances": args.instances, "lrs": lrs, "eval_every": EVAL_EVERY,
-                "score": f"median over instances of log(min(final/start val loss, {WORST_RATIO:g})), "
-                         "then [1/4, 1/2, 1/4]-smoothed over the lr grid"}
+    protocol = {
+        "optimizer": args.optimizer,
+        "instances": args.instances,
+        "lrs": lrs,
+        "eval_every": EVAL_EVERY,
+        "score": f"median over instances of log(min(final/start val loss, {WORST_RATIO:g})), "
+        "then [1/4, 1/2, 1/4]-smoothed over the lr grid",
+    }
     existing: dict[str, Any] = {}
     if args.output.exists():
         existing = json.loads(args.output.read_text()).get("tasks", {})
@@ -177,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{i}/{len(tasks)}] {task.id} (budget {task.budget})", flush=True)
         t0 = time.perf_counter()
-        existing[task.id] = calibrate_task(task, lrs, args.instances, args.optimizer,
-                                           log=lambda m: print(m, flush=True))
+        existing[task.id] = calibrate_task(task, lrs, args.instances, args.optimizer, log=lambda m: print(m, flush=True))
         _write(args.output, protocol, existing)
         reload_cache()
-        print(f"[{i}/{len(tasks)}] {task.id}: best lr {existing[task.id]['best_lr']:g} "
-              f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"[{i}/{len(tasks)}] {task.id}: best lr {existing[task.id]['best_lr']:g} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
     return 0
 
 

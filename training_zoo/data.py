@@ -22,17 +22,74 @@ import numpy as np
 import torch
 
 _STDLIB_MODULES = (
-    "collections", "functools", "itertools", "json", "argparse", "logging", "unittest", "pathlib",
-    "subprocess", "threading", "asyncio", "email", "http", "csv", "re", "string", "textwrap", "difflib",
-    "inspect", "dataclasses", "contextlib", "abc", "enum", "decimal", "fractions", "statistics", "random",
-    "os", "shutil", "tempfile", "zipfile", "tarfile", "pickle", "copy", "pprint", "heapq", "bisect",
-    "codecs", "io", "datetime", "calendar", "socket", "sqlite3", "hashlib", "uuid", "base64", "gzip",
-    "configparser", "optparse", "traceback", "warnings", "weakref", "types", "operator", "numbers",
-    "locale", "gettext", "platform", "doctest", "pdb", "timeit", "tokenize", "ast", "dis",
+    "collections",
+    "functools",
+    "itertools",
+    "json",
+    "argparse",
+    "logging",
+    "unittest",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "asyncio",
+    "email",
+    "http",
+    "csv",
+    "re",
+    "string",
+    "textwrap",
+    "difflib",
+    "inspect",
+    "dataclasses",
+    "contextlib",
+    "abc",
+    "enum",
+    "decimal",
+    "fractions",
+    "statistics",
+    "random",
+    "os",
+    "shutil",
+    "tempfile",
+    "zipfile",
+    "tarfile",
+    "pickle",
+    "copy",
+    "pprint",
+    "heapq",
+    "bisect",
+    "codecs",
+    "io",
+    "datetime",
+    "calendar",
+    "socket",
+    "sqlite3",
+    "hashlib",
+    "uuid",
+    "base64",
+    "gzip",
+    "configparser",
+    "optparse",
+    "traceback",
+    "warnings",
+    "weakref",
+    "types",
+    "operator",
+    "numbers",
+    "locale",
+    "gettext",
+    "platform",
+    "doctest",
+    "pdb",
+    "timeit",
+    "tokenize",
+    "ast",
+    "dis",
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sklearn_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A bundled scikit-learn data set as (X, y); X standardized per feature."""
     try:
@@ -59,17 +116,29 @@ def sklearn_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 #: times that factor, so regression families span target scales from 1e-2 to 1e3.
 GENERATED_TABULAR: dict[str, tuple[str, dict, str | float]] = {
     # 50 classes, one cluster each: many-class classification
-    "many_classes": ("make_classification", dict(n_samples=6000, n_features=24, n_informative=14, n_redundant=4,
-                                                 n_classes=50, n_clusters_per_class=1, class_sep=1.5), "classes"),
+    "many_classes": (
+        "make_classification",
+        dict(n_samples=6000, n_features=24, n_informative=14, n_redundant=4, n_classes=50, n_clusters_per_class=1, class_sep=1.5),
+        "classes",
+    ),
     # 30% of labels (train and validation) flipped at random: noisy labels, irreducible loss
-    "noisy_binary": ("make_classification", dict(n_samples=1200, n_features=20, n_informative=6, flip_y=0.3,
-                                                 class_sep=1.0), "classes"),
+    "noisy_binary": (
+        "make_classification",
+        dict(n_samples=1200, n_features=20, n_informative=6, flip_y=0.3, class_sep=1.0),
+        "classes",
+    ),
     # 40k well-separated points: large, easy data (nothing to overfit)
-    "large_easy": ("make_classification", dict(n_samples=40_000, n_features=16, n_informative=10, n_classes=8,
-                                               n_clusters_per_class=2, class_sep=2.5), "classes"),
+    "large_easy": (
+        "make_classification",
+        dict(n_samples=40_000, n_features=16, n_informative=10, n_classes=8, n_clusters_per_class=2, class_sep=2.5),
+        "classes",
+    ),
     # 400 features for 600 samples, 10 informative: high-dimensional, overfits without decay
-    "sparse_highdim": ("make_classification", dict(n_samples=600, n_features=400, n_informative=10, n_redundant=0,
-                                                   n_clusters_per_class=1, class_sep=1.5), "classes"),
+    "sparse_highdim": (
+        "make_classification",
+        dict(n_samples=600, n_features=400, n_informative=10, n_redundant=0, n_clusters_per_class=1, class_sep=1.5),
+        "classes",
+    ),
     # Friedman #2 (an electrical impedance): raw targets, mean ~500, std ~400
     "friedman2_raw": ("make_friedman2", dict(n_samples=2000, noise=20.0), 1.0),
     # Friedman #3 (a phase angle) scaled by 1e-2: targets ~0.01, squared errors ~1e-5
@@ -79,7 +148,7 @@ GENERATED_TABULAR: dict[str, tuple[str, dict, str | float]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def generated_tabular(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A set of :data:`GENERATED_TABULAR` as (X, y); X standardized per feature."""
     from sklearn import datasets
@@ -95,7 +164,7 @@ def generated_tabular(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return x, (y * float(target)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stdlib_text(max_chars: int = 300_000) -> str:
     """Printable-ASCII text from the docstrings of standard-library modules (deterministic per Python)."""
     parts: list[str] = []
@@ -206,7 +275,7 @@ def sequence_task(kind: str, n: int, length: int, rng: np.random.Generator) -> t
     raise ValueError(f"unknown sequence task {kind!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def markov_sequences(n: int, length: int, vocab: int, seed: int) -> np.ndarray:
     """``n`` sequences of ``length`` + 1 tokens from a random second-order Markov chain over ``vocab`` tokens.
 
@@ -224,8 +293,9 @@ def markov_sequences(n: int, length: int, vocab: int, seed: int) -> np.ndarray:
     return seq
 
 
-def glyph_images(n: int, n_classes: int, size: int, rng: np.random.Generator, glyph: int = 5,
-                 template_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def glyph_images(
+    n: int, n_classes: int, size: int, rng: np.random.Generator, glyph: int = 5, template_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Many-class images: one random ``glyph`` x ``glyph`` binary template per class (fixed by
     ``template_seed``), drawn at a random position of a ``size`` x ``size`` canvas with random
     contrast and pixel noise."""

@@ -28,7 +28,9 @@ def _norm2d(kind: str, ch: int) -> nn.Module:
     return {"none": nn.Identity, "batch": lambda: nn.BatchNorm2d(ch), "layer": lambda: nn.GroupNorm(1, ch)}[kind]()
 
 
-def mlp(d_in: int, d_out: int, width: int, depth: int, act: str = "relu", norm: str = "none", dropout: float = 0.0) -> nn.Sequential:
+def mlp(
+    d_in: int, d_out: int, width: int, depth: int, act: str = "relu", norm: str = "none", dropout: float = 0.0
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     d = d_in
     for _ in range(depth):
@@ -40,24 +42,28 @@ def mlp(d_in: int, d_out: int, width: int, depth: int, act: str = "relu", norm: 
     return nn.Sequential(*layers)
 
 
-def residual_mlp(d_in: int, d_out: int, width: int, blocks: int, act: str = "relu", norm: str = "layer",
-                 dropout: float = 0.0) -> nn.Sequential:
+def residual_mlp(
+    d_in: int, d_out: int, width: int, blocks: int, act: str = "relu", norm: str = "layer", dropout: float = 0.0
+) -> nn.Sequential:
     """Stem, ``blocks`` pre-norm residual blocks ``x + W2 act(W1 norm(x))``, norm, head.
 
     Pre-norm keeps the residual stream's scale growing slowly with depth (Xiong et al. 2020),
     so deep stacks train at higher lrs than the plain :func:`mlp` of the same depth.
     """
     return nn.Sequential(
-        nn.Linear(d_in, width), *[ResidualMLPBlock(width, act, norm, dropout) for _ in range(blocks)],
-        _norm1d(norm, width), nn.Linear(width, d_out),
+        nn.Linear(d_in, width),
+        *[ResidualMLPBlock(width, act, norm, dropout) for _ in range(blocks)],
+        _norm1d(norm, width),
+        nn.Linear(width, d_out),
     )
 
 
 class ResidualMLPBlock(nn.Module):
     def __init__(self, width: int, act: str, norm: str, dropout: float) -> None:
         super().__init__()
-        self.body = nn.Sequential(_norm1d(norm, width), nn.Linear(width, 2 * width), activation(act),
-                                  nn.Dropout(dropout), nn.Linear(2 * width, width))
+        self.body = nn.Sequential(
+            _norm1d(norm, width), nn.Linear(width, 2 * width), activation(act), nn.Dropout(dropout), nn.Linear(2 * width, width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -68,7 +74,9 @@ def autoencoder(d_in: int, code: int, width: int, depth: int, act: str = "relu",
     return nn.Sequential(mlp(d_in, code, width, depth, act, norm), activation(act), mlp(code, d_in, width, depth, act, norm))
 
 
-def cnn(in_ch: int, n_classes: int, width: int, depth: int, act: str = "relu", norm: str = "none", dropout: float = 0.0) -> nn.Sequential:
+def cnn(
+    in_ch: int, n_classes: int, width: int, depth: int, act: str = "relu", norm: str = "none", dropout: float = 0.0
+) -> nn.Sequential:
     """Conv blocks (conv, norm, act, pool every other block), global average pool, linear head."""
     layers: list[nn.Module] = []
     ch = in_ch
@@ -99,9 +107,14 @@ class ResidualBlock(nn.Module):
 def resnet(in_ch: int, n_classes: int, width: int, blocks: int, act: str = "relu") -> nn.Sequential:
     """A small residual network with BatchNorm (He et al. 2016), stem + ``blocks`` blocks."""
     return nn.Sequential(
-        nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), activation(act), nn.MaxPool2d(2),
+        nn.Conv2d(in_ch, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        activation(act),
+        nn.MaxPool2d(2),
         *[ResidualBlock(width, act) for _ in range(blocks)],
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, n_classes),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, n_classes),
     )
 
 
@@ -115,8 +128,9 @@ class RecurrentModel(nn.Module):
     vanishing gradients through time, Pascanu et al. 2013).
     """
 
-    def __init__(self, vocab: int, n_out: int, width: int, depth: int, per_position: bool, dropout: float = 0.0,
-                 cell: str = "gru") -> None:
+    def __init__(
+        self, vocab: int, n_out: int, width: int, depth: int, per_position: bool, dropout: float = 0.0, cell: str = "gru"
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.rnn = RNN_CELLS[cell](width, width, num_layers=depth, batch_first=True, dropout=dropout if depth > 1 else 0.0)
@@ -139,8 +153,18 @@ class TinyTransformer(nn.Module):
     """
 
     def __init__(
-        self, vocab: int | None, n_out: int, width: int, depth: int, max_len: int, *,
-        per_position: bool, causal: bool, heads: int = 4, dropout: float = 0.0, act: str = "gelu",
+        self,
+        vocab: int | None,
+        n_out: int,
+        width: int,
+        depth: int,
+        max_len: int,
+        *,
+        per_position: bool,
+        causal: bool,
+        heads: int = 4,
+        dropout: float = 0.0,
+        act: str = "gelu",
         d_in: int | None = None,
     ) -> None:
         super().__init__()
@@ -149,7 +173,12 @@ class TinyTransformer(nn.Module):
         self.embed = nn.Embedding(vocab, width) if vocab is not None else nn.Linear(d_in, width)
         self.pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
         layer = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=2 * width, dropout=dropout, batch_first=True, norm_first=True,
+            width,
+            heads,
+            dim_feedforward=2 * width,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
             activation="gelu" if act == "gelu" else "relu",
         )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)

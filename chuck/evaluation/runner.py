@@ -130,8 +130,19 @@ def _numbers(value: Any, kind: type, what: str) -> list[Any]:
     return xs
 
 
-def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, workers: int | None, out: Any,
-           budget_scale: float, observe: bool, oracle_lrs: Any, backend: str = "process") -> _Inputs:
+def _check(
+    policies: Any,
+    baselines: Any,
+    tasks: Any,
+    lrs: Any,
+    seeds: Any,
+    workers: int | None,
+    out: Any,
+    budget_scale: float,
+    observe: bool,
+    oracle_lrs: Any,
+    backend: str = "process",
+) -> _Inputs:
     """Everything that can be wrong with the inputs, before anything runs (policies are checked by the caller)."""
     baseline_names = _unique(_split_list(baselines))
     unknown = [b for b in baseline_names if b not in BASELINES]
@@ -162,20 +173,34 @@ def _check(policies: Any, baselines: Any, tasks: Any, lrs: Any, seeds: Any, work
                 try:
                     pickle.dumps(task)
                 except Exception as exc:  # noqa: BLE001 - any pickling failure
-                    raise EvaluationInputError(f"task {task.id!r} cannot be sent to worker processes ({exc}); "
-                                               "define it in an importable module or use workers=1 (backend process)") from None
+                    raise EvaluationInputError(
+                        f"task {task.id!r} cannot be sent to worker processes ({exc}); "
+                        "define it in an importable module or use workers=1 (backend process)"
+                    ) from None
     out = Path(out)
     rows = out / "rows.csv"
     if rows.exists() and rows.stat().st_size:
         with open(rows, newline="") as f:
             header = next(csv.reader(f), None)
         if header is not None and tuple(header) != ROW_FIELDS:
-            raise EvaluationInputError(f"{rows} has other columns ({header}); it was written by another version of "
-                                       "chuck evaluate: choose a new output directory")
-    return _Inputs(policies=policy_specs, baselines=baseline_names, task_spec=tasks, tasks=task_list,
-                   lrs=_numbers(lrs, float, "lrs"), seeds=_numbers(seeds, int, "seeds"),
-                   oracle_lrs=tuple(sorted(_numbers(oracle_lrs, float, "oracle lrs"))), workers=workers, out=out,
-                   budget_scale=float(budget_scale), observe=observe, backend=backend)
+            raise EvaluationInputError(
+                f"{rows} has other columns ({header}); it was written by another version of "
+                "chuck evaluate: choose a new output directory"
+            )
+    return _Inputs(
+        policies=policy_specs,
+        baselines=baseline_names,
+        task_spec=tasks,
+        tasks=task_list,
+        lrs=_numbers(lrs, float, "lrs"),
+        seeds=_numbers(seeds, int, "seeds"),
+        oracle_lrs=tuple(sorted(_numbers(oracle_lrs, float, "oracle lrs"))),
+        workers=workers,
+        out=out,
+        budget_scale=float(budget_scale),
+        observe=observe,
+        backend=backend,
+    )
 
 
 def evaluate(
@@ -252,8 +277,9 @@ def evaluate(
             log_summary(summary, inputs.out, tracking_uri, EXPERIMENT)
         except Exception as exc:  # noqa: BLE001 - store down, bad URI...: the evaluation itself succeeded
             summary.mlflow_run_id = None
-            summary.warnings.append(f"MLflow logging failed ({type(exc).__name__}: {exc}); "
-                                    "outputs are in the output directory only")
+            summary.warnings.append(
+                f"MLflow logging failed ({type(exc).__name__}: {exc}); outputs are in the output directory only"
+            )
             write_summary(summary, inputs.out)
     return summary
 
@@ -270,26 +296,51 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
             cache = OracleCache(instance_key(task, seed, inputs.budget_scale, steps, instance_config(task, seed)))
             instances.append(Instance(task=task, seed=seed, steps=steps, cache=cache, ship_task=ship))
     inputs.out.mkdir(parents=True, exist_ok=True)
-    sched = Scheduler(arms, locations, instances, inputs.lrs, inputs.oracle_lrs,
-                      _settings_hash(inputs.budget_scale, inputs.oracle_lrs), inputs.out / "rows.csv", inputs.workers or 1, progress,
-                      executor)
+    sched = Scheduler(
+        arms,
+        locations,
+        instances,
+        inputs.lrs,
+        inputs.oracle_lrs,
+        _settings_hash(inputs.budget_scale, inputs.oracle_lrs),
+        inputs.out / "rows.csv",
+        inputs.workers or 1,
+        progress,
+        executor,
+    )
     sched.load_rows()
     sched.run()
 
     rows = [r for r in sched.rows if r["key"] in sched.planned]
     settings = {
-        "policies": inputs.policies, "baselines": inputs.baselines, "tasks": [t.id for t in inputs.tasks],
+        "policies": inputs.policies,
+        "baselines": inputs.baselines,
+        "tasks": [t.id for t in inputs.tasks],
         "task_spec": inputs.task_spec if isinstance(inputs.task_spec, str) else list(inputs.task_spec),
-        "lrs": inputs.lrs, "seeds": inputs.seeds, "budget_scale": inputs.budget_scale, "observe": inputs.observe,
+        "lrs": inputs.lrs,
+        "seeds": inputs.seeds,
+        "budget_scale": inputs.budget_scale,
+        "observe": inputs.observe,
         "oracle_lrs": list(inputs.oracle_lrs),
         "oracle_arms": "constant AdamW and AdamW + cosine at every oracle lr; Prodigy once at lr=1.0 (+ cosine)",
-        "eval_every": EVAL_EVERY, "workers": inputs.workers or 1, "backend": inputs.backend,
+        "eval_every": EVAL_EVERY,
+        "workers": inputs.workers or 1,
+        "backend": inputs.backend,
     }
-    summary = Summary(arms=summarize_arms(rows, arms), settings=settings, out=str(inputs.out), rows=len(rows),
-                      executed=sched.executed, oracle_executed=sched.oracle_executed, warnings=sched.warnings)
+    summary = Summary(
+        arms=summarize_arms(rows, arms),
+        settings=settings,
+        out=str(inputs.out),
+        rows=len(rows),
+        executed=sched.executed,
+        oracle_executed=sched.oracle_executed,
+        warnings=sched.warnings,
+    )
     spec = inputs.task_spec if isinstance(inputs.task_spec, str) else ",".join(map(str, inputs.task_spec))
-    title = (f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
-             f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep")
+    title = (
+        f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
+        f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep"
+    )
     plot = plot_regret_by_lr(summary.arms, inputs.out / "regret_by_lr.png", title)
     summary.plot = str(plot) if plot else None
     return summary

@@ -148,8 +148,14 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     """
     from chuck.zoo import get_task, loop
 
-    out: dict[str, Any] = {"final_loss": math.nan, "initial_loss": math.nan, "loss_reference": math.nan,
-                           "diverged": False, "error": "", "seconds": 0.0}
+    out: dict[str, Any] = {
+        "final_loss": math.nan,
+        "initial_loss": math.nan,
+        "loss_reference": math.nan,
+        "diverged": False,
+        "error": "",
+        "seconds": 0.0,
+    }
     t0 = time.perf_counter()
     opt = None
     try:
@@ -162,8 +168,9 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         opt, scheduler = _make_arm(spec, inst)
         initial = loop.evaluate(inst, opt)
         out["initial_loss"] = initial
-        res = loop.train(inst, opt, spec.steps, eval_every=EVAL_EVERY, observe=not spec.arm.endswith(NO_OBSERVE_SUFFIX),
-                         scheduler=scheduler)
+        res = loop.train(
+            inst, opt, spec.steps, eval_every=EVAL_EVERY, observe=not spec.arm.endswith(NO_OBSERVE_SUFFIX), scheduler=scheduler
+        )
         final = res.val_losses[-1] if res.val_steps and res.val_steps[-1] == spec.steps else loop.evaluate(inst, opt)
         out["final_loss"] = final
         scale = initial if math.isfinite(initial) else out["loss_reference"]

@@ -37,8 +37,26 @@ from chuck.evaluation.runs import (
     run_one,
 )
 
-ROW_FIELDS = ("key", "kind", "task_id", "family", "domain", "seed", "arm", "lr", "steps", "final_loss", "initial_loss",
-              "oracle_loss", "best_lr", "regret", "harm", "diverged", "error", "seconds")
+ROW_FIELDS = (
+    "key",
+    "kind",
+    "task_id",
+    "family",
+    "domain",
+    "seed",
+    "arm",
+    "lr",
+    "steps",
+    "final_loss",
+    "initial_loss",
+    "oracle_loss",
+    "best_lr",
+    "regret",
+    "harm",
+    "diverged",
+    "error",
+    "seconds",
+)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -105,9 +123,19 @@ class InlineExecutor:
 class Scheduler:
     """One ``evaluate`` call's work: instances, the run queue, the rows file."""
 
-    def __init__(self, arms: list[str], locations: dict[str, str], instances: list[Instance], lrs: list[float],
-                 oracle_lrs: tuple[float, ...], settings_hash: str, rows_path: Path, workers: int, progress: bool,
-                 executor: Any = None) -> None:
+    def __init__(
+        self,
+        arms: list[str],
+        locations: dict[str, str],
+        instances: list[Instance],
+        lrs: list[float],
+        oracle_lrs: tuple[float, ...],
+        settings_hash: str,
+        rows_path: Path,
+        workers: int,
+        progress: bool,
+        executor: Any = None,
+    ) -> None:
         self.arms, self.locations, self.instances = arms, locations, instances
         self.executor = executor  # given: runs go there (chuck.ray_backend.RayExecutor); else a process pool
         self.lrs, self.oracle_lrs, self.settings_hash = lrs, oracle_lrs, settings_hash
@@ -161,11 +189,24 @@ class Scheduler:
             ref = effective_loss(inst.results[run_id("adamw", inst.best_lr)])
             harm = FAILED_REGRET if bad else final / max(ref, 1e-12)
         row = {
-            "key": self.key(kind, i, arm, lr), "kind": kind, "task_id": inst.task.id, "family": inst.task.family,
-            "domain": inst.task.domain, "seed": inst.seed, "arm": arm, "lr": lr, "steps": inst.steps,
-            "final_loss": final, "initial_loss": float(res["initial_loss"]), "oracle_loss": inst.oracle,
-            "best_lr": "" if inst.best_lr is None else inst.best_lr, "regret": regret, "harm": harm,
-            "diverged": bool(res["diverged"]), "error": res.get("error", ""), "seconds": res["seconds"],
+            "key": self.key(kind, i, arm, lr),
+            "kind": kind,
+            "task_id": inst.task.id,
+            "family": inst.task.family,
+            "domain": inst.task.domain,
+            "seed": inst.seed,
+            "arm": arm,
+            "lr": lr,
+            "steps": inst.steps,
+            "final_loss": final,
+            "initial_loss": float(res["initial_loss"]),
+            "oracle_loss": inst.oracle,
+            "best_lr": "" if inst.best_lr is None else inst.best_lr,
+            "regret": regret,
+            "harm": harm,
+            "diverged": bool(res["diverged"]),
+            "error": res.get("error", ""),
+            "seconds": res["seconds"],
         }
         self.writer.writerow(row)
         self.file.flush()
@@ -211,7 +252,9 @@ class Scheduler:
         inst.oracle, inst.best_lr = oracle_of(inst.results, self.oracle_lrs)
         inst.oracle_ready = True
         if not math.isfinite(inst.oracle):
-            self.warnings.append(f"{inst.task.id} seed {inst.seed}: every oracle run crashed; its runs count as regret {FAILED_REGRET:g}")
+            self.warnings.append(
+                f"{inst.task.id} seed {inst.seed}: every oracle run crashed; its runs count as regret {FAILED_REGRET:g}"
+            )
         if inst.best_lr is None:
             self.warnings.append(f"{inst.task.id} seed {inst.seed}: every constant-AdamW run crashed; no harm probes")
         else:
@@ -239,8 +282,15 @@ class Scheduler:
     def spec(self, i: int, arm: str, lr: float) -> RunSpec:
         inst = self.instances[i]
         # effective_lr: a Prodigy run is built the same whichever starting lr asked for it first
-        return RunSpec(task_id=inst.task.id, seed=inst.seed, arm=arm, lr=effective_lr(arm, lr), steps=inst.steps,
-                       policy=self.locations.get(arm), task=inst.task if inst.ship_task else None)
+        return RunSpec(
+            task_id=inst.task.id,
+            seed=inst.seed,
+            arm=arm,
+            lr=effective_lr(arm, lr),
+            steps=inst.steps,
+            policy=self.locations.get(arm),
+            task=inst.task if inst.ship_task else None,
+        )
 
     def finish(self, i: int, rid: str, result: dict[str, Any]) -> None:
         inst = self.instances[i]
@@ -308,9 +358,14 @@ class Scheduler:
                             retried.add(job[:2])
                             self.queue.appendleft(job)
                             continue
-                        result = {"final_loss": math.nan, "initial_loss": math.nan, "loss_reference": math.nan,
-                                  "diverged": False, "error": f"worker process died: {type(exc).__name__}: {exc}"[:500],
-                                  "seconds": 0.0}
+                        result = {
+                            "final_loss": math.nan,
+                            "initial_loss": math.nan,
+                            "loss_reference": math.nan,
+                            "diverged": False,
+                            "error": f"worker process died: {type(exc).__name__}: {exc}"[:500],
+                            "seconds": 0.0,
+                        }
                     self.finish(job[0], job[1], result)
                     if self.bar is not None:
                         self.bar.update(1)

@@ -86,19 +86,29 @@ class Summary:
 
     def to_markdown(self) -> str:
         """The headline table (one line per arm)."""
-        lines = ["| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | harm rate | worst harm | diverged | crashed |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | harm rate | worst harm | diverged | crashed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for arm, s in self.arms.items():
             lines.append(
                 f"| {arm} | {s.runs} | {s.median_regret:.3f} [{s.median_regret_ci[0]:.3f}, {s.median_regret_ci[1]:.3f}] "
                 f"| {s.geo_regret:.3f} [{s.geo_regret_ci[0]:.3f}, {s.geo_regret_ci[1]:.3f}] | {s.within_10pct:.0%} "
-                f"| {_pct(s.harm_rate)} | {_num(s.worst_harm)} | {s.diverged} | {s.errors} |")
+                f"| {_pct(s.harm_rate)} | {_num(s.worst_harm)} | {s.diverged} | {s.errors} |"
+            )
         lrs = sorted({lr for s in self.arms.values() for lr in s.per_lr}, key=float)
         if lrs:
-            lines += ["", "Geometric-mean regret by starting lr:", "",
-                      "| arm | " + " | ".join(f"{float(lr):g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+            lines += [
+                "",
+                "Geometric-mean regret by starting lr:",
+                "",
+                "| arm | " + " | ".join(f"{float(lr):g}" for lr in lrs) + " |",
+                "|---|" + "---|" * len(lrs),
+            ]
             for arm, s in self.arms.items():
-                lines.append(f"| {arm} | " + " | ".join(_num(s.per_lr[lr].geo_regret if lr in s.per_lr else None) for lr in lrs) + " |")
+                lines.append(
+                    f"| {arm} | " + " | ".join(_num(s.per_lr[lr].geo_regret if lr in s.per_lr else None) for lr in lrs) + " |"
+                )
         return "\n".join(lines) + "\n"
 
 
@@ -137,10 +147,14 @@ def arm_stats(main: list[dict[str, Any]], probes: list[dict[str, Any]] | None) -
     reg = np.array([float(r["regret"]) for r in main], dtype=np.float64)
     med, geo = float(np.median(reg)), float(geomean(reg))
     stats = ArmStats(
-        runs=len(reg), median_regret=med, median_regret_ci=bootstrap_ci(reg, np.median, med),
-        geo_regret=geo, geo_regret_ci=bootstrap_ci(reg, geomean, geo),
+        runs=len(reg),
+        median_regret=med,
+        median_regret_ci=bootstrap_ci(reg, np.median, med),
+        geo_regret=geo,
+        geo_regret_ci=bootstrap_ci(reg, geomean, geo),
         within_10pct=float(np.mean(reg <= WITHIN)),
-        diverged=sum(bool(r["diverged"]) for r in main), errors=sum(bool(r["error"]) for r in main),
+        diverged=sum(bool(r["diverged"]) for r in main),
+        errors=sum(bool(r["error"]) for r in main),
     )
     if probes is not None:
         harm = np.array([float(r["harm"]) for r in probes], dtype=np.float64)
@@ -163,8 +177,7 @@ def summarize_arms(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Arm
         for lr in sorted({float(r["lr"]) for r in main}):
             s.per_lr[repr(lr)] = arm_stats([r for r in main if float(r["lr"]) == lr], None)
         for fam in sorted({r["family"] for r in main}):
-            s.per_family[fam] = arm_stats([r for r in main if r["family"] == fam],
-                                          [r for r in probes if r["family"] == fam])
+            s.per_family[fam] = arm_stats([r for r in main if r["family"] == fam], [r for r in probes if r["family"] == fam])
         out[arm] = s
     return out
 
@@ -181,8 +194,13 @@ def plot_regret_by_lr(arms: dict[str, ArmSummary], path: Path, title: str) -> Pa
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for arm, s in arms.items():
         lrs = sorted(s.per_lr, key=float)
-        ax.plot([float(lr) for lr in lrs], [s.per_lr[lr].geo_regret for lr in lrs], marker="o", label=arm,
-                lw=2.5 if arm.startswith("chuck:") else 1.2)
+        ax.plot(
+            [float(lr) for lr in lrs],
+            [s.per_lr[lr].geo_regret for lr in lrs],
+            marker="o",
+            label=arm,
+            lw=2.5 if arm.startswith("chuck:") else 1.2,
+        )
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")

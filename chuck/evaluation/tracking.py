@@ -28,10 +28,15 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
     mlflow = tracking.setup(tracking_uri, experiment)
     s = summary.settings
     params: dict[str, Any] = {
-        "policies": ",".join(s["policies"]) or "-", "baselines": ",".join(s["baselines"]) or "-",
-        "tasks": ",".join(s["tasks"]), "lrs": ",".join(f"{x:g}" for x in s["lrs"]),
-        "seeds": ",".join(str(x) for x in s["seeds"]), "budget_scale": s["budget_scale"], "observe": s["observe"],
-        "oracle_lrs": ",".join(f"{x:g}" for x in s["oracle_lrs"]), "out": str(out.resolve()),
+        "policies": ",".join(s["policies"]) or "-",
+        "baselines": ",".join(s["baselines"]) or "-",
+        "tasks": ",".join(s["tasks"]),
+        "lrs": ",".join(f"{x:g}" for x in s["lrs"]),
+        "seeds": ",".join(str(x) for x in s["seeds"]),
+        "budget_scale": s["budget_scale"],
+        "observe": s["observe"],
+        "oracle_lrs": ",".join(f"{x:g}" for x in s["oracle_lrs"]),
+        "out": str(out.resolve()),
     }
     with mlflow.start_run(run_name=f"evaluate {str(s['task_spec'])[:60]}") as run:
         summary.mlflow_run_id = run.info.run_id

@@ -30,8 +30,13 @@ def fingerprint(
 ) -> dict[str, Any]:
     """What a run's task looks like, without running it: sizes, layer and activation mix, optimizer."""
     fp: dict[str, Any] = {
-        "param_count": 0, "depth": 0, "normalization": "none", "optimizer": None,
-        "batch_size": batch_size, "data_size": data_size, "loss_kind": loss_kind,
+        "param_count": 0,
+        "depth": 0,
+        "normalization": "none",
+        "optimizer": None,
+        "batch_size": batch_size,
+        "data_size": data_size,
+        "loss_kind": loss_kind,
     }
     fp.update({f"n_{k}": 0 for k in LAYER_TYPES})
     fp.update({f"act_{k}": 0 for k in ACTIVATION_TYPES})
@@ -62,13 +67,16 @@ def fingerprint_vector(fp: dict[str, Any]) -> np.ndarray:
     act_total = max(sum(acts), 1.0)
     opt = fp.get("optimizer")
     batch, data = _count(fp.get("batch_size")), _count(fp.get("data_size"))
-    return np.array([
-        math.log10(max(_count(fp.get("param_count")), 1.0)),        # one decade of parameters = 1
-        math.log2(depth) / 2,                                       # 4x deeper = 1
-        *layer_mix,
-        *[a / act_total for a in acts],
-        0.0 if (fp.get("normalization") or "none") == "none" else 1.0,
-        *[1.0 if opt == o else 0.0 for o in OPTIMIZER_NAMES],
-        math.log2(batch) / 3 if batch >= 1 else 0.0,               # 8x the batch = 1
-        math.log10(data) if data >= 1 else 0.0,
-    ], dtype=np.float64)
+    return np.array(
+        [
+            math.log10(max(_count(fp.get("param_count")), 1.0)),  # one decade of parameters = 1
+            math.log2(depth) / 2,  # 4x deeper = 1
+            *layer_mix,
+            *[a / act_total for a in acts],
+            0.0 if (fp.get("normalization") or "none") == "none" else 1.0,
+            *[1.0 if opt == o else 0.0 for o in OPTIMIZER_NAMES],
+            math.log2(batch) / 3 if batch >= 1 else 0.0,  # 8x the batch = 1
+            math.log10(data) if data >= 1 else 0.0,
+        ],
+        dtype=np.float64,
+    )

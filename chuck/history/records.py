@@ -45,8 +45,12 @@ class RunRecord:
         row.update({f"fp_{k}": v for k, v in self.fingerprint.items()})
         row.update({f"initial_{k}": _f(v) for k, v in self.initial.items()})
         row.update({f"final_{k}": _f(v) for k, v in self.final.items()})
-        row.update({f"outcome_{k}": (_f(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
-                    for k, v in self.outcome.items()})
+        row.update(
+            {
+                f"outcome_{k}": (_f(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+                for k, v in self.outcome.items()
+            }
+        )
         row["decisions_json"] = json.dumps(self.decisions, default=float)
         return row
 
@@ -79,8 +83,13 @@ def summarize_decisions(decisions: Iterable[Any]) -> dict[str, Any]:
         lr_mults.append(float(hp.get("lr_mult", 1.0)))
         count += 1
     lr_mults = lr_mults or [1.0]
-    return {"count": count, "by_source": sources, "lr_mult_min": min(lr_mults), "lr_mult_max": max(lr_mults),
-            "lr_mult_final": lr_mults[-1]}
+    return {
+        "count": count,
+        "by_source": sources,
+        "lr_mult_min": min(lr_mults),
+        "lr_mult_max": max(lr_mults),
+        "lr_mult_final": lr_mults[-1],
+    }
 
 
 def build_run_record(
@@ -95,10 +104,17 @@ def build_run_record(
 ) -> RunRecord:
     """A record from plain data; ``decisions`` is a trail (summarized) or an existing summary (a mapping)."""
     summary = dict(decisions) if isinstance(decisions, Mapping) else summarize_decisions(decisions)
-    return RunRecord(run_id=uuid.uuid4().hex, created=time.time(), policy_id=str(policy_id),
-                     fingerprint=dict(fingerprint), initial=dict(initial),
-                     final={k: v for k, v in final.items() if not k.startswith("knob.")},
-                     outcome=dict(outcome), decisions=summary, label=label)
+    return RunRecord(
+        run_id=uuid.uuid4().hex,
+        created=time.time(),
+        policy_id=str(policy_id),
+        fingerprint=dict(fingerprint),
+        initial=dict(initial),
+        final={k: v for k, v in final.items() if not k.startswith("knob.")},
+        outcome=dict(outcome),
+        decisions=summary,
+        label=label,
+    )
 
 
 def write_run_record(
@@ -120,8 +136,15 @@ def write_run_record(
     says "disk full") is one RuntimeWarning.
     """
     try:
-        record = build_run_record(policy_id=policy_id, fingerprint=fingerprint, initial=initial, final=final,
-                                  outcome=outcome, decisions=decisions, label=label)
+        record = build_run_record(
+            policy_id=policy_id,
+            fingerprint=fingerprint,
+            initial=initial,
+            final=final,
+            outcome=outcome,
+            decisions=decisions,
+            label=label,
+        )
         return write_record(record, directory)
     except ImportError:
         report_polars_missing_once()
@@ -130,14 +153,16 @@ def write_run_record(
     return None
 
 
-def record_from_optimizer(opt: Any, *, label: str = "", batch_size: int | None = None, data_size: int | None = None,
-                          loss_kind: str | None = None) -> RunRecord:
+def record_from_optimizer(
+    opt: Any, *, label: str = "", batch_size: int | None = None, data_size: int | None = None, loss_kind: str | None = None
+) -> RunRecord:
     """Summarize a live ChuckOptimizer run into a record."""
     lm = opt.loss_monitor
     val = [v for _, v, _ in lm._val]
     g = opt.guardrails
     diverged = bool(opt.weight_monitor.stats().get("weights.nonfinite_fraction", 0.0) or 0.0) or (
-        lm.history > 0 and not math.isfinite(lm._ema))
+        lm.history > 0 and not math.isfinite(lm._ema)
+    )
     return build_run_record(
         policy_id=opt.policy_id,
         fingerprint=fingerprint(opt.model, opt.optimizer, batch_size=batch_size, data_size=data_size, loss_kind=loss_kind),

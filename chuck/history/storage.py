@@ -39,8 +39,15 @@ REQUIRED = {"run_id": "string", "created": "numeric", "policy_id": "string"}
 #: Text columns; every other column of a known prefix is numeric (outcome_ may also be boolean or text).
 TEXT_COLUMNS = {"label", "decisions_json", "fp_optimizer", "fp_normalization", "fp_loss_kind"}
 #: Outcome fields that later code does arithmetic or truth tests on.
-NUMERIC_OUTCOMES = {"outcome_initial_train_loss", "outcome_final_train_loss", "outcome_best_val_loss",
-                    "outcome_final_val_loss", "outcome_steps", "outcome_skips", "outcome_rollbacks"}
+NUMERIC_OUTCOMES = {
+    "outcome_initial_train_loss",
+    "outcome_final_train_loss",
+    "outcome_best_val_loss",
+    "outcome_final_val_loss",
+    "outcome_steps",
+    "outcome_skips",
+    "outcome_rollbacks",
+}
 
 
 def polars() -> Any:
@@ -63,8 +70,9 @@ def report_polars_missing_once() -> None:
         if _polars_reported:
             return
         _polars_reported = True
-    warnings.warn("chuck: run history is off in this process: it needs polars (pip install 'chuck[all]')",
-                  RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        "chuck: run history is off in this process: it needs polars (pip install 'chuck[all]')", RuntimeWarning, stacklevel=2
+    )
 
 
 def history_dir() -> Path:
@@ -145,13 +153,17 @@ def read_history(directory: str | Path | None = None) -> Any:
         try:
             frame = pl.read_parquet(path)
         except Exception as exc:  # noqa: BLE001 - corrupt or truncated file
-            warnings.warn(f"chuck history: skipping unreadable record {path.name} ({type(exc).__name__}: {exc})",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"chuck history: skipping unreadable record {path.name} ({type(exc).__name__}: {exc})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             continue
         problem = schema_problem(frame)
         if problem is not None:
-            warnings.warn(f"chuck history: skipping {path.name}: not a chuck run record ({problem})",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"chuck history: skipping {path.name}: not a chuck run record ({problem})", RuntimeWarning, stacklevel=2
+            )
             continue
         frames.append(frame)
     if not frames:
@@ -159,8 +171,16 @@ def read_history(directory: str | Path | None = None) -> Any:
     return pl.concat(frames, how="diagonal_relaxed").sort("created")
 
 
-def filter_history(df: Any, *, optimizer: str | None = None, policy: str | None = None, label: str | None = None,
-                   min_params: int | None = None, max_params: int | None = None, limit: int | None = None) -> Any:
+def filter_history(
+    df: Any,
+    *,
+    optimizer: str | None = None,
+    policy: str | None = None,
+    label: str | None = None,
+    min_params: int | None = None,
+    max_params: int | None = None,
+    limit: int | None = None,
+) -> Any:
     """Filter a history frame (the ``chuck history`` options)."""
     pl = polars()
     if len(df) == 0:
@@ -182,6 +202,17 @@ def filter_history(df: Any, *, optimizer: str | None = None, policy: str | None 
 
 def summary_columns(df: Any) -> Sequence[str]:
     """The columns ``chuck history`` shows, those present in ``df``."""
-    wanted = ["created", "label", "policy_id", "fp_param_count", "fp_optimizer", "initial_lr", "final_lr",
-              "outcome_steps", "outcome_best_val_loss", "outcome_final_train_loss", "outcome_diverged"]
+    wanted = [
+        "created",
+        "label",
+        "policy_id",
+        "fp_param_count",
+        "fp_optimizer",
+        "initial_lr",
+        "final_lr",
+        "outcome_steps",
+        "outcome_best_val_loss",
+        "outcome_final_train_loss",
+        "outcome_diverged",
+    ]
     return [c for c in wanted if c in df.columns]

@@ -118,5 +118,11 @@ def suggest_hyperparameters(
             clip = c
             break
     wd = geo("weight_decay", "wd_mult")
-    return Suggestion(lr=geo("lr", "lr_mult"), weight_decay=wd if wd is not None else 0.0, clip=clip,
-                      distance=near[0][0], runs=[r["run_id"] for _, r in near], source="history")
+    return Suggestion(
+        lr=geo("lr", "lr_mult"),
+        weight_decay=wd if wd is not None else 0.0,
+        clip=clip,
+        distance=near[0][0],
+        runs=[r["run_id"] for _, r in near],
+        source="history",
+    )

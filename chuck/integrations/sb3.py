@@ -34,8 +34,9 @@ class ChuckSB3Callback(BaseCallback):
         **kwargs: passed to :class:`chuck.ChuckOptimizer`.
     """
 
-    def __init__(self, policy: Any = "default", return_range: tuple[float, float] | None = None, verbose: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, policy: Any = "default", return_range: tuple[float, float] | None = None, verbose: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(verbose)
         self.chuck_policy, self.return_range, self.kwargs = policy, return_range, kwargs
         self.optimizer: ChuckOptimizer | None = None

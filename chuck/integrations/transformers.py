@@ -43,7 +43,9 @@ class ChuckTrainer(Trainer):
         *args, **kwargs: the usual ``Trainer`` arguments.
     """
 
-    def __init__(self, *args: Any, chuck_policy: Any = "default", chuck_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, chuck_policy: Any = "default", chuck_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.chuck_policy = chuck_policy
         self.chuck_kwargs = chuck_kwargs or {}
@@ -55,8 +57,9 @@ class ChuckTrainer(Trainer):
         opt = super().create_optimizer(*args, **kwargs)
         if not isinstance(opt, ChuckOptimizer):
             total = self.args.max_steps if self.args.max_steps and self.args.max_steps > 0 else None
-            self.chuck_optimizer = ChuckOptimizer(opt, self.chuck_policy, model=self.model, total_steps=total,
-                                                  **self.chuck_kwargs)
+            self.chuck_optimizer = ChuckOptimizer(
+                opt, self.chuck_policy, model=self.model, total_steps=total, **self.chuck_kwargs
+            )
             self.optimizer = self.chuck_optimizer
         return self.optimizer
 

@@ -116,8 +116,9 @@ def test_user_registered_task_runs_end_to_end() -> None:
             y = torch.sin(x).squeeze(1)
             model = nn.Sequential(nn.Linear(1, config.width), nn.Tanh(), nn.Linear(config.width, 1))
             opt = zoo.make_optimizer(config.optimizer, model.parameters(), config.lr, 0.0)
-            return zoo.SupervisedInstance(model, opt, config, (x, y), (x, y),
-                                          lambda o, t: ((o.squeeze(1) - t) ** 2).mean(), 1.0, accuracy=False)
+            return zoo.SupervisedInstance(
+                model, opt, config, (x, y), (x, y), lambda o, t: ((o.squeeze(1) - t) ** 2).mean(), 1.0, accuracy=False
+            )
 
     zoo.register_task(Sine, replace=True)
     try:

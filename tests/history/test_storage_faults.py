@@ -23,9 +23,15 @@ MODEL = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
 
 
 def _record(lr: float = 3e-3) -> RunRecord:
-    return RunRecord(run_id=uuid.uuid4().hex, created=time.time(), policy_id="test", fingerprint=fingerprint(MODEL, None),
-                     initial={"lr": lr, "weight_decay": 0.0, "clip": math.inf}, final={"lr": lr, "weight_decay": 0.0, "clip": math.inf},
-                     outcome={"initial_train_loss": 2.0, "best_val_loss": 0.5, "diverged": False, "steps": 10})
+    return RunRecord(
+        run_id=uuid.uuid4().hex,
+        created=time.time(),
+        policy_id="test",
+        fingerprint=fingerprint(MODEL, None),
+        initial={"lr": lr, "weight_decay": 0.0, "clip": math.inf},
+        final={"lr": lr, "weight_decay": 0.0, "clip": math.inf},
+        outcome={"initial_train_loss": 2.0, "best_val_loss": 0.5, "diverged": False, "steps": 10},
+    )
 
 
 # Parquet files that read fine but are not chuck run records (another tool's output, an older or
@@ -76,8 +82,14 @@ def test_write_run_record_reports_a_full_disk(full_disk) -> None:
 
     rec = _record()
     with pytest.warns(RuntimeWarning, match="disk full"):
-        path = write_run_record(policy_id=rec.policy_id, fingerprint=rec.fingerprint, initial=rec.initial,
-                                final=rec.final, outcome=rec.outcome, directory=full_disk)
+        path = write_run_record(
+            policy_id=rec.policy_id,
+            fingerprint=rec.fingerprint,
+            initial=rec.initial,
+            final=rec.final,
+            outcome=rec.outcome,
+            directory=full_disk,
+        )
     assert path is None and sorted(p.name for p in full_disk.iterdir()) == ["filler"]
 
 
@@ -85,17 +97,21 @@ def _without_polars(code: str, home: Path) -> subprocess.CompletedProcess:
     # The injected fault: a core-only install, where `import polars` fails.
     prelude = "import sys; sys.modules['polars'] = None\n"
     env = dict(os.environ, CHUCK_HOME=str(home), PYTHONWARNINGS="default")
-    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_without_polars_history_says_so_once(tmp_path) -> None:
-    proc = _without_polars("""
+    proc = _without_polars(
+        """
         from chuck.history import report_polars_missing_once, write_run_record
         for _ in range(3):
             assert write_run_record(policy_id="p", fingerprint={}, initial={}, final={}, outcome={}) is None
             report_polars_missing_once()
-    """, tmp_path / "home")
+    """,
+        tmp_path / "home",
+    )
     assert proc.returncode == 0, proc.stderr
     messages = [ln for ln in proc.stderr.splitlines() if "Warning" in ln]
     assert len(messages) == 1 and "polars" in messages[0] and "pip install" in messages[0], proc.stderr

@@ -65,9 +65,15 @@ def test_write_run_record_accepts_decision_objects(tmp_path) -> None:
     from chuck.history import write_run_record
 
     model, base, opt = _trained_run()
-    path = write_run_record(policy_id=opt.policy_id, fingerprint=fingerprint(model, base), initial={"lr": 1e-3},
-                            final={"lr": 2e-3, "lr_mult": 2.0}, outcome={"steps": 30}, decisions=list(opt.decisions),
-                            directory=tmp_path)
+    path = write_run_record(
+        policy_id=opt.policy_id,
+        fingerprint=fingerprint(model, base),
+        initial={"lr": 1e-3},
+        final={"lr": 2e-3, "lr_mult": 2.0},
+        outcome={"steps": 30},
+        decisions=list(opt.decisions),
+        directory=tmp_path,
+    )
     row = read_history(tmp_path).row(0, named=True)
     assert path is not None and path.exists()
     assert json.loads(row["decisions_json"])["count"] == len(opt.decisions)

@@ -43,8 +43,15 @@ def test_lightning_callback_steers_the_optimizer() -> None:
     torch.manual_seed(0)
     model = Net()
     cb = ChuckCallback("heuristic", interval=5)
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+    )
     trainer.fit(model, _loader(0), _loader(1))
     (opt,) = cb.optimizers
     assert isinstance(opt, chuck.ChuckOptimizer)

@@ -10,8 +10,7 @@ from chuck.integrations.sb3 import ChuckSB3Callback
 
 
 def test_sb3_ppo_under_chuck() -> None:
-    model = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, learning_rate=3e-4, seed=0,
-                device="cpu")
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=2, learning_rate=3e-4, seed=0, device="cpu")
     cb = ChuckSB3Callback("heuristic", return_range=(0.0, 500.0), interval=4)
     model.learn(total_timesteps=640, callback=cb)
     opt = model.policy.optimizer

@@ -39,12 +39,28 @@ class DS(torch.utils.data.Dataset):
 def test_chuck_trainer(tmp_path) -> None:
     torch.manual_seed(0)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=16, learning_rate=1e-5,
-        eval_strategy="steps", eval_steps=10, logging_steps=10, save_strategy="no", report_to=[],
-        use_cpu=True, disable_tqdm=True, gradient_accumulation_steps=2, lr_scheduler_type="linear",
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=16,
+        learning_rate=1e-5,
+        eval_strategy="steps",
+        eval_steps=10,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        gradient_accumulation_steps=2,
+        lr_scheduler_type="linear",
     )
-    trainer = ChuckTrainer(model=TinyClassifier(), args=args, train_dataset=DS(512, 0), eval_dataset=DS(64, 1),
-                           chuck_policy="heuristic", chuck_kwargs={"interval": 5})
+    trainer = ChuckTrainer(
+        model=TinyClassifier(),
+        args=args,
+        train_dataset=DS(512, 0),
+        eval_dataset=DS(64, 1),
+        chuck_policy="heuristic",
+        chuck_kwargs={"interval": 5},
+    )
     trainer.train()
     opt = trainer.chuck_optimizer
     assert isinstance(opt, chuck.ChuckOptimizer)

@@ -15,8 +15,9 @@ from tests.monitors.test_user_monitor import LossRangeMonitor
 
 def _trained_opt():
     model = make_net(dropout=0.1)
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model,
-                               monitors=[LossRangeMonitor()], history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model, monitors=[LossRangeMonitor()], history=False
+    )
     run_steps(model, opt, 0, 45, observe_every=10)
     return opt
 

@@ -42,8 +42,9 @@ class LossRangeMonitor(Monitor):
 def test_user_monitor_reaches_stats_report_and_checkpoint() -> None:
     model = make_net()
     mon = LossRangeMonitor()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model,
-                               monitors=[mon], history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "heuristic", model=model, monitors=[mon], history=False
+    )
     run_steps(model, opt, 0, 30)
     assert math.isfinite(opt.stats()["user.loss_range_log"])
     assert opt.health()["user.loss_range"].status in ("ok", "warn", "bad")
@@ -51,8 +52,9 @@ def test_user_monitor_reaches_stats_report_and_checkpoint() -> None:
     assert sd["chuck"]["monitors"]["user"] == {"lo": mon.lo, "hi": mon.hi}
     model2 = make_net()
     mon2 = LossRangeMonitor()
-    opt2 = chuck.ChuckOptimizer(torch.optim.AdamW(model2.parameters(), lr=1e-2), "heuristic", model=model2,
-                                monitors=[mon2], history=False)
+    opt2 = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model2.parameters(), lr=1e-2), "heuristic", model=model2, monitors=[mon2], history=False
+    )
     opt2.load_state_dict(sd)
     assert (mon2.lo, mon2.hi) == (mon.lo, mon.hi)
 

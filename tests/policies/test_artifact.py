@@ -20,10 +20,22 @@ from chuck.policies.export import export_sb3
 
 @pytest.fixture(scope="module")
 def sb3_and_artifact(tmp_path_factory):
-    venv = VecNormalize(DummyVecEnv([lambda: TrainingControlEnv(tasks="tabular.wine_mlp", interval=4, budget_scale=0.05)]),
-                        norm_obs=True, norm_reward=False, clip_obs=10.0)
-    model = PPO("MlpPolicy", venv, seed=0, device="cpu", n_steps=16, batch_size=16, n_epochs=1,
-                policy_kwargs={"net_arch": {"pi": [32, 32], "vf": [32, 32]}})
+    venv = VecNormalize(
+        DummyVecEnv([lambda: TrainingControlEnv(tasks="tabular.wine_mlp", interval=4, budget_scale=0.05)]),
+        norm_obs=True,
+        norm_reward=False,
+        clip_obs=10.0,
+    )
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        seed=0,
+        device="cpu",
+        n_steps=16,
+        batch_size=16,
+        n_epochs=1,
+        policy_kwargs={"net_arch": {"pi": [32, 32], "vf": [32, 32]}},
+    )
     model.learn(32)  # a few updates: weights and normalization statistics are no longer at init
     rng = np.random.default_rng(0)
     venv.obs_rms.mean = rng.normal(0, 1, venv.observation_space.shape)  # make normalization matter
@@ -84,13 +96,16 @@ def test_missing_file(sb3_and_artifact, tmp_path) -> None:
         chuck.load_policy(str(a))
 
 
-@pytest.mark.parametrize("section,key,value,needle", [
-    ("observation", "version", "999", "observation spec"),
-    ("action", "dims", ["lr", "momentum"], "action spec"),
-    (None, "format_version", 99, "format_version"),
-    (None, "format", "something-else", "not a chuck policy"),
-    ("architecture", "hidden", [8], "do not match the card"),
-])
+@pytest.mark.parametrize(
+    "section,key,value,needle",
+    [
+        ("observation", "version", "999", "observation spec"),
+        ("action", "dims", ["lr", "momentum"], "action spec"),
+        (None, "format_version", 99, "format_version"),
+        (None, "format", "something-else", "not a chuck policy"),
+        ("architecture", "hidden", [8], "do not match the card"),
+    ],
+)
 def test_mismatched_card(sb3_and_artifact, tmp_path, section, key, value, needle) -> None:
     a = _copy(sb3_and_artifact[2], tmp_path)
     card = json.loads((a / "policy.json").read_text())

@@ -38,6 +38,7 @@ def _set(section: str | None, key: str, value):
     def edit(card):
         (card[section] if section else card)[key] = value
         return card
+
     return edit
 
 
@@ -45,30 +46,34 @@ def _drop(key: str):
     def edit(card):
         del card[key]
         return card
+
     return edit
 
 
-@pytest.mark.parametrize("edit,field", [
-    (_drop("observation"), "observation"),                       # was KeyError: 'observation'
-    (_drop("action"), "action"),
-    (_set("architecture", "activation", "sigmoid"), "architecture.activation"),  # was KeyError: 'sigmoid'
-    (lambda card: [card], "card"),                               # a JSON list: was AttributeError
-    (_set(None, "observation", "v1"), "observation"),            # was AttributeError
-    (_set("observation", "features", 7), "observation.features"),
-    (_set("architecture", "hidden", 64), "architecture.hidden"),  # was TypeError
-    (_set("architecture", "hidden", ["64", "64"]), "architecture.hidden"),
-    (_set("architecture", "hidden", [64, -1]), "architecture.hidden"),
-    (_set("architecture", "hidden", [True]), "architecture.hidden"),
-    (_set("normalization", "clip_obs", "wide"), "normalization.clip_obs"),
-    (_set("normalization", "epsilon", -1.0), "normalization.epsilon"),
-    (_set(None, "interval", 1e12), "interval"),                  # silently disabled decisions
-    (_set(None, "interval", 2.7), "interval"),                   # silently truncated to 2
-    (_set(None, "interval", "20"), "interval"),
-    (_set(None, "interval", 1), "interval"),
-    (_set("observation_stats", "low", [0.0] * 3), "observation_stats.low"),
-    (_set("observation_stats", "high", ["x"] * 37), "observation_stats.high"),
-    (_set(None, "sha256", 12), "sha256"),
-])
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        (_drop("observation"), "observation"),  # was KeyError: 'observation'
+        (_drop("action"), "action"),
+        (_set("architecture", "activation", "sigmoid"), "architecture.activation"),  # was KeyError: 'sigmoid'
+        (lambda card: [card], "card"),  # a JSON list: was AttributeError
+        (_set(None, "observation", "v1"), "observation"),  # was AttributeError
+        (_set("observation", "features", 7), "observation.features"),
+        (_set("architecture", "hidden", 64), "architecture.hidden"),  # was TypeError
+        (_set("architecture", "hidden", ["64", "64"]), "architecture.hidden"),
+        (_set("architecture", "hidden", [64, -1]), "architecture.hidden"),
+        (_set("architecture", "hidden", [True]), "architecture.hidden"),
+        (_set("normalization", "clip_obs", "wide"), "normalization.clip_obs"),
+        (_set("normalization", "epsilon", -1.0), "normalization.epsilon"),
+        (_set(None, "interval", 1e12), "interval"),  # silently disabled decisions
+        (_set(None, "interval", 2.7), "interval"),  # silently truncated to 2
+        (_set(None, "interval", "20"), "interval"),
+        (_set(None, "interval", 1), "interval"),
+        (_set("observation_stats", "low", [0.0] * 3), "observation_stats.low"),
+        (_set("observation_stats", "high", ["x"] * 37), "observation_stats.high"),
+        (_set(None, "sha256", 12), "sha256"),
+    ],
+)
 def test_malformed_card_names_the_field(artifact, edit, field) -> None:
     _edit_card(artifact, edit)
     with pytest.raises(chuck.PolicyLoadError, match=rf"\b{field.replace('.', chr(92) + '.')}\b"):

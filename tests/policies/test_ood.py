@@ -16,10 +16,17 @@ def _artifact(tmp_path, low, high):
     torch.manual_seed(0)
     spec = chuck.ObservationSpec()
     actor = ActorNetwork(len(spec.names), 4, [8])
-    return save_artifact(actor, tmp_path / "p", {
-        "name": "tiny", "version": "1", "interval": 10, "architecture": {"hidden": [8], "activation": "tanh"},
-        "observation_stats": {"low": list(map(float, low)), "high": list(map(float, high))},
-    })
+    return save_artifact(
+        actor,
+        tmp_path / "p",
+        {
+            "name": "tiny",
+            "version": "1",
+            "interval": 10,
+            "architecture": {"hidden": [8], "activation": "tanh"},
+            "observation_stats": {"low": list(map(float, low)), "high": list(map(float, high))},
+        },
+    )
 
 
 def _run(opt, model, lr_scale: float = 1.0, steps: int = 40):

@@ -46,8 +46,9 @@ for uri in sys.argv[1:]:
 def _run(code: str, args: list[str], home: Path, cwd: Path, tmpdir: Path, **env_extra: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(CHUCK_HOME=str(home), TMPDIR=str(tmpdir), PYTHONPATH=str(ROOT), **env_extra)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -103,8 +104,7 @@ def test_missing_store_is_reported_not_created(tmp_path, dirs) -> None:
 def test_unreachable_server_fails_within_seconds(registered, dirs) -> None:
     cwd, tmp = dirs
     port = free_port()  # bound, then released: nothing listens there
-    (result,) = _load(["models:/tiny-policy@champion"], registered, cwd, tmp,
-                      MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+    (result,) = _load(["models:/tiny-policy@champion"], registered, cwd, tmp, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
     assert result["outcome"].startswith("PolicyLoadError") and "unreachable" in result["outcome"], result
     assert result["seconds"] < 10, f"took {result['seconds']:.1f}s to give up"
     assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []

@@ -129,14 +129,21 @@ def test_calibrate_writes_a_fresh_entry(tmp_path) -> None:
             x = torch.linspace(-1, 1, 64).unsqueeze(1)
             model = nn.Linear(1, 1)
             opt = zoo.make_optimizer(config.optimizer, model.parameters(), config.lr, 0.0)
-            return zoo.SupervisedInstance(model, opt, config, (x, 3 * x[:, 0]), (x, 3 * x[:, 0]),
-                                          lambda o, t: ((o.squeeze(1) - t) ** 2).mean(), 1.0, accuracy=False)
+            return zoo.SupervisedInstance(
+                model,
+                opt,
+                config,
+                (x, 3 * x[:, 0]),
+                (x, 3 * x[:, 0]),
+                lambda o, t: ((o.squeeze(1) - t) ** 2).mean(),
+                1.0,
+                accuracy=False,
+            )
 
     out = tmp_path / "best_lr.json"
     zoo.register_task(Line, replace=True)
     try:
-        assert calibrate.main(["--tasks", "inhouse.line", "--instances", "1", "--lrs", "1e-4,1e-2,1",
-                               "--output", str(out)]) == 0
+        assert calibrate.main(["--tasks", "inhouse.line", "--instances", "1", "--lrs", "1e-4,1e-2,1", "--output", str(out)]) == 0
         entry = json.loads(out.read_text())["tasks"]["inhouse.line"]
         task = zoo.get_task("inhouse.line")
         assert entry["key"] == task.calibration_key and entry["grid_best_lr"] in (1e-2, 1.0)

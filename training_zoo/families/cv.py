@@ -20,17 +20,17 @@ _CONV = dict(widths=(8, 16, 32), batch_sizes=(32, 64))
 
 
 # generated once per process: every instance of a family sees the same images
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shapes() -> tuple[np.ndarray, np.ndarray]:
     return data.shapes_images(1200, 16, np.random.default_rng(7))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _textures() -> tuple[np.ndarray, np.ndarray]:
     return data.texture_images(1200, 16, np.random.default_rng(11))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _glyphs() -> tuple[np.ndarray, np.ndarray]:
     return data.glyph_images(6000, 40, 10, np.random.default_rng(13))
 
@@ -49,8 +49,9 @@ class DigitsFewShotMLP(DatasetMLPTask):
 
     id, domain, n_classes, budget = "cv.digits_fewshot_mlp", "cv", 10, 500
     dataset, d_in, n_out = "digits", 64, 10
-    space = SearchSpace(widths=(256, 512), depths=(1, 2, 3), data_fraction=(0.04, 0.1), batch_sizes=(16, 32),
-                        dropouts=(0.0, 0.0, 0.2))
+    space = SearchSpace(
+        widths=(256, 512), depths=(1, 2, 3), data_fraction=(0.04, 0.1), batch_sizes=(16, 32), dropouts=(0.0, 0.0, 0.2)
+    )
 
 
 class DigitsDeepSaturating(DatasetMLPTask):
@@ -59,8 +60,7 @@ class DigitsDeepSaturating(DatasetMLPTask):
 
     id, domain, n_classes, budget = "cv.digits_deep_saturating", "cv", 10, 600
     dataset, d_in, n_out = "digits", 64, 10
-    space = SearchSpace(widths=(32, 64), depths=(6, 8, 10), activations=("sigmoid", "tanh"), norms=("none",),
-                        dropouts=(0.0,))
+    space = SearchSpace(widths=(32, 64), depths=(6, 8, 10), activations=("sigmoid", "tanh"), norms=("none",), dropouts=(0.0,))
 
 
 class DigitsAutoencoder(SupervisedTask):
@@ -69,8 +69,9 @@ class DigitsAutoencoder(SupervisedTask):
     the code size)."""
 
     id, domain, n_classes, budget = "cv.digits_autoencoder", "cv", None, 500
-    space = SearchSpace(widths=(64, 128), depths=(1, 2), activations=("relu", "tanh", "gelu"), norms=("none", "layer"),
-                        dropouts=(0.0,))
+    space = SearchSpace(
+        widths=(64, 128), depths=(1, 2), activations=("relu", "tanh", "gelu"), norms=("none", "layer"), dropouts=(0.0,)
+    )
 
     def data(self, config: TaskConfig):
         x, _ = data.sklearn_dataset("digits")
@@ -112,8 +113,14 @@ class ShapesNoisyResNet(SupervisedTask):
     Axis: noisy labels with a residual, batch-normalized net (fits the noise if trained long)."""
 
     id, domain, n_classes, budget = "cv.shapes_noisy_resnet", "cv", 4, 300
-    space = SearchSpace(widths=(8, 16), depths=(1, 2), activations=("relu", "gelu"), norms=("batch",),
-                        label_noise=(0.2, 0.5), batch_sizes=(32, 64))
+    space = SearchSpace(
+        widths=(8, 16),
+        depths=(1, 2),
+        activations=("relu", "gelu"),
+        norms=("batch",),
+        label_noise=(0.2, 0.5),
+        batch_sizes=(32, 64),
+    )
 
     def data(self, config: TaskConfig):
         return _shapes()
@@ -127,16 +134,25 @@ class ShapesViT(SupervisedTask):
     (Dosovitskiy et al. 2021). Axis: attention in vision (no convolutional prior: slower, lr-sensitive)."""
 
     id, domain, n_classes, budget = "cv.shapes_vit", "cv", 4, 300
-    space = SearchSpace(widths=(32, 64), depths=(1, 2), activations=("relu", "gelu"), norms=("none",),
-                        batch_sizes=(32,))
+    space = SearchSpace(widths=(32, 64), depths=(1, 2), activations=("relu", "gelu"), norms=("none",), batch_sizes=(32,))
 
     def data(self, config: TaskConfig):
         x, y = _shapes()
         return data.patchify(x, 4), y
 
     def model(self, config: TaskConfig):
-        return models.TinyTransformer(None, 4, config.width, config.depth, 16, per_position=False, causal=False,
-                                      dropout=config.dropout, act=config.activation, d_in=16)
+        return models.TinyTransformer(
+            None,
+            4,
+            config.width,
+            config.depth,
+            16,
+            per_position=False,
+            causal=False,
+            dropout=config.dropout,
+            act=config.activation,
+            d_in=16,
+        )
 
 
 class TexturesResNet(SupervisedTask):
@@ -158,8 +174,14 @@ class GlyphsManyCNN(SupervisedTask):
     Axis: many-class classification in vision (log 40 = 3.7 nats at the start)."""
 
     id, domain, n_classes, budget = "cv.glyphs_many_cnn", "cv", 40, 500
-    space = SearchSpace(widths=(16,), depths=(2, 3), norms=("none", "batch", "layer"), batch_sizes=(32, 64),
-                        data_fraction=(0.6, 1.0), dropouts=(0.0, 0.1))
+    space = SearchSpace(
+        widths=(16,),
+        depths=(2, 3),
+        norms=("none", "batch", "layer"),
+        batch_sizes=(32, 64),
+        data_fraction=(0.6, 1.0),
+        dropouts=(0.0, 0.1),
+    )
 
     def data(self, config: TaskConfig):
         return _glyphs()
@@ -168,5 +190,15 @@ class GlyphsManyCNN(SupervisedTask):
         return models.cnn(1, 40, config.width, config.depth, config.activation, config.norm, config.dropout)
 
 
-FAMILIES = [DigitsMLP, DigitsFewShotMLP, DigitsDeepSaturating, DigitsAutoencoder, DigitsCNN, ShapesCNN,
-            ShapesNoisyResNet, ShapesViT, TexturesResNet, GlyphsManyCNN]
+FAMILIES = [
+    DigitsMLP,
+    DigitsFewShotMLP,
+    DigitsDeepSaturating,
+    DigitsAutoencoder,
+    DigitsCNN,
+    ShapesCNN,
+    ShapesNoisyResNet,
+    ShapesViT,
+    TexturesResNet,
+    GlyphsManyCNN,
+]

@@ -53,8 +53,7 @@ class CharLMRNN(_CharLM):
     space = SearchSpace(widths=(64, 128), depths=(1, 2), **_SEQ_SPACE)
 
     def model(self, config: TaskConfig):
-        return models.RecurrentModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout,
-                                     cell="rnn")
+        return models.RecurrentModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout, cell="rnn")
 
 
 class CharLMTransformer(_CharLM):
@@ -64,8 +63,9 @@ class CharLMTransformer(_CharLM):
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
 
     def model(self, config: TaskConfig):
-        return models.TinyTransformer(96, 96, config.width, config.depth, 32, per_position=True, causal=True,
-                                      dropout=config.dropout, act=config.activation)
+        return models.TinyTransformer(
+            96, 96, config.width, config.depth, 32, per_position=True, causal=True, dropout=config.dropout, act=config.activation
+        )
 
 
 class ReverseTransformer(SupervisedTask):
@@ -79,8 +79,9 @@ class ReverseTransformer(SupervisedTask):
         return data.sequence_task("reverse", 3000, 8, np.random.default_rng(5))
 
     def model(self, config: TaskConfig):
-        return models.TinyTransformer(9, 9, config.width, config.depth, 8, per_position=True, causal=False,
-                                      dropout=config.dropout, act=config.activation)
+        return models.TinyTransformer(
+            9, 9, config.width, config.depth, 8, per_position=True, causal=False, dropout=config.dropout, act=config.activation
+        )
 
 
 class ParityGRU(SupervisedTask):
@@ -107,8 +108,9 @@ class BracketsTransformer(SupervisedTask):
         return data.sequence_task("brackets", 3000, 10, np.random.default_rng(8))
 
     def model(self, config: TaskConfig):
-        return models.TinyTransformer(3, 2, config.width, config.depth, 10, per_position=False, causal=False,
-                                      dropout=config.dropout, act=config.activation)
+        return models.TinyTransformer(
+            3, 2, config.width, config.depth, 10, per_position=False, causal=False, dropout=config.dropout, act=config.activation
+        )
 
 
 class _EmbedMean(nn.Module):
@@ -120,7 +122,7 @@ class _EmbedMean(nn.Module):
         return self.head(self.embed(x).mean(1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _topics() -> tuple[np.ndarray, np.ndarray]:
     x, y, _ = data.topic_sentences(1500, 20, np.random.default_rng(9))
     return x, y
@@ -146,15 +148,29 @@ class TopicFewShotTransformer(SupervisedTask):
     bidirectional Transformer classifier. Axis: tiny data that overfits, with attention."""
 
     id, domain, n_classes, budget = "nlp.topic_fewshot_transformer", "nlp", 4, 400
-    space = SearchSpace(widths=(32, 64), depths=(1, 2), data_fraction=(0.05, 0.1), label_noise=(0.0, 0.15),
-                        **{**_SEQ_SPACE, "batch_sizes": (16, 32)})
+    space = SearchSpace(
+        widths=(32, 64),
+        depths=(1, 2),
+        data_fraction=(0.05, 0.1),
+        label_noise=(0.0, 0.15),
+        **{**_SEQ_SPACE, "batch_sizes": (16, 32)},
+    )
 
     def data(self, config: TaskConfig):
         return _topics()
 
     def model(self, config: TaskConfig):
-        return models.TinyTransformer(data.TOPIC_VOCAB, 4, config.width, config.depth, 20, per_position=False,
-                                      causal=False, dropout=config.dropout, act=config.activation)
+        return models.TinyTransformer(
+            data.TOPIC_VOCAB,
+            4,
+            config.width,
+            config.depth,
+            20,
+            per_position=False,
+            causal=False,
+            dropout=config.dropout,
+            act=config.activation,
+        )
 
 
 class MarkovLSTM(SupervisedTask):
@@ -170,8 +186,7 @@ class MarkovLSTM(SupervisedTask):
         return seq[:, :-1], seq[:, 1:]
 
     def model(self, config: TaskConfig):
-        return models.RecurrentModel(16, 16, config.width, config.depth, per_position=True, dropout=config.dropout,
-                                     cell="lstm")
+        return models.RecurrentModel(16, 16, config.width, config.depth, per_position=True, dropout=config.dropout, cell="lstm")
 
 
 class DigitSumTransformer(SupervisedTask):
@@ -185,9 +200,20 @@ class DigitSumTransformer(SupervisedTask):
         return data.sequence_task("digit_sum", 3000, 12, np.random.default_rng(15))
 
     def model(self, config: TaskConfig):
-        return models.TinyTransformer(11, 1, config.width, config.depth, 12, per_position=False, causal=False,
-                                      dropout=config.dropout, act=config.activation)
+        return models.TinyTransformer(
+            11, 1, config.width, config.depth, 12, per_position=False, causal=False, dropout=config.dropout, act=config.activation
+        )
 
 
-FAMILIES = [CharLMGRU, CharLMRNN, CharLMTransformer, ReverseTransformer, ParityGRU, BracketsTransformer,
-            TopicClassification, TopicFewShotTransformer, MarkovLSTM, DigitSumTransformer]
+FAMILIES = [
+    CharLMGRU,
+    CharLMRNN,
+    CharLMTransformer,
+    ReverseTransformer,
+    ParityGRU,
+    BracketsTransformer,
+    TopicClassification,
+    TopicFewShotTransformer,
+    MarkovLSTM,
+    DigitSumTransformer,
+]

@@ -30,8 +30,13 @@ from chuck.zoo import models
 from chuck.zoo.task import SearchSpace, Task, TaskConfig, TaskInstance, make_optimizer
 
 RL_SPACE = SearchSpace(
-    widths=(32, 64, 128), depths=(1, 2), activations=("tanh", "relu"), norms=("none",),
-    batch_sizes=(8,), dropouts=(0.0,), weight_decays=(0.0,),
+    widths=(32, 64, 128),
+    depths=(1, 2),
+    activations=("tanh", "relu"),
+    norms=("none",),
+    batch_sizes=(8,),
+    dropouts=(0.0,),
+    weight_decays=(0.0,),
 )
 CARTPOLE_RETURNS = (0.0, 500.0)
 
@@ -88,14 +93,12 @@ def sample_actions(logits: torch.Tensor, rng: np.random.Generator) -> np.ndarray
 class _AgentInstance(TaskInstance):
     """Common set-up: the env batch, an MLP policy (plus a value output for actor-critics), the optimizer."""
 
-    def __init__(self, env_id: str, config: TaskConfig, ret_range: tuple[float, float], n_envs: int,
-                 value_head: bool) -> None:
+    def __init__(self, env_id: str, config: TaskConfig, ret_range: tuple[float, float], n_envs: int, value_head: bool) -> None:
         self.config = config
         self.envs = EnvBatch(env_id, n_envs, config.seed, ret_range)
         self.n_act = self.envs.n_act
         torch.manual_seed(config.seed)
-        self.model = models.mlp(self.envs.obs_dim, self.n_act + int(value_head), config.width, config.depth,
-                                config.activation)
+        self.model = models.mlp(self.envs.obs_dim, self.n_act + int(value_head), config.width, config.depth, config.activation)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
         self.rng = np.random.default_rng(config.seed)
         self.loss_reference = 1.0
@@ -113,8 +116,16 @@ class PolicyGradientInstance(_AgentInstance):
     One ``train_step`` = one rollout of ``horizon`` steps in each env + one gradient.
     """
 
-    def __init__(self, env_id: str, algo: str, config: TaskConfig, ret_range: tuple[float, float],
-                 n_envs: int = 8, horizon: int = 32, gamma: float = 0.99) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        algo: str,
+        config: TaskConfig,
+        ret_range: tuple[float, float],
+        n_envs: int = 8,
+        horizon: int = 32,
+        gamma: float = 0.99,
+    ) -> None:
         super().__init__(env_id, config, ret_range, n_envs, value_head=algo == "a2c")
         self.algo, self.gamma, self.horizon = algo, gamma, horizon
 
@@ -162,9 +173,19 @@ class PPOInstance(_AgentInstance):
     steps in each env is collected when the previous one is used up.
     """
 
-    def __init__(self, env_id: str, config: TaskConfig, ret_range: tuple[float, float], n_envs: int = 8,
-                 horizon: int = 32, epochs: int = 4, minibatches: int = 2, gamma: float = 0.99, lam: float = 0.95,
-                 clip: float = 0.2) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        config: TaskConfig,
+        ret_range: tuple[float, float],
+        n_envs: int = 8,
+        horizon: int = 32,
+        epochs: int = 4,
+        minibatches: int = 2,
+        gamma: float = 0.99,
+        lam: float = 0.95,
+        clip: float = 0.2,
+    ) -> None:
         super().__init__(env_id, config, ret_range, n_envs, value_head=True)
         self.horizon, self.epochs, self.minibatches = horizon, epochs, minibatches
         self.gamma, self.lam, self.clip = gamma, lam, clip
@@ -197,8 +218,11 @@ class PPOInstance(_AgentInstance):
             gae = delta + self.gamma * self.lam * (1.0 - dones[t]) * gae
             adv[t] = gae
         self.buf = {
-            "obs": torch.cat(obs), "act": torch.cat(acts), "logp": torch.cat(logps),
-            "adv": torch.from_numpy(adv.reshape(-1)), "ret": torch.from_numpy((adv + v).reshape(-1)),
+            "obs": torch.cat(obs),
+            "act": torch.cat(acts),
+            "logp": torch.cat(logps),
+            "adv": torch.from_numpy(adv.reshape(-1)),
+            "ret": torch.from_numpy((adv + v).reshape(-1)),
         }
         n = len(self.buf["obs"])
         self.batches = [b for _ in range(self.epochs) for b in np.array_split(self.rng.permutation(n), self.minibatches)]

@@ -59,8 +59,7 @@ class SupervisedTask(Task):
         model = self.model(config)
         opt = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
         ref = math.log(self.n_classes) if self.n_classes else max(float(val[1].float().var()), 1e-12)
-        return SupervisedInstance(model, opt, config, train, val, self.loss_fn(), ref,
-                                  accuracy=self.n_classes is not None)
+        return SupervisedInstance(model, opt, config, train, val, self.loss_fn(), ref, accuracy=self.n_classes is not None)
 
 
 class DatasetMLPTask(SupervisedTask):

@@ -91,8 +91,14 @@ class SparseLogistic(DatasetMLPTask):
 
     id, domain, n_classes, budget = "tabular.sparse_logistic", "tabular", 2, 400
     dataset, d_in, n_out = "sparse_highdim", 400, 2
-    space = SearchSpace(depths=(0,), norms=("none",), batch_sizes=(16, 32, 64), dropouts=(0.0,), data_fraction=(0.7, 1.0),
-                        weight_decays=(0.0, 1e-3, 1e-2, 1e-1))
+    space = SearchSpace(
+        depths=(0,),
+        norms=("none",),
+        batch_sizes=(16, 32, 64),
+        dropouts=(0.0,),
+        data_fraction=(0.7, 1.0),
+        weight_decays=(0.0, 1e-3, 1e-2, 1e-1),
+    )
 
 
 class Friedman2LargeScale(DatasetMLPTask):
@@ -121,5 +127,16 @@ class ResidualMLP(DatasetMLPTask):
     space = SearchSpace(widths=(32, 64), depths=(4, 8, 12), norms=("layer", "batch"), batch_sizes=(32, 64))
 
 
-FAMILIES = [BreastCancerMLP, WineMLP, DiabetesRegression, FriedmanRegression, ManyClassesMLP, NoisyLabelsMLP,
-            LargeEasyMLP, SparseLogistic, Friedman2LargeScale, Friedman3SmallScale, ResidualMLP]
+FAMILIES = [
+    BreastCancerMLP,
+    WineMLP,
+    DiabetesRegression,
+    FriedmanRegression,
+    ManyClassesMLP,
+    NoisyLabelsMLP,
+    LargeEasyMLP,
+    SparseLogistic,
+    Friedman2LargeScale,
+    Friedman3SmallScale,
+    ResidualMLP,
+]
