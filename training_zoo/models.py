@@ -7,6 +7,8 @@ covers a spread of architectures (some of them badly conditioned on purpose).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -21,11 +23,21 @@ def activation(name: str) -> nn.Module:
 
 
 def _norm1d(kind: str, width: int) -> nn.Module:
-    return {"none": nn.Identity, "batch": lambda: nn.BatchNorm1d(width), "layer": lambda: nn.LayerNorm(width)}[kind]()
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "none": nn.Identity,
+        "batch": lambda: nn.BatchNorm1d(width),
+        "layer": lambda: nn.LayerNorm(width),
+    }
+    return makers[kind]()
 
 
 def _norm2d(kind: str, ch: int) -> nn.Module:
-    return {"none": nn.Identity, "batch": lambda: nn.BatchNorm2d(ch), "layer": lambda: nn.GroupNorm(1, ch)}[kind]()
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "none": nn.Identity,
+        "batch": lambda: nn.BatchNorm2d(ch),
+        "layer": lambda: nn.GroupNorm(1, ch),
+    }
+    return makers[kind]()
 
 
 def mlp(
@@ -170,7 +182,7 @@ class TinyTransformer(nn.Module):
         super().__init__()
         if (vocab is None) == (d_in is None):
             raise ValueError("give exactly one of vocab (token inputs) and d_in (vector inputs)")
-        self.embed = nn.Embedding(vocab, width) if vocab is not None else nn.Linear(d_in, width)
+        self.embed = nn.Embedding(vocab, width) if vocab is not None else nn.Linear(int(d_in or 0), width)
         self.pos = nn.Parameter(torch.randn(1, max_len, width) * 0.02)
         layer = nn.TransformerEncoderLayer(
             width,

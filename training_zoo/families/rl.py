@@ -47,8 +47,10 @@ class EnvBatch:
     def __init__(self, env_id: str, n: int, seed: int, ret_range: tuple[float, float]) -> None:
         self.envs = [gym.make(env_id) for _ in range(n)]
         self.obs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(self.envs)]).astype(np.float32)
-        self.obs_dim = self.envs[0].observation_space.shape[0]
-        self.n_act = int(self.envs[0].action_space.n)
+        obs_shape = self.envs[0].observation_space.shape
+        assert obs_shape is not None
+        self.obs_dim = obs_shape[0]
+        self.n_act = int(self.envs[0].action_space.n)  # type: ignore[attr-defined]  # a Discrete space
         self.ret_min, self.ret_max = ret_range
         self.ep_returns = np.zeros(n)
         self.finished: deque[float] = deque(maxlen=10)
@@ -146,11 +148,12 @@ class PolicyGradientInstance(_AgentInstance):
         with torch.no_grad():
             n = len(self.envs)
             boot = self.model(torch.from_numpy(self.envs.obs))[:, -1] if self.algo == "a2c" else torch.zeros(n)
-            rets, g = [], boot
-            for r, d in zip(reversed(rewards), reversed(dones)):
-                g = r + self.gamma * g * (1.0 - d)
-                rets.append(g)
-            rets = torch.stack(rets[::-1])
+            steps: list[torch.Tensor] = []
+            g = boot
+            for rew, done in zip(reversed(rewards), reversed(dones)):
+                g = rew + self.gamma * g * (1.0 - done)
+                steps.append(g)
+            rets = torch.stack(steps[::-1])
         if self.algo == "a2c":
             v = torch.stack(values)
             adv = (rets - v).detach()
