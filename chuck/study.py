@@ -112,7 +112,7 @@ def optimize_until(
     grace = getattr(storage, "grace_period", None) or GRACE_PERIOD
     deadline = None if timeout is None else time.monotonic() + timeout
     touched: set[int] = set()
-    ran = 0
+    ran = failed_in_a_row = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -131,6 +131,10 @@ def optimize_until(
             continue
         study.optimize(objective, n_trials=1, catch=catch)
         ran += 1
+        failed_in_a_row = failed_in_a_row + 1 if counts(optuna, study)["failed"] > c["failed"] else 0
+        if failed_in_a_row >= max(3, n_trials):  # every trial fails (a caught error): stop, as optimize(n_trials) did
+            warnings.warn(f"chuck.tune: the last {failed_in_a_row} trials failed; stopping", RuntimeWarning, stacklevel=2)
+            break
     if bar is not None:
         bar.close()
     return ran
