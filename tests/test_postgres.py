@@ -97,6 +97,7 @@ def test_tune_workers_share_one_study(fresh_database, mlflow_server) -> None:  #
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # retried_trial_number
 def test_interrupted_study_resumes(fresh_database, mlflow_server, tmp_path) -> None:  # noqa: F811
     srv, _ = mlflow_server
     cmd = [
