@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,3 +116,4 @@ class RayCluster:
                 os.kill(pid, signal.SIGKILL)
         self.proc = None
         self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)  # sessions, logs, sockets of this cluster
