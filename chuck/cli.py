@@ -69,8 +69,10 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     print(f"policy exported to {result.artifact_dir}")
     print(f"registered as models:/{cfg.name}@{cfg.alias} (version {result.model_version}); MLflow run {result.run_id}")
     if last:
-        print(f"held-out return {last['heldout_return']:+.3f} vs constant {last['constant_return']:+.3f} "
-              f"(advantage {last['advantage']:+.3f})")
+        print(
+            f"held-out return {last['heldout_return']:+.3f} vs constant {last['constant_return']:+.3f} "
+            f"(advantage {last['advantage']:+.3f})"
+        )
     if result.lost_episodes:
         print(f"{result.lost_episodes} episode(s) lost to dead environment actors were retried")
     print(f"load it with chuck.load_policy({str(result.artifact_dir)!r}) or chuck.load_policy('models:/{cfg.name}@{cfg.alias}')")
@@ -90,8 +92,15 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     from chuck.history import filter_history, history_dir, read_history, summary_columns
 
-    df = filter_history(read_history(), optimizer=args.optimizer, policy=args.policy, label=args.label,
-                        min_params=args.min_params, max_params=args.max_params, limit=args.limit)
+    df = filter_history(
+        read_history(),
+        optimizer=args.optimizer,
+        policy=args.policy,
+        label=args.label,
+        min_params=args.min_params,
+        max_params=args.max_params,
+        limit=args.limit,
+    )
     if len(df) == 0:
         print(f"no runs recorded in {history_dir()}")
         return 0
@@ -100,7 +109,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
         print(f"wrote {len(df)} runs to {args.csv}")
         return 0
     view = df.select(summary_columns(df)).with_columns(
-        pl.from_epoch(pl.col("created").cast(pl.Int64), time_unit="s").alias("created"))
+        pl.from_epoch(pl.col("created").cast(pl.Int64), time_unit="s").alias("created")
+    )
     with pl.Config(tbl_rows=max(len(view), 10), tbl_cols=20, tbl_width_chars=200, fmt_str_lengths=30):
         print(view)
     return 0
@@ -110,14 +120,21 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from chuck.tuning import tune, zoo_train_fn
 
     eps = tuple(float(x) for x in args.eps_range.split(",")) if args.eps_range else None
-    common = {"n_trials": args.trials, "optimizer": args.optimizer, "study_name": args.study or f"chuck-tune-{args.task}",
-              "storage": args.storage, "eps_range": eps, "tracking_uri": args.tracking_uri,
-              "heartbeat_interval": args.heartbeat_interval}
+    common = {
+        "n_trials": args.trials,
+        "optimizer": args.optimizer,
+        "study_name": args.study or f"chuck-tune-{args.task}",
+        "storage": args.storage,
+        "eps_range": eps,
+        "tracking_uri": args.tracking_uri,
+        "heartbeat_interval": args.heartbeat_interval,
+    }
     if args.n_workers > 1:
         from chuck.study import tune_zoo_in_workers
 
-        res = tune_zoo_in_workers(args.task, args.n_workers, seed=args.seed, steps=args.steps, warm_start=not args.cold,
-                                  progress=True, **common)
+        res = tune_zoo_in_workers(
+            args.task, args.n_workers, seed=args.seed, steps=args.steps, warm_start=not args.cold, progress=True, **common
+        )
     else:
         train_fn, model = zoo_train_fn(args.task, seed=args.seed, steps=args.steps, optimizer=args.optimizer)
         res = tune(train_fn, model=model, warm_start=not args.cold, seed=args.seed, progress=True, **common)
@@ -133,33 +150,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from chuck.evaluate import EvaluationInputError, evaluate
 
     try:
-        summary = evaluate(policies=args.policies, baselines=args.baselines, tasks=args.tasks, lrs=args.lrs,
-                           seeds=args.seeds, workers=args.workers, out=args.out, budget_scale=args.budget_scale,
-                           backend=args.backend, ray_address=args.ray_address,
-                           observe=args.observe, oracle_lrs=args.oracle_lrs, mlflow=args.mlflow,
-                           tracking_uri=args.tracking_uri, progress=not args.no_progress)
+        summary = evaluate(
+            policies=args.policies,
+            baselines=args.baselines,
+            tasks=args.tasks,
+            lrs=args.lrs,
+            seeds=args.seeds,
+            workers=args.workers,
+            out=args.out,
+            budget_scale=args.budget_scale,
+            backend=args.backend,
+            ray_address=args.ray_address,
+            observe=args.observe,
+            oracle_lrs=args.oracle_lrs,
+            mlflow=args.mlflow,
+            tracking_uri=args.tracking_uri,
+            progress=not args.no_progress,
+        )
     except EvaluationInputError as exc:
         print(f"chuck evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(summary.to_markdown())
     for w in summary.warnings:
         print(f"! {w}")
-    print(f"{summary.rows} runs summarized ({summary.executed} executed now, {summary.oracle_executed} of them for the "
-          f"oracle sweep); rows, summary.json and the plot in {summary.out}")
+    print(
+        f"{summary.rows} runs summarized ({summary.executed} executed now, {summary.oracle_executed} of them for the "
+        f"oracle sweep); rows, summary.json and the plot in {summary.out}"
+    )
     if summary.mlflow_run_id:
         print(f"MLflow run {summary.mlflow_run_id} in experiment 'chuck-evaluate' (chuck ui to explore)")
     return 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from chuck.tracking import default_tracking_uri
+    from chuck.ui import run_ui
 
-    uri = args.tracking_uri or default_tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store: {uri}); Ctrl-C to stop")
-    return subprocess.call(cmd)
+    return run_ui(args.tracking_uri or default_tracking_uri(), port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,53 +222,99 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="AdamW")
     p.add_argument("--eps-range", default=None, help="'lo,hi' epsilon search range (Adam family)")
     p.add_argument("--study", default=None)
-    p.add_argument("--storage", default=None, help="Optuna RDB URL, e.g. postgresql://USER:PASSWORD@HOST/DB to share "
-                                                   "the study across machines (default sqlite under CHUCK_HOME)")
-    p.add_argument("--n-workers", type=int, default=1, help="worker processes sharing the study (default 1); the same "
-                                                            "command on other machines adds theirs")
-    p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between a running trial's heartbeats; "
-                                                                     "a dead worker's trial is retried after 3 of them")
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna RDB URL, e.g. postgresql://USER:PASSWORD@HOST/DB to share "
+        "the study across machines (default sqlite under CHUCK_HOME)",
+    )
+    p.add_argument(
+        "--n-workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the study (default 1); the same command on other machines adds theirs",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=10,
+        help="seconds between a running trial's heartbeats; a dead worker's trial is retried after 3 of them",
+    )
     p.add_argument("--cold", action="store_true", help="no warm start from the history")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=_cmd_tune)
 
-    p = sub.add_parser("evaluate", help="chuck policies vs baseline optimizers: regret against an lr-sweep oracle",
-                       description="Every arm trains the same task instances (task, seed) from every starting lr; "
-                                   "regret = final validation loss / the best of an lr sweep. Resumes in --out.")
+    p = sub.add_parser(
+        "evaluate",
+        help="chuck policies vs baseline optimizers: regret against an lr-sweep oracle",
+        description="Every arm trains the same task instances (task, seed) from every starting lr; "
+        "regret = final validation loss / the best of an lr sweep. Resumes in --out.",
+    )
     from chuck.evaluate import BASELINES, DEFAULT_LRS, DEFAULT_POLICIES, DEFAULT_SEEDS, ORACLE_LRS
 
     def _csv(xs: Sequence[object]) -> str:
         return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs)
 
-    p.add_argument("--policies", default=_csv(DEFAULT_POLICIES),
-                   help="comma-separated policies: default, heuristic, constant, a path, models:/NAME@ALIAS "
-                        "('' for none) (default: %(default)s)")
+    p.add_argument(
+        "--policies",
+        default=_csv(DEFAULT_POLICIES),
+        help="comma-separated policies: default, heuristic, constant, a path, models:/NAME@ALIAS "
+        "('' for none) (default: %(default)s)",
+    )
     p.add_argument("--baselines", default=_csv(BASELINES), help="comma-separated, any of %(default)s ('' for none)")
-    p.add_argument("--tasks", default="test", help="a split (test, validation, train, custom, all), domain:X, "
-                                                   "task ids, or a comma-separated mix (default: %(default)s)")
+    p.add_argument(
+        "--tasks",
+        default="test",
+        help="a split (test, validation, train, custom, all), domain:X, "
+        "task ids, or a comma-separated mix (default: %(default)s)",
+    )
     p.add_argument("--lrs", default=_csv(DEFAULT_LRS), help="starting learning rates (default: %(default)s)")
     p.add_argument("--seeds", default=_csv(DEFAULT_SEEDS), help="instance seeds (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes, one torch thread each (default: 1); "
-                                                              "with --backend ray, runs in flight (default: the cluster's CPUs)")
-    p.add_argument("--backend", choices=("process", "ray"), default="process",
-                   help="process: this machine (default); ray: every run a Ray task on a cluster")
-    p.add_argument("--ray-address", default=None, help="Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else a "
-                                                       "local Ray runtime for this evaluation)")
-    p.add_argument("--out", required=True, help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; "
-                                                "rerun with the same one to resume")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes, one torch thread each (default: 1); "
+        "with --backend ray, runs in flight (default: the cluster's CPUs)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("process", "ray"),
+        default="process",
+        help="process: this machine (default); ray: every run a Ray task on a cluster",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else a local Ray runtime for this evaluation)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; rerun with the same one to resume",
+    )
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's step budget (default: 1)")
-    p.add_argument("--no-observe", dest="observe", action="store_false",
-                   help="never report validation losses to chuck (observe); arms become chuck:SPEC/no-observe")
+    p.add_argument(
+        "--no-observe",
+        dest="observe",
+        action="store_false",
+        help="never report validation losses to chuck (observe); arms become chuck:SPEC/no-observe",
+    )
     p.add_argument("--oracle-lrs", default=_csv(ORACLE_LRS), help="the oracle sweep's lrs (default: %(default)s)")
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: chuck's local SQLite store)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("ui", help="open the MLflow UI on the local store (loopback only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--tracking-uri", default=None)
+    p = sub.add_parser(
+        "ui",
+        help="open the MLflow UI on the local store (loopback only)",
+        description="Serves the MLflow UI on 127.0.0.1, prints its URL once it answers (chuck's latest experiment, "
+        "runs view), and stops every process it started on Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: %(default)s; 0: a free one)")
+    p.add_argument("--tracking-uri", default=None, help="the MLflow store (default: chuck's local SQLite store)")
     p.set_defaults(func=_cmd_ui)
     return parser
 

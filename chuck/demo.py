@@ -3,20 +3,24 @@
 Arm 1 is plain AdamW; arm 2 is the same AdamW under ``ChuckOptimizer`` with the
 default (learned) policy. Both runs see the same data, initialization and batch
 order, are logged to MLflow (local SQLite store by default), and end in a
-comparison table, a summary of chuck's decisions and a PNG with the loss
-curves and the lr / weight-decay / clip trajectories, decision points marked.
+comparison table, what the policy did and why in words, the health report, and the
+decision timeline as a PNG (losses above; lr, weight decay, clipping and dropout below;
+plain AdamW in grey in every panel; each decision marked and coloured by its source, the
+largest annotated with their reason). No timing is printed: on a shared machine wall
+time says more about the neighbours than about chuck (docs/results.md measures the
+overhead, interleaved).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 
 @dataclass
@@ -52,43 +56,54 @@ def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | Non
     torch.manual_seed(cfg.seed)
     inst = task.build(cfg)
     opt: Any = inst.optimizer
-    if policy is not None:
+    if policy is not None:  # the logger records losses and hyperparameters through chuck itself
         opt = chuck.ChuckOptimizer(
             inst.optimizer, policy, model=inst.model, total_steps=steps, interval=interval, tracking=logger
         )
-    hist: dict[str, list] = {"step": [], "train": [], "val_step": [], "val": [], "lr": []}
+    initial = dict(opt.hyperparameters) if policy is not None else {}
+    hist: dict[str, list] = {"step": [], "train": [], "val_step": [], "val": [], "lr": [], "weight_decay": []}
+    every = max(1, logger.loss_every)
+    window: list[float] = []
 
-    def lr_now() -> float:
-        return opt.hyperparameters["lr"] if policy is not None else opt.param_groups[0]["lr"]
+    def hp_now(key: str) -> float:
+        return opt.hyperparameters[key] if policy is not None else float(opt.param_groups[0].get(key, 0.0))
 
     def on_step(step: int, loss: torch.Tensor) -> None:
         hist["step"].append(step)
         hist["train"].append(float(loss))
-        hist["lr"].append(lr_now())
+        hist["lr"].append(hp_now("lr"))
+        hist["weight_decay"].append(hp_now("weight_decay"))
+        if policy is None:  # the plain arm logs what chuck's logger logs for the other arm, under the same names
+            window.append(float(loss))
+            if len(window) == every:
+                logger.log_metric("Training/train_loss", sum(window) / every, step)
+                window.clear()
         bar.update(1)
 
     def on_eval(step: int, v: float) -> None:
         hist["val_step"].append(step)
         hist["val"].append(v)
-        logger.log_metric("val_loss", v, step)
-        logger.log_metric("train_loss", hist["train"][-1], step)
-        logger.log_metric("lr", lr_now(), step)
+        if policy is None:
+            logger.log_metric("Training/val_loss", v, step)
+            logger.log_metric("Training/lr", hp_now("lr"), step)
+            logger.log_metric("Training/weight_decay", hp_now("weight_decay"), step)
 
-    t0 = time.perf_counter()
     with tqdm(total=steps, desc=desc, leave=True) as bar:
         train(inst, opt, steps, eval_every=interval, on_step=on_step, on_eval=on_eval)
         if steps % interval:
-            on_eval(steps, evaluate(inst, opt))
-    seconds = time.perf_counter() - t0
-    metrics = inst.metrics()
+            v = evaluate(inst, opt)
+            if policy is not None:
+                opt.observe(val_loss=v)
+            on_eval(steps, v)
     result = {
         "history": hist,
-        "seconds": seconds,
-        "metrics": metrics,
+        "metrics": inst.metrics(),
         "final_val": hist["val"][-1],
         "best_val": min(hist["val"]),
         "final_lr": hist["lr"][-1],
         "opt": opt,
+        "initial": initial,
+        "dropout": float(np.mean(ps)) if (ps := [m.p for m in inst.model.modules() if isinstance(m, nn.Dropout)]) else 0.0,
     }
     if policy is not None:
         opt.close()
@@ -98,57 +113,36 @@ def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | Non
 
 
 def _plot(path: Path, plain: dict[str, Any], ch: dict[str, Any], title: str) -> None:
-    import matplotlib
+    """The chuck arm's decision timeline (:mod:`chuck.timeline`), with plain AdamW in grey in every panel."""
+    from chuck.timeline import Series, Timeline, plot_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    decisions = ch["opt"].decisions
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    ax = axes[0, 0]
-    for res, name, color in ((plain, "AdamW", "tab:gray"), (ch, "AdamW + chuck", "tab:blue")):
-        h = res["history"]
-        ax.plot(h["step"], h["train"], color=color, alpha=0.25, lw=0.8)
-        ax.plot(h["val_step"], h["val"], color=color, lw=2, label=f"{name} (val)")
-    ax.set_yscale("log")
-    ax.set_title("loss (thin: train minibatch, thick: validation)")
-    ax.set_xlabel("step")
-    ax.legend()
-
-    steps = [d.step for d in decisions]
-    for ax, key, label, log in (
-        (axes[0, 1], "lr", "learning rate", True),
-        (axes[1, 0], "weight_decay", "weight decay", False),
-        (axes[1, 1], "clip", "gradient clip threshold (inf = off)", True),
-    ):
-        vals = [d.hyperparameters.get(key, math.nan) for d in decisions]
-        shown = [v if math.isfinite(v) else np.nan for v in vals]
-        if key == "lr":
-            ax.plot(plain["history"]["step"], plain["history"]["lr"], color="tab:gray", label="AdamW")
-            ax.plot(ch["history"]["step"], ch["history"]["lr"], color="tab:blue", label="AdamW + chuck")
-            ax.legend()
-        else:
-            ax.step(steps, shown, where="post", color="tab:blue")
-        for d in decisions:
-            if d.source == "guardrail":
-                ax.axvline(d.step, color="tab:red", alpha=0.3, lw=0.8)
-        ax.scatter(steps, shown, s=10, color="tab:orange", zorder=3, label="decision")
-        if log and any(np.isfinite(shown)):
-            ax.set_yscale("log")
-        elif key == "clip":
-            ax.text(0.5, 0.5, "clipping off throughout", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(label)
-        ax.set_xlabel("step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    h, b = ch["history"], plain["history"]
+    baseline = {
+        "name": "AdamW",
+        "train_loss": Series(b["step"], b["train"]),
+        "val_loss": Series(b["val_step"], b["val"]),
+        "lr": Series(b["step"], b["lr"]),
+        "weight_decay": Series(b["step"], b["weight_decay"]),
+        "dropout": Series([0, b["step"][-1]], [plain["dropout"]] * 2),
+        "clip": Series([0, b["step"][-1]], [math.inf, math.inf]),  # plain AdamW never clips
+    }
+    tl = Timeline(
+        title,
+        [d.as_dict() for d in ch["opt"].decisions],
+        ch["initial"],
+        Series(h["step"], h["train"]),
+        Series(h["val_step"], h["val"]),
+        baseline=baseline,
+        last_step=h["step"][-1] if h["step"] else None,
+    )
+    plot_png(tl, path)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo; returns the two arms' results (used by the tests)."""
     import chuck
     from chuck import tracking, zoo
+    from chuck.explain import summarize_decisions
     from chuck.loading import PolicyLoadError
     from chuck.mlflow_logger import MLflowDecisionLogger
 
@@ -170,43 +164,49 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"AdamW from lr={cfg.lr:g}, {steps} steps per arm; policy {policy.id}"
     )
 
-    plain_log = MLflowDecisionLogger(experiment=cfg.experiment, run_name="AdamW", tracking_uri=uri)
+    params = {"task": cfg.task, "seed": cfg.seed, "steps": steps, "demo.initial_lr": cfg.lr}
+    plain_log = MLflowDecisionLogger(
+        experiment=cfg.experiment, run_name="AdamW", tracking_uri=uri, params={**params, "optimizer": "AdamW"}
+    )
     plain = _train_arm(task, config, steps, interval, None, plain_log, "AdamW        ")
-    chuck_log = MLflowDecisionLogger(experiment=cfg.experiment, run_name=f"AdamW + chuck ({policy_name})", tracking_uri=uri)
+    chuck_log = MLflowDecisionLogger(
+        experiment=cfg.experiment, run_name=f"AdamW + chuck ({policy_name})", tracking_uri=uri, params=params
+    )
     ch = _train_arm(task, config, steps, interval, policy_name, chuck_log, "AdamW + chuck")
 
     rows = [("AdamW", plain), (f"AdamW + chuck ({policy_name})", ch)]
     print()
-    print(f"{'arm':<30} {'final val loss':>14} {'best val loss':>14} {'val acc':>8} {'final lr':>10} {'time s':>7}")
+    print(f"{'arm':<30} {'final val loss':>14} {'best val loss':>14} {'val acc':>8} {'final lr':>10}")
     for name, r in rows:
         acc = r["metrics"].get("val_accuracy", math.nan)
-        print(
-            f"{name:<30} {r['final_val']:>14.4f} {r['best_val']:>14.4f} {acc:>8.3f} {r['final_lr']:>10.3g} {r['seconds']:>7.1f}"
-        )
+        print(f"{name:<30} {r['final_val']:>14.4f} {r['best_val']:>14.4f} {acc:>8.3f} {r['final_lr']:>10.3g}")
     decisions = ch["opt"].decisions
     by_source: dict[str, int] = {}
     for d in decisions:
         by_source[d.source] = by_source.get(d.source, 0) + 1
     lrs = [d.hyperparameters["lr"] for d in decisions] or [config.lr]
-    feats: dict[str, float] = {}
-    for d in decisions:
-        for k, v in d.attribution.items():
-            feats[k] = feats.get(k, 0.0) + abs(v)
-    top = sorted(feats.items(), key=lambda kv: -kv[1])[:5]
+    last_clip = decisions[-1].hyperparameters["clip"] if decisions else math.inf
     print()
     print(
         f"chuck made {len(decisions)} decisions ({', '.join(f'{n} {k}' for k, n in by_source.items())}); "
-        f"lr went {config.lr:.2g} -> {lrs[-1]:.2g} (range {min(lrs):.2g}..{max(lrs):.2g}); "
-        f"clipping {'on at ' + format(decisions[-1].hyperparameters['clip'], '.3g') if decisions and math.isfinite(decisions[-1].hyperparameters['clip']) else 'off'} at the end"
+        f"the lr went {config.lr:.2g} -> {lrs[-1]:.2g} (range {min(lrs):.2g}..{max(lrs):.2g}); clipping "
+        + (f"on at {last_clip:.3g}" if math.isfinite(last_clip) else "off")
+        + " at the end. What it did and why:"
     )
-    if top:
-        print("features that drove the decisions most: " + ", ".join(f"{k} ({v / max(len(decisions), 1):.2f})" for k, v in top))
+    story = summarize_decisions(list(decisions), ch["initial"])
+    for line in story or ["held every hyperparameter: nothing it saw called for a change"]:
+        print(f"  - {line}")
+    if by_source.get("fallback"):
+        print(
+            "  ('fallback': a decision the policy did not make: its observation left the range it was trained on, "
+            "or asking it failed, so the hand-written heuristic decided or chuck held)"
+        )
     print()
     print(ch["opt"].health())
     out = Path(cfg.out)
     _plot(out, plain, ch, f"{cfg.task}: AdamW from lr={cfg.lr:g}, with and without chuck ({policy.id})")
     print()
-    print(f"plot: {out.resolve()}")
+    print(f"plot: {out.resolve()}  (losses above, hyperparameters below; grey: plain AdamW; vertical lines: decisions)")
     print(f"MLflow runs in experiment {cfg.experiment!r} at {uri}")
     print(f"explore them: chuck ui   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)")
     return {"plain": plain, "chuck": ch, "png": out, "tracking_uri": uri, "run_ids": (plain_log.run_id, chuck_log.run_id)}

@@ -304,6 +304,15 @@ def decision_changes(decisions: Iterable[Any], initial: Mapping[str, float]) -> 
     return out
 
 
+def why_without_change(reason: str, changes: Mapping[str, str]) -> str:
+    """A decision's reason without its leading restatement of the one change ("lr x3: ..." -> "...")."""
+    if len(changes) == 1:
+        only = next(iter(changes.values()))
+        if reason.startswith(only + ": "):
+            return reason[len(only) + 2 :]
+    return reason
+
+
 def _get(d: Any, key: str) -> Any:
     return d.get(key) if isinstance(d, Mapping) else getattr(d, key, None)
 
@@ -328,7 +337,8 @@ def summarize_decisions(decisions: Sequence[Any], initial: Mapping[str, float], 
         how = _how(dim, items)
         why = _common_reason(dim, [d for d, _ in items])
         times = "once" if n == 1 else "twice" if n == 2 else f"{n} times"
-        lines.append(f"{direction} {DIM_WORDS[dim]} {times} ({how}; {when})" + (f", mostly because {why}" if why else ""))
+        the = "the " if dim in ("lr", "weight_decay") else ""
+        lines.append(f"{direction} {the}{DIM_WORDS[dim]} {times} ({how}; {when})" + (f", mostly because {why}" if why else ""))
     guards = [d for d in decisions if _get(d, "source") == "guardrail"]
     if guards:
         kinds: dict[str, int] = {}
@@ -383,7 +393,7 @@ def _common_reason(dim: str, decisions: list[Any]) -> str:
     if name not in FEATURE_WORDS or not finite:
         return name
     typical = finite[len(finite) // 2]
-    return describe_feature(name, typical) + (" (median over those decisions)" if len(finite) > 2 else "")
+    return ("typically " if len(finite) > 2 else "") + describe_feature(name, typical)
 
 
 def fallback_sentence(fallbacks: Sequence[Any]) -> str:
@@ -405,3 +415,46 @@ def fallback_sentence(fallbacks: Sequence[Any]) -> str:
         f"it was trained on (or asking it failed), so the hand-written heuristic decided (or chuck held); "
         f"most often {top}"
     )
+
+
+def run_description(decisions: Sequence[Any], meta: Mapping[str, Any], largest: int = 5) -> str:
+    """The MLflow run page's description (Markdown): what the policy did and why, the largest changes,
+    and where the details are."""
+    initial = meta.get("initial") or {}
+    counts: dict[str, int] = {}
+    for d in decisions:
+        counts[str(_get(d, "source"))] = counts.get(str(_get(d, "source")), 0) + 1
+    last = (_get(decisions[-1], "hyperparameters") or {}) if decisions else {}
+    lr0, lr1 = initial.get("lr", math.nan), last.get("lr", math.nan)
+    out = [
+        f"### {meta.get('title') or 'chuck'}",
+        "",
+        f"chuck made **{len(decisions)} decisions** ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
+        f"the lr went {lr0:.3g} -> {lr1:.3g}.",
+        "",
+    ]
+    out += [f"- {line}" for line in summarize_decisions(decisions, initial)]
+    sized = []
+    for d, changes in decision_changes(decisions, initial):
+        size = sum(
+            abs(math.log(float(t.split()[1][1:])))
+            if t.split()[1][:1] in "x/" and t.split()[1][1:].replace(".", "", 1).isdigit()
+            else 1.0
+            for t in changes.values()
+        )
+        if changes:
+            sized.append((size, d, changes))
+    if sized:
+        out += ["", "Largest changes:", "", "| step | source | what changed | why |", "|---|---|---|---|"]
+        for _, d, changes in sorted(sized, key=lambda t: -t[0])[:largest]:
+            why = str(_get(d, "reason") or "").replace("|", "/")
+            out.append(f"| {_get(d, 'step')} | {_get(d, 'source')} | {'; '.join(changes.values())} | {why} |")
+    out += [
+        "",
+        "Every decision: artifact `chuck/timeline.html` (interactive; hover a decision), `chuck/timeline.png`, "
+        "`chuck/decisions.csv`; the raw observations: `chuck/observations.csv`. The *Model metrics* tab's "
+        "**Training** section plots the losses next to the lr and weight decay; the **chuck** section clipping "
+        "(on/off, threshold / median gradient norm), dropout, and `decision_source` (each decision: 0 policy, "
+        "1 fallback, 2 guardrail).",
+    ]
+    return "\n".join(out)

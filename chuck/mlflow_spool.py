@@ -1,6 +1,6 @@
 """The MLflow logger's on-disk spool: metrics waiting to be sent and the decision table.
 
-Two files per run under the spool directory:
+Three files per run under the spool directory:
 
 * ``<run_id>.jsonl``: metric records ``[key, value, timestamp_ms, step]`` not yet accepted
   by MLflow, rewritten atomically (temporary file, then rename) on every flush;
@@ -8,7 +8,10 @@ Two files per run under the spool directory:
   table is built from it at ``close()`` (``chuck/decisions.json`` and ``.csv``), so
   memory does not grow with the number of decisions (faults issue, item 14: an
   in-memory list reached +433 MiB at 12k decisions), and it survives a server that is
-  down at ``close()``.
+  down at ``close()``;
+* ``<run_id>.meta.json``: what the table needs besides the rows (the hyperparameters before the
+  first decision, the run's title and parameters), so that a replayed run gets the same
+  timeline, table and description.
 
 Every write reports failure (a full disk, a read-only directory) by returning False
 instead of raising: the spool is a safety net, and the logger keeps sending without
@@ -17,6 +20,7 @@ it (faults issue, item 13). :func:`replay_spool` sends both files of a run later
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -35,6 +39,7 @@ class Spool:
         self.directory = Path(directory)
         self.metrics_path = self.directory / f"{run_id}.jsonl"
         self.table_path = self.directory / f"{run_id}.decisions.jsonl"
+        self.meta_path = self.directory / f"{run_id}.meta.json"
         self.last_error: OSError | None = None  # why the last write failed
 
     # -- metrics -----------------------------------------------------------
@@ -74,10 +79,8 @@ class Spool:
             return True
         except OSError as exc:
             self.last_error = exc
-            try:
+            with contextlib.suppress(OSError):
                 os.truncate(self.table_path, size)
-            except OSError:
-                pass
             return False
 
     def read_decisions(self) -> Iterator[dict[str, Any]]:
@@ -87,12 +90,29 @@ class Spool:
     def clear_decisions(self) -> None:
         _unlink(self.table_path)
 
+    # -- the run's meta data -------------------------------------------------
+    def write_meta(self, meta: dict[str, Any]) -> bool:
+        try:
+            self.meta_path.write_text(json.dumps(meta, default=float))
+            return True
+        except OSError as exc:
+            self.last_error = exc
+            return False
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads(self.meta_path.read_text())
+            return meta if isinstance(meta, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def clear_meta(self) -> None:
+        _unlink(self.meta_path)
+
 
 def _unlink(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def read_metric_file(path: Path) -> list[Record]:
@@ -124,37 +144,153 @@ def read_table_file(path: Path) -> Iterator[dict[str, Any]]:
         return
 
 
-def log_decision_table(client: Any, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
-    """Log ``chuck/decisions.json`` and ``chuck/decisions.csv``, streamed row by row; returns the row count."""
-    n = 0
+#: Columns of ``chuck/decisions.csv``: who decided, what changed and why come first.
+TABLE_COLUMNS = ("step", "source", "changed", "why", "lr", "weight_decay", "clip", "clip_ratio", "dropout", "action", "policy_id")
+#: Loss metrics the timeline reads back from the run.
+LOSS_METRICS = ("Training/train_loss", "Training/val_loss")
+
+
+def log_decision_table(
+    client: Any,
+    run_id: str,
+    rows: Iterable[dict[str, Any]],
+    meta: dict[str, Any] | None = None,
+    describe: bool = True,
+    losses: dict[str, tuple[list[float], list[float]]] | None = None,
+) -> int:
+    """Log the decision artifacts of a run, streamed row by row; returns the row count.
+
+    ``chuck/decisions.csv`` (step, source, what changed, why, hyperparameters), ``chuck/decisions.json``
+    (the rows with their attribution, without the observation), ``chuck/observations.csv`` (the raw
+    observations) and the timeline (``chuck/timeline.png``, ``chuck/timeline.html``); with
+    ``describe``, also the run's description (what the policy did and why). ``meta`` holds the
+    hyperparameters before the first decision (``initial``) and the ``title``; ``losses`` the loss
+    curves (``{metric: (steps, values)}``; read back from the run when not given).
+    """
     with tempfile.TemporaryDirectory(prefix="chuck-table-") as d:
-        jpath, cpath = Path(d) / "decisions.json", Path(d) / "decisions.csv"
-        with open(jpath, "w") as jf, open(cpath, "w", newline="") as cf:
-            w = csv.writer(cf)
-            w.writerow(["step", "source", "reason", "top_features", "action", "lr", "weight_decay", "clip", "dropout"])
-            jf.write("[")
-            for r in rows:
-                jf.write(("," if n else "") + "\n" + json.dumps(r, default=float))
-                hp = r.get("hyperparameters") or {}
-                w.writerow([r.get("step"), r.get("source"), r.get("reason"), _top_features(r.get("attribution")),
-                            json.dumps([round(a, 3) for a in r.get("action") or []]), hp.get("lr"),
-                            hp.get("weight_decay"), hp.get("clip"), hp.get("dropout")])
-                n += 1
-            jf.write("\n]\n")
+        n, kept = build_decision_artifacts(rows, Path(d), meta, losses if losses is not None else _loss_history(client, run_id))
         if n:
-            client.log_artifact(run_id, str(jpath), artifact_path="chuck")
-            client.log_artifact(run_id, str(cpath), artifact_path="chuck")
+            send_decision_artifacts(client, run_id, Path(d), kept, meta, describe)
     return n
 
 
-def _top_features(attribution: Any, k: int = 3) -> str:
-    """The ``k`` features that pushed the lr hardest, as text. Attribution is per action
-    dimension ({dim: {feature: weight}}); a flat {feature: weight} (older rows) is read as the lr's."""
-    attr = attribution or {}
-    if attr and all(isinstance(v, dict) for v in attr.values()):
-        attr = attr.get("lr") or {}
-    weights = [(f, float(v)) for f, v in attr.items() if isinstance(v, (int, float))]
-    return "; ".join(f"{f}={v:+.2f}" for f, v in sorted(weights, key=lambda kv: -abs(kv[1]))[:k])
+def build_decision_artifacts(
+    rows: Iterable[dict[str, Any]],
+    directory: Path,
+    meta: dict[str, Any] | None,
+    losses: dict[str, tuple[list[float], list[float]]],
+) -> tuple[int, list[dict[str, Any]]]:
+    """Write the decision artifacts into ``directory/chuck`` (no network); returns the row count and the
+    slim rows the description needs."""
+    from chuck.explain import DIM_WORDS, what_changed, why_without_change
+
+    meta = meta or {}
+    before: dict[str, float] = dict(meta.get("initial") or {})
+    kept: list[dict[str, Any]] = []  # what the timeline and the summary need, small per row
+    n = 0
+    out = directory / "chuck"
+    out.mkdir(parents=True, exist_ok=True)
+    with (
+        open(out / "decisions.json", "w") as jf,
+        open(out / "decisions.csv", "w", newline="") as cf,
+        open(out / "observations.csv", "w", newline="") as of,
+    ):
+        w, ow = csv.writer(cf), csv.writer(of)
+        w.writerow(TABLE_COLUMNS)
+        obs_names: list[str] | None = None
+        jf.write("[")
+        for r in rows:
+            hp = r.get("hyperparameters") or {}
+            changes = {dim: c for dim in DIM_WORDS if (c := what_changed(dim, before, hp)) is not None} if before else {}
+            changed = "; ".join(changes.values())
+            before = dict(hp)
+            slim = {k: v for k, v in r.items() if k != "observation"}
+            slim["changed"] = changed
+            jf.write(("," if n else "") + "\n" + json.dumps(slim, default=float))
+            clip = hp.get("clip")
+            w.writerow(
+                [
+                    r.get("step"),
+                    r.get("source"),
+                    changed or "nothing",
+                    why_without_change(r.get("reason") or "", changes),
+                    _num(hp.get("lr")),
+                    _num(hp.get("weight_decay")),
+                    "off" if clip is None or clip == float("inf") else _num(clip),
+                    _num(r.get("clip_ratio")),
+                    _num(hp.get("dropout")),
+                    json.dumps([round(a, 3) for a in r.get("action") or []]),
+                    r.get("policy_id"),
+                ]
+            )
+            obs = r.get("observation") or {}
+            if obs_names is None:
+                obs_names = list(obs)
+                ow.writerow(["step", "source", *obs_names])
+            ow.writerow([r.get("step"), r.get("source"), *(obs.get(k) for k in obs_names)])
+            kept.append(_slim_for_summary(r))
+            n += 1
+        jf.write("\n]\n")
+    if n:
+        try:
+            _timeline(kept, meta, losses, out)
+        except Exception as exc:  # noqa: BLE001 - the table matters more than its picture
+            (out / "timeline_error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+    return n, kept
+
+
+def send_decision_artifacts(
+    client: Any, run_id: str, directory: Path, kept: list[dict[str, Any]], meta: dict[str, Any] | None, describe: bool
+) -> None:
+    """Log what :func:`build_decision_artifacts` wrote, and (``describe``) the run's description."""
+    client.log_artifacts(run_id, str(directory / "chuck"), artifact_path="chuck")
+    if describe:
+        from chuck.explain import run_description
+
+        client.set_tag(run_id, "mlflow.note.content", run_description(kept, meta or {}))
+
+
+def _num(v: Any) -> str:
+    """A number as people read it in a table (4 significant digits); empty when absent."""
+    return "" if v is None or v == "" else f"{float(v):.4g}"
+
+
+def _slim_for_summary(r: dict[str, Any], k: int = 3) -> dict[str, Any]:
+    """A decision row with only the top ``k`` attributions per dimension and their observed values."""
+    attr = r.get("attribution") or {}
+    top = {dim: dict(sorted(fw.items(), key=lambda kv: -abs(kv[1]))[:k]) for dim, fw in attr.items() if isinstance(fw, dict)}
+    names = {key.removeprefix("prior: ") for fw in top.values() for key in fw}
+    obs = r.get("observation") or {}
+    return {
+        "step": r.get("step"),
+        "source": r.get("source"),
+        "reason": r.get("reason"),
+        "hyperparameters": r.get("hyperparameters") or {},
+        "attribution": top,
+        "observation": {n: obs[n] for n in names if n in obs},
+    }
+
+
+def _loss_history(client: Any, run_id: str) -> dict[str, tuple[list[float], list[float]]]:
+    out = {}
+    for key in LOSS_METRICS:
+        try:
+            hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        except Exception:  # noqa: BLE001 - no curve rather than no table
+            hist = []
+        out[key] = ([float(m.step) for m in hist], [float(m.value) for m in hist])
+    return out
+
+
+def _timeline(
+    rows: list[dict[str, Any]], meta: dict[str, Any], losses: dict[str, tuple[list[float], list[float]]], out: Path
+) -> None:
+    from chuck.timeline import Series, Timeline, plot_png, write_html
+
+    train, val = (Series(*map(list, losses.get(k, ([], [])))) for k in LOSS_METRICS)
+    tl = Timeline(meta.get("title") or "chuck run", rows, meta.get("initial") or {}, train, val)
+    plot_png(tl, out / "timeline.png")
+    write_html(tl, out / "timeline.html")
 
 
 def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_size: int = 500) -> int:
@@ -173,7 +309,14 @@ def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_
     for i in range(0, len(records), batch_size):
         client.log_batch(run_id, metrics=records[i : i + batch_size])
     spool.clear_metrics()
+    meta = spool.read_meta()
+    if meta.get("params"):
+        from mlflow.entities import Param
+
+        with contextlib.suppress(Exception):  # a parameter the run already holds: keep the run's
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in meta["params"].items()])
     if spool.table_path.exists():
-        log_decision_table(client, run_id, spool.read_decisions())
+        log_decision_table(client, run_id, spool.read_decisions(), meta=meta)
         spool.clear_decisions()
+    spool.clear_meta()
     return len(records)

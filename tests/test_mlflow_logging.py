@@ -5,11 +5,13 @@ replayed, an unwritable CHUCK_HOME, a configurable close deadline."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,10 @@ def server_uri(tmp_path_factory):
     srv.stop()
 
 
+def _lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines()
+
+
 def _train(opt, model, start: int, stop: int, times: list[float] | None = None) -> None:
     for s in range(start, stop):
         t0 = time.perf_counter()
@@ -51,8 +57,9 @@ def _train(opt, model, start: int, stop: int, times: list[float] | None = None) 
 def test_decisions_reach_the_tracking_server(server_uri) -> None:
     logger = chuck.MLflowDecisionLogger(experiment="chuck-test", run_name="content", tracking_uri=server_uri, flush_every=0.2)
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-5), "heuristic", model=model, interval=5,
-                               tracking=logger)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-5), "heuristic", model=model, interval=5, tracking=logger
+    )
     _train(opt, model, 0, 60)
     opt.close()
     client = MlflowClient(tracking_uri=server_uri)
@@ -60,27 +67,91 @@ def test_decisions_reach_the_tracking_server(server_uri) -> None:
     assert run.data.tags["chuck.policy_id"] == "heuristic@1"
     assert run.data.tags["chuck.mode"] == "policy" and run.data.tags["chuck.policy_version"] == "1"
     steps = [d.step for d in opt.decisions]
-    lr_hist = client.get_metric_history(logger.run_id, "chuck.lr")
+    lr_hist = client.get_metric_history(logger.run_id, "Training/lr")
     assert sorted(m.step for m in lr_hist) == sorted(steps)
-    assert [m.value for m in sorted(lr_hist, key=lambda m: m.step)] == pytest.approx([d.hyperparameters["lr"] for d in opt.decisions])
-    for key in ("chuck.weight_decay", "chuck.action.lr", "chuck.obs.loss.log_slope", "chuck.obs.grad.snr"):
+    assert [m.value for m in sorted(lr_hist, key=lambda m: m.step)] == pytest.approx(
+        [d.hyperparameters["lr"] for d in opt.decisions]
+    )
+    for key in (
+        "Training/weight_decay",
+        "chuck/clip_on",
+        "chuck/decision_source",
+        "chuck.action/lr",
+        "chuck.obs/loss.log_slope",
+        "chuck.obs/grad.snr",
+    ):
         assert len(client.get_metric_history(logger.run_id, key)) == len(steps), key
     local = client.download_artifacts(logger.run_id, "chuck/decisions.json")
-    table = json.loads(open(local).read())
+    table = json.loads(Path(local).read_text())
     assert len(table) == len(steps)
-    assert set(table[0]["observation"]) == set(chuck.ObservationSpec().names)
+    assert "observation" not in table[0]  # the raw observations have their own file
+    observations = list(csv.DictReader(_lines(client.download_artifacts(logger.run_id, "chuck/observations.csv"))))
+    assert [int(r["step"]) for r in observations] == steps
+    assert set(observations[0]) == {"step", "source", *chuck.ObservationSpec().names}
     assert any(r["reason"] for r in table)
     assert run.info.status == "FINISHED"
+
+
+def test_the_run_page_tells_the_story(server_uri) -> None:
+    """Parameters, losses next to the hyperparameters, decision sources, the decision table (who, what changed,
+    why first), the timeline and the description: what a person opening the run needs."""
+    logger = chuck.MLflowDecisionLogger(
+        experiment="chuck-story",
+        run_name="story",
+        tracking_uri=server_uri,
+        flush_every=0.2,
+        params={"task": "tests.frozen_net"},
+        loss_every=5,
+    )
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-5),
+        "heuristic",
+        model=model,
+        interval=5,
+        max_grad_norm=0.5,
+        tracking=logger,
+        history=False,
+    )
+    _train(opt, model, 0, 60)
+    opt.close()
+    client = MlflowClient(tracking_uri=server_uri)
+    run = client.get_run(logger.run_id)
+    params = run.data.params
+    assert params["task"] == "tests.frozen_net" and params["optimizer"] == "AdamW"
+    assert float(params["optimizer.lr"]) == 1e-5 and params["chuck.policy"] == "heuristic@1"
+    assert params["chuck.version"] == chuck.__version__ and params["model"].startswith("FrozenNet: 471 parameters")
+    train = client.get_metric_history(logger.run_id, "Training/train_loss")
+    assert sorted(m.step for m in train) == list(range(5, 61, 5))
+    val = client.get_metric_history(logger.run_id, "Training/val_loss")
+    assert sorted(m.step for m in val) == [20, 40, 60]
+    ratio = client.get_metric_history(logger.run_id, "chuck/clip_ratio")
+    assert ratio and all(m.value > 0 for m in ratio)  # clipping is on: plotted against the median norm
+    assert {m.value for m in client.get_metric_history(logger.run_id, "chuck/clip_on")} == {1.0}
+    rows = list(csv.reader(_lines(client.download_artifacts(logger.run_id, "chuck/decisions.csv"))))
+    assert rows[0][:4] == ["step", "source", "changed", "why"]
+    raised = [r for r in rows[1:] if r[2].startswith("lr x")]
+    assert raised and all("update ratio 10^" in r[3] or "windows without" in r[3] for r in raised), raised
+    names = {a.path for a in client.list_artifacts(logger.run_id, "chuck")}
+    assert {"chuck/timeline.png", "chuck/timeline.html", "chuck/observations.csv"} <= names
+    page = Path(client.download_artifacts(logger.run_id, "chuck/timeline.html")).read_text()
+    assert "Decision table" in page and "update ratio 10^" in page
+    note = run.data.tags["mlflow.note.content"]
+    assert "raised the lr" in note and "decisions" in note
+    kind = client.get_experiment(run.info.experiment_id).tags.get("mlflow.experimentKind")
+    assert kind == "custom_model_development"  # MLflow 3 opens it on the runs view
 
 
 def test_server_outage_mid_run(tmp_path) -> None:
     srv = MlflowServer(tmp_path / "srv").start()
     try:
-        logger = chuck.MLflowDecisionLogger(experiment="chuck-outage", tracking_uri=srv.uri, flush_every=0.2,
-                                            spool_dir=tmp_path / "spool")
+        logger = chuck.MLflowDecisionLogger(
+            experiment="chuck-outage", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
+        )
         model = make_net()
-        opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model,
-                                   interval=5, tracking=logger)
+        opt = chuck.ChuckOptimizer(
+            torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, interval=5, tracking=logger
+        )
         before: list[float] = []
         _train(opt, model, 0, 100, before)
         time.sleep(0.5)
@@ -97,7 +168,7 @@ def test_server_outage_mid_run(tmp_path) -> None:
         ratio = statistics.median(during) / statistics.median(before)
         assert ratio < 1.5, f"steps slowed down during the outage: median x{ratio:.2f}"
         client = MlflowClient(tracking_uri=srv.uri)
-        lr_hist = client.get_metric_history(logger.run_id, "chuck.lr")
+        lr_hist = client.get_metric_history(logger.run_id, "Training/lr")
         assert sorted(m.step for m in lr_hist) == sorted(d.step for d in opt.decisions)
         assert len(opt.decisions) == 60
     finally:
@@ -106,12 +177,12 @@ def test_server_outage_mid_run(tmp_path) -> None:
 
 def test_unreachable_server_keeps_records_for_replay(tmp_path) -> None:
     srv = MlflowServer(tmp_path / "srv").start()
-    logger = chuck.MLflowDecisionLogger(experiment="chuck-replay", tracking_uri=srv.uri, flush_every=0.2,
-                                        spool_dir=tmp_path / "spool")
+    logger = chuck.MLflowDecisionLogger(
+        experiment="chuck-replay", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
+    )
     srv.stop()
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5,
-                               tracking=logger)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger)
     _train(opt, model, 0, 30)
     with pytest.warns(RuntimeWarning, match="records kept in"):
         logger.close(timeout=2.0)
@@ -125,9 +196,9 @@ def test_unreachable_server_keeps_records_for_replay(tmp_path) -> None:
         sent = replay_spool(logger.spool_path, tracking_uri=srv.uri)
         assert sent > 0 and not logger.spool_path.exists() and not table.exists()
         client = MlflowClient(tracking_uri=srv.uri)
-        hist = client.get_metric_history(logger.run_id, "chuck.lr")
+        hist = client.get_metric_history(logger.run_id, "Training/lr")
         assert len(hist) == len(opt.decisions) == 6
-        rows = json.loads(open(client.download_artifacts(logger.run_id, "chuck/decisions.json")).read())
+        rows = json.loads(Path(client.download_artifacts(logger.run_id, "chuck/decisions.json")).read_text())
         assert [r["step"] for r in rows] == [d.step for d in opt.decisions]
     finally:
         srv.stop()
@@ -135,18 +206,20 @@ def test_unreachable_server_keeps_records_for_replay(tmp_path) -> None:
 
 def test_spool_on_a_full_disk_does_not_stop_sending(server_uri, full_disk) -> None:
     """The spool is a safety net, not a gate: when it cannot be written, records are still sent."""
-    logger = chuck.MLflowDecisionLogger(experiment="chuck-full-spool", tracking_uri=server_uri, flush_every=0.2,
-                                        spool_dir=full_disk)
+    logger = chuck.MLflowDecisionLogger(
+        experiment="chuck-full-spool", tracking_uri=server_uri, flush_every=0.2, spool_dir=full_disk
+    )
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, interval=5,
-                               tracking=logger)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, interval=5, tracking=logger
+    )
     with pytest.warns(RuntimeWarning, match="could not write the spool"):
         _train(opt, model, 0, 60)
         opt.close()
     client = MlflowClient(tracking_uri=server_uri)
-    steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "chuck.lr"))
+    steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "Training/lr"))
     assert steps == sorted(d.step for d in opt.decisions) and len(steps) == 12
-    assert len(client.get_metric_history(logger.run_id, "chuck.obs.grad.snr")) == 12
+    assert len(client.get_metric_history(logger.run_id, "chuck.obs/grad.snr")) == 12
     assert logger.lost == 0
     run = client.get_run(logger.run_id)
     assert run.info.status == "FINISHED" and "chuck.records_lost" not in run.data.tags
@@ -157,12 +230,14 @@ def test_lost_records_are_counted_and_the_run_is_not_marked_complete(tmp_path, f
     lost, counted, reported at close() and written on the run (status FAILED, chuck.records_lost)."""
     srv = MlflowServer(tmp_path / "srv").start()
     try:
-        logger = chuck.MLflowDecisionLogger(experiment="chuck-lost", tracking_uri=srv.uri, flush_every=3600,
-                                            spool_dir=full_disk, max_spool_records=50)
+        logger = chuck.MLflowDecisionLogger(
+            experiment="chuck-lost", tracking_uri=srv.uri, flush_every=3600, spool_dir=full_disk, max_spool_records=50
+        )
         srv.stop()
         model = make_net()
-        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5,
-                                   tracking=logger)
+        opt = chuck.ChuckOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger
+        )
         _train(opt, model, 0, 30)
         with pytest.warns(RuntimeWarning, match="could not write the spool"):
             assert logger.flush() is False  # drained into memory, capped at 50: the rest are gone
@@ -179,8 +254,7 @@ def test_lost_records_are_counted_and_the_run_is_not_marked_complete(tmp_path, f
 
 def _one_decision():
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "heuristic", model=model, interval=5,
-                               history=False)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "heuristic", model=model, interval=5, history=False)
     _train(opt, model, 0, 5)
     return opt, opt.decisions[-1]
 
@@ -192,8 +266,13 @@ def test_memory_stays_bounded_during_an_outage(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail each send at once
     opt, decision = _one_decision()
-    logger = chuck.MLflowDecisionLogger(run_id="0" * 32, tracking_uri=f"http://127.0.0.1:{free_port()}",
-                                        flush_every=3600, spool_dir=tmp_path / "spool", log_observation=False)
+    logger = chuck.MLflowDecisionLogger(
+        run_id="0" * 32,
+        tracking_uri=f"http://127.0.0.1:{free_port()}",
+        flush_every=3600,
+        spool_dir=tmp_path / "spool",
+        log_observation=False,
+    )
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -207,7 +286,7 @@ def test_memory_stays_bounded_during_an_outage(tmp_path, monkeypatch) -> None:
         tracemalloc.stop()
     assert grew < 4, f"the logger kept {grew:.0f} MiB for 12k decisions"
     table = tmp_path / "spool" / f"{logger.run_id}.decisions.jsonl"
-    assert sum(1 for _ in open(table)) == 12_000
+    assert len(table.read_text().splitlines()) == 12_000
     with pytest.warns(RuntimeWarning, match="records kept in"):
         logger.close(timeout=1.0)
 
@@ -220,18 +299,24 @@ def test_unwritable_chuck_home_falls_back_to_a_temporary_spool(server_uri, tmp_p
         logger = chuck.MLflowDecisionLogger(experiment="chuck-no-home", tracking_uri=server_uri, flush_every=0.2)
     assert not logger.spool_path.is_relative_to(blocker)
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5,
-                               tracking=logger, history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger, history=False
+    )
     _train(opt, model, 0, 30)
     opt.close()
-    hist = MlflowClient(tracking_uri=server_uri).get_metric_history(logger.run_id, "chuck.lr")
+    hist = MlflowClient(tracking_uri=server_uri).get_metric_history(logger.run_id, "Training/lr")
     assert len(hist) == len(opt.decisions) == 6
 
 
 def test_close_deadline_is_configurable(tmp_path) -> None:
     """A server that is gone costs close() its deadline, not 30 s (ChuckOptimizer calls close() bare)."""
-    logger = chuck.MLflowDecisionLogger(run_id="1" * 32, tracking_uri=f"http://127.0.0.1:{free_port()}",
-                                        flush_every=0.2, spool_dir=tmp_path / "spool", close_timeout=1.5)
+    logger = chuck.MLflowDecisionLogger(
+        run_id="1" * 32,
+        tracking_uri=f"http://127.0.0.1:{free_port()}",
+        flush_every=0.2,
+        spool_dir=tmp_path / "spool",
+        close_timeout=1.5,
+    )
     opt, decision = _one_decision()
     for _ in range(20):
         logger(opt, decision)
