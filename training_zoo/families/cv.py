@@ -134,7 +134,7 @@ class ShapesViT(SupervisedTask):
     (Dosovitskiy et al. 2021). Axis: attention in vision (no convolutional prior: slower, lr-sensitive)."""
 
     id, domain, n_classes, budget = "cv.shapes_vit", "cv", 4, 300
-    space = SearchSpace(widths=(32, 64), depths=(1, 2), activations=("relu", "gelu"), norms=("none",), batch_sizes=(32,))
+    space = SearchSpace(widths=(32,), depths=(1, 2), activations=("relu", "gelu"), norms=("none",), batch_sizes=(32,))
 
     def data(self, config: TaskConfig):
         x, y = _shapes()
@@ -173,7 +173,7 @@ class GlyphsManyCNN(SupervisedTask):
     """40 classes of random 5x5 glyphs at random positions of a 10x10 noisy canvas, through a CNN.
     Axis: many-class classification in vision (log 40 = 3.7 nats at the start)."""
 
-    id, domain, n_classes, budget = "cv.glyphs_many_cnn", "cv", 40, 500
+    id, domain, n_classes, budget = "cv.glyphs_many_cnn", "cv", 40, 400
     space = SearchSpace(
         widths=(16,),
         depths=(2, 3),

@@ -49,8 +49,8 @@ class CharLMRNN(_CharLM):
     """Character LM with a plain Elman RNN (tanh). Axis: saturating recurrent net whose gradients
     explode or vanish through time (Pascanu et al. 2013): clipping and a cautious lr pay."""
 
-    id, domain, budget, seq_len, corpus_seed = "nlp.charlm_rnn", "nlp", 300, 24, 12
-    space = SearchSpace(widths=(64, 128), depths=(1, 2), **_SEQ_SPACE)
+    id, domain, budget, seq_len, corpus_seed = "nlp.charlm_rnn", "nlp", 250, 24, 12
+    space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
 
     def model(self, config: TaskConfig):
         return models.RecurrentModel(96, 96, config.width, config.depth, per_position=True, dropout=config.dropout, cell="rnn")
@@ -147,9 +147,9 @@ class TopicFewShotTransformer(SupervisedTask):
     """The topic sentences, but only 5-10% of the training part (55-110 sentences), through a
     bidirectional Transformer classifier. Axis: tiny data that overfits, with attention."""
 
-    id, domain, n_classes, budget = "nlp.topic_fewshot_transformer", "nlp", 4, 400
+    id, domain, n_classes, budget = "nlp.topic_fewshot_transformer", "nlp", 4, 300
     space = SearchSpace(
-        widths=(32, 64),
+        widths=(32,),
         depths=(1, 2),
         data_fraction=(0.05, 0.1),
         label_noise=(0.0, 0.15),
@@ -193,7 +193,7 @@ class DigitSumTransformer(SupervisedTask):
     """The sum of 12 digits (mean 54, std 10) regressed at its raw scale by a bidirectional Transformer.
     Axis: regression from a sequence at a large target scale (initial MSE ~3000)."""
 
-    id, domain, n_classes, budget = "nlp.digit_sum_transformer", "nlp", None, 300
+    id, domain, n_classes, budget = "nlp.digit_sum_transformer", "nlp", None, 200
     space = SearchSpace(widths=(32, 64), depths=(1, 2), **_SEQ_SPACE)
 
     def data(self, config: TaskConfig):

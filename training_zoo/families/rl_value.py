@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from chuck.zoo import models
 from chuck.zoo.families.rl import CARTPOLE_RETURNS, RL_SPACE, EnvBatch
@@ -32,13 +33,28 @@ class DQNInstance(TaskInstance):
     The monitored loss and the validation loss are the return regret (see :mod:`chuck.zoo.families.rl`).
     """
 
-    def __init__(self, env_id: str, config: TaskConfig, ret_range: tuple[float, float], n_envs: int = 4,
-                 batch: int = 64, capacity: int = 20_000, explore: int = 2_000, warmup: int = 256,
-                 target_every: int = 100, gamma: float = 0.99) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        config: TaskConfig,
+        ret_range: tuple[float, float],
+        n_envs: int = 4,
+        batch: int = 64,
+        capacity: int = 20_000,
+        explore: int = 2_000,
+        warmup: int = 256,
+        target_every: int = 100,
+        gamma: float = 0.99,
+    ) -> None:
         self.config = config
         self.envs = EnvBatch(env_id, n_envs, config.seed, ret_range)
         torch.manual_seed(config.seed)
         self.model = models.mlp(self.envs.obs_dim, self.envs.n_act, config.width, config.depth, config.activation)
+        # a zero head makes every Q equal, so the first greedy policy is a constant action (returns ~10):
+        # a random head is, by chance, sometimes a good CartPole controller before any learning
+        # (random linear policies often balance the pole), which hides what the lr does
+        nn.init.zeros_(self.model[-1].weight)
+        nn.init.zeros_(self.model[-1].bias)
         self.target = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, config.weight_decay)
         self.rng = np.random.default_rng(config.seed)
@@ -92,7 +108,7 @@ class DQNInstance(TaskInstance):
         return {"mean_return": self.envs.mean_return()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cartpole_behaviour_data(n_episodes: int, gamma: float, seed: int) -> dict[str, np.ndarray]:
     """Transitions of a noisy hand-written CartPole controller, with their discounted Monte-Carlo returns.
 
@@ -189,9 +205,16 @@ class CartPoleTDValue(Task):
     """
 
     id, domain, budget = "rl.cartpole_td_value", "rl", 800
-    space = SearchSpace(widths=(32, 64, 128), depths=(1, 2, 3), activations=("tanh", "relu", "gelu"),
-                        norms=("none", "layer"), batch_sizes=(32, 64), data_fraction=(0.3, 1.0),
-                        dropouts=(0.0,), weight_decays=(0.0, 1e-4))
+    space = SearchSpace(
+        widths=(32, 64, 128),
+        depths=(1, 2, 3),
+        activations=("tanh", "relu", "gelu"),
+        norms=("none", "layer"),
+        batch_sizes=(32, 64),
+        data_fraction=(0.3, 1.0),
+        dropouts=(0.0,),
+        weight_decays=(0.0, 1e-4),
+    )
 
     def build(self, config: TaskConfig) -> TaskInstance:
         return TDValueInstance(config)

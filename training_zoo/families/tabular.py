@@ -77,12 +77,12 @@ class NoisyLabelsMLP(DatasetMLPTask):
 
 
 class LargeEasyMLP(DatasetMLPTask):
-    """40k well-separated points of 8 classes, large batches, the longest budget. Axis: large easy data
+    """40k well-separated points of 8 classes, batches of 64-128, the longest budget. Axis: large easy data
     (no overfitting: the best schedule is simply fast, then annealed)."""
 
     id, domain, n_classes, budget = "tabular.large_easy_mlp", "tabular", 8, 2000
     dataset, d_in, n_out = "large_easy", 16, 8
-    space = SearchSpace(widths=(64, 128), depths=(1, 2, 3), batch_sizes=(128, 256), dropouts=(0.0,))
+    space = SearchSpace(widths=(32, 64), depths=(1, 2, 3), batch_sizes=(64, 128), dropouts=(0.0,))
 
 
 class SparseLogistic(DatasetMLPTask):
@@ -119,12 +119,12 @@ class Friedman3SmallScale(DatasetMLPTask):
 
 
 class ResidualMLP(DatasetMLPTask):
-    """4-12 pre-norm residual blocks on Friedman #1 with 10 noise features. Axis: residual, normalized,
+    """4 or 8 pre-norm residual blocks (10 or 18 linear layers) on Friedman #1 with 10 noise features. Axis: residual, normalized,
     deep architecture."""
 
     id, domain, n_classes, budget = "tabular.residual_mlp", "tabular", None, 500
     dataset, d_in, n_out, architecture = "friedman1_wide", 20, 1, "residual"
-    space = SearchSpace(widths=(32, 64), depths=(4, 8, 12), norms=("layer", "batch"), batch_sizes=(32, 64))
+    space = SearchSpace(widths=(32, 64), depths=(4, 8), norms=("layer", "batch"), batch_sizes=(32, 64))
 
 
 FAMILIES = [
