@@ -72,7 +72,8 @@ def calibration_key(budget: int, space: Any) -> str:
     ``space`` is a (frozen) dataclass, normally a :class:`~chuck.zoo.task.SearchSpace`; its
     fields are serialized in a stable order, tuples and lists alike.
     """
-    fields = dataclasses.asdict(space) if dataclasses.is_dataclass(space) else dict(vars(space))
+    is_instance = dataclasses.is_dataclass(space) and not isinstance(space, type)
+    fields = dataclasses.asdict(space) if is_instance else dict(vars(space))  # type: ignore[arg-type]
     blob = json.dumps({"budget": int(budget), "space": fields}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -135,7 +135,7 @@ def cartpole_behaviour_data(n_episodes: int, gamma: float, seed: int) -> dict[st
                 break
         g, rets = 0.0, []
         for r in reversed(rews):  # truncated episodes (500 steps) slightly underestimate: rare here
-            g = r + gamma * g
+            g = float(r) + gamma * g
             rets.append(g)
         cols["rew"] += rews
         cols["ret"] += rets[::-1]
