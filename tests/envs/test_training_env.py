@@ -99,7 +99,8 @@ def test_the_env_uses_the_deployment_path() -> None:
     env.step(np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32))
     assert isinstance(env.opt, chuck.ChuckOptimizer)
     d = env.opt.decisions[-1]
-    assert d.source == "external" and d.action[0] == 1.0 and d.hyperparameters["lr_mult"] == pytest.approx(2.0)
+    full_step = float(np.exp(env.opt.action_spec.steps[0]))  # one full lr step of the action spec in use
+    assert d.source == "external" and d.action[0] == 1.0 and d.hyperparameters["lr_mult"] == pytest.approx(full_step)
     assert set(d.observation) == set(chuck.ObservationSpec().names)
 
 

@@ -36,7 +36,7 @@ def _edit_card(path: Path, edit) -> None:
 
 def _set(section: str | None, key: str, value):
     def edit(card):
-        (card[section] if section else card)[key] = value
+        (card.setdefault(section, {}) if section else card)[key] = value
         return card
 
     return edit
