@@ -209,9 +209,10 @@ class HeadlessChromium:
     # -- what a test or a screenshot needs -----------------------------------
     def goto(self, url: str, fresh: bool = False) -> None:
         """Open ``url``; ``fresh`` reloads it too (a single-page app may ignore a change of the #fragment alone)."""
+        if fresh:  # leave the document, so that the next one loads from scratch
+            self.call("Page.navigate", url="about:blank")
+            self.wait_for("location.href === 'about:blank' && document.readyState === 'complete'")
         self.call("Page.navigate", url=url)
-        if fresh:
-            self.call("Page.reload", ignoreCache=False)
 
     def text(self) -> str:
         """The page's visible text."""
