@@ -176,7 +176,12 @@ class MLflowDecisionLogger:
         self.loss_every = int(loss_every)
         self._losses: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in LOSS_METRICS}  # for the timeline
         self.add_params(params or {})
-        self._lock = threading.Lock()
+        # Two locks, so that spooling never waits behind the network: `_send_lock` lets one thread
+        # send at a time (and may be held for a whole hung request); `_spool_lock` guards the spool
+        # files and the in-memory backlogs and is held only for local file work.
+        self._send_lock = threading.Lock()
+        self._spool_lock = threading.RLock()
+        self._abandoned = False  # close() gave up: the spool is final, a late sender must not touch it
         self._stop = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="chuck-mlflow-logger", daemon=True)
@@ -295,25 +300,42 @@ class MLflowDecisionLogger:
                 )
 
     def flush(self) -> bool:
-        """Spool the decision rows, then send what is queued (spooled records first).
+        """Spool the decision rows and the queued metrics, then send what is unsent (spooled first).
 
         Returns True when no metric is left unsent.
         """
-        with self._lock:
-            self._spool_rows(_drain(self._rows))
-            records = self._spool.read_metrics() + self._backlog + _drain(self._metrics)
+        with self._send_lock:
+            records = self._take_in()
             if not records:
                 return True
-            records = self._bounded(records)
-            self._persist(records)  # persisted before sending: a hang or a crash loses nothing
             sent = self._send(records)
-            if sent == len(records):
-                self._spool.clear_metrics()
-                self._backlog = []
-                return True
-            if sent:
-                self._persist(records[sent:])
-            return False
+            with self._spool_lock:
+                if self._abandoned:
+                    return False
+                pending = self._spool.read_metrics() + self._backlog  # may have grown since (close())
+                rest = pending[sent:] if pending[: len(records)] == records else pending
+                if not rest:
+                    self._spool.clear_metrics()
+                    self._backlog = []
+                    return True
+                if sent:
+                    self._persist(rest)
+                return False
+
+    def _take_in(self) -> list[Record]:
+        """Move what the training thread queued into the spool; every unsent metric record, oldest first.
+
+        Persisted before any sending, so that a hung request or a crash loses nothing; never waits
+        for the network (close() calls it while a sender may be stuck)."""
+        with self._spool_lock:
+            self._spool_rows(_drain(self._rows))
+            records = self._spool.read_metrics() + self._backlog
+            queued = _drain(self._metrics)
+            if not queued:
+                return records
+            records = self._bounded(records + queued)
+            self._persist(records)
+            return records
 
     def _spool_rows(self, rows: list[dict[str, Any]]) -> None:
         rows = self._table_backlog + rows  # earlier rows first: the table stays in step order
@@ -401,6 +423,7 @@ class MLflowDecisionLogger:
         self._closed = True
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         self._stop.set()
+        self._take_in()  # everything on disk now, whatever a stuck sender is doing
         self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         outcome: dict[str, Any] = {}
         # in a thread, so that a request hanging past the deadline cannot hold the caller
@@ -419,7 +442,10 @@ class MLflowDecisionLogger:
                 stacklevel=2,
             )
         elif not outcome.get("done"):
-            # unsent metrics that are only in memory die with the process
+            with self._spool_lock:  # from here on the spool is replay_spool's: no late sender may change it
+                self._take_in()
+                self._abandoned = True
+            # unsent metrics that are only in memory (spool unwritable) die with the process
             self._lost_bounded += len(self._backlog)
             self._rows_lost_bounded += len(self._table_backlog)
             warnings.warn(
@@ -451,19 +477,25 @@ class MLflowDecisionLogger:
                     return
                 time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
             _stop_system_metrics(self._system)
-            with self._lock, tempfile.TemporaryDirectory(prefix="chuck-table-") as tmp:
-                outcome["rendering_since"] = time.monotonic()
-                try:
-                    n, kept = build_decision_artifacts(
-                        chain(self._spool.read_decisions(), list(self._table_backlog)), Path(tmp), self._meta, self._losses
-                    )
-                finally:
-                    outcome["render_s"] = time.monotonic() - outcome.pop("rendering_since")
+            with tempfile.TemporaryDirectory(prefix="chuck-table-") as tmp:
+                with self._spool_lock:  # local work only: close() may need this lock to give up in time
+                    if self._abandoned:
+                        return
+                    outcome["rendering_since"] = time.monotonic()
+                    try:
+                        rows = chain(self._spool.read_decisions(), list(self._table_backlog))
+                        n, kept = build_decision_artifacts(rows, Path(tmp), self._meta, self._losses)
+                    finally:
+                        outcome["render_s"] = time.monotonic() - outcome.pop("rendering_since")
                 if n:
-                    send_decision_artifacts(self.client, self.run_id, Path(tmp), kept, self._meta, self._owns_run)
-                self._spool.clear_decisions()
-                self._spool.clear_meta()
-                self._table_backlog = []
+                    with self._send_lock:
+                        send_decision_artifacts(self.client, self.run_id, Path(tmp), kept, self._meta, self._owns_run)
+                with self._spool_lock:
+                    if self._abandoned:  # the table reached MLflow but close() already left it to replay_spool
+                        return
+                    self._spool.clear_decisions()
+                    self._spool.clear_meta()
+                    self._table_backlog = []
             lost = self.lost or self.decisions_lost
             if lost:
                 self.client.set_tag(self.run_id, "chuck.records_lost", str(self.lost))

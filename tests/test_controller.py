@@ -119,7 +119,9 @@ def _deployment_run(env: TrainingControlEnv, actions: list[np.ndarray], faults: 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_env_and_deployment_make_the_same_decisions(seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
-    actions = [rng.uniform(-1, 1, 4).astype(np.float32) for _ in range(200)]
+    # half-range actions: a random walk of full-range ones can take the lr to divergence, where the
+    # env ends its episode by design and the deployment run goes on; this test is about the clock
+    actions = [rng.uniform(-0.5, 0.5, 4).astype(np.float32) for _ in range(200)]
     probe = TrainingControlEnv(tasks=TASK, interval=INTERVAL, budget_scale=0.5)
     probe.reset(seed=seed)
     faults = _faults(seed, probe.budget)
@@ -127,6 +129,7 @@ def test_env_and_deployment_make_the_same_decisions(seed: int) -> None:
     env, env_opt, env_obs = _env_run(seed, actions, faults)
     dep_opt, dep_obs = _deployment_run(env, actions, faults)
 
+    assert env_opt.step_count == env.budget, "the env episode must run to its budget for the comparison below"
     env_dec = [d for d in env_opt.decisions if d.source != "guardrail"]
     dep_dec = [d for d in dep_opt.decisions if d.source != "guardrail"]
     # the env's last observation is pending (the episode ended on it): deployment decided on it

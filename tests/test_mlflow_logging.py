@@ -324,3 +324,38 @@ def test_close_deadline_is_configurable(tmp_path) -> None:
     with pytest.warns(RuntimeWarning, match="records kept in"):
         logger.close()
     assert time.monotonic() - t0 < 4.0
+
+
+def test_a_hung_request_does_not_keep_later_records_out_of_the_spool(tmp_path) -> None:
+    """Regression (CI flake): the sender stuck in one request held the lock that spooling needed, so
+    every decision after the first stayed in memory and died at close(). A server that accepts the
+    connection and never answers is the fault."""
+    import socket
+
+    from chuck.mlflow_spool import read_metric_file
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # connections complete in the kernel; nothing ever answers them
+    try:
+        logger = chuck.MLflowDecisionLogger(
+            run_id="2" * 32,
+            tracking_uri=f"http://127.0.0.1:{hung.getsockname()[1]}",
+            flush_every=0.05,
+            spool_dir=tmp_path / "spool",
+        )
+        model = make_net()
+        opt = chuck.ChuckOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger
+        )
+        for start in range(0, 30, 5):  # one decision per chunk; the sender is stuck on the first by the second
+            _train(opt, model, start, start + 5)
+            time.sleep(0.3)
+        t0 = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="records kept in"):
+            logger.close(timeout=1.0)
+        assert time.monotonic() - t0 < 5.0
+        lr_steps = sorted(s for k, _, _, s in read_metric_file(logger.spool_path) if k == "Training/lr")
+        assert lr_steps == [d.step for d in opt.decisions] and len(lr_steps) == 6
+    finally:
+        hung.close()

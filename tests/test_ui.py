@@ -7,6 +7,7 @@ after a delay); the slow one starts the real MLflow UI through the `chuck ui` co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,6 +87,7 @@ def test_chuck_ui_waits_for_the_server_and_stops_everything_it_started(tmp_path,
     fake = tmp_path / "fake_server.py"
     fake.write_text(FAKE_SERVER)
     proc = _start_chuck_ui(tmp_path, port, [sys.executable, str(fake), "{port}", "3", str(stamp)])
+    tree: list[int] = []
     try:
         url, printed_at = _read_url(proc, timeout=120)
         assert url == ui_url(f"http://127.0.0.1:{port}", None)
@@ -102,6 +104,9 @@ def test_chuck_ui_waits_for_the_server_and_stops_everything_it_started(tmp_path,
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid in tree:  # whatever a failing run left behind (all started by this test)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_server_that_dies_is_reported_with_its_log(tmp_path) -> None:
