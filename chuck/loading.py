@@ -17,7 +17,7 @@ from pathlib import Path
 
 from chuck.policies.base import Policy
 
-BUILTIN = ("constant", "heuristic", "prior")
+BUILTIN = ("constant", "heuristic", "prior", "prior@1", "prior@2")
 
 
 class PolicyLoadError(ValueError):
@@ -35,10 +35,13 @@ def load_policy(name_or_path: str | Path) -> Policy:
             from chuck.policies.heuristic import HeuristicPolicy
 
             return HeuristicPolicy()
-        if name_or_path == "prior":
-            from chuck.policies.prior import StepSizePrior
+        if name_or_path == "prior" or name_or_path.startswith("prior@"):
+            from chuck.policies.prior import VERSIONS, StepSizePrior
 
-            return StepSizePrior()
+            version = name_or_path.partition("@")[2] or None
+            if version is not None and version not in VERSIONS:
+                raise PolicyLoadError(f"unknown prior version {version!r}: use one of {sorted(VERSIONS)}")
+            return StepSizePrior() if version is None else StepSizePrior(version=version)
         if name_or_path == "default":
             from chuck.policies.artifact import bundled_artifact_dir
 

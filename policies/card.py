@@ -36,7 +36,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 #: Built-in controllers a learned policy may be a residual on (card field ``prior``).
-KNOWN_PRIORS = ("prior@1",)
+KNOWN_PRIORS = ("prior@1", "prior@2")
 
 
 def _fail(where: str, field: str, problem: str) -> PolicyLoadError:

@@ -85,6 +85,13 @@ class LearnedPolicy(Policy):
         if self.prior is not None:
             self.prior.reset()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"prior": self.prior.state_dict()} if self.prior is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.prior is not None and "prior" in state:
+            self.prior.load_state_dict(state["prior"])
+
     @torch.no_grad()
     def act(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
@@ -127,8 +134,8 @@ class LearnedPolicy(Policy):
 def _make_prior(spec: str | None, observation_version: str) -> Policy | None:
     if spec is None:
         return None
-    if spec == "prior@1":
+    if spec in ("prior@1", "prior@2"):
         from chuck.policies.prior import StepSizePrior
 
-        return StepSizePrior(observation_version=observation_version)
+        return StepSizePrior(observation_version=observation_version, version=spec.partition("@")[2])
     raise ValueError(f"unknown prior {spec!r}")  # the card check refuses it first

@@ -12,7 +12,7 @@ import chuck
 from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.observation import ObservationSpec
 
-POLICIES = ["constant", "heuristic", "prior", "default"]
+POLICIES = ["constant", "heuristic", "prior", "prior@1", "prior@2", "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)

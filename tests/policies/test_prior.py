@@ -1,0 +1,98 @@
+"""The built-in step-size prior (chuck.policies.prior): its rule, its versions, its cooldown."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import chuck
+from chuck.observation import ObservationSpec
+from chuck.policies.prior import COOLDOWN, FLOOR, StepSizePrior
+
+SPEC = ObservationSpec()
+LOG3 = math.log(3.0)
+
+
+def _obs(**features: float) -> np.ndarray:
+    f = dict.fromkeys(SPEC.names, 0.0)
+    f.update(features)
+    return np.array([f[n] for n in SPEC.names], dtype=np.float32)
+
+
+def test_versions_load_by_name() -> None:
+    assert chuck.load_policy("prior").id == "prior@2"
+    assert chuck.load_policy("prior@1").id == "prior@1"
+    with pytest.raises(chuck.PolicyLoadError, match="unknown prior version"):
+        chuck.load_policy("prior@9")
+
+
+@pytest.mark.parametrize(("h", "sign"), [(0.3, 1), (0.03, 0), (-0.2, -1)])
+def test_hypergradient_band(h: float, sign: int) -> None:
+    a = StepSizePrior().act(_obs(**{"step.hypergrad": h}))
+    assert np.sign(a[0]) == sign and np.all(a[1:] == 0)
+
+
+def _run(policy: StepSizePrior, total: int, interval: int, hypergrad: float = 0.0, has_total: float = 1.0) -> list[float]:
+    """The lr multiplier after each decision of a run whose observations say ``hypergrad``."""
+    policy.reset()
+    log_mult, out = 0.0, []
+    for step in range(interval, total + 1, interval):
+        obs = _obs(**{"step.hypergrad": hypergrad, "ctrl.progress": step / total, "ctrl.has_total": has_total})
+        log_mult += float(policy.act(obs)[0]) * LOG3
+        out.append(math.exp(log_mult))
+    return out
+
+
+def test_cooldown_anneals_the_last_part_of_a_known_budget() -> None:
+    mults = _run(StepSizePrior(version="2"), total=400, interval=20)
+    start = int(len(mults) * (1 - COOLDOWN))
+    assert all(m == 1.0 for m in mults[: start - 1]), "a tuned run is left alone until the cooldown"
+    tail = mults[start - 1 :]
+    assert all(b <= a for a, b in zip(tail, tail[1:])) and tail[-1] <= 3 * FLOOR
+    # linear in the middle of each coming interval: halfway through the cooldown, about half
+    mid = mults[int(len(mults) * (1 - COOLDOWN / 2)) - 1]
+    assert 0.35 < mid < 0.65, mults
+
+
+def test_cooldown_overrides_raises_but_keeps_cuts() -> None:
+    raised = _run(StepSizePrior(version="2"), total=400, interval=20, hypergrad=0.3)
+    assert raised[-1] < raised[int(len(raised) * (1 - COOLDOWN)) - 1], "no hypergradient raise undoes the descent"
+    cut = _run(StepSizePrior(version="2"), total=400, interval=20, hypergrad=-0.3)
+    plain = _run(StepSizePrior(version="1"), total=400, interval=20, hypergrad=-0.3)
+    assert cut[-1] <= plain[-1], "an overshoot is still cut in the cooldown"
+
+
+def test_without_total_steps_version_2_is_version_1() -> None:
+    for h in (-0.3, 0.0, 0.3):
+        assert _run(StepSizePrior(version="2"), 400, 20, h, has_total=0.0) == _run(
+            StepSizePrior(version="1"), 400, 20, h, has_total=0.0
+        )
+
+
+def test_cooldown_state_survives_a_checkpoint() -> None:
+    a, b = StepSizePrior(), StepSizePrior()
+    obs = [_obs(**{"ctrl.progress": p, "ctrl.has_total": 1.0}) for p in np.linspace(0.05, 1.0, 20)]
+    for o in obs[:16]:
+        a.act(o)
+    b.load_state_dict(a.state_dict())
+    assert [a.act(o)[0] for o in obs[16:]] == [b.act(o)[0] for o in obs[16:]]
+
+
+def test_a_real_run_anneals_under_chuck() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "prior@2", model=model, total_steps=200, interval=10
+    )
+    x, y = torch.randn(256, 4), torch.randn(256, 1)
+    for _ in range(200):
+        idx = torch.randint(0, 256, (32,))
+        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+    lrs = [d.hyperparameters["lr"] for d in opt.decisions]
+    assert lrs[-1] < 0.1 * 1e-2 and any("cooldown" in d.reason for d in opt.decisions)
