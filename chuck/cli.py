@@ -9,11 +9,36 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One flag per dataclass field, help text from the attribute docstrings in the source."""
+def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse type: its ValueError message becomes argparse's error message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _add_dataclass_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: Sequence[str] = (),
+    types: dict[str, Callable[[str], Any]] | None = None,
+) -> None:
+    """One flag per dataclass field, help text from the attribute docstrings in the source.
+
+    ``types`` parses the named fields' flags (a dict or list field then takes that syntax instead of
+    JSON). A docstring that states its own ``(default: ...)`` keeps it: a default computed in
+    ``__post_init__`` is a rule, which ``(default: None)`` would hide.
+    """
+    types = types or {}
     import ast
     import inspect
     import textwrap
@@ -29,13 +54,18 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Seque
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         flag = "--" + f.name.replace("_", "-")
-        help_ = docs.get(f.name, "") + f" (default: {default})"
-        if isinstance(default, bool):
+        doc = " ".join(docs.get(f.name, "").split())
+        shown = "none" if f.name in types and not default else default
+        help_ = doc if "(default: " in doc else doc + f" (default: {shown})"
+        if f.name in types:
+            parser.add_argument(flag, default=default, type=_flag_type(types[f.name]), help=help_)
+        elif isinstance(default, bool):
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
         elif isinstance(default, (dict, list)):
             parser.add_argument(flag, default=default, type=json.loads, help=help_ + " [JSON]")
         elif default is None or "None" in str(f.type):
-            parser.add_argument(flag, default=default, type=_optional(str(f.type)), help=help_ + " ('none' for none)")
+            none = "" if "(default: " in doc else " ('none' for none)"  # a stated default is what none gives
+            parser.add_argument(flag, default=default, type=_optional(str(f.type)), help=help_ + none)
         else:
             parser.add_argument(flag, default=default, type=type(default), help=help_)
 
@@ -53,6 +83,7 @@ def _optional(annotation: str):
 
 def _cmd_train_policy(args: argparse.Namespace) -> int:
     from chuck.metatrain import MetaTrainConfig, train_policy
+    from chuck.zoo import TaskSpecError
 
     fields = {f.name for f in dataclasses.fields(MetaTrainConfig)}
     try:
@@ -63,6 +94,9 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     try:
         result = train_policy(cfg)
     except ImportError as exc:  # a missing optional dependency (Ray for --backend ray): the message says what to install
+        print(f"chuck train-policy: error: {exc}", file=sys.stderr)
+        return 2
+    except TaskSpecError as exc:  # raised before anything starts: no run, no file
         print(f"chuck train-policy: error: {exc}", file=sys.stderr)
         return 2
     last = result.evaluations[-1] if result.evaluations else {}
@@ -148,7 +182,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from chuck.evaluate import EvaluationInputError, evaluate
+    from chuck.zoo import TaskSpecError, import_task_modules
 
+    try:
+        # the evaluation's workers get these tasks by value, and $CHUCK_TASKS_MODULES names the modules to any other
+        import_task_modules(args.tasks_module)
+    except TaskSpecError as exc:
+        print(f"chuck evaluate: error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = evaluate(
             policies=args.policies,
@@ -193,10 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chuck", description="chuck: a learned meta-policy for neural-network training")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from chuck.metatrain import MetaTrainConfig
+    from chuck.metatrain import MetaTrainConfig, parse_modules, parse_task_weights
 
     p = sub.add_parser("train-policy", help="meta-train a policy with PPO over zoo (and your) tasks")
-    _add_dataclass_flags(p, MetaTrainConfig)
+    _add_dataclass_flags(p, MetaTrainConfig, types={"tasks_module": parse_modules, "task_weights": parse_task_weights})
     p.set_defaults(func=_cmd_train_policy)
 
     from chuck.demo import DemoConfig
@@ -267,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks",
         default="test",
         help="a split (test, validation, train, custom, all), domain:X, "
-        "task ids, or a comma-separated mix (default: %(default)s)",
+        "task ids, or a comma-separated mix; each item must select a task (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tasks-module",
+        default="",
+        help="modules that register tasks when imported, comma-separated (e.g. my_pkg.tasks); imported here "
+        "and in every worker (default: none)",
     )
     p.add_argument("--lrs", default=_csv(DEFAULT_LRS), help="starting learning rates (default: %(default)s)")
     p.add_argument("--seeds", default=_csv(DEFAULT_SEEDS), help="instance seeds (default: %(default)s)")

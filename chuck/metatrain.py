@@ -7,11 +7,16 @@ or ``chuck train-policy --tasks train --timesteps 40000 --output runs/default``.
 
 What happens:
 
+0. The task spec is resolved before anything starts: the modules of ``tasks_module`` are
+   imported (they register in-house tasks), and a split or domain that selects nothing, an
+   unknown id or a bad ``task_weights`` entry is an error (:class:`chuck.zoo.TaskSpecError`).
 1. ``n_envs`` :class:`~chuck.envs.TrainingControlEnv` in subprocesses (SubprocVecEnv;
    one torch thread each; or, with ``backend="ray"``, in Ray actors anywhere on a cluster:
    :class:`chuck.ray_backend.RayVecEnv`), wrapped in ``VecMonitor`` and ``VecNormalize`` (observations
    only: the reward is already scale-free). The normalization statistics are exported with
-   the policy, so deployment sees exactly what training saw.
+   the policy, so deployment sees exactly what training saw. Each environment process imports
+   ``tasks_module`` itself and registers the in-house tasks it is sent, so tasks registered in
+   this process reach workers that start from a fresh interpreter (forkserver, spawn, Ray).
 2. PPO trains; every rollout's metrics go to MLflow (an SB3 ``KVWriter``). Every
    ``eval_every`` timesteps the policy is *exported* and the exported, torch-only actor is
    evaluated on the held-out families against the constant (do-nothing) policy on the same
@@ -20,12 +25,17 @@ What happens:
    a rerun with the same ``output`` resumes, continuing the same MLflow run.
 4. At the end: the artifact (``policy.pt`` + ``policy.json`` card) is logged to the run,
    registered as a new version of ``name`` with ``alias``, and evaluation tables and plots
-   are logged too.
+   are logged too. The card and the run name the resolved task ids and, per task, how many
+   episodes it got and their mean return: what a policy was trained on is read, not inferred
+   from the spec.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +47,57 @@ from chuck.observation import ObservationSpec
 BACKENDS = ("process", "ray")
 
 
+def parse_task_weights(text: str) -> dict[str, float]:
+    """``"ID=W,ID=W"`` (the ``--task-weights`` flag) as ``{id: weight}``; ``""`` is no weights.
+
+    Only the format is checked here; whether the ids are trained on, and the values positive and
+    finite, is checked against the resolved tasks (:func:`chuck.envs.training_env.task_probabilities`).
+    """
+    out: dict[str, float] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        task_id, sep, value = item.partition("=")
+        if not sep or not task_id.strip():
+            raise ValueError(f"task weight {item!r} is not ID=WEIGHT (e.g. inhouse.churn=5)")
+        try:
+            out[task_id.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"task weight {item!r}: {value.strip()!r} is not a number") from None
+    return out
+
+
+def parse_modules(text: str) -> list[str]:
+    """``"a.tasks,b.tasks"`` (the ``--tasks-module`` flag) as a list of module names."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def default_eval_every(timesteps: int, rollout: int) -> int:
+    """The default ``eval_every``: a fifth of the budget rounded to one significant digit, at least one rollout.
+
+    A fifth gives every learning curve five points (four in training and the final one) whatever
+    the budget, where a fixed interval gave a short run a single point; one significant digit keeps
+    the evaluation steps readable (8000 for 40000, 600 for 3000); and evaluating more often than
+    PPO updates the policy (every ``rollout`` = n_steps x n_envs timesteps) would evaluate the same
+    policy twice.
+    """
+    raw = max(1.0, timesteps / 5)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return max(1, int(rollout), int(round(raw / magnitude) * magnitude))
+
+
 @dataclass
 class MetaTrainConfig:
     """Settings of one meta-training run (every field is a ``chuck train-policy`` flag)."""
 
     tasks: str = "train"
-    """Training tasks: a split ("train", "custom", "all"), "domain:cv", task ids, or a comma-separated mix."""
+    """Training tasks: a split ("train", "custom", "all"), "domain:cv", task ids, or a comma-separated mix; each item
+    must select a task."""
+    tasks_module: list[str] = field(default_factory=list)
+    """Modules that register tasks when imported, comma-separated (e.g. my_pkg.tasks), imported here and in every
+    environment worker."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """How often each training task is sampled relative to the others, ID=W,ID=W; unlisted tasks weigh 1."""
     eval_tasks: str = "validation"
     """Tasks of the periodic evaluation (the validation families by default: they choose checkpoints)."""
     timesteps: int = 40_000
@@ -72,7 +127,8 @@ class MetaTrainConfig:
     alias: str = "candidate"
     """Alias set on the new registered version."""
     eval_every: int | None = None
-    """Timesteps between evaluations (0: only at the end; default: an eighth of the budget)."""
+    """Timesteps between held-out evaluations, 0: only at the end (default: a fifth of --timesteps rounded to one
+    significant digit, at least one PPO rollout: 8000 for 40000, 600 for 3000)."""
     eval_episodes: int = 8
     """Episodes per evaluation (fixed seeds, the same instances every time)."""
     checkpoint_every: int = 2_000
@@ -108,8 +164,17 @@ class MetaTrainConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        # the flags' text syntax is accepted from Python too
+        if isinstance(self.tasks_module, str):
+            self.tasks_module = parse_modules(self.tasks_module)
+        if isinstance(self.task_weights, str):
+            self.task_weights = parse_task_weights(self.task_weights)
+        for task_id, w in self.task_weights.items():
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w <= 0:
+                raise ValueError(f"task weight of {task_id!r} must be a positive finite number, got {w!r}")
         if self.eval_every is None:
-            self.eval_every = max(1, self.timesteps // 8)
+            rollout = int(self.ppo.get("n_steps", 2048)) * self.n_envs  # 2048: stable-baselines3's default
+            self.eval_every = default_eval_every(self.timesteps, rollout)
 
 
 @dataclass
@@ -140,18 +205,65 @@ def _vec_env(cfg: MetaTrainConfig, thunks: list[Any]) -> Any:
     return SubprocVecEnv(thunks) if cfg.n_envs > 1 else DummyVecEnv(thunks)
 
 
-def _make_env(tasks: str, interval: int, budget_scale: float, seed: int, prior: str | None = None):
+def _make_env(
+    tasks: str,
+    interval: int,
+    budget_scale: float,
+    seed: int,
+    prior: str | None = None,
+    *,
+    modules: Sequence[str] = (),
+    shipped: Sequence[tuple[Any, str]] = (),
+    task_weights: dict[str, float] | None = None,
+):
+    """The constructor of one environment, run in its worker (a subprocess or a Ray actor).
+
+    A worker may start from a fresh interpreter that never saw this process's registrations, so
+    it imports ``modules`` (``--tasks-module``) and registers ``shipped`` ((task, split) pairs:
+    the in-house tasks this process resolved, sent by value) before resolving ``tasks``.
+    """
+
     def thunk():
         import torch
 
         torch.set_num_threads(1)  # one core per environment process
+        from chuck import zoo
         from chuck.envs import TrainingControlEnv
 
-        env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale, prior=prior)
+        zoo.import_task_modules(modules)
+        known = set(zoo.list_tasks("all"))
+        for task, split in shipped:
+            if task.id not in known:
+                zoo.register_task(task, split=split)
+        env = TrainingControlEnv(
+            tasks=tasks, interval=interval, budget_scale=budget_scale, prior=prior, task_weights=task_weights
+        )
         env.reset(seed=seed)
         return env
 
     return thunk
+
+
+def resolve_training_tasks(cfg: MetaTrainConfig) -> tuple[list[Any], list[Any]]:
+    """The training and evaluation tasks of ``cfg``, checked before anything starts.
+
+    Imports ``cfg.tasks_module`` (here; :func:`_make_env` does it in each worker), resolves both
+    specs and checks ``cfg.task_weights`` against the training tasks.
+
+    Raises:
+        chuck.zoo.TaskSpecError: a spec item that selects nothing, an unknown id or module, or a
+            weight that is not positive and finite or names a task not trained on.
+    """
+    from chuck import zoo
+    from chuck.envs.training_env import task_probabilities
+
+    zoo.import_task_modules(cfg.tasks_module)
+    train_tasks = zoo.resolve_tasks(cfg.tasks)
+    try:
+        task_probabilities(train_tasks, cfg.task_weights)
+    except ValueError as exc:
+        raise zoo.TaskSpecError(str(exc)) from None
+    return train_tasks, zoo.resolve_tasks(cfg.eval_tasks)
 
 
 def evaluate_policy(
@@ -240,13 +352,21 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
 
     from chuck import tracking
     from chuck.loading import load_policy
-    from chuck.metatrain_callbacks import EveryCallback, MLflowKVWriter, ObservationRangeCallback, ProgressCallback
+    from chuck.metatrain_callbacks import (
+        EveryCallback,
+        MLflowKVWriter,
+        ObservationRangeCallback,
+        ProgressCallback,
+        TaskEpisodesCallback,
+        task_episode_summary,
+    )
     from chuck.policies.artifact import load_artifact
     from chuck.policies.export import export_sb3, load_actor_into_sb3
-    from chuck.zoo import resolve_tasks
+    from chuck.zoo import split_of
 
-    resolve_tasks(cfg.tasks)  # fail fast on a bad task spec
-    resolve_tasks(cfg.eval_tasks)
+    train_tasks, _ = resolve_training_tasks(cfg)  # fail fast on a bad task spec, before any file or run exists
+    task_ids = [t.id for t in train_tasks]
+    shipped = [(t, split_of(t.id)) for t in train_tasks if split_of(t.id) == "custom"]
     out = Path(cfg.output)
     ckpt = out / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +374,19 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     mlflow = tracking.setup(cfg.tracking_uri, cfg.experiment)
 
-    thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, cfg.seed + 1000 * i, cfg.prior) for i in range(cfg.n_envs)]
+    thunks = [
+        _make_env(
+            cfg.tasks,
+            cfg.interval,
+            cfg.budget_scale,
+            cfg.seed + 1000 * i,
+            cfg.prior,
+            modules=cfg.tasks_module,
+            shipped=shipped,
+            task_weights=cfg.task_weights,
+        )
+        for i in range(cfg.n_envs)
+    ]
     monitored = VecMonitor(_vec_env(cfg, thunks))
     venv: VecNormalize
     if state and (ckpt / "vecnormalize.pkl").exists():
@@ -270,6 +402,8 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         if not state:
             mlflow.log_params({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in asdict(cfg).items()})
             mlflow.set_tags({"chuck.kind": "meta-training", "chuck.observation_version": ObservationSpec().version})
+        # a tag, not a param: a resumed run may resolve a spec like "custom" to more tasks than before
+        mlflow.set_tag("chuck.resolved_tasks", ",".join(task_ids))
 
         if state and (ckpt / "ppo.zip").exists():
             model = PPO.load(str(ckpt / "ppo.zip"), env=venv, device="cpu")
@@ -298,6 +432,19 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         obs_low = np.asarray(state.get("obs_low", [np.inf] * len(ObservationSpec().names)), dtype=np.float64)
         obs_high = np.asarray(state.get("obs_high", [-np.inf] * len(ObservationSpec().names)), dtype=np.float64)
         evaluations: list[dict[str, Any]] = list(state.get("evaluations", []))
+        episodes: dict[str, dict[str, float]] = dict(state.get("task_episodes", {}))  # filled in place by a callback
+
+        def per_task() -> dict[str, dict[str, Any]]:
+            return task_episode_summary(episodes, task_ids)
+
+        def log_per_task() -> None:
+            metrics = {}
+            for task_id, row in per_task().items():
+                metrics[f"task.{task_id}.episodes"] = float(row["episodes"])
+                if row["mean_return"] is not None:
+                    metrics[f"task.{task_id}.mean_return"] = float(row["mean_return"])
+            mlflow.log_metrics(metrics, step=int(model.num_timesteps))
+
         baseline_rows = evaluate_policy(
             None, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale
         )
@@ -318,6 +465,10 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                 },
                 "training": {
                     "tasks": cfg.tasks,
+                    "resolved_tasks": task_ids,
+                    "tasks_module": list(cfg.tasks_module),
+                    "task_weights": dict(cfg.task_weights),
+                    "episodes_per_task": per_task(),
                     "eval_tasks": cfg.eval_tasks,
                     "timesteps": int(model.num_timesteps),
                     "seed": cfg.seed,
@@ -348,6 +499,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                 "diverged": float(np.mean([r["diverged"] for r in rows])),
             }
             mlflow.log_metrics({f"eval.{k}": v for k, v in result.items() if k != "timesteps"}, step=int(model.num_timesteps))
+            log_per_task()
             evaluations.append(result)
             return result
 
@@ -363,13 +515,21 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                         "obs_low": obs_low.tolist(),
                         "obs_high": obs_high.tolist(),
                         "evaluations": evaluations,
+                        "task_episodes": episodes,
                     }
                 )
             )
 
+        def run_eval_in_training() -> None:
+            # at the last timestep the final evaluation below follows at once: one evaluation, not two
+            if int(model.num_timesteps) < cfg.timesteps:
+                run_eval()
+
+        assert cfg.eval_every is not None  # set by __post_init__
         callbacks = [
             ObservationRangeCallback(obs_low, obs_high),
-            EveryCallback(cfg.eval_every, run_eval),
+            TaskEpisodesCallback(episodes),
+            EveryCallback(cfg.eval_every, run_eval_in_training),
             EveryCallback(cfg.checkpoint_every, save_checkpoint),
         ]
         if cfg.progress:
@@ -393,6 +553,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         artifact = export_sb3(model, venv, out / "artifact", card(final))
         load_artifact(artifact)  # the exported artifact must load before it is registered
         mlflow.log_artifacts(str(artifact), artifact_path="policy")
+        mlflow.log_dict({"resolved_tasks": task_ids, "episodes_per_task": per_task()}, "training/tasks.json")
         _log_eval_outputs(mlflow, out, evaluations, baseline_rows)
         version = tracking.register_artifact(run_id, "policy", cfg.name, cfg.alias)
         mlflow.set_tag("chuck.registered", f"models:/{cfg.name}@{cfg.alias} (version {version})")

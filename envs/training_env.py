@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -77,6 +78,9 @@ class TrainingControlEnv(gym.Env):
       ``total_steps`` / no ``model`` (as in user code that omits them).
     * ``p_no_val``: probability that an episode never calls ``observe(val_loss=...)`` (many
       training loops never do); the env still evaluates, for the reward only.
+    * ``task_weights``: ``{task_id: weight}``, how often ``reset`` samples each task relative to
+      the others (unlisted tasks weigh 1): an in-house task beside the N train families is otherwise
+      sampled in 1 episode of N + 1. Weights must be positive and finite and name tasks of ``tasks``.
     * ``prior``: ``None``, or a built-in controller (``"prior@1"``, see chuck.policies.prior)
       whose action the agent's action is added to: the agent learns a residual, and the
       exported policy carries the same prior (its card's ``prior`` field).
@@ -105,6 +109,7 @@ class TrainingControlEnv(gym.Env):
         p_no_model: float = 0.2,
         p_no_val: float = 0.3,
         prior: str | None = None,
+        task_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -112,6 +117,8 @@ class TrainingControlEnv(gym.Env):
         if budget_scale <= 0:
             raise ValueError(f"budget_scale must be positive, got {budget_scale}")
         self.tasks: list[Task] = resolve_tasks(tasks)
+        # None: uniform over the tasks, drawn as before weights existed (same seeds, same tasks)
+        self.task_probs = task_probabilities(self.tasks, task_weights) if task_weights else None
         self.interval = interval
         self.budget_scale = budget_scale
         self.divergence_factor = divergence_factor
@@ -163,7 +170,10 @@ class TrainingControlEnv(gym.Env):
     # -- gym API ----------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        idx = int(self.np_random.integers(len(self.tasks)))
+        if self.task_probs is None:
+            idx = int(self.np_random.integers(len(self.tasks)))
+        else:
+            idx = int(self.np_random.choice(len(self.tasks), p=self.task_probs))
         if options and "task_id" in options:
             ids = [t.id for t in self.tasks]
             if options["task_id"] not in ids:
@@ -267,6 +277,24 @@ class TrainingControlEnv(gym.Env):
         for env in getattr(inst, "envs", []) or []:
             env.close()
         self.instance = self.opt = None
+
+
+def task_probabilities(tasks: Sequence[Task], weights: Mapping[str, float] | None) -> np.ndarray:
+    """Sampling probability of each of ``tasks`` under ``weights`` (``{task_id: weight}``, others 1).
+
+    Raises ValueError for a weight that names none of ``tasks`` (a typo would otherwise leave the
+    task it meant at weight 1 without a word) or that is not a positive finite number.
+    """
+    ids = [t.id for t in tasks]
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(ids))
+    if unknown:
+        raise ValueError(f"task weights name tasks that are not being trained on: {unknown} (the tasks: {ids})")
+    for task_id, w in weights.items():
+        if not isinstance(w, numbers.Real) or isinstance(w, bool) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"task weight of {task_id!r} must be a positive finite number, got {w!r}")
+    p = np.array([float(weights.get(i, 1.0)) for i in ids], dtype=np.float64)
+    return p / p.sum()
 
 
 def _load_prior(spec: str | None) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,209 @@ def test_tiny_meta_training_end_to_end(tmp_path, monkeypatch) -> None:
     again = train_policy(cfg)
     assert again.run_id == result.run_id
     assert chuck.load_policy(str(again.artifact_dir)).card["training"]["timesteps"] >= 320
+
+
+def _train_policy_cli(tmp_path, *args: str) -> list[str]:
+    """``chuck train-policy`` arguments of a run that must stop before training: output and store under tmp_path."""
+    return [
+        "train-policy",
+        *args,
+        "--output",
+        str(tmp_path / "run"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--no-progress",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--tasks", "custom,train"], "split 'custom' holds no task in this process: register them"),
+        (["--tasks", "train,domain:audio"], "domain 'audio' holds no task"),
+        (["--tasks", "train,cv.no_such_task"], "no task 'cv.no_such_task'"),
+        (["--tasks-module", "no_such_tasks_module"], "no tasks module 'no_such_tasks_module'"),
+        (["--tasks", "train", "--task-weights", "tabular.wine_mlp=3"], "not being trained on: ['tabular.wine_mlp']"),
+        (["--tasks", "train", "--task-weights", "cv.digits_mlp=-1"], "must be a positive finite number"),
+        (["--tasks", "train", "--task-weights", "cv.digits_mlp=inf"], "must be a positive finite number"),
+    ],
+)
+def test_cli_refuses_a_bad_task_spec_before_anything_starts(tmp_path, capsys, monkeypatch, args, needle) -> None:
+    """A named split that selects nothing used to train on the rest without a word (issue 15)."""
+    from chuck.cli import main
+    from chuck.zoo import registry
+
+    monkeypatch.setenv(registry.MODULES_ENV, "")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a module lookup may add the working directory
+    monkeypatch.chdir(tmp_path)
+    assert main(_train_policy_cli(tmp_path, *args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chuck train-policy: error: ") and needle in err, err
+    if "holds no task" in needle:
+        assert "--tasks-module MODULE" in err, "the message says what to do"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "m.db").exists(), "nothing was started"
+
+
+def test_cli_rejects_malformed_task_weights(tmp_path, capsys) -> None:
+    from chuck.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(_train_policy_cli(tmp_path, "--task-weights", "cv.digits_mlp:3"))
+    assert exc.value.code == 2 and "'cv.digits_mlp:3' is not ID=WEIGHT" in capsys.readouterr().err
+
+
+def test_task_weights_and_modules_parse_from_flags_and_config() -> None:
+    from chuck.metatrain import parse_task_weights
+
+    assert parse_task_weights("inhouse.a=5, cv.digits_mlp=0.5,") == {"inhouse.a": 5.0, "cv.digits_mlp": 0.5}
+    assert parse_task_weights("") == {}
+    cfg = MetaTrainConfig(task_weights="inhouse.a=5", tasks_module="a.tasks, b.tasks")  # type: ignore[arg-type]
+    assert cfg.task_weights == {"inhouse.a": 5.0} and cfg.tasks_module == ["a.tasks", "b.tasks"]
+    with pytest.raises(ValueError, match="positive finite"):
+        MetaTrainConfig(task_weights={"inhouse.a": float("nan")})
+
+
+def test_eval_every_default_scales_with_the_budget_and_is_documented(capsys) -> None:
+    """A fixed default gave a short run's learning curve a single point (issue 15)."""
+    from chuck.cli import main
+    from chuck.metatrain import default_eval_every
+
+    assert MetaTrainConfig(timesteps=40_000).eval_every == 8_000
+    assert MetaTrainConfig(timesteps=20_000).eval_every == 4_000
+    assert MetaTrainConfig(timesteps=3_000).eval_every == 600  # five points on the learning curve, round steps
+    # never more often than PPO updates the policy (n_steps x n_envs): the same policy evaluated twice
+    assert MetaTrainConfig(timesteps=3_000, n_envs=8).eval_every == 256 * 8
+    assert MetaTrainConfig(timesteps=3_000, eval_every=0).eval_every == 0
+    assert [default_eval_every(t, 1) for t in (1, 256, 12_345, 1_000_000)] == [1, 50, 2_000, 200_000]
+    with pytest.raises(SystemExit):
+        main(["train-policy", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: a fifth of --timesteps rounded to one significant digit" in help_text
+    assert "--eval-every EVAL_EVERY Timesteps between held-out evaluations, 0: only at the end (default: a fifth" in help_text
+
+
+@pytest.mark.slow
+def test_tasks_module_reaches_the_env_workers_and_the_card_says_what_was_trained(tmp_path) -> None:
+    """The retraining path of docs/retraining.md, as a user runs it (issue 15).
+
+    ``chuck`` the console script, run in a directory holding the user's task module and nothing
+    else: the module is found there, imported in the command's process and in both
+    ``SubprocVecEnv`` workers (fresh forkserver interpreters), one task is weighted up, and the
+    card and the MLflow run list the resolved tasks with each one's episodes and mean return.
+    """
+    import csv
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import mlflow
+
+    from tests.zoo.test_registry import write_task_module
+
+    work = tmp_path / "work"
+    work.mkdir()
+    write_task_module(work, "my_tasks", {"Often": "inhouse.often", "Rare": "inhouse.rare"})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [
+        str(Path(sys.executable).parent / "chuck"),
+        "train-policy",
+        "--tasks-module", "my_tasks",
+        "--tasks", "custom",
+        "--task-weights", "inhouse.often=50",
+        "--eval-tasks", "inhouse.rare",
+        "--timesteps", "256",
+        "--n-envs", "2",
+        "--interval", "5",
+        "--budget-scale", "0.1",
+        "--eval-episodes", "1",
+        "--checkpoint-every", "10000",
+        "--ppo", '{"n_steps": 32, "batch_size": 32, "n_epochs": 2}',
+        "--output", str(tmp_path / "run"),
+        "--tracking-uri", uri,
+        "--name", "inhouse",
+        "--alias", "test",
+        "--no-progress",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CHUCK_TASKS_MODULES")}
+    env.update(OMP_NUM_THREADS="1", CHUCK_HOME=str(tmp_path / "home"))
+    out = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+    card = json.loads((tmp_path / "run" / "artifact" / "policy.json").read_text())
+    training = card["training"]
+    assert training["resolved_tasks"] == ["inhouse.often", "inhouse.rare"] and training["tasks"] == "custom"
+    assert training["tasks_module"] == ["my_tasks"] and training["task_weights"] == {"inhouse.often": 50.0}
+    per_task = training["episodes_per_task"]
+    often, rare = per_task["inhouse.often"], per_task["inhouse.rare"]
+    assert often["episodes"] >= 10 and often["episodes"] >= 5 * rare["episodes"], per_task  # 50:1, not 1:1
+    assert np.isfinite(often["mean_return"])
+
+    # --eval-every's default (a fifth of 256, at least one 64-step rollout): four points, none twice
+    with open(tmp_path / "run" / "evaluations.csv", newline="") as f:
+        assert [int(r["timesteps"]) for r in csv.DictReader(f)] == [64, 128, 192, 256]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(training["mlflow_run_id"])
+    assert run.data.tags["chuck.resolved_tasks"] == "inhouse.often,inhouse.rare"
+    assert run.data.metrics["task.inhouse.often.episodes"] == often["episodes"]
+    assert run.data.metrics["task.inhouse.often.mean_return"] == pytest.approx(often["mean_return"])
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "training/tasks.json", str(tmp_path))).read_text())
+    assert logged == {"resolved_tasks": training["resolved_tasks"], "episodes_per_task": per_task}
+
+
+@pytest.mark.slow
+def test_a_task_registered_in_the_calling_script_reaches_subprocess_workers(tmp_path, monkeypatch) -> None:
+    """``register_task`` then ``train_policy`` in one script: the workers get the task by value.
+
+    The class is local to this function, so a worker cannot import it: it only exists there
+    because meta-training sends the in-house tasks it resolved along with each environment.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from chuck import zoo
+
+    class Local(zoo.Task):
+        id, domain, budget = "inhouse.local_script", "inhouse", 400
+        space = zoo.SearchSpace(widths=(16,), depths=(1,), norms=("none",), batch_sizes=(32,), dropouts=(0.0,))
+
+        @property
+        def best_lr(self) -> float:
+            return 1e-2
+
+        def build(self, config: zoo.TaskConfig) -> zoo.TaskInstance:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(128, 4, generator=g)
+            y = (x[:, 0] > 0).long()
+            model = nn.Sequential(nn.Linear(4, config.width), nn.Tanh(), nn.Linear(config.width, 2))
+            opt = zoo.make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
+            return zoo.SupervisedInstance(model, opt, config, (x[:96], y[:96]), (x[96:], y[96:]), F.cross_entropy, math.log(2))
+
+    zoo.register_task(Local, replace=True)
+    try:
+        cfg = MetaTrainConfig(
+            tasks="custom",
+            eval_tasks="inhouse.local_script",
+            timesteps=64,
+            n_envs=2,
+            interval=5,
+            budget_scale=0.1,
+            eval_every=0,
+            eval_episodes=1,
+            checkpoint_every=10_000,
+            output=str(tmp_path / "run"),
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            progress=False,
+            name="local",
+            ppo={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+        )
+        result = train_policy(cfg)
+    finally:
+        zoo.unregister_task("inhouse.local_script")
+    training = chuck.load_policy(str(result.artifact_dir)).card["training"]
+    assert training["resolved_tasks"] == ["inhouse.local_script"]
+    assert training["episodes_per_task"]["inhouse.local_script"]["episodes"] >= 2

@@ -154,3 +154,24 @@ def test_rewards_are_finite_even_when_warmup_diverges(lr: float, optimizer: str)
             total += r
         if info["diverged"]:
             assert total == pytest.approx(-env.divergence_penalty)
+
+
+def test_task_weights_sample_a_task_more_often_and_are_checked() -> None:
+    """``task_weights``: an in-house task among many zoo tasks can come up more often than 1 episode in N."""
+    tasks = "tabular.friedman_regression,tabular.diabetes_regression"
+    plain = TrainingControlEnv(tasks=tasks, **SMALL)
+    weighted = TrainingControlEnv(tasks=tasks, task_weights={"tabular.diabetes_regression": 1e6}, **SMALL)
+    np.testing.assert_allclose(weighted.task_probs, [1 / (1 + 1e6), 1e6 / (1 + 1e6)])
+    seeds = range(10)
+    assert [weighted.reset(seed=s)[1]["task_id"] for s in seeds] == ["tabular.diabetes_regression"] * 10
+    # without weights the draw is the one it always was: the same seeds give the same tasks as before
+    ids = [t.id for t in plain.tasks]
+    expected = [ids[int(gym.utils.seeding.np_random(s)[0].integers(len(ids)))] for s in seeds]
+    assert [plain.reset(seed=s)[1]["task_id"] for s in seeds] == expected
+    assert plain.task_probs is None and "tabular.friedman_regression" in expected
+
+    with pytest.raises(ValueError, match=r"not being trained on: \['cv.digits_mlp'\]"):
+        TrainingControlEnv(tasks=tasks, task_weights={"cv.digits_mlp": 2.0}, **SMALL)
+    for bad in (0.0, -1.0, math.inf, math.nan, True, "2"):
+        with pytest.raises(ValueError, match="positive finite number"):
+            TrainingControlEnv(tasks=tasks, task_weights={"tabular.friedman_regression": bad}, **SMALL)  # type: ignore[dict-item]
