@@ -17,7 +17,15 @@ from pathlib import Path
 
 from chuck.policies.base import Policy
 
-BUILTIN = ("constant", "heuristic", "prior", "prior@1", "prior@2")
+BUILTIN = ("constant", "heuristic", "prior", "prior@VERSION")
+
+
+def is_builtin(name: str) -> bool:
+    """True for a policy name chuck resolves itself (not a path): the built-ins, ``prior@N``, ``default``."""
+    if name in BUILTIN or name == "default":
+        return True
+    base, _, version = name.partition("@")
+    return base == "prior" and version.isdigit()
 
 
 class PolicyLoadError(ValueError):

@@ -7,7 +7,8 @@ learned-policy machinery, so that a later snapshot that wins replaces it without
 change for users. The card records that, and what validation compared.
 
     python experiments/install_prior_default.py --snapshot experiments/runs/default-v2/snapshots/00005000 \\
-        --selection docs/results/validation/prior_v3/summary.json
+        --selection docs/results/validation/prior_cooldown/summary.json \\
+        --test-summary docs/results/test/summary.json --prior prior@3
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import torch
 
 from chuck.policies.artifact import load_artifact, save_artifact
+from chuck.policies.card import KNOWN_PRIORS
+from chuck.policies.prior import LATEST
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "policies" / "artifacts" / "default"
@@ -29,6 +32,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapshot", required=True, help="a PPO snapshot (its network shape and normalization are kept)")
     ap.add_argument("--selection", required=True, help="chuck evaluate summary.json of the validation comparison")
+    ap.add_argument("--test-summary", help="chuck evaluate summary.json on the test split, reported in the card")
+    ap.add_argument("--prior", default=f"prior@{LATEST}", choices=KNOWN_PRIORS, help="the built-in prior (default: %(default)s)")
     ap.add_argument("--note", default="", help="why the residual is zero (goes into the card)")
     args = ap.parse_args()
     snap = load_artifact(args.snapshot)
@@ -36,29 +41,30 @@ def main() -> None:
     with torch.no_grad():  # zero residual: the policy's action is the prior's
         actor.action_net.weight.zero_()
         actor.action_net.bias.zero_()
-    summary = json.loads(Path(args.selection).read_text())
-    arms = summary.get("arms", summary)
     card = {k: v for k, v in snap.card.items() if k in KEEP}
-    card["version"] = f"prior-residual-0-{snap.card['training']['timesteps']}"
+    card["prior"] = args.prior
+    card["version"] = f"{args.prior.replace('@', '')}-residual-0"
     card["residual"] = {
         "state": "zero",
         "why": args.note or "no PPO snapshot has beaten the prior alone on the validation split yet",
         "snapshot": str(Path(args.snapshot).relative_to(ROOT)) if Path(args.snapshot).is_absolute() else args.snapshot,
     }
     card["splits"] = {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
-    card["evaluation"] = {
-        "validation": {
-            arm: {
-                k: v for k, v in stats.items() if k in ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
-            }
-            for arm, stats in arms.items()
-        }
-    }
+    card["evaluation"] = {"validation": _headlines(args.selection)}
+    if args.test_summary:
+        card["evaluation"]["test"] = _headlines(args.test_summary)
     # No observation range: the zero residual reads nothing, so an out-of-distribution fallback to
     # the heuristic would only replace the prior's well-defined behaviour by another rule.
     save_artifact(actor, TARGET, card)
     load_artifact(TARGET)
     print(f"installed the zero-residual default -> {TARGET}")
+
+
+def _headlines(summary_json: str) -> dict[str, dict[str, float]]:
+    """Per arm, the headline figures of a `chuck evaluate` summary."""
+    summary = json.loads(Path(summary_json).read_text())
+    keep = ("runs", "median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
+    return {arm: {k: v for k, v in stats.items() if k in keep} for arm, stats in summary.get("arms", summary).items()}
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 
 from chuck.loading import PolicyLoadError
 from chuck.policies.learned import ACTIVATIONS
+from chuck.policies.prior import VERSIONS as PRIOR_VERSIONS
 
 #: Activations an exported actor may use: those ActorNetwork can build.
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
@@ -36,7 +37,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 #: Built-in controllers a learned policy may be a residual on (card field ``prior``).
-KNOWN_PRIORS = ("prior@1", "prior@2")
+KNOWN_PRIORS = tuple(f"prior@{v}" for v in PRIOR_VERSIONS)
 
 
 def _fail(where: str, field: str, problem: str) -> PolicyLoadError:

@@ -134,8 +134,9 @@ class LearnedPolicy(Policy):
 def _make_prior(spec: str | None, observation_version: str) -> Policy | None:
     if spec is None:
         return None
-    if spec in ("prior@1", "prior@2"):
-        from chuck.policies.prior import StepSizePrior
+    from chuck.policies.prior import VERSIONS, StepSizePrior
 
-        return StepSizePrior(observation_version=observation_version, version=spec.partition("@")[2])
+    name, _, version = spec.partition("@")
+    if name == "prior" and version in VERSIONS:
+        return StepSizePrior(observation_version=observation_version, version=version)
     raise ValueError(f"unknown prior {spec!r}")  # the card check refuses it first

@@ -69,7 +69,7 @@ def _resolve_policy(spec: str, tracking_uri: str | None, downloads: Path) -> str
     ``models:/`` policies are downloaded once, into ``downloads`` (removed after the evaluation).
     """
     import chuck
-    from chuck.loading import BUILTIN, PolicyLoadError
+    from chuck.loading import PolicyLoadError, is_builtin
 
     try:
         if spec.startswith("models:/"):
@@ -84,7 +84,7 @@ def _resolve_policy(spec: str, tracking_uri: str | None, downloads: Path) -> str
                 location = str(download_registered_policy(spec, uri, dst=dst))
             else:  # pragma: no cover - older registry module: downloads to its own temporary folder
                 location = str(download_registered_policy(spec, uri))
-        elif spec in BUILTIN or spec == "default":
+        elif is_builtin(spec):
             location = spec
         else:
             location = str(Path(spec).expanduser().resolve())

@@ -12,7 +12,7 @@ import chuck
 from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.observation import ObservationSpec
 
-POLICIES = ["constant", "heuristic", "prior", "prior@1", "prior@2", "default"]
+POLICIES = ["constant", "heuristic", "prior", "prior@1", "prior@2", "prior@3", "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)
@@ -60,14 +60,16 @@ def test_heuristic_reacts_to_instability_and_overfitting() -> None:
 def test_default_policy_is_bundled_and_its_card_says_what_it_is() -> None:
     policy = chuck.load_policy("default")
     card = policy.card
-    assert card["training"]["tasks"] == "train" and card["prior"] == "prior@1"
+    from chuck.policies.prior import LATEST
+
+    assert card["training"]["tasks"] == "train" and card["prior"] == f"prior@{LATEST}"
     assert card["splits"] == {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
     assert policy.interval == 20 and policy.observation_version == chuck.ObservationSpec().version
     validation = card["evaluation"]["validation"]
-    assert {"chuck:prior", "adamw", "prodigy"} <= set(validation)
+    assert {f"chuck:{card['prior']}", "adamw", "prodigy"} <= set(validation), "the prior it ships was compared on validation"
     if card.get("residual", {}).get("state") == "zero":
         # shipped as the prior until a PPO snapshot beats it on validation: it must act exactly so
-        prior = chuck.load_policy("prior")
+        prior = chuck.load_policy(card["prior"])
         space = chuck.ObservationSpec().space
         space.seed(1)
         for _ in range(50):

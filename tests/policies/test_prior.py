@@ -10,7 +10,7 @@ import torch
 
 import chuck
 from chuck.observation import ObservationSpec
-from chuck.policies.prior import COOLDOWN, FLOOR, StepSizePrior
+from chuck.policies.prior import COOLDOWN, CUT_GL, FLOOR, GUARD_GL, StepSizePrior
 
 SPEC = ObservationSpec()
 LOG3 = math.log(3.0)
@@ -23,7 +23,7 @@ def _obs(**features: float) -> np.ndarray:
 
 
 def test_versions_load_by_name() -> None:
-    assert chuck.load_policy("prior").id == "prior@2"
+    assert chuck.load_policy("prior").id == "prior@3"
     assert chuck.load_policy("prior@1").id == "prior@1"
     with pytest.raises(chuck.PolicyLoadError, match="unknown prior version"):
         chuck.load_policy("prior@9")
@@ -96,3 +96,19 @@ def test_a_real_run_anneals_under_chuck() -> None:
         opt.zero_grad()
     lrs = [d.hyperparameters["lr"] for d in opt.decisions]
     assert lrs[-1] < 0.1 * 1e-2 and any("cooldown" in d.reason for d in opt.decisions)
+
+
+@pytest.mark.parametrize(
+    ("gl", "has_val", "expected"),
+    [
+        (0.0, 1.0, "raise"),  # validation at its best: the training-side rule decides
+        ((GUARD_GL + CUT_GL) / 2, 1.0, "hold"),  # past its best: no raise
+        (CUT_GL * 2, 1.0, "halve"),  # well past its best: ReduceLROnPlateau's halving
+        (CUT_GL * 2, 0.0, "raise"),  # no validation loss observed: nothing to go by
+    ],
+)
+def test_validation_guard(gl: float, has_val: float, expected: str) -> None:
+    obs = _obs(**{"step.hypergrad": 0.4, "loss.has_val": has_val, "loss.overfit_gl": gl})
+    a = float(StepSizePrior(version="3").act(obs)[0])
+    assert {"raise": a > 0, "hold": a == 0, "halve": math.isclose(a, -math.log(2) / LOG3, rel_tol=1e-6)}[expected]
+    assert StepSizePrior(version="2").act(obs)[0] > 0, "version 2 has no guard"
