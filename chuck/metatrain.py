@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +132,8 @@ class MetaTrainConfig:
     significant digit, at least one PPO rollout: 8000 for 40000, 600 for 3000)."""
     eval_episodes: int = 8
     """Episodes per evaluation (fixed seeds, the same instances every time)."""
+    eval_workers: int = 0
+    """Worker processes of each evaluation, one torch thread each (PPO waits meanwhile); 0: one per CPU core."""
     checkpoint_every: int = 2_000
     """Timesteps between checkpoints."""
     tracking_uri: str | None = None
@@ -275,22 +278,85 @@ def evaluate_policy(
     budget_scale: float = 1.0,
     seed: int = 10_000,
     options: list[dict[str, Any]] | None = None,
+    workers: int = 1,
+    modules: Sequence[str] = (),
+    shipped: Sequence[tuple[Any, str]] = (),
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``episodes`` meta-env episodes with ``policy`` (a chuck Policy, or None = hold) on fixed seeds.
 
     Each decision is asked the way deployment asks it: through the episode's own
     :meth:`chuck.controller.Controller.ask` (shape and finiteness checks, the out-of-distribution
     fallback to the heuristic, hold on any failure), on the controller's clock. Returns one row
-    per episode: task, seed, initial lr, return (= log(L_start/L_end), or -penalty if diverged).
+    per episode, in seed order: task, seed, initial lr, return (= log(L_start/L_end), or -penalty
+    if diverged).
+
+    With ``workers`` > 1 the episodes run in that many processes with one torch thread each (the
+    pool of ``chuck evaluate``); they import ``modules`` and register ``shipped`` ((task, split)
+    pairs sent by value) first, as environment workers do. Every episode is fixed by its seed, so
+    the rows do not depend on ``workers``.
     """
+    jobs = [(seed + i, options[i] if options else None) for i in range(episodes)]
+    bar = _progress_bar(len(jobs), "held-out evaluation") if progress else None
+    rows: list[dict[str, Any]] = []
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for s, opts in jobs:
+                rows.append(_episode(policy, tasks, interval, budget_scale, s, opts))
+                if bar is not None:
+                    bar.update(1)
+            return rows
+        from concurrent.futures import ProcessPoolExecutor
+
+        from chuck.evaluation.schedule import worker_context
+
+        ctx = worker_context()
+        init = (list(modules), list(shipped))
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_eval_worker, initargs=init
+        ) as pool:
+            futures = [pool.submit(_episode, policy, tasks, interval, budget_scale, s, opts) for s, opts in jobs]
+            for fut in futures:  # in seed order
+                rows.append(fut.result())
+                if bar is not None:
+                    bar.update(1)
+        return rows
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is in chuck[all]
+        return None
+    return tqdm(total=total, desc=desc, unit="episode", dynamic_ncols=True, leave=False)
+
+
+def _init_eval_worker(modules: list[str], shipped: list[tuple[Any, str]]) -> None:
+    """Pool initializer: one torch thread, and the in-house tasks this process can resolve."""
+    from chuck import zoo
+    from chuck.evaluation.runs import init_worker
+
+    init_worker()
+    zoo.import_task_modules(modules)
+    known = set(zoo.list_tasks("all"))
+    for task, split in shipped:
+        if task.id not in known:
+            zoo.register_task(task, split=split)
+
+
+def _episode(
+    policy: Any, tasks: str, interval: int, budget_scale: float, seed: int, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One evaluation episode (in this process or a worker)."""
     from chuck.envs import TrainingControlEnv
 
     env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale)
     hold = np.zeros(env.action_space.shape, dtype=np.float32)
-    rows = []
-    for i in range(episodes):
-        opts = options[i] if options else None
-        obs, _ = env.reset(seed=seed + i, options=opts)
+    try:
+        obs, _ = env.reset(seed=seed, options=options)
         if policy is not None:
             policy.reset()  # a run starts
         done, ret, info = False, 0.0, {}
@@ -298,20 +364,18 @@ def evaluate_policy(
             action = hold if policy is None else _ask_as_deployed(env, policy, obs)
             obs, r, done, _, info = env.step(action)
             ret += r
-        rows.append(
-            {
-                "task_id": info["task_id"],
-                "seed": seed + i,
-                "optimizer": info["hyperparameters"]["optimizer"],
-                "initial_lr": info["hyperparameters"]["lr"],
-                "return": ret,
-                "diverged": info["diverged"],
-                "final_val_loss": info["final"]["final_val_loss"],
-                "final_lr": info["final"]["lr"],
-            }
-        )
-    env.close()
-    return rows
+    finally:
+        env.close()
+    return {
+        "task_id": info["task_id"],
+        "seed": seed,
+        "optimizer": info["hyperparameters"]["optimizer"],
+        "initial_lr": info["hyperparameters"]["lr"],
+        "return": ret,
+        "diverged": info["diverged"],
+        "final_val_loss": info["final"]["final_val_loss"],
+        "final_lr": info["final"]["lr"],
+    }
 
 
 def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> np.ndarray:
@@ -364,9 +428,16 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     from chuck.policies.export import export_sb3, load_actor_into_sb3
     from chuck.zoo import split_of
 
-    train_tasks, _ = resolve_training_tasks(cfg)  # fail fast on a bad task spec, before any file or run exists
+    train_tasks, eval_tasks = resolve_training_tasks(cfg)  # fail fast on a bad task spec, before any file or run exists
     task_ids = [t.id for t in train_tasks]
     shipped = [(t, split_of(t.id)) for t in train_tasks if split_of(t.id) == "custom"]
+    # held-out evaluation in worker processes, one torch thread each: PPO waits for it, so every core helps
+    eval_pool = {
+        "workers": cfg.eval_workers or os.cpu_count() or 1,
+        "modules": cfg.tasks_module,
+        "shipped": [(t, "custom") for t in eval_tasks if split_of(t.id) == "custom"],
+        "progress": cfg.progress,
+    }
     out = Path(cfg.output)
     ckpt = out / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
@@ -446,7 +517,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             mlflow.log_metrics(metrics, step=int(model.num_timesteps))
 
         baseline_rows = evaluate_policy(
-            None, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale
+            None, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale, **eval_pool
         )
         baseline = float(np.mean([r["return"] for r in baseline_rows]))
 
@@ -488,7 +559,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             export_sb3(model, venv, snap, card())
             policy = load_artifact(snap)  # evaluate what ships: the torch-only export
             rows = evaluate_policy(
-                policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale
+                policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale, **eval_pool
             )
             mean = float(np.mean([r["return"] for r in rows]))
             result = {

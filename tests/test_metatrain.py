@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import chuck
 from chuck.metatrain import MetaTrainConfig, train_policy
@@ -263,3 +264,22 @@ def test_a_task_registered_in_the_calling_script_reaches_subprocess_workers(tmp_
     training = chuck.load_policy(str(result.artifact_dir)).card["training"]
     assert training["resolved_tasks"] == ["inhouse.local_script"]
     assert training["episodes_per_task"]["inhouse.local_script"]["episodes"] >= 2
+
+
+def test_held_out_evaluation_in_workers_matches_one_process() -> None:
+    """Issue 15: the held-out evaluation runs in worker processes (one torch thread each); the rows
+    are fixed by the episode seeds, so they do not depend on the number of workers."""
+    from chuck.metatrain import evaluate_policy
+
+    kw = {"interval": 10, "budget_scale": 0.15, "seed": 7}
+    policy = chuck.load_policy("prior")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: float sums in another order could change a trajectory
+    try:
+        alone = evaluate_policy(policy, "tabular.wine_mlp,tabular.breast_cancer_mlp", 3, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    pooled = evaluate_policy(policy, "tabular.wine_mlp,tabular.breast_cancer_mlp", 3, workers=2, **kw)
+    assert [r["seed"] for r in pooled] == [7, 8, 9]
+    assert [(r["task_id"], r["initial_lr"]) for r in alone] == [(r["task_id"], r["initial_lr"]) for r in pooled]
+    np.testing.assert_allclose([r["return"] for r in alone], [r["return"] for r in pooled], rtol=1e-4, atol=1e-6)
