@@ -5,40 +5,74 @@
                                policy=chuck.load_policy("heuristic"), model=model)
     loss.backward(); opt.step(loss=loss); opt.zero_grad()
 
-This import needs torch, numpy and gymnasium only; stable-baselines3, MLflow,
-Optuna and polars are imported lazily by the modules that use them.
+Every public name loads on first use (PEP 562): ``import chuck`` itself imports
+nothing heavy, so the ``chuck`` command answers ``--help`` without loading torch
+(issue 15). Using the core (``ChuckOptimizer``, ``load_policy``) needs torch, numpy
+and gymnasium only; stable-baselines3, MLflow, Optuna and polars are imported by
+the modules that use them.
 """
 
-from chuck.actions import ActionSpec, Knob
-from chuck.guardrails import GuardrailConfig
-from chuck.loading import PolicyLoadError, load_policy
-from chuck.monitors import Indicator
-from chuck.observation import ObservationSpec
-from chuck.optimizer import ChuckOptimizer
-from chuck.policies.base import Policy
-from chuck.report import Decision, HealthReport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below loads them
+    from chuck.actions import EFFECTIVE_LR_KEY, ActionSpec, Knob
+    from chuck.guardrails import GuardrailConfig
+    from chuck.history import read_history, suggest_hyperparameters
+    from chuck.loading import PolicyLoadError, load_policy
+    from chuck.mlflow_logger import MLflowDecisionLogger
+    from chuck.monitors import Indicator
+    from chuck.observation import ObservationSpec
+    from chuck.optimizer import ChuckOptimizer
+    from chuck.policies.base import Policy
+    from chuck.report import Decision, HealthReport
+    from chuck.tuning import tune
 
 _LAZY = {
-    "MLflowDecisionLogger": ("chuck.mlflow_logger", "MLflowDecisionLogger"),
-    "tune": ("chuck.tuning", "tune"),
-    "suggest_hyperparameters": ("chuck.history", "suggest_hyperparameters"),
-    "read_history": ("chuck.history", "read_history"),
+    "ActionSpec": "chuck.actions",
+    "EFFECTIVE_LR_KEY": "chuck.actions",
+    "Knob": "chuck.actions",
+    "GuardrailConfig": "chuck.guardrails",
+    "PolicyLoadError": "chuck.loading",
+    "load_policy": "chuck.loading",
+    "Indicator": "chuck.monitors",
+    "ObservationSpec": "chuck.observation",
+    "ChuckOptimizer": "chuck.optimizer",
+    "Policy": "chuck.policies.base",
+    "Decision": "chuck.report",
+    "HealthReport": "chuck.report",
+    "MLflowDecisionLogger": "chuck.mlflow_logger",
+    "tune": "chuck.tuning",
+    "suggest_hyperparameters": "chuck.history",
+    "read_history": "chuck.history",
 }
 
 
-def __getattr__(name: str):
-    # Edge modules load lazily so that `import chuck` needs only torch, numpy and gymnasium.
+def __getattr__(name: str) -> Any:
+    """Load a public name (or a subpackage such as ``chuck.zoo``) on first access, then cache it."""
     if name in _LAZY:
-        import importlib
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        try:  # `import chuck; chuck.zoo.get_task(...)` keeps working without an explicit submodule import
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'chuck' has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
 
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'chuck' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EFFECTIVE_LR_KEY",
     "ActionSpec",
     "ChuckOptimizer",
     "Decision",

@@ -10,6 +10,12 @@ rewrites it every update, as stable-baselines3 does) keeps writing it; chuck
 swaps in ``lr x multiplier`` for the duration of the base optimizer's step
 (:meth:`ActionSpec.effective`) and puts the user's value back afterwards. The
 same holds for weight decay. With multipliers at exactly 1 nothing is written.
+
+Because ``group["lr"]`` keeps the user's value, whatever reads it (Lightning's
+``LearningRateMonitor``, the Hugging Face Trainer's ``learning_rate``, a user's own
+logging) sees the lr *before* chuck's multiplier. The value the optimizer really uses
+is published on every param group under :data:`EFFECTIVE_LR_KEY`
+(``group["chuck_effective_lr"]``) after every step and decision (:meth:`ActionSpec.publish`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
+
+#: The param-group key where chuck publishes the lr the group's next base step uses: the group's own
+#: ``lr`` (the user's, or their scheduler's) times chuck's multiplier. Refreshed after every step and
+#: decision; a scheduler that steps after ``opt.step()`` moves ``group["lr"]`` and the key follows at the
+#: next step (``ChuckOptimizer.effective_lrs()`` reads it fresh at any time).
+EFFECTIVE_LR_KEY = "chuck_effective_lr"
 
 #: Action dimensions, in order. The learned policy's output has exactly these.
 ACTION_DIMS: tuple[str, ...] = ("lr", "weight_decay", "clip", "dropout")
@@ -131,6 +143,9 @@ class ActionSpec:
         self.wd_mult = 1.0
         self.dropout_mult = 1.0
         self.clip = math.inf
+        #: the lr multiplier the last base step ran under (``lr_mult`` may have moved since, at a
+        #: decision): what a logger that reports the lr of the step just taken multiplies by
+        self.step_lr_mult = 1.0
 
     # -- spaces -----------------------------------------------------------
     @property
@@ -150,6 +165,7 @@ class ActionSpec:
             if not (clip > 0):
                 raise ValueError(f"max_grad_norm must be > 0, got {clip}")
             self.clip = float(clip)
+        self.publish()
 
     def register_knob(self, knob: Knob) -> Knob:
         if knob.name in self.knobs:
@@ -166,6 +182,7 @@ class ActionSpec:
         always see their own values, and chuck composes with them as a multiplier.
         """
         groups = self.optimizer.param_groups if self.optimizer is not None else []
+        self.step_lr_mult = self.lr_mult
         touch_lr = self.lr_mult != 1.0
         touch_wd = self.wd_mult != 1.0
         if not (touch_lr or touch_wd):
@@ -211,6 +228,7 @@ class ActionSpec:
         for knob in self.knobs.values():
             i = self.dims.index(knob.follows)
             knob.value = min(knob.high, max(knob.low, knob.value * math.exp(logs[i])))
+        self.publish()
         return ActionResult(action=a.tolist(), hyperparameters=self.hyperparameters(), limited=limited)
 
     def _apply_clip(self, log_change: float, median: float) -> None:
@@ -233,6 +251,26 @@ class ActionSpec:
     def backoff(self, factor: float) -> None:
         """Guardrail backoff: multiply the lr multiplier by ``factor`` (< 1), within bounds."""
         self.lr_mult, _ = _clamp(self.lr_mult * factor, *self.lr_bounds)
+        self.publish()
+
+    def publish(self) -> None:
+        """Write every group's effective lr (its ``lr`` x chuck's multiplier) under :data:`EFFECTIVE_LR_KEY`.
+
+        Why a key of its own: ``group["lr"]`` must keep the user's value (the multiplier design),
+        yet loggers and people look at the param groups for the lr in use. A tensor lr on an
+        accelerator stays a tensor (reading it would synchronize the device at every step).
+        """
+        if self.optimizer is None:
+            return
+        m = self.lr_mult
+        for g in self.optimizer.param_groups:
+            lr = g.get("lr")
+            if lr is None:
+                continue
+            if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
+                g[EFFECTIVE_LR_KEY] = lr.detach() * m
+            else:
+                g[EFFECTIVE_LR_KEY] = _scalar(lr) * m
 
     # -- reading ----------------------------------------------------------
     def hyperparameters(self) -> dict[str, float]:
@@ -277,6 +315,7 @@ class ActionSpec:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lr_mult, self.wd_mult = state["lr_mult"], state["wd_mult"]
         self.dropout_mult, self.clip = state["dropout_mult"], state["clip"]
+        self.step_lr_mult = self.lr_mult
         why = self.validate_state_dict(state)
         if why:
             raise ValueError(f"cannot load the action state: {why}")
@@ -285,6 +324,7 @@ class ActionSpec:
         for k, v in state["knobs"].items():
             if k in self.knobs:
                 self.knobs[k].value = v
+        self.publish()
 
 
 def _clamp(x: float, lo: float, hi: float) -> tuple[float, bool]:

@@ -1,6 +1,11 @@
-"""The ``chuck`` command line: demo, train-policy, evaluate, ui.
+"""The ``chuck`` command line: demo, train-policy, evaluate, tune, history, ui.
 
-Each subcommand imports its heavy dependencies only when it runs.
+``chuck --help`` must answer at once, so nothing here imports torch (or anything that
+does) to build the parser: ``import chuck`` loads lazily, a subcommand's flags are built
+only when that subcommand is named, the flags of the config dataclasses
+(``MetaTrainConfig``, ``DemoConfig``) are read from their source without importing their
+modules, and each subcommand imports its heavy dependencies only when it runs.
+tests/test_cli_parser.py checks that importing this module leaves torch unloaded.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -26,46 +32,116 @@ def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
+class _NotLiteral(Exception):
+    """A dataclass default that cannot be read from the source without running it."""
+
+
+def _literal_default(value: Any) -> Any:
+    """The default a field's right-hand side stands for: a literal, ``field(default=...)`` or
+    ``field(default_factory=lambda: <literal>)``; :class:`_NotLiteral` for anything else."""
+    import ast
+
+    try:
+        if isinstance(value, ast.Call) and getattr(value.func, "id", getattr(value.func, "attr", "")) == "field":
+            kw = {k.arg: k.value for k in value.keywords}
+            if "default" in kw:
+                return ast.literal_eval(kw["default"])
+            factory = kw.get("default_factory")
+            if isinstance(factory, ast.Lambda):
+                return ast.literal_eval(factory.body)
+            raise _NotLiteral(ast.dump(value))
+        return ast.literal_eval(value)
+    except ValueError as exc:
+        raise _NotLiteral(str(exc)) from None
+
+
+def _dataclass_fields(module: str, cls_name: str) -> list[tuple[str, str, Any, str]]:
+    """``(name, annotation, default, doc)`` of each field of ``module.cls_name``.
+
+    Read from the module's source (found without importing it), so that building the parser
+    does not import torch: ``chuck.metatrain`` and ``chuck.demo`` import it at their top. The
+    docs are the attribute docstrings. A default that is not a literal falls back to importing
+    the module (tests/test_cli_parser.py checks both ways agree).
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text()) if spec is not None and spec.origin else None
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None) if tree else None
+    if cls is None:
+        return _imported_dataclass_fields(module, cls_name)
+    out = []
+    body = cls.body
+    for node, nxt in zip(body, [*body[1:], None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        annotation = ast.unparse(node.annotation)
+        if annotation.startswith(("ClassVar", "typing.ClassVar")):
+            continue
+        if node.value is None:
+            return _imported_dataclass_fields(module, cls_name)
+        try:
+            default = _literal_default(node.value)
+        except _NotLiteral:
+            return _imported_dataclass_fields(module, cls_name)
+        doc = ""
+        if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            doc = " ".join(nxt.value.value.split())
+        out.append((node.target.id, annotation, default, doc))
+    return out
+
+
+def _imported_dataclass_fields(module: str, cls_name: str) -> list[tuple[str, str, Any, str]]:
+    """The fallback of :func:`_dataclass_fields`: import the module and ask the dataclass."""
+    import ast
+    import importlib
+    import inspect
+    import textwrap
+
+    cls = getattr(importlib.import_module(module), cls_name)
+    docs: dict[str, str] = {}
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        out.append((f.name, str(f.type), default, docs.get(f.name, "")))
+    return out
+
+
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser,
-    cls: type,
+    module: str,
+    cls_name: str,
     skip: Sequence[str] = (),
     types: dict[str, Callable[[str], Any]] | None = None,
 ) -> None:
     """One flag per dataclass field, help text from the attribute docstrings in the source.
 
-    ``types`` parses the named fields' flags (a dict or list field then takes that syntax instead of
-    JSON). A docstring that states its own ``(default: ...)`` keeps it: a default computed in
+    The fields are read by :func:`_dataclass_fields` (no import of ``module``). ``types`` parses
+    the named fields' flags (a dict or list field then takes that syntax instead of JSON). A
+    docstring that states its own ``(default: ...)`` keeps it: a default computed in
     ``__post_init__`` is a rule, which ``(default: None)`` would hide.
     """
     types = types or {}
-    import ast
-    import inspect
-    import textwrap
-
-    docs: dict[str, str] = {}
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for name, annotation, default, doc in _dataclass_fields(module, cls_name):
+        if name in skip:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-        flag = "--" + f.name.replace("_", "-")
-        doc = " ".join(docs.get(f.name, "").split())
-        shown = "none" if f.name in types and not default else default
-        help_ = doc if "(default: " in doc else doc + f" (default: {shown})"
-        if f.name in types:
-            parser.add_argument(flag, default=default, type=_flag_type(types[f.name]), help=help_)
+        flag = "--" + name.replace("_", "-")
+        shown = "none" if name in types and not default else json.dumps(default) if isinstance(default, (dict, list)) else default
+        help_ = (doc if "(default: " in doc else f"{doc} (default: {shown})").replace("%", "%%")
+        if name in types:
+            parser.add_argument(flag, default=default, type=_flag_type(types[name]), help=help_)
         elif isinstance(default, bool):
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
         elif isinstance(default, (dict, list)):
             parser.add_argument(flag, default=default, type=json.loads, help=help_ + " [JSON]")
-        elif default is None or "None" in str(f.type):
+        elif default is None or "None" in annotation:
             none = "" if "(default: " in doc else " ('none' for none)"  # a stated default is what none gives
-            parser.add_argument(flag, default=default, type=_optional(str(f.type)), help=help_ + none)
+            parser.add_argument(flag, default=default, type=_optional(annotation), help=help_ + none)
         else:
             parser.add_argument(flag, default=default, type=type(default), help=help_)
 
@@ -122,9 +198,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from chuck.history import filter_history, history_dir, read_history, summary_columns
+    from chuck.history import filter_history, history_dir, read_history
+    from chuck.history.table import format_table, to_csv, to_json
 
     df = filter_history(
         read_history(),
@@ -135,24 +210,28 @@ def _cmd_history(args: argparse.Namespace) -> int:
         max_params=args.max_params,
         limit=args.limit,
     )
+    machine = to_json if args.json else to_csv if args.csv else None
+    if machine is not None:  # for machines: an empty history is an empty array or a bare header, not prose
+        text = machine(df)
+        target = args.json or args.csv
+        if target == "-":
+            sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        else:
+            Path(target).write_text(text)
+            print(f"wrote {len(df)} runs to {target}", file=sys.stderr)
+        return 0
     if len(df) == 0:
         print(f"no runs recorded in {history_dir()}")
         return 0
-    if args.csv:
-        df.write_csv(args.csv)
-        print(f"wrote {len(df)} runs to {args.csv}")
-        return 0
-    view = df.select(summary_columns(df)).with_columns(
-        pl.from_epoch(pl.col("created").cast(pl.Int64), time_unit="s").alias("created")
-    )
-    with pl.Config(tbl_rows=max(len(view), 10), tbl_cols=20, tbl_width_chars=200, fmt_str_lengths=30):
-        print(view)
+    print(format_table(df, width=args.width))
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from chuck.tuning import tune, zoo_train_fn
+    from chuck.tuning import tune, zoo_instance, zoo_train_fn
 
+    instance_seed = args.seed if args.instance_seed is None else args.instance_seed
+    print("tuning " + zoo_instance(args.task, instance_seed, args.steps, args.optimizer).describe(), flush=True)
     eps = tuple(float(x) for x in args.eps_range.split(",")) if args.eps_range else None
     common = {
         "n_trials": args.trials,
@@ -167,15 +246,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         from chuck.study import tune_zoo_in_workers
 
         res = tune_zoo_in_workers(
-            args.task, args.n_workers, seed=args.seed, steps=args.steps, warm_start=not args.cold, progress=True, **common
+            args.task,
+            args.n_workers,
+            seed=args.seed,
+            instance_seed=instance_seed,
+            steps=args.steps,
+            warm_start=not args.cold,
+            progress=True,
+            **common,
         )
     else:
-        train_fn, model = zoo_train_fn(args.task, seed=args.seed, steps=args.steps, optimizer=args.optimizer)
+        train_fn, model = zoo_train_fn(args.task, seed=instance_seed, steps=args.steps, optimizer=args.optimizer)
         res = tune(train_fn, model=model, warm_start=not args.cold, seed=args.seed, progress=True, **common)
     assert res is not None
     print(f"best validation loss {res.best_value:.4g} after {res.trials} trials: {res.best_params}")
     if res.enqueued:
-        print(f"warm-started with {len(res.enqueued)} trials from the run history")
+        print(f"warm-started with {len(res.enqueued)} trials from the run history: {res.warm_start_basis}")
     print(f"study {res.study_name!r} in {res.storage} (run again to resume or extend with --trials)")
     return 0
 
@@ -230,68 +316,97 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return run_ui(args.tracking_uri or default_tracking_uri(), port=args.port)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chuck", description="chuck: a learned meta-policy for neural-network training")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _train_policy_flags(p: argparse.ArgumentParser) -> None:
+    from chuck.metatrain import parse_modules, parse_task_weights  # numpy and gymnasium, not torch
 
-    from chuck.metatrain import MetaTrainConfig, parse_modules, parse_task_weights
+    _add_dataclass_flags(
+        p,
+        "chuck.metatrain",
+        "MetaTrainConfig",
+        types={"tasks_module": parse_modules, "task_weights": parse_task_weights},
+    )
 
-    p = sub.add_parser("train-policy", help="meta-train a policy with PPO over zoo (and your) tasks")
-    _add_dataclass_flags(p, MetaTrainConfig, types={"tasks_module": parse_modules, "task_weights": parse_task_weights})
-    p.set_defaults(func=_cmd_train_policy)
 
-    from chuck.demo import DemoConfig
+def _history_flags(p: argparse.ArgumentParser) -> None:
+    from chuck.history.table import DEFAULT_WIDTH
 
-    p = sub.add_parser("demo", help="train a zoo task twice (plain AdamW vs chuck) and compare")
-    _add_dataclass_flags(p, DemoConfig)
-    p.set_defaults(func=_cmd_demo)
+    p.add_argument("--optimizer", help="only runs of this optimizer class, e.g. AdamW (default: all)")
+    p.add_argument("--policy", help="only runs whose policy id contains this text (default: all)")
+    p.add_argument("--label", help="only runs whose label contains this text (default: all)")
+    p.add_argument("--min-params", type=int, help="only models with at least this many parameters (default: no bound)")
+    p.add_argument("--max-params", type=int, help="only models with at most this many parameters (default: no bound)")
+    p.add_argument("--limit", type=int, default=50, help="the N most recent runs; 0 for all (default: %(default)s)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="every recorded field of every run as a JSON array, with its outcome, to stdout or FILE (default: the table)",
+    )
+    out.add_argument(
+        "--csv",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="the same as CSV with a header row, to stdout or FILE (default: the table)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=DEFAULT_WIDTH,
+        help="the table's width in characters: long labels and policy ids are shortened, then the least "
+        "needed columns dropped (default: %(default)s)",
+    )
 
-    p = sub.add_parser("history", help="show the run history as a table")
-    p.add_argument("--optimizer", help="only runs of this optimizer class (e.g. AdamW)")
-    p.add_argument("--policy", help="only runs whose policy id contains this")
-    p.add_argument("--label", help="only runs whose label contains this")
-    p.add_argument("--min-params", type=int)
-    p.add_argument("--max-params", type=int)
-    p.add_argument("--limit", type=int, default=50, help="most recent N runs (default 50)")
-    p.add_argument("--csv", help="write the filtered table to this CSV file instead")
-    p.set_defaults(func=_cmd_history)
 
-    p = sub.add_parser("tune", help="Optuna cold start on a zoo task (warm-started from the history)")
-    p.add_argument("--task", required=True, help="zoo task id, e.g. cv.digits_mlp")
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the task budget)")
-    p.add_argument("--optimizer", default="AdamW")
-    p.add_argument("--eps-range", default=None, help="'lo,hi' epsilon search range (Adam family)")
-    p.add_argument("--study", default=None)
+def _tune_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="zoo task id, e.g. cv.digits_mlp (required)")
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study should reach (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial (default: the task's budget)")
+    p.add_argument(
+        "--optimizer", default="AdamW", help="base optimizer class: AdamW, Adam, SGD or RMSprop (default: %(default)s)"
+    )
+    p.add_argument(
+        "--eps-range",
+        default=None,
+        help="'lo,hi': also search Adam's epsilon in this range (Adam family only) (default: epsilon not searched)",
+    )
+    p.add_argument("--study", default=None, help="Optuna study name; the same name resumes (default: chuck-tune-TASK)")
     p.add_argument(
         "--storage",
         default=None,
-        help="Optuna RDB URL, e.g. postgresql://USER:PASSWORD@HOST/DB to share "
-        "the study across machines (default sqlite under CHUCK_HOME)",
+        help="Optuna RDB URL, e.g. postgresql://USER:PASSWORD@HOST/DB to share the study across machines "
+        "(default: sqlite:///$CHUCK_HOME/optuna.db)",
     )
     p.add_argument(
         "--n-workers",
         type=int,
         default=1,
-        help="worker processes sharing the study (default 1); the same command on other machines adds theirs",
+        help="worker processes sharing the study; the same command on other machines adds theirs (default: %(default)s)",
     )
     p.add_argument(
         "--heartbeat-interval",
         type=int,
         default=10,
-        help="seconds between a running trial's heartbeats; a dead worker's trial is retried after 3 of them",
+        help="seconds between a running trial's heartbeats; a dead worker's trial is retried after 3 of them "
+        "(default: %(default)s)",
     )
-    p.add_argument("--cold", action="store_true", help="no warm start from the history")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tracking-uri", default=None)
-    p.set_defaults(func=_cmd_tune)
+    p.add_argument(
+        "--cold", action="store_true", help="no warm start from the run history (default: warm start when it has similar runs)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of Optuna's sampler (default: %(default)s)")
+    p.add_argument(
+        "--instance-seed",
+        type=int,
+        default=None,
+        help="seed that samples the task's instance (width, depth, activation, batch, data fraction, ...); "
+        "printed before tuning starts (default: --seed)",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: chuck's local SQLite store)")
 
-    p = sub.add_parser(
-        "evaluate",
-        help="chuck policies vs baseline optimizers: regret against an lr-sweep oracle",
-        description="Every arm trains the same task instances (task, seed) from every starting lr; "
-        "regret = final validation loss / the best of an lr sweep. Resumes in --out.",
-    )
+
+def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     from chuck.evaluate import BASELINES, DEFAULT_LRS, DEFAULT_POLICIES, DEFAULT_SEEDS, ORACLE_LRS
 
     def _csv(xs: Sequence[object]) -> str:
@@ -303,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated policies: default, heuristic, constant, a path, models:/NAME@ALIAS "
         "('' for none) (default: %(default)s)",
     )
-    p.add_argument("--baselines", default=_csv(BASELINES), help="comma-separated, any of %(default)s ('' for none)")
+    p.add_argument("--baselines", default=_csv(BASELINES), help="comma-separated baselines ('' for none) (default: %(default)s)")
     p.add_argument(
         "--tasks",
         default="test",
@@ -322,14 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="worker processes, one torch thread each (default: 1); "
-        "with --backend ray, runs in flight (default: the cluster's CPUs)",
+        help="worker processes, one torch thread each; with --backend ray, runs in flight "
+        "(default: 1; with ray, the cluster's CPUs)",
     )
     p.add_argument(
         "--backend",
         choices=("process", "ray"),
         default="process",
-        help="process: this machine (default); ray: every run a Ray task on a cluster",
+        help="process: this machine; ray: every run a Ray task on a cluster (default: %(default)s)",
     )
     p.add_argument(
         "--ray-address",
@@ -339,35 +454,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
-        help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; rerun with the same one to resume",
+        help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; rerun with the same one to resume (required)",
     )
-    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's step budget (default: 1)")
+    p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's step budget (default: %(default)s)")
     p.add_argument(
         "--no-observe",
         dest="observe",
         action="store_false",
-        help="never report validation losses to chuck (observe); arms become chuck:SPEC/no-observe",
+        help="never report validation losses to chuck (observe); arms become chuck:SPEC/no-observe "
+        "(default: validation losses reported)",
     )
     p.add_argument("--oracle-lrs", default=_csv(ORACLE_LRS), help="the oracle sweep's lrs (default: %(default)s)")
-    p.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow")
+    p.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow (default: logged)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: chuck's local SQLite store)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_evaluate)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a progress bar)")
 
-    p = sub.add_parser(
-        "ui",
-        help="open the MLflow UI on the local store (loopback only)",
-        description="Serves the MLflow UI on 127.0.0.1, prints its URL once it answers (chuck's latest experiment, "
-        "runs view), and stops every process it started on Ctrl-C or SIGTERM.",
-    )
-    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: %(default)s; 0: a free one)")
+
+def _ui_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1; 0 for a free one (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None, help="the MLflow store (default: chuck's local SQLite store)")
-    p.set_defaults(func=_cmd_ui)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Command:
+    """A subcommand: its one-line help, its description, how to add its flags and what runs it."""
+
+    help: str
+    flags: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+COMMANDS: dict[str, _Command] = {
+    "train-policy": _Command(
+        "meta-train a policy with PPO over zoo (and your) tasks",
+        lambda p: _train_policy_flags(p),
+        _cmd_train_policy,
+    ),
+    "demo": _Command(
+        "train a zoo task twice (plain AdamW vs chuck) and compare",
+        lambda p: _add_dataclass_flags(p, "chuck.demo", "DemoConfig"),
+        _cmd_demo,
+    ),
+    "history": _Command(
+        "show the run history: a table, or JSON/CSV",
+        _history_flags,
+        _cmd_history,
+        "One row per recorded run, most recent last: when, label, policy, model size, optimizer, lr at "
+        "the start and the end, steps, the final loss (validation if reported, else training) and the "
+        "outcome (ok, diverged, collapsed: ended far above its best). --json and --csv carry every field.",
+    ),
+    "tune": _Command(
+        "Optuna cold start on a zoo task (warm-started from the history)",
+        _tune_flags,
+        _cmd_tune,
+        "Tunes lr, weight decay and clip (and epsilon with --eps-range) on one sampled instance of a zoo "
+        "task, printed before the first trial (--instance-seed picks another). Resumes a study of the "
+        "same name.",
+    ),
+    "evaluate": _Command(
+        "chuck policies vs baseline optimizers: regret against an lr-sweep oracle",
+        _evaluate_flags,
+        _cmd_evaluate,
+        "Every arm trains the same task instances (task, seed) from every starting lr; "
+        "regret = final validation loss / the best of an lr sweep. Resumes in --out.",
+    ),
+    "ui": _Command(
+        "open the MLflow UI on the local store (loopback only)",
+        _ui_flags,
+        _cmd_ui,
+        "Serves the MLflow UI on 127.0.0.1, prints its URL once it answers (chuck's latest experiment, "
+        "runs view), and stops every process it started on Ctrl-C or SIGTERM.",
+    ),
+}
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``chuck`` parser; only the subcommands in ``commands`` get their flags (``None``: all).
+
+    ``chuck --help`` needs none of them, and building some (``evaluate`` reads its defaults
+    from :mod:`chuck.evaluate`) imports torch: :func:`main` builds only the one named.
+    """
+    parser = argparse.ArgumentParser(prog="chuck", description="chuck: a learned meta-policy for neural-network training")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)
+        if commands is None or name in commands:
+            cmd.flags(p)
+        p.set_defaults(func=cmd.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the top-level parser has no option that takes a value: the first bare word names the command
+    named = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([named] if named in COMMANDS else []).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -15,6 +15,8 @@ leaves the observation pending and the env supplies the action
 Like schedule_free's wrappers, ``param_groups``, ``state`` and ``defaults`` are the
 base optimizer's (delegated, not copied), and chuck's own state goes into
 ``state_dict()`` under the ``"chuck"`` key, loadable with ``torch.load(weights_only=True)``.
+The learning rate in use is ``group["lr"] x`` chuck's multiplier; chuck publishes it on every
+group under ``group["chuck_effective_lr"]`` (:meth:`ChuckOptimizer.effective_lrs`).
 The torch.optim contract holds: step pre/post hooks (per optimizer and global) fire
 with the arguments torch passes, post hooks also on skipped steps; state-dict hooks
 fire; every ``register_*`` returns a ``RemovableHandle``. Global step hooks see the
@@ -38,7 +40,7 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 from torch.utils.hooks import RemovableHandle
 
-from chuck.actions import ACTION_VERSIONS, LATEST_ACTION_VERSION, ActionSpec, Knob
+from chuck.actions import ACTION_VERSIONS, EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
 from chuck.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
 from chuck.controller import Controller, DecisionHook
 from chuck.distributed import rank_sync
@@ -229,6 +231,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.optimizer.add_param_group(param_group)
         if self.guardrails is not None:
             self.guardrails.drop_snapshot()  # it no longer covers every parameter
+        self.action_spec.publish()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self._check_scaler()
@@ -268,6 +271,17 @@ class ChuckOptimizer(torch.optim.Optimizer):
     def hyperparameters(self) -> dict[str, float]:
         """Effective lr, weight decay, clip threshold and dropout right now."""
         return self.action_spec.hyperparameters()
+
+    def effective_lrs(self) -> list[float]:
+        """The lr each param group's next base step uses: its ``lr`` times chuck's multiplier.
+
+        ``group["lr"]`` keeps the user's (or their scheduler's) value; chuck publishes the
+        effective one on every group under ``group["chuck_effective_lr"]``
+        (:data:`chuck.EFFECTIVE_LR_KEY`) after every step and decision. This reads it fresh,
+        after whatever a scheduler wrote since the last step: what the integrations log.
+        """
+        self.action_spec.publish()
+        return [_as_float(g[EFFECTIVE_LR_KEY]) for g in self.optimizer.param_groups if EFFECTIVE_LR_KEY in g]
 
     @property
     def obs_spec(self) -> ObservationSpec:
@@ -334,6 +348,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"a step pre hook must return None or (new_args, new_kwargs), got {result!r}")
                 call, kwargs = result
         out = self._run_step(*call[1:], **kwargs)
+        # after the decision (if one was due) and on skipped steps too: the groups say the lr in use
+        self.action_spec.publish()
         for post_hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
             post_hook(self, call, kwargs)
         return out
@@ -592,6 +608,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             )
         else:
             self._load_chuck_state(chuck_state)
+        self.action_spec.publish()  # the loaded groups carry the key as it was when they were saved
         for post_hook in list(self._optimizer_load_state_dict_post_hooks.values()):
             post_hook(self)
 
@@ -657,6 +674,10 @@ def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     except (TypeError, ValueError):
         return False
     return param is not None and param.default is inspect.Parameter.empty
+
+
+def _as_float(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
 def _read_scalars(loss: Any, grads: list[torch.Tensor]) -> tuple[float | None, float]:

@@ -197,6 +197,7 @@ def tune_zoo_in_workers(
     steps: int | None = None,
     warm_start: bool = True,
     progress: bool = False,
+    instance_seed: int | None = None,
     **kwargs: Any,
 ) -> Any:
     """``chuck tune --task ID --n-workers N``: ``N`` processes share one study on a zoo task.
@@ -205,13 +206,15 @@ def tune_zoo_in_workers(
     parent run), starts the workers (each runs :func:`chuck.tune` on the study with one torch
     thread) and, once they are done, returns the study's :class:`chuck.tuning.TuneResult` and
     writes its history record. ``kwargs`` are :func:`chuck.tune`'s (``n_trials``, ``storage``,
-    ``study_name``, ``optimizer``, ``eps_range``, ``tracking_uri``, ...).
+    ``study_name``, ``optimizer``, ``eps_range``, ``tracking_uri``, ...). ``instance_seed`` draws
+    the task instance every worker trains (default: ``seed``; :func:`chuck.tuning.zoo_instance`).
     """
     from chuck.tuning import tune, zoo_train_fn
 
     if n_workers < 1:
         raise ValueError(f"n_workers must be >= 1, got {n_workers}")
-    train_fn, model = zoo_train_fn(task_id, seed=seed, steps=steps, optimizer=kwargs.get("optimizer", "AdamW"))
+    instance_seed = seed if instance_seed is None else instance_seed
+    train_fn, model = zoo_train_fn(task_id, seed=instance_seed, steps=steps, optimizer=kwargs.get("optimizer", "AdamW"))
     # prepare: zero trials run here, everything the workers would otherwise race for is done once
     tune(train_fn, model=model, warm_start=warm_start, history=False, seed=seed, prepare_only=True, **kwargs)
     ctx = multiprocessing.get_context("spawn")
@@ -220,7 +223,7 @@ def tune_zoo_in_workers(
             target=_zoo_worker,
             name=f"chuck-tune-worker-{i}",
             # every worker the same task instance, its own sampler seed (else they propose alike)
-            args=({**kwargs, "task_id": task_id, "steps": steps, "instance_seed": seed, "seed": seed + 1 + i},),
+            args=({**kwargs, "task_id": task_id, "steps": steps, "instance_seed": instance_seed, "seed": seed + 1 + i},),
         )
         for i in range(n_workers)
     ]

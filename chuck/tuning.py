@@ -7,8 +7,10 @@ for Adam-family optimizers, epsilon within the range the gradient-magnitude
 histogram suggests (Silva & Rodriguez 2024; see
 ``chuck.monitors.GradientMonitor.suggested_eps_range``).
 
-* Warm start: when a model is given, the history's nearest runs are enqueued
-  (``study.enqueue_trial``) before TPE samples anything.
+* Warm start: when a model is given, the history's suggestion and its best-weighted
+  runs (the nearest runs that ended well; diverged and collapsed ones are left out,
+  see :mod:`chuck.history.warm_start`) are enqueued (``study.enqueue_trial``) before
+  TPE samples anything; ``TuneResult.warm_start_basis`` says what they rest on.
 * Storage: an Optuna RDB URL (default ``sqlite:///$CHUCK_HOME/optuna.db``; a
   PostgreSQL URL works the same way). Calling ``tune`` again with the same study
   name resumes: it runs only the trials still missing to reach ``n_trials``.
@@ -47,6 +49,8 @@ class TuneResult:
     trials: int
     enqueued: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: str | None = None
+    warm_start_basis: str = ""
+    """What the warm start rested on, in words (:attr:`chuck.history.Suggestion.basis`); empty without one."""
 
 
 class TrialHandle:
@@ -134,8 +138,12 @@ def tune(
         optuna, study_name, storage, seed=seed, n_startup_trials=n_startup_trials, heartbeat_interval=heartbeat_interval
     )
     enqueued: list[dict[str, float]] = []
+    basis = ""
     if warm_start and model is not None and not study.trials:
-        enqueued = _warm_start_params(model, optimizer, warm_start_k, lr_range, weight_decay_range, clip_range, eps_range)
+        enqueued, suggestion = _warm_start_params(
+            model, optimizer, warm_start_k, lr_range, weight_decay_range, clip_range, eps_range
+        )
+        basis = suggestion.basis
         for params in enqueued:  # skip_if_exists: workers starting together queue each suggestion once
             study.enqueue_trial(params, user_attrs={"chuck.warm_start": True}, skip_if_exists=True)
 
@@ -192,7 +200,7 @@ def tune(
             mlflow.end_run()
     assert best.value is not None  # a finished trial (study.best_trial only returns completed ones)
     result = TuneResult(
-        dict(best.params), float(best.value), study_name, storage, counts(optuna, study)["finished"], enqueued, parent_id
+        dict(best.params), float(best.value), study_name, storage, counts(optuna, study)["finished"], enqueued, parent_id, basis
     )
     if history and model is not None:
         _write_history(result, model, optimizer)
@@ -203,25 +211,38 @@ def _clip(v: float, lo: float, hi: float) -> float:
     return min(max(v, lo), hi)
 
 
-def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_range) -> list[dict[str, float]]:
-    from chuck.history import fingerprint, learned_value, nearest_runs
+def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_range) -> tuple[list[dict[str, float]], Any]:
+    """Trials to enqueue before TPE samples anything, and the suggestion they come from.
 
-    out = []
-    for _, row in nearest_runs(fingerprint(model, None) | {"optimizer": optimizer}, k=k):
-        lr = learned_value(row, "lr", "lr_mult")
-        if not lr:
-            continue
-        clip = row.get("final_clip")
+    First the history's suggestion (the nearest runs that ended well, weighted by how they
+    ended: :func:`chuck.history.suggest_hyperparameters`), then the best-weighted of those
+    runs on their own, ``k`` trials in all. Diverged and collapsed runs never seed a trial:
+    the three warm-start trials of issue 15, seeded by a run that collapsed, all scored at
+    chance level.
+    """
+    from chuck.history import fingerprint, rank_runs, suggest_from_fingerprint
+
+    fp = fingerprint(model, None) | {"optimizer": optimizer}
+    suggestion = suggest_from_fingerprint(fp)
+    if suggestion.lr is None:
+        return [], suggestion
+    used, _ = rank_runs(fp)
+    candidates = [(suggestion.lr, suggestion.weight_decay, suggestion.clip)]
+    candidates += [(r.lr, r.weight_decay, r.clip) for r in sorted(used, key=lambda r: -r.weight) if r.lr]
+    out: list[dict[str, float]] = []
+    for lr, wd, clip in candidates:
         params = {
             "lr": _clip(lr, *lr_range),
-            "weight_decay": _clip(learned_value(row, "weight_decay", "wd_mult") or wd_range[0], *wd_range),
+            "weight_decay": _clip(wd or wd_range[0], *wd_range),
             "clip": _clip(clip if clip and math.isfinite(clip) else clip_range[1], *clip_range),
         }
         if eps_range is not None:
             params["eps"] = math.sqrt(eps_range[0] * eps_range[1])
-        if params not in out:
+        if not any(all(math.isclose(params[key], o[key], rel_tol=1e-6) for key in params) for o in out):
             out.append(params)
-    return out
+        if len(out) == k:
+            break
+    return out, suggestion
 
 
 def _write_history(result: TuneResult, model: Any, optimizer: str) -> None:
@@ -256,25 +277,76 @@ def _write_history(result: TuneResult, model: Any, optimizer: str) -> None:
         warnings.warn(f"chuck.tune: could not write the history record: {exc}", RuntimeWarning, stacklevel=3)
 
 
+#: Instance settings that ``chuck tune`` does not report as the instance: the trials set them.
+TUNED_SETTINGS = ("lr", "lr_regime", "weight_decay", "optimizer")
+
+
+@dataclass
+class ZooInstance:
+    """The one instance of a zoo task that ``chuck tune --task`` tunes, and how it was drawn.
+
+    A zoo task is a family: :meth:`chuck.zoo.Task.sample_config` draws width, depth,
+    activation, normalization, batch size, data fraction, ... from its seed. Tuning one
+    of them without saying which left the result unexplained (issue 15), hence
+    :meth:`describe` and ``--instance-seed``.
+    """
+
+    task: Any
+    config: Any
+    instance_seed: int
+    steps: int
+
+    def settings(self) -> dict[str, Any]:
+        """The instance's sampled settings, without the ones the trials set (:data:`TUNED_SETTINGS`)."""
+        out = {k: v for k, v in self.config.as_dict().items() if k not in TUNED_SETTINGS}
+        extra = out.pop("extra", None) or {}
+        return {**out, **extra}
+
+    def describe(self) -> str:
+        def fmt(v: Any) -> str:
+            return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+        listed = ", ".join(f"{k}={fmt(v)}" for k, v in self.settings().items())
+        return (
+            f"{self.task.id} instance (--instance-seed {self.instance_seed}): {listed}; "
+            f"{self.steps} steps per trial with {self.config.optimizer}"
+        )
+
+
+def zoo_instance(task_id: str, instance_seed: int = 0, steps: int | None = None, optimizer: str = "AdamW") -> ZooInstance:
+    """The instance of zoo task ``task_id`` that ``instance_seed`` draws (the same one every time)."""
+    import numpy as np
+
+    from chuck import zoo
+
+    task = zoo.get_task(task_id)
+    cfg = task.sample_config(np.random.default_rng(instance_seed))
+    cfg.optimizer = optimizer
+    return ZooInstance(task, cfg, instance_seed, steps or task.budget)
+
+
 def zoo_train_fn(
-    task_id: str, seed: int = 0, steps: int | None = None, interval: int = 20, optimizer: str = "AdamW", policy: str = "constant"
+    task_id: str,
+    seed: int = 0,
+    steps: int | None = None,
+    interval: int = 20,
+    optimizer: str = "AdamW",
+    policy: str = "constant",
+    instance_seed: int | None = None,
 ) -> tuple[Callable[[dict[str, float], TrialHandle], float], Any]:
     """A ``train_fn`` that trains one fixed instance of a zoo task (and that instance's model, for warm starts).
 
-    The same instance (data subset, init, batch order) is rebuilt for every trial, so trials
-    differ only by their hyperparameters.
+    The instance is the one :func:`zoo_instance` draws from ``instance_seed`` (default:
+    ``seed``); the same instance (data subset, init, batch order) is rebuilt for every trial,
+    so trials differ only by their hyperparameters.
     """
-    import numpy as np
     import torch
 
     import chuck
-    from chuck import zoo
     from chuck.zoo.loop import evaluate, train
 
-    task = zoo.get_task(task_id)
-    cfg = task.sample_config(np.random.default_rng(seed))
-    cfg.optimizer = optimizer
-    budget = steps or task.budget
+    inst0 = zoo_instance(task_id, seed if instance_seed is None else instance_seed, steps, optimizer)
+    task, cfg, budget = inst0.task, inst0.config, inst0.steps
     torch.manual_seed(cfg.seed)
     probe_model = task.build(cfg).model
 

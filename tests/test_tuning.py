@@ -80,3 +80,55 @@ def test_eps_range_only_for_adam_family(tiny) -> None:
         tune(train_fn, n_trials=1, optimizer="SGD", eps_range=(1e-8, 1e-4), tracking=False)
     with pytest.raises(ValueError, match="lr_range"):
         tune(train_fn, n_trials=1, lr_range=(1.0, 0.1), tracking=False)
+
+
+def test_warm_start_leaves_out_runs_that_collapsed_and_says_what_it_rests_on(tiny, tmp_path) -> None:
+    """Issue 15: three history-seeded trials all at chance level, seeded by a run that collapsed."""
+    import time
+    import uuid
+
+    from chuck.history import RunRecord, fingerprint, write_record
+
+    train_fn, model = tiny
+
+    def run(lr: float, best: float, final: float) -> None:
+        write_record(
+            RunRecord(
+                run_id=uuid.uuid4().hex,
+                created=time.time(),
+                policy_id="heuristic@1",
+                fingerprint=fingerprint(model, None) | {"optimizer": "AdamW"},
+                initial={"lr": 1e-3, "weight_decay": 0.01, "clip": math.inf},
+                final={"lr": lr, "weight_decay": 0.01, "clip": math.inf, "lr_mult": lr / 1e-3, "wd_mult": 1.0},
+                outcome={"initial_train_loss": 1.1, "best_val_loss": best, "final_val_loss": final, "steps": 250},
+            )
+        )
+
+    run(1e-2, 0.56, 0.58)
+    run(0.83, 0.62, 1.44)  # collapsed
+    res = tune(train_fn, n_trials=1, model=model, storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="w", tracking=False)
+    assert res.enqueued and [p["lr"] for p in res.enqueued] == [pytest.approx(1e-2)]
+    assert "from 1 past run(s)" in res.warm_start_basis and "left out 1 collapsed" in res.warm_start_basis
+
+
+def test_tune_cli_prints_the_instance_it_tunes_and_takes_an_instance_seed(tmp_path, capsys) -> None:
+    """A zoo task is a family: the instance tuned (width, depth, ...) is printed, and --instance-seed picks it."""
+    from chuck.cli import main
+    from chuck.tuning import zoo_instance
+
+    chosen = zoo_instance("tabular.wine_mlp", instance_seed=3, steps=20)
+    assert chosen.settings() != zoo_instance("tabular.wine_mlp", instance_seed=0).settings()
+    argv = ["tune", "--task", "tabular.wine_mlp", "--trials", "1", "--steps", "20", "--instance-seed", "3"]
+    assert main([*argv, "--storage", f"sqlite:///{tmp_path / 'o.db'}", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"tuning {chosen.describe()}"
+    for key in ("width", "depth", "activation", "norm", "batch_size", "data_fraction"):
+        assert f"{key}=" in first
+    assert "--instance-seed 3" in first and "20 steps per trial with AdamW" in first
+    # the instance trained is that one: its model is the one the history record describes
+    import torch
+
+    hist = read_history()
+    torch.manual_seed(chosen.config.seed)
+    params = sum(p.numel() for p in chosen.task.build(chosen.config).model.parameters())
+    assert hist.row(0, named=True)["fp_param_count"] == params

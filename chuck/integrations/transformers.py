@@ -6,6 +6,14 @@ A ``TrainerCallback`` receives the optimizer but cannot replace it, so this is a
 lr scheduler is created on top of it and keeps working (chuck multiplies its lr).
 ``training_step`` hands each micro-batch loss to chuck (``record_loss``), and an
 internal callback reports ``eval_loss`` after every evaluation.
+
+The effective lr: the Trainer logs ``learning_rate`` from its scheduler (the lr of
+the step just taken), which writes ``group["lr"]``; chuck multiplies that value only
+inside its step, so the Trainer's own number is the lr *before* chuck.
+``ChuckTrainer.log`` replaces it with the lr that step really used (times the
+multiplier it ran under, ``ActionSpec.step_lr_mult``) and keeps the scheduler's value
+as ``learning_rate_scheduled`` and the multiplier as ``chuck_lr_multiplier``: every
+``report_to`` integration and ``trainer.state.log_history`` see the same three.
 """
 
 from __future__ import annotations
@@ -62,6 +70,20 @@ class ChuckTrainer(Trainer):
             )
             self.optimizer = self.chuck_optimizer
         return self.optimizer
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """The Trainer's log, with ``learning_rate`` the lr in use (see the module docstring)."""
+        opt = self.chuck_optimizer
+        scheduled = logs.get("learning_rate")
+        if opt is not None and isinstance(scheduled, (int, float)):
+            mult = opt.action_spec.step_lr_mult
+            logs = {
+                **logs,
+                "learning_rate": scheduled * mult,
+                "learning_rate_scheduled": scheduled,
+                "chuck_lr_multiplier": mult,
+            }
+        super().log(logs, *args, **kwargs)
 
     def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any):
         loss = super().training_step(model, inputs, *args, **kwargs)

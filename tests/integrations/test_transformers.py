@@ -69,3 +69,57 @@ def test_chuck_trainer(tmp_path) -> None:
     assert opt.loss_monitor.history == 40, "every optimizer step should have received the (accumulated) loss"
     assert opt.stats()["loss.has_val"] == 1.0
     assert opt._closed
+
+
+class _LrInUse(transformers.TrainerCallback):
+    """Records the lr the base optimizer really stepped with (a step pre-hook on it sees chuck's
+    multiplied value) and, at every log, the last one: the truth the logged value must match."""
+
+    def __init__(self) -> None:
+        self.trainer: ChuckTrainer | None = None
+        self.last_lr: float | None = None
+        self.at_log: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        def record(base, *_):
+            self.last_lr = base.param_groups[0]["lr"]
+
+        self.trainer.chuck_optimizer.optimizer.register_step_pre_hook(record)  # the AdamW chuck wraps
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if logs and "learning_rate" in logs:
+            self.at_log.append(self.last_lr)
+
+
+def test_trainer_logs_the_effective_learning_rate(tmp_path) -> None:
+    """The Trainer's logged learning_rate is the lr the optimizer used (scheduler x chuck), not the scheduler's alone."""
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=16,
+        learning_rate=1e-5,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        lr_scheduler_type="linear",
+    )
+    probe = _LrInUse()
+    trainer = ChuckTrainer(
+        model=TinyClassifier(),
+        args=args,
+        train_dataset=DS(512, 0),
+        chuck_policy="heuristic",
+        chuck_kwargs={"interval": 5, "history": False},
+        callbacks=[probe],
+    )
+    probe.trainer = trainer
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "learning_rate" in h]
+    assert len(logged) == 40 // 5
+    assert [h["learning_rate"] for h in logged] == pytest.approx(probe.at_log, rel=1e-9)
+    for h in logged:
+        assert h["learning_rate"] == pytest.approx(h["learning_rate_scheduled"] * h["chuck_lr_multiplier"], rel=1e-9)
+    assert max(h["chuck_lr_multiplier"] for h in logged) > 2.0, "from lr=1e-5 the heuristic raises the lr"

@@ -1,0 +1,79 @@
+"""The effective lr on every param group: ``group["chuck_effective_lr"]`` (issue 15).
+
+``group["lr"]`` keeps the user's (or their scheduler's) value under the multiplier design; the
+value the optimizer really uses must still be readable where people look, on the groups.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import chuck
+from chuck.actions import EFFECTIVE_LR_KEY, ActionSpec
+from tests.conftest import batch, make_net
+
+UP = math.exp(ActionSpec().steps[0])  # the lr factor of one full step up
+
+
+def _two_group_opt():
+    model = make_net()
+    base = torch.optim.SGD(
+        [{"params": model.hidden.parameters(), "lr": 0.1}, {"params": model.out.parameters(), "lr": 0.01}], lr=0.05
+    )
+    return model, chuck.ChuckOptimizer(base, "constant", model=model, history=False)
+
+
+def _step(model, opt, step: int, scale: float = 1.0) -> None:
+    x, y = batch(step)
+    loss = F.cross_entropy(model(x), y) * scale
+    loss.backward()
+    opt.step(loss=loss)
+    opt.zero_grad()
+
+
+def test_every_group_carries_its_effective_lr() -> None:
+    model, opt = _two_group_opt()
+    assert chuck.EFFECTIVE_LR_KEY == EFFECTIVE_LR_KEY == "chuck_effective_lr"
+    assert [g[EFFECTIVE_LR_KEY] for g in opt.param_groups] == [0.1, 0.01], "published from the start"
+    opt.apply_action([1.0, 0.0, 0.0, 0.0])  # a decision
+    assert [g[EFFECTIVE_LR_KEY] for g in opt.param_groups] == pytest.approx([0.1 * UP, 0.01 * UP])
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01], "the user's values stay in group['lr']"
+    _step(model, opt, 0)
+    assert [g[EFFECTIVE_LR_KEY] for g in opt.param_groups] == pytest.approx([0.1 * UP, 0.01 * UP])
+    assert opt.effective_lrs() == pytest.approx([0.1 * UP, 0.01 * UP])
+
+
+def test_the_key_is_what_the_base_step_uses_and_follows_a_scheduler() -> None:
+    model, opt = _two_group_opt()
+    used: list[float] = []
+    opt.optimizer.register_step_pre_hook(lambda base, *_: used.append(base.param_groups[0]["lr"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    opt.apply_action([1.0, 0.0, 0.0, 0.0])
+    for step in range(4):
+        published = opt.param_groups[0][EFFECTIVE_LR_KEY]
+        fresh = opt.effective_lrs()[0]
+        _step(model, opt, step)
+        assert used[-1] == pytest.approx(fresh), "effective_lrs() reads the lr the coming step uses"
+        assert opt.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(used[-1]), "refreshed at the step"
+        if step:  # the scheduler stepped after the previous step: the key followed at this one
+            assert published == pytest.approx(used[-2])
+        sched.step()
+    assert opt.effective_lrs()[0] == pytest.approx(0.1 * 0.5**4 * UP)
+
+
+def test_guardrail_backoff_and_checkpoints_update_the_key() -> None:
+    model, opt = _two_group_opt()
+    _step(model, opt, 0)
+    _step(model, opt, 1, scale=math.nan)  # skipped: the guardrails back the lr off
+    assert opt.action_spec.lr_mult < 1.0
+    assert opt.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(0.1 * opt.action_spec.lr_mult)
+    state = opt.state_dict()
+    model2, opt2 = _two_group_opt()
+    opt2.load_state_dict(state)
+    assert [g[EFFECTIVE_LR_KEY] for g in opt2.param_groups] == pytest.approx(
+        [0.1 * opt.action_spec.lr_mult, 0.01 * opt.action_spec.lr_mult]
+    )
