@@ -142,8 +142,8 @@ class MetaTrainConfig:
     """MLflow experiment name."""
     progress: bool = True
     """Show a progress bar."""
-    prior: str | None = "prior@1"
-    """Built-in controller the policy is a residual on ("prior@1", see chuck.policies.prior), or none."""
+    prior: str | None = "prior@3"
+    """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none."""
     ppo: dict[str, Any] = field(
         default_factory=lambda: {
             "n_steps": 256,

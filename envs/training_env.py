@@ -81,7 +81,7 @@ class TrainingControlEnv(gym.Env):
     * ``task_weights``: ``{task_id: weight}``, how often ``reset`` samples each task relative to
       the others (unlisted tasks weigh 1): an in-house task beside the N train families is otherwise
       sampled in 1 episode of N + 1. Weights must be positive and finite and name tasks of ``tasks``.
-    * ``prior``: ``None``, or a built-in controller (``"prior@1"``, see chuck.policies.prior)
+    * ``prior``: ``None``, or a built-in controller (``"prior@N"``, see chuck.policies.prior)
       whose action the agent's action is added to: the agent learns a residual, and the
       exported policy carries the same prior (its card's ``prior`` field).
 
@@ -170,6 +170,8 @@ class TrainingControlEnv(gym.Env):
     # -- gym API ----------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if self.prior is not None:
+            self.prior.reset()  # a new run: the prior's cooldown state starts over
         if self.task_probs is None:
             idx = int(self.np_random.integers(len(self.tasks)))
         else:
@@ -298,10 +300,9 @@ def task_probabilities(tasks: Sequence[Task], weights: Mapping[str, float] | Non
 
 
 def _load_prior(spec: str | None) -> Any:
+    """The prior a residual policy trains on; the same constructor that a residual card's prior uses."""
     if spec is None:
         return None
-    if spec != "prior@1":
-        raise ValueError(f"unknown prior {spec!r}: the env knows 'prior@1'")
-    from chuck.policies.prior import StepSizePrior
+    from chuck.policies.learned import make_prior
 
-    return StepSizePrior()
+    return make_prior(spec, ObservationSpec().version)

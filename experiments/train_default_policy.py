@@ -4,11 +4,11 @@
     python experiments/train_default_policy.py --timesteps 40000  # stop earlier (resume later with a larger number)
     python experiments/train_default_policy.py --install-only   # install the chosen snapshot (see --snapshot)
 
-PPO learns a residual on the built-in hypergradient prior (chuck.policies.prior) over the
+PPO learns a residual on the built-in prior (chuck.policies.prior, version 3) over the
 zoo's "train" families, with a periodic evaluation on the "validation" families; every
-evaluated policy is kept under experiments/runs/default-v2/snapshots/ so that checkpoint
+evaluated policy is kept under experiments/runs/default-v3/snapshots/ so that checkpoint
 selection can compare them with `chuck evaluate --tasks validation` on many instances. The
-"test" families are used only to report. Checkpoints (experiments/runs/default-v2/checkpoint)
+"test" families are used only to report. Checkpoints (experiments/runs/default-v3/checkpoint)
 are committed with the repository: rerun the command, in this session or a later one, and
 training resumes where it stopped.
 
@@ -26,7 +26,7 @@ from chuck.metatrain import MetaTrainConfig, train_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "policies" / "artifacts" / "default"
-OUTPUT = ROOT / "experiments" / "runs" / "default-v2"
+OUTPUT = ROOT / "experiments" / "runs" / "default-v3"  # default-v2: the first 5,120 decisions, on prior@1
 
 CONFIG = MetaTrainConfig(
     tasks="train",
@@ -35,7 +35,7 @@ CONFIG = MetaTrainConfig(
     seed=0,
     n_envs=2,
     interval=20,
-    prior="prior@1",
+    prior="prior@3",
     output=str(OUTPUT),
     name="chuck-default",
     alias="champion",

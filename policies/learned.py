@@ -79,7 +79,7 @@ class LearnedPolicy(Policy):
         self.obs_low = np.asarray(stats["low"], dtype=np.float32) if "low" in stats else None
         self.obs_high = np.asarray(stats["high"], dtype=np.float32) if "high" in stats else None
         # a residual policy: the actor learned corrections to a built-in controller's action
-        self.prior = _make_prior(card.get("prior"), self.observation_version)
+        self.prior = make_prior(card.get("prior"), self.observation_version)
 
     def reset(self) -> None:
         if self.prior is not None:
@@ -131,7 +131,8 @@ class LearnedPolicy(Policy):
         return [n for n, b in zip(self._spec.names, bad) if b]
 
 
-def _make_prior(spec: str | None, observation_version: str) -> Policy | None:
+def make_prior(spec: str | None, observation_version: str) -> Policy | None:
+    """The built-in controller named ``spec`` ("prior@N"), or None; ValueError for an unknown one."""
     if spec is None:
         return None
     from chuck.policies.prior import VERSIONS, StepSizePrior

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -41,13 +40,11 @@ def test_help_does_not_import_torch(argv) -> None:
     assert not _loads_torch(code), f"chuck {' '.join(argv)} --help imported torch"
 
 
-def test_chuck_help_is_fast() -> None:
-    """The console script itself, as a user runs it (a generous bound: it takes ~0.1 s, torch alone ~2 s)."""
-    start = time.perf_counter()
+def test_chuck_help_lists_every_command() -> None:
+    """The console script itself, as a user runs it. Its speed (~0.05 s, against ~2 s for importing
+    torch) follows from test_help_does_not_import_torch; no wall-clock bound here, which load flips."""
     out = subprocess.run([sys.executable, "-m", "chuck.cli", "--help"], capture_output=True, text=True, timeout=120)
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0 and all(name in out.stdout for name in COMMANDS)
-    assert elapsed < 1.5, f"chuck --help took {elapsed:.2f} s"
 
 
 def test_every_option_says_what_it_does_and_its_default() -> None:
