@@ -8,7 +8,8 @@ change for users. The card records that, and what validation compared.
 
     python experiments/install_prior_default.py --snapshot experiments/runs/default-v2/snapshots/00005000 \\
         --selection docs/results/validation/prior_cooldown/summary.json \\
-        --test-summary docs/results/test/summary.json --prior prior@3
+        --test-summary docs/results/test_v3/summary.json \\
+        --test-summary docs/results/test_v3/summary_no_observe.json --prior prior@3
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapshot", required=True, help="a PPO snapshot (its network shape and normalization are kept)")
     ap.add_argument("--selection", required=True, help="chuck evaluate summary.json of the validation comparison")
-    ap.add_argument("--test-summary", help="chuck evaluate summary.json on the test split, reported in the card")
+    ap.add_argument(
+        "--test-summary", action="append", default=[], help="chuck evaluate summary.json on the test split (repeatable)"
+    )
     ap.add_argument("--prior", default=f"prior@{LATEST}", choices=KNOWN_PRIORS, help="the built-in prior (default: %(default)s)")
     ap.add_argument("--note", default="", help="why the residual is zero (goes into the card)")
     args = ap.parse_args()
@@ -51,8 +54,8 @@ def main() -> None:
     }
     card["splits"] = {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
     card["evaluation"] = {"validation": _headlines(args.selection)}
-    if args.test_summary:
-        card["evaluation"]["test"] = _headlines(args.test_summary)
+    for path in args.test_summary:  # e.g. with and without observe(val_loss=...)
+        card["evaluation"].setdefault("test", {}).update(_headlines(path))
     # No observation range: the zero residual reads nothing, so an out-of-distribution fallback to
     # the heuristic would only replace the prior's well-defined behaviour by another rule.
     save_artifact(actor, TARGET, card)

@@ -12,7 +12,7 @@ import chuck
 from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.observation import ObservationSpec
 
-POLICIES = ["constant", "heuristic", "prior", "prior@1", "prior@2", "prior@3", "default"]
+POLICIES = ["constant", "heuristic", "prior", "prior@1", "prior@2", "prior@3", "prior@4", "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)
