@@ -275,9 +275,13 @@ class TrainingControlEnv(gym.Env):
         }
 
     def close(self) -> None:
-        inst = self.instance
-        for env in getattr(inst, "envs", []) or []:
-            env.close()
+        """Release the instance's simulators (RL tasks hold Gymnasium envs; a batch of them closes itself)."""
+        envs = getattr(self.instance, "envs", None)
+        if hasattr(envs, "close"):
+            envs.close()
+        else:
+            for env in envs or []:
+                env.close()
         self.instance = self.opt = None
 
 

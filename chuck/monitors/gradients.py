@@ -83,7 +83,8 @@ class GradientMonitor(Monitor):
         self._decision: dict[str, float] = {}
         self._hist = np.zeros(HIST_HIGH - HIST_LOW, dtype=np.float64)
         # the histogram read for people (not part of stats(): the observation keeps its definition)
-        self._hist_info: dict[str, float] = {}
+        self._hist_info_cache: dict[str, float] | None = {}
+        self._hist_sample: tuple[torch.Tensor, float | None] | None = None
         # For optimizers without Adam moments: EMA of g and g^2 across decision steps.
         self._m: list[torch.Tensor] | None = None
         self._v: list[torch.Tensor] | None = None
@@ -178,7 +179,9 @@ class GradientMonitor(Monitor):
             out[f"grad.log10_abs_{key}"] = HIST_LOW + (int(np.searchsorted(cdf, q)) + 0.5) / 10.0
         eps = _optimizer_eps(optimizer)
         out["grad.eps_sgd_fraction"] = float((logs < math.log10(eps)).float().mean()) if eps else float("nan")
-        self._hist_info = _meaningful_range(flat, eps)
+        # what the health report needs from the same sample, computed only when it asks (a second
+        # log10 and histogram over the sample cost as much as the observation's own, every decision)
+        self._hist_sample, self._hist_info_cache = (flat, eps), None
 
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """The last gradient-magnitude histogram: (decade edges of log10|g|, mass per decade)."""
@@ -306,6 +309,12 @@ class GradientMonitor(Monitor):
             why = f"no step clipped; {pct}, a threshold that would cut bursts only"
         return Indicator("grad.clip_suggestion", clip, "ok", why, "", src)
 
+    @property
+    def _hist_info(self) -> dict[str, float]:
+        if self._hist_info_cache is None:
+            self._hist_info_cache = _meaningful_range(*self._hist_sample) if self._hist_sample is not None else {}
+        return self._hist_info_cache
+
     def _histogram_indicator(self) -> Indicator:
         info = self._hist_info
         src = "Silva & Rodriguez 2024: epsilon separates sign-like from SGD-like updates"
@@ -360,7 +369,7 @@ class GradientMonitor(Monitor):
         self._early = list(state["early"])
         self._decision = dict(state["decision"])
         self._hist = np.asarray(state["hist"], dtype=np.float64)
-        self._hist_info = dict(state.get("hist_info") or {})
+        self._hist_info_cache, self._hist_sample = dict(state.get("hist_info") or {}), None
         self._m = None if state["m"] is None else [t.clone() for t in state["m"]]
         self._v = None if state["v"] is None else [t.clone() for t in state["v"]]
 

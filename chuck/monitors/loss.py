@@ -120,7 +120,8 @@ class LossMonitor(Monitor):
 
     def initial_loss(self) -> float:
         """The mean of the first training losses (the run's starting level), ``nan`` before any."""
-        return float(np.mean(self._initial)) if self._initial else float("nan")
+        # math.fsum over at most five floats: the guardrail asks every step, np.mean cost ~30 us here
+        return math.fsum(self._initial) / len(self._initial) if self._initial else float("nan")
 
     def median_loss(self) -> float:
         """Median of the recent training losses (the spike guardrail's reference).
@@ -172,7 +173,7 @@ class LossMonitor(Monitor):
             out["loss.spike"] = float(y[-1]) - median(self._log_losses)
             out["loss.plateau"] = self._since_improve / self.window
         if self._initial and not math.isnan(self._ema):
-            out["loss.log_ratio_initial"] = math.log(max(self._ema, 1e-30) / max(float(np.mean(self._initial)), 1e-30))
+            out["loss.log_ratio_initial"] = math.log(max(self._ema, 1e-30) / max(self.initial_loss(), 1e-30))
         out["loss.has_val"] = 1.0 if self._val else 0.0
         if self._val:
             _, last_val, train_ema = self._val[-1]

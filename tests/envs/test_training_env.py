@@ -175,3 +175,12 @@ def test_task_weights_sample_a_task_more_often_and_are_checked() -> None:
     for bad in (0.0, -1.0, math.inf, math.nan, True, "2"):
         with pytest.raises(ValueError, match="positive finite number"):
             TrainingControlEnv(tasks=tasks, task_weights={"tabular.friedman_regression": bad}, **SMALL)  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("task_id", [t for t in zoo.list_tasks("all") if zoo.get_task(t).domain == "rl"])
+def test_close_releases_an_rl_instance(task_id: str) -> None:
+    """Regression: an RL instance holds its simulators in a batch object, and close() iterated it."""
+    env = TrainingControlEnv(tasks=task_id, budget_scale=0.05)
+    env.reset(seed=0)
+    env.close()
+    assert env.instance is None and env.opt is None

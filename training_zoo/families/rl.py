@@ -58,6 +58,10 @@ class EnvBatch:
     def __len__(self) -> int:
         return len(self.envs)
 
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Step every copy; returns (rewards, terminated, episode-ended). ``obs`` then holds the next
         observations (the reset ones where an episode ended)."""
