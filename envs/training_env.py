@@ -276,7 +276,7 @@ class TrainingControlEnv(gym.Env):
 
     def close(self) -> None:
         """Release the instance's simulators (RL tasks hold Gymnasium envs; a batch of them closes itself)."""
-        envs = getattr(self.instance, "envs", None)
+        envs: Any = getattr(self.instance, "envs", None)
         if hasattr(envs, "close"):
             envs.close()
         else:
