@@ -181,3 +181,20 @@ def test_an_epsilon_above_most_gradients_is_worth_acting_on() -> None:
     ind = _grad_monitor(_sparse_gradient(), eps=1e-2)["grad.magnitude_histogram"]
     assert ind.status == "warn"
     assert "lower eps below" in ind.recommendation
+
+
+def test_a_slow_new_validation_best_is_no_alarm() -> None:
+    """Late in a run whose lr was annealed (the demo's end): the training loss is flat within its
+    noise and the validation trend is flat, but the last evaluation set a new best by 1%: the run is
+    still improving, nothing is to be done now."""
+    rng = np.random.default_rng(0)
+    mon = LossMonitor(window=100)
+    _losses(mon, [2.3] * 5)
+    vals = [0.30, 0.20, 0.140, 0.139, 0.150, 0.160, 0.1375]  # a bump, then a new best: the trend is not falling
+    for s in range(5, 355):
+        mon.on_step(StepRecord(s, 0.03 * math.exp(0.8 * rng.standard_normal()), 1.0, False))
+        if s % 50 == 49:
+            mon.on_validation(s, vals[s // 50])
+    ind = _by_name(mon.indicators())
+    for name in ("loss.oscillation", "loss.plateau"):
+        assert ind[name].status == "ok", (name, ind[name])

@@ -199,9 +199,17 @@ class LossMonitor(Monitor):
         ]
 
     def _val_falling(self, s: dict[str, float]) -> bool:
-        """The validation loss still improves: falling over the last evaluations and near its best."""
-        trend = s["loss.val_trend"]
-        return not math.isnan(trend) and trend < VAL_IMPROVING and s["loss.overfit_gl"] < OVERFIT_GL_WARN
+        """The validation loss still improves: falling over the last evaluations and near its best, or
+        the latest evaluation is the best so far (a slow late improvement has a flat trend but is no
+        reason to act on the training loss's noise)."""
+        trend, gl = s["loss.val_trend"], s["loss.overfit_gl"]
+        if math.isnan(trend):
+            return False
+        if trend < VAL_IMPROVING and gl < OVERFIT_GL_WARN:
+            return True
+        # a new best by a real margin (the plateau test's 1%), not by the jitter of a flat curve
+        vals = [v for _, v, _ in self._val]
+        return len(vals) > 1 and vals[-1] <= min(vals[:-1]) * (1.0 - PLATEAU_REL_IMPROVEMENT)
 
     def _convergence(self, s: dict[str, float], n: int, val_falling: bool) -> Indicator:
         slope, noise = s["loss.log_slope"], s["loss.noise"]
