@@ -1,8 +1,12 @@
 """Recipe of the shipped default policy (chuck/policies/artifacts/default).
 
-    python experiments/train_default_policy.py                  # trains (resumable), then installs the artifact
+    python experiments/train_default_policy.py                  # trains (resumable); installs nothing
     python experiments/train_default_policy.py --timesteps 40000  # stop earlier (resume later with a larger number)
-    python experiments/train_default_policy.py --install-only   # install the chosen snapshot (see --snapshot)
+    python experiments/train_default_policy.py --install-only --snapshot DIR  # install a snapshot that won
+
+Training never replaces the shipped default by itself: a snapshot replaces it only after it
+beats the current default on the validation split (`chuck evaluate --policies
+default,DIR --tasks validation --seeds 0,1,2`), and is installed with --install-only.
 
 PPO learns a residual on the built-in prior (chuck.policies.prior, version 3) over the
 zoo's "train" families, with a periodic evaluation on the "validation" families; every
@@ -56,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--install-only", action="store_true")
     ap.add_argument("--timesteps", type=int, default=CONFIG.timesteps)
-    ap.add_argument("--snapshot", help="install this snapshot directory instead of the final artifact")
+    ap.add_argument("--snapshot", help="with --install-only: the snapshot directory to install (default: the final artifact)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     if not args.install_only:
@@ -64,6 +68,8 @@ def main() -> None:
         CONFIG.progress = not args.no_progress
         result = train_policy(CONFIG)
         print(f"validation evaluations: {result.evaluations}")
+        print(f"snapshots in {OUTPUT / 'snapshots'}: compare them with the default on validation before installing one")
+        return
     install(Path(args.snapshot) if args.snapshot else OUTPUT / "artifact")
 
 
