@@ -85,7 +85,7 @@ TIGHT_LOWER_AT = -0.01
 #: Versions of the prior, each adding one lever (the ablation in docs/results.md):
 #: 1 the hypergradient rule, 2 + the cooldown, 3 + the validation guard, 4 + a tighter lower edge.
 #: Version 4 was rejected on validation (geo regret 3.17 against 2.90; from lr 0.1, 5.2 against
-#: 4.0): cutting on a mild overshoot also cut runs that were merely noisy. It stays loadable
+#: 4.0; per-decision cosines are much noisier than the run averages its threshold came from). It stays loadable
 #: (``prior@4``) so that the ablation can be rerun; ``LATEST`` is the version the default ships.
 VERSIONS: dict[str, dict[str, Any]] = {
     "1": {"cooldown": None, "val_guard": False},
@@ -100,8 +100,8 @@ _LOG_STEP = float(ACTION_VERSIONS["2"]["lr_log_step"])
 
 
 class StepSizePrior(Policy):
-    """The hypergradient step-size rule described in the module docstring (and, from version 2,
-    its cooldown)."""
+    """The hypergradient step-size rule described in the module docstring; from version 2 with its
+    cooldown, from version 3 with the validation guard (see ``VERSIONS``)."""
 
     name = "prior"
 
