@@ -53,6 +53,24 @@ def make_net(seed: int = 0, **kw) -> FrozenNet:
     return FrozenNet(**kw)
 
 
+def logged_heuristic_run(logger):
+    """The run the MLflow tests log: the frozen net from lr 1e-5 under the heuristic, clipping at
+    0.5, a decision every 5 steps (lr raises, clipping and decisions of every source to show)."""
+    import chuck
+
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-5),
+        "heuristic",
+        model=model,
+        interval=5,
+        max_grad_norm=0.5,
+        tracking=logger,
+        history=False,
+    )
+    return model, opt
+
+
 @pytest.fixture
 def net() -> FrozenNet:
     return make_net()

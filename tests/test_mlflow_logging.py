@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 
 import chuck
-from tests.conftest import batch, make_net
+from tests.conftest import batch, logged_heuristic_run, make_net
 from tests.full_disk import full_disk  # noqa: F401 - fixture
 from tests.mlflow_server import MlflowServer, free_port
 
@@ -103,16 +103,7 @@ def test_the_run_page_tells_the_story(server_uri) -> None:
         params={"task": "tests.frozen_net"},
         loss_every=5,
     )
-    model = make_net()
-    opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=1e-5),
-        "heuristic",
-        model=model,
-        interval=5,
-        max_grad_norm=0.5,
-        tracking=logger,
-        history=False,
-    )
+    model, opt = logged_heuristic_run(logger)
     _train(opt, model, 0, 60)
     opt.close()
     client = MlflowClient(tracking_uri=server_uri)

@@ -130,10 +130,9 @@ def logged_run(tmp_path_factory):
         client = MlflowClient(tracking_uri=store)
         run = client.search_runs([found[0]], filter_string="tags.`chuck.policy_id` != ''", max_results=1)[0]
         return store, found[0], run.info.run_id, run.info.run_name
-    import torch
 
     import chuck
-    from tests.conftest import make_net, run_steps
+    from tests.conftest import logged_heuristic_run, run_steps
 
     root = tmp_path_factory.mktemp("ui-store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -146,16 +145,7 @@ def logged_run(tmp_path_factory):
         params={"task": "tests.frozen_net"},
         system_metrics=False,
     )
-    model = make_net()
-    opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=1e-5),
-        "heuristic",
-        model=model,
-        interval=5,
-        max_grad_norm=0.5,
-        tracking=logger,
-        history=False,
-    )
+    model, opt = logged_heuristic_run(logger)
     run_steps(model, opt, 0, 80, observe_every=10)
     opt.close()
     from mlflow import MlflowClient
