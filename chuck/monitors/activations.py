@@ -57,6 +57,7 @@ class ActivationMonitor(Monitor):
         self.modules = mods
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._units: dict[str, torch.Tensor] = {}
+        self._all_units: set[str] = set()  # modules whose every unit is sampled (units = arange)
         self._current: dict[str, dict[str, float]] = {}
         self._baseline_std: dict[str, float] = {}
         self._stats: dict[str, float] = {}
@@ -102,14 +103,27 @@ class ActivationMonitor(Monitor):
                         else torch.arange(n)
                     )
                     self._units[name] = units
-                x = x.index_select(1, units.to(x.device))
-                rec: dict[str, float] = {"std": float(x.std()) if x.numel() > 1 else 0.0}
+                    if n <= self.max_units:
+                        self._all_units.add(name)
+                # every unit, in order, of a contiguous x that starts its storage: x itself, no copy
+                if not (
+                    name in self._all_units and units.numel() == x.shape[1] and x.is_contiguous() and x.storage_offset() == 0
+                ):
+                    x = x.index_select(1, units.to(x.device))
+                # one read of every statistic (one host sync on accelerators)
+                reads = [x.std() if x.numel() > 1 else x.new_zeros(())]
                 if squash:
                     sat = (x < 0.01) | (x > 0.99) if sigmoid else x.abs() > 0.99
-                    rec["saturation"] = float(sat.float().mean())
+                    reads.append(sat.float().mean())
                 else:
-                    rec["dead"] = float((x <= 0).all(dim=0).float().mean())
-                    rec["sparsity"] = float((x <= 0).float().mean()) if self._preact else float((x == 0).float().mean())
+                    off = x <= 0
+                    reads += [off.all(dim=0).float().mean(), (off if self._preact else x == 0).float().mean()]
+                values = torch.stack(reads).tolist()
+                rec: dict[str, float] = {"std": values[0]}
+                if squash:
+                    rec["saturation"] = values[1]
+                else:
+                    rec["dead"], rec["sparsity"] = values[1], values[2]
                 self._current[name] = rec
 
         return hook
@@ -214,6 +228,7 @@ class ActivationMonitor(Monitor):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._units = {k: v.clone() for k, v in state["units"].items()}
+        self._all_units = set()  # (a loaded arange is index_select-ed as before: the same values)
         self._baseline_std = dict(state["baseline_std"])
         self._stats = dict(state["stats"])
         self._per_module = {n: dict(r) for n, r in state["per_module"].items()}

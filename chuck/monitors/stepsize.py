@@ -36,6 +36,10 @@ from chuck.monitors.base import Indicator, Monitor, Status, advise, grade
 SUBSET = 4096
 #: EMA factor of the hypergradient cosine across decisions.
 HYPERGRAD_BETA = 0.7
+#: Gathers read the whole of every tensor once (one ``cat``, then one ``index_select`` with a flat
+#: index) when the tensors average at most this many elements; larger ones are gathered tensor by
+#: tensor (a copy of a large model would cost more than the per-tensor dispatches it saves).
+FLAT_GATHER_MAX_MEAN_NUMEL = 8192
 
 
 class StepSizeMonitor(Monitor):
@@ -46,6 +50,7 @@ class StepSizeMonitor(Monitor):
     def __init__(self, subset: int = SUBSET) -> None:
         self.subset = subset
         self._idx: list[torch.Tensor] | None = None
+        self._flat_idx: dict[tuple[int, torch.device], torch.Tensor | None] = {}  # (tensors, device) -> flat index
         self._shapes: list[torch.Size] = []
         self._x0: torch.Tensor | None = None
         self._num = 0.0  # sum_i <g_i, x0 - x_i>
@@ -69,13 +74,42 @@ class StepSizeMonitor(Monitor):
             idx = torch.randperm(p.numel(), generator=gen)[:k] if k < p.numel() else torch.arange(p.numel())
             self._idx.append(idx.to(p.device))
         self._shapes = [p.shape for p in params]
+        self._flat_idx = {}
         self._x0 = self._gather([p.detach() for p in params])
         self._num, self._gsum, self._dhat, self._dhat_prev = 0.0, None, 0.0, 0.0
         self._u_prev = None
 
     def _gather(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The sampled coordinates of ``tensors``, concatenated, as float32 on the CPU.
+
+        ``tensors`` holds tensors shaped like the parameters, in their order, once or several times
+        over (gradients, then weights: one gather, one copy to the CPU).
+        """
         assert self._idx is not None
-        return torch.cat([t.reshape(-1).index_select(0, i).float().cpu() for t, i in zip(tensors, self._idx)])
+        flat = self._flat_index(tensors)
+        if flat is not None:
+            # one flat index into the concatenation: the same elements, in the same order
+            return torch.cat([t.reshape(-1) for t in tensors]).index_select(0, flat).float().cpu()
+        idx = self._idx * (len(tensors) // len(self._idx))
+        return torch.cat([t.reshape(-1).index_select(0, i).float().cpu() for t, i in zip(tensors, idx)])
+
+    def _flat_index(self, tensors: list[torch.Tensor]) -> torch.Tensor | None:
+        """The coordinates' indices into ``torch.cat`` of ``tensors`` (cached), or ``None`` when the
+        tensors are too large to copy whole or do not share one device."""
+        assert self._idx is not None
+        device = tensors[0].device
+        key = (len(tensors), device)
+        if key not in self._flat_idx:
+            numels = [t.numel() for t in tensors]
+            flat = None
+            if sum(numels) <= FLAT_GATHER_MAX_MEAN_NUMEL * len(tensors) and all(t.device == device for t in tensors):
+                offsets = [0]
+                for n in numels[:-1]:
+                    offsets.append(offsets[-1] + n)
+                idx = self._idx * (len(tensors) // len(self._idx))
+                flat = torch.cat([i.to(device) + off for i, off in zip(idx, offsets)])
+            self._flat_idx[key] = flat
+        return self._flat_idx[key]
 
     # -- sampled steps ----------------------------------------------------------
     def before_update(self) -> None:
@@ -85,21 +119,33 @@ class StepSizeMonitor(Monitor):
         if self._idx is None or [p.shape for p in params] != self._shapes:
             self._choose(params)  # first sample, or the trainable set changed: start over
         with torch.no_grad():
-            x = self._gather([p.detach() for p in params])
-            g = self._gather([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
-        if not (torch.isfinite(x).all() and torch.isfinite(g).all()):
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            # gradients first: g starts the buffer, as a tensor of its own would (the dot products
+            # below read it); x is only used elementwise
+            gx = self._gather([*grads, *(p.detach() for p in params)])
+        k = gx.numel() // 2
+        g, x = gx[:k], gx[k:]
+        assert self._x0 is not None
+        gsum = g.clone() if self._gsum is None else self._gsum + g
+        # one read of every scalar (one device sync where that matters); the first says whether
+        # every gathered entry is finite (x * 0 is 0 for finite x, nan for inf and nan; torch.isfinite
+        # costs several ops)
+        reads = [gx.mul(0).sum(), g @ (self._x0 - x), gsum.abs().sum()]
+        if self._u_prev is not None:
+            reads += [self._u_prev.norm(), g.norm(), g @ self._u_prev]
+        values = torch.stack(reads).tolist()
+        if values[0] != 0:
             self._x_before = None
             return
-        assert self._x0 is not None
-        self._num += float(g @ (self._x0 - x))
-        self._gsum = g.clone() if self._gsum is None else self._gsum.add_(g)
-        den = float(self._gsum.abs().sum())
+        self._gsum = gsum
+        self._num += values[1]
+        den = values[2]
         if den > 0:
             self._dhat = max(self._dhat, self._num / den)
         if self._u_prev is not None:
-            nu, ng = float(self._u_prev.norm()), float(g.norm())
+            nu, ng, gu = values[3:]
             if nu > 0 and ng > 0:
-                cos = -float(g @ self._u_prev) / (nu * ng)  # > 0: still descending along the last step
+                cos = -gu / (nu * ng)  # > 0: still descending along the last step
                 self._hyper = cos if math.isnan(self._hyper) else HYPERGRAD_BETA * self._hyper + (1 - HYPERGRAD_BETA) * cos
         self._x_before = x
         self._params = params
@@ -111,9 +157,10 @@ class StepSizeMonitor(Monitor):
             x = self._gather([p.detach() for p in self._params])
         u = x - self._x_before
         self._x_before = None
-        if torch.isfinite(u).all():
+        nonfinite, update_abs = torch.stack([u.mul(0).sum(), u.abs().mean()]).tolist()  # see before_update
+        if nonfinite == 0:
             self._u_prev = u
-            self._update_abs = float(u.abs().mean())
+            self._update_abs = update_abs
 
     def on_decision(self) -> None:
         self._u_prev = None  # the next sampled pair starts fresh: updates are compared within a pair
@@ -182,6 +229,7 @@ class StepSizeMonitor(Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         params = self.ctx.params
         self._idx = None if state["idx"] is None else [i.clone().to(p.device) for i, p in zip(state["idx"], params)]
+        self._flat_idx = {}
         self._shapes = [torch.Size(s) for s in state["shapes"]]
         self._x0 = None if state["x0"] is None else state["x0"].clone()
         self._num = float(state["num"])
