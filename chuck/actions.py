@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -181,27 +181,44 @@ class ActionSpec:
         Restoring means schedulers and code that read or rewrite ``group["lr"]``
         always see their own values, and chuck composes with them as a multiplier.
         """
-        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        saved = self.swap_in()
+        try:
+            yield
+        finally:
+            self.swap_out(saved)
+
+    def swap_in(self) -> _Swapped | None:
+        """:meth:`effective`'s entry, for the optimizer's per-step path (a generator-based context
+        manager costs about 2 us a step): write the effective values into the groups and return
+        what :meth:`swap_out` must restore (``None`` when the multipliers are 1: nothing to swap)."""
         self.step_lr_mult = self.lr_mult
         touch_lr = self.lr_mult != 1.0
         touch_wd = self.wd_mult != 1.0
         if not (touch_lr or touch_wd):
-            yield
-            return
-        saved = [(g.get("lr"), g.get("weight_decay")) for g in groups]
+            return None
+        groups = self.optimizer.param_groups if self.optimizer is not None else []
+        saved = _Swapped(groups, touch_lr, touch_wd, [(g.get("lr"), g.get("weight_decay")) for g in groups])
         try:
-            for g, (lr, wd) in zip(groups, saved):
+            for g, (lr, wd) in zip(groups, saved.values):
                 if touch_lr and lr is not None:
                     g["lr"] = lr * self.lr_mult
                 if touch_wd and wd is not None:
                     g["weight_decay"] = wd * self.wd_mult
-            yield
-        finally:
-            for g, (lr, wd) in zip(groups, saved):
-                if touch_lr and lr is not None:
-                    g["lr"] = lr
-                if touch_wd and wd is not None:
-                    g["weight_decay"] = wd
+        except BaseException:
+            self.swap_out(saved)
+            raise
+        return saved
+
+    @staticmethod
+    def swap_out(saved: _Swapped | None) -> None:
+        """Put back the groups' own values that :meth:`swap_in` replaced."""
+        if saved is None:
+            return
+        for g, (lr, wd) in zip(saved.groups, saved.values):
+            if saved.lr and lr is not None:
+                g["lr"] = lr
+            if saved.wd and wd is not None:
+                g["weight_decay"] = wd
 
     def apply(self, action: Sequence[float] | np.ndarray, median_grad_norm: float = math.nan) -> ActionResult:
         """Apply one policy action. Non-finite entries count as 0 (hold)."""
@@ -325,6 +342,15 @@ class ActionSpec:
             if k in self.knobs:
                 self.knobs[k].value = v
         self.publish()
+
+
+class _Swapped(NamedTuple):
+    """What :meth:`ActionSpec.swap_in` replaced: the groups, which keys, their own values."""
+
+    groups: list[dict[str, Any]]
+    lr: bool
+    wd: bool
+    values: list[tuple[Any, Any]]
 
 
 def _clamp(x: float, lo: float, hi: float) -> tuple[float, bool]:

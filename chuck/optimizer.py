@@ -171,7 +171,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._ctx = MonitorContext(optimizer, model, self._generator, names)
         self._grad_monitor = GradientMonitor(window=window)
         self.control = ControlMonitor(self.action_spec, self.interval, total_steps, self._grad_monitor.median_norm)
-        builtin: list[Monitor] = [LossMonitor(window=window), self._grad_monitor, WeightMonitor(), StepSizeMonitor()]
+        self._loss_monitor = LossMonitor(window=window)
+        builtin: list[Monitor] = [self._loss_monitor, self._grad_monitor, WeightMonitor(), StepSizeMonitor()]
         if model is not None:
             builtin.append(ActivationMonitor(model))
         self.monitors = MonitorSuite([*builtin, self.control, *monitors], self._ctx)
@@ -289,7 +290,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     @property
     def loss_monitor(self) -> LossMonitor:
-        return self.monitors["loss"]  # type: ignore[return-value]
+        return self._loss_monitor
 
     @property
     def grad_monitor(self) -> GradientMonitor:
@@ -341,17 +342,19 @@ class ChuckOptimizer(torch.optim.Optimizer):
         work on small models (about 10-60 us), so chuck calls the hooks itself.
         """
         call = (self, *args)
-        for pre_hook in (*_global_optimizer_pre_hooks.values(), *self._optimizer_step_pre_hooks.values()):
-            result = pre_hook(self, call, kwargs)
-            if result is not None:
-                if not (isinstance(result, tuple) and len(result) == 2):
-                    raise RuntimeError(f"a step pre hook must return None or (new_args, new_kwargs), got {result!r}")
-                call, kwargs = result
+        if _global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
+            for pre_hook in (*_global_optimizer_pre_hooks.values(), *self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, call, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(f"a step pre hook must return None or (new_args, new_kwargs), got {result!r}")
+                    call, kwargs = result
         out = self._run_step(*call[1:], **kwargs)
         # after the decision (if one was due) and on skipped steps too: the groups say the lr in use
         self.action_spec.publish()
-        for post_hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
-            post_hook(self, call, kwargs)
+        if self._optimizer_step_post_hooks or _global_optimizer_post_hooks:
+            for post_hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
+                post_hook(self, call, kwargs)
         return out
 
     step.hooked = True  # type: ignore[attr-defined]  # torch's _patch_step_function must not wrap it again
@@ -411,7 +414,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
     def _judge(self, loss_v: float | None, gnorm_v: float) -> Verdict:
         if self.guardrails is None:
             return Verdict.OK
-        lm = self.loss_monitor
+        lm = self._loss_monitor
         return self.guardrails.check(loss_v, gnorm_v, lm.median_loss(), lm.history, lm.initial_loss())
 
     def _clip(self, grads: list[torch.Tensor], gnorm_v: float) -> bool:
@@ -431,8 +434,12 @@ class ChuckOptimizer(torch.optim.Optimizer):
         sampled = self.controller.is_sampled(self._step)
         if sampled:
             self.monitors.before_update()
-        with self.action_spec.effective():
+        spec = self.action_spec
+        saved = spec.swap_in()  # what ``with spec.effective():`` does, ~2 us a step cheaper
+        try:
             out = base_step()
+        finally:
+            spec.swap_out(saved)
         if sampled:
             self.monitors.after_update()
         return out
@@ -443,7 +450,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         g = self.guardrails
         if g is not None:
             g.good_step()
-            if g.due(self._step, loss_v, self.loss_monitor.median_loss()):
+            if g.due(self._step, loss_v, self._loss_monitor.median_loss()):
                 g.snapshot(self._step, self._ctx.params, self.optimizer)
         if self.controller.is_due(self._step):
             self.controller.decide(self._step)

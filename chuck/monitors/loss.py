@@ -72,6 +72,7 @@ class LossMonitor(Monitor):
         self.ema_beta = ema_beta
         self._log_losses: deque[float] = deque(maxlen=window)
         self._initial: list[float] = []  # first few losses, the reference for progress
+        self._initial_mean = float("nan")  # their mean (asked for every step, changes only with them)
         self._ema: float = float("nan")
         self._best_ema: float = float("inf")
         self._since_improve = 0
@@ -94,6 +95,7 @@ class LossMonitor(Monitor):
         self._log_losses.append(math.log(max(loss, 1e-30)))
         if len(self._initial) < 5:
             self._initial.append(loss)
+            self._initial_mean = _mean(self._initial)
         b = self.ema_beta
         self._ema = loss if math.isnan(self._ema) else b * self._ema + (1 - b) * loss
         if self._ema < self._best_ema * (1 - PLATEAU_REL_IMPROVEMENT):
@@ -120,8 +122,8 @@ class LossMonitor(Monitor):
 
     def initial_loss(self) -> float:
         """The mean of the first training losses (the run's starting level), ``nan`` before any."""
-        # math.fsum over at most five floats: the guardrail asks every step, np.mean cost ~30 us here
-        return math.fsum(self._initial) / len(self._initial) if self._initial else float("nan")
+        # kept up to date in add_loss: the guardrail asks every step (np.mean cost ~30 us here)
+        return self._initial_mean
 
     def median_loss(self) -> float:
         """Median of the recent training losses (the spike guardrail's reference).
@@ -340,6 +342,7 @@ class LossMonitor(Monitor):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._log_losses = deque(state["log_losses"], maxlen=self.window)
         self._initial = list(state["initial"])
+        self._initial_mean = _mean(self._initial)
         self._ema = state["ema"]
         self._best_ema = state["best_ema"]
         self._since_improve = state["since_improve"]
@@ -348,3 +351,8 @@ class LossMonitor(Monitor):
         self._best_val = state["best_val"]
         self._cache = None
         self._median, self._median_at = state["median"], state["median_at"]
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of a few floats (``math.fsum`` over at most five), ``nan`` when there are none."""
+    return math.fsum(values) / len(values) if values else float("nan")

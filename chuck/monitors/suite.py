@@ -26,6 +26,7 @@ class MonitorSuite:
 
     def __init__(self, monitors: list[Monitor], ctx: MonitorContext) -> None:
         self.monitors: list[Monitor] = []
+        self._stepping: list[Monitor] = []  # the monitors whose on_step does something (it runs every step)
         self.ctx = ctx
         for m in monitors:
             self.add(m)
@@ -37,6 +38,7 @@ class MonitorSuite:
             raise ValueError(f"a monitor named {monitor.name!r} is already attached")
         monitor.attach(self.ctx)
         self.monitors.append(monitor)
+        self._stepping = [m for m in self.monitors if _overrides(m, "on_step")]
         return monitor
 
     def __iter__(self) -> Iterator[Monitor]:
@@ -53,7 +55,7 @@ class MonitorSuite:
 
     # -- lifecycle ----------------------------------------------------------
     def on_step(self, record: StepRecord) -> None:
-        for m in self.monitors:
+        for m in self._stepping:
             m.on_step(record)
 
     def before_update(self) -> None:
@@ -115,3 +117,9 @@ class MonitorSuite:
         for m in self.monitors:
             if m.name in state and state[m.name] is not None:
                 m.load_state_dict(state[m.name])
+
+
+def _overrides(monitor: Monitor, hook: str) -> bool:
+    """Whether ``monitor`` has its own ``hook`` (a class override or an attribute set on it), i.e.
+    calling it may do something; the base class's hooks do nothing."""
+    return hook in vars(monitor) or getattr(type(monitor), hook) is not getattr(Monitor, hook)
