@@ -144,7 +144,7 @@ class ObservationSpec:
         obs = np.asarray(obs, dtype=np.float32).reshape(-1)
         if obs.shape[0] != len(self.names):
             raise ValueError(f"observation has {obs.shape[0]} entries, spec v{self.version} has {len(self.names)}")
-        return {n: float(v) for n, v in zip(self.names, obs)}
+        return dict(zip(self.names, obs.tolist()))  # tolist: the values float() gives, in one call
 
     def card(self) -> dict:
         """JSON-serializable description, stored in policy cards."""
