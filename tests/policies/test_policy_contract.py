@@ -11,8 +11,10 @@ import torch
 import chuck
 from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.observation import ObservationSpec
+from chuck.policies.prior import VERSIONS
 
-POLICIES = ["constant", "heuristic", "prior", "prior@1", "prior@2", "prior@3", "prior@4", "default"]
+#: Every built-in, every version of the prior included (a rejected ablation stays loadable, so it must keep the contract).
+POLICIES = ["constant", "heuristic", "prior", *(f"prior@{v}" for v in VERSIONS), "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)

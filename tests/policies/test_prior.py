@@ -10,7 +10,7 @@ import torch
 
 import chuck
 from chuck.observation import ObservationSpec
-from chuck.policies.prior import COOLDOWN, CUT_GL, FLOOR, GUARD_GL, StepSizePrior
+from chuck.policies.prior import COOLDOWN, CUT_GL, DIST_HIGH, FAST_INTERVAL, FLOOR, GUARD_GL, NO_BOUND, StepSizePrior
 
 SPEC = ObservationSpec()
 LOG3 = math.log(3.0)
@@ -26,7 +26,7 @@ def test_versions_load_by_name() -> None:
     assert chuck.load_policy("prior").id == "prior@3"
     assert chuck.load_policy("prior@1").id == "prior@1"
     with pytest.raises(chuck.PolicyLoadError, match="unknown prior version"):
-        chuck.load_policy("prior@9")
+        chuck.load_policy("prior@99")
 
 
 @pytest.mark.parametrize(("h", "sign"), [(0.3, 1), (0.03, 0), (-0.2, -1)])
@@ -112,3 +112,49 @@ def test_validation_guard(gl: float, has_val: float, expected: str) -> None:
     a = float(StepSizePrior(version="3").act(obs)[0])
     assert {"raise": a > 0, "hold": a == 0, "halve": math.isclose(a, -math.log(2) / LOG3, rel_tol=1e-6)}[expected]
     assert StepSizePrior(version="2").act(obs)[0] > 0, "version 2 has no guard"
+
+
+@pytest.mark.parametrize(
+    ("version", "ratio", "h", "expected"),
+    [
+        ("5", 2.0, 0.0, "lower"),  # steps 100x the distance bound, no descent left along them
+        ("5", 2.0, 0.3, "hold"),  # the cosine says "raise", the bound says the steps are large
+        ("5", 0.0, 0.0, "hold"),  # within the bound: version 3's rule decides
+        ("5", NO_BOUND, 0.0, "lower"),  # no positive bound at all
+        ("6", NO_BOUND, 0.0, "hold"),  # version 6 ignores a run with no positive bound
+        ("6", 2.0, 0.0, "lower"),
+        ("3", 2.0, 0.3, "raise"),  # version 3 has no distance guard
+    ],
+)
+def test_distance_guard(version: str, ratio: float, h: float, expected: str) -> None:
+    assert ratio > DIST_HIGH or expected != "lower"
+    a = float(StepSizePrior(version=version).act(_obs(**{"step.log10_update_over_dhat": ratio, "step.hypergrad": h}))[0])
+    assert {"lower": a < 0, "hold": a == 0, "raise": a > 0}[expected], a
+
+
+def test_version_7_decides_twice_as_often() -> None:
+    assert chuck.load_policy("prior@7").interval == FAST_INTERVAL < 20
+    assert chuck.load_policy("prior@3").interval is None, "earlier versions take the user's interval"
+
+
+def test_version_8_raises_only_on_persistent_evidence() -> None:
+    high, tuned = _obs(**{"step.hypergrad": 0.4}), _obs(**{"step.hypergrad": 0.03})
+    p = StepSizePrior(version="8")
+    assert [float(p.act(o)[0]) > 0 for o in (high, high, high, tuned, high, high)] == [False, True, True, False, False, True]
+    assert p.act(_obs(**{"step.hypergrad": -0.3}))[0] < 0, "a lower needs no second opinion"
+    # the evidence survives a checkpoint, and reset() forgets it (a new run)
+    a, b = StepSizePrior(version="8"), StepSizePrior(version="8")
+    a.act(high)
+    b.load_state_dict(a.state_dict())
+    assert b.act(high)[0] > 0
+    b.reset()
+    assert b.act(high)[0] == 0
+
+
+@pytest.mark.parametrize(("gap", "halves"), [(0.5, True), (-0.2, False)])
+def test_version_9_halves_only_an_overfitting_run(gap: float, halves: bool) -> None:
+    """Validation 2x its best: version 3 halves whatever the training loss; version 9 only when the
+    validation loss is above the training loss (a damaged run has both losses up)."""
+    obs = _obs(**{"loss.has_val": 1.0, "loss.overfit_gl": CUT_GL * 5, "loss.gen_gap": gap})
+    assert StepSizePrior(version="3").act(obs)[0] < 0
+    assert bool(StepSizePrior(version="9").act(obs)[0] < 0) is halves
