@@ -345,13 +345,20 @@ ARTIFACT_FILES = {"decisions": "decisions.csv", "timeline": "timeline.html"}
 
 
 def tour_run_pages(
-    browser: Any, base_url: str, experiment_id: str, run_id: str, out_dir: str | Path | None = None, timeout: float = 180.0
+    browser: Any,
+    base_url: str,
+    experiment_id: str,
+    run_id: str,
+    out_dir: str | Path | None = None,
+    timeout: float = 180.0,
+    run_name: str | None = None,
 ) -> dict[str, str]:
     """Visit what a person looks at in the MLflow UI for one chuck run, in a headless browser.
 
     The experiment's runs view (the URL ``chuck ui`` prints), the run's overview (parameters,
     description), its model metrics (the Training section), the decision table artifact and the
-    interactive timeline. Each page is waited for until it shows :data:`TOUR`'s texts; with
+    interactive timeline. Each page is waited for until it shows :data:`TOUR`'s texts (the runs
+    view also ``run_name`` when given: its table header renders before its rows); with
     ``out_dir``, each is saved as ``mlflow_<page>.png`` there. Returns each page's visible text
     (the browser test checks them; ``experiments/mlflow_screenshots.sh`` keeps the pictures).
     """
@@ -373,7 +380,8 @@ def tour_run_pages(
     texts = {}
     for name, url in pages.items():
         browser.goto(url, fresh=name in ARTIFACT_FILES)  # the artifact route selects its file on a fresh load
-        texts[name] = browser.wait_for_text(*TOUR[name], timeout=timeout)
+        wanted = (*TOUR[name], run_name) if name == "runs" and run_name else TOUR[name]
+        texts[name] = browser.wait_for_text(*wanted, timeout=timeout)
         if name == "timeline":  # MLflow shows an HTML artifact in an iframe
             browser.wait_for("!!document.querySelector('iframe.mlflow-html-iframe')", timeout=timeout)
         browser.evaluate(  # and if it opens anyway, close it

@@ -175,7 +175,7 @@ def test_the_run_page_in_a_real_browser(tmp_path, logged_run) -> None:
         tree = _descendants(proc.pid)
         shots = Path(os.environ.get("CHUCK_SCREENSHOTS") or tmp_path)
         with HeadlessChromium() as browser:
-            texts = tour_run_pages(browser, base, experiment_id, run_id, out_dir=shots)
+            texts = tour_run_pages(browser, base, experiment_id, run_id, out_dir=shots, run_name=run_name)
         assert run_name in texts["runs"] and "Tool calls" not in texts["runs"]  # runs view, not the GenAI overview
         assert "optimizer.lr" in texts["run"] and "raised the lr" in texts["run"]  # parameters and the story
         metrics = texts["metrics"]
