@@ -1,0 +1,50 @@
+"""The shipped default still sees what it was installed on.
+
+The fixture holds every decision's observation of one fixed run, recorded with the code at commit
+0f6343d (the observation code the shipped default, prior@3 with a zero residual, was chosen and
+evaluated on). Later changes to the monitors, the observation spec or the action path were made
+for speed only; this test fails if one of them changes a value the policy reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+import chuck
+
+FIXTURE = Path(__file__).parent / "fixtures" / "default_inputs_0f6343d.json"
+
+
+def _observations() -> list[dict[str, float]]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 3))
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=3e-3), "default", model=model, total_steps=240, history=False
+    )
+    x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))
+    for step in range(240):
+        idx = torch.randint(0, 512, (32,))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+        if step % 40 == 39:
+            with torch.no_grad():
+                opt.observe(val_loss=float(torch.nn.functional.cross_entropy(model(x[:128]), y[:128])))
+    return [{k: float(v) for k, v in d.observation.items()} for d in opt.decisions if d.source != "guardrail"]
+
+
+def test_the_default_sees_what_it_was_installed_on() -> None:
+    recorded = json.loads(FIXTURE.read_text())
+    now = _observations()
+    assert len(now) == len(recorded) == 12
+    for i, (a, b) in enumerate(zip(recorded, now)):
+        assert a.keys() == b.keys(), f"decision {i}: the observation's features changed"
+        for k, v in a.items():
+            # bitwise on the machine that recorded it; a tolerance for other CPUs' float kernels
+            same = (math.isnan(v) and math.isnan(b[k])) or math.isclose(v, b[k], rel_tol=1e-5, abs_tol=1e-7)
+            assert same, f"decision {i}: {k} was {v}, is {b[k]}"
