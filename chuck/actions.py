@@ -146,6 +146,23 @@ class ActionSpec:
         #: the lr multiplier the last base step ran under (``lr_mult`` may have moved since, at a
         #: decision): what a logger that reports the lr of the step just taken multiplies by
         self.step_lr_mult = 1.0
+        #: steps of linear lr warm-up at the start of a run (0: none; see :meth:`start_warmup`)
+        self.warmup_steps = 0
+        self._warm = 1.0  # the warm-up factor of the coming base step
+
+    def start_warmup(self, steps: int, steps_taken: int = 0) -> None:
+        """Warm the lr up linearly over a run's first ``steps`` base steps: step k (0-based) runs at
+        ``(k + 1) / steps`` of the multiplier. A per-step schedule, not a decision (the policy's own
+        ``warmup``, set by ChuckOptimizer; ``steps_taken`` > 0 when a run resumes)."""
+        if steps < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {steps}")
+        self.warmup_steps = int(steps)
+        self._warm = self.warmup_factor(steps_taken)
+        self.publish()
+
+    def warmup_factor(self, step: int) -> float:
+        """The warm-up factor of the base step that ``step`` successful steps precede (1 after the ramp)."""
+        return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
 
     # -- spaces -----------------------------------------------------------
     @property
@@ -187,12 +204,17 @@ class ActionSpec:
         finally:
             self.swap_out(saved)
 
-    def swap_in(self) -> _Swapped | None:
+    def swap_in(self, step: int | None = None) -> _Swapped | None:
         """:meth:`effective`'s entry, for the optimizer's per-step path (a generator-based context
         manager costs about 2 us a step): write the effective values into the groups and return
-        what :meth:`swap_out` must restore (``None`` when the multipliers are 1: nothing to swap)."""
-        self.step_lr_mult = self.lr_mult
-        touch_lr = self.lr_mult != 1.0
+        what :meth:`swap_out` must restore (``None`` when the multipliers are 1: nothing to swap).
+        ``step``: successful steps so far, for the warm-up (``None``: the coming step's factor)."""
+        warm = self._warm
+        if step is not None and self.warmup_steps:
+            warm, self._warm = self.warmup_factor(step), self.warmup_factor(step + 1)
+        lr_mult = self.lr_mult * warm if warm != 1.0 else self.lr_mult
+        self.step_lr_mult = lr_mult
+        touch_lr = lr_mult != 1.0
         touch_wd = self.wd_mult != 1.0
         if not (touch_lr or touch_wd):
             return None
@@ -201,7 +223,7 @@ class ActionSpec:
         try:
             for g, (lr, wd) in zip(groups, saved.values):
                 if touch_lr and lr is not None:
-                    g["lr"] = lr * self.lr_mult
+                    g["lr"] = lr * lr_mult
                 if touch_wd and wd is not None:
                     g["weight_decay"] = wd * self.wd_mult
         except BaseException:
@@ -279,7 +301,7 @@ class ActionSpec:
         """
         if self.optimizer is None:
             return
-        m = self.lr_mult
+        m = self.lr_mult * self._warm if self._warm != 1.0 else self.lr_mult
         for g in self.optimizer.param_groups:
             lr = g.get("lr")
             if lr is None:

@@ -194,6 +194,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         + " at the end. What it did and why:"
     )
     story = summarize_decisions(list(decisions), ch["initial"])
+    warmup = ch["opt"].action_spec.warmup_steps
+    if warmup:  # a schedule, not a decision: say it, or the first steps' lr is unexplained
+        story.insert(0, f"warmed the lr up linearly over the first {warmup} steps (the policy's warm-up, before any decision)")
     for line in story or ["held every hyperparameter: nothing it saw called for a change"]:
         print(f"  - {line}")
     if by_source.get("fallback"):

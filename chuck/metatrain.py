@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from chuck.observation import ObservationSpec
+from chuck.policies.prior import LATEST as LATEST_PRIOR
 
 BACKENDS = ("process", "ray")
 
@@ -142,8 +143,9 @@ class MetaTrainConfig:
     """MLflow experiment name."""
     progress: bool = True
     """Show a progress bar."""
-    prior: str | None = "prior@3"
-    """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none."""
+    prior: str | None = f"prior@{LATEST_PRIOR}"
+    """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none;
+    by default the latest, the one the shipped default uses."""
     ppo: dict[str, Any] = field(
         default_factory=lambda: {
             "n_steps": 256,

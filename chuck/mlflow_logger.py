@@ -551,7 +551,7 @@ class _LossTap(Monitor):
 
 def run_parameters(opt: Any) -> dict[str, Any]:
     """What a run page should say about the run: model, base optimizer and its initial hyperparameters,
-    policy and its card, decision interval, chuck's version."""
+    policy and its card, decision interval and warm-up, chuck's version."""
     import chuck
     from chuck.monitors.architecture import ModelProfile
 
@@ -559,6 +559,7 @@ def run_parameters(opt: Any) -> dict[str, Any]:
         "chuck.version": chuck.__version__,
         "chuck.policy": opt.policy_id,
         "chuck.interval": getattr(opt, "interval", None),
+        "chuck.warmup_steps": getattr(getattr(opt, "action_spec", None), "warmup_steps", None),
         "chuck.total_steps": getattr(opt, "total_steps", None),
     }
     base = getattr(opt, "optimizer", None)

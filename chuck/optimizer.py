@@ -82,6 +82,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         model: the model, for activation monitoring, dropout control and architecture advice.
         total_steps: planned number of steps, for the progress feature.
         interval: successful steps between decisions; defaults to the policy's own, else 20.
+        warmup: steps of linear lr warm-up at the start of the run (step k runs at (k + 1) /
+            warmup of the lr); defaults to the policy's own (``Policy.warmup``), else none.
         max_grad_norm: initial gradient-clipping threshold (default: off until the policy turns it on).
         guardrails: a :class:`GuardrailConfig`, or ``False`` to disable skip/rollback entirely.
         grad_scaler: a ``torch.amp.GradScaler`` whose skipped steps chuck should detect.
@@ -116,6 +118,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         total_steps: int | None = None,
         *,
         interval: int | None = None,
+        warmup: int | None = None,
         max_grad_norm: float | None = None,
         guardrails: GuardrailConfig | bool = True,
         grad_scaler: Any | None = None,
@@ -160,6 +163,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
             version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION
         )
         self.action_spec.bind(optimizer, model, max_grad_norm)
+        warmup = warmup if warmup is not None else getattr(resolved, "warmup", None)
+        self.action_spec.start_warmup(warmup or 0)
         self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
         self._grad_scaler = grad_scaler
         self._last_scale: float | None = None
@@ -435,7 +440,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if sampled:
             self.monitors.before_update()
         spec = self.action_spec
-        saved = spec.swap_in()  # what ``with spec.effective():`` does, ~2 us a step cheaper
+        saved = spec.swap_in(self._step)  # what ``with spec.effective():`` does, ~2 us a step cheaper
         try:
             out = base_step()
         finally:
@@ -628,6 +633,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             )
         self._step, self._calls = cs["step"], cs["calls"]
         self.action_spec.load_state_dict(cs["action"])
+        self.action_spec.start_warmup(self.action_spec.warmup_steps, self._step)
         if self.guardrails is not None and cs["guardrails"] is not None:
             self.guardrails.load_state_dict(cs["guardrails"])
         self.monitors.load_state_dict(cs["monitors"])

@@ -7,9 +7,11 @@ learned-policy machinery, so that a later snapshot that wins replaces it without
 change for users. The card records that, and what validation compared.
 
     python experiments/install_prior_default.py --snapshot experiments/runs/default-v2/snapshots/00005000 \\
-        --selection docs/results/validation/prior_cooldown/summary.json \\
-        --test-summary docs/results/test_v3/summary.json \\
-        --test-summary docs/results/test_v3/summary_no_observe.json --prior prior@3
+        --selection docs/results/validation/prior_warmup/summary.json \\
+        --test-summary docs/results/test_v4/summary.json \\
+        --test-summary docs/results/test_v4/summary_no_observe.json --prior prior@10 --note "..."
+
+(the installed card's ``residual.why`` holds the note used for the shipped default.)
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ class Policy(ABC):
       specs it was built for, and the optimizer refuses a mismatch at construction.
     * ``state_dict()`` holds only weights_only-safe types; it goes into chuck's checkpoint.
     * ``interval``: the decision interval the policy was trained or tuned for (``None``: any).
+    * ``warmup``: steps of linear lr warm-up the policy was tuned with (``None``: none); a
+      per-step schedule the optimizer applies, not a decision.
     """
 
     name: str = "policy"
@@ -36,6 +38,7 @@ class Policy(ABC):
     observation_version: str = ObservationSpec().version
     action_version: str = ActionSpec.version
     interval: int | None = None
+    warmup: int | None = None
 
     @property
     def id(self) -> str:
@@ -69,6 +72,7 @@ class Policy(ABC):
             "observation_version": self.observation_version,
             "action_version": self.action_version,
             "interval": self.interval,
+            "warmup": self.warmup,
         }
 
     def __repr__(self) -> str:

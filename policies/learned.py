@@ -80,6 +80,7 @@ class LearnedPolicy(Policy):
         self.obs_high = np.asarray(stats["high"], dtype=np.float32) if "high" in stats else None
         # a residual policy: the actor learned corrections to a built-in controller's action
         self.prior = make_prior(card.get("prior"), self.observation_version)
+        self.warmup = self.prior.warmup if self.prior is not None else None
 
     def reset(self) -> None:
         if self.prior is not None:

@@ -77,3 +77,52 @@ def test_guardrail_backoff_and_checkpoints_update_the_key() -> None:
     assert [g[EFFECTIVE_LR_KEY] for g in opt2.param_groups] == pytest.approx(
         [0.1 * opt.action_spec.lr_mult, 0.01 * opt.action_spec.lr_mult]
     )
+
+
+def _used_lrs(opt, model, steps: int, nan_at: int | None = None) -> list[float]:
+    used: list[float] = []
+    handle = opt.optimizer.register_step_pre_hook(lambda base, *_: used.append(base.param_groups[0]["lr"]))
+    for step in range(steps):
+        _step(model, opt, step, scale=math.nan if step == nan_at else 1.0)
+    handle.remove()
+    return used
+
+
+def test_warmup_ramps_the_lr_each_base_step_uses() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, warmup=4, history=False)
+    assert opt.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(0.025), "the key shows the first step's lr"
+    assert _used_lrs(opt, model, 6) == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    assert opt.param_groups[0]["lr"] == 0.1, "the user's value stays in group['lr']"
+
+
+def test_a_skipped_step_does_not_advance_the_warmup() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, warmup=4, history=False)
+    # the NaN step is skipped by the guardrails (never reaching the base optimizer) and backs the lr off
+    used = _used_lrs(opt, model, 4, nan_at=1)
+    backoff = opt.action_spec.lr_mult
+    assert backoff < 1.0
+    assert used == pytest.approx([0.025, 0.05 * backoff, 0.075 * backoff])
+    assert opt.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(0.1 * backoff)
+
+
+def test_warmup_resumes_mid_ramp_from_a_checkpoint() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, warmup=4, history=False)
+    _used_lrs(opt, model, 2)
+    state = opt.state_dict()
+    model2 = make_net()
+    opt2 = chuck.ChuckOptimizer(torch.optim.SGD(model2.parameters(), lr=0.1), "constant", model=model2, warmup=4, history=False)
+    opt2.load_state_dict(state)
+    assert opt2.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(0.075)
+    assert _used_lrs(opt2, model2, 3) == pytest.approx([0.075, 0.1, 0.1])
+
+
+def test_warmup_comes_from_the_policy_and_bad_values_are_refused() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "prior@10", model=model, history=False)
+    assert opt.action_spec.warmup_steps == chuck.load_policy("prior@10").warmup > 0
+    assert chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), history=False).action_spec.warmup_steps == 0
+    with pytest.raises(ValueError, match="warmup must be >= 0"):
+        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=model, warmup=-1, history=False)

@@ -4,6 +4,7 @@ observations and end with the same hyperparameters, faults included (core redesi
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,8 +68,10 @@ def _faults(seed: int, budget: int) -> dict[int, str]:
     return {int(c): k for c, k in zip(calls, ("nan", "inf", "spike", "grad_nan", "nan", "spike"))}
 
 
-def _env_run(seed: int, actions: list[np.ndarray], faults: dict[int, str]):
-    env = TrainingControlEnv(tasks=TASK, interval=INTERVAL, budget_scale=0.5, p_no_total=0.0, p_no_model=0.0, p_no_val=0.0)
+def _env_run(seed: int, actions: list[np.ndarray], faults: dict[int, str], prior: str | None = None):
+    env = TrainingControlEnv(
+        tasks=TASK, interval=INTERVAL, budget_scale=0.5, p_no_total=0.0, p_no_model=0.0, p_no_val=0.0, prior=prior
+    )
     task = env.tasks[0]
     build = task.build
     task.build = lambda cfg: FaultyInstance(build(cfg), faults)  # type: ignore[method-assign]
@@ -87,13 +90,13 @@ def _env_run(seed: int, actions: list[np.ndarray], faults: dict[int, str]):
     return env, opt, observations
 
 
-def _deployment_run(env: TrainingControlEnv, actions: list[np.ndarray], faults: dict[int, str]):
+def _deployment_run(env: TrainingControlEnv, actions: list[np.ndarray], faults: dict[int, str], policy: Any = None):
     """The same instance trained by a user's loop: step, and after a decision evaluate and observe."""
     torch.manual_seed(env.config.seed)
     inst = FaultyInstance(env.tasks[0].build(env.config), faults)
     opt = chuck.ChuckOptimizer(
         inst.optimizer,
-        ReplayPolicy(actions),
+        policy if policy is not None else ReplayPolicy(actions),
         model=inst.model,
         total_steps=env.budget,
         interval=INTERVAL,
@@ -114,6 +117,23 @@ def _deployment_run(env: TrainingControlEnv, actions: list[np.ndarray], faults: 
             if math.isfinite(v):
                 opt.observe(val_loss=v)
     return opt, observations
+
+
+def test_env_and_deployment_warm_up_alike() -> None:
+    """A residual on prior@10 trains in the env with the prior's warm-up and deploys with it: with a
+    zero residual, the env run and a user's loop under prior@10 take the same steps (faults included)."""
+    probe = TrainingControlEnv(tasks=TASK, interval=INTERVAL, budget_scale=0.5)
+    probe.reset(seed=0)
+    faults = _faults(0, probe.budget)
+    zeros = [np.zeros(4, dtype=np.float32)] * 200
+    env, env_opt, _ = _env_run(0, zeros, faults, prior="prior@10")
+    dep_opt, _ = _deployment_run(env, zeros, faults, policy="prior@10")
+    assert env_opt.action_spec.warmup_steps == dep_opt.action_spec.warmup_steps == 20
+    env_dec = [d for d in env_opt.decisions if d.source != "guardrail"]
+    dep_dec = [d for d in dep_opt.decisions if d.source != "guardrail"]
+    assert [d.hyperparameters for d in env_dec] == [d.hyperparameters for d in dep_dec[: len(env_dec)]]
+    for p, q in zip(env.instance.model.parameters(), dep_opt.model.parameters()):
+        assert torch.equal(p, q)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -1,9 +1,15 @@
-"""The shipped default still sees what it was installed on.
+"""The policies still see what they were chosen on.
 
-The fixture holds every decision's observation of one fixed run, recorded with the code at commit
-0f6343d (the observation code the shipped default, prior@3 with a zero residual, was chosen and
-evaluated on). Later changes to the monitors, the observation spec or the action path were made
-for speed only; this test fails if one of them changes a value the policy reads.
+The fixture holds every decision's observation of one fixed run under prior@3, recorded with the
+code at commit 0f6343d (the observation code on which the prior's versions and the PPO snapshots
+were chosen and evaluated; the default then shipped as prior@3 with a zero residual, which acts
+exactly as prior@3). Later changes to the monitors, the observation spec or the action path were
+made for speed only; this test fails if one of them changes a value a policy reads. (It runs
+prior@3, not ``"default"``: a later default with a warm-up takes a different path through the same
+code.) The run re-seeds after building the optimizer, so what a policy draws from torch's global
+generator when it loads does not change the run. Recorded with
+``PYTHONPATH=<0f6343d's packages> python -c "from tests.test_default_inputs import _observations ..."``
+(see ``record()``).
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ def _observations() -> list[dict[str, float]]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 3))
     opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=3e-3), "default", model=model, total_steps=240, history=False
+        torch.optim.AdamW(model.parameters(), lr=3e-3), "prior@3", model=model, total_steps=240, history=False
     )
+    torch.manual_seed(1)  # the data and dropout draws, whatever building the policy drew
     x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))
     for step in range(240):
         idx = torch.randint(0, 512, (32,))
@@ -38,7 +45,12 @@ def _observations() -> list[dict[str, float]]:
     return [{k: float(v) for k, v in d.observation.items()} for d in opt.decisions if d.source != "guardrail"]
 
 
-def test_the_default_sees_what_it_was_installed_on() -> None:
+def record() -> None:
+    """Write the fixture with whatever chuck is importable (run it against the code at 0f6343d)."""
+    FIXTURE.write_text(json.dumps(_observations(), indent=1, allow_nan=True) + "\n")
+
+
+def test_the_observation_code_reads_what_it_read_at_0f6343d() -> None:
     recorded = json.loads(FIXTURE.read_text())
     now = _observations()
     assert len(now) == len(recorded) == 12

@@ -23,7 +23,7 @@ def _obs(**features: float) -> np.ndarray:
 
 
 def test_versions_load_by_name() -> None:
-    assert chuck.load_policy("prior").id == "prior@3"
+    assert chuck.load_policy("prior").id == "prior@10"
     assert chuck.load_policy("prior@1").id == "prior@1"
     with pytest.raises(chuck.PolicyLoadError, match="unknown prior version"):
         chuck.load_policy("prior@99")
@@ -158,3 +158,18 @@ def test_version_9_halves_only_an_overfitting_run(gap: float, halves: bool) -> N
     obs = _obs(**{"loss.has_val": 1.0, "loss.overfit_gl": CUT_GL * 5, "loss.gen_gap": gap})
     assert StepSizePrior(version="3").act(obs)[0] < 0
     assert bool(StepSizePrior(version="9").act(obs)[0] < 0) is halves
+
+
+def test_version_10_warms_up_and_a_residual_on_it_carries_the_warmup() -> None:
+    from chuck.policies.learned import LearnedPolicy
+    from chuck.policies.prior import WARMUP
+
+    assert chuck.load_policy("prior@10").warmup == WARMUP > 0
+    assert chuck.load_policy("prior@3").warmup is None, "earlier versions start at the user's lr"
+    shipped = chuck.load_policy("default")
+    assert isinstance(shipped, LearnedPolicy)
+    residual = LearnedPolicy(shipped.actor, {**shipped.card, "prior": "prior@10"})
+    assert residual.warmup == WARMUP
+    model = torch.nn.Linear(4, 1)
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), residual, model=model, history=False)
+    assert opt.action_spec.warmup_steps == WARMUP

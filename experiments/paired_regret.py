@@ -1,0 +1,81 @@
+"""Paired comparison of two arms of a `chuck evaluate` run: same instances, same starting lrs.
+
+The summary's intervals are per arm; two arms run on the same instances differ far less than
+those intervals suggest, so an ablation is read off the paired ratio instead: the geometric mean
+over runs of regret(B) / regret(A) on the same instance and starting lr, with a 95% bootstrap
+interval that resamples instances (family, seed) because runs of one instance are correlated.
+Also per starting lr, and the harm-at-the-tuned-lr shares of both arms.
+
+    python experiments/paired_regret.py docs/results/validation/prior_warmup/rows.csv chuck:prior@3 chuck:prior@10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import polars as pl
+
+
+def paired(rows: pl.DataFrame, a: str, b: str, resamples: int = 4000, seed: int = 0) -> dict[str, object]:
+    """Paired geo ratio of ``b`` over ``a`` on the main runs, its bootstrap interval, and the same per lr."""
+    main = rows.filter(pl.col("kind") == "main")
+    wide = main.filter(pl.col("arm").is_in([a, b])).pivot(on="arm", index=["family", "seed", "lr"], values="regret").drop_nulls()
+    if wide.is_empty():
+        raise SystemExit(f"no runs where both {a!r} and {b!r} have a regret")
+    wide = wide.with_columns((pl.col(b).log() - pl.col(a).log()).alias("d"))
+    per_instance = wide.group_by(["family", "seed"]).agg(pl.col("d").sum().alias("s"), pl.len().alias("n"))
+    s, n = per_instance["s"].to_numpy(), per_instance["n"].to_numpy()
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(s), len(s)) for _ in range(resamples)]
+    boot = np.array([np.exp(s[i].sum() / n[i].sum()) for i in draws])
+    by_lr = wide.group_by("lr").agg(pl.col("d").mean().exp().alias("ratio"), pl.len().alias("runs")).sort("lr")
+    return {
+        "ratio": float(np.exp(s.sum() / n.sum())),
+        "ci": (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))),
+        "runs": int(n.sum()),
+        "better": int((wide["d"] < 0).sum()),
+        "worse": int((wide["d"] > 0).sum()),
+        "by_lr": {float(r["lr"]): float(r["ratio"]) for r in by_lr.iter_rows(named=True)},
+    }
+
+
+def harm_shares(rows: pl.DataFrame, arms: list[str]) -> dict[str, dict[str, float]]:
+    """Per arm, over the runs started at the instance's best constant lr: the share more than 5% and
+    more than 20% worse than constant AdamW there (the policy issue's harm target), and the worst."""
+    probes = rows.filter((pl.col("kind") == "harm_probe") & pl.col("arm").is_in(arms) & pl.col("harm").is_not_null())
+    out = {}
+    for arm in arms:
+        h = probes.filter(pl.col("arm") == arm)["harm"].to_numpy()
+        if h.size:
+            out[arm] = {
+                "runs": int(h.size),
+                "over_1.05": float((h > 1.05).mean()),
+                "over_1.2": float((h > 1.2).mean()),
+                "worst": float(h.max()),
+            }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rows", help="a chuck evaluate rows.csv")
+    ap.add_argument("a", help="the reference arm, e.g. chuck:prior@3")
+    ap.add_argument("b", help="the arm compared with it")
+    args = ap.parse_args()
+    rows = pl.read_csv(args.rows)
+    r = paired(rows, args.a, args.b)
+    lo, hi = r["ci"]  # type: ignore[misc]
+    print(
+        f"{args.b} / {args.a}: paired geo ratio {r['ratio']:.3f} [{lo:.3f}, {hi:.3f}] over {r['runs']} runs "
+        f"(better in {r['better']}, worse in {r['worse']})"
+    )
+    print("by starting lr: " + ", ".join(f"{lr:g}: {v:.3f}" for lr, v in r["by_lr"].items()))  # type: ignore[attr-defined]
+    for arm, h in harm_shares(rows, [args.a, args.b]).items():
+        print(
+            f"harm at the tuned lr, {arm}: {h['over_1.05']:.0%} of {h['runs']} runs > 1.05, {h['over_1.2']:.0%} > 1.2, worst {h['worst']:.3g}"
+        )
+
+
+if __name__ == "__main__":
+    main()
