@@ -74,7 +74,9 @@ def _train(model, opt, start: int, stop: int, rank: int, digests: list[str]) -> 
         x, y = batch(step * WORLD + rank)  # every rank its own data
         scale = 1.0
         if rank == 1 and step == OUTLIER_STEP:
-            scale = 50.0
+            # far above any loss of the run: a spike however low the loss has been driven by then
+            # (a spike must also reach a tenth of the initial loss, GuardrailConfig.min_spike_fraction)
+            scale = 1000.0
         if rank == 1 and step == NAN_STEP:
             x[0, 0] = float("nan")
         loss = F.cross_entropy(model(x), y) * scale

@@ -40,6 +40,7 @@ def test_tiny_meta_training_end_to_end(tmp_path, monkeypatch) -> None:
     assert np.isfinite(policy.act(chuck.ObservationSpec().space.sample())).all()
     assert [e["timesteps"] for e in result.evaluations][-1] >= 256 and len(result.evaluations) >= 2
     assert policy.card["prior"] == f"prior@{LATEST}", "a residual on the latest built-in prior, as configured by default"
+    assert MetaTrainConfig().prior == f"prior@{LATEST}", "the default prior follows the latest version"
     assert len(list((tmp_path / "run" / "snapshots").iterdir())) >= 2, "every evaluated policy is kept for selection"
 
     import mlflow
