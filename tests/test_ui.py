@@ -53,8 +53,21 @@ def _start_chuck_ui(tmp_path: Path, port: int, command: list[str] | None = None,
     )
     env = {**os.environ, "CHUCK_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal: a test run started in the background without job control (``cmd &``
+    in a script, nohup) inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt
+    handler, so the SIGINT case would test the shell rather than ``chuck ui``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _read_url(proc: subprocess.Popen, timeout: float) -> tuple[str, float]:
