@@ -173,3 +173,15 @@ def test_version_10_warms_up_and_a_residual_on_it_carries_the_warmup() -> None:
     model = torch.nn.Linear(4, 1)
     opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), residual, model=model, history=False)
     assert opt.action_spec.warmup_steps == WARMUP
+
+
+def test_version_11_holds_a_raise_at_the_first_decision_only() -> None:
+    high, low = _obs(**{"step.hypergrad": 0.4}), _obs(**{"step.hypergrad": -0.3})
+    p = StepSizePrior(version="11")
+    assert p.act(high)[0] == 0, "the first decision does not raise"
+    assert p.act(high)[0] > 0, "later ones do"
+    p.reset()
+    assert p.act(low)[0] < 0, "a first decision may still lower"
+    q = StepSizePrior(version="11")
+    q.load_state_dict(p.state_dict())
+    assert q.act(high)[0] > 0, "the count survives a checkpoint"
