@@ -7,6 +7,7 @@ interval that resamples instances (family, seed) because runs of one instance ar
 Also per starting lr, and the harm-at-the-tuned-lr shares of both arms.
 
     python experiments/paired_regret.py docs/results/validation/prior_warmup/rows.csv chuck:prior@3 chuck:prior@10
+    python experiments/paired_regret.py ROWS A B --seeds 0,1,2     # only these instance seeds
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def paired(rows: pl.DataFrame, a: str, b: str, resamples: int = 4000, seed: int 
     if wide.is_empty():
         raise SystemExit(f"no runs where both {a!r} and {b!r} have a regret")
     wide = wide.with_columns((pl.col(b).log() - pl.col(a).log()).alias("d"))
-    per_instance = wide.group_by(["family", "seed"]).agg(pl.col("d").sum().alias("s"), pl.len().alias("n"))
+    per_instance = wide.group_by(["family", "seed"]).agg(pl.col("d").sum().alias("s"), pl.len().alias("n")).sort("family", "seed")
     s, n = per_instance["s"].to_numpy(), per_instance["n"].to_numpy()
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(s), len(s)) for _ in range(resamples)]
@@ -62,8 +63,11 @@ def main() -> None:
     ap.add_argument("rows", help="a chuck evaluate rows.csv")
     ap.add_argument("a", help="the reference arm, e.g. chuck:prior@3")
     ap.add_argument("b", help="the arm compared with it")
+    ap.add_argument("--seeds", help="comma-separated instance seeds to keep (default: all)")
     args = ap.parse_args()
     rows = pl.read_csv(args.rows)
+    if args.seeds:
+        rows = rows.filter(pl.col("seed").is_in([int(x) for x in args.seeds.split(",")]))
     r = paired(rows, args.a, args.b)
     lo, hi = r["ci"]  # type: ignore[misc]
     print(
