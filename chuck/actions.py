@@ -212,7 +212,7 @@ class ActionSpec:
         warm = self._warm
         if step is not None and self.warmup_steps:
             warm, self._warm = self.warmup_factor(step), self.warmup_factor(step + 1)
-        lr_mult = self.lr_mult * warm if warm != 1.0 else self.lr_mult
+        lr_mult = self.lr_mult * warm  # x 1.0 is exact: no warm-up, the multiplier as it was
         self.step_lr_mult = lr_mult
         touch_lr = lr_mult != 1.0
         touch_wd = self.wd_mult != 1.0
@@ -301,7 +301,7 @@ class ActionSpec:
         """
         if self.optimizer is None:
             return
-        m = self.lr_mult * self._warm if self._warm != 1.0 else self.lr_mult
+        m = self.lr_mult * self._warm
         for g in self.optimizer.param_groups:
             lr = g.get("lr")
             if lr is None:
