@@ -185,3 +185,38 @@ def test_version_11_holds_a_raise_at_the_first_decision_only() -> None:
     q = StepSizePrior(version="11")
     q.load_state_dict(p.state_dict())
     assert q.act(high)[0] > 0, "the count survives a checkpoint"
+
+
+def test_version_12_asks_for_more_evidence_early_in_a_run() -> None:
+    from chuck.policies.prior import EARLY_MARGIN, RAISE_AT
+
+    mid = _obs(**{"step.hypergrad": RAISE_AT + EARLY_MARGIN / 2})
+    assert StepSizePrior(version="10").act(mid)[0] > 0
+    p = StepSizePrior(version="12")
+    acts = [float(p.act(mid)[0]) for _ in range(12)]
+    assert acts[0] == 0, "the first decision needs a cosine above a tuned run's early baseline"
+    assert acts[-1] > 0, "late in a run the threshold is version 10's"
+
+
+def test_version_13_lowers_on_a_cosine_low_for_the_point_of_the_run() -> None:
+    lukewarm = _obs(**{"step.hypergrad": 0.0})
+    assert StepSizePrior(version="10").act(lukewarm)[0] == 0
+    p = StepSizePrior(version="13")
+    acts = [float(p.act(lukewarm)[0]) for _ in range(8)]
+    assert acts[0] < 0, "early, a tuned run reads a clearly positive cosine: zero means too high"
+    assert acts[-1] == 0, "late in a run the band is version 10's"
+
+
+@pytest.mark.parametrize("version", ["14", "15"])
+def test_versions_14_15_do_not_raise_steps_already_as_large_as_a_tuned_runs(version: str) -> None:
+    from chuck.policies.prior import VERSIONS
+
+    gate = VERSIONS[version]["raise_gate"]
+    high = {"step.hypergrad": 0.4}
+    assert StepSizePrior(version=version).act(_obs(**high, **{"weights.update_ratio_log10": gate - 0.5}))[0] > 0
+    assert StepSizePrior(version=version).act(_obs(**high, **{"weights.update_ratio_log10": gate + 0.1}))[0] == 0
+    # without watched weights the feature takes its missing value, which does not gate
+    missing = SPEC.encode({"step.hypergrad": 0.4})
+    assert StepSizePrior(version=version).act(missing)[0] > 0
+    # lowering is never gated
+    assert StepSizePrior(version=version).act(_obs(**{"step.hypergrad": -0.3, "weights.update_ratio_log10": 0.0}))[0] < 0
