@@ -142,7 +142,7 @@ class MetaTrainConfig:
     """MLflow experiment name."""
     progress: bool = True
     """Show a progress bar."""
-    prior: str | None = "prior@10"
+    prior: str | None = "prior@15"
     """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none;
     by default the latest, the one the shipped default uses (a literal: importing the prior would
     import torch into ``chuck train-policy --help``; tests/test_metatrain.py keeps it the latest)."""

@@ -8,8 +8,8 @@ change for users. The card records that, and what validation compared.
 
     python experiments/install_prior_default.py --snapshot experiments/runs/default-v2/snapshots/00005000 \\
         --selection docs/results/validation/prior_warmup/summary.json \\
-        --test-summary docs/results/test_v4/summary.json \\
-        --test-summary docs/results/test_v4/summary_no_observe.json --prior prior@10 --note "..."
+        --test-summary docs/results/test_v5/summary.json \\
+        --test-summary docs/results/test_v5/summary_no_observe.json --prior prior@15 --note "..."
 
 (the installed card's ``residual.why`` holds the note used for the shipped default.)
 """
