@@ -355,7 +355,10 @@ def _episode(
     """One evaluation episode (in this process or a worker)."""
     from chuck.envs import TrainingControlEnv
 
-    env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale)
+    # the policy's own warm-up, as ChuckOptimizer applies it in deployment (a residual on prior@10
+    # carries its prior's); the env has no prior of its own here: the policy answers whole
+    warmup = getattr(policy, "warmup", None) if policy is not None else None
+    env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale, warmup=warmup)
     hold = np.zeros(env.action_space.shape, dtype=np.float32)
     try:
         obs, _ = env.reset(seed=seed, options=options)

@@ -84,6 +84,9 @@ class TrainingControlEnv(gym.Env):
     * ``prior``: ``None``, or a built-in controller (``"prior@N"``, see chuck.policies.prior)
       whose action the agent's action is added to: the agent learns a residual, and the
       exported policy carries the same prior (its card's ``prior`` field).
+    * ``warmup``: the lr warm-up (steps) the run's optimizer applies, as ``ChuckOptimizer(warmup=...)``
+      does; ``None``: the prior's (prior@10 and later warm up). Meta-training's held-out evaluation
+      asks a whole exported policy with no prior here, so it passes that policy's warm-up.
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -110,6 +113,7 @@ class TrainingControlEnv(gym.Env):
         p_no_val: float = 0.3,
         prior: str | None = None,
         task_weights: Mapping[str, float] | None = None,
+        warmup: int | None = None,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -127,6 +131,7 @@ class TrainingControlEnv(gym.Env):
         self.p_no_total, self.p_no_model, self.p_no_val = p_no_total, p_no_model, p_no_val
         self.give_val = True
         self.prior = _load_prior(prior)
+        self.warmup = warmup if warmup is not None else getattr(self.prior, "warmup", None)
         self.observation_space = ObservationSpec().space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
@@ -205,7 +210,7 @@ class TrainingControlEnv(gym.Env):
             total_steps=self.budget if give_total else None,
             interval=self.interval,
             # the prior's warm-up (prior@10): a residual policy deploys with its prior's schedule
-            warmup=getattr(self.prior, "warmup", None),
+            warmup=self.warmup,
             seed=config.seed,
             history=False,  # thousands of meta-training episodes are not user runs
         )

@@ -285,3 +285,32 @@ def test_held_out_evaluation_in_workers_matches_one_process() -> None:
     assert [r["seed"] for r in pooled] == [7, 8, 9]
     assert [(r["task_id"], r["initial_lr"]) for r in alone] == [(r["task_id"], r["initial_lr"]) for r in pooled]
     np.testing.assert_allclose([r["return"] for r in alone], [r["return"] for r in pooled], rtol=1e-4, atol=1e-6)
+
+
+def test_held_out_evaluation_applies_the_policys_warmup() -> None:
+    """The held-out evaluation asks a whole policy (prior included) through an env without a prior of
+    its own; the run must still warm up as ChuckOptimizer does for that policy in deployment."""
+    from chuck.envs import TrainingControlEnv
+    from chuck.metatrain import evaluate_policy
+
+    policy = chuck.load_policy("prior@10")
+    assert policy.warmup
+    kw = {"interval": 10, "budget_scale": 0.15, "seed": 3}
+    (row,) = evaluate_policy(policy, "tabular.wine_mlp", 1, **kw)
+
+    def by_hand(warmup: int) -> float:
+        env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=10, budget_scale=0.15, warmup=warmup)
+        obs, _ = env.reset(seed=3)
+        policy.reset()
+        done, ret = False, 0.0
+        while not done:
+            env.opt.controller.policy = policy
+            action = env.opt.controller.ask(obs).action.astype(np.float32)
+            env.opt.controller.policy = None
+            obs, r, done, _, _ = env.step(action)
+            ret += r
+        env.close()
+        return ret
+
+    assert row["return"] == pytest.approx(by_hand(policy.warmup), rel=1e-6)
+    assert row["return"] != pytest.approx(by_hand(0), rel=1e-6), "without the warm-up the run differs"

@@ -184,3 +184,16 @@ def test_close_releases_an_rl_instance(task_id: str) -> None:
     env.reset(seed=0)
     env.close()
     assert env.instance is None and env.opt is None
+
+
+def test_the_warmup_is_the_priors_unless_given() -> None:
+    """The env's optimizer warms the lr up as deployment would: the prior's warm-up by default, or
+    the one given (meta-training's held-out evaluation passes a whole policy's)."""
+    from chuck.policies.prior import WARMUP
+
+    cases = [({}, 0), ({"prior": "prior@10"}, WARMUP), ({"warmup": 7}, 7), ({"prior": "prior@10", "warmup": 0}, 0)]
+    for kwargs, steps in cases:
+        env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, **kwargs)
+        env.reset(seed=0)
+        assert env.opt.action_spec.warmup_steps == steps, kwargs
+        env.close()
