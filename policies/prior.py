@@ -197,8 +197,8 @@ EARLY_LOWER_SLACK = 0.04
 #: no gate. This is Karpathy's "update / weight ratio" rule of thumb (about 1e-3 for long runs) with
 #: its level read off the zoo's short runs, not the rule's value. On the train split (88 runs): harm
 #: > 1.05 at the tuned lr 50% against version 10's 64%, but geo regret 2.22 against 2.03 (paired 1.10
-#: [0.96, 1.27]; from 1e-4 2.24 against 2.00): the families whose best lr is high (a GRU at 0.1, a transformer at 1e-2) were
-#: stopped short.
+#: [0.96, 1.27]; from 1e-4 2.24 against 2.00): the families whose best lr is high (a GRU at 0.1, a
+#: transformer at 1e-2) were stopped short.
 RAISE_GATE = -1.9
 #: Version 15, shipped: the same gate at the 90th percentile of the ratio at the best lr (-1.62), so
 #: that it stops runaway climbs only. Raising shares on the per-decision data: 34% of the first eight
@@ -302,7 +302,7 @@ class StepSizePrior(Policy):
         lr, why = self.lr_action(f, min(lower_at, raise_at), raise_at)
         first, self._decided = self._decided == 0, self._decided + 1
         if self.raise_gate is not None and lr > 0.0 and f.get("weights.update_ratio_log10", -np.inf) >= self.raise_gate:
-            lr, why = 0.0, ""  # the steps are already as large as a tuned run's (version 14)
+            lr, why = 0.0, ""  # the steps are already as large as a tuned run's (versions 14, 15)
         if self.hold_first_raise and first and lr > 0.0:
             lr, why = 0.0, ""  # early gradients agree at almost any lr: not evidence yet (version 11)
         if self.persistent_raise:
