@@ -36,6 +36,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -365,13 +366,22 @@ def _episode(
         if policy is not None:
             policy.reset()  # a run starts
         done, ret, info = False, 0.0, {}
+        failed, first_failure = 0, ""
         while not done:
-            action = hold if policy is None else _ask_as_deployed(env, policy, obs)
+            if policy is None:
+                action = hold
+            else:
+                answer = _ask_as_deployed(env, policy, obs)
+                if answer.reason.startswith("hold:"):  # asking failed: the controller held (see Controller.ask)
+                    failed, first_failure = failed + 1, first_failure or answer.reason
+                action = answer.action.astype(np.float32)
             obs, r, done, _, info = env.step(action)
             ret += r
     finally:
         env.close()
     return {
+        "failed_asks": failed,
+        "first_failure": first_failure,
         "task_id": info["task_id"],
         "seed": seed,
         "optimizer": info["hyperparameters"]["optimizer"],
@@ -383,11 +393,11 @@ def _episode(
     }
 
 
-def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> np.ndarray:
+def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> Any:
     controller = env.opt.controller
     controller.policy = policy
     try:
-        return controller.ask(obs).action.astype(np.float32)
+        return controller.ask(obs)
     finally:
         controller.policy = None  # the env stays under external control
 
@@ -573,7 +583,18 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                 "constant_return": baseline,
                 "advantage": mean - baseline,
                 "diverged": float(np.mean([r["diverged"] for r in rows])),
+                # decisions where asking the policy failed and the controller held: a broken policy
+                # scores exactly as "hold" does, so say so rather than report its return silently
+                "failed_asks": float(sum(r["failed_asks"] for r in rows)),
             }
+            failures = [r["first_failure"] for r in rows if r["failed_asks"]]
+            if failures:
+                warnings.warn(
+                    f"held-out evaluation at {result['timesteps']} timesteps: asking the policy failed in "
+                    f"{int(result['failed_asks'])} decisions (the controller held); first: {failures[0]}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             mlflow.log_metrics({f"eval.{k}": v for k, v in result.items() if k != "timesteps"}, step=int(model.num_timesteps))
             log_per_task()
             evaluations.append(result)

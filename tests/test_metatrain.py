@@ -314,3 +314,25 @@ def test_held_out_evaluation_applies_the_policys_warmup() -> None:
 
     assert row["return"] == pytest.approx(by_hand(policy.warmup), rel=1e-6)
     assert row["return"] != pytest.approx(by_hand(0), rel=1e-6), "without the warm-up the run differs"
+
+
+def test_held_out_evaluation_counts_asks_that_failed() -> None:
+    """A policy that cannot be asked scores exactly as holding the lr does (the controller holds on any
+    failure); the evaluation rows say how often that happened and why, so that it is not mistaken
+    for a policy that learned to hold."""
+    from chuck.metatrain import evaluate_policy
+    from chuck.policies.base import Policy
+
+    class Broken(Policy):  # a fault injected on purpose
+        name = "broken"
+
+        def act(self, observation: np.ndarray) -> np.ndarray:
+            raise RuntimeError("injected")
+
+    kw = {"interval": 10, "budget_scale": 0.15, "seed": 3}
+    (held,) = evaluate_policy(None, "tabular.wine_mlp", 1, **kw)
+    (broken,) = evaluate_policy(Broken(), "tabular.wine_mlp", 1, **kw)
+    assert broken["return"] == pytest.approx(held["return"])
+    assert broken["failed_asks"] > 0 and "injected" in broken["first_failure"]
+    (fine,) = evaluate_policy(chuck.load_policy("prior@3"), "tabular.wine_mlp", 1, **kw)
+    assert fine["failed_asks"] == 0 and fine["first_failure"] == ""
