@@ -16,7 +16,9 @@ with `chuck evaluate --tasks validation` on many instances. The "test" families 
 report. Checkpoints (experiments/runs/default-vN/checkpoint) are committed with the repository:
 rerun the command, in this session or a later one, and training resumes where it stopped.
 
-Runs: ``v4`` (the default) learns on prior@10, the prior the shipped default uses; ``v3`` on
+Runs: ``v4`` (the default) learns on prior@10, the shipped default's prior when it started (the
+default now ships prior@15, which differs from prior@10 only by not raising steps that are
+already large; a snapshot of v4 is compared with the shipped default all the same); ``v3`` on
 prior@3 stopped at 103,424 decisions, level with its prior on validation (docs/results.md).
 
 Wall time on this project's machine (2 cores, one env per core, nothing else running): 31,744
