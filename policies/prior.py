@@ -200,7 +200,7 @@ EARLY_LOWER_SLACK = 0.04
 #: [0.96, 1.27]; from 1e-4 2.24 against 2.00): the families whose best lr is high (a GRU at 0.1, a
 #: transformer at 1e-2) were stopped short.
 RAISE_GATE = -1.9
-#: Version 15, shipped: the same gate at the 90th percentile of the ratio at the best lr (-1.62), so
+#: Version 15, the latest: the same gate at the 90th percentile of the ratio at the best lr (-1.62), so
 #: that it stops runaway climbs only. Raising shares on the per-decision data: 34% of the first eight
 #: decisions at the best lr (38% ungated), 14% half a decade above (19%), 83% a decade below (84%).
 #: Measured against version 10 (docs/results.md): train split harm > 1.05 at the tuned lr 45% against
@@ -224,8 +224,10 @@ LOOSE_RAISE_GATE = -1.6
 #: split. Versions 12-15 each change one thing in 10: 12 and 13 move the raise and the lower edge with
 #: the point of the run (rejected on the train split), 14 and 15 gate raises on the update ratio;
 #: version 15 keeps version 10's geo-mean within noise on both splits and lowers the harm at a tuned lr
-#: and the median on both, and ships. The others stay loadable (``prior@4`` ...) so that the ablation
-#: can be rerun; ``LATEST`` is the version the default ships.
+#: and the median on both. The others stay loadable (``prior@4`` ...) so that the ablation can be
+#: rerun. ``LATEST`` is the best prior alone (``load_policy("prior")``, and the prior new residuals
+#: train on by default); the shipped default names its prior in its card (today version 15, with a
+#: zero residual).
 VERSIONS: dict[str, dict[str, Any]] = {
     "1": {"cooldown": None, "val_guard": False},
     "2": {"cooldown": COOLDOWN, "val_guard": False},
