@@ -50,6 +50,7 @@ class PolicyAnswer:
     source: str  # "policy" or "fallback"
     reason: str = ""
     attribution: dict[str, dict[str, float]] = field(default_factory=dict)
+    failed: bool = False  # asking the policy failed (raised, wrong shape, non-finite): chuck held
 
 
 class Controller:
@@ -149,9 +150,9 @@ class Controller:
         try:
             action = np.asarray(self.policy.act(obs.copy()), dtype=np.float64).reshape(-1)
             if action.shape != (dims,):
-                return self._hold(f"policy returned shape {action.shape}, expected ({dims},)")
+                return self._hold(f"policy returned shape {action.shape}, expected ({dims},)", failed=True)
             if not np.all(np.isfinite(action)):
-                return self._hold("policy returned non-finite values")
+                return self._hold("policy returned non-finite values", failed=True)
             outside = self._out_of_distribution(obs)
             if outside:
                 return self._fallback_answer(obs, outside)
@@ -159,7 +160,7 @@ class Controller:
                 action, "policy", attribution=_per_dimension(self.policy.explain(obs), action, self.action_spec.dims)
             )
         except Exception as exc:  # noqa: BLE001 - any failure in asking (act, OOD check, explain) means hold
-            return self._hold(f"asking the policy raised {type(exc).__name__}: {exc}")
+            return self._hold(f"asking the policy raised {type(exc).__name__}: {exc}", failed=True)
 
     def _out_of_distribution(self, obs: np.ndarray) -> list[str]:
         check = getattr(self.policy, "out_of_distribution", None)
@@ -191,8 +192,8 @@ class Controller:
         attribution = _per_dimension(self._fallback.explain(obs), action, self.action_spec.dims)
         return PolicyAnswer(action, "fallback", f"{why}; the heuristic decided", attribution)
 
-    def _hold(self, reason: str) -> PolicyAnswer:
-        return PolicyAnswer(np.zeros(len(self.action_spec.dims)), "fallback", f"hold: {reason}")
+    def _hold(self, reason: str, failed: bool = False) -> PolicyAnswer:
+        return PolicyAnswer(np.zeros(len(self.action_spec.dims)), "fallback", f"hold: {reason}", failed=failed)
 
     def apply(
         self,

@@ -40,11 +40,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from chuck.observation import ObservationSpec
+
+if TYPE_CHECKING:
+    from chuck.controller import PolicyAnswer
 
 BACKENDS = ("process", "ray")
 
@@ -358,8 +361,7 @@ def _episode(
 
     # the policy's own warm-up, as ChuckOptimizer applies it in deployment (a residual on prior@10
     # carries its prior's); the env has no prior of its own here: the policy answers whole
-    warmup = getattr(policy, "warmup", None) if policy is not None else None
-    env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale, warmup=warmup)
+    env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale, warmup=getattr(policy, "warmup", None))
     hold = np.zeros(env.action_space.shape, dtype=np.float32)
     try:
         obs, _ = env.reset(seed=seed, options=options)
@@ -372,7 +374,7 @@ def _episode(
                 action = hold
             else:
                 answer = _ask_as_deployed(env, policy, obs)
-                if answer.reason.startswith("hold:"):  # asking failed: the controller held (see Controller.ask)
+                if answer.failed:  # asking raised or returned garbage: the controller held
                     failed, first_failure = failed + 1, first_failure or answer.reason
                 action = answer.action.astype(np.float32)
             obs, r, done, _, info = env.step(action)
@@ -393,7 +395,7 @@ def _episode(
     }
 
 
-def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> Any:
+def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> PolicyAnswer:
     controller = env.opt.controller
     controller.policy = policy
     try:

@@ -209,7 +209,7 @@ class TrainingControlEnv(gym.Env):
             model=self.instance.model if give_model else None,
             total_steps=self.budget if give_total else None,
             interval=self.interval,
-            # the prior's warm-up (prior@10): a residual policy deploys with its prior's schedule
+            # the prior's warm-up (a residual deploys with its prior's schedule), or the one given
             warmup=self.warmup,
             seed=config.seed,
             history=False,  # thousands of meta-training episodes are not user runs
