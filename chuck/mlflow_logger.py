@@ -91,8 +91,6 @@ __all__ = ["MLflowDecisionLogger", "replay_spool"]
 SOURCE_CODES = {"policy": 0.0, "external": 0.0, "fallback": 1.0, "guardrail": 2.0}
 #: Loss points kept in memory for the timeline (halved whenever exceeded).
 MAX_CURVE_POINTS = 4096
-#: The experiment kind MLflow 3 opens on its runs view (not the GenAI overview).
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class MLflowDecisionLogger:
@@ -140,7 +138,7 @@ class MLflowDecisionLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow import MlflowClient
 
-        from chuck.tracking import resolve_tracking_uri, setup
+        from chuck.tracking import resolve_tracking_uri, setup, tag_experiment_kind
 
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
@@ -148,8 +146,7 @@ class MLflowDecisionLogger:
             setup(self.tracking_uri, experiment)
             exp = self.client.get_experiment_by_name(experiment)
             assert exp is not None, f"setup() created experiment {experiment!r}"
-            if EXPERIMENT_KIND[0] not in (exp.tags or {}):  # open on the runs view, not MLflow 3's GenAI overview
-                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+            tag_experiment_kind(self.client, exp.experiment_id)
             run_id = self.client.create_run(exp.experiment_id, run_name=run_name).info.run_id
             self._owns_run = True
         else:

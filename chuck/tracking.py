@@ -21,6 +21,9 @@ from typing import Any
 
 from chuck.home import chuck_home
 
+#: The experiment kind MLflow 3 opens on its runs view (not the GenAI overview).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
 
 def _mlflow():
     try:
@@ -79,9 +82,29 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
         location = None
         if (db := sqlite_path(uri)) is not None:
             location = (db.parent / "mlartifacts" / experiment).resolve().as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
+        try:
+            mlflow.create_experiment(experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(experiment) is None:
+                raise  # not a concurrent creation of the same experiment (several ranks or workers)
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+def tag_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Give an experiment created elsewhere chuck's kind tag (MLflow 3 then opens it on the runs view).
+
+    Idempotent and safe when several processes (DDP ranks, evaluation workers) open the same
+    experiment at once: the SQLite store inserts the tag, so the loser of that race gets a unique
+    constraint error while the tag it wanted is already there.
+    """
+    if EXPERIMENT_KIND[0] in (client.get_experiment(experiment_id).tags or {}):
+        return
+    try:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    except Exception:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
+        if EXPERIMENT_KIND[0] not in (client.get_experiment(experiment_id).tags or {}):
+            raise
 
 
 def register_artifact(

@@ -350,3 +350,60 @@ def test_a_hung_request_does_not_keep_later_records_out_of_the_spool(tmp_path) -
         assert lr_steps == [d.step for d in opt.decisions] and len(lr_steps) == 6
     finally:
         hung.close()
+
+
+def test_experiments_chuck_creates_carry_the_kind_tag(tmp_path) -> None:
+    from chuck import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup(uri, "fresh")
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("fresh")
+    assert exp is not None and exp.tags.get(tracking.EXPERIMENT_KIND[0]) == tracking.EXPERIMENT_KIND[1]
+    tracking.setup(uri, "fresh")  # a second setup of the same experiment is a no-op, not an error
+
+
+class _LosesTheTagRace:
+    """A real client whose tag write loses a race: another process writes the same tag first,
+    then this write fails as SQLite's unique constraint makes it fail (the DDP test's CI failure)."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client, self.writes = client, 0
+
+    def get_experiment(self, experiment_id: str):
+        return self.client.get_experiment(experiment_id)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        self.writes += 1
+        self.client.set_experiment_tag(experiment_id, key, value)  # the other process
+        raise MlflowException("UNIQUE constraint failed: experiment_tags.key, experiment_tags.experiment_id")
+
+
+def test_tagging_an_experiment_tolerates_a_concurrent_writer(tmp_path) -> None:
+    from chuck import tracking
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.create_experiment("made-elsewhere")  # no kind tag: made by another tool
+    racing = _LosesTheTagRace(client)
+    tracking.tag_experiment_kind(racing, exp_id)
+    assert racing.writes == 1
+    assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND[0]] == tracking.EXPERIMENT_KIND[1]
+    tracking.tag_experiment_kind(racing, exp_id)  # already tagged: nothing written
+    assert racing.writes == 1
+
+
+def test_a_failed_tag_write_that_left_no_tag_is_not_swallowed(tmp_path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from chuck import tracking
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.create_experiment("made-elsewhere")
+
+    class Broken(_LosesTheTagRace):
+        def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+            raise MlflowException("store unavailable")
+
+    with pytest.raises(MlflowException, match="store unavailable"):
+        tracking.tag_experiment_kind(Broken(client), exp_id)
