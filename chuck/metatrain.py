@@ -646,8 +646,11 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         if remaining > 0:
             model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
         save_checkpoint()
-        final = run_eval()
-        save_checkpoint()
+        if evaluations and evaluations[-1]["timesteps"] == int(model.num_timesteps):
+            final = evaluations[-1]  # a finished run resumed (to register it after a crash): evaluated already
+        else:
+            final = run_eval()
+            save_checkpoint()
 
         artifact = export_sb3(model, venv, out / "artifact", card(final))
         load_artifact(artifact)  # the exported artifact must load before it is registered
@@ -673,8 +676,11 @@ def _log_eval_outputs(mlflow: Any, out: Path, evaluations: list[dict[str, Any]],
 
     table = out / "evaluations.csv"
     if evaluations:
+        # a run resumed across chuck versions mixes rows with and without later columns (failed_asks):
+        # every column any row has, in first-seen order, empty where a row lacks it
+        fields = list(dict.fromkeys(k for e in evaluations for k in e))
         with open(table, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(evaluations[0]))
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(evaluations)
         mlflow.log_artifact(str(table), artifact_path="evaluation")

@@ -336,3 +336,23 @@ def test_held_out_evaluation_counts_asks_that_failed() -> None:
     assert broken["failed_asks"] > 0 and "injected" in broken["first_failure"]
     (fine,) = evaluate_policy(chuck.load_policy("prior@3"), "tabular.wine_mlp", 1, **kw)
     assert fine["failed_asks"] == 0 and fine["first_failure"] == ""
+
+
+def test_evaluation_table_of_a_run_resumed_across_versions_keeps_every_column(tmp_path) -> None:
+    """A checkpoint written before ``failed_asks`` existed, resumed by a version that logs it: the
+    final table must hold both kinds of rows (the v4 recipe crashed here after 200k decisions)."""
+    import csv
+
+    from chuck import tracking
+    from chuck.metatrain import _log_eval_outputs
+
+    mlflow = tracking.setup(f"sqlite:///{tmp_path / 'mlflow.db'}", "resumed")
+    old = {"timesteps": 5000, "heldout_return": 1.0, "constant_return": 2.0, "advantage": -1.0, "diverged": 0.0}
+    new = {**old, "timesteps": 10000, "failed_asks": 0.0}
+    with mlflow.start_run():
+        _log_eval_outputs(mlflow, tmp_path, [old, new], [])
+    with open(tmp_path / "evaluations.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["timesteps"] for r in rows] == ["5000", "10000"]
+    assert rows[0]["failed_asks"] == "" and rows[1]["failed_asks"] == "0.0"
+    assert (tmp_path / "heldout_curve.png").stat().st_size > 0
