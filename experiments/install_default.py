@@ -14,6 +14,7 @@ split summaries it was reported on.
 
     python experiments/install_default.py --snapshot experiments/runs/default-v2/snapshots/00005000 \\
         --selection docs/results/validation/prior_warmup/summary.json \\
+        --selection docs/results/validation/prior_warmup/summary_no_observe.json \\
         --test-summary docs/results/test_v5/summary.json \\
         --test-summary docs/results/test_v5/summary_no_observe.json --prior prior@15 --note "..."
 
@@ -41,7 +42,12 @@ KEEP = ("name", "interval", "prior", "architecture", "training")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snapshot", required=True, help="a PPO snapshot (its network shape and normalization are kept)")
-    ap.add_argument("--selection", required=True, help="chuck evaluate summary.json of the validation comparison")
+    ap.add_argument(
+        "--selection",
+        action="append",
+        required=True,
+        help="chuck evaluate summary.json of the validation comparison (repeatable: with and without observe)",
+    )
     ap.add_argument(
         "--test-summary", action="append", default=[], help="chuck evaluate summary.json on the test split (repeatable)"
     )
@@ -76,7 +82,9 @@ def main() -> None:
         # No observation range: the zero residual reads nothing, so an out-of-distribution fallback to
         # the heuristic would only replace the prior's well-defined behaviour by another rule.
     card["splits"] = {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
-    card["evaluation"] = {"validation": _headlines(args.selection)}
+    card["evaluation"] = {"validation": {}}
+    for path in args.selection:
+        card["evaluation"]["validation"].update(_headlines(path))
     for path in args.test_summary:  # e.g. with and without observe(val_loss=...)
         card["evaluation"].setdefault("test", {}).update(_headlines(path))
     save_artifact(actor, TARGET, card)

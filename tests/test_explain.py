@@ -80,3 +80,9 @@ def test_fallbacks_are_explained() -> None:
     )
     lines = summarize_decisions([d], {"lr": 1e-5})
     assert any("a fallback" in line and "loss.has_val" in line and "heuristic" in line for line in lines)
+
+
+def test_dropout_changes_read_at_three_digits_and_nudges_read_as_held() -> None:
+    assert what_changed("dropout", {"dropout": 0.0312}, {"dropout": 0.0301}) == "dropout 0.0312 -> 0.0301"
+    assert what_changed("dropout", {"dropout": 0.1}, {"dropout": 0.1005}) is None  # within 1%: held
+    assert what_changed("dropout", {"dropout": 0.0}, {"dropout": 0.05}) == "dropout 0 -> 0.05"
