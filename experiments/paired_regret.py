@@ -8,6 +8,8 @@ Also per starting lr, and the harm-at-the-tuned-lr shares of both arms.
 
     python experiments/paired_regret.py docs/results/validation/prior_warmup/rows.csv chuck:prior@3 chuck:prior@10
     python experiments/paired_regret.py ROWS A B --seeds 0,1,2     # only these instance seeds
+    python experiments/paired_regret.py docs/results/test_v7/rows.csv chuck:default chuck:default \
+        --a-rows docs/results/test_v5/rows.csv   # the same arm name in two directories: two defaults
 """
 
 from __future__ import annotations
@@ -64,8 +66,19 @@ def main() -> None:
     ap.add_argument("a", help="the reference arm, e.g. chuck:prior@3")
     ap.add_argument("b", help="the arm compared with it")
     ap.add_argument("--seeds", help="comma-separated instance seeds to keep (default: all)")
+    ap.add_argument(
+        "--a-rows",
+        help="read arm A from this rows.csv instead (same instances and oracle, e.g. an earlier default's "
+        "directory); it is then reported as 'A [PATH]'",
+    )
     args = ap.parse_args()
     rows = pl.read_csv(args.rows)
+    if args.a_rows:
+        other = pl.read_csv(args.a_rows).filter(pl.col("arm") == args.a)
+        if other.is_empty():
+            raise SystemExit(f"no rows of arm {args.a!r} in {args.a_rows}")
+        args.a = f"{args.a} [{args.a_rows}]"
+        rows = pl.concat([rows, other.select(rows.columns).with_columns(pl.lit(args.a).alias("arm"))])
     if args.seeds:
         rows = rows.filter(pl.col("seed").is_in([int(x) for x in args.seeds.split(",")]))
     r = paired(rows, args.a, args.b)
