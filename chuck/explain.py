@@ -9,7 +9,7 @@ the decision was made from::
     lr x2: update ratio 10^-4.6, below its usual 10^-3 (+0.41); loss falling 3% per 100 steps (+0.22)
 
 * **what changed** comes from the hyperparameters before and after the decision (``lr x2``,
-  ``clipping on at 1.2x the median gradient norm``, ``dropout 0.10 -> 0.15``);
+  ``clipping on at 1.2x the median gradient norm``, ``dropout 0.1 -> 0.15``);
 * **why** lists the features that pushed that dimension hardest, each with its value in
   its own unit, where it stands against its usual range, and the sign and share of its push
   (``+``: towards raising the hyperparameter). The usual ranges are the monitors' own
@@ -211,7 +211,7 @@ def what_changed(dim: str, before: Mapping[str, float], after: Mapping[str, floa
     key = dim
     b, a = before.get(key, math.nan), after.get(key, math.nan)
     if dim == "clip":
-        if math.isinf(b) and math.isinf(a) or b == a:
+        if math.isnan(a) or math.isinf(b) and math.isinf(a) or b == a:  # nan: not recorded, not a change
             return None
         if math.isinf(a):
             return "clipping off"
@@ -221,7 +221,7 @@ def what_changed(dim: str, before: Mapping[str, float], after: Mapping[str, floa
     if dim == "dropout":
         # the same relative tolerance as the lr's: a learned policy nudges dropout by fractions of a
         # percent, which read as "dropout 0.03 -> 0.03" at two decimals
-        if not (math.isfinite(a) and math.isfinite(b)) or abs(a - b) <= HOLD_TOLERANCE * max(a, b, 1e-9):
+        if not (math.isfinite(a) and math.isfinite(b)) or abs(a - b) < HOLD_TOLERANCE * max(a, b, 1e-9):
             return None
         return f"dropout {b:.3g} -> {a:.3g}"
     if not (math.isfinite(a) and math.isfinite(b)) or b <= 0 or abs(a / b - 1.0) < HOLD_TOLERANCE:
@@ -322,8 +322,8 @@ def _get(d: Any, key: str) -> Any:
 def summarize_decisions(decisions: Sequence[Any], initial: Mapping[str, float], max_lines: int = 6) -> list[str]:
     """What the policy did over a run, and why, in a few sentences (the demo and the MLflow run page).
 
-    ``"raised the lr 7 times (x2 each, reaching 0.0013; steps 20-140); strongest input: update ratio
-    10^-4.2, below its usual 10^-3 (median over those decisions)"``: per dimension and direction, the
+    ``"raised the lr 7 times (x2 each, reaching 0.0013; steps 20-140); strongest input (median over
+    those decisions): update ratio 10^-4.2, below its usual 10^-3"``: per dimension and direction, the
     feature that most often pushed hardest, at its median value over those decisions.
     """
     lines: list[str] = []
@@ -341,7 +341,7 @@ def summarize_decisions(decisions: Sequence[Any], initial: Mapping[str, float], 
         why = _common_reason(dim, [d for d, _ in items])
         times = "once" if n == 1 else "twice" if n == 2 else f"{n} times"
         the = "the " if dim in ("lr", "weight_decay") else ""
-        lines.append(f"{direction} {the}{DIM_WORDS[dim]} {times} ({how}; {when})" + (f"; strongest input: {why}" if why else ""))
+        lines.append(f"{direction} {the}{DIM_WORDS[dim]} {times} ({how}; {when})" + (f"; {why}" if why else ""))
     guards = [d for d in decisions if _get(d, "source") == "guardrail"]
     if guards:
         kinds: dict[str, int] = {}
@@ -380,7 +380,9 @@ def _how(dim: str, items: list[tuple[Any, str]]) -> str:
 
 
 def _common_reason(dim: str, decisions: list[Any]) -> str:
-    """The feature that most often pushed ``dim`` hardest across ``decisions``, with its range of values."""
+    """The feature that most often pushed ``dim`` hardest across ``decisions``, in words at its median value
+    over them (``"strongest input (median over those decisions): update ratio 10^-4.2, ..."``); a flag or a
+    feature that did not vary reads without the label."""
     counts: dict[str, list[float]] = {}
     for d in decisions:
         attr = (_get(d, "attribution") or {}).get(dim) or {}
@@ -394,10 +396,11 @@ def _common_reason(dim: str, decisions: list[Any]) -> str:
     name, values = max(counts.items(), key=lambda kv: len(kv[1]))
     finite = sorted(v for v in values if v is not None and math.isfinite(v))
     if name not in FEATURE_WORDS or not finite:
-        return name
-    typical = finite[len(finite) // 2]
-    varied = len(finite) > 2 and finite[0] != finite[-1]  # a flag or a constant has no median worth naming
-    return describe_feature(name, typical) + (" (median over those decisions)" if varied else "")
+        return f"strongest input: {name}"
+    typical = finite[(len(finite) - 1) // 2]  # the lower median: a value some decision saw
+    varied = finite[0] != finite[-1]  # a flag or a constant has no median worth naming
+    label = "strongest input (median over those decisions)" if varied else "strongest input"
+    return f"{label}: {describe_feature(name, typical)}"
 
 
 def fallback_sentence(fallbacks: Sequence[Any]) -> str:

@@ -84,6 +84,7 @@ from chuck.mlflow_spool import (
 )
 from chuck.monitors.base import Indicator, Monitor, StepRecord
 from chuck.report import Decision
+from chuck.tracking import EXPERIMENT_KIND  # noqa: F401 - re-exported: it was defined here before
 
 __all__ = ["MLflowDecisionLogger", "replay_spool"]
 

@@ -19,6 +19,23 @@ import argparse
 import numpy as np
 import polars as pl
 
+#: What the comparison reads from a rows.csv (older and newer `chuck evaluate` versions agree on these).
+COLUMNS = ["kind", "arm", "family", "seed", "lr", "oracle_loss", "regret", "harm"]
+
+
+def check_same_oracle(rows: pl.DataFrame, other: pl.DataFrame, where: str) -> None:
+    """Refuse to pair runs of two directories whose oracle (the sweep's best loss) differs on an instance:
+    their regrets would not be comparable."""
+    key = ["family", "seed"]
+    mine = rows.group_by(key).agg(pl.col("oracle_loss").first().alias("mine"))
+    theirs = other.group_by(key).agg(pl.col("oracle_loss").first().alias("theirs"))
+    both = mine.join(theirs, on=key)
+    if both.is_empty():
+        raise SystemExit(f"{where} shares no instance (family, seed) with the rows compared")
+    bad = both.filter((pl.col("mine") - pl.col("theirs")).abs() > 1e-9 * pl.col("mine").abs().clip(lower_bound=1e-30))
+    if not bad.is_empty():
+        raise SystemExit(f"{where} has another oracle on {bad.height} instances (e.g. {bad.row(0)}): not comparable")
+
 
 def paired(rows: pl.DataFrame, a: str, b: str, resamples: int = 4000, seed: int = 0) -> dict[str, object]:
     """Paired geo ratio of ``b`` over ``a`` on the main runs, its bootstrap interval, and the same per lr."""
@@ -72,13 +89,14 @@ def main() -> None:
         "directory); it is then reported as 'A [PATH]'",
     )
     args = ap.parse_args()
-    rows = pl.read_csv(args.rows)
+    rows = pl.read_csv(args.rows).select(COLUMNS)
     if args.a_rows:
-        other = pl.read_csv(args.a_rows).filter(pl.col("arm") == args.a)
+        other = pl.read_csv(args.a_rows).select(COLUMNS).filter(pl.col("arm") == args.a)
         if other.is_empty():
             raise SystemExit(f"no rows of arm {args.a!r} in {args.a_rows}")
+        check_same_oracle(rows, other, args.a_rows)
         args.a = f"{args.a} [{args.a_rows}]"
-        rows = pl.concat([rows, other.select(rows.columns).with_columns(pl.lit(args.a).alias("arm"))])
+        rows = pl.concat([rows, other.with_columns(pl.lit(args.a).alias("arm"))], how="vertical_relaxed")
     if args.seeds:
         rows = rows.filter(pl.col("seed").is_in([int(x) for x in args.seeds.split(",")]))
     r = paired(rows, args.a, args.b)

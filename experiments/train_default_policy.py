@@ -2,12 +2,12 @@
 
     python experiments/train_default_policy.py                  # trains (resumable); installs nothing
     python experiments/train_default_policy.py --timesteps 40000  # stop earlier (resume later with a larger number)
-    python experiments/train_default_policy.py --run v3          # resume the earlier run, on prior@3
-    python experiments/train_default_policy.py --install-only --snapshot DIR  # install a snapshot that won
+    python experiments/train_default_policy.py --run v5          # the residual on prior@15 (PPO seed 1)
 
 Training never replaces the shipped default by itself: a snapshot replaces it only after it
-beats the current default on the validation split (`chuck evaluate --policies
-default,DIR --tasks validation --seeds 0,1,2`), and is installed with --install-only.
+beats the current default on the validation split, with and without validation losses
+(`chuck evaluate --policies default,DIR --tasks validation --seeds 0,1,2,3,4,5`, once more with
+`--no-observe`), and is installed with its card by ``experiments/install_default.py --residual keep``.
 
 PPO learns a residual on the built-in prior (chuck.policies.prior) over the zoo's "train"
 families, with a periodic evaluation on the "validation" families; every evaluated policy is
@@ -31,14 +31,12 @@ i.e. 200k decisions take about 3.5 hours; docs/results.md records what was run.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 from chuck.metatrain import MetaTrainConfig, train_policy
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = ROOT / "policies" / "artifacts" / "default"
 
 
 #: run -> the prior its residual learns on, its PPO seed and the registry alias of its final artifact
@@ -74,31 +72,21 @@ def config(run: str) -> MetaTrainConfig:
     )
 
 
-def install(artifact: Path) -> None:
-    TARGET.mkdir(parents=True, exist_ok=True)
-    for name in ("policy.pt", "policy.json"):
-        shutil.copy2(artifact / name, TARGET / name)
-    print(f"installed {artifact} -> {TARGET}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", choices=sorted(RUNS), default="v4", help="which run to train or resume (default: %(default)s)")
-    ap.add_argument("--install-only", action="store_true")
     ap.add_argument("--timesteps", type=int, default=200_000)
-    ap.add_argument("--snapshot", help="with --install-only: the snapshot directory to install (default: the final artifact)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     cfg = config(args.run)
-    output = Path(cfg.output)
-    if not args.install_only:
-        cfg.timesteps = args.timesteps
-        cfg.progress = not args.no_progress
-        result = train_policy(cfg)
-        print(f"validation evaluations: {result.evaluations}")
-        print(f"snapshots in {output / 'snapshots'}: compare them with the default on validation before installing one")
-        return
-    install(Path(args.snapshot) if args.snapshot else output / "artifact")
+    cfg.timesteps = args.timesteps
+    cfg.progress = not args.no_progress
+    result = train_policy(cfg)
+    print(f"validation evaluations: {result.evaluations}")
+    print(
+        f"snapshots in {Path(cfg.output) / 'snapshots'}: compare them with the default on validation before "
+        "installing one with experiments/install_default.py"
+    )
 
 
 if __name__ == "__main__":

@@ -86,3 +86,39 @@ def test_dropout_changes_read_at_three_digits_and_nudges_read_as_held() -> None:
     assert what_changed("dropout", {"dropout": 0.0312}, {"dropout": 0.0301}) == "dropout 0.0312 -> 0.0301"
     assert what_changed("dropout", {"dropout": 0.1}, {"dropout": 0.1005}) is None  # within 1%: held
     assert what_changed("dropout", {"dropout": 0.0}, {"dropout": 0.05}) == "dropout 0 -> 0.05"
+    assert what_changed("clip", {}, {"lr": 1e-3}) is None  # a decision that records no clip did not change it
+
+
+def test_a_run_summary_names_the_strongest_input_at_its_median() -> None:
+    def decision(step: int, lr: float, ratio: float) -> Decision:
+        return Decision(
+            step=step,
+            source="policy",
+            action=[1, 0, 0, 0],
+            observation={"weights.update_ratio_log10": ratio, "ctrl.has_dropout": 1.0},
+            hyperparameters={"lr": lr},
+            reason="",
+            attribution={"lr": {"weights.update_ratio_log10": 0.5, "ctrl.has_dropout": 0.1}},
+        )
+
+    ratios = [-4.6, -4.2, -3.8]
+    decisions = [decision(20 * (i + 1), 1e-5 * 2 ** (i + 1), r) for i, r in enumerate(ratios)]
+    (line,) = summarize_decisions(decisions, {"lr": 1e-5})
+    assert line.startswith("raised the lr 3 times (x2 each, reaching 8e-05; steps 20-60)")
+    assert line.endswith(
+        "; strongest input (median over those decisions): " + describe_feature("weights.update_ratio_log10", -4.2)
+    )
+    flag = [
+        Decision(
+            step=20 * (i + 1),
+            source="policy",
+            action=[1, 0, 0, 0],
+            observation={"ctrl.has_dropout": 1.0},
+            hyperparameters={"lr": 1e-5 * 2 ** (i + 1)},
+            reason="",
+            attribution={"lr": {"ctrl.has_dropout": 0.3}},
+        )
+        for i in range(3)
+    ]
+    (line,) = summarize_decisions(flag, {"lr": 1e-5})
+    assert line.endswith("; strongest input: " + describe_feature("ctrl.has_dropout", 1.0)), line  # a flag: no median

@@ -61,6 +61,11 @@ def test_tiny_meta_training_end_to_end(tmp_path, monkeypatch) -> None:
     assert again.run_id == result.run_id
     assert chuck.load_policy(str(again.artifact_dir)).card["training"]["timesteps"] >= 320
 
+    # rerunning a finished run (to register it after a crash) trains and evaluates nothing more
+    done = train_policy(cfg)
+    assert done.evaluations == again.evaluations
+    assert len({e["timesteps"] for e in done.evaluations}) == len(done.evaluations), "no evaluation twice"
+
 
 def _train_policy_cli(tmp_path, *args: str) -> list[str]:
     """``chuck train-policy`` arguments of a run that must stop before training: output and store under tmp_path."""

@@ -407,3 +407,28 @@ def test_a_failed_tag_write_that_left_no_tag_is_not_swallowed(tmp_path) -> None:
 
     with pytest.raises(MlflowException, match="store unavailable"):
         tracking.tag_experiment_kind(Broken(client), exp_id)
+
+
+def test_setup_tolerates_another_process_creating_the_experiment_first(tmp_path, monkeypatch) -> None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from chuck import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    real_create = mlflow.create_experiment
+
+    def loses_the_race(name, **kwargs):
+        real_create(name, **kwargs)  # the other process (a DDP rank, an evaluation worker) wins
+        raise MlflowException(f"Experiment(name={name}) already exists.")
+
+    monkeypatch.setattr(mlflow, "create_experiment", loses_the_race)
+    tracking.setup(uri, "raced")
+    assert mlflow.get_experiment_by_name("raced") is not None
+
+    def fails(name, **kwargs):
+        raise MlflowException("store unavailable")
+
+    monkeypatch.setattr(mlflow, "create_experiment", fails)
+    with pytest.raises(MlflowException, match="store unavailable"):
+        tracking.setup(uri, "never-made")
