@@ -148,8 +148,9 @@ class MetaTrainConfig:
     """Show a progress bar."""
     prior: str | None = "prior@15"
     """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none;
-    by default the latest, the best prior alone (the shipped default names its own in its card; a literal: importing the prior would
-    import torch into ``chuck train-policy --help``; tests/test_metatrain.py keeps it the latest)."""
+    by default the latest, the best prior alone (the shipped default names its own in its card). A
+    literal: importing the prior would import torch into ``chuck train-policy --help``;
+    tests/test_metatrain.py keeps it the latest."""
     ppo: dict[str, Any] = field(
         default_factory=lambda: {
             "n_steps": 256,
