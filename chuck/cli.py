@@ -268,6 +268,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from chuck.evaluate import EvaluationInputError, evaluate
+    from chuck.evaluation.stats import summary_paths
     from chuck.zoo import TaskSpecError, import_task_modules
 
     try:
@@ -302,7 +303,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"! {w}")
     print(
         f"{summary.rows} runs summarized ({summary.executed} executed now, {summary.oracle_executed} of them for the "
-        f"oracle sweep); rows, summary.json and the plot in {summary.out}"
+        f"oracle sweep); rows, {summary_paths(Path(summary.out), args.observe)[0].name} and the plot in {summary.out}"
     )
     if summary.mlflow_run_id:
         print(f"MLflow run {summary.mlflow_run_id} in experiment 'chuck-evaluate' (chuck ui to explore)")
@@ -454,7 +455,8 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output directory: rows.csv, summary.json/.md, regret_by_lr.png; rerun with the same one to resume (required)",
+        help="output directory: rows.csv, summary.json/.md, regret_by_lr.png (summary_no_observe.*, "
+        "regret_by_lr_no_observe.png with --no-observe); rerun with the same one to resume (required)",
     )
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiply every task's step budget (default: %(default)s)")
     p.add_argument(

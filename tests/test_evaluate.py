@@ -323,6 +323,21 @@ def test_no_observe_never_reports_validation(tiny_tasks, tmp_path, monkeypatch, 
     assert chuck_runs and len(seen) == 2 * len(chuck_runs)  # evaluations at steps 20 and 40 of each run
 
 
+def test_both_settings_share_a_directory_and_keep_their_own_summaries(tiny_tasks, tmp_path, count_runs):
+    out = tmp_path / "both"
+    _small(out, baselines=["adamw"], observe=False)
+    assert (out / "summary_no_observe.json").exists() and (out / "regret_by_lr_no_observe.png").exists()
+    assert not (out / "summary.json").exists() and not (out / "regret_by_lr.png").exists()
+    count_runs.clear()
+    _small(out, baselines=["adamw"])
+    assert not [r for r in count_runs if r.arm == "adamw"]  # the baseline's rows and the oracle were reused
+    on = json.loads((out / "summary.json").read_text())
+    off = json.loads((out / "summary_no_observe.json").read_text())  # not overwritten by the second call
+    assert list(on["arms"]) == ["chuck:heuristic", "adamw"] and on["settings"]["observe"] is True
+    assert list(off["arms"]) == ["chuck:heuristic/no-observe", "adamw"] and off["settings"]["observe"] is False
+    assert "chuck:heuristic/no-observe" in (out / "summary_no_observe.md").read_text()
+
+
 def test_default_oracle_sweep_is_dense():
     assert len(ORACLE_LRS) >= 7 and min(ORACLE_LRS) <= 1e-5 and max(ORACLE_LRS) >= 1e-1
     ratios = [b / a for a, b in zip(ORACLE_LRS, ORACLE_LRS[1:])]

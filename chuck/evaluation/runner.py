@@ -24,7 +24,7 @@ from typing import Any
 from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
 from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
 from chuck.evaluation.schedule import ROW_FIELDS, Instance, Scheduler
-from chuck.evaluation.stats import Summary, plot_regret_by_lr, summarize_arms
+from chuck.evaluation.stats import Summary, mode_suffix, plot_regret_by_lr, summarize_arms, summary_paths
 
 DEFAULT_LRS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -239,8 +239,10 @@ def evaluate(
         seeds: instance seeds; each (task, seed) is one instance.
         workers: worker processes (one torch thread each); 1 (the default) runs in this process.
             With ``backend="ray"``: the runs in flight at once (default: the cluster's CPUs).
-        out: output directory (``rows.csv``, ``summary.json``, ``summary.md``, ``regret_by_lr.png``);
-            rerunning with the same directory resumes.
+        out: output directory (``rows.csv``, ``summary.json``, ``summary.md``, ``regret_by_lr.png``;
+            with ``observe=False`` ``summary_no_observe.*`` and ``regret_by_lr_no_observe.png``, so
+            that both settings share one directory and its oracle sweeps); rerunning with the same
+            directory resumes. A summary covers the arms of the call that wrote it.
         budget_scale: multiplies every task's step budget (small values for smoke tests).
         observe: report validation losses to chuck's ``observe``; ``False`` gives the arms
             ``chuck:SPEC/no-observe``.
@@ -341,12 +343,13 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
         f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep"
     )
-    plot = plot_regret_by_lr(summary.arms, inputs.out / "regret_by_lr.png", title)
+    plot = plot_regret_by_lr(summary.arms, inputs.out / f"regret_by_lr{mode_suffix(inputs.observe)}.png", title)
     summary.plot = str(plot) if plot else None
     return summary
 
 
 def write_summary(summary: Summary, out: Path) -> None:
-    """``summary.json`` and ``summary.md`` in ``out``."""
-    (out / "summary.json").write_text(summary.to_json() + "\n")
-    (out / "summary.md").write_text(summary.to_markdown())
+    """``summary.json`` and ``summary.md`` in ``out`` (``summary_no_observe.*`` without ``observe``)."""
+    json_path, md_path = summary_paths(out, summary.settings.get("observe", True))
+    json_path.write_text(summary.to_json() + "\n")
+    md_path.write_text(summary.to_markdown())

@@ -51,6 +51,19 @@ class ArmSummary(ArmStats):
     per_family: dict[str, ArmStats] = field(default_factory=dict)
 
 
+def mode_suffix(observe: bool) -> str:
+    """The file-name suffix of an evaluation's setting: ``""`` with ``observe``, ``"_no_observe"``
+    without, so that the two settings of one output directory keep their own summaries and plots
+    (``rows.csv`` holds both: the arms of the second end in ``/no-observe``)."""
+    return "" if observe else "_no_observe"
+
+
+def summary_paths(out: Path, observe: bool) -> tuple[Path, Path]:
+    """Where the summary of one setting is written in ``out``: ``(summary*.json, summary*.md)``."""
+    stem = f"summary{mode_suffix(observe)}"
+    return out / f"{stem}.json", out / f"{stem}.md"
+
+
 @dataclass
 class Summary:
     """What :func:`chuck.evaluate.evaluate` measured.
@@ -58,7 +71,7 @@ class Summary:
     Attributes:
         arms: per arm (policies first, then baselines), its :class:`ArmSummary`.
         settings: the evaluation's inputs (tasks, lrs, seeds, budget scale, oracle sweep...).
-        out: the output directory (``rows.csv``, ``summary.json``, ``summary.md``, the plot).
+        out: the output directory (``rows.csv``, the summary files of :func:`summary_paths`, the plot).
         plot: the regret-by-starting-lr PNG, ``None`` without matplotlib.
         rows: rows summarized (main runs and harm probes).
         executed: runs executed by this call (oracle sweep included); the rest came from

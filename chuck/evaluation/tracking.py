@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from chuck.evaluation.stats import ArmStats, Summary
+from chuck.evaluation.stats import ArmStats, Summary, summary_paths
 
 HEADLINE = ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
 
@@ -56,8 +56,8 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
                     metrics[metric_name(f"geo_regret.{fam}")] = st.geo_regret
                 mlflow.log_metrics(metrics)
         write_summary(summary, out)
-        for name in ("summary.json", "summary.md", "rows.csv"):
-            mlflow.log_artifact(str(out / name))
+        for path in (*summary_paths(out, s.get("observe", True)), out / "rows.csv"):
+            mlflow.log_artifact(str(path))
         if summary.plot:
             mlflow.log_artifact(summary.plot)
     return summary.mlflow_run_id
