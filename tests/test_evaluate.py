@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from chuck.evaluate import FAILED_REGRET, ORACLE_LRS, ROW_FIELDS, EvaluationInpu
 from chuck.evaluation import schedule
 from chuck.evaluation.oracle import oracle_runs
 from chuck.evaluation.runs import RunSpec, run_one
+from chuck.policies.artifact import bundled_artifact_dir
 from chuck.zoo import SearchSpace, SupervisedInstance, Task, make_optimizer
 
 SCALE = 0.1  # 400-step budgets -> 40 steps
@@ -336,6 +338,60 @@ def test_both_settings_share_a_directory_and_keep_their_own_summaries(tiny_tasks
     assert list(on["arms"]) == ["chuck:heuristic", "adamw"] and on["settings"]["observe"] is True
     assert list(off["arms"]) == ["chuck:heuristic/no-observe", "adamw"] and off["settings"]["observe"] is False
     assert "chuck:heuristic/no-observe" in (out / "summary_no_observe.md").read_text()
+
+
+def _artifact_copy(dst, **card_changes):
+    """The bundled default policy copied to ``dst``, its card changed by ``card_changes``."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(bundled_artifact_dir("default"), dst)
+    card = json.loads((dst / "policy.json").read_text())
+    card.update(card_changes)
+    (dst / "policy.json").write_text(json.dumps(card))
+    return dst
+
+
+def test_resuming_refuses_rows_of_another_policy_under_the_same_name(tiny_tasks, tmp_path, count_runs):
+    policy, out = tmp_path / "policy", tmp_path / "eval"
+    _artifact_copy(policy)
+    _small(out, policies=[str(policy)], baselines=[])
+    arm = f"chuck:{policy}"
+    assert arm in json.loads((out / "arms.json").read_text())
+
+    # the card's evaluation summaries are written after a policy is measured: not a new policy
+    _artifact_copy(policy, evaluation={"test": {"note": "written after the evaluation"}})
+    count_runs.clear()
+    _small(out, policies=[str(policy)], baselines=[])
+    assert not count_runs
+
+    # the same path now holds a policy on another prior: its old rows must not be resumed
+    _artifact_copy(policy, prior="prior@3")
+    count_runs.clear()
+    rows_before = (out / "rows.csv").read_text()
+    with pytest.raises(EvaluationInputError, match="another policy under the same arm name") as err:
+        _small(out, policies=[str(policy)], baselines=[])
+    assert arm in str(err.value) and "prior@3" in str(err.value)
+    assert not count_runs and (out / "rows.csv").read_text() == rows_before  # nothing ran, nothing lost
+
+    # what the message says to do: drop that arm's rows, and it is measured again with the new policy
+    rows = [r for r in _rows(out / "rows.csv") if r["arm"] != arm]
+    with open(out / "rows.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    _small(out, policies=[str(policy)], baselines=[])
+    assert [r for r in count_runs if r.arm == arm]
+    assert "prior@3" in json.loads((out / "arms.json").read_text())[arm]
+
+
+def test_policy_identity_of_builtins():
+    from chuck.evaluation.identity import policy_identity
+    from chuck.policies.prior import LATEST
+
+    assert policy_identity("prior") == f"prior@{LATEST}" and policy_identity("prior@3") == "prior@3"
+    assert policy_identity("heuristic") == "heuristic"
+    card = json.loads((bundled_artifact_dir("default") / "policy.json").read_text())
+    assert card["sha256"][:12] in policy_identity("default") and card["version"] in policy_identity("default")
 
 
 def test_default_oracle_sweep_is_dense():

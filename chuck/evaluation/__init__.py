@@ -10,6 +10,7 @@ loss over constant AdamW's there. Diverged and crashed runs count as regret 100.
 * :mod:`chuck.evaluation.runs`: the arms and the one-run worker.
 * :mod:`chuck.evaluation.oracle`: the sweep and its on-disk cache.
 * :mod:`chuck.evaluation.stats`: statistics, bootstrap intervals, the plot.
+* :mod:`chuck.evaluation.identity`: which policy an arm's rows were measured with (resuming).
 * :mod:`chuck.evaluation.runner`: planning, the worker pool, resumable rows, :func:`evaluate`.
 
 The public entry point is :func:`chuck.evaluate.evaluate` (and ``chuck evaluate``).

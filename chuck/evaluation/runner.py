@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chuck.evaluation.identity import policy_identity, record, stale_arms
 from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
 from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
 from chuck.evaluation.schedule import ROW_FIELDS, Instance, Scheduler
@@ -242,7 +243,9 @@ def evaluate(
         out: output directory (``rows.csv``, ``summary.json``, ``summary.md``, ``regret_by_lr.png``;
             with ``observe=False`` ``summary_no_observe.*`` and ``regret_by_lr_no_observe.png``, so
             that both settings share one directory and its oracle sweeps); rerunning with the same
-            directory resumes. A summary covers the arms of the call that wrote it.
+            directory resumes (``arms.json`` records which policy each chuck arm was measured with:
+            resuming an arm under a name that now means another policy is refused). A summary
+            covers the arms of the call that wrote it.
         budget_scale: multiplies every task's step budget (small values for smoke tests).
         observe: report validation losses to chuck's ``observe``; ``False`` gives the arms
             ``chuck:SPEC/no-observe``.
@@ -311,6 +314,19 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         executor,
     )
     sched.load_rows()
+    identities = {arm: policy_identity(location) for arm, location in locations.items()}
+    try:
+        stale = stale_arms(inputs.out, identities, {r["arm"] for r in sched.rows})
+    except ValueError as exc:  # an unreadable manifest
+        raise EvaluationInputError(str(exc)) from None
+    if stale:
+        raise EvaluationInputError(
+            f"{inputs.out / 'rows.csv'} holds rows of another policy under the same arm name: "
+            + "; ".join(stale)
+            + ". Choose a new --out directory (copying rows.csv without those arms' rows keeps the rest and the "
+            "oracle), or remove those rows to measure the arm again."
+        )
+    record(inputs.out, identities)
     sched.run()
 
     rows = [r for r in sched.rows if r["key"] in sched.planned]
