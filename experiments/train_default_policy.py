@@ -20,8 +20,9 @@ Runs: ``v4`` (the default run) learns on prior@10 and finished the issue's 200k 
 its final snapshot, ``experiments/runs/default-v4/snapshots/00200192``, is the shipped default, installed
 with ``experiments/install_default.py --residual keep`` after it beat prior@15 alone on validation
 with and without validation losses (docs/results.md). ``v5`` learns on prior@15 with another PPO seed
-(the policy issue's "several training seeds"; ``--run v5``, resumable). ``v3`` on prior@3 stopped at
-103,424 decisions, level with its prior on validation.
+(the policy issue's "several training seeds"; ``--run v5``, resumable): stopped at 147,456 decisions,
+where it was worse on validation than prior@15 alone and than at 94k (docs/results.md). ``v3`` on
+prior@3 stopped at 103,424 decisions, level with its prior on validation.
 
 Wall time on this project's machine (2 cores, one env per core, nothing else running): 31,744
 decisions in 34 minutes including six validation evaluations, about 16 decisions per second,
