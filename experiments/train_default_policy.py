@@ -3,6 +3,7 @@
     python experiments/train_default_policy.py                  # trains (resumable); installs nothing
     python experiments/train_default_policy.py --timesteps 40000  # stop earlier (resume later with a larger number)
     python experiments/train_default_policy.py --run v5          # the residual on prior@15 (PPO seed 1)
+    python experiments/train_default_policy.py --run v6          # v4's recipe with PPO seed 1 (a replicate)
 
 Training never replaces the shipped default by itself: a snapshot replaces it only after it
 beats the current default on the validation split, with and without validation losses
@@ -22,7 +23,9 @@ with ``experiments/install_default.py --residual keep`` after it beat prior@15 a
 with and without validation losses (docs/results.md). ``v5`` learns on prior@15 with another PPO seed
 (the policy issue's "several training seeds"; ``--run v5``, resumable): stopped at 147,456 decisions,
 where it was worse on validation than prior@15 alone and than at 94k (docs/results.md). ``v3`` on
-prior@3 stopped at 103,424 decisions, level with its prior on validation.
+prior@3 stopped at 103,424 decisions, level with its prior on validation. ``v6`` is v4's recipe with
+another PPO seed: does v4's gain over its prior replicate, or was it one lucky run? (and, if it
+replicates, two runs' corrections to average; ``--run v6``, resumable).
 
 Wall time on this project's machine (2 cores, one env per core, nothing else running): 31,744
 decisions in 34 minutes including six validation evaluations, about 16 decisions per second,
@@ -52,6 +55,7 @@ RUNS = {
     "v3": Run("prior@3", seed=0, alias="champion"),
     "v4": Run("prior@10", seed=0, alias="champion"),
     "v5": Run("prior@15", seed=1, alias="challenger"),
+    "v6": Run("prior@10", seed=1, alias="replicate"),
 }
 
 
