@@ -4,10 +4,12 @@ The summary's intervals are per arm; two arms run on the same instances differ f
 those intervals suggest, so an ablation is read off the paired ratio instead: the geometric mean
 over runs of regret(B) / regret(A) on the same instance and starting lr, with a 95% bootstrap
 interval that resamples instances (family, seed) because runs of one instance are correlated.
-Also per starting lr, and the harm-at-the-tuned-lr shares of both arms.
+Also per starting lr and per family (is a gain broad, or one family's?), and the harm-at-the-tuned-lr
+shares of both arms.
 
     python experiments/paired_regret.py docs/results/validation/prior_warmup/rows.csv chuck:prior@3 chuck:prior@10
     python experiments/paired_regret.py ROWS A B --seeds 0,1,2     # only these instance seeds
+    python experiments/paired_regret.py ROWS A B --exclude-family cv.textures_resnet   # without one family
     python experiments/paired_regret.py docs/results/test_v7/rows.csv chuck:default chuck:default \
         --a-rows docs/results/test_v5/rows.csv   # the same arm name in two directories: two defaults
 """
@@ -50,6 +52,7 @@ def paired(rows: pl.DataFrame, a: str, b: str, resamples: int = 4000, seed: int 
     draws = [rng.integers(0, len(s), len(s)) for _ in range(resamples)]
     boot = np.array([np.exp(s[i].sum() / n[i].sum()) for i in draws])
     by_lr = wide.group_by("lr").agg(pl.col("d").mean().exp().alias("ratio"), pl.len().alias("runs")).sort("lr")
+    by_family = wide.group_by("family").agg(pl.col("d").mean().exp().alias("ratio")).sort("family")
     return {
         "ratio": float(np.exp(s.sum() / n.sum())),
         "ci": (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))),
@@ -57,6 +60,7 @@ def paired(rows: pl.DataFrame, a: str, b: str, resamples: int = 4000, seed: int 
         "better": int((wide["d"] < 0).sum()),
         "worse": int((wide["d"] > 0).sum()),
         "by_lr": {float(r["lr"]): float(r["ratio"]) for r in by_lr.iter_rows(named=True)},
+        "by_family": {str(r["family"]): float(r["ratio"]) for r in by_family.iter_rows(named=True)},
     }
 
 
@@ -88,8 +92,14 @@ def main() -> None:
         help="read arm A from this rows.csv instead (same instances and oracle, e.g. an earlier default's "
         "directory); it is then reported as 'A [PATH]'",
     )
+    ap.add_argument("--exclude-family", action="append", default=[], help="leave this family out (repeatable)")
     args = ap.parse_args()
     rows = pl.read_csv(args.rows).select(COLUMNS)
+    if args.exclude_family:
+        unknown = set(args.exclude_family) - set(rows["family"].unique().to_list())
+        if unknown:
+            raise SystemExit(f"no runs of {sorted(unknown)} in {args.rows}")
+        rows = rows.filter(~pl.col("family").is_in(args.exclude_family))
     if args.a_rows:
         other = pl.read_csv(args.a_rows).select(COLUMNS).filter(pl.col("arm") == args.a)
         if other.is_empty():
@@ -106,6 +116,7 @@ def main() -> None:
         f"(better in {r['better']}, worse in {r['worse']})"
     )
     print("by starting lr: " + ", ".join(f"{lr:g}: {v:.3f}" for lr, v in r["by_lr"].items()))  # type: ignore[attr-defined]
+    print("by family: " + ", ".join(f"{f}: {v:.2f}" for f, v in r["by_family"].items()))  # type: ignore[attr-defined]
     for arm, h in harm_shares(rows, [args.a, args.b]).items():
         print(
             f"harm at the tuned lr, {arm}: {h['over_1.05']:.0%} of {h['runs']} runs > 1.05, {h['over_1.2']:.0%} > 1.2, worst {h['worst']:.3g}"
