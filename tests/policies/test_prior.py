@@ -218,3 +218,26 @@ def test_versions_14_15_do_not_raise_steps_already_as_large_as_a_tuned_runs(vers
     assert StepSizePrior(version=version).act(_obs(**high))[0] > 0
     # lowering is never gated
     assert StepSizePrior(version=version).act(_obs(**{"step.hypergrad": -0.3, "weights.update_ratio_log10": 0.0}))[0] < 0
+
+
+@pytest.mark.parametrize(
+    ("gap", "ratio", "silenced"),
+    [
+        (1.76, -10.0, True),  # the ResNet: validation 5.8e-5 of a ~2 starting loss (ratio at its clip)
+        (0.5, -8.0, True),  # validation ~5e-4 of the starting loss
+        (0.2, -1.0, False),  # an ordinary run past its best validation loss
+        (0.5, -6.0, False),  # validation ~4e-3 of the starting loss: above the floor
+        (3.0, -10.0, False),  # validation >= 20x training (gen_gap at its clip): overfitting, the guard's case
+    ],
+)
+def test_version_16_silences_the_validation_guard_at_near_zero_losses(gap: float, ratio: float, silenced: bool) -> None:
+    from chuck.policies.prior import VAL_FLOOR
+
+    features = {"loss.has_val": 1.0, "loss.overfit_gl": 2.0, "loss.gen_gap": gap, "loss.log_ratio_initial": ratio}
+    assert silenced is (gap + ratio < math.log(VAL_FLOOR) and gap < 3.0)
+    assert StepSizePrior(version="10").act(_obs(**features))[0] < 0, "version 10 halves on GL 200%"
+    a = float(StepSizePrior(version="16").act(_obs(**features))[0])
+    assert (a == 0.0) is silenced and (a < 0.0) is (not silenced)
+    # raises are silenced or not with the cut: a raise the cosine asks for is dropped only by an active guard
+    raised = float(StepSizePrior(version="16").act(_obs(**features, **{"step.hypergrad": 0.4}))[0])
+    assert (raised > 0) is silenced
