@@ -443,10 +443,21 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         task_episode_summary,
     )
     from chuck.policies.artifact import load_artifact
-    from chuck.policies.export import export_sb3, load_actor_into_sb3
+    from chuck.policies.export import actor_to_fine_tune, export_sb3, load_actor_into_sb3
     from chuck.zoo import split_of
 
     train_tasks, eval_tasks = resolve_training_tasks(cfg)  # fail fast on a bad task spec, before any file or run exists
+    init = None
+    if cfg.init_policy:  # likewise: a policy that cannot be fine-tuned is refused before anything starts
+        start = load_policy(cfg.init_policy)
+        init = actor_to_fine_tune(start, cfg.init_policy)
+        learned_on = getattr(start, "card", {}).get("prior")
+        if learned_on != cfg.prior:
+            warnings.warn(
+                f"--init-policy {cfg.init_policy} learned its residual on {learned_on}, this run trains it on "
+                f"{cfg.prior}: pass --prior {learned_on} to keep the correction it learned",
+                stacklevel=2,
+            )
     task_ids = [t.id for t in train_tasks]
     shipped = [(t, split_of(t.id)) for t in train_tasks if split_of(t.id) == "custom"]
     # held-out evaluation in worker processes, one torch thread each: PPO waits for it, so every core helps
@@ -509,11 +520,10 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
                 },
                 **cfg.ppo,
             )
-            if cfg.init_policy:
-                init = load_policy(cfg.init_policy)
-                load_actor_into_sb3(model, init.actor)
-                rms.mean = init.actor.obs_mean.numpy().copy()
-                rms.var = init.actor.obs_var.numpy().copy()
+            if init is not None:
+                load_actor_into_sb3(model, init)
+                rms.mean = init.obs_mean.numpy().copy()
+                rms.var = init.obs_var.numpy().copy()
                 rms.count = 1e4  # trust the inherited statistics
                 mlflow.set_tag("chuck.init_policy", cfg.init_policy)
         model.set_logger(Logger(folder=None, output_formats=[MLflowKVWriter(mlflow)]))  # type: ignore[list-item]

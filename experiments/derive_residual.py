@@ -8,6 +8,8 @@ ships it) whose card records how it was derived.
         --out experiments/runs/derived/v4-swa151k      # the average of the last quarter's snapshots
     python experiments/derive_residual.py --snapshots experiments/runs/default-v4/snapshots/00200192 \\
         --scale 0.5 --out experiments/runs/derived/v4-half
+    python experiments/derive_residual.py --ensemble --snapshots RUN_A/snapshots/N RUN_B/snapshots/M \\
+        --out experiments/runs/derived/NAME    # independent runs on one prior: their actions averaged
 """
 
 from __future__ import annotations
@@ -40,13 +42,18 @@ def main() -> None:
     ap.add_argument(
         "--last", type=float, default=0.25, help="with --run-dir: the share of the run to average (default: %(default)s)"
     )
+    ap.add_argument(
+        "--ensemble", action="store_true", help="average the snapshots' actions instead of their weights (independent runs)"
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the residual by this (default: %(default)s)")
     ap.add_argument("--prior", choices=KNOWN_PRIORS, help="put the residual on this prior (default: the snapshots')")
     ap.add_argument("--out", required=True, help="where to write the derived artifact")
     args = ap.parse_args()
     snapshots = args.snapshots or last_snapshots(args.run_dir, args.last)
     try:
-        actor, card = derive_residual([load_artifact(s) for s in snapshots], args.scale, args.prior, snapshots)
+        actor, card = derive_residual(
+            [load_artifact(s) for s in snapshots], args.scale, args.prior, snapshots, ensemble=args.ensemble
+        )
     except ValueError as e:
         raise SystemExit(str(e)) from None
     out = save_artifact(actor, args.out, card)

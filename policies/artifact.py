@@ -3,11 +3,12 @@
 Format (``format_version`` 1)::
 
     policy.pt    torch.save of a flat {name: Tensor} dict: the ActorNetwork state dict
-                 (policy_net.*, action_net.*, obs_mean, obs_var); loaded with
+                 (policy_net.*, action_net.*, obs_mean, obs_var), or for an ensemble of N
+                 actors (architecture.members = N) each one's under members.<i>.; loaded with
                  torch.load(weights_only=True), so loading runs no pickle code.
     policy.json  {"format": "chuck-policy", "format_version": 1, "name", "version",
                   "observation": ObservationSpec.card(), "action": ActionSpec.card(),
-                  "architecture": {"hidden": [...], "activation": ...},
+                  "architecture": {"hidden": [...], "activation": ..., "members": 1},
                   "normalization": {"clip_obs", "epsilon"}, "interval",
                   "observation_stats": {"low", "high", "mean", "std"}, "training": {...},
                   "evaluation": {...}, "sha256": checksum of policy.pt}
@@ -35,7 +36,7 @@ from chuck.actions import ACTION_VERSIONS, ActionSpec
 from chuck.loading import PolicyLoadError
 from chuck.observation import FEATURE_SETS, ObservationSpec
 from chuck.policies.card import check_weights_match, validate_card
-from chuck.policies.learned import ActorNetwork, LearnedPolicy
+from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
 
 FORMAT = "chuck-policy"
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ def bundled_artifact_dir(name: str) -> Path:
     return path
 
 
-def save_artifact(actor: ActorNetwork, out_dir: str | Path, card: dict[str, Any]) -> Path:
+def save_artifact(actor: ActorNetwork | ActorEnsemble, out_dir: str | Path, card: dict[str, Any]) -> Path:
     """Write ``policy.pt`` and ``policy.json`` (the card is completed with format, specs, checksum)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,11 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
     obs_dim, act_dim = len(obs_spec.names), len(act_spec.dims)
     check_weights_match(tensors, card, str(path), obs_dim, act_dim)
     arch, norm = card["architecture"], card["normalization"]
-    actor = ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
+    nets = [
+        ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
+        for _ in range(arch["members"])
+    ]
+    actor: ActorNetwork | ActorEnsemble = nets[0] if len(nets) == 1 else ActorEnsemble(nets)
     try:
         actor.load_state_dict(tensors, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:

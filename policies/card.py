@@ -29,6 +29,8 @@ from chuck.policies.prior import VERSIONS as PRIOR_VERSIONS
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 #: Most hidden layers a card may declare; SB3 policies use 2, and the shapes must match the weights anyway.
 MAX_HIDDEN_LAYERS = 16
+#: Most members an ensemble artifact may hold (``architecture.members``; chuck.policies.derive).
+MAX_MEMBERS = 16
 #: Decision interval bounds. ChuckOptimizer samples updates on the two steps before a decision,
 #: hence >= 2; an interval above 100k steps exceeds whole training runs of the zoo (budgets of a
 #: few thousand steps), so it would silently disable decisions (a card saying 1e12 did).
@@ -135,7 +137,8 @@ def validate_card(
     activation = arch.get("activation", "tanh")
     if activation not in ACTIVATION_NAMES:
         raise _fail(where, "architecture.activation", f"must be one of {ACTIVATION_NAMES}, not {activation!r}")
-    out["architecture"] = {**arch, "hidden": list(hidden), "activation": activation}
+    members = _integer(arch.get("members", 1), "architecture.members", where, 1, MAX_MEMBERS)
+    out["architecture"] = {**arch, "hidden": list(hidden), "activation": activation, "members": members}
 
     norm = dict(_section(card, "normalization", where, required=False))
     out["normalization"] = {
@@ -159,8 +162,12 @@ def validate_card(
     return out
 
 
-def expected_shapes(obs_dim: int, act_dim: int, hidden: list[int]) -> dict[str, tuple[int, ...]]:
-    """The state-dict shapes of :class:`chuck.policies.learned.ActorNetwork` for these sizes."""
+def expected_shapes(obs_dim: int, act_dim: int, hidden: list[int], members: int = 1) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of :class:`chuck.policies.learned.ActorNetwork` for these sizes (of
+    :class:`~chuck.policies.learned.ActorEnsemble`'s ``members.<i>.`` networks when ``members`` > 1)."""
+    if members > 1:
+        one = expected_shapes(obs_dim, act_dim, hidden)
+        return {f"members.{i}.{k}": v for i in range(members) for k, v in one.items()}
     shapes: dict[str, tuple[int, ...]] = {}
     d = obs_dim
     for i, h in enumerate(hidden):
@@ -179,14 +186,15 @@ def check_weights_match(tensors: Any, card: dict[str, Any], where: str, obs_dim:
     """Compare the weights' names and shapes with the card's ``architecture.hidden`` (no allocation)."""
     if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise PolicyLoadError(f"policy artifact {where}: policy.pt must hold a {{name: tensor}} dict")
-    hidden = card["architecture"]["hidden"]
-    want = expected_shapes(obs_dim, act_dim, hidden)
+    hidden, members = card["architecture"]["hidden"], card["architecture"].get("members", 1)
+    want = expected_shapes(obs_dim, act_dim, hidden, members)
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
         k = diff[0]
         raise PolicyLoadError(
-            f"policy artifact {where}: card field architecture.hidden {hidden} does not match the weights in "
+            f"policy artifact {where}: card field architecture.hidden {hidden}"
+            f"{f' x {members} members' if members > 1 else ''} does not match the weights in "
             f"policy.pt ({k}: card implies {list(want[k]) if k in want else 'no such tensor'}, "
             f"file has {list(got[k]) if k in got else 'none'}); weights do not match the card's architecture"
         )

@@ -11,6 +11,9 @@ split in minutes (``experiments/derive_residual.py`` is the command):
 * **Shrink** the correction toward the prior by a factor ``scale`` on the actor's output layer (the
   residual-policy analogue of weight decay on the correction; 0 would be the prior alone).
 * **Move** the residual onto another version of the built-in prior.
+* **Ensemble** the actors of *independent* runs on one prior (the policy issue's "several training
+  seeds"): their weights do not average (each run is its own basin), their actions do
+  (:class:`~chuck.policies.learned.ActorEnsemble`: the mean of the members' clipped actions).
 
 The result is an ordinary artifact whose card records how it was derived (``derived``).
 """
@@ -23,39 +26,72 @@ import numpy as np
 import torch
 
 from chuck.policies.card import KNOWN_PRIORS
-from chuck.policies.learned import ActorNetwork, LearnedPolicy
+from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
 
 #: Card fields of the first policy that a derived artifact keeps (the rest is rebuilt or dropped: the
 #: in-training evaluation and checksum describe the originals, not the derived policy).
 KEEP = ("name", "interval", "prior", "architecture", "training", "observation_stats")
 
 
-def average_actor(policies: list[LearnedPolicy]) -> ActorNetwork:
-    """A copy of the first policy's actor holding the mean of all the actors' state dicts.
-
-    Raises:
-        ValueError: no policies, or policies of different architectures or priors (not one run).
-    """
+def _check_compatible(policies: list[LearnedPolicy], what: str) -> None:
+    """Refuse policies that do not combine: none, or residuals of other architectures or priors."""
     if not policies:
-        raise ValueError("no policies to average")
+        raise ValueError(f"no policies to {what}")
     first = policies[0]
     for p in policies[1:]:
-        if p.card.get("architecture") != first.card.get("architecture") or p.card.get("prior") != first.card.get("prior"):
-            raise ValueError(
-                f"policies to average must share architecture and prior (snapshots of one run): {first.id} and {p.id} do not"
-            )
+        if p.card.get("architecture", {}).get("hidden") != first.card.get("architecture", {}).get("hidden") or p.card.get(
+            "architecture", {}
+        ).get("activation") != first.card.get("architecture", {}).get("activation"):
+            raise ValueError(f"policies to {what} must share their architecture: {first.id} and {p.id} do not")
+        if p.card.get("prior") != first.card.get("prior"):
+            raise ValueError(f"policies to {what} must be residuals on one prior: {first.id} and {p.id} are not")
+
+
+def _networks(policy: LearnedPolicy) -> list[ActorNetwork]:
+    actor = policy.actor
+    return actor.networks if isinstance(actor, ActorEnsemble) else [actor]
+
+
+def _copy(net: ActorNetwork, state: dict[str, torch.Tensor] | None = None) -> ActorNetwork:
+    """A new actor of ``net``'s shape holding ``state`` (default: ``net``'s own)."""
+    actor = ActorNetwork(
+        int(net.obs_mean.numel()),
+        net.action_net.out_features,
+        [m.out_features for m in net.policy_net if isinstance(m, torch.nn.Linear)],
+        "tanh" if any(isinstance(m, torch.nn.Tanh) for m in net.policy_net) else "relu",
+        net.clip_obs,
+        net.epsilon,
+    )
+    actor.load_state_dict(state if state is not None else net.state_dict())
+    return actor.eval()
+
+
+def average_actor(policies: list[LearnedPolicy]) -> ActorNetwork:
+    """A new actor holding the mean of the policies' actor state dicts (snapshots of one run).
+
+    Raises:
+        ValueError: no policies, an ensemble among them, or policies of different architectures or
+            priors (not one run).
+    """
+    _check_compatible(policies, "average")
+    if any(isinstance(p.actor, ActorEnsemble) for p in policies):
+        raise ValueError("an ensemble's weights do not average (its members are separate runs); average snapshots of one run")
     states = [p.actor.state_dict() for p in policies]
     mean = {k: torch.stack([s[k].double() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
-    actor = ActorNetwork(
-        int(first.actor.obs_mean.numel()),
-        first.actor.action_net.out_features,
-        [m.out_features for m in first.actor.policy_net if isinstance(m, torch.nn.Linear)],
-        str((first.card.get("architecture") or {}).get("activation", "tanh")),
-        first.actor.clip_obs,
-        first.actor.epsilon,
-    )
-    actor.load_state_dict(mean)
-    return actor.eval()
+    return _copy(_networks(policies[0])[0], mean)
+
+
+def ensemble_actor(policies: list[LearnedPolicy]) -> ActorEnsemble:
+    """An ensemble of every network of ``policies`` (an ensemble among them contributes its members).
+
+    Raises:
+        ValueError: fewer than two networks in all, or policies of different architectures or priors.
+    """
+    _check_compatible(policies, "ensemble")
+    nets = [_copy(n) for p in policies for n in _networks(p)]
+    if len(nets) < 2:
+        raise ValueError("an ensemble needs at least two actors")
+    return ActorEnsemble(nets).eval()
 
 
 def observation_range(policies: list[LearnedPolicy]) -> dict[str, list[float]] | None:
@@ -70,9 +106,14 @@ def observation_range(policies: list[LearnedPolicy]) -> dict[str, list[float]] |
 
 
 def derive_residual(
-    policies: list[LearnedPolicy], scale: float = 1.0, prior: str | None = None, sources: list[str] | None = None
-) -> tuple[ActorNetwork, dict[str, Any]]:
-    """The averaged, shrunk (``scale``) actor and its card, on ``prior`` (default: the policies' own).
+    policies: list[LearnedPolicy],
+    scale: float = 1.0,
+    prior: str | None = None,
+    sources: list[str] | None = None,
+    ensemble: bool = False,
+) -> tuple[ActorNetwork | ActorEnsemble, dict[str, Any]]:
+    """The averaged (or, with ``ensemble``, ensembled), shrunk (``scale``) actor and its card, on
+    ``prior`` (default: the policies' own).
 
     ``sources`` names the policies in the card (e.g. their snapshot paths). Save the pair with
     :func:`chuck.policies.artifact.save_artifact`.
@@ -85,10 +126,11 @@ def derive_residual(
         raise ValueError(f"scale must be a finite number > 0, got {scale} (scale 0 is the prior alone)")
     if prior is not None and prior not in KNOWN_PRIORS:
         raise ValueError(f"unknown prior {prior!r}; known: {list(KNOWN_PRIORS)}")
-    actor = average_actor(policies)
+    actor: ActorNetwork | ActorEnsemble = ensemble_actor(policies) if ensemble else average_actor(policies)
     with torch.no_grad():
-        actor.action_net.weight.mul_(scale)
-        actor.action_net.bias.mul_(scale)
+        for net in actor.networks if isinstance(actor, ActorEnsemble) else [actor]:
+            net.action_net.weight.mul_(scale)
+            net.action_net.bias.mul_(scale)
     card = {k: v for k, v in policies[0].card.items() if k in KEEP}
     card.pop("observation_stats", None)
     if (stats := observation_range(policies)) is not None:
@@ -97,9 +139,15 @@ def derive_residual(
         card["prior"] = prior
     card["derived"] = {
         "from": list(sources) if sources is not None else [p.id for p in policies],
+        "combined": "ensemble" if ensemble else "average",
         "scale": float(scale),
         "prior": card.get("prior"),
     }
     on = str(card.get("prior") or "none").replace("@", "")
-    card["version"] = f"{policies[0].version}-derived-{len(policies)}x{scale:g}-{on}"
+    if isinstance(actor, ActorEnsemble):
+        card["architecture"] = {**card.get("architecture", {}), "members": len(actor.members)}
+        card["version"] = "+".join(p.version for p in policies) + f"-ensemble-{scale:g}-{on}"
+    else:
+        card["architecture"] = {**card.get("architecture", {}), "members": 1}
+        card["version"] = f"{policies[0].version}-derived-{len(policies)}x{scale:g}-{on}"
     return actor, card

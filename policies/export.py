@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from chuck.policies.artifact import save_artifact
-from chuck.policies.learned import ActorNetwork
+from chuck.policies.learned import ActorEnsemble, ActorNetwork
 
 
 def actor_from_sb3(model: Any, obs_rms: Any | None, clip_obs: float = 10.0, epsilon: float = 1e-8) -> ActorNetwork:
@@ -34,6 +34,25 @@ def actor_from_sb3(model: Any, obs_rms: Any | None, clip_obs: float = 10.0, epsi
         src["obs_mean"] = actor.obs_mean.clone()
         src["obs_var"] = actor.obs_var.clone()
     actor.load_state_dict({k: v.detach().cpu().clone() for k, v in src.items()})
+    return actor
+
+
+def actor_to_fine_tune(policy: Any, name: str) -> ActorNetwork:
+    """The single actor of a learned policy that a new PPO run starts from (``--init-policy``).
+
+    Raises:
+        ValueError: a built-in rule (no network to start from) or an ensemble (several runs' networks,
+            which one PPO actor cannot hold: start from one of its members' artifacts instead).
+    """
+    actor = getattr(policy, "actor", None)
+    if isinstance(actor, ActorEnsemble):
+        raise ValueError(
+            f"cannot fine-tune from {name!r}: it is an ensemble of {len(actor.members)} actors (card field "
+            "architecture.members), and one PPO actor cannot hold them; start from one member's artifact "
+            "(its card's derived.from lists them)"
+        )
+    if not isinstance(actor, ActorNetwork):
+        raise ValueError(f"cannot fine-tune from {name!r}: it is a built-in rule with no network; name a learned policy")
     return actor
 
 

@@ -56,6 +56,47 @@ class ActorNetwork(nn.Module):
         """Deterministic action (unclipped mean) for raw observations."""
         return self.action_net(self.policy_net(self.normalize(obs)))
 
+    def attribution(self, obs: torch.Tensor, dim: int) -> np.ndarray:
+        """Signed gradient x input of output ``dim`` on the normalized features, normalized to sum |.| = 1
+        (all zeros when the output does not depend on the input)."""
+        z = self.normalize(obs).requires_grad_(True)
+        self.action_net(self.policy_net(z))[0, dim].backward()
+        assert z.grad is not None
+        attr = (z.grad * z).detach().reshape(-1).numpy()
+        total = float(np.abs(attr).sum())
+        return attr / total if total > 0 and np.isfinite(total) else np.zeros_like(attr)
+
+
+class ActorEnsemble(nn.Module):
+    """Several actors of one observation and action spec, acting as the mean of their clipped actions.
+
+    The residuals of independently trained runs on the same prior (the policy issue's "several
+    training seeds"): where the runs agree the correction is kept, where they disagree it shrinks
+    toward the prior. Each member keeps its own observation normalization. State-dict keys are
+    ``members.<i>.<ActorNetwork key>`` (artifact card: ``architecture.members``).
+    """
+
+    def __init__(self, members: list[ActorNetwork]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+        self.clip_obs, self.epsilon = members[0].clip_obs, members[0].epsilon
+
+    @property
+    def networks(self) -> list[ActorNetwork]:
+        """The members, typed (``members`` is the registered ModuleList)."""
+        return [m for m in self.members if isinstance(m, ActorNetwork)]
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(obs).clamp(-1.0, 1.0) for m in self.networks]).mean(0)
+
+    def attribution(self, obs: torch.Tensor, dim: int) -> np.ndarray:
+        """The members' attributions averaged (each on its own normalized features), normalized to sum |.| = 1."""
+        attr = np.mean([m.attribution(obs, dim) for m in self.networks], axis=0)
+        total = float(np.abs(attr).sum())
+        return attr / total if total > 0 else attr
+
 
 class LearnedPolicy(Policy):
     """A policy loaded from an exported artifact (see :mod:`chuck.policies.artifact`).
@@ -66,7 +107,7 @@ class LearnedPolicy(Policy):
             (used by ChuckOptimizer's out-of-distribution check).
     """
 
-    def __init__(self, actor: ActorNetwork, card: dict[str, Any]) -> None:
+    def __init__(self, actor: ActorNetwork | ActorEnsemble, card: dict[str, Any]) -> None:
         self.actor = actor.eval()
         self.card = card
         self.name = card.get("name", "learned")
@@ -110,13 +151,9 @@ class LearnedPolicy(Policy):
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
         out: dict[str, dict[str, float]] = {}
         for d, dim in enumerate(ACTION_DIMS):
-            z = self.actor.normalize(obs).requires_grad_(True)
-            self.actor.action_net(self.actor.policy_net(z))[0, d].backward()
-            assert z.grad is not None
-            attr = (z.grad * z).detach().reshape(-1).numpy()
-            total = float(np.abs(attr).sum())
-            if total > 0 and np.isfinite(total):
-                out[dim] = {n: float(a / total) for n, a in zip(self._spec.names, attr) if a != 0.0}
+            attr = self.actor.attribution(obs, d)
+            if np.abs(attr).sum() > 0:
+                out[dim] = {n: float(a) for n, a in zip(self._spec.names, attr) if a != 0.0}
         if self.prior is not None:
             for dim, reasons in self.prior.explain(observation).items():
                 out.setdefault(dim, {}).update({f"prior: {k}": v for k, v in reasons.items()})

@@ -27,6 +27,12 @@ def _residual(policy, obs: np.ndarray) -> np.ndarray:
         return policy.actor(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
 
+def _save(derived: tuple, where) -> chuck.policies.learned.LearnedPolicy:
+    """Save a derive_residual result and load it back as an artifact."""
+    actor, card = derived
+    return load_artifact(save_artifact(actor, where, card))
+
+
 def _perturbed(policy, tmp_path, seed: int):
     """A copy of ``policy`` with other actor weights (a stand-in for another snapshot of its run)."""
     actor, card = derive_residual([policy])
@@ -42,7 +48,7 @@ def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
     actor, card = derive_residual([a, b], sources=["a", "b"])
     for k, v in actor.state_dict().items():
         torch.testing.assert_close(v, (a.actor.state_dict()[k].double() + b.actor.state_dict()[k].double()).div(2).to(v.dtype))
-    assert card["derived"] == {"from": ["a", "b"], "scale": 1.0, "prior": default.card["prior"]}
+    assert card["derived"] == {"from": ["a", "b"], "combined": "average", "scale": 1.0, "prior": default.card["prior"]}
     assert "sha256" not in card and "evaluation" not in card  # they described the originals
 
 
@@ -87,7 +93,68 @@ def test_bad_input_is_refused(default, bad) -> None:
 def test_snapshots_of_different_runs_are_not_averaged(default, tmp_path) -> None:
     actor, card = derive_residual([default], prior="prior@15")
     other = load_artifact(save_artifact(actor, tmp_path / "other", card))
-    with pytest.raises(ValueError, match="one run"):
+    with pytest.raises(ValueError, match="residuals on one prior"):
         derive_residual([default, other])
     with pytest.raises(ValueError, match="no policies"):
         derive_residual([])
+
+
+def test_ensemble_acts_as_the_mean_of_its_members(default, tmp_path) -> None:
+    a, b = _perturbed(default, tmp_path, 1), _perturbed(default, tmp_path, 2)
+    actor, card = derive_residual([a, b], ensemble=True, sources=["a", "b"])
+    both = load_artifact(save_artifact(actor, tmp_path / "ensemble", card))
+    assert both.card["architecture"]["members"] == 2 and card["derived"]["combined"] == "ensemble"
+    obs = _observations()
+    want = (np.clip(_residual(a, obs), -1, 1) + np.clip(_residual(b, obs), -1, 1)) / 2
+    np.testing.assert_allclose(_residual(both, obs), want, rtol=1e-5, atol=1e-6)
+    for o in obs[:4]:  # the action is the prior's plus the mean of the members' clipped corrections
+        both.reset(), a.reset()
+        prior = a.prior.act(o)
+        a.prior.reset()
+        np.testing.assert_allclose(both.act(o), np.clip(prior + want[list(map(tuple, obs)).index(tuple(o))], -1, 1), atol=1e-6)
+    # explanations average the members' and still sum to one per dimension
+    lr = {k: v for k, v in both.explain(obs[0]).get("lr", {}).items() if not k.startswith("prior: ")}
+    assert lr and sum(abs(v) for v in lr.values()) == pytest.approx(1.0)
+    # an ensemble of the same network twice is that network
+    same, card2 = derive_residual([default, default], ensemble=True)
+    np.testing.assert_allclose(
+        same(torch.as_tensor(obs, dtype=torch.float32)).detach().numpy(), np.clip(_residual(default, obs), -1, 1), atol=1e-6
+    )
+
+
+def test_an_ensemble_joins_further_members_and_is_never_averaged(default, tmp_path) -> None:
+    a, b, c = (_perturbed(default, tmp_path, s) for s in (1, 2, 3))
+    pair = _save(derive_residual([a, b], ensemble=True), tmp_path / "pair")
+    actor, card = derive_residual([pair, c], ensemble=True)
+    assert card["architecture"]["members"] == 3 and len(actor.members) == 3
+    with pytest.raises(ValueError, match="do not average"):
+        derive_residual([pair, c])
+    with pytest.raises(ValueError, match="at least two"):
+        derive_residual([a], ensemble=True)
+
+
+def test_an_ensemble_cannot_be_fine_tuned_and_says_why(default, tmp_path) -> None:
+    from chuck.policies.export import actor_to_fine_tune
+
+    pair = _save(derive_residual([default, default], ensemble=True), tmp_path / "pair")
+    with pytest.raises(ValueError, match="ensemble of 2 actors"):
+        actor_to_fine_tune(pair, "pair")
+    with pytest.raises(ValueError, match="built-in rule"):
+        actor_to_fine_tune(chuck.load_policy("heuristic"), "heuristic")
+    assert actor_to_fine_tune(default, "default") is default.actor
+
+
+def test_a_card_whose_member_count_does_not_match_the_weights_is_refused(default, tmp_path) -> None:
+    import json
+
+    actor, card = derive_residual([default, default], ensemble=True)
+    out = save_artifact(actor, tmp_path / "pair", card)
+    card = json.loads((out / "policy.json").read_text())
+    card["architecture"]["members"] = 3
+    (out / "policy.json").write_text(json.dumps(card))
+    with pytest.raises(chuck.PolicyLoadError, match="x 3 members does not match the weights"):
+        load_artifact(out)
+    card["architecture"]["members"] = 0
+    (out / "policy.json").write_text(json.dumps(card))
+    with pytest.raises(chuck.PolicyLoadError, match="architecture.members"):
+        load_artifact(out)
