@@ -39,12 +39,17 @@ def _check_compatible(policies: list[LearnedPolicy], what: str) -> None:
         raise ValueError(f"no policies to {what}")
     first = policies[0]
     for p in policies[1:]:
-        if p.card.get("architecture", {}).get("hidden") != first.card.get("architecture", {}).get("hidden") or p.card.get(
-            "architecture", {}
-        ).get("activation") != first.card.get("architecture", {}).get("activation"):
-            raise ValueError(f"policies to {what} must share their architecture: {first.id} and {p.id} do not")
+        for field in ("hidden", "activation"):
+            if _architecture(p).get(field) != _architecture(first).get(field):
+                raise ValueError(f"policies to {what} must share their architecture ({field}): {first.id} and {p.id} do not")
+        if p.card.get("normalization") != first.card.get("normalization"):
+            raise ValueError(f"policies to {what} must share their observation clipping: {first.id} and {p.id} do not")
         if p.card.get("prior") != first.card.get("prior"):
             raise ValueError(f"policies to {what} must be residuals on one prior: {first.id} and {p.id} are not")
+
+
+def _architecture(policy: LearnedPolicy) -> dict[str, Any]:
+    return dict(policy.card.get("architecture") or {})
 
 
 def _networks(policy: LearnedPolicy) -> list[ActorNetwork]:
@@ -52,13 +57,13 @@ def _networks(policy: LearnedPolicy) -> list[ActorNetwork]:
     return actor.networks if isinstance(actor, ActorEnsemble) else [actor]
 
 
-def _copy(net: ActorNetwork, state: dict[str, torch.Tensor] | None = None) -> ActorNetwork:
-    """A new actor of ``net``'s shape holding ``state`` (default: ``net``'s own)."""
+def _copy(policy: LearnedPolicy, net: ActorNetwork, state: dict[str, torch.Tensor] | None = None) -> ActorNetwork:
+    """A new actor of ``net``'s shape (one of ``policy``'s networks) holding ``state`` (default: ``net``'s own)."""
     actor = ActorNetwork(
         int(net.obs_mean.numel()),
         net.action_net.out_features,
-        [m.out_features for m in net.policy_net if isinstance(m, torch.nn.Linear)],
-        "tanh" if any(isinstance(m, torch.nn.Tanh) for m in net.policy_net) else "relu",
+        list(_architecture(policy)["hidden"]),
+        str(_architecture(policy)["activation"]),
         net.clip_obs,
         net.epsilon,
     )
@@ -78,7 +83,7 @@ def average_actor(policies: list[LearnedPolicy]) -> ActorNetwork:
         raise ValueError("an ensemble's weights do not average (its members are separate runs); average snapshots of one run")
     states = [p.actor.state_dict() for p in policies]
     mean = {k: torch.stack([s[k].double() for s in states]).mean(0).to(states[0][k].dtype) for k in states[0]}
-    return _copy(_networks(policies[0])[0], mean)
+    return _copy(policies[0], _networks(policies[0])[0], mean)
 
 
 def ensemble_actor(policies: list[LearnedPolicy]) -> ActorEnsemble:
@@ -88,7 +93,7 @@ def ensemble_actor(policies: list[LearnedPolicy]) -> ActorEnsemble:
         ValueError: fewer than two networks in all, or policies of different architectures or priors.
     """
     _check_compatible(policies, "ensemble")
-    nets = [_copy(n) for p in policies for n in _networks(p)]
+    nets = [_copy(p, n) for p in policies for n in _networks(p)]
     if len(nets) < 2:
         raise ValueError("an ensemble needs at least two actors")
     return ActorEnsemble(nets).eval()
