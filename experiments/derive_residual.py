@@ -45,6 +45,11 @@ def main() -> None:
     ap.add_argument(
         "--ensemble", action="store_true", help="average the snapshots' actions instead of their weights (independent runs)"
     )
+    ap.add_argument(
+        "--progress-gate",
+        type=float,
+        help="the residual may not lower the lr while log(smoothed loss / starting loss) > -GATE (e.g. 0.05)",
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the residual by this (default: %(default)s)")
     ap.add_argument("--prior", choices=KNOWN_PRIORS, help="put the residual on this prior (default: the snapshots')")
     ap.add_argument("--out", required=True, help="where to write the derived artifact")
@@ -52,7 +57,12 @@ def main() -> None:
     snapshots = args.snapshots or last_snapshots(args.run_dir, args.last)
     try:
         actor, card = derive_residual(
-            [load_artifact(s) for s in snapshots], args.scale, args.prior, snapshots, ensemble=args.ensemble
+            [load_artifact(s) for s in snapshots],
+            args.scale,
+            args.prior,
+            snapshots,
+            ensemble=args.ensemble,
+            progress_gate=args.progress_gate,
         )
     except ValueError as e:
         raise SystemExit(str(e)) from None

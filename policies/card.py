@@ -153,6 +153,8 @@ def validate_card(
         if key in stats:
             stats[key] = _numbers(stats[key], f"observation_stats.{key}", where, len(obs_names))
     out["observation_stats"] = stats
+    if card.get("residual_progress_gate") is not None:
+        out["residual_progress_gate"] = _number(card["residual_progress_gate"], "residual_progress_gate", where, positive=True)
     prior = card.get("prior")
     if prior is not None and prior not in KNOWN_PRIORS:
         raise _fail(where, "prior", f"must be one of {KNOWN_PRIORS} or absent, not {prior!r}")

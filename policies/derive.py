@@ -116,9 +116,14 @@ def derive_residual(
     prior: str | None = None,
     sources: list[str] | None = None,
     ensemble: bool = False,
+    progress_gate: float | None = None,
 ) -> tuple[ActorNetwork | ActorEnsemble, dict[str, Any]]:
     """The averaged (or, with ``ensemble``, ensembled), shrunk (``scale``) actor and its card, on
     ``prior`` (default: the policies' own).
+
+    ``progress_gate`` (card field ``residual_progress_gate``): while log(smoothed loss / starting loss)
+    is above ``-progress_gate`` the residual may not lower the lr; a learned correction that lowers a
+    run still at its starting loss (a plateau before learning starts) only keeps it there.
 
     ``sources`` names the policies in the card (e.g. their snapshot paths). Save the pair with
     :func:`chuck.policies.artifact.save_artifact`.
@@ -131,12 +136,16 @@ def derive_residual(
         raise ValueError(f"scale must be a finite number > 0, got {scale} (scale 0 is the prior alone)")
     if prior is not None and prior not in KNOWN_PRIORS:
         raise ValueError(f"unknown prior {prior!r}; known: {list(KNOWN_PRIORS)}")
+    if progress_gate is not None and not (progress_gate > 0 and np.isfinite(progress_gate)):
+        raise ValueError(f"progress_gate must be a finite number > 0, got {progress_gate}")
     actor: ActorNetwork | ActorEnsemble = ensemble_actor(policies) if ensemble else average_actor(policies)
     with torch.no_grad():
         for net in actor.networks if isinstance(actor, ActorEnsemble) else [actor]:
             net.action_net.weight.mul_(scale)
             net.action_net.bias.mul_(scale)
     card = {k: v for k, v in policies[0].card.items() if k in KEEP}
+    if progress_gate is not None:
+        card["residual_progress_gate"] = float(progress_gate)
     card.pop("observation_stats", None)
     if (stats := observation_range(policies)) is not None:
         card["observation_stats"] = stats
@@ -147,8 +156,9 @@ def derive_residual(
         "combined": "ensemble" if ensemble else "average",
         "scale": float(scale),
         "prior": card.get("prior"),
+        "progress_gate": progress_gate,
     }
-    on = str(card.get("prior") or "none").replace("@", "")
+    on = str(card.get("prior") or "none").replace("@", "") + (f"-gate{progress_gate:g}" if progress_gate else "")
     if isinstance(actor, ActorEnsemble):
         card["architecture"] = {**card.get("architecture", {}), "members": len(actor.members)}
         card["version"] = "+".join(p.version for p in policies) + f"-ensemble-{scale:g}-{on}"

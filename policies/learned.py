@@ -122,6 +122,10 @@ class LearnedPolicy(Policy):
         # a residual policy: the actor learned corrections to a built-in controller's action
         self.prior = make_prior(card.get("prior"), self.observation_version)
         self.warmup = self.prior.warmup if self.prior is not None else None
+        # card field residual_progress_gate (chuck.policies.derive): while the smoothed training loss is
+        # within this log-distance of its start, the residual may not lower the lr (the prior still may)
+        self.progress_gate: float | None = card.get("residual_progress_gate")
+        self._progress = self._spec.names.index("loss.log_ratio_initial") if self.progress_gate is not None else -1
 
     def reset(self) -> None:
         if self.prior is not None:
@@ -138,6 +142,8 @@ class LearnedPolicy(Policy):
     def act(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
         residual = self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
+        if self.progress_gate is not None and float(obs[0, self._progress]) > -self.progress_gate:
+            residual[0] = max(residual[0], 0.0)  # the run has not left its starting loss: no learned lr cut
         if self.prior is None:
             return residual
         return np.clip(np.asarray(self.prior.act(observation), dtype=np.float32) + residual, -1.0, 1.0)

@@ -48,7 +48,13 @@ def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
     actor, card = derive_residual([a, b], sources=["a", "b"])
     for k, v in actor.state_dict().items():
         torch.testing.assert_close(v, (a.actor.state_dict()[k].double() + b.actor.state_dict()[k].double()).div(2).to(v.dtype))
-    assert card["derived"] == {"from": ["a", "b"], "combined": "average", "scale": 1.0, "prior": default.card["prior"]}
+    assert card["derived"] == {
+        "from": ["a", "b"],
+        "combined": "average",
+        "scale": 1.0,
+        "prior": default.card["prior"],
+        "progress_gate": None,
+    }
     assert "sha256" not in card and "evaluation" not in card  # they described the originals
 
 
@@ -157,4 +163,46 @@ def test_a_card_whose_member_count_does_not_match_the_weights_is_refused(default
     card["architecture"]["members"] = 0
     (out / "policy.json").write_text(json.dumps(card))
     with pytest.raises(chuck.PolicyLoadError, match="architecture.members"):
+        load_artifact(out)
+
+
+def test_progress_gate_stops_learned_lr_cuts_until_the_loss_has_moved(default, tmp_path) -> None:
+    gated = _save(derive_residual([default], progress_gate=0.05), tmp_path / "gated")
+    assert gated.card["residual_progress_gate"] == 0.05 and gated.id != default.id
+    spec = chuck.ObservationSpec()
+    i = spec.names.index("loss.log_ratio_initial")
+    cuts = [o for o in _observations(256) if _residual(default, o[None])[0, 0] < -0.05]
+    assert cuts, "the shipped residual lowers the lr somewhere in the observation space"
+    blocked = 0
+    for o in cuts[:8]:
+        for ratio, gate_on in ((-0.01, True), (-0.5, False)):
+            o = o.copy()
+            o[i] = ratio
+            default.reset(), gated.reset()
+            want = default.act(o)
+            default.reset()
+            got = gated.act(o)
+            if gate_on:  # the learned lr cut is dropped, the prior's action and the other dimensions stay
+                blocked += int(_residual(default, o[None])[0, 0] < 0)
+                default.prior.reset()
+                assert got[0] == pytest.approx(
+                    np.clip(default.prior.act(o)[0] + max(_residual(default, o[None])[0, 0], 0), -1, 1), abs=1e-6
+                )
+                np.testing.assert_allclose(got[1:], want[1:], atol=1e-6)
+            else:
+                np.testing.assert_allclose(got, want, atol=1e-6)
+    assert blocked, "some learned cut was blocked"
+    with pytest.raises(ValueError, match="progress_gate"):
+        derive_residual([default], progress_gate=-1.0)
+
+
+def test_a_bad_progress_gate_in_a_card_is_refused(default, tmp_path) -> None:
+    import json
+
+    actor, card = derive_residual([default], progress_gate=0.05)
+    out = save_artifact(actor, tmp_path / "gated", card)
+    raw = json.loads((out / "policy.json").read_text())
+    raw["residual_progress_gate"] = -0.05
+    (out / "policy.json").write_text(json.dumps(raw))
+    with pytest.raises(chuck.PolicyLoadError, match="residual_progress_gate"):
         load_artifact(out)
