@@ -290,7 +290,8 @@ def evaluate_policy(
     shipped: Sequence[tuple[Any, str]] = (),
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run ``episodes`` meta-env episodes with ``policy`` (a chuck Policy, or None = hold) on fixed seeds.
+    """Run ``episodes`` meta-env episodes with ``policy`` (a chuck Policy, an artifact's path, or None =
+    hold) on fixed seeds.
 
     Each decision is asked the way deployment asks it: through the episode's own
     :meth:`chuck.controller.Controller.ask` (shape and finiteness checks, the out-of-distribution
@@ -357,8 +358,16 @@ def _init_eval_worker(modules: list[str], shipped: list[tuple[Any, str]]) -> Non
 def _episode(
     policy: Any, tasks: str, interval: int, budget_scale: float, seed: int, options: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """One evaluation episode (in this process or a worker)."""
+    """One evaluation episode (in this process or a worker); ``policy`` may be an artifact's path."""
     from chuck.envs import TrainingControlEnv
+
+    if isinstance(policy, (str, Path)):
+        # loaded here, in the worker, from the file: an object pickled by a training process started
+        # before the code changed carries the old version's attributes into workers running the new
+        # code (a session editing chuck while v6 trained: every held-out evaluation failed to ask)
+        from chuck.loading import load_policy
+
+        policy = load_policy(str(policy))
 
     # the policy's own warm-up, as ChuckOptimizer applies it in deployment (a residual on prior@10
     # carries its prior's); the env has no prior of its own here: the policy answers whole
@@ -585,9 +594,9 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
             # with `chuck evaluate` on many more instances than these few episodes
             snap = out / "snapshots" / f"{int(model.num_timesteps):08d}"
             export_sb3(model, venv, snap, card())
-            policy = load_artifact(snap)  # evaluate what ships: the torch-only export
-            rows = evaluate_policy(
-                policy, cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale, **eval_pool
+            load_artifact(snap)  # evaluate what ships, the torch-only export: it must load
+            rows = evaluate_policy(  # by path: each worker loads the file with the code it runs
+                str(snap), cfg.eval_tasks, cfg.eval_episodes, interval=cfg.interval, budget_scale=cfg.budget_scale, **eval_pool
             )
             mean = float(np.mean([r["return"] for r in rows]))
             result = {

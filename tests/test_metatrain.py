@@ -292,6 +292,23 @@ def test_held_out_evaluation_in_workers_matches_one_process() -> None:
     np.testing.assert_allclose([r["return"] for r in alone], [r["return"] for r in pooled], rtol=1e-4, atol=1e-6)
 
 
+def test_held_out_evaluation_by_path_loads_the_artifact_in_each_worker(tmp_path) -> None:
+    """The in-training evaluation passes the snapshot's path, not a pickled policy: workers load it with
+    the code they run (a policy pickled by a process started before the code changed failed to act in
+    every worker). The rows equal those of the loaded object."""
+    from chuck.metatrain import evaluate_policy
+    from chuck.policies.artifact import bundled_artifact_dir
+
+    kw = {"interval": 10, "budget_scale": 0.15, "seed": 3}
+    path = str(bundled_artifact_dir("default"))
+    by_object = evaluate_policy(chuck.load_policy(path), "tabular.wine_mlp", 2, workers=2, **kw)
+    by_path = evaluate_policy(path, "tabular.wine_mlp", 2, workers=2, **kw)
+    assert [r["return"] for r in by_path] == [r["return"] for r in by_object]
+    assert all(r["failed_asks"] == 0 for r in by_path)
+    with pytest.raises(chuck.PolicyLoadError):
+        evaluate_policy(str(tmp_path / "missing"), "tabular.wine_mlp", 1, **kw)
+
+
 def test_held_out_evaluation_applies_the_policys_warmup() -> None:
     """The held-out evaluation asks a whole policy (prior included) through an env without a prior of
     its own; the run must still warm up as ChuckOptimizer does for that policy in deployment."""
