@@ -460,11 +460,19 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     if cfg.init_policy:  # likewise: a policy that cannot be fine-tuned is refused before anything starts
         start = load_policy(cfg.init_policy)
         init = actor_to_fine_tune(start, cfg.init_policy)
-        learned_on = getattr(start, "card", {}).get("prior")
+        card = getattr(start, "card", {})
+        learned_on = card.get("prior")
         if learned_on != cfg.prior:
+            what = f"learned its residual on {learned_on}" if learned_on else "is not a residual on a prior"
             warnings.warn(
-                f"--init-policy {cfg.init_policy} learned its residual on {learned_on}, this run trains it on "
-                f"{cfg.prior}: pass --prior {learned_on} to keep the correction it learned",
+                f"--init-policy {cfg.init_policy} {what}, this run trains it on {cfg.prior}: pass "
+                f"--prior {learned_on or 'none'} to keep what it learned",
+                stacklevel=2,
+            )
+        if card.get("residual_progress_gate") is not None:
+            warnings.warn(
+                f"--init-policy {cfg.init_policy} has a residual_progress_gate; the fine-tuned policy starts "
+                "from its network without it (derive it again with experiments/derive_residual.py --progress-gate)",
                 stacklevel=2,
             )
     task_ids = [t.id for t in train_tasks]

@@ -67,6 +67,8 @@ def main() -> None:
         # record) except the in-training evaluation, which the validation/test summaries replace
         card = {k: v for k, v in snap.card.items() if k not in ("evaluation", "sha256")}
         card["residual"] = {"state": "learned", "why": args.note, "snapshot": where}
+    elif not hasattr(actor, "action_net"):
+        raise SystemExit(f"--residual zero needs one actor; {args.snapshot} is an ensemble: pass one of its members")
     else:
         with torch.no_grad():  # zero residual: the policy's action is the prior's
             actor.action_net.weight.zero_()

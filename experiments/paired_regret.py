@@ -95,11 +95,9 @@ def main() -> None:
     ap.add_argument("--exclude-family", action="append", default=[], help="leave this family out (repeatable)")
     args = ap.parse_args()
     rows = pl.read_csv(args.rows).select(COLUMNS)
-    if args.exclude_family:
-        unknown = set(args.exclude_family) - set(rows["family"].unique().to_list())
-        if unknown:
-            raise SystemExit(f"no runs of {sorted(unknown)} in {args.rows}")
-        rows = rows.filter(~pl.col("family").is_in(args.exclude_family))
+    unknown = set(args.exclude_family) - set(rows["family"].unique().to_list())
+    if unknown:
+        raise SystemExit(f"no runs of {sorted(unknown)} in {args.rows}")
     if args.a_rows:
         other = pl.read_csv(args.a_rows).select(COLUMNS).filter(pl.col("arm") == args.a)
         if other.is_empty():
@@ -107,6 +105,8 @@ def main() -> None:
         check_same_oracle(rows, other, args.a_rows)
         args.a = f"{args.a} [{args.a_rows}]"
         rows = pl.concat([rows, other.with_columns(pl.lit(args.a).alias("arm"))], how="vertical_relaxed")
+    if args.exclude_family:  # after --a-rows joined: arm A's harm shares leave the family out too
+        rows = rows.filter(~pl.col("family").is_in(args.exclude_family))
     if args.seeds:
         rows = rows.filter(pl.col("seed").is_in([int(x) for x in args.seeds.split(",")]))
     r = paired(rows, args.a, args.b)

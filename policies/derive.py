@@ -9,7 +9,9 @@ split in minutes (``experiments/derive_residual.py`` is the command):
   Better Generalization"; late checkpoints of one run lie in one basin, and their average in a flatter
   part of it than any one of them).
 * **Shrink** the correction toward the prior by a factor ``scale`` on the actor's output layer (the
-  residual-policy analogue of weight decay on the correction; 0 would be the prior alone).
+  residual-policy analogue of weight decay on the correction; 0 would be the prior alone). The scale
+  applies before the residual's [-1, 1] clip: the action is prior + clip(scale x raw output), which is
+  prior + scale x residual wherever the actor does not saturate.
 * **Move** the residual onto another version of the built-in prior.
 * **Ensemble** the actors of *independent* runs on one prior (the policy issue's "several training
   seeds"): their weights do not average (each run is its own basin), their actions do
@@ -30,7 +32,7 @@ from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
 
 #: Card fields of the first policy that a derived artifact keeps (the rest is rebuilt or dropped: the
 #: in-training evaluation and checksum describe the originals, not the derived policy).
-KEEP = ("name", "interval", "prior", "architecture", "training", "observation_stats")
+KEEP = ("name", "interval", "prior", "architecture", "training", "observation_stats", "observation", "action", "normalization")
 
 
 def _check_compatible(policies: list[LearnedPolicy], what: str) -> None:
@@ -42,6 +44,9 @@ def _check_compatible(policies: list[LearnedPolicy], what: str) -> None:
         for field in ("hidden", "activation"):
             if _architecture(p).get(field) != _architecture(first).get(field):
                 raise ValueError(f"policies to {what} must share their architecture ({field}): {first.id} and {p.id} do not")
+        for spec in ("observation", "action"):
+            if (p.card.get(spec) or {}).get("version") != (first.card.get(spec) or {}).get("version"):
+                raise ValueError(f"policies to {what} must share their {spec} spec version: {first.id} and {p.id} do not")
         if p.card.get("normalization") != first.card.get("normalization"):
             raise ValueError(f"policies to {what} must share their observation clipping: {first.id} and {p.id} do not")
         if p.card.get("prior") != first.card.get("prior"):
@@ -100,14 +105,23 @@ def ensemble_actor(policies: list[LearnedPolicy]) -> ActorEnsemble:
 
 
 def observation_range(policies: list[LearnedPolicy]) -> dict[str, list[float]] | None:
-    """The union of the policies' training observation ranges (what the out-of-distribution check reads);
-    None when any of them has none."""
+    """The policies' training observation statistics combined: the union of their ranges (what the
+    out-of-distribution check reads) and, where all have them, the equal-weight pooled mean and std
+    (what explanations compare a feature with); None when any of them has no range."""
     if any(p.obs_low is None or p.obs_high is None for p in policies):
         return None
-    return {
+    out = {
         "low": np.min([p.obs_low for p in policies], axis=0).tolist(),
         "high": np.max([p.obs_high for p in policies], axis=0).tolist(),
     }
+    stats = [p.card.get("observation_stats") or {} for p in policies]
+    if all("mean" in st and "std" in st for st in stats):
+        means = np.array([st["mean"] for st in stats], dtype=np.float64)
+        stds = np.array([st["std"] for st in stats], dtype=np.float64)
+        mean = means.mean(0)
+        out["mean"] = mean.tolist()
+        out["std"] = np.sqrt(np.maximum((stds**2 + means**2).mean(0) - mean**2, 0.0)).tolist()
+    return out
 
 
 def derive_residual(
@@ -161,6 +175,7 @@ def derive_residual(
     on = str(card.get("prior") or "none").replace("@", "") + (f"-gate{progress_gate:g}" if progress_gate else "")
     if isinstance(actor, ActorEnsemble):
         card["architecture"] = {**card.get("architecture", {}), "members": len(actor.members)}
+        card["training"] = {"members": [p.card.get("training") or {} for p in policies]}  # each run's own record
         card["version"] = "+".join(p.version for p in policies) + f"-ensemble-{scale:g}-{on}"
     else:
         card["architecture"] = {**card.get("architecture", {}), "members": 1}

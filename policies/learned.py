@@ -142,11 +142,15 @@ class LearnedPolicy(Policy):
     def act(self, observation: np.ndarray) -> np.ndarray:
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
         residual = self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
-        if self.progress_gate is not None and float(obs[0, self._progress]) > -self.progress_gate:
+        if self._gated(obs):
             residual[0] = max(residual[0], 0.0)  # the run has not left its starting loss: no learned lr cut
         if self.prior is None:
             return residual
         return np.clip(np.asarray(self.prior.act(observation), dtype=np.float32) + residual, -1.0, 1.0)
+
+    def _gated(self, obs: torch.Tensor) -> bool:
+        """The progress gate holds: the smoothed loss is still within ``progress_gate`` of its start."""
+        return self.progress_gate is not None and float(obs[0, self._progress]) > -self.progress_gate
 
     def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
         """Per action dimension, the signed gradient x input attribution of the actor's output
@@ -156,9 +160,10 @@ class LearnedPolicy(Policy):
 
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
         out: dict[str, dict[str, float]] = {}
+        blocked = self._gated(obs) and float(self.actor(obs).detach()[0, 0]) < 0.0  # the gate dropped the learned lr cut
         for d, dim in enumerate(ACTION_DIMS):
             attr = self.actor.attribution(obs, d)
-            if np.abs(attr).sum() > 0:
+            if np.abs(attr).sum() > 0 and not (d == 0 and blocked):
                 out[dim] = {n: float(a) for n, a in zip(self._spec.names, attr) if a != 0.0}
         if self.prior is not None:
             for dim, reasons in self.prior.explain(observation).items():

@@ -219,10 +219,11 @@ LOOSE_RAISE_GATE = -1.6
 #: at 1e-6. This is the guardrails' ``min_spike_fraction`` argument (a spike must reach a tenth of the
 #: starting loss) applied to the validation guard. Overfitting in the usual sense (a memorized training
 #: set and a validation loss that climbs) sits far above the floor. The validation loss relative to the
-#: starting training loss is read off the observation as exp(gen_gap + log_ratio_initial); while gen_gap
-#: is below its clip that is an upper bound (log_ratio_initial clips from below), so the floor never
-#: silences the guard on a validation loss that is not truly that small; at gen_gap's clip (validation
-#: 20x the training loss or more: overfitting) the guard always acts.
+#: starting training loss is read off the observation as exp(gen_gap + log_ratio_initial), an estimate:
+#: gen_gap divides by the smoothed training loss at the last evaluation and log_ratio_initial by the
+#: current one, so it reads low by however much the training loss fell since that evaluation (the
+#: features' lower clips only make it read high). At gen_gap's upper clip (validation 20x the training
+#: loss or more: overfitting) the guard always acts.
 #: Measured (docs/results.md): level with version 10 on the train split (paired 1.003 [0.997, 1.012], 4 of
 #: 88 runs changed) and on validation (1.001 [0.991, 1.012]); under the shipped default's residual 0.985
 #: [0.964, 1.007] against version 10 (better in 21 runs, worse in 7). It does not fix the run that motivated

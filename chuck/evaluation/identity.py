@@ -44,7 +44,8 @@ def _artifact_identity(path: Path) -> str:
     try:
         card = json.loads((path / CARD).read_text())
         if card.get("sha256"):
-            return f"{card.get('version', '?')} weights {str(card['sha256'])[:12]} prior {card.get('prior') or 'none'}"
+            gate = f" progress gate {card['residual_progress_gate']}" if card.get("residual_progress_gate") is not None else ""
+            return f"{card.get('version', '?')} weights {str(card['sha256'])[:12]} prior {card.get('prior') or 'none'}{gate}"
     except (OSError, ValueError):
         pass
     # no card to read the identity from: the content of every file

@@ -79,15 +79,29 @@ def test_moving_to_another_prior(default, tmp_path) -> None:
 
 
 def test_observation_range_is_the_union(default, tmp_path) -> None:
-    actor, card = derive_residual([default])
-    low, high = list(card["observation_stats"]["low"]), list(card["observation_stats"]["high"])
-    low[0], high[1] = low[0] - 1.0, high[1] + 2.0  # another snapshot that saw a wider range of two features
-    card["observation_stats"] = {"low": low, "high": high}
-    wider = load_artifact(save_artifact(actor, tmp_path / "wider", card))
-    _, union = derive_residual([default, wider])
-    assert union["observation_stats"]["low"] == pytest.approx(low)
-    assert union["observation_stats"]["high"] == pytest.approx(high)
-    assert low[0] < default.card["observation_stats"]["low"][0]  # the union is not just the first's range
+    base = default.card["observation_stats"]
+
+    def widened(name: str, feature: int, by: float):
+        """A snapshot that saw a wider range of one feature (below for ``by`` < 0, above otherwise)."""
+        actor, card = derive_residual([default])
+        low, high = list(base["low"]), list(base["high"])
+        (low if by < 0 else high)[feature] += by
+        card["observation_stats"] = {"low": low, "high": high}
+        return load_artifact(save_artifact(actor, tmp_path / name, card))
+
+    _, union = derive_residual([widened("a", 0, -1.0), widened("b", 1, 2.0)])
+    want_low, want_high = list(base["low"]), list(base["high"])
+    want_low[0], want_high[1] = want_low[0] - 1.0, want_high[1] + 2.0
+    assert union["observation_stats"]["low"] == pytest.approx(want_low)  # from the first
+    assert union["observation_stats"]["high"] == pytest.approx(want_high)  # from the second
+
+
+def test_a_single_source_keeps_its_observation_statistics_and_specs(default) -> None:
+    _, card = derive_residual([default], scale=0.5)
+    for key in ("low", "high", "mean", "std"):
+        if key in default.card["observation_stats"]:
+            assert card["observation_stats"][key] == pytest.approx(default.card["observation_stats"][key])
+    assert card["observation"] == default.card["observation"] and card["action"] == default.card["action"]
 
 
 @pytest.mark.parametrize("bad", [{"scale": 0.0}, {"scale": -1.0}, {"scale": float("nan")}, {"prior": "prior@999"}])
@@ -183,7 +197,9 @@ def test_progress_gate_stops_learned_lr_cuts_until_the_loss_has_moved(default, t
             default.reset()
             got = gated.act(o)
             if gate_on:  # the learned lr cut is dropped, the prior's action and the other dimensions stay
-                blocked += int(_residual(default, o[None])[0, 0] < 0)
+                if _residual(default, o[None])[0, 0] < 0:
+                    blocked += 1  # and the explanation does not credit the actor with a cut that did not happen
+                    assert all(k.startswith("prior: ") for k in gated.explain(o).get("lr", {}))
                 default.prior.reset()
                 assert got[0] == pytest.approx(
                     np.clip(default.prior.act(o)[0] + max(_residual(default, o[None])[0, 0], 0), -1, 1), abs=1e-6
