@@ -222,3 +222,20 @@ def test_a_bad_progress_gate_in_a_card_is_refused(default, tmp_path) -> None:
     (out / "policy.json").write_text(json.dumps(raw))
     with pytest.raises(chuck.PolicyLoadError, match="residual_progress_gate"):
         load_artifact(out)
+
+
+def test_a_progress_gate_is_part_of_the_policys_identity(default, tmp_path) -> None:
+    """chuck evaluate resumes an arm only while its name means the same policy: the gate changes the
+    actions of the same weights, so it must change the recorded identity (chuck.evaluation.identity)."""
+    from chuck.evaluation.identity import policy_identity
+
+    actor, card = derive_residual([default])
+    plain = save_artifact(actor, tmp_path / "plain", card)
+    actor, card = derive_residual([default], progress_gate=0.05)
+    card["version"] = load_artifact(plain).version  # even under the same version string
+    gated = save_artifact(actor, tmp_path / "gated", card)
+    assert policy_identity(str(plain)) != policy_identity(str(gated))
+    assert (
+        policy_identity(str(plain)).split(" weights ")[1]
+        == policy_identity(str(gated)).split(" weights ")[1].split(" progress")[0]
+    )
