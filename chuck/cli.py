@@ -416,8 +416,9 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policies",
         default=_csv(DEFAULT_POLICIES),
-        help="comma-separated policies: default, heuristic, constant, a path, models:/NAME@ALIAS "
-        "('' for none) (default: %(default)s)",
+        help="comma-separated policies: default, heuristic, constant, a path, models:/NAME@ALIAS; "
+        "'recorded' for every chuck arm --out already holds in this setting (a summary of all of them, "
+        "resumed) ('' for none) (default: %(default)s)",
     )
     p.add_argument("--baselines", default=_csv(BASELINES), help="comma-separated baselines ('' for none) (default: %(default)s)")
     p.add_argument(

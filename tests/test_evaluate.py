@@ -384,6 +384,25 @@ def test_resuming_refuses_rows_of_another_policy_under_the_same_name(tiny_tasks,
     assert "prior@3" in json.loads((out / "arms.json").read_text())[arm]
 
 
+def test_recorded_summarizes_every_arm_of_earlier_calls_without_running_again(tiny_tasks, tmp_path, count_runs):
+    """A summary covers the arms of the call that wrote it; ``policies="recorded"`` stands for every chuck
+    arm the directory holds in that setting, so the summary of all of them is one resumed call."""
+    out = tmp_path / "eval"
+    _small(out, policies=["heuristic"], baselines=["adamw"])
+    _small(out, policies=["prior@3"], baselines=[])
+    _small(out, policies=["constant"], baselines=[], observe=False)
+    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"chuck:prior@3"}  # the last call's only
+    count_runs.clear()
+    both = _small(out, policies="recorded", baselines=["adamw"])
+    assert not count_runs and both.executed == 0
+    assert set(both.to_dict()["arms"]) == {"chuck:heuristic", "chuck:prior@3", "adamw"}
+    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"chuck:heuristic", "chuck:prior@3", "adamw"}
+    alone = _small(out, policies="recorded", baselines=[], observe=False)
+    assert set(alone.to_dict()["arms"]) == {"chuck:constant/no-observe"} and not count_runs
+    with pytest.raises(EvaluationInputError, match="records no chuck arm measured with observe"):
+        _small(tmp_path / "empty", policies="recorded", baselines=[])
+
+
 def test_policy_identity_of_builtins():
     from chuck.evaluation.identity import policy_identity
     from chuck.policies.prior import LATEST

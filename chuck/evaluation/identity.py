@@ -67,6 +67,21 @@ def stale_arms(out: Path, identities: dict[str, str], measured: set[str]) -> lis
     ]
 
 
+def recorded_policies(out: Path, observe: bool) -> list[str]:
+    """The policy specs of every chuck arm ``out``'s manifest records in this setting (with or without
+    ``observe``), in the manifest's order: what ``--policies recorded`` expands to, so that a summary of
+    every arm measured over several calls is one resumed call (nothing runs again)."""
+    from chuck.evaluation.runs import CHUCK_PREFIX, NO_OBSERVE_SUFFIX
+
+    specs = []
+    for arm in _read(out):
+        if not arm.startswith(CHUCK_PREFIX) or arm.endswith(NO_OBSERVE_SUFFIX) == observe:
+            continue
+        spec = arm[len(CHUCK_PREFIX) :]
+        specs.append(spec if observe else spec[: -len(NO_OBSERVE_SUFFIX)])
+    return specs
+
+
 def record(out: Path, identities: dict[str, str]) -> None:
     """Add (or refresh) the arms' identities in ``out``'s manifest, keeping every other arm's."""
     merged = {**_read(out), **identities}

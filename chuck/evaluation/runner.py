@@ -131,6 +131,10 @@ def _numbers(value: Any, kind: type, what: str) -> list[Any]:
     return xs
 
 
+#: The ``policies`` entry that stands for every chuck arm already recorded in the output directory.
+RECORDED = "recorded"
+
+
 def _check(
     policies: Any,
     baselines: Any,
@@ -155,6 +159,17 @@ def _check(
             why = f"baseline {b!r}" if b in baseline_names else "the oracle sweep (Prodigy)"
             raise EvaluationInputError(f"{why} needs the {module} package: pip install 'chuck[experiments]'")
     policy_specs = _unique(_split_list(policies))
+    if RECORDED in policy_specs:
+        from chuck.evaluation.identity import recorded_policies
+
+        found = recorded_policies(Path(out), observe)
+        if not found:
+            setting = "with" if observe else "without"
+            raise EvaluationInputError(
+                f"--policies {RECORDED}: {Path(out) / 'arms.json'} records no chuck arm measured {setting} observe"
+            )
+        at = policy_specs.index(RECORDED)
+        policy_specs = _unique([*policy_specs[:at], *found, *policy_specs[at + 1 :]])
     if not policy_specs and not baseline_names:
         raise EvaluationInputError("nothing to evaluate: give at least one policy or baseline")
     if not (budget_scale > 0 and math.isfinite(budget_scale)):
@@ -232,7 +247,9 @@ def evaluate(
 
     Args:
         policies: policy specs for ``chuck.load_policy`` (``default``, ``heuristic``,
-            ``constant``, a path, ``models:/NAME@ALIAS``); arm ``chuck:SPEC``.
+            ``constant``, a path, ``models:/NAME@ALIAS``); arm ``chuck:SPEC``. ``recorded`` stands
+            for every chuck arm ``out`` already holds in this setting (a summary of all of them,
+            resumed: nothing runs again).
         baselines: any of ``adamw``, ``cosine``, ``plateau``, ``schedulefree``, ``prodigy``.
         tasks: a split (``test``, ``validation``, ``train``, ``custom``, ``all``), ``domain:X``,
             task ids, or a comma-separated mix.
