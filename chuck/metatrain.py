@@ -428,6 +428,33 @@ def _start_run(mlflow: Any, run_id: str | None, name: str) -> Any:
     return mlflow.start_run(run_name=name)
 
 
+def _fine_tune_start(cfg: MetaTrainConfig) -> Any:
+    """The actor ``cfg.init_policy`` names, for a PPO run to start from (ValueError if it has none), with a
+    warning for what the new run would not keep: another prior under the residual, a progress gate."""
+    from chuck.loading import load_policy
+    from chuck.policies.export import actor_to_fine_tune
+
+    assert cfg.init_policy
+    start = load_policy(cfg.init_policy)
+    actor = actor_to_fine_tune(start, cfg.init_policy)
+    card = getattr(start, "card", {})
+    learned_on = card.get("prior")
+    if learned_on != cfg.prior:
+        what = f"learned its residual on {learned_on}" if learned_on else "is not a residual on a prior"
+        warnings.warn(
+            f"--init-policy {cfg.init_policy} {what}, this run trains it on {cfg.prior}: pass "
+            f"--prior {learned_on or 'none'} to keep what it learned",
+            stacklevel=3,
+        )
+    if card.get("residual_progress_gate") is not None:
+        warnings.warn(
+            f"--init-policy {cfg.init_policy} has a residual_progress_gate; the fine-tuned policy starts "
+            "from its network without it (derive it again with experiments/derive_residual.py --progress-gate)",
+            stacklevel=3,
+        )
+    return actor
+
+
 def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     """Run (or resume) meta-training; see the module docstring."""
     _need_sb3()
@@ -442,7 +469,6 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
     from chuck import tracking
-    from chuck.loading import load_policy
     from chuck.metatrain_callbacks import (
         EveryCallback,
         MLflowKVWriter,
@@ -452,29 +478,11 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         task_episode_summary,
     )
     from chuck.policies.artifact import load_artifact
-    from chuck.policies.export import actor_to_fine_tune, export_sb3, load_actor_into_sb3
+    from chuck.policies.export import export_sb3, load_actor_into_sb3
     from chuck.zoo import split_of
 
     train_tasks, eval_tasks = resolve_training_tasks(cfg)  # fail fast on a bad task spec, before any file or run exists
-    init = None
-    if cfg.init_policy:  # likewise: a policy that cannot be fine-tuned is refused before anything starts
-        start = load_policy(cfg.init_policy)
-        init = actor_to_fine_tune(start, cfg.init_policy)
-        card = getattr(start, "card", {})
-        learned_on = card.get("prior")
-        if learned_on != cfg.prior:
-            what = f"learned its residual on {learned_on}" if learned_on else "is not a residual on a prior"
-            warnings.warn(
-                f"--init-policy {cfg.init_policy} {what}, this run trains it on {cfg.prior}: pass "
-                f"--prior {learned_on or 'none'} to keep what it learned",
-                stacklevel=2,
-            )
-        if card.get("residual_progress_gate") is not None:
-            warnings.warn(
-                f"--init-policy {cfg.init_policy} has a residual_progress_gate; the fine-tuned policy starts "
-                "from its network without it (derive it again with experiments/derive_residual.py --progress-gate)",
-                stacklevel=2,
-            )
+    init = _fine_tune_start(cfg) if cfg.init_policy else None  # likewise for a policy that cannot be fine-tuned
     task_ids = [t.id for t in train_tasks]
     shipped = [(t, split_of(t.id)) for t in train_tasks if split_of(t.id) == "custom"]
     # held-out evaluation in worker processes, one torch thread each: PPO waits for it, so every core helps

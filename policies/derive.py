@@ -104,7 +104,7 @@ def ensemble_actor(policies: list[LearnedPolicy]) -> ActorEnsemble:
     return ActorEnsemble(nets).eval()
 
 
-def observation_range(policies: list[LearnedPolicy]) -> dict[str, list[float]] | None:
+def observation_stats(policies: list[LearnedPolicy]) -> dict[str, list[float]] | None:
     """The policies' training observation statistics combined: the union of their ranges (what the
     out-of-distribution check reads) and, where all have them, the equal-weight pooled mean and std
     (what explanations compare a feature with); None when any of them has no range."""
@@ -161,7 +161,7 @@ def derive_residual(
     if progress_gate is not None:
         card["residual_progress_gate"] = float(progress_gate)
     card.pop("observation_stats", None)
-    if (stats := observation_range(policies)) is not None:
+    if (stats := observation_stats(policies)) is not None:
         card["observation_stats"] = stats
     if prior is not None:
         card["prior"] = prior

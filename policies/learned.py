@@ -62,9 +62,13 @@ class ActorNetwork(nn.Module):
         z = self.normalize(obs).requires_grad_(True)
         self.action_net(self.policy_net(z))[0, dim].backward()
         assert z.grad is not None
-        attr = (z.grad * z).detach().reshape(-1).numpy()
-        total = float(np.abs(attr).sum())
-        return attr / total if total > 0 and np.isfinite(total) else np.zeros_like(attr)
+        return _unit_l1((z.grad * z).detach().reshape(-1).numpy())
+
+
+def _unit_l1(attr: np.ndarray) -> np.ndarray:
+    """``attr`` scaled to sum |.| = 1; all zeros when it is zero or not finite."""
+    total = float(np.abs(attr).sum())
+    return attr / total if total > 0 and np.isfinite(total) else np.zeros_like(attr)
 
 
 class ActorEnsemble(nn.Module):
@@ -93,9 +97,7 @@ class ActorEnsemble(nn.Module):
 
     def attribution(self, obs: torch.Tensor, dim: int) -> np.ndarray:
         """The members' attributions averaged (each on its own normalized features), normalized to sum |.| = 1."""
-        attr = np.mean([m.attribution(obs, dim) for m in self.networks], axis=0)
-        total = float(np.abs(attr).sum())
-        return attr / total if total > 0 else attr
+        return _unit_l1(np.mean([m.attribution(obs, dim) for m in self.networks], axis=0))
 
 
 class LearnedPolicy(Policy):

@@ -78,7 +78,7 @@ def test_moving_to_another_prior(default, tmp_path) -> None:
     np.testing.assert_allclose(_residual(moved, _observations()), _residual(default, _observations()), atol=0)
 
 
-def test_observation_range_is_the_union(default, tmp_path) -> None:
+def test_observation_ranges_are_united(default, tmp_path) -> None:
     base = default.card["observation_stats"]
 
     def widened(name: str, feature: int, by: float):
