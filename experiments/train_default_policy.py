@@ -25,7 +25,9 @@ with and without validation losses (docs/results.md). ``v5`` learns on prior@15 
 where it was worse on validation than prior@15 alone and than at 94k (docs/results.md). ``v3`` on
 prior@3 stopped at 103,424 decisions, level with its prior on validation. ``v6`` is v4's recipe with
 another PPO seed: does v4's gain over its prior replicate, or was it one lucky run? (and, if it
-replicates, two runs' corrections to average; ``--run v6``, resumable: 74,752 decisions so far).
+replicates, two runs' corrections to average; ``--run v6``, resumable: 186,368 decisions so far). At
+164,752 it was worse than v4 on validation and level with its prior; the v4 + v6 ensemble did not
+beat v4 (docs/results.md).
 
 Wall time on this project's machine (2 cores, one env per core, nothing else running): 31,744
 decisions in 34 minutes including six validation evaluations, about 16 decisions per second,
