@@ -8,12 +8,15 @@ learned policy's decisions drift apart; the parameters then differ with no error
 
 :class:`RankSync` closes that gap with two collectives on the process group:
 
-* **every step**, one all-reduce (SUM) of five float64 scalars -- the loss and how many
-  ranks gave one, the squared gradient norm, and a non-finite flag for each -- built where
-  chuck reads its per-step scalars anyway (one host read on accelerators, as before). Every
-  rank then judges the *same* numbers: the mean loss, the gradient norm, "non-finite on
-  any rank". The loss monitor records the mean loss, so spike medians agree too. This
-  replaces :func:`chuck.optimizer._read_scalars` for the run.
+* **every step**, one all-reduce (SUM) of seven float64 scalars -- the loss and how many
+  ranks gave one, the squared gradient norm, a non-finite flag for each, and the votes of
+  the overfitting rollback (how many ranks' last validation loss asks for a best-weights
+  snapshot, how many for a rollback to it) -- built where chuck reads its per-step scalars
+  anyway (one host read on accelerators, as before). Every rank then judges the *same*
+  numbers: the mean loss, the gradient norm, "non-finite on any rank", "a rollback if any
+  rank asks for one, else a snapshot if any asks" (a rank that calls ``observe`` alone
+  still moves every rank). The loss monitor records the mean loss, so spike medians agree
+  too. This replaces :func:`chuck.optimizer._read_scalars` for the run.
 * **at a decision** (every ``interval`` steps), rank 0 alone asks the policy; its action,
   the source (policy or fallback) and its observation are broadcast as one small float64
   tensor and every rank applies that action through the one path
@@ -139,11 +142,13 @@ class RankSync:
         return self.rank == self.leader_rank
 
     # -- every step --------------------------------------------------------------------
-    def read_scalars(self, loss: Any, grads: list[torch.Tensor]) -> tuple[float | None, float]:
-        """The step's loss (mean over the ranks that gave one) and gradient norm, identical on every rank.
+    def read_scalars(self, loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[float | None, float, int]:
+        """The step's loss (mean over the ranks that gave one), gradient norm and validation vote,
+        identical on every rank.
 
-        One all-reduce of ``[loss, has_loss, loss_nonfinite, grad_sq, grad_nonfinite]``; a
-        non-finite value on any rank makes that value NaN on every rank (the guardrails skip).
+        One all-reduce of ``[loss, has_loss, loss_nonfinite, grad_sq, grad_nonfinite, snapshot_votes,
+        restore_votes]``; a non-finite value on any rank makes that value NaN on every rank (the
+        guardrails skip); the agreed vote is the largest any rank cast (``chuck.guardrails.ValidationVote``).
         """
         from chuck.monitors.gradients import dense_values
 
@@ -167,14 +172,18 @@ class RankSync:
         lbad = (~torch.isfinite(lv)).to(torch.float64)
         gbad = (~torch.isfinite(gsq)).to(torch.float64)
         # non-finite parts contribute 0 to the sums; the flags carry them
-        packed = torch.stack([torch.where(lbad > 0, 0.0, lv), has, lbad, torch.where(gbad > 0, 0.0, gsq), gbad])
+        votes = torch.tensor([float(vote == 1), float(vote == 2)], dtype=torch.float64, device=dev)
+        packed = torch.cat(
+            [torch.stack([torch.where(lbad > 0, 0.0, lv), has, lbad, torch.where(gbad > 0, 0.0, gsq), gbad]), votes]
+        )
         self._dist.all_reduce(packed, op=self._dist.ReduceOp.SUM, group=self.group)
         self.collectives += 1
-        loss_sum, n_loss, loss_bad, grad_sq, grad_bad = packed.tolist()  # the one host read of the step
+        loss_sum, n_loss, loss_bad, grad_sq, grad_bad, snaps, restores = packed.tolist()  # the one host read of the step
         gnorm = math.nan if grad_bad > 0 else math.sqrt(grad_sq / self.world_size)
+        agreed = 2 if restores > 0 else 1 if snaps > 0 else 0
         if n_loss == 0:
-            return None, gnorm
-        return (math.nan if loss_bad > 0 else loss_sum / n_loss), gnorm
+            return None, gnorm, agreed
+        return (math.nan if loss_bad > 0 else loss_sum / n_loss), gnorm, agreed
 
     # -- at a decision -----------------------------------------------------------------
     def agree(self, answer: PolicyAnswer | None, obs: np.ndarray) -> tuple[PolicyAnswer, np.ndarray]:

@@ -44,7 +44,7 @@ from chuck.actions import ACTION_VERSIONS, EFFECTIVE_LR_KEY, LATEST_ACTION_VERSI
 from chuck.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
 from chuck.controller import Controller, DecisionHook
 from chuck.distributed import rank_sync
-from chuck.guardrails import Action, GuardrailConfig, Guardrails, Verdict
+from chuck.guardrails import Action, GuardrailConfig, Guardrails, ValidationVote, Verdict
 from chuck.monitors import (
     ActivationMonitor,
     ControlMonitor,
@@ -206,6 +206,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             )
 
         self._pending_loss: Any = None
+        self._val_vote = ValidationVote.NONE  # what the last observe() asked of the next step
         self._step = 0  # base-optimizer steps taken (skipped steps do not count)
         self._calls = 0  # step() calls
         self.metrics: dict[str, float] = {}
@@ -376,7 +377,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             loss = self._pending_loss
         self._pending_loss = None
         grads = self._grads()
-        loss_v, gnorm_v = self._read_scalars(loss, grads)
+        loss_v, gnorm_v, vote = self._read_scalars(loss, grads, self._take_vote())
+        if self._act_on_vote(vote):
+            return loss
         verdict = self._judge(loss_v, gnorm_v)
         if verdict is not Verdict.OK:
             self._intervene(verdict, loss_v, gnorm_v)
@@ -396,7 +399,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 out = closure()
             if not first:  # the first evaluation happens before the base optimizer changes anything
                 grads = self._grads()
-                first["loss"], first["gnorm"] = self._read_scalars(out, grads)
+                first["loss"], first["gnorm"], vote = self._read_scalars(out, grads, self._take_vote())
+                if self._act_on_vote(vote):
+                    first["verdict"] = None
+                    raise _SkipStep
                 first["verdict"] = self._judge(first["loss"], first["gnorm"])
                 if first["verdict"] is not Verdict.OK:
                     raise _SkipStep
@@ -406,7 +412,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         try:
             loss = self._update(lambda: self.optimizer.step(guarded))
         except _SkipStep:
-            self._intervene(first["verdict"], first["loss"], first["gnorm"])
+            if first["verdict"] is not None:  # None: the overfitting rollback took the step
+                self._intervene(first["verdict"], first["loss"], first["gnorm"])
             return None
         self._after_update(first["loss"], first["gnorm"], first["clipped"])
         return loss
@@ -415,6 +422,40 @@ class ChuckOptimizer(torch.optim.Optimizer):
         # Every parameter of every group, whenever it has a gradient: a layer unfrozen mid-run is
         # covered by the guardrails from its first gradient on (faults issue, item 2).
         return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _take_vote(self) -> int:
+        vote, self._val_vote = self._val_vote, ValidationVote.NONE
+        return int(vote)
+
+    def _act_on_vote(self, vote: int) -> bool:
+        """Carry out the (agreed) validation vote before this step's update; ``True``: the step is
+        taken by a rollback (its gradients were computed on the weights being thrown away)."""
+        g = self.guardrails
+        if g is None or vote == ValidationVote.NONE:
+            return False
+        params = self._ctx.params
+        spec = self.action_spec
+        if vote == ValidationVote.SNAPSHOT:
+            # nothing has changed the weights since the evaluation that asked for it
+            g.take_best(self._step, params, self.optimizer, spec.lr_mult)
+            return False
+        if not g.best.covers(params):
+            g.best.drop()  # the trainable set changed since: a rollback would be partial
+            return False
+        before = spec.lr_mult
+        g.restore_best(params, self.optimizer)
+        # the training loss jumps back to the best weights' level: not a spike against the overfitted median
+        self._loss_monitor.reset_spike_reference()
+        target = min(before, g.best_lr_mult) * g.config.overfit_backoff
+        spec.backoff(target / before)
+        self.monitors.on_guardrail(Action.ROLLBACK_OVERFIT.value)
+        reason = (
+            f"rollback_overfit: validation loss {g.last_val:.4g} is more than "
+            f"{g.config.overfit_gl:.0%} above its best {g.best_val:.4g}; restored the weights of step "
+            f"{g.best.step}, lr multiplier {before:.3g} -> {spec.lr_mult:.3g}"
+        )
+        self.controller.record("guardrail", [], reason, self._step)
+        return True
 
     def _judge(self, loss_v: float | None, gnorm_v: float) -> Verdict:
         if self.guardrails is None:
@@ -534,6 +575,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             v = float(val_loss.detach()) if isinstance(val_loss, torch.Tensor) else float(val_loss)
             if math.isfinite(v):
                 self.monitors.on_validation(self._step, v)
+                if self.guardrails is not None:
+                    vote = self.guardrails.judge_validation(v, self._loss_monitor.initial_loss())
+                    self._val_vote = max(self._val_vote, vote)
             metrics["val_loss"] = v
         self.metrics.update({k: float(v) for k, v in metrics.items()})
 
@@ -693,12 +737,18 @@ def _as_float(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def _read_scalars(loss: Any, grads: list[torch.Tensor]) -> tuple[float | None, float]:
-    """Loss and global grad norm as floats: one host sync for both on accelerators.
+def _read_scalars(loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[float | None, float, int]:
+    """Loss, global grad norm and the validation vote (one process: as cast) of a step.
 
-    On CPU a "sync" is free, so the two values are read directly (fewer ops to dispatch).
-    Sparse gradients count through their stored values.
+    Loss and norm are read as floats with one host sync for both on accelerators; on CPU a
+    "sync" is free, so the two values are read directly (fewer ops to dispatch). Sparse
+    gradients count through their stored values.
     """
+    loss_v, gnorm_v = _read_loss_and_norm(loss, grads)
+    return loss_v, gnorm_v, vote
+
+
+def _read_loss_and_norm(loss: Any, grads: list[torch.Tensor]) -> tuple[float | None, float]:
     if grads:
         norms = torch._foreach_norm([dense_values(g) for g in grads])
         dev = norms[0].device

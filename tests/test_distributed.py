@@ -1,7 +1,8 @@
 """Data parallelism: two real gloo ranks on loopback agree on every guardrail verdict and decision.
 
 Each rank trains its own DDP replica on its *own* data; rank 1 alone gets one x50 outlier
-batch and, later, one batch with a NaN. After every step the parameters must be bit-identical
+batch and, later, one batch with a NaN and one overfitting validation loss (the overfitting
+rollback must move both ranks). After every step the parameters must be bit-identical
 across ranks, and the decision trails (guardrail records included) identical. A control run
 with ``process_group=False`` shows the same setting diverges without chuck's agreement (so the
 checks can fail). A checkpoint saved on rank 0 resumes on both ranks.
@@ -27,7 +28,7 @@ from tests.conftest import batch
 
 WORLD = 2
 STEPS = 400
-OUTLIER_STEP, NAN_STEP = 150, 250  # on rank 1 only
+OUTLIER_STEP, NAN_STEP, OVERFIT_STEP = 150, 250, 330  # on rank 1 only
 POLICIES = ("constant", "heuristic", "default")
 
 
@@ -88,6 +89,8 @@ def _train(model, opt, start: int, stop: int, rank: int, digests: list[str]) -> 
             with torch.no_grad():
                 xv, yv = batch(100_000 + step * WORLD + rank)  # every rank its own validation data too
                 opt.observe(val_loss=F.cross_entropy(model(xv), yv))
+        if rank == 1 and step == OVERFIT_STEP:
+            opt.observe(val_loss=100.0)  # far above the best: rank 1 alone asks for the best weights back
 
 
 def _trail(opt) -> list[list]:
@@ -111,6 +114,7 @@ def _rank_main(rank: int, port: int, out: str, mlflow_uri: str) -> None:
                 "trail": _trail(opt),
                 "skips": g.skips,
                 "rollbacks": g.rollbacks,
+                "overfit_rollbacks": g.overfit_rollbacks,
                 "collectives": opt._ranks.collectives,
             }
             opt.close()
@@ -199,6 +203,8 @@ def test_ranks_bit_identical_after_every_step(ranks, policy) -> None:
     # the outlier on rank 1 rolled back both ranks, the NaN on rank 1 skipped both
     guardrail_steps = {d[0] for d in a["trail"] if d[1] == "guardrail"}
     assert a["rollbacks"] >= 1 and a["skips"] >= 1 and guardrail_steps
+    # rank 1's overfitting reading rolled both back to the best validation loss's weights
+    assert a["overfit_rollbacks"] >= 1 and a["overfit_rollbacks"] == b["overfit_rollbacks"]
     # one all-reduce per step() call, one broadcast per policy decision
     decisions = sum(d[1] != "guardrail" for d in a["trail"])
     assert a["collectives"] == STEPS + decisions

@@ -1,0 +1,95 @@
+"""One in-memory copy of parameters and their optimizer state, refilled in place.
+
+The guardrails keep two: the spike rollback's (the last healthy state, every
+``snapshot_every`` steps) and the overfitting rollback's (the state with the best
+validation loss so far). A snapshot is preallocated on first use and then copied into,
+so taking one costs a memcpy of the parameters and their optimizer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+class Snapshot:
+    """Parameters (by position) and the optimizer state that goes with them, at one step."""
+
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] | None = None
+        self.state: dict[int, dict[str, Any]] | None = None
+        self.step: int | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.params is not None
+
+    @torch.no_grad()
+    def take(self, step: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        params = list(params)
+        if self.params is None or len(self.params) != len(params):
+            self.params = [p.detach().clone() for p in params]
+        else:
+            torch._foreach_copy_(self.params, [p.detach() for p in params])
+        state: dict[int, dict[str, Any]] = {}
+        old = self.state or {}
+        for i, p in enumerate(params):
+            st = optimizer.state.get(p)
+            if not st:
+                continue
+            entry = {}
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    prev = old.get(i, {}).get(k)
+                    if isinstance(prev, torch.Tensor) and prev.shape == v.shape and prev.dtype == v.dtype:
+                        entry[k] = prev.copy_(v)
+                    else:
+                        entry[k] = v.detach().clone()
+                else:
+                    entry[k] = v
+            state[i] = entry
+        self.state = state
+        self.step = step
+
+    @torch.no_grad()
+    def restore(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        """Put parameters and optimizer state back to this snapshot."""
+        if self.params is None:
+            raise RuntimeError("no snapshot to roll back to")
+        params = list(params)
+        torch._foreach_copy_([p.data for p in params], self.params)
+        for i, p in enumerate(params):
+            snap = (self.state or {}).get(i)
+            if snap is None:
+                optimizer.state.pop(p, None)
+                continue
+            st = optimizer.state.setdefault(p, {})
+            st.clear()
+            for k, v in snap.items():
+                st[k] = v.clone() if isinstance(v, torch.Tensor) else v
+
+    def covers(self, params: Sequence[torch.Tensor]) -> bool:
+        """Whether it holds exactly these parameters' shapes (a layer unfrozen since: no)."""
+        snap = self.params
+        return snap is not None and len(snap) == len(params) and all(s.shape == p.shape for s, p in zip(snap, params))
+
+    def drop(self) -> None:
+        self.params = self.state = None
+        self.step = None
+
+    def copies(self) -> tuple[list[torch.Tensor] | None, dict[int, dict[str, Any]] | None]:
+        """Cloned parameters and state, for a checkpoint."""
+        params = None if self.params is None else [t.clone() for t in self.params]
+        state = (
+            None
+            if self.state is None
+            else {i: {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in e.items()} for i, e in self.state.items()}
+        )
+        return params, state
+
+    def load(self, step: int | None, params: list[torch.Tensor] | None, state: dict[Any, dict[str, Any]] | None) -> None:
+        self.step = step
+        self.params = None if params is None else [t.clone() for t in params]
+        self.state = None if state is None else {int(i): dict(e) for i, e in state.items()}
