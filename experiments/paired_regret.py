@@ -67,7 +67,12 @@ def on_common_oracle(rows: pl.DataFrame, a: str) -> tuple[pl.DataFrame, int]:
 def arm_figures(rows: pl.DataFrame, arm: str) -> dict[str, float]:
     """Median and geometric-mean regret and the share within 10% of the oracle, over an arm's main runs."""
     r = rows.filter((pl.col("kind") == "main") & (pl.col("arm") == arm))["regret"].to_numpy()
-    return {"runs": int(r.size), "median": float(np.median(r)), "geo": float(np.exp(np.log(r).mean())), "within": float((r <= 1.1).mean())}
+    return {
+        "runs": int(r.size),
+        "median": float(np.median(r)),
+        "geo": float(np.exp(np.log(r).mean())),
+        "within": float((r <= 1.1).mean()),
+    }
 
 
 def common_probes(rows: pl.DataFrame, a: str, b: str) -> pl.DataFrame:

@@ -187,4 +187,3 @@ def test_closure_optimizer_rolls_back_too() -> None:
     assert opt.step(closure_at(10)) is None
     assert _same(model, best) and opt.step_count == steps
     assert opt.guardrails.overfit_rollbacks == 1
-
