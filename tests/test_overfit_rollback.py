@@ -187,3 +187,20 @@ def test_closure_optimizer_rolls_back_too() -> None:
     assert opt.step(closure_at(10)) is None
     assert _same(model, best) and opt.step_count == steps
     assert opt.guardrails.overfit_rollbacks == 1
+
+
+def test_the_run_record_counts_overfitting_rollbacks(tmp_path) -> None:
+    from chuck.history import read_history
+
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model, history=str(tmp_path))
+    for s in range(20):
+        _step(model, opt, s)
+    opt.observe(val_loss=1.0)
+    for s in range(20, 40):
+        _step(model, opt, s)
+    opt.observe(val_loss=2.0)
+    _step(model, opt, 40)
+    opt.close()
+    df = read_history(tmp_path)
+    assert df["outcome_overfit_rollbacks"].to_list() == [1]

@@ -177,6 +177,7 @@ def record_from_optimizer(
             "diverged": diverged,
             "skips": g.skips if g else 0,
             "rollbacks": g.rollbacks if g else 0,
+            "overfit_rollbacks": g.overfit_rollbacks if g else 0,
         },
         decisions=opt.decisions,
         label=label,

@@ -47,6 +47,7 @@ NUMERIC_OUTCOMES = {
     "outcome_steps",
     "outcome_skips",
     "outcome_rollbacks",
+    "outcome_overfit_rollbacks",
 }
 
 
