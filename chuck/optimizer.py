@@ -206,7 +206,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             )
 
         self._pending_loss: Any = None
-        self._val_vote = ValidationVote.NONE  # what the last observe() asked of the next step
+        self._val_vote: int = ValidationVote.NONE  # what the last observe() asked of the next step
         self._step = 0  # base-optimizer steps taken (skipped steps do not count)
         self._calls = 0  # step() calls
         self.metrics: dict[str, float] = {}
@@ -377,8 +377,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             loss = self._pending_loss
         self._pending_loss = None
         grads = self._grads()
-        loss_v, gnorm_v, vote = self._read_scalars(loss, grads, self._take_vote())
-        if self._act_on_vote(vote):
+        vote, self._val_vote = self._val_vote, ValidationVote.NONE
+        loss_v, gnorm_v, vote = self._read_scalars(loss, grads, vote)
+        if vote and self._act_on_vote(vote):
             return loss
         verdict = self._judge(loss_v, gnorm_v)
         if verdict is not Verdict.OK:
@@ -399,8 +400,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 out = closure()
             if not first:  # the first evaluation happens before the base optimizer changes anything
                 grads = self._grads()
-                first["loss"], first["gnorm"], vote = self._read_scalars(out, grads, self._take_vote())
-                if self._act_on_vote(vote):
+                vote, self._val_vote = self._val_vote, ValidationVote.NONE
+                first["loss"], first["gnorm"], vote = self._read_scalars(out, grads, vote)
+                if vote and self._act_on_vote(vote):
                     first["verdict"] = None
                     raise _SkipStep
                 first["verdict"] = self._judge(first["loss"], first["gnorm"])
@@ -423,15 +425,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
         # covered by the guardrails from its first gradient on (faults issue, item 2).
         return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
-    def _take_vote(self) -> int:
-        vote, self._val_vote = self._val_vote, ValidationVote.NONE
-        return int(vote)
-
     def _act_on_vote(self, vote: int) -> bool:
         """Carry out the (agreed) validation vote before this step's update; ``True``: the step is
         taken by a rollback (its gradients were computed on the weights being thrown away)."""
         g = self.guardrails
-        if g is None or vote == ValidationVote.NONE:
+        if g is None:
             return False
         params = self._ctx.params
         spec = self.action_spec
