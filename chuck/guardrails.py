@@ -266,17 +266,27 @@ class Guardrails:
             return ValidationVote.SNAPSHOT
         return ValidationVote.RESTORE
 
-    def take_best(self, step: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, lr_mult: float) -> None:
-        """Snapshot the weights the best validation loss was measured on, and the lr multiplier then."""
-        self.best.take(step, params, optimizer)
+    def take_best(
+        self,
+        step: int,
+        params: Sequence[torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        lr_mult: float,
+        buffers: Sequence[torch.Tensor] = (),
+    ) -> None:
+        """Snapshot the weights the best validation loss was measured on (with the model's buffers:
+        batch-norm statistics belong to the weights they were measured with) and the lr multiplier then."""
+        self.best.take(step, params, optimizer, buffers)
         self.best_lr_mult = lr_mult
 
-    def restore_best(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+    def restore_best(
+        self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, buffers: Sequence[torch.Tensor] = ()
+    ) -> None:
         """Roll back to the best validation loss's snapshot (counted; see ``judge_validation``).
 
         The spike snapshot becomes the restored state: it held the overfitted weights, and a spike
         rollback to them would undo this one."""
-        self.best.restore(params, optimizer)
+        self.best.restore(params, optimizer, buffers)
         self._spike.take(self.best.step or 0, params, optimizer)
         self.overfit_rollbacks += 1
         self.overfit_in_a_row += 1
@@ -304,6 +314,7 @@ class Guardrails:
                 "step": self.best.step,
                 "params": best_params,
                 "state": best_state,
+                "buffers": [b.clone() for b in self.best.buffers],
             },
         }
 
@@ -336,3 +347,4 @@ class Guardrails:
         self.best_val = float(over.get("best_val", math.inf))
         self.best_lr_mult = float(over.get("lr_mult", 1.0))
         self.best.load(over.get("step"), over.get("params"), over.get("state"))
+        self.best.buffers = [b.clone() for b in over.get("buffers") or []]

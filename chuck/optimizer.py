@@ -435,13 +435,13 @@ class ChuckOptimizer(torch.optim.Optimizer):
         spec = self.action_spec
         if vote == ValidationVote.SNAPSHOT:
             # nothing has changed the weights since the evaluation that asked for it
-            g.take_best(self._step, params, self.optimizer, spec.lr_mult)
+            g.take_best(self._step, params, self.optimizer, spec.lr_mult, self._buffers())
             return False
         if not g.best.covers(params):
             g.best.drop()  # the trainable set changed since: a rollback would be partial
             return False
         before = spec.lr_mult
-        g.restore_best(params, self.optimizer)
+        g.restore_best(params, self.optimizer, self._buffers())
         # the training loss jumps back to the best weights' level: not a spike against the overfitted median
         self._loss_monitor.reset_spike_reference()
         target = min(before, g.best_lr_mult) * g.config.overfit_backoff
@@ -454,6 +454,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
         )
         self.controller.record("guardrail", [], reason, self._step)
         return True
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """The model's buffers (batch-norm statistics ...), for the best-validation snapshot; none without ``model``."""
+        return list(self.model.buffers()) if isinstance(self.model, torch.nn.Module) else []
 
     def _judge(self, loss_v: float | None, gnorm_v: float) -> Verdict:
         if self.guardrails is None:

@@ -1,4 +1,4 @@
-"""One in-memory copy of parameters and their optimizer state, refilled in place.
+"""One in-memory copy of parameters, their optimizer state and (optionally) the model's buffers.
 
 The guardrails keep two: the spike rollback's (the last healthy state, every
 ``snapshot_every`` steps) and the overfitting rollback's (the state with the best
@@ -20,6 +20,7 @@ class Snapshot:
     def __init__(self) -> None:
         self.params: list[torch.Tensor] | None = None
         self.state: dict[int, dict[str, Any]] | None = None
+        self.buffers: list[torch.Tensor] = []  # e.g. batch-norm running statistics, when given
         self.step: int | None = None
 
     @property
@@ -27,7 +28,17 @@ class Snapshot:
         return self.params is not None
 
     @torch.no_grad()
-    def take(self, step: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+    def take(
+        self, step: int, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, buffers: Sequence[torch.Tensor] = ()
+    ) -> None:
+        buffers = list(buffers)
+        if len(self.buffers) == len(buffers) and all(
+            a.shape == b.shape and a.dtype == b.dtype for a, b in zip(self.buffers, buffers)
+        ):
+            for mine, b in zip(self.buffers, buffers):
+                mine.copy_(b)
+        else:
+            self.buffers = [b.detach().clone() for b in buffers]
         params = list(params)
         if self.params is None or len(self.params) != len(params):
             self.params = [p.detach().clone() for p in params]
@@ -54,10 +65,16 @@ class Snapshot:
         self.step = step
 
     @torch.no_grad()
-    def restore(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-        """Put parameters and optimizer state back to this snapshot."""
+    def restore(
+        self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, buffers: Sequence[torch.Tensor] = ()
+    ) -> None:
+        """Put parameters and optimizer state (and the buffers it holds, when given the same ones) back."""
         if self.params is None:
             raise RuntimeError("no snapshot to roll back to")
+        buffers = list(buffers)
+        if len(buffers) == len(self.buffers) and all(a.shape == b.shape for a, b in zip(self.buffers, buffers)):
+            for b, mine in zip(buffers, self.buffers):
+                b.copy_(mine)
         params = list(params)
         torch._foreach_copy_([p.data for p in params], self.params)
         for i, p in enumerate(params):
@@ -77,6 +94,7 @@ class Snapshot:
 
     def drop(self) -> None:
         self.params = self.state = None
+        self.buffers = []
         self.step = None
 
     def copies(self) -> tuple[list[torch.Tensor] | None, dict[int, dict[str, Any]] | None]:

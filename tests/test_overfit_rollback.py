@@ -204,3 +204,30 @@ def test_the_run_record_counts_overfitting_rollbacks(tmp_path) -> None:
     opt.close()
     df = read_history(tmp_path)
     assert df["outcome_overfit_rollbacks"].to_list() == [1]
+
+
+def test_batch_norm_statistics_go_back_with_the_weights() -> None:
+    """Buffers are taken with the weights, at the next step: after that step's forward pass (one
+    batch more in the running statistics than the evaluation saw), before its update."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = _opt(model)
+    for s in range(20):
+        _step(model, opt, s)
+    opt.observe(val_loss=1.0)
+    x, y = batch(20)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    taken = model[1].running_mean.clone()
+    opt.step(loss=loss)  # the snapshot is taken here
+    opt.zero_grad()
+    for s in range(21, 40):
+        _step(model, opt, s)
+    assert not torch.equal(model[1].running_mean, taken)
+    opt.observe(val_loss=2.0)
+    x, y = batch(40)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step(loss=loss)  # the rollback
+    assert torch.equal(model[1].running_mean, taken)
+    assert int(model[1].num_batches_tracked) == 21
