@@ -740,34 +740,29 @@ def _as_float(x: Any) -> float:
 
 
 def _read_scalars(loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[float | None, float, int]:
-    """Loss, global grad norm and the validation vote (one process: as cast) of a step.
+    """Loss, global grad norm and the validation vote (in one process: as cast) of a step.
 
     Loss and norm are read as floats with one host sync for both on accelerators; on CPU a
     "sync" is free, so the two values are read directly (fewer ops to dispatch). Sparse
     gradients count through their stored values.
     """
-    loss_v, gnorm_v = _read_loss_and_norm(loss, grads)
-    return loss_v, gnorm_v, vote
-
-
-def _read_loss_and_norm(loss: Any, grads: list[torch.Tensor]) -> tuple[float | None, float]:
     if grads:
         norms = torch._foreach_norm([dense_values(g) for g in grads])
         dev = norms[0].device
         if dev.type == "cpu" and len(norms) <= 32:
             # a few CPU scalars: reading them beats two more dispatched ops (stack, norm) on small models
             gv = math.hypot(*map(float, norms))
-            return (None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)), gv
+            return (None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)), gv, vote
         gnorm = torch.linalg.vector_norm(torch.stack(norms) if dev.type == "cpu" else torch.stack([n.to(dev) for n in norms]))
     else:
         gnorm, dev = torch.zeros(()), torch.device("cpu")
     if loss is None:
-        return None, float(gnorm)
+        return None, float(gnorm), vote
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
             raise ValueError(f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
         if dev.type == "cpu" and loss.device.type == "cpu":
-            return float(loss.detach()), float(gnorm)
+            return float(loss.detach()), float(gnorm), vote
         lv, gv = torch.stack([loss.detach().reshape(()).float().to(dev), gnorm.float()]).tolist()
-        return lv, gv
-    return float(loss), float(gnorm)
+        return lv, gv, vote
+    return float(loss), float(gnorm), vote
