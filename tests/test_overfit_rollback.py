@@ -30,6 +30,17 @@ def _same(model, weights: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
+def _best_then_worse(model, opt, worse: float) -> None:
+    """20 steps, a best validation loss of 1.0, 20 more steps, a reading of ``worse``, one step."""
+    for s in range(20):
+        _step(model, opt, s)
+    opt.observe(val_loss=1.0)
+    for s in range(20, 40):
+        _step(model, opt, s)
+    opt.observe(val_loss=worse)
+    _step(model, opt, 40)
+
+
 def _opt(model, **config):
     # "constant" holds the lr, so every change of the multiplier below is the guardrail's
     return chuck.ChuckOptimizer(
@@ -123,13 +134,7 @@ def test_a_lucky_best_does_not_pin_the_run() -> None:
 def test_disabled_overfit_rollback_never_restores() -> None:
     model = make_net()
     opt = _opt(model, overfit_gl=None)
-    for s in range(20):
-        _step(model, opt, s)
-    opt.observe(val_loss=1.0)
-    for s in range(20, 40):
-        _step(model, opt, s)
-    opt.observe(val_loss=5.0)
-    _step(model, opt, 40)
+    _best_then_worse(model, opt, 5.0)
     assert opt.guardrails.overfit_rollbacks == 0 and opt.step_count == 41
 
 
@@ -194,13 +199,7 @@ def test_the_run_record_counts_overfitting_rollbacks(tmp_path) -> None:
 
     model = make_net()
     opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model, history=str(tmp_path))
-    for s in range(20):
-        _step(model, opt, s)
-    opt.observe(val_loss=1.0)
-    for s in range(20, 40):
-        _step(model, opt, s)
-    opt.observe(val_loss=2.0)
-    _step(model, opt, 40)
+    _best_then_worse(model, opt, 2.0)
     opt.close()
     df = read_history(tmp_path)
     assert df["outcome_overfit_rollbacks"].to_list() == [1]
