@@ -43,9 +43,12 @@ ACTION_DIMS: tuple[str, ...] = ("lr", "weight_decay", "clip", "dropout")
 #: The learning-rate reach of each action spec version. v2 lets the lr move x3 per decision
 #: within [1e-3, 1e3] of the user's value: from a start two decades off, a good lr is four
 #: decisions away (the policy issue, lever 3: "let the lr move by decades early in a run").
+#: v3 keeps v2's bounds and lets one decision move the lr by up to a decade; a policy built for it
+#: scales its ordinary moves down (``prior@17`` moves exactly as on v2 except where it asks for a decade).
 ACTION_VERSIONS: dict[str, dict[str, Any]] = {
     "1": {"lr_bounds": (1e-3, 100.0), "lr_log_step": math.log(2.0)},
     "2": {"lr_bounds": (1e-3, 1000.0), "lr_log_step": math.log(3.0)},
+    "3": {"lr_bounds": (1e-3, 1000.0), "lr_log_step": math.log(10.0)},
 }
 LATEST_ACTION_VERSION = "2"
 

@@ -33,7 +33,8 @@ the same budget (Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training
 Fixed Training Durations"); the sweep oracle chuck is measured against includes cosine
 annealing, and a run that never anneals cannot reach it. Without ``total_steps`` version 2
 acts as version 1. Version 3 adds a validation guard, version 10 a warm-up and version 15 a gate on
-raises by the size of the steps; version 16 quiets the validation guard at near-zero losses (see ``VERSIONS``).
+raises by the size of the steps; version 16 quiets the validation guard at near-zero losses and version 17
+raises by up to a decade when far too low (action spec v3; see ``VERSIONS``).
 ``load_policy("prior")`` is the latest version, ``"prior@1"`` the first.
 """
 
@@ -233,6 +234,26 @@ LOOSE_RAISE_GATE = -1.6
 #: needs a feature of the validation loss against the starting loss (an observation-spec change).
 VAL_FLOOR = 1e-3
 
+#: Version 17 gives the climb from a start far too low its reach (the policy issue, lever 3: "let the
+#: lr move by decades early in a run"), on version 15. Where the hypergradient cosine asks for a raise
+#: (above FAR_COSINE) *and* the median update ratio ``weights.update_ratio_log10`` is at or below
+#: FAR_RATIO, the lr is raised by (TUNED_RATIO - ratio) / RATIO_PER_DECADE decades, at most one, instead of
+#: at most x3. The two signals come from different places (the gradient's direction against the last
+#: step; the size of the steps against the weights) and must agree. Per decision on the 22 train
+#: families (constant policy, first eight decisions, docs/results/stepsize_decisions.csv), both fire in
+#: 54% of decisions 1.5 decades below each family's best constant lr, 35% a decade below, 13% half a
+#: decade below, 1% at it and at most 1% above it. The update ratio's median at the best lr is -1.89 over
+#: those families and rises by about 0.74 per decade of lr below it (-3.0 at 1.5 decades below), whence
+#: TUNED_RATIO and RATIO_PER_DECADE: the raise aims at a tuned run's step size. It needs action spec v3
+#: (a decade per decision); every other move is version 15's, scaled to v3's units.
+#: Rejected on the train split (the design split, so validation was not run): paired 1.013 [0.96, 1.08]
+#: against version 15, from lr 1e-4 1.047; a x10 raise on a falling loss threw the small transformers into
+#: worse basins (docs/results.md, "prior@17").
+FAR_RATIO = -2.5
+FAR_COSINE = 0.2
+TUNED_RATIO = -1.89
+RATIO_PER_DECADE = 0.74
+
 #: Versions of the prior, each adding one lever (the ablation in docs/results.md):
 #: 1 the hypergradient rule, 2 + the cooldown, 3 + the validation guard; 4-9 each change one thing in 3:
 #: 4 a tighter lower edge, 5 the distance guard, 6 the distance guard on a positive bound only,
@@ -248,7 +269,8 @@ VAL_FLOOR = 1e-3
 #: the point of the run (rejected on the train split), 14 and 15 gate raises on the update ratio;
 #: version 15 keeps version 10's geo-mean within noise on both splits and lowers the harm at a tuned lr
 #: and the median on both. Version 16 (on 10) silences the validation guard at near-zero validation losses:
-#: level on both splits. The others stay loadable (``prior@4`` ...) so that the ablation can be
+#: level on both splits. Version 17 (on 15, action spec v3) raises by up to a decade when the cosine and the update
+#: ratio agree that the steps are far too small: rejected on the train split. The others stay loadable (``prior@4`` ...) so that the ablation can be
 #: rerun. ``LATEST`` is the best prior alone (``load_policy("prior")``, and the prior new residuals
 #: train on by default); the shipped default names its prior in its card (today version 10, under a
 #: PPO residual trained for 200k decisions that beat version 15 alone on validation).
@@ -269,6 +291,7 @@ VERSIONS: dict[str, dict[str, Any]] = {
     "14": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "raise_gate": RAISE_GATE},
     "15": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "raise_gate": LOOSE_RAISE_GATE},
     "16": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "val_floor": VAL_FLOOR},
+    "17": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "raise_gate": LOOSE_RAISE_GATE, "far_raise": True},
 }
 LATEST = "15"
 
@@ -298,6 +321,10 @@ class StepSizePrior(Policy):
         self.early_lower: bool = VERSIONS[version].get("early_lower", False)
         self.raise_gate: float | None = VERSIONS[version].get("raise_gate")
         self.val_floor: float | None = VERSIONS[version].get("val_floor")
+        self.far_raise: bool = VERSIONS[version].get("far_raise", False)
+        # version 17 acts on action spec v3 (a decade per decision); the rule's moves are in v2's units
+        self.action_version = "3" if self.far_raise else "2"
+        self._to_spec = _LOG_STEP / float(ACTION_VERSIONS[self.action_version]["lr_log_step"])
         self.spec = ObservationSpec(observation_version) if observation_version else ObservationSpec()
         self._gap_clip = next((f.high for f in self.spec.features if f.name == "loss.gen_gap"), math.inf)
         self.observation_version = self.spec.version
@@ -329,6 +356,8 @@ class StepSizePrior(Policy):
         raise_at = RAISE_AT + self.early_margin * early
         lower_at = self.lower_at + (max(0.0, EARLY_MARGIN * early - EARLY_LOWER_SLACK) if self.early_lower else 0.0)
         lr, why = self.lr_action(f, min(lower_at, raise_at), raise_at)
+        if self.far_raise and lr > 0.0:
+            lr, why = self._far(f, lr, why)
         first, self._decided = self._decided == 0, self._decided + 1
         if self.raise_gate is not None and lr > 0.0 and f.get("weights.update_ratio_log10", -np.inf) >= self.raise_gate:
             lr, why = 0.0, ""  # the steps are already as large as a tuned run's (versions 14, 15)
@@ -344,7 +373,20 @@ class StepSizePrior(Policy):
             lr, why = self._guard(f, lr, why, overfit_only=self.val_guard == "overfit")
         lr, why = self._cooldown(f, lr, why)
         self._why = {"lr": {why: float(np.sign(lr))}} if lr != 0.0 and why else {}
+        if self._to_spec != 1.0:
+            lr *= self._to_spec
         return np.array([lr, 0.0, 0.0, 0.0], dtype=np.float32)
+
+    @staticmethod
+    def _far(f: dict[str, float], lr: float, why: str) -> tuple[float, str]:
+        """Version 17: a raise the cosine asks for, while the steps are far smaller than a tuned run's,
+        goes most of the way to a tuned run's step size at once (see FAR_RATIO), in v2's units."""
+        ratio = f.get("weights.update_ratio_log10", math.nan)
+        if not (math.isfinite(ratio) and ratio <= FAR_RATIO and f.get("step.hypergrad", 0.0) > FAR_COSINE):
+            return lr, why
+        decades = min(1.0, (TUNED_RATIO - ratio) / RATIO_PER_DECADE)
+        far = decades * math.log(10.0) / _LOG_STEP
+        return (far, "weights.update_ratio_log10") if far > lr else (lr, why)
 
     def _distance(self, f: dict[str, float], lr: float, why: str) -> tuple[float, str]:
         """Versions 5 and 6: steps far beyond the distance bound, on a cosine that does not ask for more.

@@ -241,3 +241,44 @@ def test_version_16_silences_the_validation_guard_at_near_zero_losses(gap: float
     # raises are silenced or not with the cut: a raise the cosine asks for is dropped only by an active guard
     raised = float(StepSizePrior(version="16").act(_obs(**features, **{"step.hypergrad": 0.4}))[0])
     assert (raised > 0) is silenced
+
+
+@pytest.mark.parametrize(
+    ("h", "ratio", "decades"),
+    [
+        (0.4, -3.0, 1.0),  # 1.5 decades below a tuned run's steps: the full decade
+        (0.4, -2.5, (-1.89 + 2.5) / 0.74),  # at the edge: most of the way to a tuned run's step size
+        (0.4, -2.4, None),  # steps not far from a tuned run's: version 15's raise
+        (0.15, -3.0, None),  # a weak cosine: version 15's raise
+        (-0.3, -3.0, None),  # the cosine says too high: no far raise, version 15 lowers
+    ],
+)
+def test_version_17_raises_by_up_to_a_decade_when_both_signals_say_far_too_low(
+    h: float, ratio: float, decades: float | None
+) -> None:
+    from chuck.actions import ActionSpec
+
+    obs = _obs(**{"step.hypergrad": h, "weights.update_ratio_log10": ratio})
+    p17 = StepSizePrior(version="17")
+    assert p17.action_version == "3" and p17.metadata()["action_version"] == "3"
+    log_change = float(p17.act(obs)[0]) * float(ActionSpec(version="3").steps[0])
+    v15 = float(StepSizePrior(version="15").act(obs)[0]) * LOG3
+    if decades is None:
+        assert log_change == pytest.approx(v15, rel=1e-6), "every other move is version 15's"
+    else:
+        assert log_change == pytest.approx(decades * math.log(10.0), rel=1e-6)
+        assert log_change > LOG3, "beyond v2's reach"
+
+
+def test_version_17_runs_under_chuck_on_action_spec_v3() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-4), policy="prior@17", history=False)
+    assert opt.action_spec.version == "3"
+    for _ in range(60):
+        x = torch.randn(16, 4)
+        loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+    assert len(opt.decisions) >= 2
