@@ -10,6 +10,8 @@ ships it) whose card records how it was derived.
         --scale 0.5 --out experiments/runs/derived/v4-half
     python experiments/derive_residual.py --ensemble --snapshots RUN_A/snapshots/N RUN_B/snapshots/M \\
         --out experiments/runs/derived/NAME    # independent runs on one prior: their actions averaged
+    python experiments/derive_residual.py --snapshots experiments/runs/default-v4/snapshots/00200192 \\
+        --cooldown-cap --out experiments/runs/derived/v4-cooldown-cap   # no learned raise in the cooldown
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def main() -> None:
         type=float,
         help="the residual may not lower the lr while log(smoothed loss / starting loss) > -GATE (e.g. 0.05)",
     )
+    ap.add_argument(
+        "--cooldown-cap", action="store_true", help="in the prior's cooldown the residual may lower the lr, not raise it"
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the residual by this (default: %(default)s)")
     ap.add_argument("--prior", choices=KNOWN_PRIORS, help="put the residual on this prior (default: the snapshots')")
     ap.add_argument("--out", required=True, help="where to write the derived artifact")
@@ -63,6 +68,7 @@ def main() -> None:
             snapshots,
             ensemble=args.ensemble,
             progress_gate=args.progress_gate,
+            cooldown_cap=args.cooldown_cap,
         )
     except ValueError as e:
         raise SystemExit(str(e)) from None

@@ -12,8 +12,8 @@ Format (``format_version`` 1)::
                   "normalization": {"clip_obs", "epsilon"}, "interval",
                   "observation_stats": {"low", "high", "mean", "std"}, "training": {...},
                   "evaluation": {...}, "sha256": checksum of policy.pt}
-                 optional: "prior" (a residual on this built-in prior), "residual_progress_gate"
-                 (chuck.policies.derive), "derived" (how a derived artifact was made)
+                 optional: "prior" (a residual on this built-in prior), "residual_progress_gate",
+                 "residual_cooldown_cap" (chuck.policies.derive), "derived" (how a derived artifact was made)
 
 Every failure to load raises :class:`chuck.PolicyLoadError` naming what is wrong
 (missing file, not a regular file, too large, bad JSON, a card field that breaks the

@@ -155,6 +155,10 @@ def validate_card(
     out["observation_stats"] = stats
     if card.get("residual_progress_gate") is not None:
         out["residual_progress_gate"] = _number(card["residual_progress_gate"], "residual_progress_gate", where, positive=True)
+    if card.get("residual_cooldown_cap") is not None:
+        if not isinstance(card["residual_cooldown_cap"], bool):
+            raise _fail(where, "residual_cooldown_cap", f"must be true or false, not {card['residual_cooldown_cap']!r}")
+        out["residual_cooldown_cap"] = card["residual_cooldown_cap"]
     prior = card.get("prior")
     if prior is not None and prior not in KNOWN_PRIORS:
         raise _fail(where, "prior", f"must be one of {KNOWN_PRIORS} or absent, not {prior!r}")

@@ -131,6 +131,7 @@ def derive_residual(
     sources: list[str] | None = None,
     ensemble: bool = False,
     progress_gate: float | None = None,
+    cooldown_cap: bool = False,
 ) -> tuple[ActorNetwork | ActorEnsemble, dict[str, Any]]:
     """The averaged (or, with ``ensemble``, ensembled), shrunk (``scale``) actor and its card, on
     ``prior`` (default: the policies' own).
@@ -138,6 +139,11 @@ def derive_residual(
     ``progress_gate`` (card field ``residual_progress_gate``): while log(smoothed loss / starting loss)
     is above ``-progress_gate`` the residual may not lower the lr; a learned correction that lowers a
     run still at its starting loss (a plateau before learning starts) only keeps it there.
+
+    ``cooldown_cap`` (card field ``residual_cooldown_cap``): in the prior's cooldown (the last part of a
+    known budget, where the prior anneals the lr: warmup-stable-decay, Hagele et al. 2024) the residual
+    may lower the lr but not raise it. A residual that raises there undoes the anneal the oracle's
+    cosine arm gets and ends the run at its peak lr, where the final loss is noisiest.
 
     ``sources`` names the policies in the card (e.g. their snapshot paths). Save the pair with
     :func:`chuck.policies.artifact.save_artifact`.
@@ -160,6 +166,8 @@ def derive_residual(
     card = {k: v for k, v in policies[0].card.items() if k in KEEP}
     if progress_gate is not None:
         card["residual_progress_gate"] = float(progress_gate)
+    if cooldown_cap:
+        card["residual_cooldown_cap"] = True
     card.pop("observation_stats", None)
     if (stats := observation_stats(policies)) is not None:
         card["observation_stats"] = stats
@@ -171,8 +179,10 @@ def derive_residual(
         "scale": float(scale),
         "prior": card.get("prior"),
         "progress_gate": progress_gate,
+        "cooldown_cap": cooldown_cap,
     }
     on = str(card.get("prior") or "none").replace("@", "") + (f"-gate{progress_gate:g}" if progress_gate else "")
+    on += "-capped" if cooldown_cap else ""
     if isinstance(actor, ActorEnsemble):
         card["architecture"] = {**card.get("architecture", {}), "members": len(actor.members)}
         card["training"] = {"members": [p.card.get("training") or {} for p in policies]}  # each run's own record

@@ -128,6 +128,9 @@ class LearnedPolicy(Policy):
         # within this log-distance of its start, the residual may not lower the lr (the prior still may)
         self.progress_gate: float | None = card.get("residual_progress_gate")
         self._progress = self._spec.names.index("loss.log_ratio_initial") if self.progress_gate is not None else -1
+        # card field residual_cooldown_cap (chuck.policies.derive): in the prior's cooldown the residual may
+        # lower the lr but not raise it (the anneal a known budget asks for is the prior's to set)
+        self.cooldown_cap: bool = bool(card.get("residual_cooldown_cap", False))
 
     def reset(self) -> None:
         if self.prior is not None:
@@ -148,7 +151,14 @@ class LearnedPolicy(Policy):
             residual[0] = max(residual[0], 0.0)  # the run has not left its starting loss: no learned lr cut
         if self.prior is None:
             return residual
-        return np.clip(np.asarray(self.prior.act(observation), dtype=np.float32) + residual, -1.0, 1.0)
+        prior = np.asarray(self.prior.act(observation), dtype=np.float32)
+        if self._capped():
+            residual[0] = min(residual[0], 0.0)  # the prior anneals: no learned raise against it
+        return np.clip(prior + residual, -1.0, 1.0)
+
+    def _capped(self) -> bool:
+        """The cooldown cap holds: the prior's last decision fell in its cooldown (read after ``prior.act``)."""
+        return self.cooldown_cap and bool(getattr(self.prior, "in_cooldown", False))
 
     def _gated(self, obs: torch.Tensor) -> bool:
         """The progress gate holds: the smoothed loss is still within ``progress_gate`` of its start."""
@@ -162,7 +172,9 @@ class LearnedPolicy(Policy):
 
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
         out: dict[str, dict[str, float]] = {}
-        blocked = self._gated(obs) and float(self.actor(obs).detach()[0, 0]) < 0.0  # the gate dropped the learned lr cut
+        lr_out = float(self.actor(obs).detach()[0, 0])
+        # the progress gate dropped a learned lr cut, or the cooldown cap a learned raise: nothing to credit
+        blocked = (self._gated(obs) and lr_out < 0.0) or (self._capped() and lr_out > 0.0)
         for d, dim in enumerate(ACTION_DIMS):
             attr = self.actor.attribution(obs, d)
             if np.abs(attr).sum() > 0 and not (d == 0 and blocked):

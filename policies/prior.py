@@ -337,6 +337,11 @@ class StepSizePrior(Policy):
         self._asked_raise = False  # version 8: the previous decision's cosine asked for a raise
         self._decided = 0  # decisions so far in this run (version 11)
 
+    @property
+    def in_cooldown(self) -> bool:
+        """Whether the last decision fell in the cooldown of a known budget (version 2 on)."""
+        return self._level is not None
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "level": self._level,

@@ -54,6 +54,7 @@ def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
         "scale": 1.0,
         "prior": default.card["prior"],
         "progress_gate": None,
+        "cooldown_cap": False,
     }
     assert "sha256" not in card and "evaluation" not in card  # they described the originals
 
@@ -239,3 +240,49 @@ def test_a_progress_gate_is_part_of_the_policys_identity(default, tmp_path) -> N
         policy_identity(str(plain)).split(" weights ")[1]
         == policy_identity(str(gated)).split(" weights ")[1].split(" progress")[0]
     )
+
+
+def test_cooldown_cap_drops_learned_raises_in_the_priors_cooldown_only(default, tmp_path) -> None:
+    capped = _save(derive_residual([default], cooldown_cap=True), tmp_path / "capped")
+    assert capped.card["residual_cooldown_cap"] is True and capped.card["derived"]["cooldown_cap"] is True
+    assert capped.id != default.id
+    spec = chuck.ObservationSpec()
+    prog, has_total = spec.names.index("ctrl.progress"), spec.names.index("ctrl.has_total")
+    capped_raises = 0
+    for o in _observations(256):
+        for progress in (0.2, 0.9):  # before the prior's cooldown (the last 30% of a known budget), and in it
+            o = o.copy()
+            o[prog], o[has_total] = progress, 1.0
+            default.reset(), capped.reset()
+            want, got = default.act(o), capped.act(o)
+            assert capped.prior.in_cooldown is (progress > 0.5)
+            learned = float(_residual(default, o[None])[0, 0])
+            if progress > 0.5 and learned > 0:
+                capped_raises += 1
+                capped.reset()  # the prior alone on the lr (its state as in the act above); the rest is the residual's
+                assert got[0] == pytest.approx(float(np.clip(capped.prior.act(o)[0], -1, 1)), abs=1e-6)
+                assert got[0] <= want[0]
+                assert all(k.startswith("prior: ") for k in capped.explain(o).get("lr", {}))
+                np.testing.assert_allclose(got[1:], want[1:], atol=1e-6)
+            else:
+                np.testing.assert_allclose(got, want, atol=1e-6)
+        if capped_raises >= 8:
+            break
+    assert capped_raises, "some learned raise in the cooldown was dropped"
+
+
+def test_a_cooldown_cap_is_part_of_the_policys_identity_and_checked_in_the_card(default, tmp_path) -> None:
+    import json
+
+    from chuck.evaluation.identity import policy_identity
+
+    actor, card = derive_residual([default])
+    plain = save_artifact(actor, tmp_path / "plain", card)
+    actor, card = derive_residual([default], cooldown_cap=True)
+    capped = save_artifact(actor, tmp_path / "capped", card)
+    assert policy_identity(str(plain)) != policy_identity(str(capped))
+    raw = json.loads((capped / "policy.json").read_text())
+    raw["residual_cooldown_cap"] = "yes"
+    (capped / "policy.json").write_text(json.dumps(raw))
+    with pytest.raises(chuck.PolicyLoadError, match="residual_cooldown_cap"):
+        load_artifact(capped)
