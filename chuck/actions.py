@@ -151,7 +151,11 @@ class ActionSpec:
         self.step_lr_mult = 1.0
         #: steps of linear lr warm-up at the start of a run (0: none; see :meth:`start_warmup`)
         self.warmup_steps = 0
-        self._warm = 1.0  # the warm-up factor of the coming base step
+        #: the base steps [anneal_start, anneal_end) over which the lr decays linearly toward zero at the
+        #: end of a known budget (``None``: no per-step anneal; see :meth:`start_anneal`)
+        self.anneal_start: int | None = None
+        self.anneal_end = 0
+        self._warm = 1.0  # the schedule factor (warm-up x anneal) of the coming base step
 
     def start_warmup(self, steps: int, steps_taken: int = 0) -> None:
         """Warm the lr up linearly over a run's first ``steps`` base steps: step k (0-based) runs at
@@ -160,12 +164,34 @@ class ActionSpec:
         if steps < 0:
             raise ValueError(f"warmup must be >= 0 steps, got {steps}")
         self.warmup_steps = int(steps)
-        self._warm = self.warmup_factor(steps_taken)
+        self._warm = self.schedule_factor(steps_taken)
+        self.publish()
+
+    def start_anneal(self, total_steps: int, fraction: float, steps_taken: int = 0) -> None:
+        """Decay the lr linearly over the last ``fraction`` of a run of ``total_steps`` base steps: step k
+        of the last n runs at ``max(1, total_steps - k) / n`` of the multiplier, so the budget's last step
+        (and any step past it) runs at 1/n. The decay of warmup-stable-decay schedules (Hagele et al. 2024),
+        applied per step like the warm-up (the policy's own ``anneal``, set by ChuckOptimizer)."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"anneal must be a fraction of the run in (0, 1], got {fraction}")
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        n = max(1, round(fraction * total_steps))
+        self.anneal_start, self.anneal_end = int(total_steps) - n, int(total_steps)
+        self._warm = self.schedule_factor(steps_taken)
         self.publish()
 
     def warmup_factor(self, step: int) -> float:
         """The warm-up factor of the base step that ``step`` successful steps precede (1 after the ramp)."""
         return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
+
+    def schedule_factor(self, step: int) -> float:
+        """The per-step factor (warm-up, then the anneal of a known budget) of the base step that ``step``
+        successful steps precede; 1 outside both."""
+        warm = self.warmup_factor(step)
+        if self.anneal_start is None or step < self.anneal_start:
+            return warm
+        return warm * max(1, self.anneal_end - step) / (self.anneal_end - self.anneal_start)
 
     # -- spaces -----------------------------------------------------------
     @property
@@ -213,8 +239,8 @@ class ActionSpec:
         what :meth:`swap_out` must restore (``None`` when the multipliers are 1: nothing to swap).
         ``step``: successful steps so far, for the warm-up (``None``: the coming step's factor)."""
         warm = self._warm
-        if step is not None and self.warmup_steps:
-            warm, self._warm = self.warmup_factor(step), self.warmup_factor(step + 1)
+        if step is not None and (self.warmup_steps or self.anneal_start is not None):
+            warm, self._warm = self.schedule_factor(step), self.schedule_factor(step + 1)
         lr_mult = self.lr_mult * warm  # x 1.0 is exact: no warm-up, the multiplier as it was
         self.step_lr_mult = lr_mult
         touch_lr = lr_mult != 1.0

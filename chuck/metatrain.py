@@ -371,7 +371,13 @@ def _episode(
 
     # the policy's own warm-up, as ChuckOptimizer applies it in deployment (a residual on prior@10
     # carries its prior's); the env has no prior of its own here: the policy answers whole
-    env = TrainingControlEnv(tasks=tasks, interval=interval, budget_scale=budget_scale, warmup=getattr(policy, "warmup", None))
+    env = TrainingControlEnv(
+        tasks=tasks,
+        interval=interval,
+        budget_scale=budget_scale,
+        warmup=getattr(policy, "warmup", None),
+        anneal=getattr(policy, "anneal", None),
+    )
     hold = np.zeros(env.action_space.shape, dtype=np.float32)
     try:
         obs, _ = env.reset(seed=seed, options=options)

@@ -84,6 +84,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         interval: successful steps between decisions; defaults to the policy's own, else 20.
         warmup: steps of linear lr warm-up at the start of the run (step k runs at (k + 1) /
             warmup of the lr); defaults to the policy's own (``Policy.warmup``), else none.
+        anneal: share of ``total_steps`` over which the lr decays linearly toward zero at the end of the
+            run, applied per step (warmup-stable-decay); defaults to the policy's own (``Policy.anneal``),
+            else none. Needs ``total_steps``.
         max_grad_norm: initial gradient-clipping threshold (default: off until the policy turns it on).
         guardrails: a :class:`GuardrailConfig`, or ``False`` to disable skip/rollback entirely.
         grad_scaler: a ``torch.amp.GradScaler`` whose skipped steps chuck should detect.
@@ -119,6 +122,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         *,
         interval: int | None = None,
         warmup: int | None = None,
+        anneal: float | None = None,
         max_grad_norm: float | None = None,
         guardrails: GuardrailConfig | bool = True,
         grad_scaler: Any | None = None,
@@ -165,6 +169,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.action_spec.bind(optimizer, model, max_grad_norm)
         warmup = warmup if warmup is not None else getattr(resolved, "warmup", None)
         self.action_spec.start_warmup(warmup or 0)
+        anneal = anneal if anneal is not None else getattr(resolved, "anneal", None)
+        if anneal and total_steps is not None:
+            self.action_spec.start_anneal(total_steps, anneal)
         self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
         self._grad_scaler = grad_scaler
         self._last_scale: float | None = None

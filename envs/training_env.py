@@ -87,6 +87,8 @@ class TrainingControlEnv(gym.Env):
     * ``warmup``: the lr warm-up (steps) the run's optimizer applies, as ``ChuckOptimizer(warmup=...)``
       does; ``None``: the prior's (prior@10 and later warm up). Meta-training's held-out evaluation
       asks a whole exported policy with no prior here, so it passes that policy's warm-up.
+    * ``anneal``: the same for the per-step anneal at the end of a known budget (``Policy.anneal``,
+      prior@18); applied in the episodes that give ``total_steps``.
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -114,6 +116,7 @@ class TrainingControlEnv(gym.Env):
         prior: str | None = None,
         task_weights: Mapping[str, float] | None = None,
         warmup: int | None = None,
+        anneal: float | None = None,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -132,6 +135,7 @@ class TrainingControlEnv(gym.Env):
         self.give_val = True
         self.prior = _load_prior(prior)
         self.warmup = warmup if warmup is not None else getattr(self.prior, "warmup", None)
+        self.anneal = anneal if anneal is not None else getattr(self.prior, "anneal", None)
         self.observation_space = ObservationSpec().space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
@@ -211,6 +215,7 @@ class TrainingControlEnv(gym.Env):
             interval=self.interval,
             # the prior's warm-up (a residual deploys with its prior's schedule), or the one given
             warmup=self.warmup,
+            anneal=self.anneal,
             seed=config.seed,
             history=False,  # thousands of meta-training episodes are not user runs
         )

@@ -31,6 +31,8 @@ class Policy(ABC):
     * ``interval``: the decision interval the policy was trained or tuned for (``None``: any).
     * ``warmup``: steps of linear lr warm-up the policy was tuned with (``None``: none); a
       per-step schedule the optimizer applies, not a decision.
+    * ``anneal``: the share of a known budget (``total_steps``) over which the optimizer decays the lr
+      linearly toward zero, per step, at the end of the run (``None``: none); a schedule like ``warmup``.
     """
 
     name: str = "policy"
@@ -39,6 +41,7 @@ class Policy(ABC):
     action_version: str = ActionSpec.version
     interval: int | None = None
     warmup: int | None = None
+    anneal: float | None = None
 
     @property
     def id(self) -> str:
@@ -73,6 +76,7 @@ class Policy(ABC):
             "action_version": self.action_version,
             "interval": self.interval,
             "warmup": self.warmup,
+            "anneal": self.anneal,
         }
 
     def __repr__(self) -> str:

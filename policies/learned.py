@@ -124,6 +124,7 @@ class LearnedPolicy(Policy):
         # a residual policy: the actor learned corrections to a built-in controller's action
         self.prior = make_prior(card.get("prior"), self.observation_version)
         self.warmup = self.prior.warmup if self.prior is not None else None
+        self.anneal = self.prior.anneal if self.prior is not None else None
         # card field residual_progress_gate (chuck.policies.derive): while the smoothed training loss is
         # within this log-distance of its start, the residual may not lower the lr (the prior still may)
         self.progress_gate: float | None = card.get("residual_progress_gate")

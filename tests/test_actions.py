@@ -126,3 +126,43 @@ def test_warmup_comes_from_the_policy_and_bad_values_are_refused() -> None:
     assert chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), history=False).action_spec.warmup_steps == 0
     with pytest.raises(ValueError, match="warmup must be >= 0"):
         chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model=model, warmup=-1, history=False)
+
+
+def test_anneal_decays_the_lr_each_base_step_uses_over_the_end_of_a_known_budget() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, total_steps=10, anneal=0.4, history=False
+    )
+    assert (opt.action_spec.anneal_start, opt.action_spec.anneal_end) == (6, 10)
+    # steps 0-5 at the lr, then 4/4, 3/4, 2/4, 1/4 of it; a step past the budget stays at the last factor
+    assert _used_lrs(opt, model, 11) == pytest.approx([0.1] * 7 + [0.075, 0.05, 0.025, 0.025])
+    assert opt.param_groups[0]["lr"] == 0.1, "the user's value stays in group['lr']"
+
+
+def test_anneal_needs_total_steps_resumes_from_a_checkpoint_and_refuses_bad_values() -> None:
+    model = make_net()
+    plain = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", anneal=0.5, history=False)
+    assert plain.action_spec.anneal_start is None, "no budget, nothing to anneal toward"
+
+    def make(m):
+        return chuck.ChuckOptimizer(
+            torch.optim.SGD(m.parameters(), lr=0.1), "constant", model=m, total_steps=8, anneal=0.5, history=False
+        )
+
+    opt = make(model)
+    _used_lrs(opt, model, 5)
+    model2 = make_net()
+    opt2 = make(model2)
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(0.075)
+    assert _used_lrs(opt2, model2, 3) == pytest.approx([0.075, 0.05, 0.025])
+    with pytest.raises(ValueError, match="anneal must be a fraction"):
+        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), total_steps=8, anneal=1.5, history=False)
+
+
+def test_warmup_and_anneal_multiply() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, total_steps=4, warmup=4, anneal=0.5, history=False
+    )
+    assert _used_lrs(opt, model, 4) == pytest.approx([0.025, 0.05, 0.075 * 1.0, 0.1 * 0.5])

@@ -197,3 +197,19 @@ def test_the_warmup_is_the_priors_unless_given() -> None:
         env.reset(seed=0)
         assert env.opt.action_spec.warmup_steps == steps, kwargs
         env.close()
+
+
+def test_the_anneal_is_the_priors_and_needs_the_budget() -> None:
+    """A prior that anneals per step (prior@18) anneals in the env's episodes that give total_steps, as in
+    deployment."""
+    from chuck.policies.prior import COOLDOWN
+
+    env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="prior@18", p_no_total=0.0)
+    env.reset(seed=0)
+    assert env.anneal == COOLDOWN
+    assert env.opt.action_spec.anneal_end == env.budget and env.opt.action_spec.anneal_start is not None
+    env.close()
+    env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="prior@18", p_no_total=1.0)
+    env.reset(seed=0)
+    assert env.opt.action_spec.anneal_start is None
+    env.close()

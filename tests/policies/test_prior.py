@@ -282,3 +282,25 @@ def test_version_17_runs_under_chuck_on_action_spec_v3() -> None:
         opt.step(loss=loss)
         opt.zero_grad()
     assert len(opt.decisions) >= 2
+
+
+def test_version_18_anneals_per_step_and_only_cuts_in_its_cooldown() -> None:
+    from chuck.policies.learned import LearnedPolicy
+
+    p18 = chuck.load_policy("prior@18")
+    assert p18.anneal == COOLDOWN and p18.metadata()["anneal"] == COOLDOWN
+    assert chuck.load_policy("prior@15").anneal is None
+    # in the cooldown the decisions no longer decay the lr (the optimizer does, per step); raises are dropped
+    assert _run(StepSizePrior(version="18"), total=400, interval=20) == [1.0] * 20
+    raised = _run(StepSizePrior(version="18"), total=400, interval=20, hypergrad=0.3)
+    start = int(20 * (1 - COOLDOWN))
+    assert raised[start - 2] < raised[start - 1] == raised[-1], "raises until the cooldown, none in it"
+    lowered = _run(StepSizePrior(version="18"), total=400, interval=20, hypergrad=-0.3)
+    assert all(b < a for a, b in zip(lowered, lowered[1:])), "cuts pass in the cooldown too"
+    # deployment: the optimizer takes the anneal from the policy (and a residual from its prior)
+    model = torch.nn.Linear(4, 1)
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "prior@18", total_steps=100, history=False)
+    assert (opt.action_spec.anneal_start, opt.action_spec.anneal_end) == (70, 100)
+    shipped = chuck.load_policy("default")
+    assert isinstance(shipped, LearnedPolicy)
+    assert LearnedPolicy(shipped.actor, {**shipped.card, "prior": "prior@18"}).anneal == COOLDOWN
