@@ -270,6 +270,18 @@ RATIO_PER_DECADE = 0.74
 #: [0.996, 1.007]) and on validation (0.989 [0.967, 1.007] with ``observe``, 1.008 [0.970, 1.046] without);
 #: kept loadable, not the latest.
 
+#: Version 19 holds and lowers on sign-flipping updates, on version 15: while the cosine between the two
+#: sampled consecutive updates (``weights.update_cosine``) is below UNSTABLE_COS the lr is lowered by
+#: BASE_STEP, whatever the hypergradient says. Adam's momentum keeps consecutive updates nearly parallel
+#: (per decision on the 22 train families, constant policy: median 0.92-0.99 from 1.5 decades below the
+#: best lr to one above it, below 0.5 in at most 3% of decisions at any of those lrs), so a cosine below it
+#: is the edge of stability (Cohen et al. 2021), far past any tuned lr. It is the one "too high" reading
+#: that a batch-normalized network gives: traced under the shipped default (cv.textures_resnet, validation,
+#: from lr 1e-3), the lr climbed x3 a decision while the update ratio stayed near 10^-2 (the weights are
+#: scale-invariant) and the update cosine fell 0.99, 0.52, 0.16 as the lr reached 0.03, 0.09, 0.26; the
+#: next raise, to 0.79, blew the run up (validation loss 5.4 after 0.001).
+UNSTABLE_COS = 0.5
+
 #: Versions of the prior, each adding one lever (the ablation in docs/results.md):
 #: 1 the hypergradient rule, 2 + the cooldown, 3 + the validation guard; 4-9 each change one thing in 3:
 #: 4 a tighter lower edge, 5 the distance guard, 6 the distance guard on a positive bound only,
@@ -310,6 +322,7 @@ VERSIONS: dict[str, dict[str, Any]] = {
     "16": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "val_floor": VAL_FLOOR},
     "17": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "raise_gate": LOOSE_RAISE_GATE, "far_raise": True},
     "18": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "raise_gate": LOOSE_RAISE_GATE, "anneal": True},
+    "19": {"cooldown": COOLDOWN, "val_guard": True, "warmup": WARMUP, "raise_gate": LOOSE_RAISE_GATE, "stability": True},
 }
 LATEST = "15"
 
@@ -340,6 +353,7 @@ class StepSizePrior(Policy):
         self.raise_gate: float | None = VERSIONS[version].get("raise_gate")
         self.val_floor: float | None = VERSIONS[version].get("val_floor")
         self.far_raise: bool = VERSIONS[version].get("far_raise", False)
+        self.stability: bool = VERSIONS[version].get("stability", False)
         # version 18: the optimizer anneals per step over the cooldown's share of a known budget
         self.anneal = self.cooldown if VERSIONS[version].get("anneal") else None
         # version 17 acts on action spec v3 (a decade per decision); the rule's moves are in v2's units
@@ -386,6 +400,8 @@ class StepSizePrior(Policy):
         first, self._decided = self._decided == 0, self._decided + 1
         if self.raise_gate is not None and lr > 0.0 and f.get("weights.update_ratio_log10", -np.inf) >= self.raise_gate:
             lr, why = 0.0, ""  # the steps are already as large as a tuned run's (versions 14, 15)
+        if self.stability and _unstable(f.get("weights.update_cosine", 0.0)):
+            lr, why = min(lr, -BASE_STEP), "weights.update_cosine"  # sign-flipping updates (version 19)
         if self.hold_first_raise and first and lr > 0.0:
             lr, why = 0.0, ""  # early gradients agree at almost any lr: not evidence yet (version 11)
         if self.persistent_raise:
@@ -492,3 +508,9 @@ class StepSizePrior(Policy):
 
     def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
         return {d: dict(r) for d, r in self._why.items()}
+
+
+def _unstable(update_cosine: float) -> bool:
+    """Version 19's reading: consecutive updates far from parallel. The observation encodes a cosine not
+    measured yet as exactly 0 (its missing value), which is no evidence."""
+    return update_cosine != 0.0 and update_cosine < UNSTABLE_COS

@@ -304,3 +304,17 @@ def test_version_18_anneals_per_step_and_only_cuts_in_its_cooldown() -> None:
     shipped = chuck.load_policy("default")
     assert isinstance(shipped, LearnedPolicy)
     assert LearnedPolicy(shipped.actor, {**shipped.card, "prior": "prior@18"}).anneal == COOLDOWN
+
+
+@pytest.mark.parametrize(("cosine", "lowers"), [(0.16, True), (0.45, True), (0.9, False), (0.0, False)])
+def test_version_19_lowers_on_sign_flipping_updates(cosine: float, lowers: bool) -> None:
+    """An update cosine below UNSTABLE_COS lowers even where the hypergradient asks for a raise; 0 is the
+    observation's "not measured" value, not evidence."""
+    obs = _obs(**{"step.hypergrad": 0.4, "weights.update_ratio_log10": -2.0, "weights.update_cosine": cosine})
+    a19 = float(StepSizePrior(version="19").act(obs)[0])
+    a15 = float(StepSizePrior(version="15").act(obs)[0])
+    assert a15 > 0
+    if lowers:
+        assert a19 < 0
+    else:
+        assert a19 == a15
