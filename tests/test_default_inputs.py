@@ -67,3 +67,18 @@ def test_the_observation_code_reads_what_it_read_at_0f6343d() -> None:
                 v, w = v + 1.0, w + 1.0
             same = (math.isnan(v) and math.isnan(w)) or math.isclose(v, w, rel_tol=1e-5, abs_tol=1e-7)
             assert same, f"decision {i}: {k} was {a[k]}, is {b[k]}"
+
+
+def test_the_default_acts_through_the_action_path_it_was_trained_on() -> None:
+    """Action spec v3 and the per-step anneal came after the default was trained: it still runs on action spec
+    v2 (x3 per decision within [1e-3, 1e3]) with its prior's 20-step warm-up and no anneal, so every base step's
+    schedule factor is the warm-up's, with ``total_steps`` known or not."""
+    default = chuck.load_policy("default")
+    assert default.action_version == "2" and default.anneal is None and default.warmup == 20
+    model = torch.nn.Linear(4, 2)
+    for total in (None, 300):
+        opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), default, total_steps=total, history=False)
+        spec = opt.action_spec
+        assert spec.version == "2" and spec.anneal_start is None
+        assert float(spec.steps[0]) == math.log(3.0) and spec.lr_bounds == (1e-3, 1000.0)
+        assert [spec.schedule_factor(k) for k in range(400)] == [spec.warmup_factor(k) for k in range(400)]
