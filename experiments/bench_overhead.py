@@ -4,19 +4,27 @@ Two models, CPU: a CNN of about a million parameters on 32x32x3 inputs at
 batch 64 (where chuck's fixed cost is small next to the step), and a small
 MLP (64 -> 128 -> 128 -> 10, ~27k parameters, batch 32) whose steps take a
 fraction of a millisecond, so chuck's fixed per-step cost shows. For each, the
-bare AdamW loop and the same loop under ChuckOptimizer("heuristic", model
-given) run interleaved in one process (blocks of steps, alternating), so
-machine noise hits both equally.
+bare AdamW loop, the same bare loop on a second copy of the model (the A/A
+control) and the loop under ChuckOptimizer("heuristic", model given) run
+interleaved in one process (blocks of steps, alternating), so machine noise
+hits all three alike.
 
-Three ratios are printed. The *paired block ratio* is the one the targets are
-read on: each round runs one block per arm back to back, a block holds whole
-decision intervals (so it carries the decisions' cost), and the ratio of the
-two blocks' mean step times is taken per round; the geometric mean over rounds
-is reported with a 95% bootstrap interval over rounds. A burst of machine noise
-then spoils one pair instead of the whole mean. The ratio of per-step means
-(every step pooled) and of per-step medians (which skips the decision steps,
-one in ``interval``, and so understates chuck's cost) are kept for comparison
-with earlier runs.
+What is printed:
+
+* the *paired block ratio*, chuck / bare: each round runs one block per arm
+  back to back, a block holds whole decision intervals (so it carries the
+  decisions' cost), the ratio of two blocks' mean step times is taken per
+  round, and the geometric mean over rounds is reported with a 95% bootstrap
+  interval over rounds (a burst of machine noise spoils one pair, not the mean);
+* the A/A control's ratio in the same form: how far two copies of the same
+  bare loop differ in this process (on this machine, by up to ~5% for the CNN:
+  where a copy's memory sits), i.e. what an end-to-end ratio can resolve;
+* chuck's own time a step (its ``step`` and ``zero_grad`` minus the base
+  optimizer's, plus the activation hooks on sampled forward passes), timed by
+  wrappers in extra chuck blocks after the timed rounds, as a ratio to the
+  bare step;
+* the pooled per-step mean and median ratios of earlier versions (the median
+  skips the decision steps, one in ``interval``, and understates chuck's cost).
 
     python experiments/bench_overhead.py                 # both models (about 3 minutes on 2 cores)
     python experiments/bench_overhead.py --model mlp     # one of them
