@@ -12,6 +12,8 @@ ships it) whose card records how it was derived.
         --out experiments/runs/derived/NAME    # independent runs on one prior: their actions averaged
     python experiments/derive_residual.py --snapshots experiments/runs/default-v4/snapshots/00200192 \\
         --cooldown-cap --out experiments/runs/derived/v4-cooldown-cap   # no learned raise in the cooldown
+    python experiments/derive_residual.py --snapshots experiments/runs/default-v4/snapshots/00200192 \
+        --mask ctrl.log_lr_mult --out experiments/runs/derived/v4-no-lr-mult   # blind to the user's starting lr
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def main() -> None:
     ap.add_argument(
         "--cooldown-cap", action="store_true", help="in the prior's cooldown the residual may lower the lr, not raise it"
     )
+    ap.add_argument(
+        "--mask", action="append", default=[], help="an observation feature the actor reads at its training mean (repeatable)"
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the residual by this (default: %(default)s)")
     ap.add_argument("--prior", choices=KNOWN_PRIORS, help="put the residual on this prior (default: the snapshots')")
     ap.add_argument("--out", required=True, help="where to write the derived artifact")
@@ -69,6 +74,7 @@ def main() -> None:
             ensemble=args.ensemble,
             progress_gate=args.progress_gate,
             cooldown_cap=args.cooldown_cap,
+            mask=args.mask,
         )
     except ValueError as e:
         raise SystemExit(str(e)) from None

@@ -16,6 +16,10 @@ split in minutes (``experiments/derive_residual.py`` is the command):
 * **Ensemble** the actors of *independent* runs on one prior (the policy issue's "several training
   seeds"): their weights do not average (each run is its own basin), their actions do
   (:class:`~chuck.policies.learned.ActorEnsemble`: the mean of the members' clipped actions).
+* **Mask** observation features: the actor reads them at their training mean whatever the run says.
+  For inputs whose meaning depends on something arbitrary, like ``ctrl.log_lr_mult`` (the lr relative to
+  the user's starting value, which is wherever the user happened to start): what the actor learned from
+  them is a property of the training distribution's starting lrs, not of the run.
 
 The result is an ordinary artifact whose card records how it was derived (``derived``).
 """
@@ -27,8 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from chuck.observation import ObservationSpec
 from chuck.policies.card import KNOWN_PRIORS
 from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
+
+#: A masked feature's normalization variance: its normalized value (x - mean) / sqrt(var) is 0, the
+#: training mean, to float32 precision for any x chuck's observation clip allows (|x| <= 1e3 there).
+MASKED_VAR = 1e300
 
 #: Card fields of the first policy that a derived artifact keeps (the rest is rebuilt or dropped: the
 #: in-training evaluation and checksum describe the originals, not the derived policy).
@@ -132,6 +141,7 @@ def derive_residual(
     ensemble: bool = False,
     progress_gate: float | None = None,
     cooldown_cap: bool = False,
+    mask: list[str] | None = None,
 ) -> tuple[ActorNetwork | ActorEnsemble, dict[str, Any]]:
     """The averaged (or, with ``ensemble``, ensembled), shrunk (``scale``) actor and its card, on
     ``prior`` (default: the policies' own).
@@ -145,12 +155,16 @@ def derive_residual(
     may lower the lr but not raise it. A residual that raises there undoes the anneal the oracle's
     cosine arm gets and ends the run at its peak lr, where the final loss is noisiest.
 
+    ``mask``: observation feature names the actor reads at their training mean (see the module
+    docstring; done in the actor's observation normalization, so the artifact loads anywhere), e.g.
+    ``["ctrl.log_lr_mult"]``.
+
     ``sources`` names the policies in the card (e.g. their snapshot paths). Save the pair with
     :func:`chuck.policies.artifact.save_artifact`.
 
     Raises:
-        ValueError: ``scale`` not > 0, an unknown prior, or policies that do not average (see
-            :func:`average_actor`).
+        ValueError: ``scale`` not > 0, an unknown prior, an unknown feature to mask, or policies that do
+            not average (see :func:`average_actor`).
     """
     if not (scale > 0 and np.isfinite(scale)):
         raise ValueError(f"scale must be a finite number > 0, got {scale} (scale 0 is the prior alone)")
@@ -159,10 +173,17 @@ def derive_residual(
     if progress_gate is not None and not (progress_gate > 0 and np.isfinite(progress_gate)):
         raise ValueError(f"progress_gate must be a finite number > 0, got {progress_gate}")
     actor: ActorNetwork | ActorEnsemble = ensemble_actor(policies) if ensemble else average_actor(policies)
+    spec = ObservationSpec(policies[0].observation_version)
+    unknown = [m for m in mask or [] if m not in spec.names]
+    if unknown:
+        raise ValueError(f"cannot mask {unknown}: not features of observation spec v{spec.version}")
+    names = list(spec.names)
     with torch.no_grad():
         for net in actor.networks if isinstance(actor, ActorEnsemble) else [actor]:
             net.action_net.weight.mul_(scale)
             net.action_net.bias.mul_(scale)
+            for m in mask or []:
+                net.obs_var[names.index(m)] = MASKED_VAR
     card = {k: v for k, v in policies[0].card.items() if k in KEEP}
     if progress_gate is not None:
         card["residual_progress_gate"] = float(progress_gate)
@@ -180,9 +201,11 @@ def derive_residual(
         "prior": card.get("prior"),
         "progress_gate": progress_gate,
         "cooldown_cap": cooldown_cap,
+        "masked": sorted(mask or []),
     }
     on = str(card.get("prior") or "none").replace("@", "") + (f"-gate{progress_gate:g}" if progress_gate else "")
     on += "-capped" if cooldown_cap else ""
+    on += "".join(f"-masked-{m}" for m in sorted(mask or []))
     if isinstance(actor, ActorEnsemble):
         card["architecture"] = {**card.get("architecture", {}), "members": len(actor.members)}
         card["training"] = {"members": [p.card.get("training") or {} for p in policies]}  # each run's own record

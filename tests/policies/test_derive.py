@@ -33,6 +33,12 @@ def _save(derived: tuple, where) -> chuck.policies.learned.LearnedPolicy:
     return load_artifact(save_artifact(actor, where, card))
 
 
+def _with_path(derived: tuple, where) -> tuple:
+    """save_artifact's arguments for a derive_residual result."""
+    actor, card = derived
+    return actor, where, card
+
+
 def _perturbed(policy, tmp_path, seed: int):
     """A copy of ``policy`` with other actor weights (a stand-in for another snapshot of its run)."""
     actor, card = derive_residual([policy])
@@ -55,6 +61,7 @@ def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
         "prior": default.card["prior"],
         "progress_gate": None,
         "cooldown_cap": False,
+        "masked": [],
     }
     assert "sha256" not in card and "evaluation" not in card  # they described the originals
 
@@ -286,3 +293,31 @@ def test_a_cooldown_cap_is_part_of_the_policys_identity_and_checked_in_the_card(
     (capped / "policy.json").write_text(json.dumps(raw))
     with pytest.raises(chuck.PolicyLoadError, match="residual_cooldown_cap"):
         load_artifact(capped)
+
+
+def test_a_masked_feature_is_read_at_its_training_mean(default, tmp_path) -> None:
+    from chuck.evaluation.identity import policy_identity
+
+    name = "ctrl.log_lr_mult"
+    i = chuck.ObservationSpec().names.index(name)
+    masked_dir = save_artifact(*_with_path(derive_residual([default], mask=[name]), tmp_path / "masked"))
+    masked = load_artifact(masked_dir)
+    assert masked.card["derived"]["masked"] == [name] and name in masked.id
+    plain_dir = save_artifact(*_with_path(derive_residual([default]), tmp_path / "plain"))
+    assert policy_identity(str(masked_dir)) != policy_identity(str(plain_dir))
+    obs = _observations(64)
+    at_mean = obs.copy()
+    at_mean[:, i] = default.actor.obs_mean[i].item()
+    anywhere = obs.copy()
+    anywhere[:, i] = np.random.default_rng(0).uniform(-7.0, 5.0, len(obs))  # the feature's whole range
+    np.testing.assert_allclose(_residual(masked, obs), _residual(default, at_mean), atol=1e-6)
+    np.testing.assert_array_equal(_residual(masked, anywhere), _residual(masked, obs))
+    assert np.abs(_residual(default, anywhere) - _residual(default, obs)).max() > 0.01  # it mattered before
+    for o in obs[:4]:
+        masked.reset()
+        assert all(name not in reasons for reasons in masked.explain(o).values())
+
+
+def test_masking_an_unknown_feature_is_refused(default) -> None:
+    with pytest.raises(ValueError, match="not features of observation spec"):
+        derive_residual([default], mask=["ctrl.no_such_feature"])
