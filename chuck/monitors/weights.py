@@ -61,6 +61,8 @@ class WeightMonitor(Monitor):
         with torch.no_grad():
             update = torch._foreach_sub([p.detach() for p in params], before)
             both = torch.stack(torch._foreach_norm([*before, *update]))  # weight norms, then update norms
+            if both.dtype not in (torch.float32, torch.float64):
+                both = both.float()  # half and bfloat16 models: numpy has no bfloat16, and the ratio wants range
             if both.device.type == "cpu" and both.dtype in (torch.float32, torch.float64):
                 # the same IEEE operations as the torch ones below, without dispatching four more ops
                 w_np = both[:n].numpy()

@@ -62,3 +62,31 @@ def test_every_observation_feature_has_a_source() -> None:
     stats = opt.stats()
     missing = [n for n in opt.obs_spec.names if n not in stats]
     assert not missing, f"features with no source statistic: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "base"),
+    # float16 with SGD: AdamW's eps (1e-8) is 0 in float16, and its first step divides by it
+    [(torch.bfloat16, torch.optim.AdamW), (torch.float16, torch.optim.SGD)],
+)
+def test_every_monitor_runs_on_a_low_precision_model(dtype, base) -> None:
+    """A model held in bfloat16 or float16 (no autocast: the weights themselves) is watched like any
+    other: every monitor's statistics are floats and the weights' update ratio is measured (numpy has
+    no bfloat16; a norm read straight into it used to raise)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(dtype)
+    opt = chuck.ChuckOptimizer(base(model.parameters(), lr=1e-2), "default", model=model, history=False, total_steps=60)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        x, y = torch.randn(16, 8, generator=gen).to(dtype), torch.randint(0, 4, (16,), generator=gen)
+        loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step(loss=loss)
+        opt.zero_grad()
+    assert [d.source for d in opt.decisions].count("guardrail") == 0
+    assert len(opt.decisions) >= 2
+    stats = opt.stats()
+    assert all(isinstance(v, float) for v in stats.values())
+    assert math.isfinite(stats["weights.update_ratio_log10"]) and math.isfinite(stats["act.dead_fraction"])
