@@ -5,6 +5,7 @@ gradients; nothing trainable; the decision log as a sequence."""
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import pytest
@@ -196,3 +197,29 @@ def test_checkpoint_round_trip_survives_weights_only() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.load_state_dict(state)
+
+
+#: every optimizer torch ships that takes ``step()`` on dense gradients (LBFGS and SparseAdam: above)
+DENSE_OPTIMIZERS = sorted(
+    name
+    for name, cls in vars(torch.optim).items()
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and name not in ("Optimizer", "LBFGS", "SparseAdam")
+)
+
+
+@pytest.mark.parametrize("name", DENSE_OPTIMIZERS)
+def test_every_torch_optimizer_runs_under_chuck(name: str) -> None:
+    """Each of torch's optimizers, under the default policy with everything watched: decisions are
+    taken and the gradient statistics are read (Adafactor's eps is a pair, not a threshold on |g|:
+    reading it as a number raised at the first decision)."""
+    model = make_net()
+    params = list(model.parameters())
+    if name == "Muon":  # it orthogonalizes matrix updates only (its documented use): the vectors stay frozen
+        for p in params:
+            p.requires_grad_(p.dim() == 2)
+        params = [p for p in params if p.dim() == 2]
+    opt = chuck.ChuckOptimizer(getattr(torch.optim, name)(params, lr=1e-3), "default", model=model, history=False)
+    run_steps(model, opt, 0, 45, observe_every=10)
+    assert [d.source for d in opt.decisions].count("policy") >= 2
+    stats = opt.stats()
+    assert math.isfinite(stats["grad.log10_abs_median"]) and math.isfinite(stats["weights.update_ratio_log10"])

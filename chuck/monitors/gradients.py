@@ -442,6 +442,9 @@ def _optimizer_eps(optimizer: torch.optim.Optimizer | None) -> float | None:
     if optimizer is None:
         return None
     for group in optimizer.param_groups:
-        if "eps" in group and group["eps"]:
-            return float(group["eps"])
+        eps = group.get("eps")
+        # a number (Adam's family, RMSprop, Adagrad); Adafactor's is a pair for other purposes (a floor
+        # on the second moment and on the parameter scale), with no threshold on |g| to read
+        if isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps:
+            return float(eps)
     return None
