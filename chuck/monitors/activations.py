@@ -9,6 +9,7 @@ handful of per-unit statistics over at most ``max_units`` sampled units.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ class ActivationMonitor(Monitor):
         self._current: dict[str, dict[str, float]] = {}
         self._baseline_std: dict[str, float] = {}
         self._stats: dict[str, float] = {}
+        self._warned_silent = False  # said once that armed hooks did not run (see on_decision)
 
     # -- arming -----------------------------------------------------------
     @property
@@ -130,9 +132,23 @@ class ActivationMonitor(Monitor):
 
     # -- decision ---------------------------------------------------------
     def on_decision(self) -> None:
+        armed = self.armed
         self.disarm()
         cur = self._current
         if not cur:
+            if armed and not self._warned_silent and any(m.training for _, m in self.modules):
+                # The hooks were in place for a training forward pass and none ran: the forward did not
+                # go through these modules' Python calls. torch.compile does this (dynamo does not guard
+                # on hooks added after compilation, so its graph runs without them).
+                self._warned_silent = True
+                warnings.warn(
+                    "chuck: the activation hooks did not run on the forward pass before this decision, so "
+                    "activation statistics (act.*) are unavailable and read as missing. The usual cause is a "
+                    "torch.compile'd model, whose compiled graph runs without hooks added after compilation; "
+                    "everything else chuck watches is unaffected.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return
         dead = [r["dead"] for r in cur.values() if "dead" in r]
         sat = [r["saturation"] for r in cur.values() if "saturation" in r]

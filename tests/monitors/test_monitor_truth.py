@@ -168,6 +168,37 @@ def test_activation_monitor_costs_nothing_when_not_armed() -> None:
     assert mon.stats()["act.has_data"] == 1.0
 
 
+def test_hooks_a_compiled_model_never_runs_are_reported_once() -> None:
+    """A torch.compile'd model runs its compiled graph without hooks added after compilation: chuck
+    says so once, reads the activation features as missing, and watches everything else."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    compiled = torch.compile(model, backend="eager")  # dynamo without a code generator: no C++ compiler needed
+    opt = chuck.ChuckOptimizer(torch.optim.Adam(model.parameters(), 1e-3), "heuristic", model=compiled, history=False, interval=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _drive(compiled, opt, 21, _data)
+    said = [w for w in caught if "activation hooks did not run" in str(w.message)]
+    assert len(said) == 1 and said[0].category is RuntimeWarning
+    stats = opt.stats()
+    assert stats["act.has_data"] == 0.0 and math.isnan(stats["act.dead_fraction"])
+    assert len(opt.decisions) == 4 and math.isfinite(stats["weights.update_ratio_log10"])
+
+
+def test_an_eager_model_gives_no_such_warning() -> None:
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = chuck.ChuckOptimizer(torch.optim.Adam(model.parameters(), 1e-3), "heuristic", model=model, history=False, interval=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        _drive(model, opt, 21, _data)
+    assert opt.stats()["act.has_data"] == 1.0
+
+
 def test_histogram_and_eps_range() -> None:
     p = nn.Parameter(torch.zeros(10_000))
     p.grad = 10.0 ** torch.empty(10_000).uniform_(-6, -3)
