@@ -20,7 +20,9 @@ or apply its action through another path than the one users run.
 
 from __future__ import annotations
 
+import copy
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +53,29 @@ class PolicyAnswer:
     reason: str = ""
     attribution: dict[str, dict[str, float]] = field(default_factory=dict)
     failed: bool = False  # asking the policy failed (raised, wrong shape, non-finite): chuck held
+
+
+#: id(policy) -> the controller whose run it steers. A policy keeps per-run state (a prior's cooldown
+#: and decision count, a learned policy's prior), so one object cannot steer two live runs.
+_STEERING: dict[int, weakref.ref[Controller]] = {}
+
+
+def _own(policy: Any, controller: Controller) -> Any:
+    """``policy`` for ``controller``'s run: the object itself, or a copy when it already steers another
+    live run (two optimizers sharing one policy object would each move the other's decision state)."""
+    for key in [k for k, ref in _STEERING.items() if ref() is None]:
+        del _STEERING[key]  # runs that ended
+    other = _STEERING.get(id(policy))
+    if other is not None and (run := other()) is not None and run.policy is policy:
+        try:
+            policy = copy.deepcopy(policy)
+        except Exception as exc:  # noqa: BLE001 - a user's policy may hold what does not copy
+            raise ValueError(
+                f"policy {getattr(policy, 'id', policy)!r} already steers another ChuckOptimizer and cannot be copied "
+                f"({type(exc).__name__}: {exc}); give each optimizer its own instance"
+            ) from exc
+    _STEERING[id(policy)] = weakref.ref(controller)
+    return policy
 
 
 class Controller:
@@ -85,6 +110,8 @@ class Controller:
             raise ValueError(f"interval must be >= 2 (updates are sampled on the two steps before a decision), got {interval}")
         if ood_fallback not in OOD_FALLBACKS:
             raise ValueError(f"ood_fallback must be one of {OOD_FALLBACKS}, got {ood_fallback!r}")
+        if policy is not None:
+            policy = _own(policy, self)
         self.policy = policy
         self.action_spec = action_spec
         # the policy's own observation version (older artifacts keep loading); the newest otherwise

@@ -78,7 +78,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
         optimizer: any ``torch.optim.Optimizer`` (AdamW, Adam, SGD, RMSprop, LBFGS, SparseAdam, ...).
         policy: a :class:`chuck.policies.Policy`, a name for :func:`chuck.load_policy`
             (``"constant"``, ``"heuristic"``, ``"default"``, a path, ``"models:/NAME@ALIAS"``), or
-            ``None`` for external control (the meta-env supplies the actions).
+            ``None`` for external control (the meta-env supplies the actions). A policy keeps state
+            for the run it steers (a prior's cooldown, its decision count), so a policy object that
+            already steers another live optimizer is copied for this one (two models trained side by
+            side, as in a GAN, each get their own).
         model: the model, for activation monitoring, dropout control and architecture advice.
         total_steps: planned number of steps, for the progress feature.
         interval: successful steps between decisions; defaults to the policy's own, else 20.

@@ -190,3 +190,47 @@ def test_decision_hooks_return_handles() -> None:
         opt.step(loss=loss)
         opt.zero_grad()
     assert seen == [2, 4]
+
+
+def _side_by_side(policies: tuple[Any, Any], steps: int = 200) -> list[list[dict[str, float]]]:
+    """Two models trained in one loop, each under its own ChuckOptimizer (a GAN's shape); every
+    decision's hyperparameters per optimizer."""
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)) for _ in range(2)]
+    opts = [
+        chuck.ChuckOptimizer(torch.optim.Adam(m.parameters(), lr), p, model=m, history=False, total_steps=steps)
+        for m, lr, p in zip(models, (1e-4, 1e-2), policies)
+    ]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for m, o in zip(models, opts):
+            loss = m(torch.randn(16, 8, generator=gen)).pow(2).mean()
+            loss.backward()
+            o.step(loss=loss)
+            o.zero_grad()
+    return [[d.hyperparameters for d in o.decisions] for o in opts]
+
+
+def test_one_policy_object_steering_two_optimizers_acts_as_two() -> None:
+    """A policy keeps per-run state (the prior's cooldown and decision count): handed to two live
+    optimizers, the second gets its own copy, and both decide as with separate instances."""
+    shared = chuck.load_policy("default")
+    together = _side_by_side((shared, shared))
+    apart = _side_by_side((chuck.load_policy("default"), chuck.load_policy("default")))
+    assert together == apart and len(together[1]) >= 5
+
+
+def test_a_shared_policy_that_cannot_be_copied_is_refused_with_the_reason() -> None:
+    import threading
+
+    policy = ReplayPolicy([np.zeros(4)])
+    policy.lock = threading.Lock()  # type: ignore[attr-defined]  # something deepcopy refuses
+    model = torch.nn.Linear(3, 1)
+    first = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy, history=False)
+    with pytest.raises(ValueError, match="already steers another ChuckOptimizer"):
+        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy, history=False)
+    del first  # that run is over: the object is free again
+    import gc
+
+    gc.collect()
+    chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy, history=False)
