@@ -149,6 +149,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
             raise TypeError("this optimizer is already wrapped by ChuckOptimizer")
         if total_steps is not None and total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be the torch.nn.Module being trained (or None), got {type(model).__name__}")
         # torch.optim.Optimizer.__init__ would build param_groups/state/defaults of its own; here
         # they are the base optimizer's (properties below), so we set up only its hook registries
         # (step() fires them, see there).

@@ -78,6 +78,8 @@ def test_rejects_bad_arguments(net) -> None:
         chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", interval=1)
     with pytest.raises(ValueError, match="total_steps"):
         chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", total_steps=0)
+    with pytest.raises(TypeError, match="model must be the torch.nn.Module"):
+        chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net.state_dict())
     opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant")
     with pytest.raises(TypeError, match="already wrapped"):
         chuck.ChuckOptimizer(opt, "constant")
