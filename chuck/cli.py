@@ -191,10 +191,35 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from chuck.demo import DemoConfig, run_demo
+    from chuck.zoo import get_task
 
     fields = {f.name for f in dataclasses.fields(DemoConfig)}
-    run_demo(DemoConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    try:
+        cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
+        get_task(cfg.task)
+    except (ValueError, KeyError) as exc:  # a bad setting or an unknown task: nothing has started
+        print(f"chuck demo: error: {_message(exc)}", file=sys.stderr)
+        return 2
+    run_demo(cfg)
     return 0
+
+
+def _message(exc: Exception) -> str:
+    """An exception's text as said (a KeyError's str() quotes it)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def _eps_range(text: str | None) -> tuple[float, float] | None:
+    """``--eps-range LOW,HIGH`` as two floats, 0 < LOW < HIGH (``None`` when not given)."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--eps-range must be two numbers LOW,HIGH (e.g. 1e-10,1e-6), got {text!r}") from None
+    if not 0 < lo < hi:
+        raise ValueError(f"--eps-range must have 0 < LOW < HIGH, got {text!r}")
+    return lo, hi
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -229,10 +254,18 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from chuck.tuning import tune, zoo_instance, zoo_train_fn
+    from chuck.zoo import get_task
 
+    try:  # what can be checked before a study or an MLflow run exists
+        get_task(args.task)
+        if args.trials < 1:
+            raise ValueError(f"--trials must be >= 1, got {args.trials}")
+        eps = _eps_range(args.eps_range)
+    except (ValueError, KeyError) as exc:
+        print(f"chuck tune: error: {_message(exc)}", file=sys.stderr)
+        return 2
     instance_seed = args.seed if args.instance_seed is None else args.instance_seed
     print("tuning " + zoo_instance(args.task, instance_seed, args.steps, args.optimizer).describe(), flush=True)
-    eps = tuple(float(x) for x in args.eps_range.split(",")) if args.eps_range else None
     common = {
         "n_trials": args.trials,
         "optimizer": args.optimizer,

@@ -46,6 +46,12 @@ class DemoConfig:
     quick: bool = False
     """Short budget (60 steps), for CI smoke tests."""
 
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
 
 def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | None, logger: Any, desc: str) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -146,6 +152,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from chuck.loading import PolicyLoadError
     from chuck.mlflow_logger import MLflowDecisionLogger
 
+    task = zoo.get_task(cfg.task)  # an unknown task fails here, before any output or MLflow run
     steps = 60 if cfg.quick else cfg.steps
     policy_name = cfg.policy
     try:
@@ -154,7 +161,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         print(f"! policy {policy_name!r} unavailable ({exc}); using 'heuristic' instead")
         policy_name, policy = "heuristic", chuck.load_policy("heuristic")
     interval = policy.interval or 20
-    task = zoo.get_task(cfg.task)
     config = task.sample_config(np.random.default_rng(cfg.seed))
     config.optimizer, config.lr, config.label_noise = "AdamW", cfg.lr, 0.0
     uri = cfg.tracking_uri or tracking.default_tracking_uri()

@@ -97,3 +97,27 @@ def test_only_the_named_command_is_built() -> None:
     assert all(len(sub._actions) == 1 for sub in _subparsers(parser).values()), "--help only"
     with pytest.raises(SystemExit):
         main(["no-such-command"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["demo", "--task", "no.such_task"], "chuck demo: error: no task 'no.such_task'"),
+        (["demo", "--steps", "0"], "chuck demo: error: steps must be >= 1"),
+        (["demo", "--lr", "-1"], "chuck demo: error: lr must be a positive number"),
+        (["tune", "--task", "no.such_task"], "chuck tune: error: no task 'no.such_task'"),
+        (["tune", "--task", "cv.digits_mlp", "--trials", "0"], "chuck tune: error: --trials must be >= 1"),
+        (["tune", "--task", "cv.digits_mlp", "--eps-range", "abc"], "chuck tune: error: --eps-range must be two numbers"),
+        (
+            ["tune", "--task", "cv.digits_mlp", "--eps-range", "1e-6,1e-10"],
+            "chuck tune: error: --eps-range must have 0 < LOW < HIGH",
+        ),
+    ],
+)
+def test_bad_settings_are_one_line_errors_before_anything_starts(argv, said, capsys, tmp_path, monkeypatch) -> None:
+    """No traceback, exit status 2, and no output, study or MLflow run: the setting is checked first."""
+    monkeypatch.setenv("CHUCK_HOME", str(tmp_path))
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(said) and err.count("\n") == 1 and "Traceback" not in err
+    assert out == "" and not any(tmp_path.iterdir())
