@@ -182,9 +182,27 @@ class MetaTrainConfig:
         for task_id, w in self.task_weights.items():
             if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w <= 0:
                 raise ValueError(f"task weight of {task_id!r} must be a positive finite number, got {w!r}")
+        # counts that must be positive: caught here, before a run, an MLflow entry or a worker exists
+        # (0 timesteps used to export and register an untrained policy; 0 environments, an IndexError)
+        for name in ("timesteps", "n_envs", "eval_episodes", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.interval < 2:  # the Controller's own bound, said before the environments start
+            raise ValueError(
+                f"interval must be >= 2 (updates are sampled on the two steps before a decision), got {self.interval}"
+            )
+        if self.eval_workers < 0:
+            raise ValueError(f"eval_workers must be >= 0 (0: one per CPU core), got {self.eval_workers}")
+        if not (self.budget_scale > 0 and math.isfinite(self.budget_scale)):
+            raise ValueError(f"budget_scale must be a positive number, got {self.budget_scale}")
+        if not self.net_arch or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.net_arch):
+            raise ValueError(f"net_arch must be a list of layer widths >= 1, got {self.net_arch!r}")
         if self.eval_every is None:
             rollout = int(self.ppo.get("n_steps", 2048)) * self.n_envs  # 2048: stable-baselines3's default
             self.eval_every = default_eval_every(self.timesteps, rollout)
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}")
 
 
 @dataclass

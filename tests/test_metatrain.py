@@ -90,9 +90,19 @@ def _train_policy_cli(tmp_path, *args: str) -> list[str]:
         (["--tasks", "train", "--task-weights", "tabular.wine_mlp=3"], "not being trained on: ['tabular.wine_mlp']"),
         (["--tasks", "train", "--task-weights", "cv.digits_mlp=-1"], "must be a positive finite number"),
         (["--tasks", "train", "--task-weights", "cv.digits_mlp=inf"], "must be a positive finite number"),
+        # budgets and counts: 0 timesteps used to export and register an untrained policy, 0 environments
+        # raised an IndexError, interval 1 killed the environment processes, a negative eval_every trained on
+        (["--timesteps", "0"], "timesteps must be a whole number >= 1"),
+        (["--n-envs", "0"], "n_envs must be a whole number >= 1"),
+        (["--interval", "1"], "interval must be >= 2"),
+        (["--eval-every", "-5"], "eval_every must be >= 0"),
+        (["--eval-episodes", "0"], "eval_episodes must be a whole number >= 1"),
+        (["--checkpoint-every", "0"], "checkpoint_every must be a whole number >= 1"),
+        (["--budget-scale", "0"], "budget_scale must be a positive number"),
+        (["--net-arch", "[64, 0]"], "net_arch must be a list of layer widths >= 1"),
     ],
 )
-def test_cli_refuses_a_bad_task_spec_before_anything_starts(tmp_path, capsys, monkeypatch, args, needle) -> None:
+def test_cli_refuses_a_bad_task_spec_or_setting_before_anything_starts(tmp_path, capsys, monkeypatch, args, needle) -> None:
     """A named split that selects nothing used to train on the rest without a word (issue 15)."""
     from chuck.cli import main
     from chuck.zoo import registry
