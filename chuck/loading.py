@@ -13,6 +13,7 @@ Loading never runs pickle: weights go through ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from chuck.policies.base import Policy
@@ -34,6 +35,11 @@ class PolicyLoadError(ValueError):
 
 def load_policy(name_or_path: str | Path) -> Policy:
     """Load a policy by name, path or MLflow model URI. See the module docstring."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise PolicyLoadError(
+            f"a policy is named by a non-empty string or a path, got {name_or_path!r}: use one of "
+            f"{BUILTIN + ('default',)}, a path to an exported policy directory, or 'models:/NAME@ALIAS'"
+        )
     if isinstance(name_or_path, str):
         if name_or_path == "constant":
             from chuck.policies.constant import ConstantPolicy
@@ -48,7 +54,7 @@ def load_policy(name_or_path: str | Path) -> Policy:
 
             version = name_or_path.partition("@")[2] or None
             if version is not None and version not in VERSIONS:
-                raise PolicyLoadError(f"unknown prior version {version!r}: use one of {sorted(VERSIONS)}")
+                raise PolicyLoadError(f"unknown prior version {version!r}: use one of {sorted(VERSIONS, key=int)}")
             return StepSizePrior() if version is None else StepSizePrior(version=version)
         if name_or_path == "default":
             from chuck.policies.artifact import bundled_artifact_dir

@@ -24,8 +24,14 @@ def _obs(**features: float) -> np.ndarray:
 def test_versions_load_by_name() -> None:
     assert chuck.load_policy("prior").id == "prior@15"
     assert chuck.load_policy("prior@1").id == "prior@1"
-    with pytest.raises(chuck.PolicyLoadError, match="unknown prior version"):
-        chuck.load_policy("prior@99")
+    with pytest.raises(chuck.PolicyLoadError, match=r"unknown prior version '99': use one of \['1', '2', .*'10'"):
+        chuck.load_policy("prior@99")  # the versions listed in their order, not as strings sort
+
+
+@pytest.mark.parametrize("name", [None, "", "  ", 3])
+def test_a_policy_name_that_is_no_name_says_what_a_name_is(name) -> None:
+    with pytest.raises(chuck.PolicyLoadError, match="a policy is named by a non-empty string or a path"):
+        chuck.load_policy(name)
 
 
 @pytest.mark.parametrize(("h", "sign"), [(0.3, 1), (0.03, 0), (-0.2, -1)])
