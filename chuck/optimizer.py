@@ -83,7 +83,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
             already steers another live optimizer is copied for this one (two models trained side by
             side, as in a GAN, each get their own).
         model: the model, for activation monitoring, dropout control and architecture advice.
-        total_steps: planned number of steps, for the progress feature.
+        total_steps: planned number of optimizer steps (``step()`` calls), for the progress feature: a
+            policy plans the end of the run (a cooldown) for it, and chuck warns once if the run goes past it.
         interval: successful steps between decisions; defaults to the policy's own, else 20.
         warmup: steps of linear lr warm-up at the start of the run (step k runs at (k + 1) /
             warmup of the lr); defaults to the policy's own (``Policy.warmup``), else none.
@@ -165,6 +166,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.optimizer = optimizer
         self.model = model
         self.total_steps = total_steps
+        # the first step past the budget, said once (see _past_budget); -1: no budget to pass
+        self._past_budget_at = total_steps + 1 if total_steps is not None else -1
         resolved = _resolve_policy(policy)
         self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else 20))
         _check_spec_versions(resolved, action_spec)
@@ -506,6 +509,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def _after_update(self, loss_v: float | None, gnorm_v: float, clipped: bool) -> None:
         self._step += 1
+        if self._step == self._past_budget_at:
+            self._past_budget()
         self.monitors.on_step(StepRecord(self._step, loss_v, gnorm_v, clipped))
         g = self.guardrails
         if g is not None:
@@ -515,6 +520,18 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if self.controller.is_due(self._step):
             self.controller.decide(self._step)
         self._arm_if_due()
+
+    def _past_budget(self) -> None:
+        """Say once that the run went past ``total_steps``: the policy's end-of-run schedule (a prior's
+        cooldown, an anneal) assumed the run ends there, and ``ctrl.progress`` stays at 1 from now on."""
+        warnings.warn(
+            f"chuck: step {self._step} is past total_steps={self.total_steps}; the policy planned the end of the "
+            "run (its cooldown or anneal) for that step, and what it does after is not what it was trained for. "
+            "Pass the number of optimizer steps the run will take (with gradient accumulation: the number of "
+            "step() calls, not of batches).",
+            RuntimeWarning,
+            stacklevel=5,  # the loop's opt.step(...)
+        )
 
     def _check_scaler(self) -> None:
         """Count GradScaler-skipped steps: the scaler shrinks its scale exactly when it skips.

@@ -110,3 +110,24 @@ def test_decisions_are_bounded(net) -> None:
     opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net, interval=2, max_decisions=5)
     run_steps(net, opt, 0, 40)
     assert len(opt.decisions) == 5 and opt.decisions[-1].step == 40
+
+
+@pytest.mark.parametrize(("total", "warned"), [(20, 1), (30, 0)])
+def test_a_run_past_total_steps_is_said_once(net, total, warned) -> None:
+    """total_steps is the end the policy plans for (its cooldown): a run that goes on past it says so once."""
+    import warnings
+
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "default", model=net, history=False, total_steps=total)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(30):
+            x, y = batch(step)
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step(loss=loss)
+            opt.zero_grad()
+    said = [w for w in caught if "past total_steps" in str(w.message)]
+    assert len(said) == warned
+    if said:
+        assert f"step {total + 1} is past total_steps={total}" in str(said[0].message)
+        assert said[0].filename == __file__, "the warning points at the loop's opt.step"
