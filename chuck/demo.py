@@ -47,6 +47,12 @@ class DemoConfig:
     """Short budget (60 steps), for CI smoke tests."""
 
     def __post_init__(self) -> None:
+        from chuck.zoo import get_task
+
+        try:
+            get_task(self.task)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.steps < 1:
@@ -152,7 +158,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from chuck.loading import PolicyLoadError
     from chuck.mlflow_logger import MLflowDecisionLogger
 
-    task = zoo.get_task(cfg.task)  # an unknown task fails here, before any output or MLflow run
     steps = 60 if cfg.quick else cfg.steps
     policy_name = cfg.policy
     try:
@@ -161,6 +166,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         print(f"! policy {policy_name!r} unavailable ({exc}); using 'heuristic' instead")
         policy_name, policy = "heuristic", chuck.load_policy("heuristic")
     interval = policy.interval or 20
+    task = zoo.get_task(cfg.task)
     config = task.sample_config(np.random.default_rng(cfg.seed))
     config.optimizer, config.lr, config.label_noise = "AdamW", cfg.lr, 0.0
     uri = cfg.tracking_uri or tracking.default_tracking_uri()
