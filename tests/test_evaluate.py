@@ -419,3 +419,49 @@ def test_default_oracle_sweep_is_dense():
     assert all(3.0 < r < 3.3 for r in ratios)  # half decades
     runs = oracle_runs(ORACLE_LRS)
     assert {a for a, _ in runs} == {"adamw", "cosine", "prodigy"} and len(runs) == 2 * len(ORACLE_LRS) + 1
+
+
+def _resolution(**kw):
+    from chuck.evaluation.resolution import replay_references
+
+    args = {"seeds": [0], "budget_scale": SCALE, "oracle_lrs": tuple(ORACLE)}
+    return replay_references(**(args | kw))
+
+
+def test_replays_reproduce_the_references_and_perturbed_ones_move(tiny_tasks):
+    res = _resolution(tasks=[tiny_tasks[0], tiny_tasks[1]])
+    assert res.instances == 2 and res.reproduced == 2 and res.mismatches == []
+    # two references (oracle winner, tuned-lr AdamW) x two perturbations per instance
+    assert len(res.rows) == 8 and {r["reference"] for r in res.rows} == {"oracle", "tuned"}
+    ratios = [r["ratio"] for r in res.rows]
+    assert all(0.9 < x < 1.1 for x in ratios)  # a smooth problem: a thousandth of lr moves the loss a little
+    assert any(x != 1.0 for x in ratios)  # ... but it does move it: the perturbation is applied
+    assert res.oracle.runs == 4 and res.tuned is not None and res.tuned.harm_runs == 4
+    assert set(res.per_family) == {"test.tiny_a", "test.tiny_b"}
+
+
+def test_a_stale_reference_is_reported_not_measured(tiny_tasks):
+    from chuck.evaluation.oracle import OracleCache, instance_key
+    from chuck.evaluation.runs import instance_config, steps_for
+
+    task = tiny_tasks[0]
+    _resolution(tasks=[task])  # fills the oracle cache
+    steps = steps_for(task, SCALE)
+    cache = OracleCache(instance_key(task, 0, SCALE, steps, instance_config(task, 0)))
+    for rid, result in cache.runs.items():  # injected fault: a cache that no longer matches the code
+        cache.add(rid, result | {"final_loss": result["final_loss"] * 0.5, "error": ""})
+    res = _resolution(tasks=[task])
+    assert res.reproduced == 0 and res.mismatches and "ratio 2.0" in res.mismatches[0]
+
+
+def test_lr_scale_moves_every_arm_including_prodigy(tiny_tasks):
+    for arm in ("adamw", "prodigy"):
+        base = run_one(RunSpec("test.tiny_a", 0, arm, 1e-2, 20))
+        moved = run_one(RunSpec("test.tiny_a", 0, arm, 1e-2, 20, lr_scale=1.001))
+        assert base["error"] == moved["error"] == "" and base["final_loss"] != moved["final_loss"], arm
+
+
+@pytest.mark.parametrize("eps", [(), (0.0,), (0.5,), (float("nan"),)])
+def test_replay_perturbations_must_be_small_and_nonzero(tiny_tasks, eps):
+    with pytest.raises(ValueError, match="eps"):
+        _resolution(tasks=[tiny_tasks[0]], eps=eps)

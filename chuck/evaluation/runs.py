@@ -62,6 +62,8 @@ class RunSpec:
         policy: for chuck arms, where the policy loads from (``models:/`` URIs resolved to a path).
         task: the task object itself, for tasks registered at runtime that a fresh worker
             process cannot look up by id; ``None`` for zoo and entry-point tasks.
+        lr_scale: multiplies the lr the run trains at (Prodigy's multiplier for ``prodigy``);
+            1 except in the A/A replays of ``chuck.evaluation.resolution``.
     """
 
     task_id: str
@@ -71,6 +73,7 @@ class RunSpec:
     steps: int
     policy: str | None = None
     task: Any = None
+    lr_scale: float = 1.0
 
 
 def is_chuck_arm(arm: str) -> bool:
@@ -124,13 +127,13 @@ def _make_arm(spec: RunSpec, inst: Any) -> tuple[Any, Any]:
     if arm == "schedulefree":
         import schedulefree
 
-        opt = schedulefree.AdamWScheduleFree(_groups(base), lr=spec.lr, warmup_steps=max(1, steps // 20))
+        opt = schedulefree.AdamWScheduleFree(_groups(base), lr=spec.lr * spec.lr_scale, warmup_steps=max(1, steps // 20))
         opt.train()
         return opt, None
     if arm == "prodigy":
         from prodigyopt import Prodigy
 
-        opt = Prodigy(_groups(base), lr=PRODIGY_LR)
+        opt = Prodigy(_groups(base), lr=PRODIGY_LR * spec.lr_scale)
         return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     if is_chuck_arm(arm):
         import chuck
@@ -161,7 +164,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     try:
         task = spec.task if spec.task is not None else get_task(spec.task_id)
         cfg = instance_config(task, spec.seed)
-        cfg.lr = float(spec.lr)
+        cfg.lr = float(spec.lr) * spec.lr_scale
         torch.manual_seed(cfg.seed)
         inst = task.build(cfg)
         out["loss_reference"] = float(inst.loss_reference)

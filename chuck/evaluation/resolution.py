@@ -1,0 +1,206 @@
+"""What an evaluation can resolve: its A/A control, the references replayed.
+
+Regret and harm divide one run's final loss by a reference chosen as the best of several
+runs of the same instance: the oracle is the lowest of the 19-run sweep, the harm reference
+the constant-AdamW run at the lr whose run ended lowest. Two things limit what such ratios
+can say about a policy, and neither is the policy's doing:
+
+* **chaos**: a training run can be sensitive to the smallest perturbation; two runs that
+  differ in the last bits of their step sizes end at losses that differ by percents, or by
+  factors where the loss ends near zero;
+* **selection** (the winner's curse): a reference that is the minimum over noisy runs sits
+  below what its own configuration gives on average, so even that configuration, trained
+  again, lands above it.
+
+:func:`replay_references` measures both at once. For every instance it trains the oracle's
+winning run and the best-constant-lr AdamW run again with the lr multiplied by ``1 + eps``
+for each ``eps`` (default ``+1e-3`` and ``-1e-3``: a change far finer than any schedule
+decision; for a Prodigy winner its lr multiplier), and reports their regret and harm exactly
+as an arm's are reported. A policy that *knew* the best configuration would score about the
+replays' figures, so targets tighter than them (a share of runs within 10% of the oracle, a
+share of harm probes above 1.05) are below what the benchmark resolves. A replay at
+``eps = 0`` is also run: it must reproduce the reference bit for bit, else the cache is stale
+or the runs are not deterministic, and the replays would measure that instead
+(:class:`Resolution` ``.reproduced``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key, oracle_runs
+from chuck.evaluation.runs import (
+    FAILED_REGRET,
+    RunSpec,
+    effective_loss,
+    init_worker,
+    instance_config,
+    run_id,
+    run_one,
+    steps_for,
+)
+from chuck.evaluation.schedule import worker_context
+from chuck.evaluation.stats import ArmStats, arm_stats
+
+#: The lr perturbations of the replays (relative): finer than any decision a policy makes.
+DEFAULT_EPS = (1e-3, -1e-3)
+
+
+@dataclass
+class Resolution:
+    """The replays' figures, reported as an arm's are.
+
+    Attributes:
+        oracle: regret of the oracle's winning run replayed (``runs`` = instances x eps).
+        tuned: the best-constant-lr AdamW replays as harm probes against their reference
+            (``harm_rate``, ``worst_harm``; its regret fields are the same ratios); ``None``
+            when no instance had a finished constant-AdamW run.
+        per_family: ``oracle`` broken down per task family, with that family's harm replays.
+        reproduced: instances whose ``eps = 0`` replays matched both references exactly.
+        instances: instances replayed.
+        mismatches: ``task seed: run`` for each ``eps = 0`` replay that did not reproduce.
+        rows: one dict per replay (``task_id``, ``family``, ``seed``, ``reference`` ``oracle``
+            or ``tuned``, ``run``, ``eps``, ``reference_loss``, ``loss``, ``ratio``).
+    """
+
+    oracle: ArmStats
+    tuned: ArmStats | None
+    per_family: dict[str, ArmStats]
+    reproduced: int
+    instances: int
+    mismatches: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class InlineMap(contextlib.nullcontext):
+    """``map`` in this process (``workers=1``: no pool to start, test tasks need no pickling)."""
+
+    @staticmethod
+    def map(fn: Any, items: list[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+
+def _spec(task: Any, seed: int, arm: str, lr: float, steps: int, lr_scale: float = 1.0) -> RunSpec:
+    from chuck import zoo
+
+    # a task registered at runtime travels with the spec: a fresh worker process cannot look it up
+    shipped = task if zoo.split_of(task.id) == "custom" else None
+    return RunSpec(task.id, seed, arm, lr, steps, task=shipped, lr_scale=lr_scale)
+
+
+def _sweep_results(cache: OracleCache, task: Any, seed: int, steps: int, lrs: tuple[float, ...], pool: Any) -> dict[str, Any]:
+    """The instance's complete sweep: cached runs, the missing ones trained now (and cached)."""
+    missing = [(a, lr) for a, lr in oracle_runs(lrs) if run_id(a, lr) not in cache.runs]
+    specs = [_spec(task, seed, a, lr, steps) for a, lr in missing]
+    for (a, lr), result in zip(missing, pool.map(run_one, specs), strict=True):
+        cache.add(run_id(a, lr), result)
+    return dict(cache.runs)
+
+
+def _references(results: dict[str, Any], lrs: tuple[float, ...]) -> dict[str, tuple[str, float, float]]:
+    """``{"oracle": (arm, lr, loss), "tuned": ("adamw", best lr, loss)}`` of one instance's sweep."""
+    losses = {(a, lr): effective_loss(results[run_id(a, lr)]) for a, lr in oracle_runs(lrs) if run_id(a, lr) in results}
+    finite = {k: v for k, v in losses.items() if math.isfinite(v)}
+    refs: dict[str, tuple[str, float, float]] = {}
+    if finite:
+        (arm, lr), loss = min(finite.items(), key=lambda kv: kv[1])
+        refs["oracle"] = (arm, lr, loss)
+    const = {k: v for k, v in finite.items() if k[0] == "adamw"}
+    if const:
+        (arm, lr), loss = min(const.items(), key=lambda kv: (kv[1], kv[0][1]))
+        refs["tuned"] = (arm, lr, loss)
+    return refs
+
+
+def _ratio(result: dict[str, Any], reference: float) -> float:
+    loss = effective_loss(result)
+    return FAILED_REGRET if result.get("error") or result.get("diverged") else loss / max(reference, 1e-12)
+
+
+def replay_references(
+    tasks: list[Any],
+    seeds: list[int],
+    eps: tuple[float, ...] = DEFAULT_EPS,
+    workers: int = 1,
+    budget_scale: float = 1.0,
+    oracle_lrs: tuple[float, ...] = ORACLE_LRS,
+) -> Resolution:
+    """Replay every instance's oracle and tuned-lr references at lr x (1 + eps); see the module.
+
+    Uses (and completes) the oracle cache ``chuck evaluate`` keeps, so the references are the
+    ones an evaluation with the same settings divides by.
+    """
+    if not eps or any(e == 0 or not math.isfinite(e) or abs(e) >= 0.5 for e in eps):
+        raise ValueError(f"eps must be non-zero relative perturbations below 0.5, got {eps!r}")
+    rows: list[dict[str, Any]] = []
+    mismatches: list[str] = []
+    reproduced = instances = 0
+    pool = InlineMap() if workers <= 1 else ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+    with pool:
+        jobs: list[tuple[dict[str, Any], RunSpec]] = []
+        for task in tasks:
+            for seed in seeds:
+                steps = steps_for(task, budget_scale)
+                cache = OracleCache(instance_key(task, seed, budget_scale, steps, instance_config(task, seed)))
+                refs = _references(_sweep_results(cache, task, seed, steps, oracle_lrs, pool), oracle_lrs)
+                instances += 1
+                for name, (arm, lr, loss) in refs.items():
+                    for e in (0.0, *eps):
+                        meta = {"task_id": task.id, "family": task.family, "seed": seed, "reference": name}
+                        meta |= {"run": run_id(arm, lr), "eps": e, "reference_loss": loss}
+                        jobs.append((meta, _spec(task, seed, arm, lr, steps, lr_scale=1.0 + e)))
+        results = pool.map(run_one, [spec for _, spec in jobs])
+        by_instance: dict[tuple[str, int], bool] = {}
+        for (meta, _), result in zip(jobs, results, strict=True):
+            ratio = _ratio(result, meta["reference_loss"])
+            key = (meta["task_id"], meta["seed"])
+            if meta["eps"] == 0.0:
+                same = effective_loss(result) == meta["reference_loss"]
+                by_instance[key] = by_instance.get(key, True) and same
+                if not same:
+                    mismatches.append(f"{key[0]} seed {key[1]}: {meta['run']} ({meta['reference']}) gave ratio {ratio!r}")
+                continue
+            rows.append(
+                meta
+                | {
+                    "loss": effective_loss(result),
+                    "ratio": ratio,
+                    "diverged": bool(result.get("diverged")),
+                    "error": result.get("error", ""),
+                }
+            )
+        reproduced = sum(by_instance.values())
+
+    def as_main(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r | {"regret": r["ratio"]} for r in rs]
+
+    def as_probes(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r | {"harm": r["ratio"]} for r in rs]
+
+    oracle_rows = [r for r in rows if r["reference"] == "oracle"]
+    tuned_rows = [r for r in rows if r["reference"] == "tuned"]
+    if not oracle_rows:
+        raise ValueError("no instance has a finished oracle sweep to replay")
+    per_family = {
+        fam: arm_stats(
+            as_main([r for r in oracle_rows if r["family"] == fam]),
+            as_probes([r for r in tuned_rows if r["family"] == fam]),
+        )
+        for fam in sorted({r["family"] for r in oracle_rows})
+    }
+    return Resolution(
+        oracle=arm_stats(as_main(oracle_rows), None),
+        tuned=arm_stats(as_main(tuned_rows), as_probes(tuned_rows)) if tuned_rows else None,
+        per_family=per_family,
+        reproduced=reproduced,
+        instances=instances,
+        mismatches=mismatches,
+        rows=rows,
+    )
