@@ -465,3 +465,34 @@ def test_lr_scale_moves_every_arm_including_prodigy(tiny_tasks):
 def test_replay_perturbations_must_be_small_and_nonzero(tiny_tasks, eps):
     with pytest.raises(ValueError, match="eps"):
         _resolution(tasks=[tiny_tasks[0]], eps=eps)
+
+
+def test_harm_beyond_the_aa_floor_counts_only_probes_outside_their_instances_spread():
+    import importlib.util
+    from pathlib import Path
+
+    import polars as pl
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "harm_vs_aa.py"
+    spec = importlib.util.spec_from_file_location("harm_vs_aa", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    replays = {("t.a", 0): [1.0, 1.3], ("t.b", 0): [1.0, 0.99]}  # t.a is chaotic at its tuned lr, t.b is not
+    resolution = {
+        "rows": [{"reference": "tuned", "task_id": t, "seed": s, "ratio": x} for (t, s), xs in replays.items() for x in xs]
+        + [{"reference": "oracle", "task_id": "t.a", "seed": 0, "ratio": 9.0}]
+    }
+    rows = pl.DataFrame(
+        {
+            "kind": ["harm_probe", "harm_probe", "main", "harm_probe"],
+            "task_id": ["t.a", "t.b", "t.a", "t.c"],  # t.c was not replayed: left out
+            "seed": ["0", "0", "0", "0"],
+            "arm": ["x", "x", "x", "x"],
+            "harm": ["1.25", "1.10", "50", "3.0"],
+        }
+    )
+    table = mod.harm_table(resolution, rows, None).row(0, named=True)
+    assert table["probes"] == 2 and table["harm > 1.05"] == 1.0 and table["harm > 1.2"] == 0.5
+    assert table["beyond A/A"] == 0.5  # t.a's 1.25 is inside its replays' spread (1.3), t.b's 1.10 is not
+    assert table["A/A > 1.05"] == 0.25 and table["worst"] == 1.25
