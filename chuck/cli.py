@@ -325,6 +325,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             mlflow=args.mlflow,
             tracking_uri=args.tracking_uri,
             progress=not args.no_progress,
+            aa_control=args.aa_control,
         )
     except EvaluationInputError as exc:
         print(f"chuck evaluate: error: {exc}", file=sys.stderr)
@@ -499,6 +500,12 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
         "(default: validation losses reported)",
     )
     p.add_argument("--oracle-lrs", default=_csv(ORACLE_LRS), help="the oracle sweep's lrs (default: %(default)s)")
+    p.add_argument(
+        "--aa-control",
+        action="store_true",
+        help="also replay each instance's references with the lr moved by +-0.1%%: what the benchmark resolves, "
+        "and each arm's harm beyond it (six more runs per instance; default: off)",
+    )
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log to MLflow (default: logged)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: chuck's local SQLite store)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a progress bar)")

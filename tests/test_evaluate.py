@@ -468,31 +468,50 @@ def test_replay_perturbations_must_be_small_and_nonzero(tiny_tasks, eps):
 
 
 def test_harm_beyond_the_aa_floor_counts_only_probes_outside_their_instances_spread():
-    import importlib.util
-    from pathlib import Path
+    from chuck.evaluation.resolution import harm_against_aa
 
-    import polars as pl
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "harm_vs_aa.py"
-    spec = importlib.util.spec_from_file_location("harm_vs_aa", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     replays = {("t.a", 0): [1.0, 1.3], ("t.b", 0): [1.0, 0.99]}  # t.a is chaotic at its tuned lr, t.b is not
-    resolution = {
-        "rows": [{"reference": "tuned", "task_id": t, "seed": s, "ratio": x} for (t, s), xs in replays.items() for x in xs]
-        + [{"reference": "oracle", "task_id": "t.a", "seed": 0, "ratio": 9.0}]
-    }
-    rows = pl.DataFrame(
-        {
-            "kind": ["harm_probe", "harm_probe", "main", "harm_probe"],
-            "task_id": ["t.a", "t.b", "t.a", "t.c"],  # t.c was not replayed: left out
-            "seed": ["0", "0", "0", "0"],
-            "arm": ["x", "x", "x", "x"],
-            "harm": ["1.25", "1.10", "50", "3.0"],
-        }
-    )
-    table = mod.harm_table(resolution, rows, None).row(0, named=True)
-    assert table["probes"] == 2 and table["harm > 1.05"] == 1.0 and table["harm > 1.2"] == 0.5
-    assert table["beyond A/A"] == 0.5  # t.a's 1.25 is inside its replays' spread (1.3), t.b's 1.10 is not
-    assert table["A/A > 1.05"] == 0.25 and table["worst"] == 1.25
+    rows = [{"reference": "tuned", "task_id": t, "seed": s, "ratio": x} for (t, s), xs in replays.items() for x in xs]
+    rows.append({"reference": "oracle", "task_id": "t.a", "seed": 0, "ratio": 9.0})  # not a harm replay
+    probes = [
+        {"arm": "x", "task_id": "t.a", "seed": "0", "harm": "1.25"},  # as read from rows.csv
+        {"arm": "x", "task_id": "t.b", "seed": 0, "harm": 1.10},
+        {"arm": "x", "task_id": "t.c", "seed": 0, "harm": 3.0},  # t.c was not replayed: left out
+    ]
+    table = harm_against_aa(rows, probes)
+    x = table["x"]
+    assert x["probes"] == 2 and x["harm_rate"] == 1.0 and x["severe_rate"] == 0.5 and x["worst"] == 1.25
+    assert x["beyond_aa"] == 0.5  # t.a's 1.25 is inside its replays' spread (1.3), t.b's 1.10 is not
+    assert table["A/A"] == {"probes": 4, "harm_rate": 0.25, "severe_rate": 0.25}
+
+
+def test_cli_aa_control_puts_the_noise_floor_next_to_every_arms_harm(tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--policies", "heuristic", "--baselines", "adamw,cosine", "--tasks", "test.tiny_a,test.tiny_b"]
+    args += ["--lrs", "1e-3", "--seeds", "0", "--budget-scale", str(SCALE), "--oracle-lrs", ",".join(map(str, ORACLE))]
+    rc = main([*args, "--out", str(out), "--no-progress", "--aa-control"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "A/A control" in printed and "harm beyond the A/A" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    aa = summary["aa_control"]
+    assert aa["instances"] == aa["reproduced"] == 2 and aa["eps"] == [1e-3, -1e-3]
+    assert aa["oracle"]["runs"] == 4 and aa["harm"]["probes"] == 4 and 0 <= aa["harm"]["harm_rate"] <= 1
+    for arm, s in summary["arms"].items():
+        assert s["harm_beyond_aa"] is not None and 0 <= s["harm_beyond_aa"] <= s["harm_rate"], arm
+    assert summary["arms"]["adamw"]["harm_beyond_aa"] == 0.0  # AdamW at the tuned lr is its own reference
+    replays = json.loads((out / "aa_replays.json").read_text())
+    assert len(replays) == 2 * 2 * 2 and {r["eps"] for r in replays} == {1e-3, -1e-3}
+
+    import mlflow
+
+    from chuck.tracking import default_tracking_uri
+
+    parent = mlflow.MlflowClient(default_tracking_uri()).get_run(summary["mlflow_run_id"])
+    assert math.isclose(parent.data.metrics["aa.oracle.geo_regret"], aa["oracle"]["geo_regret"])
+    assert math.isclose(parent.data.metrics["aa.tuned.harm_rate"], aa["harm"]["harm_rate"])
+    assert "chuck:heuristic.harm_beyond_aa" in parent.data.metrics
+
+    rc = main([*args, "--out", str(tmp_path / "plain"), "--no-progress", "--no-mlflow"])  # off by default
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    assert rc == 0 and plain["aa_control"] is None and not (tmp_path / "plain" / "aa_replays.json").exists()

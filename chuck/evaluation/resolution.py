@@ -44,10 +44,13 @@ from chuck.evaluation.runs import (
     steps_for,
 )
 from chuck.evaluation.schedule import worker_context
-from chuck.evaluation.stats import ArmStats, arm_stats
+from chuck.evaluation.stats import HARM_THRESHOLD, ArmStats, arm_stats
 
 #: The lr perturbations of the replays (relative): finer than any decision a policy makes.
 DEFAULT_EPS = (1e-3, -1e-3)
+#: A harm probe this much worse than constant AdamW is "severe" (the policy issue's "none worse by
+#: more than 20%").
+SEVERE_HARM = 1.2
 
 
 @dataclass
@@ -204,3 +207,48 @@ def replay_references(
         mismatches=mismatches,
         rows=rows,
     )
+
+
+def harm_against_aa(replays: list[dict[str, Any]], probes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per arm, its harm at the tuned lr next to the A/A's, over the instances that were replayed.
+
+    Args:
+        replays: :attr:`Resolution.rows` (only the ``tuned`` ones are read).
+        probes: harm probes (``arm``, ``task_id``, ``seed``, ``harm``), e.g. ``kind == "harm_probe"``
+            rows of ``rows.csv``; probes of instances without replays are left out.
+
+    Returns:
+        ``{arm: {"probes", "harm_rate", "severe_rate", "beyond_aa", "worst"}}``: the shares above
+        1.05 and 1.2, and the share *beyond the A/A*: above 1.05 and above every replay of its
+        instance (a probe inside its instance's A/A spread is no evidence of harm); plus
+        ``"A/A"``, the replays' own ``harm_rate`` and ``severe_rate``.
+    """
+    spread: dict[tuple[str, int], float] = {}
+    aa: list[float] = []
+    for r in replays:
+        if r["reference"] == "tuned":
+            key = (str(r["task_id"]), int(r["seed"]))
+            spread[key] = max(spread.get(key, -math.inf), float(r["ratio"]))
+            aa.append(float(r["ratio"]))
+    out: dict[str, dict[str, float]] = {}
+    if aa:
+        out["A/A"] = {
+            "probes": len(aa),
+            "harm_rate": sum(x > HARM_THRESHOLD for x in aa) / len(aa),
+            "severe_rate": sum(x > SEVERE_HARM for x in aa) / len(aa),
+        }
+    by_arm: dict[str, list[tuple[float, float]]] = {}
+    for p in probes:
+        key = (str(p["task_id"]), int(p["seed"]))
+        if key in spread and p.get("harm") is not None:
+            by_arm.setdefault(str(p["arm"]), []).append((float(p["harm"]), spread[key]))
+    for arm, pairs in by_arm.items():
+        n = len(pairs)
+        out[arm] = {
+            "probes": n,
+            "harm_rate": sum(h > HARM_THRESHOLD for h, _ in pairs) / n,
+            "severe_rate": sum(h > SEVERE_HARM for h, _ in pairs) / n,
+            "beyond_aa": sum(h > HARM_THRESHOLD and h > top for h, top in pairs) / n,
+            "worst": max(h for h, _ in pairs),
+        }
+    return out

@@ -13,11 +13,12 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import pickle
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,7 @@ def evaluate(
     progress: bool = True,
     backend: str = "process",
     ray_address: str | None = None,
+    aa_control: bool = False,
 ) -> Summary:
     """Evaluate chuck policies against baseline optimizers on zoo (or your) tasks.
 
@@ -273,6 +275,12 @@ def evaluate(
         backend: ``"process"`` (this machine) or ``"ray"``: every run a Ray task on the cluster
             at ``ray_address`` (default ``$RAY_ADDRESS``, else a local Ray runtime), one CPU each.
         ray_address: see ``backend``.
+        aa_control: also replay each instance's references (the oracle's winning run and constant
+            AdamW at the best lr) with the lr x (1 +- 1e-3): the A/A control, which says how much
+            of a regret or harm figure the runs' own chaos and the choice of the best run as
+            reference explain (``Summary.aa_control``, each arm's ``harm_beyond_aa``; every replay
+            in ``out/aa_replays.json``; see :mod:`chuck.evaluation.resolution`). Six runs per
+            instance, run again on every call, on this machine's processes with ``backend="ray"``.
 
     Raises:
         EvaluationInputError: an unknown policy, task or baseline, or a bad setting; raised
@@ -288,7 +296,7 @@ def evaluate(
 
             executor = RayExecutor(ray_address)
             inputs.workers = inputs.workers or executor.capacity
-        summary = _run(inputs, locations, progress, executor)
+        summary = _run(inputs, locations, progress, executor, aa_control)
     finally:
         shutil.rmtree(downloads, ignore_errors=True)
     write_summary(summary, inputs.out)  # first: an MLflow failure must not cost the results
@@ -306,7 +314,7 @@ def evaluate(
     return summary
 
 
-def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: Any = None) -> Summary:
+def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: Any = None, aa_control: bool = False) -> Summary:
     from chuck import zoo
 
     arms = list(locations) + inputs.baselines
@@ -376,9 +384,34 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
         f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep"
     )
+    if aa_control:
+        _add_aa_control(summary, inputs, rows)
     plot = plot_regret_by_lr(summary.arms, inputs.out / f"regret_by_lr{mode_suffix(inputs.observe)}.png", title)
     summary.plot = str(plot) if plot else None
     return summary
+
+
+def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]]) -> None:
+    """Replay the references (chuck.evaluation.resolution) and put the A/A next to every arm's harm."""
+    from chuck.evaluation.resolution import DEFAULT_EPS, harm_against_aa, replay_references
+
+    workers = (inputs.workers or 1) if inputs.backend == "process" else (os.cpu_count() or 1)
+    res = replay_references(
+        inputs.tasks, inputs.seeds, workers=workers, budget_scale=inputs.budget_scale, oracle_lrs=tuple(inputs.oracle_lrs)
+    )
+    table = harm_against_aa(res.rows, [r for r in rows if r["kind"] == "harm_probe"])
+    for arm, stats in summary.arms.items():
+        stats.harm_beyond_aa = table[arm]["beyond_aa"] if arm in table else None
+    summary.aa_control = {
+        "eps": list(DEFAULT_EPS),
+        "oracle": asdict(res.oracle),
+        "tuned": asdict(res.tuned) if res.tuned is not None else None,
+        "harm": table.get("A/A", {}),
+        "instances": res.instances,
+        "reproduced": res.reproduced,
+    }
+    summary.warnings += [f"A/A control: an exact replay did not reproduce its reference: {m}" for m in res.mismatches]
+    (inputs.out / "aa_replays.json").write_text(json.dumps(res.rows, indent=1, allow_nan=True) + "\n")
 
 
 def write_summary(summary: Summary, out: Path) -> None:

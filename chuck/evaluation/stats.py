@@ -8,6 +8,11 @@
   ratio. Harm is not broken down per starting lr (the probes all start at the best lr).
 
 Diverged and crashed runs count with regret (and harm) 100: they are in every statistic.
+
+With the A/A control (``evaluate(aa_control=True)``, :mod:`chuck.evaluation.resolution`) the
+summary also says what the benchmark resolves (``Summary.aa_control``) and, per arm,
+``harm_beyond_aa``: the share of its harm probes above 1.05 *and* above every A/A replay of
+their instance.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class ArmSummary(ArmStats):
 
     per_lr: dict[str, ArmStats] = field(default_factory=dict)
     per_family: dict[str, ArmStats] = field(default_factory=dict)
+    harm_beyond_aa: float | None = None
 
 
 def mode_suffix(observe: bool) -> str:
@@ -79,6 +85,10 @@ class Summary:
         oracle_executed: of ``executed``, the oracle sweep's runs.
         mlflow_run_id: the MLflow parent run, ``None`` when not logged.
         warnings: instances whose oracle or harm probe could not be computed.
+        aa_control: with the A/A control, its figures: ``oracle`` and ``tuned`` (the replays'
+            statistics as an :class:`ArmStats` dict), ``harm`` (the replays' shares above 1.05 and
+            1.2), ``eps``, ``instances`` and ``reproduced`` (instances whose exact replays matched
+            their references); ``None`` without it.
     """
 
     arms: dict[str, ArmSummary]
@@ -90,6 +100,7 @@ class Summary:
     oracle_executed: int = 0
     mlflow_run_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+    aa_control: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +133,29 @@ class Summary:
                 lines.append(
                     f"| {arm} | " + " | ".join(_num(s.per_lr[lr].geo_regret if lr in s.per_lr else None) for lr in lrs) + " |"
                 )
+        if self.aa_control:
+            lines += self._aa_markdown(self.aa_control)
         return "\n".join(lines) + "\n"
+
+    def _aa_markdown(self, aa: dict[str, Any]) -> list[str]:
+        eps = ", ".join(f"{e:+g}" for e in aa["eps"])
+        oracle, harm = aa["oracle"], aa["harm"]
+        lines = [
+            "",
+            f"A/A control (each instance's references trained again with the lr x (1 + eps), eps {eps}): "
+            "what this benchmark resolves.",
+            "",
+            f"* the oracle's winning run replayed: median regret {oracle['median_regret']:.3f}, geo regret "
+            f"{oracle['geo_regret']:.3f}, within 10% {oracle['within_10pct']:.0%} ({oracle['runs']} replays);",
+            f"* constant AdamW at the tuned lr replayed: harm > 1.05 in {_pct(harm.get('harm_rate'))}, > 1.2 in "
+            f"{_pct(harm.get('severe_rate'))} ({harm.get('probes', 0):.0f} replays);",
+            f"* replays at the exact lr reproduced {aa['reproduced']} of {aa['instances']} instances.",
+            "",
+            "| arm | harm rate | harm beyond the A/A |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {arm} | {_pct(s.harm_rate)} | {_pct(s.harm_beyond_aa)} |" for arm, s in self.arms.items()]
+        return lines
 
 
 def _pct(v: float | None) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from chuck.evaluation.stats import ArmStats, Summary, summary_paths
 
-HEADLINE = ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
+HEADLINE = ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm", "harm_beyond_aa")
 
 
 def metric_name(text: str) -> str:
@@ -17,7 +17,7 @@ def metric_name(text: str) -> str:
 
 
 def _metrics(stats: ArmStats, prefix: str = "") -> dict[str, float]:
-    return {prefix + k: float(getattr(stats, k)) for k in HEADLINE if getattr(stats, k) is not None}
+    return {prefix + k: float(getattr(stats, k)) for k in HEADLINE if getattr(stats, k, None) is not None}
 
 
 def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experiment: str) -> str:
@@ -46,6 +46,10 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
             headline.update(_metrics(stats, metric_name(arm) + "."))
         mlflow.log_metrics(headline)
         mlflow.log_metrics({"runs": summary.rows, "executed": summary.executed})
+        if summary.aa_control:
+            aa = summary.aa_control
+            mlflow.log_metrics(_metrics(ArmStats(**aa["oracle"]), "aa.oracle."))
+            mlflow.log_metrics({f"aa.tuned.{k}": float(v) for k, v in aa["harm"].items()})
         for arm, stats in summary.arms.items():
             with mlflow.start_run(run_name=arm, nested=True):
                 mlflow.set_tag("arm", arm)
