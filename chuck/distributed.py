@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from chuck.controller import PolicyAnswer
+from chuck.monitors.loss import require_scalar_loss
 
 __all__ = ["RankSync", "ShardedParametersError", "rank_sync"]
 
@@ -162,9 +163,8 @@ class RankSync:
             lv = torch.zeros((), dtype=torch.float64, device=dev)
             has = torch.zeros((), dtype=torch.float64, device=dev)
         else:
+            require_scalar_loss(loss)
             if isinstance(loss, torch.Tensor):
-                if loss.numel() != 1:
-                    raise ValueError(f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
                 lv = loss.detach().reshape(()).to(dev, torch.float64)
             else:
                 lv = torch.tensor(float(loss), dtype=torch.float64, device=dev)

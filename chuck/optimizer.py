@@ -59,6 +59,7 @@ from chuck.monitors import (
     recommend,
 )
 from chuck.monitors.gradients import dense_values
+from chuck.monitors.loss import require_scalar_loss
 from chuck.monitors.stepsize import StepSizeMonitor
 from chuck.observation import FEATURE_SETS, ObservationSpec
 from chuck.report import Decision, DecisionLog, HealthReport
@@ -775,6 +776,7 @@ def _read_scalars(loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[
     "sync" is free, so the two values are read directly (fewer ops to dispatch). Sparse
     gradients count through their stored values.
     """
+    require_scalar_loss(loss)  # before any fast path: each must refuse a per-sample loss
     if grads:
         norms = torch._foreach_norm([dense_values(g) for g in grads])
         dev = norms[0].device
@@ -788,8 +790,6 @@ def _read_scalars(loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[
     if loss is None:
         return None, float(gnorm), vote
     if isinstance(loss, torch.Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
         if dev.type == "cpu" and loss.device.type == "cpu":
             return float(loss.detach()), float(gnorm), vote
         lv, gv = torch.stack([loss.detach().reshape(()).float().to(dev), gnorm.float()]).tolist()

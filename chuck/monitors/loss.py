@@ -16,6 +16,16 @@ import numpy as np
 
 from chuck.monitors.base import Indicator, Monitor, Status, StepRecord, advise, grade, median
 
+
+def require_scalar_loss(loss: Any) -> None:
+    """Refuse a loss tensor of more than one element (a per-sample loss, ``reduction="none"``):
+    chuck reads the loss that was backpropagated, one number a step."""
+    if getattr(loss, "numel", None) is not None and loss.numel() != 1:
+        raise ValueError(
+            f"loss must be a scalar (the loss you backpropagated, e.g. loss.mean()), got a tensor of shape {tuple(loss.shape)}"
+        )
+
+
 #: A step counts as "improving" when the smoothed loss beats its best by this
 #: relative margin. ReduceLROnPlateau's default is 1e-4 per *epoch*; per step the
 #: smoothed minibatch loss is noisier, so we ask for 1% (a rule of thumb).
