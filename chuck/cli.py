@@ -511,8 +511,19 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: a progress bar)")
 
 
+def _port(text: str) -> int:
+    """A TCP port for ``--port``: 0 (a free one) to 65535, refused by the parser otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: a number from 0 to 65535") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: a number from 0 to 65535 (0 for a free one)")
+    return port
+
+
 def _ui_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1; 0 for a free one (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=5000, help="port on 127.0.0.1; 0 for a free one (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None, help="the MLflow store (default: chuck's local SQLite store)")
 
 
@@ -576,7 +587,10 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     ``chuck --help`` needs none of them, and building some (``evaluate`` reads its defaults
     from :mod:`chuck.evaluate`) imports torch: :func:`main` builds only the one named.
     """
+    from chuck import __version__  # chuck loads lazily: no torch
+
     parser = argparse.ArgumentParser(prog="chuck", description="chuck: a learned meta-policy for neural-network training")
+    parser.add_argument("--version", action="version", version=f"chuck {__version__}", help="print chuck's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help)

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+import chuck
 from chuck.cli import COMMANDS, _dataclass_fields, _imported_dataclass_fields, build_parser, main
 
 
@@ -38,6 +39,20 @@ def test_importing_the_cli_does_not_import_torch() -> None:
 def test_help_does_not_import_torch(argv) -> None:
     code = f"from chuck.cli import main\ntry:\n    main({[*argv, '--help']!r})\nexcept SystemExit:\n    pass"
     assert not _loads_torch(code), f"chuck {' '.join(argv)} --help imported torch"
+
+
+def test_version_answers_without_torch() -> None:
+    out = subprocess.run([sys.executable, "-m", "chuck.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"chuck {chuck.__version__}"
+    code = "from chuck.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass"
+    assert not _loads_torch(code)
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", "http"])
+def test_ui_refuses_a_port_that_cannot_be_one_before_starting_anything(port, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["ui", "--port", port])
+    assert exc.value.code == 2 and "invalid port" in capsys.readouterr().err
 
 
 def test_chuck_help_lists_every_command() -> None:
