@@ -149,8 +149,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             raise TypeError(f"ChuckOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, ChuckOptimizer):
             raise TypeError("this optimizer is already wrapped by ChuckOptimizer")
-        if total_steps is not None and total_steps <= 0:
-            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        total_steps = _whole_number("total_steps", total_steps, 1)
+        interval = _whole_number("interval", interval, 2)
+        warmup = _whole_number("warmup", warmup, 0)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained (or None), got {type(model).__name__}")
         # torch.optim.Optimizer.__init__ would build param_groups/state/defaults of its own; here
@@ -735,6 +736,22 @@ def _resolve_policy(policy: Any) -> Any:
 
         return load_policy(policy)
     raise TypeError(f"policy must be a chuck Policy, a name/path/URI string, or None; got {type(policy).__name__}")
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int | None:
+    """A step count given to the constructor: ``None``, or a whole number >= ``minimum``.
+
+    ``1.5`` or ``"10"`` would otherwise be taken as some other count without a word (``int("10")``,
+    a budget of 1.5 steps), and ``True`` as 1; a whole float (``100.0``, from arithmetic) is fine.
+    """
+    if value is None:
+        return None
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, bool) or not whole:
+        raise TypeError(f"{name} must be a whole number of steps, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _check_spec_versions(policy: Any, action_spec: ActionSpec | None) -> None:

@@ -8,6 +8,7 @@ runs the contract against each of them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ class Policy(ABC):
     * ``act(obs)`` takes a float32 vector of ``len(ObservationSpec(version).names)`` entries
       and returns a vector of ``len(ActionSpec.dims)`` entries. It may return anything on
       bad input: ``ChuckOptimizer`` validates the output and holds on NaN, a wrong shape or
-      an exception, so a policy can never crash a user's training.
+      an exception, so a policy can never crash a user's training. The built-ins refuse an
+      observation of another size with a ValueError naming both sizes (:meth:`check_observation`).
     * ``name``/``version`` identify it; ``observation_version``/``action_version`` name the
       specs it was built for, and the optimizer refuses a mismatch at construction.
     * ``state_dict()`` holds only weights_only-safe types; it goes into chuck's checkpoint.
@@ -50,6 +52,15 @@ class Policy(ABC):
     @abstractmethod
     def act(self, observation: np.ndarray) -> np.ndarray:
         """One decision."""
+
+    def check_observation(self, observation: Any) -> np.ndarray:
+        """``observation`` as a float32 vector, refused (ValueError) unless it has the entries of the
+        observation spec this policy was built for."""
+        obs = np.asarray(observation, dtype=np.float32).reshape(-1)
+        size = _spec_size(self.observation_version)
+        if obs.shape[0] != size:
+            raise ValueError(f"observation has {obs.shape[0]} entries, spec v{self.observation_version} has {size}")
+        return obs
 
     def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
         """Why the last action, per action dimension: ``{dimension: {feature or rule: signed weight}}``.
@@ -81,3 +92,8 @@ class Policy(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r})"
+
+
+@cache
+def _spec_size(version: str) -> int:
+    return len(ObservationSpec(version).names)

@@ -15,4 +15,5 @@ class ConstantPolicy(Policy):
     version = "1"
 
     def act(self, observation: np.ndarray) -> np.ndarray:
+        self.check_observation(observation)
         return np.zeros(len(ACTION_DIMS), dtype=np.float32)

@@ -146,7 +146,7 @@ class LearnedPolicy(Policy):
 
     @torch.no_grad()
     def act(self, observation: np.ndarray) -> np.ndarray:
-        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
+        obs = torch.as_tensor(self.check_observation(observation)).reshape(1, -1)
         residual = self.actor(obs).clamp(-1.0, 1.0).numpy().reshape(-1)
         if self._gated(obs):
             residual[0] = max(residual[0], 0.0)  # the run has not left its starting loss: no learned lr cut
@@ -171,7 +171,7 @@ class LearnedPolicy(Policy):
         sum |.| = 1 per dimension; for a residual policy, the prior's own reason is added."""
         from chuck.actions import ACTION_DIMS
 
-        obs = torch.as_tensor(np.asarray(observation, dtype=np.float32)).reshape(1, -1)
+        obs = torch.as_tensor(self.check_observation(observation)).reshape(1, -1)
         out: dict[str, dict[str, float]] = {}
         lr_out = float(self.actor(obs).detach()[0, 0])
         # the progress gate dropped a learned lr cut, or the cooldown cap a learned raise: nothing to credit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,13 @@ def test_rejects_bad_arguments(net) -> None:
         chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", interval=1)
     with pytest.raises(ValueError, match="total_steps"):
         chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", total_steps=0)
+    for bad in ({"total_steps": 1.5}, {"total_steps": True}, {"interval": "10"}, {"interval": 2.5}, {"warmup": 0.5}):
+        with pytest.raises(TypeError, match=f"{next(iter(bad))} must be a whole number of steps"):
+            chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", **bad)
+    with pytest.raises(ValueError, match="interval must be >= 2"):
+        chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", interval=0)
+    for whole in (100.0, np.int64(100)):  # a budget from arithmetic is taken as the count it is
+        assert chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", total_steps=whole).total_steps == 100
     with pytest.raises(TypeError, match="model must be the torch.nn.Module"):
         chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net.state_dict())
     opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant")

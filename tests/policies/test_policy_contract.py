@@ -31,6 +31,9 @@ def test_policy_contract(name: str) -> None:
         a = np.asarray(policy.act(space.sample()))
         assert a.shape == (len(ActionSpec.dims),)
         assert np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
+    for size in (3, len(spec.names) + 1):  # the size it was built for, or a clear error
+        with pytest.raises(ValueError, match=f"observation has {size} entries, spec v{spec.version} has {len(spec.names)}"):
+            policy.act(np.zeros(size, dtype=np.float32))
     buf = io.BytesIO()
     torch.save(policy.state_dict(), buf)
     buf.seek(0)
