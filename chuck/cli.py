@@ -251,7 +251,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from chuck.tuning import tune, zoo_instance, zoo_train_fn
+    from chuck.tuning import TuneError, tune, zoo_instance, zoo_train_fn
     from chuck.zoo import get_task
 
     try:  # what can be checked before a study or an MLflow run exists
@@ -273,22 +273,26 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         "tracking_uri": args.tracking_uri,
         "heartbeat_interval": args.heartbeat_interval,
     }
-    if args.n_workers > 1:
-        from chuck.study import tune_zoo_in_workers
+    try:
+        if args.n_workers > 1:
+            from chuck.study import tune_zoo_in_workers
 
-        res = tune_zoo_in_workers(
-            args.task,
-            args.n_workers,
-            seed=args.seed,
-            instance_seed=instance_seed,
-            steps=args.steps,
-            warm_start=not args.cold,
-            progress=True,
-            **common,
-        )
-    else:
-        train_fn, model = zoo_train_fn(args.task, seed=instance_seed, steps=args.steps, optimizer=args.optimizer)
-        res = tune(train_fn, model=model, warm_start=not args.cold, seed=args.seed, progress=True, **common)
+            res = tune_zoo_in_workers(
+                args.task,
+                args.n_workers,
+                seed=args.seed,
+                instance_seed=instance_seed,
+                steps=args.steps,
+                warm_start=not args.cold,
+                progress=True,
+                **common,
+            )
+        else:
+            train_fn, model = zoo_train_fn(args.task, seed=instance_seed, steps=args.steps, optimizer=args.optimizer)
+            res = tune(train_fn, model=model, warm_start=not args.cold, seed=args.seed, progress=True, **common)
+    except TuneError as exc:
+        print(f"chuck tune: error: {exc}", file=sys.stderr)
+        return 1
     assert res is not None
     print(f"best validation loss {res.best_value:.4g} after {res.trials} trials: {res.best_params}")
     if res.enqueued:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +129,8 @@ def tune(
             raise ValueError(f"{name} must satisfy 0 < low < high, got {(lo, hi)}")
     if eps_range is not None and optimizer not in ADAM_FAMILY:
         raise ValueError(f"eps_range applies to Adam-family optimizers {ADAM_FAMILY}, not {optimizer}")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int):
+        raise TypeError(f"n_trials must be a whole number, got {n_trials!r}")
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     from chuck.study import claim_parent_run, counts, open_study, optimize_until
@@ -177,34 +180,72 @@ def tune(
             params["eps"] = trial.suggest_float("eps", *eps_range, log=True)
         trial.set_user_attr("chuck.worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it (shared studies)
         if mlflow is None:
-            return float(train_fn(params, TrialHandle(trial, None)))
+            return _score(trial, train_fn(params, TrialHandle(trial, None)))
         with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
             mlflow.log_params({**params, "warm_start": bool(trial.user_attrs.get("chuck.warm_start"))})
             try:
-                value = float(train_fn(params, TrialHandle(trial, mlflow)))
+                value = _score(trial, train_fn(params, TrialHandle(trial, mlflow)))
             except optuna.TrialPruned:
                 mlflow.set_tag("state", "pruned")
                 raise
-            mlflow.log_metric("final_val_loss", value)
-            return value if math.isfinite(value) else 1e12
+            mlflow.log_metric("final_val_loss", trial.user_attrs.get("chuck.loss", value))
+            return value
 
     try:
         if prepare_only:
             return None
         optimize_until(optuna, study, objective, n_trials, timeout=timeout, catch=(FloatingPointError,), progress=progress)
-        best = study.best_trial
+        best = _best_finite(optuna, study)
         if mlflow is not None:
             mlflow.log_metrics({"best_val_loss": best.value, "best_trial": best.number})
     finally:
         if mlflow is not None:
             mlflow.end_run()
-    assert best.value is not None  # a finished trial (study.best_trial only returns completed ones)
+    assert best.value is not None  # a finished trial with a finite loss (_best_finite)
     result = TuneResult(
         dict(best.params), float(best.value), study_name, storage, counts(optuna, study)["finished"], enqueued, parent_id, basis
     )
     if history and model is not None:
         _write_history(result, model, optimizer)
     return result
+
+
+#: What a trial whose loss is not finite (a diverged run) scores: the worst value, so that the
+#: sampler learns to avoid its region (Optuna would fail the trial and learn nothing from it).
+NONFINITE_SCORE = 1e12
+
+
+def _score(trial: Any, value: Any) -> float:
+    """The objective value of ``train_fn``'s return: its final validation loss, a number."""
+    try:
+        loss = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"train_fn must return the trial's final validation loss (a number), got {type(value).__name__}: {value!r:.80}"
+        ) from None
+    if math.isfinite(loss):
+        return loss
+    trial.set_user_attr("chuck.loss", loss)  # the real value, for whoever reads the study
+    return NONFINITE_SCORE
+
+
+class TuneError(RuntimeError):
+    """A study that cannot give a result: no trial ended with a finite loss."""
+
+
+def _best_finite(optuna: Any, study: Any) -> Any:
+    """The best trial with a finite loss; a clear error when there is none."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    finite = [t for t in complete if t.value is not None and t.value < NONFINITE_SCORE]
+    if not finite:
+        states = Counter(t.state.name.lower() for t in study.trials)
+        diverged = len(complete) - len(finite)
+        raise TuneError(
+            f"no trial of study {study.study_name!r} ended with a finite loss "
+            f"({dict(states)}; {diverged} returned nan or inf): every setting tried diverged or failed. "
+            "Narrow lr_range toward smaller lrs, or check train_fn."
+        )
+    return min(finite, key=lambda t: t.value)  # the study minimizes the loss
 
 
 def _clip(v: float, lo: float, hi: float) -> float:

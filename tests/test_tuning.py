@@ -132,3 +132,33 @@ def test_tune_cli_prints_the_instance_it_tunes_and_takes_an_instance_seed(tmp_pa
     torch.manual_seed(chosen.config.seed)
     params = sum(p.numel() for p in chosen.task.build(chosen.config).model.parameters())
     assert hist.row(0, named=True)["fp_param_count"] == params
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_diverged_trials_score_worst_and_a_study_of_only_them_says_so(tmp_path, tracking) -> None:
+    """A trial whose loss is nan or inf scores the worst value (with and without MLflow alike: without it
+    Optuna used to fail the trial), keeps its real loss, and never becomes the best; a study where every
+    trial diverged raises TuneError instead of Optuna's "Record does not exist"."""
+    from chuck.tuning import NONFINITE_SCORE, TuneError
+
+    def train_fn(params, trial):
+        return float("nan") if params["lr"] > 1e-2 else params["lr"]
+
+    kw = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "tracking": tracking, "history": False, "n_startup_trials": 6}
+    kw["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = tune(train_fn, n_trials=6, study_name="mixed", lr_range=(1e-4, 1.0), seed=3, **kw)
+    study = optuna.load_study(study_name="mixed", storage=kw["storage"])
+    diverged = [t for t in study.trials if t.params["lr"] > 1e-2]
+    assert diverged and all(t.state.name == "COMPLETE" and t.value == NONFINITE_SCORE for t in diverged)
+    assert all(math.isnan(t.user_attrs["chuck.loss"]) for t in diverged)
+    assert res.best_value < 1e-2 and res.best_params["lr"] == pytest.approx(res.best_value)
+    with pytest.raises(TuneError, match="no trial of study 'all-nan' ended with a finite loss"):
+        tune(lambda p, t: float("inf"), n_trials=3, study_name="all-nan", **kw)
+
+
+def test_tune_refuses_what_train_fn_and_n_trials_cannot_be(tiny) -> None:
+    train_fn, _ = tiny
+    with pytest.raises(TypeError, match="n_trials must be a whole number"):
+        tune(train_fn, n_trials=2.5, tracking=False)
+    with pytest.raises(TypeError, match="train_fn must return the trial's final validation loss .* got NoneType"):
+        tune(lambda p, t: None, n_trials=1, tracking=False, history=False, study_name="none")

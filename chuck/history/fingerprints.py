@@ -41,6 +41,8 @@ def fingerprint(
     fp.update({f"n_{k}": 0 for k in LAYER_TYPES})
     fp.update({f"act_{k}": 0 for k in ACTIVATION_TYPES})
     if model is not None:
+        if not callable(getattr(model, "modules", None)):
+            raise TypeError(f"model must be the torch.nn.Module being trained (or None), got {type(model).__name__}")
         mods = list(model.modules())
         fp["param_count"] = int(sum(p.numel() for p in model.parameters()))
         fp.update({f"n_{k}": n for k, n in count_kinds(mods, LAYER_TYPES).items()})

@@ -134,3 +134,10 @@ def test_training_loss_above_its_start_is_a_collapse_and_no_loss_is_unknown() ->
     unknown = classify_run({**base, "outcome_final_train_loss": math.nan})
     assert unknown.status == "unknown" and unknown.final_loss is None and unknown.score is None
     assert classify_run({**base, "outcome_final_train_loss": 0.4}).score == pytest.approx(math.log(0.4))
+
+
+def test_a_model_that_is_not_a_module_is_refused_by_name() -> None:
+    import chuck
+
+    with pytest.raises(TypeError, match="model must be the torch.nn.Module being trained"):
+        chuck.suggest_hyperparameters("net")
