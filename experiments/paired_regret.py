@@ -18,11 +18,14 @@ cap), and the harm shares are also given over the probes both arms ran at the sa
     python experiments/paired_regret.py ROWS A B --exclude-family cv.textures_resnet   # without one family
     python experiments/paired_regret.py docs/results/test_v8/rows.csv chuck:default chuck:default \
         --a-rows docs/results/test_v5/rows.csv   # the same arm name in two directories: two defaults
+    python experiments/paired_regret.py ROWS A B --resolvable docs/results/resolution_validation.json
+        # only instances the benchmark resolves: every A/A replay of both references within 5%
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import polars as pl
@@ -41,6 +44,22 @@ def check_shared_instances(rows: pl.DataFrame, other: pl.DataFrame, where: str) 
 
 #: The regret a failed (diverged or crashed) run is given (chuck.evaluation.stats): kept as it is on rescaling.
 FAILED_REGRET = 100.0
+
+
+def resolvable_instances(path: str, tolerance: float) -> pl.DataFrame:
+    """(family, seed) of the instances whose A/A replays (experiments/benchmark_resolution.py) of both the
+    oracle and the tuned-lr reference all ended within ``tolerance`` of their reference: where a regret
+    or harm ratio measures the arm rather than the run's chaos."""
+    with open(path) as f:
+        replays = json.load(f)["rows"]
+    spread: dict[tuple[str, int], float] = {}
+    for r in replays:
+        key = (str(r["family"]), int(r["seed"]))
+        spread[key] = max(spread.get(key, 0.0), abs(float(np.log(r["ratio"]))))
+    keep = [k for k, v in spread.items() if v <= np.log1p(tolerance)]
+    return pl.DataFrame(
+        {"family": [k[0] for k in keep], "seed": [k[1] for k in keep]}, schema={"family": pl.String, "seed": pl.Int64}
+    )
 
 
 def on_common_oracle(rows: pl.DataFrame, a: str) -> tuple[pl.DataFrame, int]:
@@ -131,6 +150,8 @@ def main() -> None:
         "directory); it is then reported as 'A [PATH]'",
     )
     ap.add_argument("--exclude-family", action="append", default=[], help="leave this family out (repeatable)")
+    ap.add_argument("--resolvable", help="a resolution JSON: keep only the instances whose A/A replays stay within --tolerance")
+    ap.add_argument("--tolerance", type=float, default=0.05, help="for --resolvable (default: %(default)s)")
     args = ap.parse_args()
     rows = pl.read_csv(args.rows).select(COLUMNS)
     unknown = set(args.exclude_family) - set(rows["family"].unique().to_list())
@@ -147,6 +168,12 @@ def main() -> None:
         rows = rows.filter(~pl.col("family").is_in(args.exclude_family))
     if args.seeds:
         rows = rows.filter(pl.col("seed").is_in([int(x) for x in args.seeds.split(",")]))
+    if args.resolvable:
+        keep = resolvable_instances(args.resolvable, args.tolerance)
+        total = rows.select("family", "seed").unique().height
+        rows = rows.with_columns(pl.col("seed").cast(pl.Int64)).join(keep, on=["family", "seed"])
+        kept = rows.select("family", "seed").unique().height
+        print(f"resolvable instances (A/A within {args.tolerance:.0%}): {kept} of {total}")
     rows, moved = on_common_oracle(rows, args.a)
     if moved:
         print(f"note: {moved} instances hold another oracle in some rows than in {args.a}'s; regrets rescaled to {args.a}'s")
@@ -162,13 +189,14 @@ def main() -> None:
         print(
             f"harm at the tuned lr, {arm}: {h['over_1.05']:.0%} of {h['runs']} runs > 1.05, {h['over_1.2']:.0%} > 1.2, worst {h['worst']:.3g}"
         )
-    if moved:
+    if moved or args.resolvable:
         for arm in (args.a, args.b):
             f = arm_figures(rows, arm)
             print(
-                f"  on {args.a}'s oracle, {arm}: median {f['median']:.3f}, geo {f['geo']:.3f}, "
+                f"  on {args.a}'s oracle{' (resolvable instances)' if args.resolvable else ''}, {arm}: median {f['median']:.3f}, geo {f['geo']:.3f}, "
                 f"within 10% {f['within']:.0%} ({f['runs']} runs)"
             )
+    if moved:
         for arm, h in harm_shares(common_probes(rows, args.a, args.b), [args.a, args.b]).items():
             print(
                 f"  on the {h['runs']} probes both ran at the same lr, {arm}: {h['over_1.05']:.0%} > 1.05, "
