@@ -19,3 +19,4 @@ def test_docs_build_strict(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert "ChuckOptimizer" in api and "record_loss" in api  # built from docstrings
+    assert "aa_control" in api and "harm_against_aa" in api  # chuck evaluate and its A/A control
