@@ -21,3 +21,20 @@ def test_sb3_ppo_under_chuck() -> None:
     # SB3 wrote its own lr into the group; chuck's effective lr is that times the multiplier
     assert opt.param_groups[0]["lr"] == pytest.approx(3e-4)
     assert opt.hyperparameters["lr"] == pytest.approx(3e-4 * opt.action_spec.lr_mult)
+
+
+def test_sb3_actor_critic_algorithms_get_both_optimizers_wrapped() -> None:
+    """SAC and TD3 keep no policy.optimizer: the actor's and the critic's are wrapped, each with its own network
+    (the callback raised AttributeError at training start before)."""
+    from stable_baselines3 import SAC, TD3
+
+    for algo in (SAC, TD3):
+        model = algo("MlpPolicy", "Pendulum-v1", learning_starts=50, batch_size=32, seed=0, device="cpu")
+        cb = ChuckSB3Callback("heuristic", return_range=(-1700.0, 0.0), interval=4, history=False)
+        model.learn(total_timesteps=250, callback=cb)
+        actor, critic = model.policy.actor.optimizer, model.policy.critic.optimizer
+        assert cb.optimizers == [actor, critic] and cb.optimizer is actor
+        assert all(isinstance(o, chuck.ChuckOptimizer) for o in (actor, critic)) and actor is not critic
+        assert actor.model is model.policy.actor and critic.model is model.policy.critic
+        assert critic.step_count == 200 and 0 < actor.step_count <= 200  # TD3 updates its actor every other step
+        assert len(critic.decisions) >= 5 and critic.stats()["loss.has_val"] == 1.0
