@@ -7,6 +7,11 @@ lr scheduler is created on top of it and keeps working (chuck multiplies its lr)
 ``training_step`` hands each micro-batch loss to chuck (``record_loss``), and an
 internal callback reports ``eval_loss`` after every evaluation.
 
+The budget: chuck gets ``total_steps`` = the optimizer steps the Trainer will take, also when
+training is set in epochs (``num_train_epochs``, ``max_steps=-1``): the Trainer computes that
+count before it builds the optimizer (``set_initial_training_values``; older versions pass it
+to ``create_optimizer_and_scheduler``), and the default policy plans its cooldown on it.
+
 The effective lr: the Trainer logs ``learning_rate`` from its scheduler (the lr of
 the step just taken), which writes ``group["lr"]``; chuck multiplies that value only
 inside its step, so the Trainer's own number is the lr *before* chuck.
@@ -59,12 +64,24 @@ class ChuckTrainer(Trainer):
         self.chuck_kwargs = chuck_kwargs or {}
         self.chuck_optimizer: ChuckOptimizer | None = None
         self._micro_losses: list[float] = []
+        self._planned_steps: int | None = None
         self.add_callback(_Observe(self))
+
+    def set_initial_training_values(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's own count of optimizer steps (``max_steps``, the last value), kept for chuck's budget."""
+        values = super().set_initial_training_values(*args, **kwargs)
+        self._planned_steps = _positive(values[-1])
+        return values
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        """transformers < 5 passes the count of optimizer steps here, before building the optimizer."""
+        self._planned_steps = _positive(num_training_steps) or self._planned_steps
+        super().create_optimizer_and_scheduler(num_training_steps)
 
     def create_optimizer(self, *args: Any, **kwargs: Any):
         opt = super().create_optimizer(*args, **kwargs)
         if not isinstance(opt, ChuckOptimizer):
-            total = self.args.max_steps if self.args.max_steps and self.args.max_steps > 0 else None
+            total = _positive(self.args.max_steps) or self._planned_steps
             self.chuck_optimizer = ChuckOptimizer(
                 opt, self.chuck_policy, model=self.model, total_steps=total, **self.chuck_kwargs
             )
@@ -94,3 +111,8 @@ class ChuckTrainer(Trainer):
             if len(self._micro_losses) >= self.args.gradient_accumulation_steps:
                 self._micro_losses = []
         return loss
+
+
+def _positive(steps: Any) -> int | None:
+    """A step count if it is one (``max_steps=-1`` means "by epochs"), else ``None``."""
+    return int(steps) if isinstance(steps, int) and steps > 0 else None

@@ -123,3 +123,26 @@ def test_trainer_logs_the_effective_learning_rate(tmp_path) -> None:
     for h in logged:
         assert h["learning_rate"] == pytest.approx(h["learning_rate_scheduled"] * h["chuck_lr_multiplier"], rel=1e-9)
     assert max(h["chuck_lr_multiplier"] for h in logged) > 2.0, "from lr=1e-5 the heuristic raises the lr"
+
+
+def test_training_by_epochs_gives_chuck_the_trainers_step_count(tmp_path) -> None:
+    """num_train_epochs with max_steps=-1 (the Trainer's usual set-up): chuck's total_steps is the count of
+    optimizer steps the Trainer computes (before: None, so the default planned no cooldown)."""
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=3,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = ChuckTrainer(
+        model=TinyClassifier(), args=args, train_dataset=DS(160, 0), chuck_policy="heuristic", chuck_kwargs={"history": False}
+    )
+    trainer.train()
+    opt = trainer.chuck_optimizer
+    assert trainer.state.max_steps == 15  # 10 batches an epoch, 5 optimizer steps, 3 epochs
+    assert opt.total_steps == trainer.state.max_steps and opt.step_count == 15
