@@ -627,6 +627,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
         )
 
     # -- end of run -------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ended the run (its history record is written)."""
+        return self._closed
+
     def close(self) -> None:
         """End the run: write the history record and close the tracking logger. Idempotent."""
         if self._closed:

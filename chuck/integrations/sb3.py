@@ -10,6 +10,13 @@ actor-critic algorithms that give each network its own (SAC, TD3, DDPG), the act
 critic's, each wrapped with its own network as ``model`` and its own copy of the policy. SAC's
 entropy-coefficient optimizer (one scalar) is left alone.
 
+The budget: for PPO and A2C the callback gives chuck ``total_steps``, the optimizer steps the
+``learn`` call will take (rollouts x epochs x minibatches for PPO; one a rollout for A2C), so the
+default can plan its cooldown; PPO stopping its epochs early on ``target_kl`` ends the run short of
+it. The off-policy algorithms' counts hang on when episodes end, so there chuck runs without one
+unless ``total_steps`` is passed. Each ``learn`` call is one run for chuck: a later call (with
+``reset_num_timesteps=False``) wraps the base optimizer afresh, planned for its own budget.
+
 Progress signal: SB3's losses say little about progress, so the callback reports
 the mean episodic return (SB3's ``ep_info_buffer``) turned into a positive regret
 ``(R_max - R) / (R_max - R_min)`` when ``return_range`` is given, exactly as
@@ -18,6 +25,7 @@ chuck's zoo RL tasks do; without it chuck watches gradients and weights only.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -57,11 +65,19 @@ class ChuckSB3Callback(BaseCallback):
         pol = self.model.policy
         owners = [pol] if isinstance(getattr(pol, "optimizer", None), torch.optim.Optimizer) else []
         owners = owners or [net for net in (getattr(pol, "actor", None), getattr(pol, "critic", None)) if net is not None]
+        kwargs = dict(self.kwargs)
+        planned = planned_optimizer_steps(self.model, self.locals.get("total_timesteps"))
+        if planned is not None:
+            kwargs.setdefault("total_steps", planned)
         self.optimizers = []
         for net in owners:
-            if not isinstance(net.optimizer, ChuckOptimizer):
-                net.optimizer = ChuckOptimizer(net.optimizer, self.chuck_policy, model=net, **self.kwargs)
-            self.optimizers.append(net.optimizer)
+            opt = net.optimizer
+            if isinstance(opt, ChuckOptimizer) and opt.closed:  # left by an earlier learn call: its run is over
+                opt = opt.optimizer
+            if not isinstance(opt, ChuckOptimizer):  # (one the user wrapped themselves is kept as it is)
+                opt = ChuckOptimizer(opt, self.chuck_policy, model=net, **kwargs)
+            net.optimizer = opt
+            self.optimizers.append(opt)
         if not self.optimizers:
             raise TypeError(
                 f"{type(pol).__name__} has no optimizer chuck knows where to find "
@@ -88,3 +104,21 @@ class ChuckSB3Callback(BaseCallback):
     def _on_training_end(self) -> None:
         for opt in self.optimizers:
             opt.close()
+
+
+def planned_optimizer_steps(model: Any, total_timesteps: Any) -> int | None:
+    """Optimizer steps a PPO or A2C ``learn(total_timesteps)`` call takes from where ``model`` stands.
+
+    SB3's on-policy loop collects ``n_steps`` per environment, then trains, until ``total_timesteps``
+    (in ``learn``'s locals, already raised by ``num_timesteps`` when it does not reset them) is reached:
+    PPO trains ``n_epochs`` passes of ``ceil(n_steps * n_envs / batch_size)`` minibatches, A2C one step.
+    ``None`` for any other algorithm (see the module).
+    """
+    from stable_baselines3 import A2C, PPO
+
+    if not isinstance(total_timesteps, int) or not isinstance(model, (PPO, A2C)):
+        return None
+    per_rollout = model.n_steps * model.n_envs
+    rollouts = math.ceil(max(0, total_timesteps - model.num_timesteps) / per_rollout)
+    per_train = model.n_epochs * math.ceil(per_rollout / model.batch_size) if isinstance(model, PPO) else 1
+    return rollouts * per_train or None

@@ -16,6 +16,7 @@ def test_sb3_ppo_under_chuck() -> None:
     opt = model.policy.optimizer
     assert isinstance(opt, chuck.ChuckOptimizer) and cb.optimizer is opt
     assert opt.step_count == 10 * 2 * 2  # rollouts x epochs x minibatches
+    assert opt.total_steps == opt.step_count  # the callback planned the budget the default cools down on
     assert len(opt.decisions) >= 5
     assert opt.loss_monitor.history > 0 and opt.stats()["loss.has_val"] == 1.0
     # SB3 wrote its own lr into the group; chuck's effective lr is that times the multiplier
@@ -38,3 +39,20 @@ def test_sb3_actor_critic_algorithms_get_both_optimizers_wrapped() -> None:
         assert actor.model is model.policy.actor and critic.model is model.policy.critic
         assert critic.step_count == 200 and 0 < actor.step_count <= 200  # TD3 updates its actor every other step
         assert len(critic.decisions) >= 5 and critic.stats()["loss.has_val"] == 1.0
+
+
+def test_sb3_a2c_budget_and_a_continued_learn_count_from_where_the_model_stands() -> None:
+    from stable_baselines3 import A2C
+
+    model = A2C("MlpPolicy", "CartPole-v1", n_steps=8, seed=0, device="cpu")
+    cb = ChuckSB3Callback("heuristic", interval=4, history=False)
+    model.learn(total_timesteps=160, callback=cb)
+    first = cb.optimizer
+    assert first is not None and first.total_steps == first.step_count == 20 and first.closed
+    again = ChuckSB3Callback("heuristic", interval=4, history=False)  # a continued run: a new one for chuck
+    model.learn(total_timesteps=80, callback=again, reset_num_timesteps=False)
+    assert again.optimizer is not None and again.optimizer is not first and again.optimizer.optimizer is first.optimizer
+    assert again.optimizer.total_steps == again.optimizer.step_count == 10
+    explicit = ChuckSB3Callback("heuristic", interval=4, history=False, total_steps=500)  # the user's own wins
+    model.learn(total_timesteps=16, callback=explicit, reset_num_timesteps=False)
+    assert explicit.optimizer is not None and explicit.optimizer.total_steps == 500
