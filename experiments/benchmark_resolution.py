@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from chuck.evaluation.resolution import DEFAULT_EPS, replay_references
+from chuck.evaluation.resolution import DEFAULT_EPS, plot_replays, replay_references
 from chuck.evaluation.runner import resolve_task_spec
 from chuck.evaluation.stats import ArmStats
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="instance seeds (default: %(default)s)")
     ap.add_argument("--eps", default=",".join(map(str, DEFAULT_EPS)), help="relative lr perturbations (default: %(default)s)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", type=Path, help="write the figures and every replay as JSON here")
+    ap.add_argument("--out", type=Path, help="write the figures and every replay as JSON here (and a plot beside it, .png)")
     args = ap.parse_args()
     tasks = resolve_task_spec(args.tasks)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -63,7 +63,10 @@ def main() -> None:
         doc = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "tasks": args.tasks, "seeds": seeds}
         doc |= {"eps": list(eps), "seconds": round(time.time() - t0, 1)} | res.to_dict()
         args.out.write_text(json.dumps(doc, indent=1, default=float))
-        print("wrote", args.out)
+        png = plot_replays(
+            res.rows, args.out.with_suffix(".png"), f"{args.tasks}: the references replayed ({len(res.rows)} replays)"
+        )
+        print("wrote", args.out, png or "")
 
 
 if __name__ == "__main__":

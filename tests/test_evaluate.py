@@ -500,6 +500,7 @@ def test_cli_aa_control_puts_the_noise_floor_next_to_every_arms_harm(tiny_tasks,
     for arm, s in summary["arms"].items():
         assert s["harm_beyond_aa"] is not None and 0 <= s["harm_beyond_aa"] <= s["harm_rate"], arm
     assert summary["arms"]["adamw"]["harm_beyond_aa"] == 0.0  # AdamW at the tuned lr is its own reference
+    assert aa["plot"] == str(out / "aa_control.png") and (out / "aa_control.png").read_bytes()[:4] == b"\x89PNG"
     replays = json.loads((out / "aa_replays.json").read_text())
     assert len(replays) == 2 * 2 * 2 and {r["eps"] for r in replays} == {1e-3, -1e-3}
 
@@ -511,6 +512,8 @@ def test_cli_aa_control_puts_the_noise_floor_next_to_every_arms_harm(tiny_tasks,
     assert math.isclose(parent.data.metrics["aa.oracle.geo_regret"], aa["oracle"]["geo_regret"])
     assert math.isclose(parent.data.metrics["aa.tuned.harm_rate"], aa["harm"]["harm_rate"])
     assert "chuck:heuristic.harm_beyond_aa" in parent.data.metrics
+    client = mlflow.MlflowClient(default_tracking_uri())
+    assert "aa_control.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
     rc = main([*args, "--out", str(tmp_path / "plain"), "--no-progress", "--no-mlflow"])  # off by default
     plain = json.loads((tmp_path / "plain" / "summary.json").read_text())

@@ -252,3 +252,35 @@ def harm_against_aa(replays: list[dict[str, Any]], probes: list[dict[str, Any]])
             "worst": max(h for h, _ in pairs),
         }
     return out
+
+
+def plot_replays(replays: list[dict[str, Any]], path: Any, title: str = "") -> Any:
+    """Each replay's ratio to its reference (log scale), per family: the oracle winner's and the
+    tuned-lr AdamW run's, with the 5% band. Families whose points leave the band are where the
+    benchmark cannot resolve a policy. ``None`` without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    families = sorted({str(r["family"]) for r in replays})
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(families) + 1.6))
+    for k, (ref, color, dy) in enumerate((("oracle", "tab:blue", -0.12), ("tuned", "tab:orange", 0.12))):
+        pts = [(families.index(str(r["family"])) + dy, float(r["ratio"])) for r in replays if r["reference"] == ref]
+        label = "oracle winner replayed" if ref == "oracle" else "tuned-lr AdamW replayed"
+        if pts:
+            ax.scatter([max(x, 1e-3) for _, x in pts], [y for y, _ in pts], s=14, color=color, label=label, zorder=3 + k)
+    ax.axvspan(1 / HARM_THRESHOLD, HARM_THRESHOLD, color="0.9", zorder=1, label="within 5%")
+    ax.axvline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(families)), families, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("replay's final loss / its reference (lr x 1.001 and x 0.999)")
+    ax.set_title(title or "what the benchmark resolves: the references trained again", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -279,7 +279,8 @@ def evaluate(
             AdamW at the best lr) with the lr x (1 +- 1e-3): the A/A control, which says how much
             of a regret or harm figure the runs' own chaos and the choice of the best run as
             reference explain (``Summary.aa_control``, each arm's ``harm_beyond_aa``; every replay
-            in ``out/aa_replays.json``; see :mod:`chuck.evaluation.resolution`). Six runs per
+            in ``out/aa_replays.json``, a plot per family in ``out/aa_control.png``; see
+            :mod:`chuck.evaluation.resolution`). Six runs per
             instance, run again on every call, on this machine's processes with ``backend="ray"``.
 
     Raises:
@@ -393,7 +394,7 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
 
 def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]]) -> None:
     """Replay the references (chuck.evaluation.resolution) and put the A/A next to every arm's harm."""
-    from chuck.evaluation.resolution import DEFAULT_EPS, harm_against_aa, replay_references
+    from chuck.evaluation.resolution import DEFAULT_EPS, harm_against_aa, plot_replays, replay_references
 
     workers = (inputs.workers or 1) if inputs.backend == "process" else (os.cpu_count() or 1)
     res = replay_references(
@@ -412,6 +413,10 @@ def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]
     }
     summary.warnings += [f"A/A control: an exact replay did not reproduce its reference: {m}" for m in res.mismatches]
     (inputs.out / "aa_replays.json").write_text(json.dumps(res.rows, indent=1, allow_nan=True) + "\n")
+    plot = plot_replays(
+        res.rows, inputs.out / "aa_control.png", f"A/A control: {len(res.rows)} replays, {res.instances} instances"
+    )
+    summary.aa_control["plot"] = str(plot) if plot else None
 
 
 def write_summary(summary: Summary, out: Path) -> None:

@@ -87,8 +87,8 @@ class Summary:
         warnings: instances whose oracle or harm probe could not be computed.
         aa_control: with the A/A control, its figures: ``oracle`` and ``tuned`` (the replays'
             statistics as an :class:`ArmStats` dict), ``harm`` (the replays' shares above 1.05 and
-            1.2), ``eps``, ``instances`` and ``reproduced`` (instances whose exact replays matched
-            their references); ``None`` without it.
+            1.2), ``eps``, ``instances``, ``reproduced`` (instances whose exact replays matched
+            their references) and ``plot`` (the replays per family); ``None`` without it.
     """
 
     arms: dict[str, ArmSummary]

@@ -64,4 +64,6 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
             mlflow.log_artifact(str(path))
         if summary.plot:
             mlflow.log_artifact(summary.plot)
+        if summary.aa_control and summary.aa_control.get("plot"):
+            mlflow.log_artifact(summary.aa_control["plot"])
     return summary.mlflow_run_id
