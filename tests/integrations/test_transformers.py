@@ -36,20 +36,21 @@ class DS(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
+def _args(tmp_path, **kw):
+    """TrainingArguments for a quiet CPU run that saves and reports nothing, batches of 16."""
+    quiet = {"save_strategy": "no", "report_to": [], "use_cpu": True, "disable_tqdm": True, "per_device_train_batch_size": 16}
+    return transformers.TrainingArguments(output_dir=str(tmp_path), **(quiet | kw))
+
+
 def test_chuck_trainer(tmp_path) -> None:
     torch.manual_seed(0)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
+    args = _args(
+        tmp_path,
         max_steps=40,
-        per_device_train_batch_size=16,
         learning_rate=1e-5,
         eval_strategy="steps",
         eval_steps=10,
         logging_steps=10,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
         gradient_accumulation_steps=2,
         lr_scheduler_type="linear",
     )
@@ -94,18 +95,7 @@ class _LrInUse(transformers.TrainerCallback):
 def test_trainer_logs_the_effective_learning_rate(tmp_path) -> None:
     """The Trainer's logged learning_rate is the lr the optimizer used (scheduler x chuck), not the scheduler's alone."""
     torch.manual_seed(0)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=40,
-        per_device_train_batch_size=16,
-        learning_rate=1e-5,
-        logging_steps=5,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        lr_scheduler_type="linear",
-    )
+    args = _args(tmp_path, max_steps=40, learning_rate=1e-5, logging_steps=5, lr_scheduler_type="linear")
     probe = _LrInUse()
     trainer = ChuckTrainer(
         model=TinyClassifier(),
@@ -129,16 +119,7 @@ def test_training_by_epochs_gives_chuck_the_trainers_step_count(tmp_path) -> Non
     """num_train_epochs with max_steps=-1 (the Trainer's usual set-up): chuck's total_steps is the count of
     optimizer steps the Trainer computes (before: None, so the default planned no cooldown)."""
     torch.manual_seed(0)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        num_train_epochs=3,
-        per_device_train_batch_size=16,
-        gradient_accumulation_steps=2,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = _args(tmp_path, num_train_epochs=3, gradient_accumulation_steps=2)
     trainer = ChuckTrainer(
         model=TinyClassifier(), args=args, train_dataset=DS(160, 0), chuck_policy="heuristic", chuck_kwargs={"history": False}
     )
