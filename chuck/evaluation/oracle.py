@@ -98,17 +98,28 @@ class OracleCache:
         os.replace(tmp, self.path)
 
 
-def oracle_of(results: dict[str, dict[str, Any]], lrs: tuple[float, ...]) -> tuple[float, float | None]:
-    """(oracle loss, best constant lr) from an instance's finished sweep runs.
+def sweep_winners(
+    results: dict[str, dict[str, Any]], lrs: tuple[float, ...]
+) -> tuple[tuple[str, float, float] | None, tuple[float, float] | None]:
+    """The sweep's winning runs: ``(arm, lr, loss)`` of the lowest effective loss (the oracle) and
+    ``(lr, loss)`` of the best constant-AdamW run (the tuned lr, ties to the lower lr).
 
-    The oracle loss is the lowest effective loss (a diverged run counts at its divergence
-    cap, a crashed one not at all); ``nan`` when every sweep run crashed. The best constant
-    lr is ``None`` when every constant-AdamW run crashed.
+    A diverged run counts at its divergence cap, a crashed one not at all; ``None`` where every
+    candidate crashed.
     """
-    losses = [effective_loss(results[run_id(a, lr)]) for a, lr in oracle_runs(lrs) if run_id(a, lr) in results]
-    finite = [v for v in losses if math.isfinite(v)]
-    oracle = min(finite) if finite else math.nan
-    const = [(effective_loss(results[run_id("adamw", lr)]), lr) for lr in lrs if run_id("adamw", lr) in results]
-    const = [(v, lr) for v, lr in const if math.isfinite(v)]
-    best_lr = min(const)[1] if const else None
-    return oracle, best_lr
+    losses = {(a, lr): effective_loss(results[run_id(a, lr)]) for a, lr in oracle_runs(lrs) if run_id(a, lr) in results}
+    finite = [(k, v) for k, v in losses.items() if math.isfinite(v)]
+    oracle = None
+    if finite:
+        (arm, lr), loss = min(finite, key=lambda kv: kv[1])
+        oracle = (arm, lr, loss)
+    const = [(v, lr) for (a, lr), v in finite if a == "adamw"]
+    tuned = (min(const)[1], min(const)[0]) if const else None
+    return oracle, tuned
+
+
+def oracle_of(results: dict[str, dict[str, Any]], lrs: tuple[float, ...]) -> tuple[float, float | None]:
+    """(oracle loss, best constant lr) from an instance's finished sweep runs (:func:`sweep_winners`):
+    ``nan`` when every sweep run crashed, ``None`` when every constant-AdamW run crashed."""
+    oracle, tuned = sweep_winners(results, lrs)
+    return (oracle[2] if oracle else math.nan), (tuned[0] if tuned else None)

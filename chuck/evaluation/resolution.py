@@ -26,24 +26,23 @@ or the runs are not deterministic, and the replays would measure that instead
 
 from __future__ import annotations
 
-import contextlib
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key, oracle_runs
+from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key, oracle_runs, sweep_winners
 from chuck.evaluation.runs import (
-    FAILED_REGRET,
     RunSpec,
     effective_loss,
     init_worker,
     instance_config,
+    loss_ratio,
     run_id,
     run_one,
     steps_for,
 )
-from chuck.evaluation.schedule import worker_context
+from chuck.evaluation.schedule import InlineExecutor, worker_context
 from chuck.evaluation.stats import HARM_THRESHOLD, ArmStats, arm_stats
 
 #: The lr perturbations of the replays (relative): finer than any decision a policy makes.
@@ -82,14 +81,6 @@ class Resolution:
         return asdict(self)
 
 
-class InlineMap(contextlib.nullcontext):
-    """``map`` in this process (``workers=1``: no pool to start, test tasks need no pickling)."""
-
-    @staticmethod
-    def map(fn: Any, items: list[Any]) -> list[Any]:
-        return [fn(item) for item in items]
-
-
 def _spec(task: Any, seed: int, arm: str, lr: float, steps: int, lr_scale: float = 1.0) -> RunSpec:
     from chuck import zoo
 
@@ -109,22 +100,9 @@ def _sweep_results(cache: OracleCache, task: Any, seed: int, steps: int, lrs: tu
 
 def _references(results: dict[str, Any], lrs: tuple[float, ...]) -> dict[str, tuple[str, float, float]]:
     """``{"oracle": (arm, lr, loss), "tuned": ("adamw", best lr, loss)}`` of one instance's sweep."""
-    losses = {(a, lr): effective_loss(results[run_id(a, lr)]) for a, lr in oracle_runs(lrs) if run_id(a, lr) in results}
-    finite = {k: v for k, v in losses.items() if math.isfinite(v)}
-    refs: dict[str, tuple[str, float, float]] = {}
-    if finite:
-        (arm, lr), loss = min(finite.items(), key=lambda kv: kv[1])
-        refs["oracle"] = (arm, lr, loss)
-    const = {k: v for k, v in finite.items() if k[0] == "adamw"}
-    if const:
-        (arm, lr), loss = min(const.items(), key=lambda kv: (kv[1], kv[0][1]))
-        refs["tuned"] = (arm, lr, loss)
-    return refs
-
-
-def _ratio(result: dict[str, Any], reference: float) -> float:
-    loss = effective_loss(result)
-    return FAILED_REGRET if result.get("error") or result.get("diverged") else loss / max(reference, 1e-12)
+    oracle, tuned = sweep_winners(results, lrs)
+    refs = {"oracle": oracle} if oracle else {}
+    return refs | ({"tuned": ("adamw", *tuned)} if tuned else {})
 
 
 def replay_references(
@@ -145,7 +123,9 @@ def replay_references(
     rows: list[dict[str, Any]] = []
     mismatches: list[str] = []
     reproduced = instances = 0
-    pool = InlineMap() if workers <= 1 else ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+    pool = (
+        InlineExecutor() if workers <= 1 else ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker)
+    )
     with pool:
         jobs: list[tuple[dict[str, Any], RunSpec]] = []
         for task in tasks:
@@ -162,7 +142,7 @@ def replay_references(
         results = pool.map(run_one, [spec for _, spec in jobs])
         by_instance: dict[tuple[str, int], bool] = {}
         for (meta, _), result in zip(jobs, results, strict=True):
-            ratio = _ratio(result, meta["reference_loss"])
+            ratio = loss_ratio(result, meta["reference_loss"])
             key = (meta["task_id"], meta["seed"])
             if meta["eps"] == 0.0:
                 same = effective_loss(result) == meta["reference_loss"]

@@ -205,3 +205,8 @@ def effective_loss(result: dict[str, Any]) -> float:
         cap = DIVERGENCE_FACTOR * max(base, ref)
         return cap if math.isfinite(cap) else math.inf
     return final
+
+
+def loss_ratio(result: dict[str, Any], reference: float) -> float:
+    """A run's final loss over a reference loss (regret, harm); :data:`FAILED_REGRET` for a failed run."""
+    return FAILED_REGRET if failed(result) else float(result["final_loss"]) / max(reference, 1e-12)

@@ -17,7 +17,7 @@ import csv
 import math
 import multiprocessing
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +31,8 @@ from chuck.evaluation.runs import (
     RunSpec,
     effective_loss,
     effective_lr,
-    failed,
     init_worker,
+    loss_ratio,
     run_id,
     run_one,
 )
@@ -103,15 +103,15 @@ def parse_row(raw: dict[str, str]) -> dict[str, Any] | None:
         return None
 
 
-class InlineExecutor:
+class InlineExecutor(Executor):
     """``workers=1``: run in this process, one torch thread (as in the pool, so results match)."""
 
-    def submit(self, fn: Any, *args: Any) -> Future:
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
         fut: Future = Future()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            fut.set_result(fn(*args))  # run_one reports crashes in its result; Ctrl-C propagates
+            fut.set_result(fn(*args, **kwargs))  # run_one reports crashes in its result; Ctrl-C propagates
         finally:
             torch.set_num_threads(threads)
         return fut
@@ -181,13 +181,11 @@ class Scheduler:
     def write_row(self, kind: str, i: int, arm: str, lr: float) -> None:
         inst = self.instances[i]
         res = inst.results[run_id(arm, lr)]
-        bad = failed(res)
         final = float(res["final_loss"])
-        regret = FAILED_REGRET if bad or not math.isfinite(inst.oracle) else final / max(inst.oracle, 1e-12)
+        regret = loss_ratio(res, inst.oracle) if math.isfinite(inst.oracle) else FAILED_REGRET
         harm: float | str = ""
         if kind == "harm_probe" and inst.best_lr is not None:
-            ref = effective_loss(inst.results[run_id("adamw", inst.best_lr)])
-            harm = FAILED_REGRET if bad else final / max(ref, 1e-12)
+            harm = loss_ratio(res, effective_loss(inst.results[run_id("adamw", inst.best_lr)]))
         row = {
             "key": self.key(kind, i, arm, lr),
             "kind": kind,
