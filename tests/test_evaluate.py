@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -197,6 +198,8 @@ def test_cli_end_to_end_rows_summary_plot_and_mlflow(tiny_tasks, tmp_path, capsy
     assert math.isclose(
         parent[0].data.metrics["chuck:heuristic.median_regret"], summary["arms"]["chuck:heuristic"]["median_regret"]
     )
+    hindsight = summary["hindsight"]["tuned cosine"]  # logged beside the arms
+    assert math.isclose(parent[0].data.metrics["hindsight.tuned_cosine.geo_regret"], hindsight["geo_regret"])
     artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
     assert {"summary.json", "regret_by_lr.png", "rows.csv"} <= artifacts
 
@@ -518,3 +521,57 @@ def test_cli_aa_control_puts_the_noise_floor_next_to_every_arms_harm(tiny_tasks,
     rc = main([*args, "--out", str(tmp_path / "plain"), "--no-progress", "--no-mlflow"])  # off by default
     plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
     assert rc == 0 and plain["aa_control"] is None and not (tmp_path / "plain" / "aa_replays.json").exists()
+
+
+def _sweep(cosine, adamw, prodigy=5.0, grid=(1e-3, 1e-2, 1e-1)):
+    """Finished sweep results as the oracle cache holds them (None: that run crashed)."""
+
+    def result(loss):
+        if loss is None:
+            return {"error": "RuntimeError: boom", "final_loss": math.nan, "initial_loss": 3.0, "loss_reference": 1.0}
+        return {"error": "", "diverged": False, "final_loss": loss, "initial_loss": 3.0, "loss_reference": 1.0}
+
+    from chuck.evaluation.runs import run_id
+
+    runs = {run_id("cosine", lr): result(x) for lr, x in zip(grid, cosine, strict=True)}
+    runs |= {run_id("adamw", lr): result(x) for lr, x in zip(grid, adamw, strict=True)}
+    return runs | {run_id("prodigy", 1.0): result(prodigy)}
+
+
+def test_hindsight_rows_are_the_sweeps_tuned_runs_over_its_oracle():
+    from chuck.evaluation.hindsight import COSINE_STEP_OFF, TUNED_CONSTANT, TUNED_COSINE, instance_rows
+
+    grid = (1e-3, 1e-2, 1e-1)
+    rows = instance_rows(_sweep([2.0, 1.0, 3.0], [1.5, 0.8, 4.0]), grid, "t.a", "t.a", 0)
+    got = sorted((r["arm"], r["lr"], round(r["regret"], 6)) for r in rows)
+    assert got == [
+        (COSINE_STEP_OFF, 1e-3, 2.5),  # both neighbours of the best cosine lr, over the oracle (AdamW's 0.8)
+        (COSINE_STEP_OFF, 1e-1, 3.75),
+        (TUNED_CONSTANT, 1e-2, 1.0),
+        (TUNED_COSINE, 1e-2, 1.25),
+    ]
+    assert {r["oracle_loss"] for r in rows} == {0.8} and {(r["task_id"], r["seed"]) for r in rows} == {("t.a", 0)}
+    # the best cosine lr at the grid's edge has one neighbour; a crashed neighbour counts as a failed run
+    edge = instance_rows(_sweep([1.0, None, 3.0], [2.0, 2.0, 2.0]), grid, "t.b", "t.b", 1)
+    off = [r for r in edge if r["arm"] == COSINE_STEP_OFF]
+    assert len(off) == 1 and off[0]["lr"] == 1e-2 and off[0]["error"] and off[0]["regret"] == FAILED_REGRET
+    # Prodigy's win sets the oracle without being a hindsight row; an all-crashed sweep gives none
+    assert {r["regret"] for r in instance_rows(_sweep([2.0] * 3, [4.0] * 3, 1.0), grid, "t", "t", 0)} == {2.0, 4.0}
+    assert instance_rows(_sweep([None] * 3, [None] * 3, None), grid, "t", "t", 0) == []
+
+
+def test_every_summary_says_what_hindsight_tuning_reaches(tiny_tasks, tmp_path):
+    from chuck.evaluation.hindsight import NAMES, rows_from_cache
+
+    summary = _small(tmp_path / "eval", tasks="test.tiny_a,test.tiny_b", seeds=[0, 1])
+    assert list(summary.hindsight) == list(NAMES)
+    tuned = summary.hindsight["tuned cosine"]
+    assert tuned["runs"] == 4 and tuned["median_regret"] >= 1.0  # never below the sweep it was picked from
+    assert summary.hindsight["cosine one lr step off"]["geo_regret"] >= tuned["geo_regret"]
+    # the same figures straight from the cache, without a run (the script's path); uncached seeds are named
+    rows, missing = rows_from_cache(tiny_tasks[:2], [0, 1, 7], SCALE, tuple(ORACLE))
+    assert missing == ["test.tiny_a seed 7", "test.tiny_b seed 7"]
+    cosine = sorted(r["regret"] for r in rows if r["arm"] == "tuned cosine")
+    assert math.isclose(float(np.median(cosine)), tuned["median_regret"])
+    md = (tmp_path / "eval" / "summary.md").read_text()
+    assert "Hindsight" in md and "| cosine one lr step off |" in md

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from chuck.evaluation.hindsight import hindsight_stats, instance_rows
 from chuck.evaluation.identity import policy_identity, record, stale_arms
 from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
 from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
@@ -379,6 +380,7 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         executed=sched.executed,
         oracle_executed=sched.oracle_executed,
         warnings=sched.warnings,
+        hindsight=_hindsight(sched.instances, inputs.oracle_lrs),
     )
     spec = inputs.task_spec if isinstance(inputs.task_spec, str) else ",".join(map(str, inputs.task_spec))
     title = (
@@ -387,9 +389,22 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
     )
     if aa_control:
         _add_aa_control(summary, inputs, rows)
-    plot = plot_regret_by_lr(summary.arms, inputs.out / f"regret_by_lr{mode_suffix(inputs.observe)}.png", title)
+    plot = plot_regret_by_lr(
+        summary.arms, inputs.out / f"regret_by_lr{mode_suffix(inputs.observe)}.png", title, summary.hindsight
+    )
     summary.plot = str(plot) if plot else None
     return summary
+
+
+def _hindsight(instances: list[Instance], oracle_lrs: tuple[float, ...]) -> dict[str, dict[str, Any]]:
+    """The hindsight rows' statistics (chuck.evaluation.hindsight), read off the finished sweeps."""
+    rows = [
+        r
+        for inst in instances
+        if inst.oracle_ready
+        for r in instance_rows(inst.results, oracle_lrs, inst.task.id, inst.task.family, inst.seed)
+    ]
+    return {name: asdict(stats) for name, stats in hindsight_stats(rows).items()}
 
 
 def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]]) -> None:

@@ -9,6 +9,10 @@
 
 Diverged and crashed runs count with regret (and harm) 100: they are in every statistic.
 
+Every summary also holds the *hindsight* rows (:mod:`chuck.evaluation.hindsight`): what a user
+who picked the best lr of the sweep's grid after the fact reaches, and one who missed it by one
+grid step, read off the oracle sweep without another run (``Summary.hindsight``).
+
 With the A/A control (``evaluate(aa_control=True)``, :mod:`chuck.evaluation.resolution`) the
 summary also says what the benchmark resolves (``Summary.aa_control``) and, per arm,
 ``harm_beyond_aa``: the share of its harm probes above 1.05 *and* above every A/A replay of
@@ -85,6 +89,9 @@ class Summary:
         oracle_executed: of ``executed``, the oracle sweep's runs.
         mlflow_run_id: the MLflow parent run, ``None`` when not logged.
         warnings: instances whose oracle or harm probe could not be computed.
+        hindsight: per hindsight row (:mod:`chuck.evaluation.hindsight`: the sweep's tuned cosine and
+            tuned constant runs, and cosine one grid lr off), its statistics as an :class:`ArmStats`
+            dict; empty when no instance's sweep finished.
         aa_control: with the A/A control, its figures: ``oracle`` and ``tuned`` (the replays'
             statistics as an :class:`ArmStats` dict), ``harm`` (the replays' shares above 1.05 and
             1.2), ``eps``, ``instances``, ``reproduced`` (instances whose exact replays matched
@@ -100,6 +107,7 @@ class Summary:
     oracle_executed: int = 0
     mlflow_run_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+    hindsight: dict[str, dict[str, Any]] = field(default_factory=dict)
     aa_control: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,9 +141,28 @@ class Summary:
                 lines.append(
                     f"| {arm} | " + " | ".join(_num(s.per_lr[lr].geo_regret if lr in s.per_lr else None) for lr in lrs) + " |"
                 )
+        if self.hindsight:
+            lines += self._hindsight_markdown()
         if self.aa_control:
             lines += self._aa_markdown(self.aa_control)
         return "\n".join(lines) + "\n"
+
+    def _hindsight_markdown(self) -> list[str]:
+        lines = [
+            "",
+            "Hindsight (read off the oracle sweep, no extra run): the best lr of the sweep's grid picked after the "
+            "fact, and cosine one grid step (half a decade on the default grid) from it.",
+            "",
+            "| hindsight row | runs | median regret [95% CI] | geo regret [95% CI] | within 10% |",
+            "|---|---|---|---|---|",
+        ]
+        for name, h in self.hindsight.items():
+            (mlo, mhi), (glo, ghi) = h["median_regret_ci"], h["geo_regret_ci"]
+            lines.append(
+                f"| {name} | {h['runs']} | {h['median_regret']:.3f} [{mlo:.3f}, {mhi:.3f}] "
+                f"| {h['geo_regret']:.3f} [{glo:.3f}, {ghi:.3f}] | {h['within_10pct']:.0%} |"
+            )
+        return lines
 
     def _aa_markdown(self, aa: dict[str, Any]) -> list[str]:
         eps = ", ".join(f"{e:+g}" for e in aa["eps"])
@@ -228,8 +255,14 @@ def summarize_arms(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, Arm
     return out
 
 
-def plot_regret_by_lr(arms: dict[str, ArmSummary], path: Path, title: str) -> Path | None:
-    """Geometric-mean regret (log y) by starting lr (log x), one line per arm; ``None`` without matplotlib."""
+def plot_regret_by_lr(
+    arms: dict[str, ArmSummary], path: Path, title: str, hindsight: dict[str, dict[str, Any]] | None = None
+) -> Path | None:
+    """Geometric-mean regret (log y) by starting lr (log x), one line per arm; ``None`` without matplotlib.
+
+    ``hindsight`` rows (:class:`Summary` ``.hindsight``) do not depend on the starting lr: each is a
+    dotted horizontal line at its geo-mean regret.
+    """
     try:
         import matplotlib
 
@@ -247,6 +280,9 @@ def plot_regret_by_lr(arms: dict[str, ArmSummary], path: Path, title: str) -> Pa
             label=arm,
             lw=2.5 if arm.startswith("chuck:") else 1.2,
         )
+    styles = (":", "-.", (0, (5, 4)))
+    for k, (name, h) in enumerate((hindsight or {}).items()):
+        ax.axhline(h["geo_regret"], color="dimgray", lw=1.0, ls=styles[k % len(styles)], label=f"hindsight: {name}")
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -46,6 +46,8 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
             headline.update(_metrics(stats, metric_name(arm) + "."))
         mlflow.log_metrics(headline)
         mlflow.log_metrics({"runs": summary.rows, "executed": summary.executed})
+        for name, h in summary.hindsight.items():
+            mlflow.log_metrics(_metrics(ArmStats(**h), metric_name(f"hindsight.{name.replace(' ', '_')}.")))
         if summary.aa_control:
             aa = summary.aa_control
             mlflow.log_metrics(_metrics(ArmStats(**aa["oracle"]), "aa.oracle."))
