@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import torch
+
 Status = Literal["ok", "warn", "bad", "n/a"]
 
 
@@ -199,6 +201,13 @@ class Monitor(ABC):
         checkpoint leaves the run untouched.
         """
         return None
+
+
+def as_real(t: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as the real one it is to an optimizer (a trailing dimension of real and imaginary
+    parts, ``torch.view_as_real``); any other tensor as it is. Monitors that flatten or cast tensors go
+    through it: a cast to float would drop the imaginary parts (and warn)."""
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 def safe_log(x: float, floor: float = 1e-30) -> float:

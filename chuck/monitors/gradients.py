@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, StepRecord, advise, grade, median
+from chuck.monitors.base import Indicator, Monitor, StepRecord, advise, as_real, grade, median
 
 #: Glorot & Bengio (2010), "Understanding the difficulty of training deep
 #: feedforward neural networks": back-propagated gradient variance should stay
@@ -153,7 +153,7 @@ class GradientMonitor(Monitor):
             if den > 0:
                 return min(1.0, num / den)
         beta = 0.7
-        gf = [g.detach().float() for g in grads]
+        gf = [as_real(g.detach()).float() for g in grads]
         if self._m is None or self._v is None or [m.shape for m in self._m] != [g.shape for g in gf]:
             # first decision, or the set of parameters with a gradient changed (a layer was unfrozen)
             self._m = [g.clone() for g in gf]
@@ -167,7 +167,7 @@ class GradientMonitor(Monitor):
         return min(1.0, num / den) if den > 0 else float("nan")
 
     def _histogram(self, grads: list[torch.Tensor], optimizer: torch.optim.Optimizer | None, out: dict[str, float]) -> None:
-        flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
+        flat = torch.cat([as_real(g.detach()).reshape(-1).float() for g in grads])
         if flat.numel() > HIST_SAMPLE:
             idx = torch.randint(flat.numel(), (HIST_SAMPLE,), generator=self.ctx.generator, device="cpu")
             flat = flat.index_select(0, idx.to(flat.device))  # flat[idx]'s values, ~3x faster

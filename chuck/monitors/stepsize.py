@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, Status, advise, grade
+from chuck.monitors.base import Indicator, Monitor, Status, advise, as_real, grade
 
 #: Coordinates sampled for both estimates; enough for stable sums, constant cost.
 SUBSET = 4096
@@ -65,13 +65,14 @@ class StepSizeMonitor(Monitor):
 
     # -- subset -----------------------------------------------------------------
     def _choose(self, params: list[torch.Tensor]) -> None:
-        total = sum(p.numel() for p in params)
+        numels = [as_real(p).numel() for p in params]
+        total = sum(numels)
         gen = self.ctx.generator
         self._idx = []
-        for p in params:
-            k = max(1, round(self.subset * p.numel() / max(total, 1))) if total > self.subset else p.numel()
-            k = min(k, p.numel())
-            idx = torch.randperm(p.numel(), generator=gen)[:k] if k < p.numel() else torch.arange(p.numel())
+        for p, n in zip(params, numels):
+            k = max(1, round(self.subset * n / max(total, 1))) if total > self.subset else n
+            k = min(k, n)
+            idx = torch.randperm(n, generator=gen)[:k] if k < n else torch.arange(n)
             self._idx.append(idx.to(p.device))
         self._shapes = [p.shape for p in params]
         self._flat_idx = {}
@@ -82,10 +83,14 @@ class StepSizeMonitor(Monitor):
     def _gather(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """The sampled coordinates of ``tensors``, concatenated, as float32 on the CPU.
 
+        A complex tensor counts as its real and imaginary parts (two real coordinates per entry), so the
+        estimates are those of the real parameter space the optimizer descends in.
+
         ``tensors`` holds tensors shaped like the parameters, in their order, once or several times
         over (gradients, then weights: one gather, one copy to the CPU).
         """
         assert self._idx is not None
+        tensors = [as_real(t) for t in tensors]
         flat = self._flat_index(tensors)
         if flat is not None:
             # one flat index into the concatenation: the same elements, in the same order

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, advise, grade
+from chuck.monitors.base import Indicator, Monitor, advise, as_real, grade
 
 #: CS231n (Karpathy), "Neural Networks Part 3": the ratio of update magnitude to
 #: weight magnitude should be around 1e-3; much lower means a too-small lr, much
@@ -75,7 +75,7 @@ class WeightMonitor(Monitor):
             self._ratio_parts = (params, ratios, ok)
             pos = ratios[ok & (ratios > 0)]
             self._stats["weights.update_ratio_log10"] = float(np.log10(_median(pos))) if pos.size else float("nan")
-            flat = torch.cat([u.reshape(-1).float() for u in update])
+            flat = torch.cat([as_real(u).reshape(-1).float() for u in update])
             prev = self._prev_update
             if prev is not None and prev.shape == flat.shape:
                 dot, denom = torch.stack([flat @ prev, flat.norm() * prev.norm()]).tolist()  # one read

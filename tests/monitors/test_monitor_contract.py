@@ -90,3 +90,26 @@ def test_every_monitor_runs_on_a_low_precision_model(dtype, base) -> None:
     stats = opt.stats()
     assert all(isinstance(v, float) for v in stats.values())
     assert math.isfinite(stats["weights.update_ratio_log10"]) and math.isfinite(stats["act.dead_fraction"])
+
+
+@pytest.mark.parametrize("base", [torch.optim.AdamW, torch.optim.SGD])
+def test_every_monitor_reads_complex_parameters_as_real_pairs(base) -> None:
+    """Complex parameters are descended as pairs of reals; the monitors measure them so. The loss here
+    depends on the imaginary parts only: a monitor that cast them to float (dropping the imaginary
+    part, with a warning) saw weights that never move and gradients that are zero."""
+    import warnings
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.complex(torch.zeros(64), torch.randn(64)))
+    opt = chuck.ChuckOptimizer(base([p], lr=1e-2), "default", history=False, total_steps=60)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*complex.*")
+        for _ in range(60):
+            loss = (p.imag - 1).pow(2).mean()
+            loss.backward()
+            opt.step(loss=loss)
+            opt.zero_grad()
+    stats = opt.stats()
+    for name in ("step.hypergrad", "weights.update_ratio_log10", "weights.update_cosine"):
+        assert math.isfinite(stats[name]), name
+    assert stats["step.log10_update_over_dhat"] < 3  # a distance estimate exists: the sampled coordinates moved
