@@ -10,6 +10,7 @@ exit (faults issue, item 12).
 from __future__ import annotations
 
 import atexit
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -65,12 +66,37 @@ class RunLedger:
         return write_history_record(opt, self.target, self.info)
 
 
+#: Per thread: whether a record is being written, and the runs that ended meanwhile.
+_writer = threading.local()
+
+
 def write_history_record(opt: Any, target: bool | str, info: dict[str, Any]) -> str | None:
-    """Write ``opt``'s record; never raises into the user's run."""
+    """Write ``opt``'s record; never raises into the user's run.
+
+    The garbage collector runs finalizers wherever it happens to run, including inside this function
+    while it imports ``chuck.history`` or polars for the first time. A run that ends there (its
+    optimizer collected) would see half-imported modules and lose its record, so it waits: the write
+    in progress writes it when its own is done (``opt.history_path`` is set then).
+    """
+    if getattr(_writer, "busy", False):
+        _writer.waiting.append((opt, target, info))
+        return None
+    _writer.busy, _writer.waiting = True, []
+    try:
+        path = _write(opt, target, info)
+        while _writer.waiting:
+            other, other_target, other_info = _writer.waiting.pop(0)
+            other.history_path = _write(other, other_target, other_info)
+        return path
+    finally:
+        _writer.busy = False
+
+
+def _write(opt: Any, target: bool | str, info: dict[str, Any]) -> str | None:
     try:
         from chuck.history import record_from_optimizer, report_polars_missing_once, write_record
     except ImportError as exc:  # pragma: no cover - chuck.history itself imports lazily
-        warnings.warn(f"chuck: run history unavailable: {exc}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"chuck: run history unavailable: {exc}", RuntimeWarning, stacklevel=4)
         return None
     try:
         record = record_from_optimizer(opt, **info)
@@ -79,5 +105,5 @@ def write_history_record(opt: Any, target: bool | str, info: dict[str, Any]) -> 
     except ImportError:  # polars is not installed: say so once per process, not at every exit
         report_polars_missing_once()
     except Exception as exc:  # noqa: BLE001 - a history failure must never break the user's run
-        warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=4)
     return None

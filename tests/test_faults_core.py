@@ -228,6 +228,30 @@ def test_history_record_is_written_when_the_optimizer_is_collected(tmp_path) -> 
     assert len(list(tmp_path.glob("run-*.parquet"))) == 1
 
 
+def test_runs_collected_while_a_record_is_written_keep_their_records(tmp_path) -> None:
+    """Several runs in a fresh interpreter, each optimizer dropped for the next (reference cycles keep
+    them for the garbage collector): the first record's write imports chuck.history and polars, and the
+    collector finalizes the other optimizers in the middle of that import. Their records used to be
+    lost ("partially initialized module 'polars'"); each must be written, and no warning printed."""
+    script = textwrap.dedent(f"""
+        import sys, warnings
+        warnings.simplefilter("always")
+        import torch, chuck
+        x = torch.randn(64, 8)
+        for _ in range(4):
+            m = torch.nn.Linear(8, 1)
+            opt = chuck.ChuckOptimizer(torch.optim.AdamW(m.parameters(), lr=1e-2), "constant", model=m,
+                                       history={str(tmp_path)!r})
+            for _ in range(25):
+                opt.zero_grad(); loss = m(x).pow(2).mean(); loss.backward(); opt.step(loss=loss)
+        assert "polars" not in sys.modules  # the case under test: the first write imports it
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RuntimeWarning" not in out.stderr, out.stderr
+    assert len(list(tmp_path.glob("run-*.parquet"))) == 4
+
+
 # -- 12. no polars: one message at most ----------------------------------------------
 def test_core_only_install_warns_at_most_once(tmp_path) -> None:
     script = textwrap.dedent(f"""
