@@ -603,16 +603,21 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     # -- user-facing ------------------------------------------------------
     def observe(self, val_loss: float | torch.Tensor | None = None, **metrics: float) -> None:
-        """Report an evaluation: the validation loss (for overfitting) and any other metrics."""
+        """Report an evaluation: the validation loss (for overfitting) and any other metrics.
+
+        Each value is one real number (a Python or numpy number, or a one-element tensor); a
+        non-finite validation loss is recorded in ``metrics`` but neither watched nor judged.
+        """
+        values = {k: _reported_number(k, v) for k, v in metrics.items()}  # every check before any effect
         if val_loss is not None:
-            v = float(val_loss.detach()) if isinstance(val_loss, torch.Tensor) else float(val_loss)
+            v = _reported_number("val_loss", val_loss)
             if math.isfinite(v):
                 self.monitors.on_validation(self._step, v)
                 if self.guardrails is not None:
                     vote = self.guardrails.judge_validation(v, self._loss_monitor.initial_loss())
                     self._val_vote = max(self._val_vote, vote)
-            metrics["val_loss"] = v
-        self.metrics.update({k: float(v) for k, v in metrics.items()})
+            values["val_loss"] = v
+        self.metrics.update(values)
 
     def health(self) -> HealthReport:
         """Every indicator (value, status, reason, recommendation) plus architecture advice."""
@@ -757,6 +762,23 @@ def _whole_number(name: str, value: Any, minimum: int) -> int | None:
     if int(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _reported_number(name: str, value: Any) -> float:
+    """One number reported to :meth:`ChuckOptimizer.observe`: a real Python or numpy number, or a
+    one-element real tensor. ``float()`` would also take ``"0.5"`` and ``True`` without a word, and
+    a per-sample tensor with torch's message about "one element tensors"."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be one number (e.g. the mean over the validation set), got a tensor of shape {tuple(value.shape)}"
+            )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
+        return float(value.detach())
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def _check_spec_versions(policy: Any, action_spec: ActionSpec | None) -> None:

@@ -97,6 +97,23 @@ def test_rejects_bad_arguments(net) -> None:
         opt.step(loss=loss)
 
 
+def test_observe_takes_numbers_and_says_what_else_it_got(net) -> None:
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net, history=False)
+    for bad, error, needle in (
+        (torch.tensor([0.5, 0.6]), ValueError, r"val_loss must be one number .* shape \(2,\)"),
+        ("0.5", TypeError, "val_loss must be a number, got str"),
+        (True, TypeError, "val_loss must be a number, got bool"),
+        (torch.tensor(0.5j), TypeError, "val_loss must be a real number"),
+    ):
+        with pytest.raises(error, match=needle):
+            opt.observe(val_loss=bad)
+    with pytest.raises(TypeError, match="accuracy must be a number"):
+        opt.observe(val_loss=0.4, accuracy=[0.9])
+    assert opt.metrics == {}  # a refused report changes nothing, its valid part included
+    opt.observe(val_loss=torch.tensor([[0.5]]), accuracy=np.float32(0.75), epoch=3)
+    assert opt.metrics == {"val_loss": 0.5, "accuracy": 0.75, "epoch": 3.0}
+
+
 def test_add_param_group_is_followed(net) -> None:
     head = torch.nn.Linear(3, 3)
     opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "heuristic", model=net, interval=5)
