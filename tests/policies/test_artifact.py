@@ -131,3 +131,10 @@ def test_pickle_payload_is_refused(sb3_and_artifact, tmp_path) -> None:
 def test_unknown_name() -> None:
     with pytest.raises(chuck.PolicyLoadError, match="unknown policy"):
         chuck.load_policy("definitely-not-a-policy")
+
+
+@pytest.mark.parametrize("spec", ["runs/missing-policy", "./missing", "~/missing-policy"])
+def test_a_missing_path_is_named_as_a_path(spec, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(chuck.PolicyLoadError, match="no policy directory at .*missing.*: nothing exists there"):
+        chuck.load_policy(spec)
