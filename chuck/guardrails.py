@@ -2,6 +2,11 @@
 
 * A non-finite loss or gradient norm skips the step: the base optimizer never
   sees it, so weights and optimizer state are untouched; the lr is backed off.
+  When ``max_rollbacks_in_a_row`` steps in a row are non-finite, the weights themselves
+  may be what overflows (a step that left them finite but huge): the model and optimizer
+  state go back to the last snapshot, once per streak. A streak that outlasts that
+  rollback is non-finite whatever the weights (a bug in the loss, bad data): chuck
+  keeps skipping and says so once (``NONFINITE_WARN_AFTER`` steps).
 * A loss more than ``spike_factor`` times its recent median rolls the model and
   optimizer state back to the last good in-memory snapshot (or, before the first
   snapshot, skips the step) and backs off. PaLM (Chowdhery et al. 2022, sec. 5.1)
@@ -41,6 +46,10 @@ import torch
 
 from chuck.snapshot import Snapshot
 
+#: Non-finite steps in a row after which chuck tells the user (once a run): by then a rollback,
+#: where a snapshot existed, has been tried, and the lr backed off that many times.
+NONFINITE_WARN_AFTER = 20
+
 
 class Verdict(str, Enum):
     OK = "ok"
@@ -52,6 +61,7 @@ class Action(str, Enum):
     """What the optimizer does about a verdict (the names guardrail records and monitors see)."""
 
     SKIP_NONFINITE = "skip_nonfinite"
+    ROLLBACK_NONFINITE = "rollback_nonfinite"  # non-finite steps in a row: back to the snapshot, once a streak
     ROLLBACK_SPIKE = "rollback_spike"
     SKIP_SPIKE = "skip_spike"  # a spike before any snapshot exists
     ACCEPT_LEVEL_SHIFT = "accept_level_shift"
@@ -147,6 +157,8 @@ class Guardrails:
         self.rollbacks = 0
         self.amp_overflows = 0  # GradScaler skips: counted, never backed off (routine in AMP)
         self.spikes_in_a_row = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_rolled_back = False  # the current non-finite streak has had its rollback
         self.good_in_a_row = 0
         self.lr_mult_before_streak: float | None = None
         self._snapshot_pending = False
@@ -155,6 +167,15 @@ class Guardrails:
         """The action for a non-OK verdict, updating the spike streak."""
         self.good_in_a_row = 0
         if verdict is Verdict.SKIP_NONFINITE:
+            self.nonfinite_in_a_row += 1
+            if (
+                self.nonfinite_in_a_row >= self.config.max_rollbacks_in_a_row
+                and self.has_snapshot
+                and not self.nonfinite_rolled_back
+            ):
+                self.nonfinite_rolled_back = True
+                self.rollbacks += 1
+                return Action.ROLLBACK_NONFINITE
             self.skips += 1
             return Action.SKIP_NONFINITE
         if self.spikes_in_a_row >= self.config.max_rollbacks_in_a_row:
@@ -176,6 +197,8 @@ class Guardrails:
         make the backed-off value the one restored when the shift is accepted.
         """
         self.spikes_in_a_row = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_rolled_back = False
         self.good_in_a_row += 1
         if self.good_in_a_row >= self.config.min_history:
             self.lr_mult_before_streak = None
@@ -300,6 +323,8 @@ class Guardrails:
             "rollbacks": self.rollbacks,
             "amp_overflows": self.amp_overflows,
             "spikes_in_a_row": self.spikes_in_a_row,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "nonfinite_rolled_back": self.nonfinite_rolled_back,
             "good_in_a_row": self.good_in_a_row,
             "lr_mult_before_streak": self.lr_mult_before_streak,
             "snapshot_pending": self._snapshot_pending,
@@ -340,6 +365,8 @@ class Guardrails:
         self.spikes_in_a_row, self._snapshot_pending = state["spikes_in_a_row"], state["snapshot_pending"]
         self.lr_mult_before_streak = state.get("lr_mult_before_streak")
         self.good_in_a_row = int(state.get("good_in_a_row", 0))
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))  # absent before the streak rollback
+        self.nonfinite_rolled_back = bool(state.get("nonfinite_rolled_back", False))
         self._spike.load(state["snapshot_step"], state["snap_params"], state["snap_state"])
         over = state.get("overfit") or {}  # absent in checkpoints from before the overfitting rollback
         self.overfit_rollbacks = int(over.get("rollbacks", 0))

@@ -44,7 +44,7 @@ from chuck.actions import ACTION_VERSIONS, EFFECTIVE_LR_KEY, LATEST_ACTION_VERSI
 from chuck.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
 from chuck.controller import Controller, DecisionHook
 from chuck.distributed import rank_sync
-from chuck.guardrails import Action, GuardrailConfig, Guardrails, ValidationVote, Verdict
+from chuck.guardrails import NONFINITE_WARN_AFTER, Action, GuardrailConfig, Guardrails, ValidationVote, Verdict
 from chuck.monitors import (
     ActivationMonitor,
     ControlMonitor,
@@ -233,6 +233,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             tracking.attach(self)
         self.history_path: str | None = None
         self._closed = False
+        self._warned_nonfinite = False  # the non-finite streak warning is said once a run
         self._ledger = RunLedger.start(
             self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size}
         )
@@ -577,11 +578,40 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 f"rollback_spike: loss {loss_v:.4g} > {g.config.spike_factor:g} x median "
                 f"{self.loss_monitor.median_loss():.4g}; restored step {g.snapshot_step}"
             )
+        elif action is Action.ROLLBACK_NONFINITE:
+            g.restore(params, self.optimizer)
+            spec.backoff(g.config.backoff)
+            reason = (
+                f"rollback_nonfinite: loss={loss_v}, grad_norm={gnorm_v}, non-finite {g.nonfinite_in_a_row} steps in a "
+                f"row (the weights themselves may overflow); restored step {g.snapshot_step}"
+            )
         else:
             spec.backoff(g.config.backoff)
             reason = f"{action.value}: loss={loss_v}, grad_norm={gnorm_v}; step skipped, weights untouched"
+        if g.nonfinite_in_a_row == NONFINITE_WARN_AFTER:
+            self._nonfinite_streak(g)
         self.monitors.on_guardrail(action.value)
         self.controller.record("guardrail", [], reason, self._step)
+
+    def _nonfinite_streak(self, g: Guardrails) -> None:
+        """Say once a run that every recent step was non-finite: training has stopped, and why is
+        usually not the step size (the lr has been halved at each of those steps)."""
+        if self._warned_nonfinite:
+            return
+        self._warned_nonfinite = True
+        tried = (
+            f"rolling back to the snapshot of step {g.snapshot_step} did not help"
+            if g.nonfinite_rolled_back
+            else "there was no snapshot to roll back to yet"
+        )
+        warnings.warn(
+            f"chuck: the last {NONFINITE_WARN_AFTER} steps all had a non-finite loss or gradient norm and were "
+            f"skipped (weights untouched; the lr multiplier is down to x{self.action_spec.lr_mult:.3g}); {tried}. "
+            "If the loss is non-finite at any lr, look at the loss or the data (log of 0, division by 0, NaN "
+            "inputs); if the weights overflowed in the first steps, start from a lower lr.",
+            RuntimeWarning,
+            stacklevel=5,  # the loop's opt.step(...)
+        )
 
     def _arm_if_due(self) -> None:
         # Activations are sampled on the forward pass that precedes a decision step.

@@ -92,6 +92,56 @@ def test_loss_spike_rolls_back_to_snapshot() -> None:
     assert _all_finite(model)
 
 
+def test_weights_that_overflow_every_step_are_rolled_back_once_a_streak() -> None:
+    """Weights made finite but huge (as one step at a far too high lr leaves them) overflow the loss at
+    every step: skipping alone would leave the run stuck for good. After max_rollbacks_in_a_row (3)
+    non-finite steps they go back to the snapshot, and training goes on."""
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model, guardrails=GuardrailConfig(snapshot_every=50)
+    )
+    for s in range(55):
+        _step(model, opt, s)
+    with torch.no_grad():  # injected: the weights blow up between two steps (finite, but every loss overflows)
+        for p in model.parameters():
+            p.mul_(1e30)
+    for s in range(55, 58):
+        _step(model, opt, s)
+    assert opt.guardrails.skips == 2 and opt.guardrails.rollbacks == 1
+    assert "rollback_nonfinite" in opt.decisions[-1].reason and "restored step 50" in opt.decisions[-1].reason
+    assert opt.action_spec.lr_mult == pytest.approx(0.5**3)  # two skips and the rollback each back off
+    for s in range(58, 100):
+        loss = _step(model, opt, s)
+        assert math.isfinite(loss.item())
+    assert opt.step_count == 55 + (100 - 58)  # the count of steps taken goes on (as after a spike rollback)
+
+
+def test_a_loss_that_is_never_finite_is_said_once_and_rolled_back_only_once() -> None:
+    """A loss non-finite whatever the weights (a bug in the loss, NaN data): one rollback, then skips, and
+    one warning pointing at the user's opt.step line; training resumes when the loss does."""
+    import warnings
+
+    from chuck.guardrails import NONFINITE_WARN_AFTER
+
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model, guardrails=GuardrailConfig(snapshot_every=50)
+    )
+    for s in range(55):
+        _step(model, opt, s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(55, 55 + 2 * NONFINITE_WARN_AFTER):
+            _step(model, opt, s, loss_scale=math.nan)
+    said = [w for w in caught if "non-finite loss or gradient norm" in str(w.message)]
+    assert len(said) == 1 and "rolling back to the snapshot of step 50 did not help" in str(said[0].message)
+    assert said[0].filename == __file__  # the warning points at the loop's opt.step(...)
+    assert opt.guardrails.rollbacks == 1 and opt.guardrails.skips == 2 * NONFINITE_WARN_AFTER - 1
+    for s in range(100, 120):  # the loss is finite again: training goes on from the restored weights
+        _step(model, opt, s)
+    assert opt.step_count == 55 + 20 and _all_finite(model)
+
+
 def test_exploding_run_never_goes_nonfinite() -> None:
     """A learning rate far too high, with every guardrail on: weights stay finite."""
     model = make_net()

@@ -16,7 +16,7 @@ from chuck.monitors.base import Indicator, Monitor, StepRecord
 #: Guardrail verdicts that count as instability in ``ctrl.skip_rate``. A GradScaler overflow
 #: is routine in mixed precision (the scaler probes its scale upwards and backs off on an
 #: overflow, Micikevicius et al. 2018), so it is no reason to cut the learning rate.
-UNSTABLE_VERDICTS = ("skip_nonfinite", "rollback_spike", "skip_spike", "accept_level_shift")
+UNSTABLE_VERDICTS = ("skip_nonfinite", "rollback_nonfinite", "rollback_spike", "skip_spike", "accept_level_shift")
 
 
 class ControlMonitor(Monitor):
