@@ -219,6 +219,7 @@ class TrainingControlEnv(gym.Env):
             seed=config.seed,
             history=False,  # thousands of meta-training episodes are not user runs
         )
+        self.opt.advise = False  # nor is there a user to advise (a diverging episode is routine here)
         first = self._eval()
         ref = self.instance.loss_reference
         self.l_init = max(first, self.loss_floor * ref) if math.isfinite(first) else ref

@@ -156,3 +156,40 @@ def test_a_run_past_total_steps_is_said_once(net, total, warned) -> None:
     if said:
         assert f"step {total + 1} is past total_steps={total}" in str(said[0].message)
         assert said[0].filename == __file__, "the warning points at the loop's opt.step"
+
+
+@pytest.mark.parametrize("how", ["step()", "step(loss=...)", "record_loss", "step(closure)", "turned off"])
+def test_a_loop_that_never_gives_the_loss_is_told_once(net, how) -> None:
+    """Without the loss chuck's loss monitors, spike guardrail and the policy's loss inputs are blind
+    (experiments/loss_blind.py: the default 1.44x worse); the first decision says so, once, at the
+    loop's opt.step line. Every way of giving the loss keeps it quiet, and so does turning it off."""
+    import warnings
+
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "default", model=net, history=False, total_steps=60)
+    opt.advise = how != "turned off"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(60):
+            x, y = batch(step)
+
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                out = F.cross_entropy(net(x), y)
+                out.backward()
+                return out
+
+            if how == "step(closure)":
+                opt.step(closure)
+                continue
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            if how == "record_loss":
+                opt.record_loss(loss)
+            opt.step(loss=loss) if how == "step(loss=...)" else opt.step()
+            opt.zero_grad()
+    said = [w for w in caught if "steps and no loss" in str(w.message)]
+    assert len(opt.decisions) >= 3
+    assert len(said) == (1 if how == "step()" else 0)
+    if said:
+        assert "20 steps and no loss" in str(said[0].message) and "opt.step(loss=loss)" in str(said[0].message)
+        assert said[0].filename == __file__, "the warning points at the loop's opt.step"

@@ -139,6 +139,7 @@ def _make_arm(spec: RunSpec, inst: Any) -> tuple[Any, Any]:
         import chuck
 
         opt = chuck.ChuckOptimizer(base, policy=spec.policy, model=inst.model, total_steps=steps, history=False)
+        opt.advise = False  # a benchmark run is nobody's loop: a diverging arm is a result, not advice
         return opt, None
     raise ValueError(f"unknown arm {arm!r}")
 

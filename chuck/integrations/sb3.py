@@ -76,6 +76,9 @@ class ChuckSB3Callback(BaseCallback):
                 opt = opt.optimizer
             if not isinstance(opt, ChuckOptimizer):  # (one the user wrapped themselves is kept as it is)
                 opt = ChuckOptimizer(opt, self.chuck_policy, model=net, **kwargs)
+                # SB3 computes its losses inside train(): the only loss chuck gets is the regret, and only
+                # with return_range once episodes have ended (module doc); nothing a user could change
+                opt.advise = False
             net.optimizer = opt
             self.optimizers.append(opt)
         if not self.optimizers:

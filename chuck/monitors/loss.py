@@ -126,6 +126,11 @@ class LossMonitor(Monitor):
         self._cache = None
 
     @property
+    def losses_seen(self) -> int:
+        """How many training losses the run has reported so far (0: every step came without one)."""
+        return self._steps
+
+    @property
     def history(self) -> int:
         """How many recent training losses the window holds."""
         return len(self._log_losses)

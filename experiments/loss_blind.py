@@ -1,0 +1,111 @@
+"""What a policy loses when the training loop never gives chuck the loss (``opt.step()``).
+
+The README's loop calls ``opt.step(loss=loss)``; the plainest PyTorch loop calls ``opt.step()``. Without
+the loss chuck's loss monitors, its spike guardrail and every loss input of the policy read nothing.
+This trains the same instances twice through the deployment path (``ChuckOptimizer``, the zoo's loop,
+validation every 20 steps through ``observe``, the task's budget as ``total_steps``), once with the
+loss and once with a loop that drops it, and prints the paired ratio of final validation losses
+(blind / with the loss), overall and per family. One torch thread per worker.
+
+    python experiments/loss_blind.py --tasks validation --seeds 0,1 --out docs/results/loss_blind.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LRS = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class _DropsTheLoss:
+    """The plain loop's view of the optimizer: ``step()`` whatever the caller had."""
+
+    def __init__(self, opt: Any) -> None:
+        self._opt = opt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._opt, name)
+
+    def step(self, *args: Any, loss: Any = None, **kwargs: Any) -> Any:
+        return self._opt.step()
+
+
+def run(job: tuple[str, int, float, str, str]) -> dict[str, Any]:
+    task_id, seed, lr, policy, mode = job
+    import torch
+
+    torch.set_num_threads(1)
+    import chuck
+    from chuck.evaluation.runs import EVAL_EVERY, instance_config, steps_for
+    from chuck.zoo import get_task, loop
+
+    task = get_task(task_id)
+    cfg = instance_config(task, seed)
+    cfg.lr = lr
+    torch.manual_seed(cfg.seed)
+    inst = task.build(cfg)
+    steps = steps_for(task, 1.0)
+    opt = chuck.ChuckOptimizer(inst.optimizer, policy=policy, model=inst.model, total_steps=steps, history=False)
+    opt.advise = False  # blind on purpose
+    res = loop.train(inst, opt if mode == "loss" else _DropsTheLoss(opt), steps, eval_every=EVAL_EVERY, observe=True)
+    final = res.val_losses[-1] if res.val_steps and res.val_steps[-1] == steps else loop.evaluate(inst, opt)
+    return {"task_id": task_id, "family": task.family, "seed": seed, "lr": lr, "mode": mode, "final_loss": final}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="validation")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--policy", default="default")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    from chuck.evaluation.runner import resolve_task_spec
+
+    tasks = [t.id for t in resolve_task_spec(args.tasks)]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs = [(t, s, lr, args.policy, m) for t in tasks for s in seeds for lr in LRS for m in ("loss", "blind")]
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = list(pool.map(run, jobs))
+    final = {(r["task_id"], r["seed"], r["lr"], r["mode"]): r["final_loss"] for r in rows}
+    logs, by_family = [], defaultdict(list)
+    for r in rows:
+        if r["mode"] != "loss":
+            continue
+        a, b = r["final_loss"], final[(r["task_id"], r["seed"], r["lr"], "blind")]
+        x = math.log(max(b, 1e-12) / max(a, 1e-12)) if math.isfinite(a) and math.isfinite(b) else math.log(100.0)
+        logs.append(x)
+        by_family[r["family"]].append(x)
+    arr = np.array(logs)
+    rng = np.random.default_rng(0)
+    boot = [float(np.exp(rng.choice(arr, arr.size).mean())) for _ in range(1000)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    summary = {
+        "runs": int(arr.size),
+        "geo_ratio_blind_over_loss": float(np.exp(arr.mean())),
+        "ci95": [float(lo), float(hi)],
+        "blind_worse_by_5pct": int((arr > math.log(1.05)).sum()),
+        "blind_better_by_5pct": int((arr < -math.log(1.05)).sum()),
+        "per_family": {f: float(np.exp(np.mean(v))) for f, v in sorted(by_family.items())},
+    }
+    print(
+        f"{args.policy} on {args.tasks} (seeds {args.seeds}, lrs {LRS}): final loss blind / with the loss, geo-mean "
+        f"{summary['geo_ratio_blind_over_loss']:.3f} [{lo:.3f}, {hi:.3f}] over {arr.size} runs; worse by > 5% in "
+        f"{summary['blind_worse_by_5pct']}, better in {summary['blind_better_by_5pct']}"
+    )
+    for f, g in summary["per_family"].items():
+        print(f"  {f:32s} {g:.3f}")
+    if args.out:
+        args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
