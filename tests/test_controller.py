@@ -234,3 +234,35 @@ def test_a_shared_policy_that_cannot_be_copied_is_refused_with_the_reason() -> N
 
     gc.collect()
     chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy, history=False)
+
+
+def _blind_or_not(policy: str, give_loss: bool) -> tuple[torch.nn.Module, chuck.ChuckOptimizer]:
+    import torch.nn.functional as F
+
+    from tests.conftest import batch, make_net
+
+    torch.manual_seed(0)
+    net = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(net.parameters(), lr=1e-3), policy, model=net, history=False, total_steps=100)
+    opt.advise = False
+    for step in range(100):
+        x, y = batch(step)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step(loss=loss) if give_loss else opt.step()
+        opt.zero_grad()
+    return net, opt
+
+
+def test_a_learned_residual_stands_aside_in_a_run_that_reports_no_loss() -> None:
+    """The default's residual never saw a run without training losses; in one (the loop calls step()) its
+    prior decides alone: the run is the prior's, bit for bit, and each decision says why."""
+    blind, opt = _blind_or_not("default", give_loss=False)
+    prior, _ = _blind_or_not(opt.controller.policy.card["prior"], give_loss=False)
+    assert all(torch.equal(a, b) for a, b in zip(blind.parameters(), prior.parameters()))
+    assert len(opt.decisions) == 5 and {d.source for d in opt.decisions} == {"fallback"}
+    assert all("the learned residual stands aside, its prior decided" in d.reason for d in opt.decisions)
+    # with the loss the residual acts (the same run otherwise): other decisions, taken by the policy
+    _, seeing = _blind_or_not("default", give_loss=True)
+    assert {d.source for d in seeing.decisions} == {"policy"}
+    assert [d.hyperparameters for d in seeing.decisions] != [d.hyperparameters for d in opt.decisions]
