@@ -155,10 +155,13 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
     obs_dim, act_dim = len(obs_spec.names), len(act_spec.dims)
     check_weights_match(tensors, card, str(path), obs_dim, act_dim)
     arch, norm = card["architecture"], card["normalization"]
-    nets = [
-        ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
-        for _ in range(arch["members"])
-    ]
+    # the layers' random initialization is overwritten by the weights below, but drawing it would move
+    # the caller's global RNG: a run would see other batches and dropout masks for having loaded chuck
+    with torch.random.fork_rng(devices=[]):
+        nets = [
+            ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
+            for _ in range(arch["members"])
+        ]
     actor: ActorNetwork | ActorEnsemble = nets[0] if len(nets) == 1 else ActorEnsemble(nets)
     try:
         actor.load_state_dict(tensors, strict=True)

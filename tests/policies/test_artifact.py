@@ -138,3 +138,18 @@ def test_a_missing_path_is_named_as_a_path(spec, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(chuck.PolicyLoadError, match="no policy directory at .*missing.*: nothing exists there"):
         chuck.load_policy(spec)
+
+
+def test_loading_a_learned_policy_leaves_the_global_rng_where_it_was() -> None:
+    """Building the actor draws a random initialization (then overwritten): drawn from the caller's global
+    RNG, wrapping an optimizer in the default policy changed which batches and dropout masks the run saw."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    params = torch.nn.Linear(2, 1).parameters()
+    for load in (
+        lambda: chuck.load_policy("default"),
+        lambda: chuck.ChuckOptimizer(torch.optim.SGD(params, lr=0.1), "default", history=False),
+    ):
+        torch.manual_seed(0)
+        load()
+        assert torch.equal(torch.rand(3), expected)
