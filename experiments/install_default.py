@@ -20,6 +20,12 @@ split summaries it was reported on.
 
 (the installed card's ``residual.why`` holds the note and ``residual.snapshot`` the snapshot used for
 the shipped default; the exact command of the current one is in docs/results.md.)
+
+``--update-card`` re-reports the installed default without touching its weights (their checksum, and
+so every evaluation's record of which policy it measured, stay as they are): the card's test figures
+are replaced by the given ``--test-summary`` files and ``--note`` is appended to ``residual.why``.
+For figures re-measured after a change around the policy (a guardrail, the loader), not for a new
+policy.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from chuck.policies.artifact import load_artifact, save_artifact
+from chuck.policies.artifact import CARD, load_artifact, save_artifact
 from chuck.policies.card import KNOWN_PRIORS
 from chuck.policies.prior import LATEST
 
@@ -41,12 +47,15 @@ KEEP = ("name", "interval", "prior", "architecture", "training")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--snapshot", required=True, help="a PPO snapshot (its network shape and normalization are kept)")
+    ap.add_argument("--snapshot", help="a PPO snapshot (its network shape and normalization are kept)")
     ap.add_argument(
         "--selection",
         action="append",
-        required=True,
+        default=[],
         help="chuck evaluate summary.json of the validation comparison (repeatable: with and without observe)",
+    )
+    ap.add_argument(
+        "--update-card", action="store_true", help="keep the installed weights; replace the card's test figures, append --note"
     )
     ap.add_argument(
         "--test-summary", action="append", default=[], help="chuck evaluate summary.json on the test split (repeatable)"
@@ -57,6 +66,11 @@ def main() -> None:
     )
     ap.add_argument("--note", default="", help="why this default (goes into the card)")
     args = ap.parse_args()
+    if args.update_card:
+        update_card(args.test_summary, args.note)
+        return
+    if not args.snapshot or not args.selection:
+        ap.error("--snapshot and --selection are required (except with --update-card)")
     snap = load_artifact(args.snapshot)
     actor = snap.actor
     where = str(Path(args.snapshot).relative_to(ROOT)) if Path(args.snapshot).is_absolute() else args.snapshot
@@ -92,6 +106,22 @@ def main() -> None:
     save_artifact(actor, TARGET, card)
     load_artifact(TARGET)
     print(f"installed the default ({args.residual} residual on {args.prior}) -> {TARGET}")
+
+
+def update_card(test_summaries: list[str], note: str) -> None:
+    """The installed default's card with new test figures and a note; its weights untouched."""
+    if not test_summaries or not note:
+        raise SystemExit("--update-card needs --test-summary (one or more) and --note (what changed, why)")
+    path = TARGET / CARD
+    card = json.loads(path.read_text())
+    card["evaluation"]["test"] = {}
+    for summary in test_summaries:
+        card["evaluation"]["test"].update(_headlines(summary))
+    residual = card.setdefault("residual", {})
+    residual["why"] = f"{residual.get('why', '')} {note}".strip()
+    path.write_text(json.dumps(card, indent=2, sort_keys=True, default=float))  # as save_artifact writes it
+    load_artifact(TARGET)  # still a valid artifact: the checksum of the untouched weights holds
+    print(f"updated the card of {TARGET}: test figures from {', '.join(test_summaries)}")
 
 
 def _headlines(summary_json: str) -> dict[str, dict[str, float]]:
