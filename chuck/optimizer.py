@@ -606,20 +606,16 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 f"accept_level_shift: loss {loss_v:.4g} stayed above {g.config.spike_factor:g} x the old median "
                 f"{g.config.max_rollbacks_in_a_row} times in a row; spike reference reset, lr multiplier restored"
             )
-        elif action is Action.ROLLBACK_SPIKE:
+        elif action in (Action.ROLLBACK_SPIKE, Action.ROLLBACK_NONFINITE):
             g.restore(params, self.optimizer)
             spec.backoff(g.config.backoff)
-            reason = (
-                f"rollback_spike: loss {loss_v:.4g} > {g.config.spike_factor:g} x median "
-                f"{self.loss_monitor.median_loss():.4g}; restored step {g.snapshot_step}"
+            why = (
+                f"loss {loss_v:.4g} > {g.config.spike_factor:g} x median {self.loss_monitor.median_loss():.4g}"
+                if action is Action.ROLLBACK_SPIKE
+                else f"loss={loss_v}, grad_norm={gnorm_v}, non-finite {g.nonfinite_in_a_row} steps in a row (the weights "
+                "themselves may overflow)"
             )
-        elif action is Action.ROLLBACK_NONFINITE:
-            g.restore(params, self.optimizer)
-            spec.backoff(g.config.backoff)
-            reason = (
-                f"rollback_nonfinite: loss={loss_v}, grad_norm={gnorm_v}, non-finite {g.nonfinite_in_a_row} steps in a "
-                f"row (the weights themselves may overflow); restored step {g.snapshot_step}"
-            )
+            reason = f"{action.value}: {why}; restored step {g.snapshot_step}"
         else:
             spec.backoff(g.config.backoff)
             reason = f"{action.value}: loss={loss_v}, grad_norm={gnorm_v}; step skipped, weights untouched"

@@ -22,15 +22,7 @@ from pathlib import Path
 
 from chuck.evaluation.resolution import DEFAULT_EPS, plot_replays, replay_references
 from chuck.evaluation.runner import resolve_task_spec
-from chuck.evaluation.stats import ArmStats
-
-
-def _line(name: str, s: ArmStats) -> str:
-    harm = "" if s.harm_rate is None else f"  harm > 1.05 {s.harm_rate:.0%}, worst {s.worst_harm:.3g}"
-    return (
-        f"{name:34s} {s.runs:4d}  median {s.median_regret:.3f} [{s.median_regret_ci[0]:.3f}, {s.median_regret_ci[1]:.3f}]"
-        f"  geo {s.geo_regret:.3f} [{s.geo_regret_ci[0]:.3f}, {s.geo_regret_ci[1]:.3f}]  within 10% {s.within_10pct:.0%}{harm}"
-    )
+from chuck.evaluation.stats import stats_line
 
 
 def main() -> None:
@@ -51,13 +43,13 @@ def main() -> None:
     )
     for m in res.mismatches:
         print("  NOT REPRODUCED:", m)
-    print(_line("oracle winner replayed (regret)", res.oracle))
+    print(stats_line("oracle winner replayed (regret)", res.oracle))
     if res.tuned is not None:
-        print(_line("tuned-lr AdamW replayed (harm)", res.tuned))
+        print(stats_line("tuned-lr AdamW replayed (harm)", res.tuned))
         harm = [r["ratio"] for r in res.rows if r["reference"] == "tuned"]
         print(f"{'':34s} harm > 1.2: {sum(h > 1.2 for h in harm)} of {len(harm)} probes")
     for fam, s in res.per_family.items():
-        print(_line("  " + fam, s))
+        print(stats_line("  " + fam, s))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         doc = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "tasks": args.tasks, "seeds": seeds}

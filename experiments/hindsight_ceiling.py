@@ -23,15 +23,7 @@ import polars as pl
 
 from chuck.evaluation.hindsight import hindsight_stats, rows_from_cache
 from chuck.evaluation.runner import resolve_task_spec
-from chuck.evaluation.stats import ArmStats, arm_stats
-
-
-def _line(name: str, s: ArmStats) -> str:
-    (mlo, mhi), (glo, ghi) = s.median_regret_ci, s.geo_regret_ci
-    return (
-        f"  {name:40s} {s.runs:4d} runs  median {s.median_regret:.3f} [{mlo:.3f}, {mhi:.3f}]"
-        f"  geo {s.geo_regret:.3f} [{glo:.3f}, {ghi:.3f}]  within 10% {s.within_10pct:4.0%}"
-    )
+from chuck.evaluation.stats import ArmStats, arm_stats, stats_line
 
 
 def main() -> None:
@@ -52,7 +44,7 @@ def main() -> None:
     stats = hindsight_stats(rows)
     print(f"{args.tasks}, seeds {args.seeds}: {len(tasks) * len(seeds)} instances")
     for name, s in stats.items():
-        print(_line(f"hindsight: {name}", s))
+        print(stats_line(f"hindsight: {name}", s, 40))
     arms: dict[str, ArmStats] = {}
     if args.rows:
         main_rows = [
@@ -72,7 +64,7 @@ def main() -> None:
             if not mine:
                 raise SystemExit(f"{args.rows} has no main rows of {arm!r} on these instances")
             arms[arm] = arm_stats(mine, None)
-            print(_line(arm, arms[arm]))
+            print(stats_line(arm, arms[arm], 40))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         blob = {

@@ -185,6 +185,17 @@ class Summary:
         return lines
 
 
+def stats_line(name: str, s: ArmStats, width: int = 34) -> str:
+    """One line of an arm's figures for a terminal: runs, median and geo-mean with intervals, within 10%
+    (and the harm rate and worst harm when it has harm probes)."""
+    harm = "" if s.harm_rate is None else f"  harm > 1.05 {s.harm_rate:.0%}, worst {s.worst_harm:.3g}"
+    (mlo, mhi), (glo, ghi) = s.median_regret_ci, s.geo_regret_ci
+    return (
+        f"{name:{width}s} {s.runs:4d} runs  median {s.median_regret:.3f} [{mlo:.3f}, {mhi:.3f}]"
+        f"  geo {s.geo_regret:.3f} [{glo:.3f}, {ghi:.3f}]  within 10% {s.within_10pct:4.0%}{harm}"
+    )
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0%}"
 
