@@ -206,12 +206,14 @@ class Controller:
         return loss is not None and getattr(loss, "losses_seen", 1) == 0
 
     def _prior_answer(self, obs: np.ndarray) -> PolicyAnswer:
+        """The policy's own prior decides: still the policy (its built-in part), not a fallback to another rule."""
         prior = self.policy.prior
+        self.policy.check_observation(obs)  # the policy's size check, as its act() would make it
         action = np.asarray(prior.act(obs.copy()), dtype=np.float64).reshape(-1)
         if action.shape != (len(self.action_spec.dims),) or not np.all(np.isfinite(action)):
             return self._hold(f"the prior returned {action!r}", failed=True)
         why = "no training loss reported (step() without loss=): the learned residual stands aside, its prior decided"
-        return PolicyAnswer(action, "fallback", why, _per_dimension(prior.explain(obs), action, self.action_spec.dims))
+        return PolicyAnswer(action, "policy", why, _per_dimension(prior.explain(obs), action, self.action_spec.dims))
 
     def _out_of_distribution(self, obs: np.ndarray) -> list[str]:
         check = getattr(self.policy, "out_of_distribution", None)

@@ -67,7 +67,8 @@ def load_policy(name_or_path: str | Path) -> Policy:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _load_dir(path)
-    if isinstance(name_or_path, Path) or any(c in name_or_path for c in "/\\") or name_or_path.startswith((".", "~")):
+    spelled = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or any(c in spelled for c in "/\\") or spelled.startswith((".", "~")):
         raise PolicyLoadError(f"no policy directory at {str(path)!r}: nothing exists there")
     raise PolicyLoadError(
         f"unknown policy {str(name_or_path)!r}: use one of {BUILTIN + ('default',)}, a path to an exported "

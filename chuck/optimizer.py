@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import numbers
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -556,7 +557,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             "Call opt.step(loss=loss) or opt.step(closure), or opt.record_loss(loss) before a step() you do not "
             "call yourself (GradScaler.step, a framework's loop).",
             RuntimeWarning,
-            stacklevel=5,  # the loop's opt.step(...)
+            stacklevel=_caller_level(),  # the loop's opt.step(...)
         )
 
     def _past_budget(self) -> None:
@@ -568,7 +569,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             "Pass the number of optimizer steps the run will take (with gradient accumulation: the number of "
             "step() calls, not of batches).",
             RuntimeWarning,
-            stacklevel=5,  # the loop's opt.step(...)
+            stacklevel=_caller_level(),  # the loop's opt.step(...)
         )
 
     def _check_scaler(self) -> None:
@@ -629,18 +630,19 @@ class ChuckOptimizer(torch.optim.Optimizer):
         usually not the step size (the lr has been halved at each of those steps)."""
         if not self._advising("nonfinite"):
             return
-        tried = (
-            f"rolling back to the snapshot of step {g.snapshot_step} did not help"
-            if g.nonfinite_rolled_back
-            else "there was no snapshot to roll back to yet"
-        )
+        if g.nonfinite_rolled_back:
+            tried = f"the weights went back to the snapshot of step {g.snapshot_step} once, which did not help"
+        elif g.has_snapshot:
+            tried = "no rollback was tried yet"
+        else:
+            tried = "there was no snapshot to roll back to yet"
         warnings.warn(
             f"chuck: the last {NONFINITE_WARN_AFTER} steps all had a non-finite loss or gradient norm and were "
-            f"skipped (weights untouched; the lr multiplier is down to x{self.action_spec.lr_mult:.3g}); {tried}. "
+            f"skipped (the lr multiplier is down to x{self.action_spec.lr_mult:.3g}); {tried}. "
             "If the loss is non-finite at any lr, look at the loss or the data (log of 0, division by 0, NaN "
             "inputs); if the weights overflowed in the first steps, start from a lower lr.",
             RuntimeWarning,
-            stacklevel=5,  # the loop's opt.step(...)
+            stacklevel=_caller_level(),  # the loop's opt.step(...)
         )
 
     def _arm_if_due(self) -> None:
@@ -824,9 +826,20 @@ def _whole_number(name: str, value: Any, minimum: int) -> int | None:
     return int(value)
 
 
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside chuck: the user's ``opt.step``
+    line, however many of chuck's own frames lie between (a closure-driven step adds one)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "chuck":
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
 def _reported_number(name: str, value: Any) -> float:
     """One number reported to :meth:`ChuckOptimizer.observe`: a real Python or numpy number, or a
-    one-element real tensor. ``float()`` would also take ``"0.5"`` and ``True`` without a word, and
+    one-element real tensor or array. ``float()`` would also take ``"0.5"`` and ``True`` without a word, and
     a per-sample tensor with torch's message about "one element tensors"."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
@@ -836,7 +849,13 @@ def _reported_number(name: str, value: Any) -> float:
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
         return float(value.detach())
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(
+                f"{name} must be one number (e.g. the mean over the validation set), got an array of shape {tuple(value.shape)}"
+            )
+        value = value.reshape(())[()]  # its one element, as a numpy scalar: checked below like any number
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     return float(value)
 

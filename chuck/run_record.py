@@ -102,7 +102,7 @@ def _write(opt: Any, target: bool | str, info: dict[str, Any]) -> str | None:
         record = record_from_optimizer(opt, **info)
         directory = target if isinstance(target, str) else None
         return str(write_record(record, directory))
-    except ImportError:  # polars is not installed: say so once per process, not at every exit
+    except ModuleNotFoundError:  # polars is not installed: say so once per process, not at every exit
         report_polars_missing_once()
     except Exception as exc:  # noqa: BLE001 - a history failure must never break the user's run
         warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=4)

@@ -14,15 +14,15 @@ instances are printed beside them (their main runs, every starting lr).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 
-import polars as pl
-
 from chuck.evaluation.hindsight import hindsight_stats, rows_from_cache
 from chuck.evaluation.runner import resolve_task_spec
+from chuck.evaluation.schedule import parse_row
 from chuck.evaluation.stats import ArmStats, arm_stats, stats_line
 
 
@@ -37,21 +37,21 @@ def main() -> None:
     args = ap.parse_args()
     tasks = resolve_task_spec(args.tasks)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows, missing = rows_from_cache(tasks, seeds, args.budget_scale)
+    rows, missing, incomplete = rows_from_cache(tasks, seeds, args.budget_scale)
     oracles = {(r["task_id"], r["seed"]): r["oracle_loss"] for r in rows}
     if missing:
-        raise SystemExit(f"no complete oracle sweep cached for {missing}: run chuck evaluate on them first")
+        raise SystemExit(f"no oracle sweep cached for {missing}: run chuck evaluate on them first")
+    if incomplete:
+        print(f"runs the cache lacks (crashed, or not run yet), left out: {'; '.join(incomplete)}")
     stats = hindsight_stats(rows)
     print(f"{args.tasks}, seeds {args.seeds}: {len(tasks) * len(seeds)} instances")
     for name, s in stats.items():
         print(stats_line(f"hindsight: {name}", s, 40))
     arms: dict[str, ArmStats] = {}
     if args.rows:
-        main_rows = [
-            {**r, "regret": float(r["regret"]), "diverged": r["diverged"] == "True", "error": bool(r["error"])}
-            for r in pl.read_csv(args.rows, infer_schema_length=0).filter(pl.col("kind") == "main").to_dicts()
-            if (r["task_id"], int(r["seed"])) in oracles
-        ]
+        with open(args.rows, newline="") as f:
+            parsed = [parse_row(raw) for raw in csv.DictReader(f)]
+        main_rows = [r for r in parsed if r is not None and r["kind"] == "main" and (r["task_id"], r["seed"]) in oracles]
         stale = {
             (r["task_id"], r["seed"])
             for r in main_rows

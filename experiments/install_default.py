@@ -32,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -114,13 +117,21 @@ def update_card(test_summaries: list[str], note: str) -> None:
         raise SystemExit("--update-card needs --test-summary (one or more) and --note (what changed, why)")
     path = TARGET / CARD
     card = json.loads(path.read_text())
-    card["evaluation"]["test"] = {}
+    test: dict[str, dict[str, float]] = {}
     for summary in test_summaries:
-        card["evaluation"]["test"].update(_headlines(summary))
+        test.update(_headlines(summary))
+    card.setdefault("evaluation", {})["test"] = test
     residual = card.setdefault("residual", {})
     residual["why"] = f"{residual.get('why', '')} {note}".strip()
-    path.write_text(json.dumps(card, indent=2, sort_keys=True, default=float))  # as save_artifact writes it
-    load_artifact(TARGET)  # still a valid artifact: the checksum of the untouched weights holds
+    # the new card is checked as a whole artifact (beside the untouched weights) before it replaces the old
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "artifact"
+        shutil.copytree(TARGET, trial)
+        (trial / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=float))  # as save_artifact writes it
+        load_artifact(trial)
+        staged = path.with_name(path.name + ".new")  # beside the card: the replace below is atomic
+        shutil.copyfile(trial / CARD, staged)
+        os.replace(staged, path)
     print(f"updated the card of {TARGET}: test figures from {', '.join(test_summaries)}")
 
 

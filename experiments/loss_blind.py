@@ -81,7 +81,10 @@ def main() -> None:
         if r["mode"] != "loss":
             continue
         a, b = r["final_loss"], final[(r["task_id"], r["seed"], r["lr"], "blind")]
-        x = math.log(max(b, 1e-12) / max(a, 1e-12)) if math.isfinite(a) and math.isfinite(b) else math.log(100.0)
+        if math.isfinite(a) and math.isfinite(b):
+            x = math.log(max(b, 1e-12) / max(a, 1e-12))
+        else:  # a diverged run counts as 100x worse than the other; two diverged runs as level
+            x = math.log(100.0) * (int(not math.isfinite(b)) - int(not math.isfinite(a)))
         logs.append(x)
         by_family[r["family"]].append(x)
     arr = np.array(logs)

@@ -260,9 +260,9 @@ def test_a_learned_residual_stands_aside_in_a_run_that_reports_no_loss() -> None
     blind, opt = _blind_or_not("default", give_loss=False)
     prior, _ = _blind_or_not(opt.controller.policy.card["prior"], give_loss=False)
     assert all(torch.equal(a, b) for a, b in zip(blind.parameters(), prior.parameters()))
-    assert len(opt.decisions) == 5 and {d.source for d in opt.decisions} == {"fallback"}
+    assert len(opt.decisions) == 5 and {d.source for d in opt.decisions} == {"policy"}  # its own prior: still the policy
     assert all("the learned residual stands aside, its prior decided" in d.reason for d in opt.decisions)
     # with the loss the residual acts (the same run otherwise): other decisions, taken by the policy
     _, seeing = _blind_or_not("default", give_loss=True)
-    assert {d.source for d in seeing.decisions} == {"policy"}
+    assert {d.source for d in seeing.decisions} == {"policy"} and not any("stands aside" in d.reason for d in seeing.decisions)
     assert [d.hyperparameters for d in seeing.decisions] != [d.hyperparameters for d in opt.decisions]

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -250,6 +251,40 @@ def test_runs_collected_while_a_record_is_written_keep_their_records(tmp_path) -
     assert out.returncode == 0, out.stderr
     assert "RuntimeWarning" not in out.stderr, out.stderr
     assert len(list(tmp_path.glob("run-*.parquet"))) == 4
+
+
+def test_a_run_ending_inside_another_runs_record_write_is_written_after_it(tmp_path, monkeypatch) -> None:
+    """The same, in-process and deterministic: a run ends (as a finalizer would end it) while another run's
+    record is being written. A write started inside a write fails here (injected: what half-imported
+    modules do); the guard makes the inner run wait for the outer write instead."""
+    import chuck.history
+
+    runs = []
+    for _ in range(2):
+        model = make_net()
+        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, history=str(tmp_path))
+        run_steps(model, opt, 0, 5)
+        runs.append(opt)
+    first, second = runs
+    real, writing = chuck.history.write_record, []
+
+    def write_record(record, directory=None):
+        if writing:
+            raise ImportError("cannot import name 'DataFrame' from partially initialized module 'polars'")
+        writing.append(record)
+        try:
+            if len(writing) == 1:
+                second.close()  # the collector finalizes the other run in the middle of this write
+            return real(record, directory)
+        finally:
+            writing.pop()
+
+    monkeypatch.setattr(chuck.history, "write_record", write_record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "could not write" warning either
+        first.close()
+    assert first.history_path and second.history_path and first.history_path != second.history_path
+    assert len(list(tmp_path.glob("run-*.parquet"))) == 2
 
 
 # -- 12. no polars: one message at most ----------------------------------------------

@@ -110,8 +110,14 @@ def test_observe_takes_numbers_and_says_what_else_it_got(net) -> None:
     with pytest.raises(TypeError, match="accuracy must be a number"):
         opt.observe(val_loss=0.4, accuracy=[0.9])
     assert opt.metrics == {}  # a refused report changes nothing, its valid part included
-    opt.observe(val_loss=torch.tensor([[0.5]]), accuracy=np.float32(0.75), epoch=3)
-    assert opt.metrics == {"val_loss": 0.5, "accuracy": 0.75, "epoch": 3.0}
+    with pytest.raises(ValueError, match=r"val_loss must be one number .* an array of shape \(3,\)"):
+        opt.observe(val_loss=np.ones(3))
+    with pytest.raises(TypeError, match="val_loss must be a number, got complex"):
+        opt.observe(val_loss=np.array(0.5j))
+    opt.observe(val_loss=torch.tensor([[0.5]]), accuracy=np.float32(0.75), epoch=3, top5=np.array(0.25))
+    assert opt.metrics == {"val_loss": 0.5, "accuracy": 0.75, "epoch": 3.0, "top5": 0.25}
+    opt.observe(val_loss=np.array([0.125]))  # a one-element array, as metric code returns
+    assert opt.metrics["val_loss"] == 0.125
 
 
 def test_add_param_group_is_followed(net) -> None:
@@ -193,3 +199,24 @@ def test_a_loop_that_never_gives_the_loss_is_told_once(net, how) -> None:
     if said:
         assert "20 steps and no loss" in str(said[0].message) and "opt.step(loss=loss)" in str(said[0].message)
         assert said[0].filename == __file__, "the warning points at the loop's opt.step"
+
+
+def test_warnings_point_at_the_loop_for_a_closure_driven_optimizer_too(net) -> None:
+    """LBFGS steps run through one more of chuck's frames; the warning still names the loop's line."""
+    import warnings
+
+    opt = chuck.ChuckOptimizer(torch.optim.LBFGS(net.parameters(), lr=0.1, max_iter=2), "constant", history=False, total_steps=3)
+    x, y = batch(0)
+
+    def closure():
+        opt.zero_grad()
+        out = F.cross_entropy(net(x), y)
+        out.backward()
+        return out
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            opt.step(closure)
+    said = [w for w in caught if "past total_steps" in str(w.message)]
+    assert len(said) == 1 and said[0].filename == __file__

@@ -8,8 +8,9 @@ by one grid step (half a decade on the default grid) would have got:
 * ``tuned cosine``: AdamW + cosine at the grid lr whose cosine run ended lowest;
 * ``tuned constant``: constant AdamW at the grid lr whose run ended lowest (the harm
   reference's run);
-* ``cosine one lr step off``: AdamW + cosine at each grid neighbour of that lr (one or two
-  runs per instance).
+* ``cosine one lr step lower`` and ``cosine one lr step higher``: AdamW + cosine at the grid
+  neighbour below and above that lr (an instance whose best lr is at the edge of the grid has
+  only one of them), one run per instance each, so that every instance weighs the same.
 
 These rows put the targets on a scale. A policy that starts from an lr decades away and never
 sees the sweep competes with the first row; the first two are picked among nine runs *after*
@@ -34,13 +35,15 @@ from chuck.evaluation.stats import ArmStats, arm_stats
 
 TUNED_COSINE = "tuned cosine"
 TUNED_CONSTANT = "tuned constant"
-COSINE_STEP_OFF = "cosine one lr step off"
+COSINE_STEP_LOWER = "cosine one lr step lower"
+COSINE_STEP_HIGHER = "cosine one lr step higher"
 #: The hindsight rows, in the order they are reported.
-NAMES = (TUNED_COSINE, TUNED_CONSTANT, COSINE_STEP_OFF)
+NAMES = (TUNED_COSINE, TUNED_CONSTANT, COSINE_STEP_LOWER, COSINE_STEP_HIGHER)
 
 
 def _best(results: dict[str, dict[str, Any]], arm: str, lrs: list[float]) -> int | None:
-    """Index in ``lrs`` of ``arm``'s lowest effective loss (ties to the lower lr); ``None`` if all crashed."""
+    """Index in ``lrs`` of ``arm``'s lowest effective loss (ties to the lower lr, as
+    :func:`~chuck.evaluation.oracle.sweep_winners` picks the tuned constant lr); ``None`` if all crashed."""
     losses = [(effective_loss(results[run_id(arm, lr)]), k) for k, lr in enumerate(lrs) if run_id(arm, lr) in results]
     finite = [(v, k) for v, k in losses if math.isfinite(v)]
     return min(finite)[1] if finite else None
@@ -56,7 +59,7 @@ def instance_rows(
     sweep run crashed has no oracle and gives no row.
     """
     grid = sorted(lrs)
-    oracle, _ = sweep_winners(results, tuple(grid))
+    oracle, tuned = sweep_winners(results, tuple(grid))
     if oracle is None:
         return []
     rows = []
@@ -77,14 +80,14 @@ def instance_rows(
             }
         )
 
-    cos, const = _best(results, "cosine", grid), _best(results, "adamw", grid)
+    cos = _best(results, "cosine", grid)
     if cos is not None:
         row(TUNED_COSINE, "cosine", cos)
-        for k in (cos - 1, cos + 1):
+        for name, k in ((COSINE_STEP_LOWER, cos - 1), (COSINE_STEP_HIGHER, cos + 1)):
             if 0 <= k < len(grid) and run_id("cosine", grid[k]) in results:
-                row(COSINE_STEP_OFF, "cosine", k)
-    if const is not None:
-        row(TUNED_CONSTANT, "adamw", const)
+                row(name, "cosine", k)
+    if tuned is not None:  # the harm reference's run: the same choice of the best constant lr
+        row(TUNED_CONSTANT, "adamw", grid.index(tuned[0]))
     return rows
 
 
@@ -95,20 +98,28 @@ def hindsight_stats(rows: list[dict[str, Any]]) -> dict[str, ArmStats]:
 
 def rows_from_cache(
     tasks: Iterable[Any], seeds: Iterable[int], budget_scale: float = 1.0, oracle_lrs: tuple[float, ...] = ORACLE_LRS
-) -> tuple[list[dict[str, Any]], list[str]]:
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """The hindsight rows of every (task, seed) whose oracle sweep is cached (``$CHUCK_HOME/oracle``).
 
-    Returns ``(rows, missing)``: ``missing`` names the instances whose sweep is not complete in the
-    cache (``chuck evaluate`` on them fills it). Nothing is trained.
+    Returns ``(rows, missing, incomplete)``: ``missing`` names the instances with no cached sweep
+    (``chuck evaluate`` on them fills it); ``incomplete`` the cached ones that lack some of the sweep's
+    runs, with the runs they lack. The cache keeps no crashed run, so an instance whose sweep had a crash
+    stays incomplete however often it is evaluated: its rows come from the runs it has (a lacking
+    neighbour gives no step row), where ``chuck evaluate`` counts the crash as regret 100. Nothing is
+    trained.
     """
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
+    incomplete: list[str] = []
     for task in tasks:
         for seed in seeds:
             steps = steps_for(task, budget_scale)
             cache = OracleCache(instance_key(task, seed, budget_scale, steps, instance_config(task, seed)))
-            if any(run_id(arm, lr) not in cache.runs for arm, lr in oracle_runs(tuple(oracle_lrs))):
+            if not cache.runs:
                 missing.append(f"{task.id} seed {seed}")
                 continue
+            absent = [run_id(arm, lr) for arm, lr in oracle_runs(tuple(oracle_lrs)) if run_id(arm, lr) not in cache.runs]
+            if absent:
+                incomplete.append(f"{task.id} seed {seed} ({', '.join(absent)})")
             rows += instance_rows(cache.runs, oracle_lrs, task.id, task.family, seed)
-    return rows, missing
+    return rows, missing, incomplete

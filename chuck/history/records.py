@@ -146,7 +146,7 @@ def write_run_record(
             label=label,
         )
         return write_record(record, directory)
-    except ImportError:
+    except ModuleNotFoundError:  # not installed (a half-imported polars is a failure to say as such)
         report_polars_missing_once()
     except Exception as exc:  # noqa: BLE001 - a history failure must never break the user's run
         warnings.warn(f"chuck: could not write the run history record: {exc}", RuntimeWarning, stacklevel=2)

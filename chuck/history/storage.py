@@ -52,11 +52,12 @@ NUMERIC_OUTCOMES = {
 
 
 def polars() -> Any:
-    """The polars module, or ImportError with the install hint."""
+    """The polars module, or ModuleNotFoundError with the install hint when it is not installed (any other
+    ImportError, such as a half-imported polars, is raised as it is: it is not a missing install)."""
     try:
         import polars as pl
-    except ImportError as exc:
-        raise ImportError("chuck's run history needs polars: pip install 'chuck[all]'") from exc
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("chuck's run history needs polars: pip install 'chuck[all]'", name="polars") from exc
     return pl
 
 

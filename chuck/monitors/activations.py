@@ -89,6 +89,8 @@ class ActivationMonitor(Monitor):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if name in self._current or not _module.training or not isinstance(output, torch.Tensor) or output.dim() < 1:
                 return  # one capture per module per arming; evaluation passes (eval mode) are not sampled
+            if output.is_complex():
+                return  # dead units and saturation are statistics of real activations: a complex one is not sampled
             with torch.no_grad():
                 x = output.detach()
                 # Units: channels (dim 1) of image-like (N, C, H, W[, D]) tensors and of Conv1d

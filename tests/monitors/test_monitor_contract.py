@@ -101,11 +101,12 @@ def test_every_monitor_reads_complex_parameters_as_real_pairs(base) -> None:
 
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.complex(torch.zeros(64), torch.randn(64)))
-    opt = chuck.ChuckOptimizer(base([p], lr=1e-2), "default", history=False, total_steps=60)
+    squash = torch.nn.Tanh()  # a complex activation too: the activation monitor leaves it unsampled
+    opt = chuck.ChuckOptimizer(base([p], lr=1e-2), "default", model=squash, history=False, total_steps=60)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*complex.*")
         for _ in range(60):
-            loss = (p.imag - 1).pow(2).mean()
+            loss = (squash(p).imag - 0.5).pow(2).mean()
             loss.backward()
             opt.step(loss=loss)
             opt.zero_grad()

@@ -133,7 +133,12 @@ def test_unknown_name() -> None:
         chuck.load_policy("definitely-not-a-policy")
 
 
-@pytest.mark.parametrize("spec", ["runs/missing-policy", "./missing", "~/missing-policy"])
+class _PathLike:
+    def __fspath__(self) -> str:
+        return "missing-policy-dir"
+
+
+@pytest.mark.parametrize("spec", ["runs/missing-policy", "./missing", "~/missing-policy", Path("missing"), _PathLike()])
 def test_a_missing_path_is_named_as_a_path(spec, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(chuck.PolicyLoadError, match="no policy directory at .*missing.*: nothing exists there"):
