@@ -21,6 +21,7 @@ is published on every param group under :data:`EFFECTIVE_LR_KEY`
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,8 +79,17 @@ class Knob:
     def __post_init__(self) -> None:
         if self.follows not in ACTION_DIMS:
             raise ValueError(f"knob {self.name!r}: follows={self.follows!r} is not one of {ACTION_DIMS}")
-        if not (self.low <= self.value <= self.high) or self.low <= 0:
-            raise ValueError(f"knob {self.name!r}: need 0 < low <= value <= high, got {self.low}, {self.value}, {self.high}")
+        for field_name in ("value", "low", "high"):
+            v = getattr(self, field_name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise TypeError(f"knob {self.name!r}: {field_name} must be a finite number, got {v!r}")
+        if self.low <= 0:
+            raise ValueError(
+                f"knob {self.name!r}: low must be > 0, got {self.low}: chuck moves a knob multiplicatively (in log "
+                "space), so it can never reach 0; for a knob that may be off, give a small positive low (e.g. 1e-3)"
+            )
+        if not (self.low <= self.value <= self.high):
+            raise ValueError(f"knob {self.name!r}: need low <= value <= high, got {self.low}, {self.value}, {self.high}")
 
 
 @dataclass

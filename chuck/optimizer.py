@@ -241,8 +241,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.history_path: str | None = None
         self._closed = False
         #: Say once a run (as a RuntimeWarning at the loop's ``opt.step``) what needs the user's attention:
-        #: no step has come with its loss by the first decision, or every step has been non-finite for a
-        #: while. Runs that are nobody's loop (meta-training episodes, benchmark runs) and integrations
+        #: no step has come with its loss by the first decision, every step has been non-finite for a
+        #: while, or the run goes on after ``close()``. Runs that are nobody's loop (meta-training episodes, benchmark runs) and integrations
         #: that cannot give the loss turn it off.
         self.advise = True
         self._advised: set[str] = set()
@@ -397,6 +397,13 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def _run_step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
         self._calls += 1
+        if self._closed and self._advising("closed"):
+            warnings.warn(
+                "chuck: step() after close(): the run's history record was written when it closed and leaves out "
+                "these steps; for a new run, wrap the base optimizer again (opt.optimizer)",
+                RuntimeWarning,
+                stacklevel=_caller_level(),
+            )
         self._check_scaler()
         if self._closure_driven:
             return self._closure_step(closure)

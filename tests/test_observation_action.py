@@ -86,6 +86,11 @@ def test_knobs_follow_their_dimension() -> None:
         Knob("x", 0.5, 0.1, 1.0, follows="momentum")
     with pytest.raises(ValueError, match="low <= value"):
         Knob("x", 2.0, 0.1, 1.0)
+    with pytest.raises(ValueError, match="low must be > 0, got 0.0: chuck moves a knob multiplicatively"):
+        Knob("label_smoothing", 0.1, 0.0, 0.3)
+    for bad in ({"high": math.inf}, {"value": math.nan}, {"low": "0.1"}, {"value": True}):
+        with pytest.raises(TypeError, match=f"{next(iter(bad))} must be a finite number"):
+            Knob(**({"name": "x", "value": 0.5, "low": 0.1, "high": 1.0} | bad))
 
 
 def test_action_v2_reaches_decades() -> None:

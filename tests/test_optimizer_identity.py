@@ -220,3 +220,16 @@ def test_warnings_point_at_the_loop_for_a_closure_driven_optimizer_too(net) -> N
             opt.step(closure)
     said = [w for w in caught if "past total_steps" in str(w.message)]
     assert len(said) == 1 and said[0].filename == __file__
+
+
+def test_stepping_after_close_is_said_once(net) -> None:
+    import warnings
+
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), "constant", model=net, history=False)
+    run_steps(net, opt, 0, 3)
+    opt.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_steps(net, opt, 3, 6)
+    said = [w for w in caught if "step() after close()" in str(w.message)]
+    assert len(said) == 1 and opt.step_count == 6
