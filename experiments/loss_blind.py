@@ -8,6 +8,11 @@ loss and once with a loop that drops it, and prints the paired ratio of final va
 (blind / with the loss), overall and per family. One torch thread per worker.
 
     python experiments/loss_blind.py --tasks validation --seeds 0,1 --out docs/results/loss_blind.json
+
+``--compare EARLIER.json`` reads another run's rows (its ``--out``, e.g. made at an earlier commit) instead
+of training and prints the blind runs' paired ratio, this file's over the earlier one's, on the runs both hold:
+
+    python experiments/loss_blind.py --compare docs/results/loss_blind_before.json --rows docs/results/loss_blind.json
 """
 
 from __future__ import annotations
@@ -60,6 +65,38 @@ def run(job: tuple[str, int, float, str, str]) -> dict[str, Any]:
     return {"task_id": task_id, "family": task.family, "seed": seed, "lr": lr, "mode": mode, "final_loss": final}
 
 
+def _geo_ci(logs: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of exp(logs) and its 95% bootstrap interval (1000 resamples, seed 0)."""
+    arr = np.array(logs)
+    rng = np.random.default_rng(0)
+    boot = [float(np.exp(rng.choice(arr, arr.size).mean())) for _ in range(1000)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.exp(arr.mean())), float(lo), float(hi)
+
+
+def _log_ratio(later: float, earlier: float) -> float:
+    """log(later / earlier); a diverged run counts as 100x worse than the other, two as level."""
+    if math.isfinite(later) and math.isfinite(earlier):
+        return math.log(max(later, 1e-12) / max(earlier, 1e-12))
+    return math.log(100.0) * (int(not math.isfinite(later)) - int(not math.isfinite(earlier)))
+
+
+def compare(earlier: Path, later: Path) -> None:
+    def blind(path: Path) -> dict[tuple[str, int, float], float]:
+        rows = json.loads(path.read_text())["rows"]
+        return {(r["task_id"], r["seed"], r["lr"]): r["final_loss"] for r in rows if r["mode"] == "blind"}
+
+    a, b = blind(earlier), blind(later)
+    both = sorted(set(a) & set(b))
+    logs = [_log_ratio(b[k], a[k]) for k in both]
+    g, lo, hi = _geo_ci(logs)
+    better = sum(x < -math.log(1.05) for x in logs)
+    worse = sum(x > math.log(1.05) for x in logs)
+    print(
+        f"blind runs, {later} / {earlier}: geo-mean {g:.3f} [{lo:.3f}, {hi:.3f}] over {len(both)} runs; better by > 5% in {better}, worse in {worse}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default="validation")
@@ -67,7 +104,14 @@ def main() -> None:
     ap.add_argument("--policy", default="default")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--compare", type=Path, help="an earlier --out JSON: compare its blind runs with --rows' (no training)")
+    ap.add_argument("--rows", type=Path, help="with --compare: the later --out JSON")
     args = ap.parse_args()
+    if args.compare:
+        if not args.rows:
+            ap.error("--compare needs --rows (the later run's JSON)")
+        compare(args.compare, args.rows)
+        return
     from chuck.evaluation.runner import resolve_task_spec
 
     tasks = [t.id for t in resolve_task_spec(args.tasks)]
@@ -80,21 +124,15 @@ def main() -> None:
     for r in rows:
         if r["mode"] != "loss":
             continue
-        a, b = r["final_loss"], final[(r["task_id"], r["seed"], r["lr"], "blind")]
-        if math.isfinite(a) and math.isfinite(b):
-            x = math.log(max(b, 1e-12) / max(a, 1e-12))
-        else:  # a diverged run counts as 100x worse than the other; two diverged runs as level
-            x = math.log(100.0) * (int(not math.isfinite(b)) - int(not math.isfinite(a)))
+        x = _log_ratio(final[(r["task_id"], r["seed"], r["lr"], "blind")], r["final_loss"])
         logs.append(x)
         by_family[r["family"]].append(x)
     arr = np.array(logs)
-    rng = np.random.default_rng(0)
-    boot = [float(np.exp(rng.choice(arr, arr.size).mean())) for _ in range(1000)]
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    geo, lo, hi = _geo_ci(logs)
     summary = {
         "runs": int(arr.size),
-        "geo_ratio_blind_over_loss": float(np.exp(arr.mean())),
-        "ci95": [float(lo), float(hi)],
+        "geo_ratio_blind_over_loss": geo,
+        "ci95": [lo, hi],
         "blind_worse_by_5pct": int((arr > math.log(1.05)).sum()),
         "blind_better_by_5pct": int((arr < -math.log(1.05)).sum()),
         "per_family": {f: float(np.exp(np.mean(v))) for f, v in sorted(by_family.items())},
