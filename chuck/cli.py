@@ -177,7 +177,10 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         return 2
     last = result.evaluations[-1] if result.evaluations else {}
     print(f"policy exported to {result.artifact_dir}")
-    print(f"registered as models:/{cfg.name}@{cfg.alias} (version {result.model_version}); MLflow run {result.run_id}")
+    if not result.trained_now:  # a rerun: PPO learns whole rollouts, so a run can hold more than was asked
+        print(f"{cfg.output} already holds {result.timesteps} timesteps (asked: {cfg.timesteps}): nothing trained")
+    said = "registered as" if result.registered_now else "already registered as"
+    print(f"{said} models:/{cfg.name}@{cfg.alias} (version {result.model_version}); MLflow run {result.run_id}")
     if last:
         print(
             f"held-out return {last['heldout_return']:+.3f} vs constant {last['constant_return']:+.3f} "

@@ -213,6 +213,13 @@ class TrainResult:
     evaluations: list[dict[str, Any]]
     lost_episodes: int = 0
     """Episodes whose environment actor died and that were retried (Ray backend)."""
+    timesteps: int = 0
+    """Timesteps the run holds (PPO learns whole rollouts: it can be more than asked for)."""
+    trained_now: bool = True
+    """``False`` when the run already held the timesteps asked for (a rerun): nothing was trained."""
+    registered_now: bool = True
+    """``False`` when a rerun found the same policy already registered under the same name and alias
+    (``model_version`` is that version): nothing trained, nothing registered twice."""
 
 
 def _need_sb3():
@@ -705,6 +712,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         remaining = cfg.timesteps - int(model.num_timesteps)
         if remaining > 0:
             model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
+
         save_checkpoint()
         if evaluations and evaluations[-1]["timesteps"] == int(model.num_timesteps):
             final = evaluations[-1]  # a finished run resumed (to register it after a crash): evaluated already
@@ -717,13 +725,34 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         mlflow.log_artifacts(str(artifact), artifact_path="policy")
         mlflow.log_dict({"resolved_tasks": task_ids, "episodes_per_task": per_task()}, "training/tasks.json")
         _log_eval_outputs(mlflow, out, evaluations, baseline_rows)
-        version = tracking.register_artifact(run_id, "policy", cfg.name, cfg.alias)
-        mlflow.set_tag("chuck.registered", f"models:/{cfg.name}@{cfg.alias} (version {version})")
+        # a rerun of a finished, registered run (after a crash past registration, or by mistake) must not add
+        # one more model version of the same policy each time
+        done = f"models:/{cfg.name}@{cfg.alias} timesteps {int(model.num_timesteps)}"
+        tags = mlflow.MlflowClient().get_run(run_id).data.tags
+        registered_now = remaining > 0 or tags.get("chuck.registered_state") != done or "chuck.registered_version" not in tags
+        if registered_now:
+            version = tracking.register_artifact(run_id, "policy", cfg.name, cfg.alias)
+            mlflow.set_tags(
+                {
+                    "chuck.registered": f"models:/{cfg.name}@{cfg.alias} (version {version})",
+                    "chuck.registered_state": done,
+                    "chuck.registered_version": str(version),
+                }
+            )
+        else:
+            version = tags["chuck.registered_version"]
         lost = int(getattr(monitored.venv, "lost_episodes", 0))
         if cfg.backend == "ray":
             mlflow.log_metric("ray.lost_episodes", lost, step=int(model.num_timesteps))
         return TrainResult(
-            artifact_dir=artifact, run_id=run_id, model_version=version, evaluations=evaluations, lost_episodes=lost
+            artifact_dir=artifact,
+            run_id=run_id,
+            model_version=version,
+            evaluations=evaluations,
+            lost_episodes=lost,
+            timesteps=int(model.num_timesteps),
+            trained_now=remaining > 0,
+            registered_now=registered_now,
         )
     finally:
         mlflow.end_run()

@@ -61,10 +61,18 @@ def test_tiny_meta_training_end_to_end(tmp_path, monkeypatch) -> None:
     assert again.run_id == result.run_id
     assert chuck.load_policy(str(again.artifact_dir)).card["training"]["timesteps"] >= 320
 
-    # rerunning a finished run (to register it after a crash) trains and evaluates nothing more
+    # rerunning a finished run (to register it after a crash) trains and evaluates nothing more, and does not
+    # register the same policy again under the same name (a new alias does)
+    assert again.registered_now and again.model_version != result.model_version
     done = train_policy(cfg)
     assert done.evaluations == again.evaluations
     assert len({e["timesteps"] for e in done.evaluations}) == len(done.evaluations), "no evaluation twice"
+    assert not done.registered_now and done.model_version == again.model_version
+    assert not done.trained_now and again.trained_now and done.timesteps == again.timesteps >= 320
+    assert len(mlflow.MlflowClient().search_model_versions("name='tiny'")) == 2
+    cfg.alias = "other"
+    relabelled = train_policy(cfg)
+    assert relabelled.registered_now and chuck.load_policy("models:/tiny@other").id == chuck.load_policy("models:/tiny@test").id
 
 
 def _train_policy_cli(tmp_path, *args: str) -> list[str]:
