@@ -191,6 +191,12 @@ class Controller:
         except Exception as exc:  # noqa: BLE001 - any failure in asking (act, OOD check, explain) means hold
             return self._hold(f"asking the policy raised {type(exc).__name__}: {exc}", failed=True)
 
+    @property
+    def loss_blind(self) -> bool:
+        """No training loss reported in this run so far (its loop calls ``step()`` without one)."""
+        loss = self.suite.get("loss")
+        return loss is not None and getattr(loss, "losses_seen", 1) == 0
+
     def _blind_residual(self) -> bool:
         """A learned residual in a run that has reported no training loss (its loop calls ``step()``).
 
@@ -200,10 +206,7 @@ class Controller:
         default ended 1.44x worse in geo-mean on the validation families). Its prior reads no training
         loss (the hypergradient, the budget, validation losses), so the prior decides alone.
         """
-        if getattr(self.policy, "prior", None) is None:
-            return False
-        loss = self.suite.get("loss")
-        return loss is not None and getattr(loss, "losses_seen", 1) == 0
+        return getattr(self.policy, "prior", None) is not None and self.loss_blind
 
     def _prior_answer(self, obs: np.ndarray) -> PolicyAnswer:
         """The policy's own prior decides: still the policy (its built-in part), not a fallback to another rule."""

@@ -712,7 +712,6 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         remaining = cfg.timesteps - int(model.num_timesteps)
         if remaining > 0:
             model.learn(total_timesteps=remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
-
         save_checkpoint()
         if evaluations and evaluations[-1]["timesteps"] == int(model.num_timesteps):
             final = evaluations[-1]  # a finished run resumed (to register it after a crash): evaluated already
@@ -729,7 +728,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         # one more model version of the same policy each time
         done = f"models:/{cfg.name}@{cfg.alias} timesteps {int(model.num_timesteps)}"
         tags = mlflow.MlflowClient().get_run(run_id).data.tags
-        registered_now = remaining > 0 or tags.get("chuck.registered_state") != done or "chuck.registered_version" not in tags
+        registered_now = tags.get("chuck.registered_state") != done or "chuck.registered_version" not in tags
         if registered_now:
             version = tracking.register_artifact(run_id, "policy", cfg.name, cfg.alias)
             mlflow.set_tags(

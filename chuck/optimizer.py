@@ -30,6 +30,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -121,8 +122,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
     Attributes:
         advise: ``True`` (the default): chuck says once a run, as a ``RuntimeWarning`` at the loop's
             ``opt.step``, what needs attention: no step has given the loss by the first decision (the
-            loss monitors and the policy's loss inputs are blind), or twenty steps in a row were
-            non-finite. Set it to ``False`` where nobody reads it (meta-training, benchmark runs).
+            loss monitors and the policy's loss inputs are blind), twenty steps in a row were
+            non-finite, or the run goes on after ``close()``. Set it to ``False`` where nobody reads it
+            (meta-training, benchmark runs) or where the loop has no loss to give (stable-baselines3).
     """
 
     def __init__(
@@ -240,12 +242,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
             tracking.attach(self)
         self.history_path: str | None = None
         self._closed = False
-        #: Say once a run (as a RuntimeWarning at the loop's ``opt.step``) what needs the user's attention:
-        #: no step has come with its loss by the first decision, every step has been non-finite for a
-        #: while, or the run goes on after ``close()``. Runs that are nobody's loop (meta-training episodes, benchmark runs) and integrations
-        #: that cannot give the loss turn it off.
-        self.advise = True
-        self._advised: set[str] = set()
+        self.advise = True  # see the class docstring
+        self._advised: set[str] = set()  # the advice topics this run has been told
         self._ledger = RunLedger.start(
             self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size}
         )
@@ -540,7 +538,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             if g.due(self._step, loss_v, self._loss_monitor.median_loss()):
                 g.snapshot(self._step, self._ctx.params, self.optimizer)
         if self.controller.is_due(self._step):
-            if self._loss_monitor.losses_seen == 0:
+            if self.controller.loss_blind:
                 self._no_loss()
             self.controller.decide(self._step)
         self._arm_if_due()
@@ -836,8 +834,6 @@ def _whole_number(name: str, value: Any, minimum: int) -> int | None:
 def _caller_level() -> int:
     """The ``stacklevel`` that points a warning at the first frame outside chuck: the user's ``opt.step``
     line, however many of chuck's own frames lie between (a closure-driven step adds one)."""
-    import sys
-
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "chuck":
         frame, level = frame.f_back, level + 1  # type: ignore[assignment]

@@ -25,12 +25,11 @@ Nothing here trains: every figure is a ratio of two cached sweep runs of the sam
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key, oracle_runs, sweep_winners
-from chuck.evaluation.runs import effective_loss, instance_config, loss_ratio, run_id, steps_for
+from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, best_of_arm, instance_key, oracle_runs, sweep_winners
+from chuck.evaluation.runs import instance_config, loss_ratio, run_id, steps_for
 from chuck.evaluation.stats import ArmStats, arm_stats
 
 TUNED_COSINE = "tuned cosine"
@@ -39,14 +38,6 @@ COSINE_STEP_LOWER = "cosine one lr step lower"
 COSINE_STEP_HIGHER = "cosine one lr step higher"
 #: The hindsight rows, in the order they are reported.
 NAMES = (TUNED_COSINE, TUNED_CONSTANT, COSINE_STEP_LOWER, COSINE_STEP_HIGHER)
-
-
-def _best(results: dict[str, dict[str, Any]], arm: str, lrs: list[float]) -> int | None:
-    """Index in ``lrs`` of ``arm``'s lowest effective loss (ties to the lower lr, as
-    :func:`~chuck.evaluation.oracle.sweep_winners` picks the tuned constant lr); ``None`` if all crashed."""
-    losses = [(effective_loss(results[run_id(arm, lr)]), k) for k, lr in enumerate(lrs) if run_id(arm, lr) in results]
-    finite = [(v, k) for v, k in losses if math.isfinite(v)]
-    return min(finite)[1] if finite else None
 
 
 def instance_rows(
@@ -80,8 +71,9 @@ def instance_rows(
             }
         )
 
-    cos = _best(results, "cosine", grid)
-    if cos is not None:
+    best_cosine = best_of_arm(results, "cosine", tuple(grid))
+    if best_cosine is not None:
+        cos = grid.index(best_cosine[0])
         row(TUNED_COSINE, "cosine", cos)
         for name, k in ((COSINE_STEP_LOWER, cos - 1), (COSINE_STEP_HIGHER, cos + 1)):
             if 0 <= k < len(grid) and run_id("cosine", grid[k]) in results:

@@ -113,9 +113,18 @@ def sweep_winners(
     if finite:
         (arm, lr), loss = min(finite, key=lambda kv: kv[1])
         oracle = (arm, lr, loss)
-    const = [(v, lr) for (a, lr), v in finite if a == "adamw"]
-    tuned = (min(const)[1], min(const)[0]) if const else None
-    return oracle, tuned
+    return oracle, best_of_arm(results, "adamw", lrs)
+
+
+def best_of_arm(results: dict[str, dict[str, Any]], arm: str, lrs: tuple[float, ...]) -> tuple[float, float] | None:
+    """``(lr, loss)`` of ``arm``'s run with the lowest effective loss among ``lrs`` (ties to the lower lr);
+    ``None`` when every one of its runs crashed or is missing."""
+    runs = [(effective_loss(results[run_id(arm, lr)]), lr) for lr in lrs if run_id(arm, lr) in results]
+    finite = [(v, lr) for v, lr in runs if math.isfinite(v)]
+    if not finite:
+        return None
+    loss, lr = min(finite)
+    return lr, loss
 
 
 def oracle_of(results: dict[str, dict[str, Any]], lrs: tuple[float, ...]) -> tuple[float, float | None]:
