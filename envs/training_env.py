@@ -11,9 +11,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from chuck.actions import ActionSpec
-from chuck.observation import ObservationSpec
-from chuck.optimizer import ChuckOptimizer
+from chuck.core.actions import ActionSpec
+from chuck.core.observation import ObservationSpec
+from chuck.core.optimizer import ChuckOptimizer
 from chuck.zoo.loop import train
 from chuck.zoo.registry import resolve_tasks
 from chuck.zoo.task import Task, TaskInstance
@@ -29,7 +29,7 @@ class TrainingControlEnv(gym.Env):
     base optimizer and an initial learning rate, see :meth:`chuck.zoo.Task.sample_config`),
     wraps its base optimizer in :class:`chuck.ChuckOptimizer` with ``policy=None`` and
     trains until the optimizer's first decision point. Each ``step(action)`` hands the
-    action to the optimizer's :class:`chuck.controller.Controller` (the deployment
+    action to the optimizer's :class:`chuck.core.controller.Controller` (the deployment
     path: the same ActionSpec, the same decision record) and trains, through the same
     optimizer, guardrails and monitors a user's loop runs (:func:`chuck.zoo.loop.train`),
     until the controller's next decision point: the decision clock is the one users

@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from chuck.actions import ACTION_VERSIONS, ActionSpec
-from chuck.loading import PolicyLoadError
-from chuck.observation import FEATURE_SETS, ObservationSpec
+from chuck.core.actions import ACTION_VERSIONS, ActionSpec
+from chuck.core.loading import PolicyLoadError
+from chuck.core.observation import FEATURE_SETS, ObservationSpec
 from chuck.policies.card import check_weights_match, validate_card
 from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
 

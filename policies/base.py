@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from chuck.actions import ActionSpec
-from chuck.observation import ObservationSpec
+from chuck.core.actions import ActionSpec
+from chuck.core.observation import ObservationSpec
 
 
 class Policy(ABC):

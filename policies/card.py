@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from chuck.loading import PolicyLoadError
+from chuck.core.loading import PolicyLoadError
 from chuck.policies.learned import ACTIVATIONS
 from chuck.policies.prior import VERSIONS as PRIOR_VERSIONS
 

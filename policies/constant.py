@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chuck.actions import ACTION_DIMS
+from chuck.core.actions import ACTION_DIMS
 from chuck.policies.base import Policy
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.observation import ObservationSpec
+from chuck.core.observation import ObservationSpec
 from chuck.policies.card import KNOWN_PRIORS
 from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from chuck.observation import ObservationSpec
+from chuck.core.observation import ObservationSpec
 from chuck.policies.base import Policy
 
 

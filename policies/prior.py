@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from chuck.actions import ACTION_VERSIONS
-from chuck.observation import ObservationSpec
+from chuck.core.actions import ACTION_VERSIONS
+from chuck.core.observation import ObservationSpec
 from chuck.policies.base import Policy
 
 #: Hypergradient cosines between these leave the lr alone. At each train family's best constant

@@ -1,7 +1,7 @@
 """Fetch a policy registered in MLflow (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``).
 
 The store is the one ``chuck train-policy`` registered into, found with
-:func:`chuck.tracking.resolve_tracking_uri` (explicit argument, ``MLFLOW_TRACKING_URI``,
+:func:`chuck.tracking.store.resolve_tracking_uri` (explicit argument, ``MLFLOW_TRACKING_URI``,
 else ``$CHUCK_HOME/mlflow.db``), never MLflow's process default, which is a
 ``./mlflow.db`` it would create in the working directory (faults issue, item 9).
 Nothing is created in the working directory, the download directory is always
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from chuck.loading import PolicyLoadError
+from chuck.core.loading import PolicyLoadError
 
 #: Seconds to wait for a tracking server to answer its health check before giving up.
 CONNECT_TIMEOUT_S = 5.0
@@ -53,7 +53,7 @@ def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: s
         import mlflow
     except ImportError as exc:
         raise PolicyLoadError(f"loading {uri!r} needs mlflow: pip install 'chuck[all]'") from exc
-    from chuck.tracking import check_reachable, resolve_tracking_uri, sqlite_path
+    from chuck.tracking.store import check_reachable, resolve_tracking_uri, sqlite_path
 
     store = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(store)

@@ -54,7 +54,7 @@ def test_readme_and_docs_show_the_same_loop_with_total_steps() -> None:
 
 
 def test_readme_says_where_to_read_the_effective_lr() -> None:
-    from chuck.actions import EFFECTIVE_LR_KEY
+    from chuck.core.actions import EFFECTIVE_LR_KEY
 
     assert f'group["{EFFECTIVE_LR_KEY}"]' in (ROOT / "README.md").read_text()
 

@@ -13,7 +13,7 @@ loss over constant AdamW's there. Diverged and crashed runs count as regret 100.
 * :mod:`chuck.evaluation.identity`: which policy an arm's rows were measured with (resuming).
 * :mod:`chuck.evaluation.runner`: planning, the worker pool, resumable rows, :func:`evaluate`.
 
-The public entry point is :func:`chuck.evaluate.evaluate` (and ``chuck evaluate``).
+The public entry point is :func:`chuck.evaluation.evaluate` (and ``chuck evaluate``).
 """
 
 from chuck.evaluation.oracle import ORACLE_LRS

@@ -23,7 +23,7 @@ MANIFEST = "arms.json"
 
 def policy_identity(location: str) -> str:
     """A short, stable string naming the policy at ``location`` (a built-in name or a directory)."""
-    from chuck.loading import is_builtin
+    from chuck.core.loading import is_builtin
 
     if location == "default":
         from chuck.policies.artifact import bundled_artifact_dir

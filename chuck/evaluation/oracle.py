@@ -42,7 +42,7 @@ def oracle_runs(lrs: tuple[float, ...]) -> list[tuple[str, float]]:
 
 
 def cache_dir() -> Path:
-    from chuck.home import chuck_home
+    from chuck.core.home import chuck_home
 
     path = chuck_home() / "oracle"
     path.mkdir(parents=True, exist_ok=True)

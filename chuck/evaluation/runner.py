@@ -72,14 +72,14 @@ def _resolve_policy(spec: str, tracking_uri: str | None, downloads: Path) -> str
     ``models:/`` policies are downloaded once, into ``downloads`` (removed after the evaluation).
     """
     import chuck
-    from chuck.loading import PolicyLoadError, is_builtin
+    from chuck.core.loading import PolicyLoadError, is_builtin
 
     try:
         if spec.startswith("models:/"):
             import inspect
 
             from chuck.policies.registry import download_registered_policy
-            from chuck.tracking import default_tracking_uri
+            from chuck.tracking.store import default_tracking_uri
 
             uri = tracking_uri or default_tracking_uri()
             if "dst" in inspect.signature(download_registered_policy).parameters:
@@ -294,7 +294,7 @@ def evaluate(
         locations = {chuck_arm(p, observe): _resolve_policy(p, tracking_uri, downloads) for p in inputs.policies}
         executor = None
         if inputs.backend == "ray":
-            from chuck.ray_backend import RayExecutor
+            from chuck.metatrain.ray_backend import RayExecutor
 
             executor = RayExecutor(ray_address)
             inputs.workers = inputs.workers or executor.capacity

@@ -137,7 +137,7 @@ class Scheduler:
         executor: Any = None,
     ) -> None:
         self.arms, self.locations, self.instances = arms, locations, instances
-        self.executor = executor  # given: runs go there (chuck.ray_backend.RayExecutor); else a process pool
+        self.executor = executor  # given: runs go there (chuck.metatrain.ray_backend.RayExecutor); else a process pool
         self.lrs, self.oracle_lrs, self.settings_hash = lrs, oracle_lrs, settings_hash
         self.rows_path, self.workers, self.progress = rows_path, workers, progress
         self.oracle_ids = [run_id(a, lr) for a, lr in oracle_runs(oracle_lrs)]

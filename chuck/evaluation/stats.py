@@ -76,7 +76,7 @@ def summary_paths(out: Path, observe: bool) -> tuple[Path, Path]:
 
 @dataclass
 class Summary:
-    """What :func:`chuck.evaluate.evaluate` measured.
+    """What :func:`chuck.evaluation.evaluate` measured.
 
     Attributes:
         arms: per arm (policies first, then baselines), its :class:`ArmSummary`.

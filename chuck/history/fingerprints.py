@@ -3,7 +3,7 @@
 Sizes, layer and activation mix, normalization, base optimizer, batch and data size;
 :func:`fingerprint_vector` turns one into a vector for nearest-neighbour search over
 the history (the warm starts of :mod:`chuck.history.warm_start`). The kinds counted
-come from :mod:`chuck.taxonomy`.
+come from :mod:`chuck.core.taxonomy`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from chuck.taxonomy import ACTIVATION_TYPES, LAYER_TYPES, NORM_TYPES, OPTIMIZER_NAMES, count_kinds
+from chuck.core.taxonomy import ACTIVATION_TYPES, LAYER_TYPES, NORM_TYPES, OPTIMIZER_NAMES, count_kinds
 
 #: Kept under its old name for callers of chuck.history.
 OPTIMIZER_CLASSES = OPTIMIZER_NAMES

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chuck.home import chuck_home
+from chuck.core.home import chuck_home
 
 _polars_reported = False
 _polars_lock = threading.Lock()

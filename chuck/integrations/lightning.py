@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - the older package name
     except ImportError as exc:
         raise ImportError("chuck.integrations.lightning needs lightning: pip install lightning") from exc
 
-from chuck.optimizer import ChuckOptimizer
+from chuck.core.optimizer import ChuckOptimizer
 
 
 class ChuckCallback(Callback):

@@ -36,7 +36,7 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise ImportError("chuck.integrations.sb3 needs stable-baselines3: pip install 'chuck[all]'") from exc
 
-from chuck.optimizer import ChuckOptimizer
+from chuck.core.optimizer import ChuckOptimizer
 
 
 class ChuckSB3Callback(BaseCallback):

@@ -30,7 +30,7 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise ImportError("chuck.integrations.transformers needs transformers: pip install transformers") from exc
 
-from chuck.optimizer import ChuckOptimizer
+from chuck.core.optimizer import ChuckOptimizer
 
 
 class _Observe(TrainerCallback):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from chuck.taxonomy import DROPOUT_LAYERS, LAYER_TYPES, NORM_LAYERS, WEIGHT_LAYERS
+from chuck.core.taxonomy import DROPOUT_LAYERS, LAYER_TYPES, NORM_LAYERS, WEIGHT_LAYERS
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A monitor turns a training run into two things:
 
 * ``stats()``: a flat ``{name: float}`` mapping of raw, scale-free statistics.
-  :class:`chuck.observation.ObservationSpec` reads these (and only these) to
+  :class:`chuck.core.observation.ObservationSpec` reads these (and only these) to
   build the policy's observation, so the policy and the report see the same
   numbers.
 * ``indicators()``: human-facing :class:`Indicator` records (value, status,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from chuck.actions import CLIP_OFF_LOG_RATIO, ActionSpec
+from chuck.core.actions import CLIP_OFF_LOG_RATIO, ActionSpec
 from chuck.monitors.base import Indicator, Monitor, StepRecord
 
 #: Guardrail verdicts that count as instability in ``ctrl.skip_rate``. A GradScaler overflow

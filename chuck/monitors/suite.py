@@ -3,7 +3,7 @@
 The optimizer never talks to a monitor by name: it calls the suite, the suite calls
 each monitor in order (see :class:`chuck.monitors.base.Monitor` for the lifecycle).
 ``stats()`` merges every monitor's statistics into the one mapping
-:class:`chuck.observation.ObservationSpec` encodes, so a user's monitor reaches the
+:class:`chuck.core.observation.ObservationSpec` encodes, so a user's monitor reaches the
 observation source, the health report and checkpoints like the built-in ones.
 """
 

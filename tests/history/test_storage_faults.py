@@ -59,7 +59,7 @@ def test_foreign_parquet_is_skipped_with_a_warning(tmp_path, kind) -> None:
 
 
 def test_history_cli_survives_a_foreign_file(capsys) -> None:
-    from chuck.cli import main
+    from chuck.cli.main import main
     from chuck.history import history_dir
 
     write_record(_record())

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from chuck.cli import main
+from chuck.cli.main import main
 from chuck.history import RunRecord, fingerprint, write_record
 from chuck.history.table import format_table
 

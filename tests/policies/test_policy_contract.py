@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import chuck
-from chuck.actions import ACTION_VERSIONS, ActionSpec
-from chuck.observation import ObservationSpec
+from chuck.core.actions import ACTION_VERSIONS, ActionSpec
+from chuck.core.observation import ObservationSpec
 from chuck.policies.prior import VERSIONS
 
 #: Every built-in, every version of the prior included (a rejected ablation stays loadable, so it must keep the contract).

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import chuck
-from chuck.observation import ObservationSpec
+from chuck.core.observation import ObservationSpec
 from chuck.policies.prior import COOLDOWN, CUT_GL, DIST_HIGH, FAST_INTERVAL, FLOOR, GUARD_GL, NO_BOUND, StepSizePrior
 
 SPEC = ObservationSpec()
@@ -262,7 +262,7 @@ def test_version_16_silences_the_validation_guard_at_near_zero_losses(gap: float
 def test_version_17_raises_by_up_to_a_decade_when_both_signals_say_far_too_low(
     h: float, ratio: float, decades: float | None
 ) -> None:
-    from chuck.actions import ActionSpec
+    from chuck.core.actions import ActionSpec
 
     obs = _obs(**{"step.hypergrad": h, "weights.update_ratio_log10": ratio})
     p17 = StepSizePrior(version="17")

@@ -18,7 +18,7 @@ from tests.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# What chuck/metatrain.py does once training ends: tracking.setup() with no URI, log the
+# What chuck/metatrain/train.py does once training ends: tracking.setup() with no URI, log the
 # artifact directory under "policy", register it with an alias.
 REGISTER = """
 import sys

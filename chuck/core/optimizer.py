@@ -1,0 +1,923 @@
+"""ChuckOptimizer: a torch.optim.Optimizer that monitors a run and lets a policy steer it.
+
+One code path serves deployment and meta-training::
+
+    loss.backward() -> opt.step(loss=loss)            (or opt.step(closure), LBFGS included)
+      -> guardrails: non-finite? skip. spike? roll back. lasting shift? accept   chuck.core.guardrails
+      -> clip (if on) -> base step with lr = theirs x multiplier                  chuck.core.actions
+      -> monitor suite: per-step hooks; sampled hooks before a decision           chuck.monitors
+      -> Controller: decision due? observe -> policy (checked) -> ActionSpec      chuck.core.controller
+
+``chuck.envs`` drives the very same object with ``policy=None``: the controller then
+leaves the observation pending and the env supplies the action
+(:meth:`Controller.act_external`), on the same clock.
+
+Like schedule_free's wrappers, ``param_groups``, ``state`` and ``defaults`` are the
+base optimizer's (delegated, not copied), and chuck's own state goes into
+``state_dict()`` under the ``"chuck"`` key, loadable with ``torch.load(weights_only=True)``.
+The learning rate in use is ``group["lr"] x`` chuck's multiplier; chuck publishes it on every
+group under ``group["chuck_effective_lr"]`` (:meth:`ChuckOptimizer.effective_lrs`).
+The torch.optim contract holds: step pre/post hooks (per optimizer and global) fire
+with the arguments torch passes, post hooks also on skipped steps; state-dict hooks
+fire; every ``register_*`` returns a ``RemovableHandle``. Global step hooks see the
+wrapper's step and the base optimizer's (when it really updates), as with any
+optimizer that wraps another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import numbers
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+from torch.utils.hooks import RemovableHandle
+
+from chuck.core.actions import ACTION_VERSIONS, EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
+from chuck.core.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
+from chuck.core.controller import Controller, DecisionHook
+from chuck.core.distributed import rank_sync
+from chuck.core.guardrails import NONFINITE_WARN_AFTER, Action, GuardrailConfig, Guardrails, ValidationVote, Verdict
+from chuck.core.observation import FEATURE_SETS, ObservationSpec
+from chuck.core.report import Decision, DecisionLog, HealthReport
+from chuck.core.run_record import RunLedger
+from chuck.monitors import (
+    ActivationMonitor,
+    ControlMonitor,
+    GradientMonitor,
+    LossMonitor,
+    ModelProfile,
+    Monitor,
+    MonitorContext,
+    MonitorSuite,
+    StepRecord,
+    WeightMonitor,
+    recommend,
+)
+from chuck.monitors.gradients import dense_values
+from chuck.monitors.loss import require_scalar_loss
+from chuck.monitors.stepsize import StepSizeMonitor
+
+__all__ = ["ChuckOptimizer", "CheckpointError", "STATE_VERSION"]
+
+
+class _SkipStep(Exception):
+    """Raised inside a wrapped closure to stop a closure-driven base step (LBFGS) before it updates."""
+
+
+class ChuckOptimizer(torch.optim.Optimizer):
+    """Wrap a PyTorch optimizer; monitor the run and let ``policy`` adjust it.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` (AdamW, Adam, SGD, RMSprop, LBFGS, SparseAdam, ...).
+        policy: a :class:`chuck.policies.Policy`, a name for :func:`chuck.load_policy`
+            (``"constant"``, ``"heuristic"``, ``"default"``, a path, ``"models:/NAME@ALIAS"``), or
+            ``None`` for external control (the meta-env supplies the actions). A policy keeps state
+            for the run it steers (a prior's cooldown, its decision count), so a policy object that
+            already steers another live optimizer is copied for this one (two models trained side by
+            side, as in a GAN, each get their own).
+        model: the model, for activation monitoring, dropout control and architecture advice.
+        total_steps: planned number of optimizer steps (``step()`` calls), for the progress feature: a
+            policy plans the end of the run (a cooldown) for it, and chuck warns once if the run goes past it.
+        interval: successful steps between decisions; defaults to the policy's own, else 20.
+        warmup: steps of linear lr warm-up at the start of the run (step k runs at (k + 1) /
+            warmup of the lr); defaults to the policy's own (``Policy.warmup``), else none.
+        anneal: share of ``total_steps`` over which the lr decays linearly toward zero at the end of the
+            run, applied per step (warmup-stable-decay); defaults to the policy's own (``Policy.anneal``),
+            else none. Needs ``total_steps``.
+        max_grad_norm: initial gradient-clipping threshold (default: off until the policy turns it on).
+        guardrails: a :class:`GuardrailConfig`, or ``False`` to disable skip/rollback entirely.
+        grad_scaler: a ``torch.amp.GradScaler`` whose skipped steps chuck should detect.
+        action_spec: bounds and rate limits of the actions (default :class:`ActionSpec`).
+        monitors: extra :class:`chuck.monitors.Monitor` instances (their statistics reach
+            :meth:`stats` and their indicators :meth:`health`).
+        monitor_window: steps of history the monitors keep (default ``max(50, 5 * interval)``).
+        seed: seeds chuck's own sampling (histogram elements, activation units).
+        max_decisions: decisions kept in memory (and checkpoints), most recent last; ``None``
+            keeps all. A tracking logger keeps the full trail.
+        tracking: a decision logger, e.g. :class:`chuck.MLflowDecisionLogger`; it is attached
+            here and closed by :meth:`close`.
+        history: write a run record when the run ends (``close()``, ``with``, garbage
+            collection or interpreter exit) to ``$CHUCK_HOME/history`` (``True``), to a given
+            directory (a path), or not (``False``).
+        label: free text stored with the history record.
+        batch_size: stored in the history record's fingerprint (used for warm starts).
+        data_size: stored in the history record's fingerprint (used for warm starts).
+        ood_fallback: what to do when the observation leaves the range the (learned) policy was
+            trained on: ``"heuristic"`` (ask the heuristic policy), ``"hold"``, or ``"off"``.
+        ood_margin: tolerance beyond the trained range, as a fraction of that range.
+        process_group: under data parallelism, the ranks that agree on every guardrail verdict and
+            decision (:mod:`chuck.core.distributed`): ``None`` means the default group whenever
+            ``torch.distributed`` is initialized with more than one rank; ``False`` never agrees.
+
+    Attributes:
+        advise: ``True`` (the default): chuck says once a run, as a ``RuntimeWarning`` at the loop's
+            ``opt.step``, what needs attention: no step has given the loss by the first decision (the
+            loss monitors and the policy's loss inputs are blind), twenty steps in a row were
+            non-finite, or the run goes on after ``close()``. Set it to ``False`` where nobody reads it
+            (meta-training, benchmark runs) or where the loop has no loss to give (stable-baselines3).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        policy: Any = "constant",
+        model: nn.Module | None = None,
+        total_steps: int | None = None,
+        *,
+        interval: int | None = None,
+        warmup: int | None = None,
+        anneal: float | None = None,
+        max_grad_norm: float | None = None,
+        guardrails: GuardrailConfig | bool = True,
+        grad_scaler: Any | None = None,
+        action_spec: ActionSpec | None = None,
+        monitors: Sequence[Monitor] = (),
+        monitor_window: int | None = None,
+        seed: int = 0,
+        max_decisions: int | None = 50_000,
+        tracking: Any | None = None,
+        history: bool | str = True,
+        label: str = "",
+        batch_size: int | None = None,
+        data_size: int | None = None,
+        ood_fallback: str = "heuristic",
+        ood_margin: float = 0.1,
+        process_group: Any = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"ChuckOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, ChuckOptimizer):
+            raise TypeError("this optimizer is already wrapped by ChuckOptimizer")
+        total_steps = _whole_number("total_steps", total_steps, 1)
+        interval = _whole_number("interval", interval, 2)
+        warmup = _whole_number("warmup", warmup, 0)
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be the torch.nn.Module being trained (or None), got {type(model).__name__}")
+        # torch.optim.Optimizer.__init__ would build param_groups/state/defaults of its own; here
+        # they are the base optimizer's (properties below), so we set up only its hook registries
+        # (step() fires them, see there).
+        self._optimizer_step_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable] = OrderedDict()
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+
+        self.optimizer = optimizer
+        self.model = model
+        self.total_steps = total_steps
+        # the first step past the budget, said once (see _past_budget); -1: no budget to pass
+        self._past_budget_at = total_steps + 1 if total_steps is not None else -1
+        resolved = _resolve_policy(policy)
+        self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else 20))
+        _check_spec_versions(resolved, action_spec)
+        self.action_spec = action_spec or ActionSpec(
+            version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION
+        )
+        self.action_spec.bind(optimizer, model, max_grad_norm)
+        warmup = warmup if warmup is not None else getattr(resolved, "warmup", None)
+        self.action_spec.start_warmup(warmup or 0)
+        anneal = anneal if anneal is not None else getattr(resolved, "anneal", None)
+        if anneal and total_steps is not None:
+            self.action_spec.start_anneal(total_steps, anneal)
+        self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
+        self._grad_scaler = grad_scaler
+        self._last_scale: float | None = None
+        self._closure_driven = _needs_closure(optimizer)
+        self._generator = torch.Generator().manual_seed(seed)
+
+        window = monitor_window or max(50, 5 * self.interval)
+        names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+        self._ctx = MonitorContext(optimizer, model, self._generator, names)
+        self._grad_monitor = GradientMonitor(window=window)
+        self.control = ControlMonitor(self.action_spec, self.interval, total_steps, self._grad_monitor.median_norm)
+        self._loss_monitor = LossMonitor(window=window)
+        builtin: list[Monitor] = [self._loss_monitor, self._grad_monitor, WeightMonitor(), StepSizeMonitor()]
+        if model is not None:
+            builtin.append(ActivationMonitor(model))
+        self.monitors = MonitorSuite([*builtin, self.control, *monitors], self._ctx)
+        self._profile = ModelProfile.of(model) if model is not None else None
+        self.controller = Controller(
+            resolved,
+            self.action_spec,
+            self.monitors,
+            self.control,
+            interval=self.interval,
+            owner=self,
+            ood_fallback=ood_fallback,
+            ood_margin=ood_margin,
+            max_decisions=max_decisions,
+        )
+        # data parallelism: one all-reduce per step replaces the scalar read; rank 0 decides for all
+        self._ranks = rank_sync(process_group, optimizer, model, action_dims=len(self.action_spec.dims))
+        self.controller.ranks = self._ranks
+        self._read_scalars = _read_scalars if self._ranks is None else self._ranks.read_scalars
+        leader = self._ranks is None or self._ranks.is_leader  # the one rank that logs and writes history
+        if not self._ctx.params:
+            warnings.warn(
+                "chuck: no parameter of this optimizer requires a gradient; chuck watches nothing until one does",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+        self._pending_loss: Any = None
+        self._val_vote: int = ValidationVote.NONE  # what the last observe() asked of the next step
+        self._step = 0  # base-optimizer steps taken (skipped steps do not count)
+        self._calls = 0  # step() calls
+        self.metrics: dict[str, float] = {}
+        self._arm_if_due()
+        self.tracking = tracking
+        if tracking is not None and leader:
+            tracking.attach(self)
+        self.history_path: str | None = None
+        self._closed = False
+        self.advise = True  # see the class docstring
+        self._advised: set[str] = set()  # the advice topics this run has been told
+        self._ledger = RunLedger.start(
+            self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size}
+        )
+
+    # -- delegation (schedule_free style) ---------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:  # type: ignore[override]
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.optimizer.defaults
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; chuck's monitors and guardrails follow."""
+        self.optimizer.add_param_group(param_group)
+        if self.guardrails is not None:
+            self.guardrails.drop_snapshot()  # it no longer covers every parameter
+        self.action_spec.publish()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._check_scaler()
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __repr__(self) -> str:
+        return f"ChuckOptimizer({type(self.optimizer).__name__}, policy={self.policy_id}, interval={self.interval}, step={self._step})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("ChuckOptimizer is not picklable; checkpoint it with state_dict()")
+
+    # -- public read-outs -------------------------------------------------
+    @property
+    def policy(self) -> Any:
+        return self.controller.policy
+
+    @property
+    def policy_id(self) -> str:
+        return self.controller.policy_id
+
+    @property
+    def decisions(self) -> DecisionLog:
+        """Every decision so far (bounded by ``max_decisions``); indexes and slices like a list."""
+        return self.controller.decisions
+
+    @property
+    def step_count(self) -> int:
+        """Base-optimizer steps taken (skipped and rolled-back steps excluded)."""
+        return self._step
+
+    @property
+    def calls(self) -> int:
+        """``step()`` calls made (skipped steps included)."""
+        return self._calls
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """Effective lr, weight decay, clip threshold and dropout right now."""
+        return self.action_spec.hyperparameters()
+
+    def effective_lrs(self) -> list[float]:
+        """The lr each param group's next base step uses: its ``lr`` times chuck's multiplier.
+
+        ``group["lr"]`` keeps the user's (or their scheduler's) value; chuck publishes the
+        effective one on every group under ``group["chuck_effective_lr"]``
+        (:data:`chuck.EFFECTIVE_LR_KEY`) after every step and decision. This reads it fresh,
+        after whatever a scheduler wrote since the last step: what the integrations log.
+        """
+        self.action_spec.publish()
+        return [_as_float(g[EFFECTIVE_LR_KEY]) for g in self.optimizer.param_groups if EFFECTIVE_LR_KEY in g]
+
+    @property
+    def obs_spec(self) -> ObservationSpec:
+        return self.controller.obs_spec
+
+    @property
+    def loss_monitor(self) -> LossMonitor:
+        return self._loss_monitor
+
+    @property
+    def grad_monitor(self) -> GradientMonitor:
+        return self._grad_monitor
+
+    @property
+    def weight_monitor(self) -> WeightMonitor:
+        return self.monitors["weights"]  # type: ignore[return-value]
+
+    @property
+    def act_monitor(self) -> ActivationMonitor | None:
+        return self.monitors.get("act")  # type: ignore[return-value]
+
+    def register_decision_hook(self, hook: DecisionHook) -> RemovableHandle:
+        """Call ``hook(opt, decision)`` after every decision (chuck's MLflow logger uses this)."""
+        return self.controller.register_decision_hook(hook)
+
+    def add_decision_listener(self, fn: DecisionHook) -> None:
+        """Deprecated: use :meth:`register_decision_hook`, which returns a handle."""
+        warnings.warn(
+            "add_decision_listener is deprecated; use register_decision_hook (it returns a handle)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.register_decision_hook(fn)
+
+    def record_loss(self, loss: Any) -> None:
+        """Give the loss of the coming step, for training loops that call ``step()`` without it
+        (Hugging Face Trainer, stable-baselines3). Consumed by the next :meth:`step`."""
+        self._pending_loss = loss
+
+    def register_knob(self, name: str, value: float, low: float, high: float, follows: str = "dropout") -> Knob:
+        """Register a user hyperparameter chuck may change; read it back as ``knob.value``."""
+        return self.action_spec.register_knob(Knob(name, value, low, high, follows))
+
+    # -- the step ---------------------------------------------------------
+    def step(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Guardrails, clipping, the base step, monitors and (every ``interval`` steps) a decision.
+
+        Call it as ``step(loss=loss)``, ``step(closure)`` (the closure's return value is the loss)
+        or ``step()``; without a loss chuck still watches gradients and weights but not the loss.
+        Optimizers that need a closure (LBFGS) get it, wrapped so that the guardrails judge its
+        first evaluation.
+
+        Step hooks fire as torch fires them (global pre hooks, then this optimizer's; the post
+        hooks after, on skipped steps too), with ``(self, args, kwargs)`` where ``args`` starts with
+        the optimizer, and a pre hook may return new ``(args, kwargs)``. torch's own wrapper does
+        the same inside a profiler record; that record costs more than chuck's whole per-step
+        work on small models (about 10-60 us), so chuck calls the hooks itself.
+        """
+        call = (self, *args)
+        if _global_optimizer_pre_hooks or self._optimizer_step_pre_hooks:
+            for pre_hook in (*_global_optimizer_pre_hooks.values(), *self._optimizer_step_pre_hooks.values()):
+                result = pre_hook(self, call, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(f"a step pre hook must return None or (new_args, new_kwargs), got {result!r}")
+                    call, kwargs = result
+        out = self._run_step(*call[1:], **kwargs)
+        # after the decision (if one was due) and on skipped steps too: the groups say the lr in use
+        self.action_spec.publish()
+        if self._optimizer_step_post_hooks or _global_optimizer_post_hooks:
+            for post_hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
+                post_hook(self, call, kwargs)
+        return out
+
+    step.hooked = True  # type: ignore[attr-defined]  # torch's _patch_step_function must not wrap it again
+
+    def _run_step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
+        self._calls += 1
+        if self._closed and self._advising("closed"):
+            warnings.warn(
+                "chuck: step() after close(): the run's history record was written when it closed and leaves out "
+                "these steps; for a new run, wrap the base optimizer again (opt.optimizer)",
+                RuntimeWarning,
+                stacklevel=_caller_level(),
+            )
+        self._check_scaler()
+        if self._closure_driven:
+            return self._closure_step(closure)
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if loss is None:
+            loss = self._pending_loss
+        self._pending_loss = None
+        grads = self._grads()
+        vote, self._val_vote = self._val_vote, ValidationVote.NONE
+        loss_v, gnorm_v, vote = self._read_scalars(loss, grads, vote)
+        if vote and self._act_on_vote(vote):
+            return loss
+        verdict = self._judge(loss_v, gnorm_v)
+        if verdict is not Verdict.OK:
+            self._intervene(verdict, loss_v, gnorm_v)
+            return loss
+        clipped = self._clip(grads, gnorm_v)
+        self._update(self.optimizer.step)
+        self._after_update(loss_v, gnorm_v, clipped)
+        return loss
+
+    def _closure_step(self, closure: Callable[[], Any] | None) -> Any:
+        if closure is None:
+            raise TypeError(f"{type(self.optimizer).__name__} evaluates the loss itself: call opt.step(closure)")
+        first: dict[str, Any] = {}
+
+        def guarded() -> Any:
+            with torch.enable_grad():
+                out = closure()
+            if not first:  # the first evaluation happens before the base optimizer changes anything
+                grads = self._grads()
+                vote, self._val_vote = self._val_vote, ValidationVote.NONE
+                first["loss"], first["gnorm"], vote = self._read_scalars(out, grads, vote)
+                if vote and self._act_on_vote(vote):
+                    first["verdict"] = None
+                    raise _SkipStep
+                first["verdict"] = self._judge(first["loss"], first["gnorm"])
+                if first["verdict"] is not Verdict.OK:
+                    raise _SkipStep
+                first["clipped"] = self._clip(grads, first["gnorm"])
+            return out
+
+        try:
+            loss = self._update(lambda: self.optimizer.step(guarded))
+        except _SkipStep:
+            if first["verdict"] is not None:  # None: the overfitting rollback took the step
+                self._intervene(first["verdict"], first["loss"], first["gnorm"])
+            return None
+        self._after_update(first["loss"], first["gnorm"], first["clipped"])
+        return loss
+
+    def _grads(self) -> list[torch.Tensor]:
+        # Every parameter of every group, whenever it has a gradient: a layer unfrozen mid-run is
+        # covered by the guardrails from its first gradient on (faults issue, item 2).
+        return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+    def _act_on_vote(self, vote: int) -> bool:
+        """Carry out the (agreed) validation vote before this step's update; ``True``: the step is
+        taken by a rollback (its gradients were computed on the weights being thrown away)."""
+        g = self.guardrails
+        if g is None:
+            return False
+        params = self._ctx.params
+        spec = self.action_spec
+        if vote == ValidationVote.SNAPSHOT:
+            # nothing has changed the weights since the evaluation that asked for it
+            g.take_best(self._step, params, self.optimizer, spec.lr_mult, self._buffers())
+            return False
+        if not g.best.covers(params):
+            g.best.drop()  # the trainable set changed since: a rollback would be partial
+            return False
+        before = spec.lr_mult
+        g.restore_best(params, self.optimizer, self._buffers())
+        # the training loss jumps back to the best weights' level: not a spike against the overfitted median
+        self._loss_monitor.reset_spike_reference()
+        target = min(before, g.best_lr_mult) * g.config.overfit_backoff
+        spec.backoff(target / before)
+        self.monitors.on_guardrail(Action.ROLLBACK_OVERFIT.value)
+        reason = (
+            f"rollback_overfit: validation loss {g.last_val:.4g} is more than "
+            f"{g.config.overfit_gl:.0%} above its best {g.best_val:.4g}; restored the weights of step "
+            f"{g.best.step}, lr multiplier {before:.3g} -> {spec.lr_mult:.3g}"
+        )
+        self.controller.record("guardrail", [], reason, self._step)
+        return True
+
+    def _buffers(self) -> list[torch.Tensor]:
+        """The model's buffers (batch-norm statistics ...), for the best-validation snapshot; none without ``model``."""
+        return list(self.model.buffers()) if isinstance(self.model, torch.nn.Module) else []
+
+    def _judge(self, loss_v: float | None, gnorm_v: float) -> Verdict:
+        if self.guardrails is None:
+            return Verdict.OK
+        lm = self._loss_monitor
+        return self.guardrails.check(loss_v, gnorm_v, lm.median_loss(), lm.history, lm.initial_loss())
+
+    def _clip(self, grads: list[torch.Tensor], gnorm_v: float) -> bool:
+        clip = self.action_spec.clip
+        if not (math.isfinite(clip) and gnorm_v > clip):
+            return False
+        scale = clip / (gnorm_v + 1e-6)  # the rule of clip_grad_norm_
+        dense = [g for g in grads if not g.is_sparse]
+        if dense:
+            torch._foreach_mul_(dense, scale)
+        for g in grads:
+            if g.is_sparse:
+                g.mul_(scale)
+        return True
+
+    def _update(self, base_step: Callable[[], Any]) -> Any:
+        sampled = self.controller.is_sampled(self._step)
+        if sampled:
+            self.monitors.before_update()
+        spec = self.action_spec
+        saved = spec.swap_in(self._step)  # what ``with spec.effective():`` does, ~2 us a step cheaper
+        try:
+            out = base_step()
+        finally:
+            spec.swap_out(saved)
+        if sampled:
+            self.monitors.after_update()
+        return out
+
+    def _after_update(self, loss_v: float | None, gnorm_v: float, clipped: bool) -> None:
+        self._step += 1
+        if self._step == self._past_budget_at:
+            self._past_budget()
+        self.monitors.on_step(StepRecord(self._step, loss_v, gnorm_v, clipped))
+        g = self.guardrails
+        if g is not None:
+            g.good_step()
+            if g.due(self._step, loss_v, self._loss_monitor.median_loss()):
+                g.snapshot(self._step, self._ctx.params, self.optimizer)
+        if self.controller.is_due(self._step):
+            if self.controller.loss_blind:
+                self._no_loss()
+            self.controller.decide(self._step)
+        self._arm_if_due()
+
+    def _advising(self, topic: str) -> bool:
+        """Whether to say ``topic`` now: advice is on and this run has not heard it yet."""
+        if not self.advise or topic in self._advised:
+            return False
+        self._advised.add(topic)
+        return True
+
+    def _no_loss(self) -> None:
+        """Say once, at the first decision, that no step came with its loss: the loss monitors, the spike
+        guardrail and the policy's loss inputs are blind (``experiments/loss_blind.py``: the default
+        policy ends 1.44x worse in geo-mean on the validation families when the loop calls ``step()``)."""
+        if not self._advising("no_loss"):
+            return
+        warnings.warn(
+            f"chuck: {self._step} steps and no loss: step() was called without it, so chuck's loss monitors, its "
+            "spike guardrail and the policy's loss inputs see nothing (the default policy trains worse blind). "
+            "Call opt.step(loss=loss) or opt.step(closure), or opt.record_loss(loss) before a step() you do not "
+            "call yourself (GradScaler.step, a framework's loop).",
+            RuntimeWarning,
+            stacklevel=_caller_level(),  # the loop's opt.step(...)
+        )
+
+    def _past_budget(self) -> None:
+        """Say once that the run went past ``total_steps``: the policy's end-of-run schedule (a prior's
+        cooldown, an anneal) assumed the run ends there, and ``ctrl.progress`` stays at 1 from now on."""
+        warnings.warn(
+            f"chuck: step {self._step} is past total_steps={self.total_steps}; the policy planned the end of the "
+            "run (its cooldown or anneal) for that step, and what it does after is not what it was trained for. "
+            "Pass the number of optimizer steps the run will take (with gradient accumulation: the number of "
+            "step() calls, not of batches).",
+            RuntimeWarning,
+            stacklevel=_caller_level(),  # the loop's opt.step(...)
+        )
+
+    def _check_scaler(self) -> None:
+        """Count GradScaler-skipped steps: the scaler shrinks its scale exactly when it skips.
+
+        An overflow is routine in mixed precision (the scaler probes upwards), so it is counted,
+        not treated as instability: no lr backoff, no skip-rate signal (faults issue, item 3).
+        """
+        if self._grad_scaler is None or not self._grad_scaler.is_enabled():
+            return
+        scale = float(self._grad_scaler.get_scale())
+        if self._last_scale is not None and scale < self._last_scale:
+            if self.guardrails is not None:
+                self.guardrails.amp_overflows += 1
+            self.monitors.on_guardrail(Action.AMP_OVERFLOW.value)
+        self._last_scale = scale
+
+    def _intervene(self, verdict: Verdict, loss_v: float | None, gnorm_v: float) -> None:
+        g = self.guardrails
+        assert g is not None
+        spec = self.action_spec
+        if verdict is Verdict.ROLLBACK_SPIKE and g.lr_mult_before_streak is None:
+            g.lr_mult_before_streak = spec.lr_mult
+        params = self._ctx.params
+        if g.has_snapshot and not g.covers(params):
+            g.drop_snapshot()  # the trainable set changed since: a rollback would be partial
+        action = g.react(verdict)
+        if action is Action.ACCEPT_LEVEL_SHIFT:
+            # the same "spike" survived every rollback or skip: the loss level has shifted for good
+            self.loss_monitor.reset_spike_reference()
+            if g.lr_mult_before_streak is not None:
+                spec.lr_mult = g.lr_mult_before_streak
+            g.lr_mult_before_streak = None
+            reason = (
+                f"accept_level_shift: loss {loss_v:.4g} stayed above {g.config.spike_factor:g} x the old median "
+                f"{g.config.max_rollbacks_in_a_row} times in a row; spike reference reset, lr multiplier restored"
+            )
+        elif action in (Action.ROLLBACK_SPIKE, Action.ROLLBACK_NONFINITE):
+            g.restore(params, self.optimizer)
+            spec.backoff(g.config.backoff)
+            why = (
+                f"loss {loss_v:.4g} > {g.config.spike_factor:g} x median {self.loss_monitor.median_loss():.4g}"
+                if action is Action.ROLLBACK_SPIKE
+                else f"loss={loss_v}, grad_norm={gnorm_v}, non-finite {g.nonfinite_in_a_row} steps in a row (the weights "
+                "themselves may overflow)"
+            )
+            reason = f"{action.value}: {why}; restored step {g.snapshot_step}"
+        else:
+            spec.backoff(g.config.backoff)
+            reason = f"{action.value}: loss={loss_v}, grad_norm={gnorm_v}; step skipped, weights untouched"
+        if g.nonfinite_in_a_row == NONFINITE_WARN_AFTER:
+            self._nonfinite_streak(g)
+        self.monitors.on_guardrail(action.value)
+        self.controller.record("guardrail", [], reason, self._step)
+
+    def _nonfinite_streak(self, g: Guardrails) -> None:
+        """Say once a run that every recent step was non-finite: training has stopped, and why is
+        usually not the step size (the lr has been halved at each of those steps)."""
+        if not self._advising("nonfinite"):
+            return
+        if g.nonfinite_rolled_back:
+            tried = f"the weights went back to the snapshot of step {g.snapshot_step} once, which did not help"
+        elif g.has_snapshot:
+            tried = "no rollback was tried yet"
+        else:
+            tried = "there was no snapshot to roll back to yet"
+        warnings.warn(
+            f"chuck: the last {NONFINITE_WARN_AFTER} steps all had a non-finite loss or gradient norm and were "
+            f"skipped (the lr multiplier is down to x{self.action_spec.lr_mult:.3g}); {tried}. "
+            "If the loss is non-finite at any lr, look at the loss or the data (log of 0, division by 0, NaN "
+            "inputs); if the weights overflowed in the first steps, start from a lower lr.",
+            RuntimeWarning,
+            stacklevel=_caller_level(),  # the loop's opt.step(...)
+        )
+
+    def _arm_if_due(self) -> None:
+        # Activations are sampled on the forward pass that precedes a decision step.
+        if self.controller.arms_after(self._step):
+            self.monitors.arm()
+
+    # -- decisions and statistics -----------------------------------------------
+    def stats(self) -> dict[str, float]:
+        """Every raw statistic the monitors (the controller's included) expose: the observation's source."""
+        return self.monitors.stats()
+
+    def observation(self) -> np.ndarray:
+        """The policy's observation now (``ObservationSpec.encode`` of :meth:`stats`)."""
+        return self.controller.observation()
+
+    def apply_action(self, action: np.ndarray | list[float], *, source: str = "external", reason: str = "") -> Decision:
+        """Apply one action from outside the policy (through the controller's one path) and record it."""
+        return self.controller.apply(action, step=self._step, source=source, reason=reason)
+
+    # -- user-facing ------------------------------------------------------
+    def observe(self, val_loss: float | torch.Tensor | None = None, **metrics: float) -> None:
+        """Report an evaluation: the validation loss (for overfitting) and any other metrics.
+
+        Each value is one real number (a Python or numpy number, or a one-element tensor); a
+        non-finite validation loss is recorded in ``metrics`` but neither watched nor judged.
+        """
+        values = {k: _reported_number(k, v) for k, v in metrics.items()}  # every check before any effect
+        if val_loss is not None:
+            v = _reported_number("val_loss", val_loss)
+            if math.isfinite(v):
+                self.monitors.on_validation(self._step, v)
+                if self.guardrails is not None:
+                    vote = self.guardrails.judge_validation(v, self._loss_monitor.initial_loss())
+                    self._val_vote = max(self._val_vote, vote)
+            values["val_loss"] = v
+        self.metrics.update(values)
+
+    def health(self) -> HealthReport:
+        """Every indicator (value, status, reason, recommendation) plus architecture advice."""
+        advice = recommend(self._profile, self.stats())
+        if not self._ctx.params:
+            advice = ["no parameter requires a gradient: chuck watches nothing (unfreeze a layer to train it)", *advice]
+        return HealthReport(
+            step=self._step,
+            indicators=self.monitors.indicators(),
+            recommendations=advice,
+            hyperparameters=self.action_spec.hyperparameters(),
+        )
+
+    # -- end of run -------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ended the run (its history record is written)."""
+        return self._closed
+
+    def close(self) -> None:
+        """End the run: write the history record and close the tracking logger. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.history_path = self._ledger.finish(self)
+        if self.tracking is not None:
+            try:
+                self.tracking.close()
+            except Exception as exc:  # noqa: BLE001 - closing must never raise into user code
+                warnings.warn(f"chuck: closing the tracking logger failed: {exc}", RuntimeWarning, stacklevel=2)
+
+    def __del__(self) -> None:
+        # A run trained inside a function that returns only the model is garbage-collected
+        # without close(): its record is written then (faults issue, item 10).
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):  # never raise from a finalizer
+                self.close()
+
+    def __enter__(self) -> ChuckOptimizer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- checkpoints ------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        for pre_hook in list(self._optimizer_state_dict_pre_hooks.values()):
+            pre_hook(self)
+        sd = self.optimizer.state_dict()
+        sd["chuck"] = {
+            "version": STATE_VERSION,
+            "step": self._step,
+            "calls": self._calls,
+            "interval": self.interval,
+            "action": self.action_spec.state_dict(),
+            "guardrails": self.guardrails.state_dict() if self.guardrails is not None else None,
+            "monitors": self.monitors.state_dict(),
+            "rng": self._generator.get_state(),
+            "policy_id": self.policy_id,
+            "policy_state": self.policy.state_dict() if self.policy is not None else {},
+            "decisions": [d.as_dict() for d in self.decisions],
+            "metrics": dict(self.metrics),
+            "last_scale": self._last_scale,
+        }
+        for post_hook in list(self._optimizer_state_dict_post_hooks.values()):
+            out = post_hook(self, sd)
+            sd = out if out is not None else sd
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        """Validate the whole checkpoint first; load nothing unless all of it is valid.
+
+        Raises:
+            CheckpointError: naming what is wrong (a non-finite multiplier, another model's shapes, ...).
+        """
+        for pre_hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
+            out = pre_hook(self, state_dict)
+            state_dict = out if out is not None else state_dict
+        state_dict = dict(state_dict)
+        chuck_state = state_dict.pop("chuck", None)
+        if chuck_state is not None:
+            chuck_state = validate_chuck_state(chuck_state, self, state_dict)
+        self.optimizer.load_state_dict(state_dict)
+        if chuck_state is None:
+            warnings.warn(
+                "state_dict has no 'chuck' entry (a bare optimizer checkpoint?): chuck starts fresh", RuntimeWarning, stacklevel=2
+            )
+        else:
+            self._load_chuck_state(chuck_state)
+        self.action_spec.publish()  # the loaded groups carry the key as it was when they were saved
+        for post_hook in list(self._optimizer_load_state_dict_post_hooks.values()):
+            post_hook(self)
+
+    def _load_chuck_state(self, cs: dict[str, Any]) -> None:
+        if cs["policy_id"] != self.policy_id:
+            warnings.warn(
+                f"checkpoint was written under policy {cs['policy_id']}, resuming under {self.policy_id}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self._step, self._calls = cs["step"], cs["calls"]
+        self.action_spec.load_state_dict(cs["action"])
+        self.action_spec.start_warmup(self.action_spec.warmup_steps, self._step)
+        if self.guardrails is not None and cs["guardrails"] is not None:
+            self.guardrails.load_state_dict(cs["guardrails"])
+        self.monitors.load_state_dict(cs["monitors"])
+        self._generator.set_state(cs["rng"])
+        if self.policy is not None and cs["policy_state"]:
+            self.policy.load_state_dict(cs["policy_state"])
+        self.controller.decisions = DecisionLog((Decision.from_dict(d) for d in cs["decisions"]), maxlen=self.decisions.maxlen)
+        self.metrics = dict(cs["metrics"])
+        self._last_scale = cs["last_scale"]
+        act = self.act_monitor
+        if act is not None:
+            act.disarm()
+        self._arm_if_due()
+
+
+def _resolve_policy(policy: Any) -> Any:
+    from chuck.policies.base import Policy
+
+    if policy is None or isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str):
+        from chuck.core.loading import load_policy
+
+        return load_policy(policy)
+    raise TypeError(f"policy must be a chuck Policy, a name/path/URI string, or None; got {type(policy).__name__}")
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int | None:
+    """A step count given to the constructor: ``None``, or a whole number >= ``minimum``.
+
+    ``1.5`` or ``"10"`` would otherwise be taken as some other count without a word (``int("10")``,
+    a budget of 1.5 steps), and ``True`` as 1; a whole float (``100.0``, from arithmetic) is fine.
+    """
+    if value is None:
+        return None
+    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, bool) or not whole:
+        raise TypeError(f"{name} must be a whole number of steps, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside chuck: the user's ``opt.step``
+    line, however many of chuck's own frames lie between (a closure-driven step adds one)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "chuck":
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
+def _reported_number(name: str, value: Any) -> float:
+    """One number reported to :meth:`ChuckOptimizer.observe`: a real Python or numpy number, or a
+    one-element real tensor or array. ``float()`` would also take ``"0.5"`` and ``True`` without a word, and
+    a per-sample tensor with torch's message about "one element tensors"."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be one number (e.g. the mean over the validation set), got a tensor of shape {tuple(value.shape)}"
+            )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
+        return float(value.detach())
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(
+                f"{name} must be one number (e.g. the mean over the validation set), got an array of shape {tuple(value.shape)}"
+            )
+        value = value.reshape(())[()]  # its one element, as a numpy scalar: checked below like any number
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _check_spec_versions(policy: Any, action_spec: ActionSpec | None) -> None:
+    if policy is None:
+        return
+    if policy.observation_version not in FEATURE_SETS:
+        raise ValueError(
+            f"policy {policy.id} was built for observation spec v{policy.observation_version}, "
+            f"this chuck knows {sorted(FEATURE_SETS)}"
+        )
+    if policy.action_version not in ACTION_VERSIONS:
+        raise ValueError(
+            f"policy {policy.id} was built for action spec v{policy.action_version}, this chuck knows {sorted(ACTION_VERSIONS)}"
+        )
+    if action_spec is not None and policy.action_version != action_spec.version:
+        raise ValueError(
+            f"policy {policy.id} was built for action spec v{policy.action_version}, "
+            f"the action_spec given is v{action_spec.version}"
+        )
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the base optimizer's ``step`` requires a closure (LBFGS evaluates the loss itself)."""
+    try:
+        param = inspect.signature(type(optimizer).step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _as_float(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _read_scalars(loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[float | None, float, int]:
+    """Loss, global grad norm and the validation vote (in one process: as cast) of a step.
+
+    Loss and norm are read as floats with one host sync for both on accelerators; on CPU a
+    "sync" is free, so the two values are read directly (fewer ops to dispatch). Sparse
+    gradients count through their stored values.
+    """
+    require_scalar_loss(loss)  # before any fast path: each must refuse a per-sample loss
+    if grads:
+        norms = torch._foreach_norm([dense_values(g) for g in grads])
+        dev = norms[0].device
+        if dev.type == "cpu" and len(norms) <= 32:
+            # a few CPU scalars: reading them beats two more dispatched ops (stack, norm) on small models
+            gv = math.hypot(*map(float, norms))
+            return (None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)), gv, vote
+        gnorm = torch.linalg.vector_norm(torch.stack(norms) if dev.type == "cpu" else torch.stack([n.to(dev) for n in norms]))
+    else:
+        gnorm, dev = torch.zeros(()), torch.device("cpu")
+    if loss is None:
+        return None, float(gnorm), vote
+    if isinstance(loss, torch.Tensor):
+        if dev.type == "cpu" and loss.device.type == "cpu":
+            return float(loss.detach()), float(gnorm), vote
+        lv, gv = torch.stack([loss.detach().reshape(()).float().to(dev), gnorm.float()]).tolist()
+        return lv, gv, vote
+    return float(loss), float(gnorm), vote

@@ -1,0 +1,130 @@
+"""MLflow set-up shared by meta-training, the demo, tuning, the decision logger and policy loading.
+
+Default backend: a local SQLite file, ``sqlite:///$CHUCK_HOME/mlflow.db``, with
+artifacts under ``$CHUCK_HOME/mlartifacts`` (no server). Any tracking URI works:
+pass one, or set ``MLFLOW_TRACKING_URI``.
+
+:func:`resolve_tracking_uri` is the single rule for which store chuck talks to, so
+that ``load_policy("models:/NAME@ALIAS")`` in a fresh process finds what
+``chuck train-policy`` registered. It never consults ``mlflow.get_tracking_uri()``:
+that never returns None (so a fallback after it never ran) and its default is a
+``mlflow.db`` in the current directory, which it creates (faults issue, item 9).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from chuck.core.home import chuck_home
+
+#: The experiment kind MLflow 3 opens on its runs view (not the GenAI overview).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def _mlflow():
+    try:
+        import mlflow
+    except ImportError as exc:  # pragma: no cover - mlflow is in chuck[all]
+        raise ImportError("MLflow tracking needs mlflow: pip install 'chuck[all]'") from exc
+    return mlflow
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The store chuck uses: ``tracking_uri`` if given, else ``$MLFLOW_TRACKING_URI``, else
+    ``sqlite:///$CHUCK_HOME/mlflow.db``. ``CHUCK_HOME`` is only touched in the last case."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{chuck_home() / 'mlflow.db'}"
+
+
+def default_tracking_uri() -> str:
+    """:func:`resolve_tracking_uri` with nothing given (kept for existing callers)."""
+    return resolve_tracking_uri(None)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``ConnectionError`` if an http(s) tracking server does not answer within ``timeout``.
+
+    Any HTTP answer counts as reachable (a proxy may not serve ``/health``); only a refused,
+    reset or timed-out connection does not. Other schemes are not checked. The MLflow client
+    would otherwise retry a dead server with exponential backoff for minutes.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+
+
+def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
+    """Point MLflow at ``tracking_uri`` (default: the local SQLite store) and select ``experiment``.
+
+    For a SQLite store the experiment's artifacts go next to the database, not into
+    the current directory. Returns the ``mlflow`` module.
+    """
+    mlflow = _mlflow()
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # models are registered (and looked up) in the same store
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = None
+        if (db := sqlite_path(uri)) is not None:
+            location = (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+        try:
+            mlflow.create_experiment(experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(experiment) is None:
+                raise  # not a concurrent creation of the same experiment (several ranks or workers)
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+def tag_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Give an experiment created elsewhere chuck's kind tag (MLflow 3 then opens it on the runs view).
+
+    Idempotent and safe when several processes (DDP ranks, evaluation workers) open the same
+    experiment at once: the SQLite store inserts the tag, so the loser of that race gets a unique
+    constraint error while the tag it wanted is already there.
+    """
+    if EXPERIMENT_KIND[0] in (client.get_experiment(experiment_id).tags or {}):
+        return
+    try:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    except Exception:  # noqa: BLE001 - MlflowException wrapping the store's IntegrityError
+        if EXPERIMENT_KIND[0] not in (client.get_experiment(experiment_id).tags or {}):
+            raise
+
+
+def register_artifact(
+    run_id: str, artifact_path: str, name: str, alias: str | None = None, tracking_uri: str | None = None
+) -> str:
+    """Register a run's artifact directory as a new version of model ``name``; set ``alias``.
+
+    Returns the version. Works for any artifact directory (chuck policies are not
+    MLflow "flavors": they load with chuck.load_policy("models:/NAME@ALIAS")). The
+    registry is the tracking store itself: ``tracking_uri``, else the one :func:`setup` selected.
+    """
+    mlflow = _mlflow()
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - MlflowException when absent
+        client.create_registered_model(name, description="chuck meta-policy (load with chuck.load_policy)")
+    source = f"{client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+    mv = client.create_model_version(name, source=source, run_id=run_id)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
