@@ -45,7 +45,7 @@ def first_reaching(values: list[float], target: float) -> int:
 def warm_vs_cold(task_id: str, trials: int, steps: int) -> dict:
     import optuna
 
-    from chuck.tuning import tune, zoo_train_fn
+    from chuck.tuning.cold_start import tune, zoo_train_fn
 
     storage = f"sqlite:///{Path(os.environ['CHUCK_HOME']) / 'optuna.db'}"
     for seed in (1, 2):  # the history: tuned runs of other instances of the family
@@ -94,7 +94,7 @@ def warm_vs_cold(task_id: str, trials: int, steps: int) -> dict:
 def eps_check(task_id: str, steps: int) -> dict:
     import chuck
     from chuck import zoo
-    from chuck.tuning import eps_range_from
+    from chuck.tuning.cold_start import eps_range_from
     from chuck.zoo.loop import train as run
 
     task = zoo.get_task(task_id)

@@ -1,7 +1,7 @@
 """Decisions per second of meta-training: the multiprocess backend vs the Ray backend, 1, 2 and 4 env workers.
 
 For each backend and worker count, the vectorized environments ``chuck train-policy`` builds
-(``chuck.metatrain._vec_env``: ``DummyVecEnv`` for one process worker, ``SubprocVecEnv`` for
+(``chuck.metatrain.train._vec_env``: ``DummyVecEnv`` for one process worker, ``SubprocVecEnv`` for
 more; ``RayVecEnv`` with one CPU per actor on a local Ray runtime) run PPO (the
 ``train-policy`` defaults but ``n_steps``) for ``--timesteps`` decisions after a warm-up
 rollout. All configurations are built first and measured in interleaved rounds, so that the
@@ -64,7 +64,7 @@ def build(backend: str, workers: int, args: argparse.Namespace) -> dict:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-    from chuck.metatrain import MetaTrainConfig, _make_env, _vec_env
+    from chuck.metatrain.train import MetaTrainConfig, _make_env, _vec_env
 
     cfg = MetaTrainConfig(tasks=args.tasks, n_envs=workers, backend=backend, budget_scale=args.budget_scale, ray_cpus_per_env=1.0)
     thunks = [_make_env(cfg.tasks, cfg.interval, cfg.budget_scale, 1000 * i, cfg.prior) for i in range(workers)]
@@ -122,7 +122,7 @@ def main() -> None:
     sizes = [int(w) for w in args.workers.split(",")]
     backends = args.backends.split(",")
     if "ray" in backends:
-        from chuck.ray_backend import connect, disconnect
+        from chuck.metatrain.ray_backend import connect, disconnect
 
         connect(None, num_cpus=sum(sizes))  # one local runtime holds every Ray configuration at once
     configs = [build(b, w, args) for b in backends for w in sizes]

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(argv: list[str]) -> int:
-    from chuck.cli import main
+    from chuck.cli.main import main
 
     args = list(argv)
     if not any(a == "--out" or a.startswith("--out=") for a in args):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bench_overhead import make_mlp
 
 import chuck
-from chuck.controller import Controller
+from chuck.core.controller import Controller
 from chuck.monitors.activations import ActivationMonitor
 from chuck.monitors.gradients import GradientMonitor
 from chuck.monitors.loss import LossMonitor

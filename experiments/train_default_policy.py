@@ -40,7 +40,7 @@ import argparse
 from pathlib import Path
 from typing import NamedTuple
 
-from chuck.metatrain import MetaTrainConfig, train_policy
+from chuck.metatrain.train import MetaTrainConfig, train_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
