@@ -2,7 +2,9 @@
 
 The levers and their references are in :mod:`chuck.policies.derive`. The result is an ordinary
 artifact (``chuck evaluate --policies OUT``; ``install_default.py --snapshot OUT --residual keep``
-ships it) whose card records how it was derived.
+ships it) whose card records how it was derived. The runs under experiments/runs/ are git-ignored and
+the committed ones live in git history (``git checkout b3d3e5d -- experiments/runs/default-v4``; see
+docs/results/MANIFEST.md).
 
     python experiments/derive_residual.py --run-dir experiments/runs/default-v4 --last 0.25 \\
         --out experiments/runs/derived/v4-swa151k      # the average of the last quarter's snapshots

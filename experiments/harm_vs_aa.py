@@ -7,9 +7,9 @@ Per arm this prints the harm shares over the probes of instances that were repla
 shares on those instances, and the share of probes harmed *beyond* the A/A: above 1.05 and above
 every replay of that instance (a probe inside its instance's A/A spread is not evidence of harm).
 
-    python experiments/harm_vs_aa.py docs/results/resolution_test.json docs/results/test_v8/rows.csv
+    python experiments/harm_vs_aa.py docs/results/resolution_test.json docs/results/test_v10/rows.csv
     python experiments/harm_vs_aa.py docs/results/resolution_validation.json \
-        docs/results/validation/same_oracle/rows.csv --arms chuck:default,cosine,prodigy
+        docs/results/validation/rng_fixed/rows.csv --arms chuck:default,cosine,prodigy
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ with the statistics an arm gets. With `--rows`, the arms of a `chuck evaluate` r
 instances are printed beside them (their main runs, every starting lr).
 
     python experiments/hindsight_ceiling.py --tasks test --seeds 0,1,2 \
-        --rows docs/results/test_v8/rows.csv --arms chuck:default,chuck:default/no-observe,prodigy \
+        --rows docs/results/test_v10/rows.csv --arms chuck:default,chuck:default/no-observe,prodigy \
         --out docs/results/hindsight_test.json
 """
 

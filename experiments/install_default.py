@@ -12,14 +12,15 @@ The default is a residual policy (chuck.policies.learned: action = prior + actor
 Either way the card records the splits, the validation comparison it was chosen on and the test
 split summaries it was reported on.
 
-    python experiments/install_default.py --snapshot experiments/runs/default-v2/snapshots/00005000 \\
+    python experiments/install_default.py --snapshot experiments/runs/default-v4/snapshots/00200192 \\
         --selection docs/results/validation/prior_warmup/summary.json \\
         --selection docs/results/validation/prior_warmup/summary_no_observe.json \\
-        --test-summary docs/results/test_v5/summary.json \\
-        --test-summary docs/results/test_v5/summary_no_observe.json --prior prior@15 --note "..."
+        --test-summary docs/results/test_v10/summary.json \\
+        --test-summary docs/results/test_v10/summary_no_observe.json --prior prior@10 --residual keep --note "..."
 
 (the installed card's ``residual.why`` holds the note and ``residual.snapshot`` the snapshot used for
-the shipped default; the exact command of the current one is in docs/results.md.)
+the shipped default. The training runs' snapshots are no longer in the tree: restore one from git
+history first, e.g. ``git checkout b3d3e5d -- experiments/runs/default-v4``; docs/results/MANIFEST.md.)
 
 ``--update-card`` re-reports the installed default without touching its weights (their checksum, and
 so every evaluation's record of which policy it measured, stay as they are): the card's test figures

@@ -13,11 +13,11 @@ end elsewhere from the same seed under other float rounding. Regrets against dif
 comparable, so B's regrets are rescaled to A's oracle (final loss / A's oracle; failed runs keep their
 cap), and the harm shares are also given over the probes both arms ran at the same lr.
 
-    python experiments/paired_regret.py docs/results/validation/prior_warmup/rows.csv chuck:prior@3 chuck:prior@10
+    python experiments/paired_regret.py docs/results/test_v10/rows.csv prodigy chuck:default
     python experiments/paired_regret.py ROWS A B --seeds 0,1,2     # only these instance seeds
     python experiments/paired_regret.py ROWS A B --exclude-family cv.textures_resnet   # without one family
-    python experiments/paired_regret.py docs/results/test_v8/rows.csv chuck:default chuck:default \
-        --a-rows docs/results/test_v5/rows.csv   # the same arm name in two directories: two defaults
+    python experiments/paired_regret.py docs/results/test_v10/rows.csv chuck:default chuck:default \
+        --a-rows OTHER_DIR/rows.csv   # the same arm name in two directories: two defaults
     python experiments/paired_regret.py ROWS A B --resolvable docs/results/resolution_validation.json
         # only instances the benchmark resolves: every A/A replay of both references within 5%
 """

@@ -4,7 +4,7 @@ The geo-mean is exp(mean log regret), so each (family, starting lr) cell adds it
 the total; a cell that holds most of the total is where the arm loses, and the geo-mean without a family
 says how much one family decides. Reads a `chuck evaluate` rows.csv (main runs only).
 
-    python experiments/regret_breakdown.py docs/results/validation/same_oracle/rows.csv chuck:default
+    python experiments/regret_breakdown.py docs/results/validation/rng_fixed/rows.csv chuck:default
     python experiments/regret_breakdown.py ROWS prodigy --top 5
 """
 

@@ -14,8 +14,9 @@ PPO learns a residual on the built-in prior (chuck.policies.prior) over the zoo'
 families, with a periodic evaluation on the "validation" families; every evaluated policy is
 kept under experiments/runs/default-vN/snapshots/ so that checkpoint selection can compare them
 with `chuck evaluate --tasks validation` on many instances. The "test" families are used only to
-report. Checkpoints (experiments/runs/default-vN/checkpoint) are committed with the repository:
-rerun the command, in this session or a later one, and training resumes where it stopped.
+report. Checkpoints (experiments/runs/default-vN/checkpoint) make a rerun resume where it stopped;
+experiments/runs/ is git-ignored, and the runs committed earlier (v2-v6: checkpoints, snapshots) live
+in git history (``git checkout b3d3e5d -- experiments/runs/default-v4``; docs/results/MANIFEST.md).
 
 Runs: ``v4`` (the default run) learns on prior@10 and finished the issue's 200k decisions (200,192);
 its final snapshot, ``experiments/runs/default-v4/snapshots/00200192``, is the shipped default, installed
