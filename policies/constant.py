@@ -1,4 +1,4 @@
-"""The "constant" policy: never changes anything (chuck as a pure monitor + guardrails)."""
+"""The "constant" policy: never changes anything (chuck as a pure observer; guardrails only if asked for)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class ConstantPolicy(Policy):
 
     name = "constant"
     version = "1"
+    guardrails_by_default = False  # a pure observer: bit-identical to the bare optimizer unless guardrails are asked for
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         self.check_observation(observation)

@@ -43,13 +43,12 @@ ACTION_DIMS: tuple[str, ...] = ("lr", "weight_decay", "clip", "dropout")
 
 #: The learning-rate reach of each action spec version. v2 lets the lr move x3 per decision
 #: within [1e-3, 1e3] of the user's value: from a start two decades off, a good lr is four
-#: decisions away (the policy issue, lever 3: "let the lr move by decades early in a run").
-#: v3 keeps v2's bounds and lets one decision move the lr by up to a decade; a policy built for it
-#: scales its ordinary moves down (``prior@17`` moves exactly as on v2 except where it asks for a decade).
+#: decisions away. Lab code may add a version here before building a policy for it
+#: (``experiments/prior_variants.py`` adds v3, a decade per decision); artifacts, checkpoints and
+#: ``ChuckOptimizer`` read this table when they meet a version.
 ACTION_VERSIONS: dict[str, dict[str, Any]] = {
     "1": {"lr_bounds": (1e-3, 100.0), "lr_log_step": math.log(2.0)},
     "2": {"lr_bounds": (1e-3, 1000.0), "lr_log_step": math.log(3.0)},
-    "3": {"lr_bounds": (1e-3, 1000.0), "lr_log_step": math.log(10.0)},
 }
 LATEST_ACTION_VERSION = "2"
 
@@ -326,10 +325,17 @@ class ActionSpec:
         if clip > 0:  # inf (off) or a positive finite threshold; an underflow to 0 keeps the old one
             self.clip = clip
 
-    def backoff(self, factor: float) -> None:
-        """Guardrail backoff: multiply the lr multiplier by ``factor`` (< 1), within bounds."""
+    def scale_lr(self, factor: float) -> float:
+        """Multiply the lr multiplier by ``factor`` within its bounds (a guardrail's cut or its
+        recovery); returns the factor actually applied."""
+        before = self.lr_mult
         self.lr_mult, _ = _clamp(self.lr_mult * factor, *self.lr_bounds)
         self.publish()
+        return self.lr_mult / before
+
+    def backoff(self, factor: float) -> None:
+        """Multiply the lr multiplier by ``factor`` (< 1), within bounds (see :meth:`scale_lr`)."""
+        self.scale_lr(factor)
 
     def publish(self) -> None:
         """Write every group's effective lr (its ``lr`` x chuck's multiplier) under :data:`EFFECTIVE_LR_KEY`.

@@ -102,6 +102,8 @@ def validate_chuck_state(cs: dict[str, Any], opt: Any, base_state: dict[str, Any
         not isinstance(d, dict) or set(d) - _DECISION_FIELDS for d in cs["decisions"]
     ):
         problems.append("decisions must be a list of decision records")
+    if cs.get("val_vote", 0) not in (0, 1, 2) or isinstance(cs.get("val_vote", 0), bool):
+        problems.append(f"val_vote must be 0, 1 or 2, got {cs.get('val_vote')!r}")
     if not isinstance(cs["metrics"], dict):
         problems.append("metrics must be a dict")
     last_scale = cs["last_scale"]

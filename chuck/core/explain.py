@@ -349,7 +349,9 @@ def summarize_decisions(decisions: Sequence[Any], initial: Mapping[str, float], 
             kind = str(_get(g, "reason") or "").split(":")[0] or "intervention"
             kinds[kind] = kinds.get(kind, 0) + 1
         lines.append(
-            "guardrails stepped in " + ", ".join(f"{n}x {k}" for k, n in kinds.items()) + " (each halves the lr multiplier)"
+            "guardrails stepped in "
+            + ", ".join(f"{n}x {k}" for k, n in kinds.items())
+            + " (non-finite skips and rollbacks halve the lr multiplier, undone over the following healthy steps)"
         )
     fallbacks = [d for d in decisions if _get(d, "source") == "fallback"]
     if fallbacks:

@@ -45,8 +45,9 @@ from torch.utils.hooks import RemovableHandle
 from chuck.core.actions import ACTION_VERSIONS, EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
 from chuck.core.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
 from chuck.core.controller import Controller, DecisionHook
+from chuck.core.defaults import DEFAULT_INTERVAL
 from chuck.core.distributed import rank_sync
-from chuck.core.guardrails import NONFINITE_WARN_AFTER, Action, GuardrailConfig, Guardrails, ValidationVote, Verdict
+from chuck.core.guardrails import NONFINITE_WARN_AFTER, Action, GuardrailConfig, Guardrails, Response, ValidationVote, Verdict
 from chuck.core.observation import FEATURE_SETS, ObservationSpec
 from chuck.core.report import Decision, DecisionLog, HealthReport
 from chuck.core.run_record import RunLedger
@@ -69,6 +70,10 @@ from chuck.monitors.stepsize import StepSizeMonitor
 
 __all__ = ["ChuckOptimizer", "CheckpointError", "STATE_VERSION"]
 
+#: Decisions a checkpoint carries (the most recent): about 3 kB each with their observations, so a
+#: checkpoint's chuck entry stays near a few MiB however long the run.
+CHECKPOINT_DECISIONS = 1000
+
 
 class _SkipStep(Exception):
     """Raised inside a wrapped closure to stop a closure-driven base step (LBFGS) before it updates."""
@@ -88,22 +93,24 @@ class ChuckOptimizer(torch.optim.Optimizer):
         model: the model, for activation monitoring, dropout control and architecture advice.
         total_steps: planned number of optimizer steps (``step()`` calls), for the progress feature: a
             policy plans the end of the run (a cooldown) for it, and chuck warns once if the run goes past it.
-        interval: successful steps between decisions; defaults to the policy's own, else 20.
+        interval: successful steps between decisions; defaults to the policy's own, else ``DEFAULT_INTERVAL`` (20).
         warmup: steps of linear lr warm-up at the start of the run (step k runs at (k + 1) /
             warmup of the lr); defaults to the policy's own (``Policy.warmup``), else none.
         anneal: share of ``total_steps`` over which the lr decays linearly toward zero at the end of the
             run, applied per step (warmup-stable-decay); defaults to the policy's own (``Policy.anneal``),
             else none. Needs ``total_steps``.
         max_grad_norm: initial gradient-clipping threshold (default: off until the policy turns it on).
-        guardrails: a :class:`GuardrailConfig`, or ``False`` to disable skip/rollback entirely.
+        guardrails: a :class:`GuardrailConfig` (its thresholds), ``True`` for the default one, ``False`` for
+            none, or ``None`` (the default): the policy's choice (``Policy.guardrails_by_default``), on under
+            every policy that steers the run, off under ``"constant"``, which only observes.
         grad_scaler: a ``torch.amp.GradScaler`` whose skipped steps chuck should detect.
         action_spec: bounds and rate limits of the actions (default :class:`ActionSpec`).
         monitors: extra :class:`chuck.monitors.Monitor` instances (their statistics reach
             :meth:`stats` and their indicators :meth:`health`).
         monitor_window: steps of history the monitors keep (default ``max(50, 5 * interval)``).
         seed: seeds chuck's own sampling (histogram elements, activation units).
-        max_decisions: decisions kept in memory (and checkpoints), most recent last; ``None``
-            keeps all. A tracking logger keeps the full trail.
+        max_decisions: decisions kept in memory, most recent last; ``None`` keeps all. A checkpoint
+            carries the last ``CHECKPOINT_DECISIONS`` of them; a tracking logger keeps the full trail.
         tracking: a decision logger, e.g. :class:`chuck.MLflowDecisionLogger`; it is attached
             here and closed by :meth:`close`.
         history: write a run record when the run ends (``close()``, ``with``, garbage
@@ -138,13 +145,13 @@ class ChuckOptimizer(torch.optim.Optimizer):
         warmup: int | None = None,
         anneal: float | None = None,
         max_grad_norm: float | None = None,
-        guardrails: GuardrailConfig | bool = True,
+        guardrails: GuardrailConfig | bool | None = None,
         grad_scaler: Any | None = None,
         action_spec: ActionSpec | None = None,
         monitors: Sequence[Monitor] = (),
         monitor_window: int | None = None,
         seed: int = 0,
-        max_decisions: int | None = 50_000,
+        max_decisions: int | None = 10_000,
         tracking: Any | None = None,
         history: bool | str = True,
         label: str = "",
@@ -180,7 +187,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         # the first step past the budget, said once (see _past_budget); -1: no budget to pass
         self._past_budget_at = total_steps + 1 if total_steps is not None else -1
         resolved = _resolve_policy(policy)
-        self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else 20))
+        self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else DEFAULT_INTERVAL))
         _check_spec_versions(resolved, action_spec)
         self.action_spec = action_spec or ActionSpec(
             version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION
@@ -191,6 +198,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
         anneal = anneal if anneal is not None else getattr(resolved, "anneal", None)
         if anneal and total_steps is not None:
             self.action_spec.start_anneal(total_steps, anneal)
+        if guardrails is None:  # the policy's own choice: on under every policy that steers, off for a pure observer
+            guardrails = resolved is None or resolved.guardrails_by_default
+        if not isinstance(guardrails, (bool, GuardrailConfig)):
+            raise TypeError(f"guardrails must be a GuardrailConfig, True, False or None, got {type(guardrails).__name__}")
         self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
         self._grad_scaler = grad_scaler
         self._last_scale: float | None = None
@@ -467,27 +478,14 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if g is None:
             return False
         params = self._ctx.params
-        spec = self.action_spec
         if vote == ValidationVote.SNAPSHOT:
             # nothing has changed the weights since the evaluation that asked for it
-            g.take_best(self._step, params, self.optimizer, spec.lr_mult, self._buffers())
+            g.take_best(self._step, params, self.optimizer, self.action_spec.lr_mult, self._buffers())
             return False
-        if not g.best.covers(params):
-            g.best.drop()  # the trainable set changed since: a rollback would be partial
+        response = g.respond_to_vote(vote, params, self.action_spec.lr_mult)
+        if response is None:
             return False
-        before = spec.lr_mult
-        g.restore_best(params, self.optimizer, self._buffers())
-        # the training loss jumps back to the best weights' level: not a spike against the overfitted median
-        self._loss_monitor.reset_spike_reference()
-        target = min(before, g.best_lr_mult) * g.config.overfit_backoff
-        spec.backoff(target / before)
-        self.monitors.on_guardrail(Action.ROLLBACK_OVERFIT.value)
-        reason = (
-            f"rollback_overfit: validation loss {g.last_val:.4g} is more than "
-            f"{g.config.overfit_gl:.0%} above its best {g.best_val:.4g}; restored the weights of step "
-            f"{g.best.step}, lr multiplier {before:.3g} -> {spec.lr_mult:.3g}"
-        )
-        self.controller.record("guardrail", [], reason, self._step)
+        self._carry_out(response)
         return True
 
     def _buffers(self) -> list[torch.Tensor]:
@@ -495,10 +493,19 @@ class ChuckOptimizer(torch.optim.Optimizer):
         return list(self.model.buffers()) if isinstance(self.model, torch.nn.Module) else []
 
     def _judge(self, loss_v: float | None, gnorm_v: float) -> Verdict:
-        if self.guardrails is None:
+        g = self.guardrails
+        if g is None:
             return Verdict.OK
-        lm = self._loss_monitor
-        return self.guardrails.check(loss_v, gnorm_v, lm.median_loss(), lm.history, lm.initial_loss())
+        verdict = g.check(loss_v, gnorm_v, self._loss_monitor.initial_loss())
+        if g.noisy and self._advising("noisy_loss"):
+            warnings.warn(
+                f"chuck: more than {g.config.noisy_share:.0%} of recent losses are over {g.config.spike_factor:g}x their "
+                "median (tiny batches, mixed tasks or noisy labels): the spike guardrail stands aside while the run is "
+                "this noisy; non-finite steps are still skipped.",
+                RuntimeWarning,
+                stacklevel=_caller_level(),
+            )
+        return verdict
 
     def _clip(self, grads: list[torch.Tensor], gnorm_v: float) -> bool:
         clip = self.action_spec.clip
@@ -534,8 +541,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.monitors.on_step(StepRecord(self._step, loss_v, gnorm_v, clipped))
         g = self.guardrails
         if g is not None:
-            g.good_step()
-            if g.due(self._step, loss_v, self._loss_monitor.median_loss()):
+            repay = g.good_step(self._step, loss_v)
+            if repay != 1.0:
+                g.repaid(repay, self.action_spec.scale_lr(repay))
+            if g.snapshot_due(loss_v):
                 g.snapshot(self._step, self._ctx.params, self.optimizer)
         if self.controller.is_due(self._step):
             if self.controller.loss_blind:
@@ -595,39 +604,28 @@ class ChuckOptimizer(torch.optim.Optimizer):
     def _intervene(self, verdict: Verdict, loss_v: float | None, gnorm_v: float) -> None:
         g = self.guardrails
         assert g is not None
-        spec = self.action_spec
-        if verdict is Verdict.ROLLBACK_SPIKE and g.lr_mult_before_streak is None:
-            g.lr_mult_before_streak = spec.lr_mult
-        params = self._ctx.params
-        if g.has_snapshot and not g.covers(params):
-            g.drop_snapshot()  # the trainable set changed since: a rollback would be partial
-        action = g.react(verdict)
-        if action is Action.ACCEPT_LEVEL_SHIFT:
-            # the same "spike" survived every rollback or skip: the loss level has shifted for good
-            self.loss_monitor.reset_spike_reference()
-            if g.lr_mult_before_streak is not None:
-                spec.lr_mult = g.lr_mult_before_streak
-            g.lr_mult_before_streak = None
-            reason = (
-                f"accept_level_shift: loss {loss_v:.4g} stayed above {g.config.spike_factor:g} x the old median "
-                f"{g.config.max_rollbacks_in_a_row} times in a row; spike reference reset, lr multiplier restored"
-            )
-        elif action in (Action.ROLLBACK_SPIKE, Action.ROLLBACK_NONFINITE):
-            g.restore(params, self.optimizer)
-            spec.backoff(g.config.backoff)
-            why = (
-                f"loss {loss_v:.4g} > {g.config.spike_factor:g} x median {self.loss_monitor.median_loss():.4g}"
-                if action is Action.ROLLBACK_SPIKE
-                else f"loss={loss_v}, grad_norm={gnorm_v}, non-finite {g.nonfinite_in_a_row} steps in a row (the weights "
-                "themselves may overflow)"
-            )
-            reason = f"{action.value}: {why}; restored step {g.snapshot_step}"
-        else:
-            spec.backoff(g.config.backoff)
-            reason = f"{action.value}: loss={loss_v}, grad_norm={gnorm_v}; step skipped, weights untouched"
+        self._carry_out(g.respond(verdict, loss_v, gnorm_v, self._ctx.params))
         if g.nonfinite_in_a_row == NONFINITE_WARN_AFTER:
             self._nonfinite_streak(g)
-        self.monitors.on_guardrail(action.value)
+
+    def _carry_out(self, response: Response) -> None:
+        """Do what a guardrail decided, in one place: restore a snapshot, move the lr multiplier
+        (through ``ActionSpec``, within its bounds), tell the monitors and the decision log."""
+        g = self.guardrails
+        assert g is not None
+        spec = self.action_spec
+        if response.restore is not None:
+            g.restore(response.restore, self._ctx.params, self.optimizer, self._buffers())
+        before = spec.lr_mult
+        if response.lr_factor != 1.0:
+            g.charged(response, spec.scale_lr(response.lr_factor))
+        if response.reset_loss_reference:
+            # the loss moves to another level (a new data phase, or the best weights' level): not a spike
+            self._loss_monitor.reset_spike_reference()
+        self.monitors.on_guardrail(response.action.value)
+        reason = response.reason
+        if spec.lr_mult != before:
+            reason += f"; lr multiplier {before:.3g} -> {spec.lr_mult:.3g}"
         self.controller.record("guardrail", [], reason, self._step)
 
     def _nonfinite_streak(self, g: Guardrails) -> None:
@@ -745,7 +743,10 @@ class ChuckOptimizer(torch.optim.Optimizer):
             "rng": self._generator.get_state(),
             "policy_id": self.policy_id,
             "policy_state": self.policy.state_dict() if self.policy is not None else {},
-            "decisions": [d.as_dict() for d in self.decisions],
+            # the most recent decisions only: a checkpoint stays small however long the run (the full
+            # trail goes to the tracking logger and the history record)
+            "decisions": [d.as_dict() for d in self.decisions[-CHECKPOINT_DECISIONS:]],
+            "val_vote": int(self._val_vote),
             "metrics": dict(self.metrics),
             "last_scale": self._last_scale,
         }
@@ -789,7 +790,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.action_spec.load_state_dict(cs["action"])
         self.action_spec.start_warmup(self.action_spec.warmup_steps, self._step)
         if self.guardrails is not None and cs["guardrails"] is not None:
-            self.guardrails.load_state_dict(cs["guardrails"])
+            self.guardrails.load_state_dict(cs["guardrails"], self._ctx.params)
+        self._val_vote = ValidationVote(int(cs.get("val_vote", 0)))
         self.monitors.load_state_dict(cs["monitors"])
         self._generator.set_state(cs["rng"])
         if self.policy is not None and cs["policy_state"]:

@@ -60,6 +60,7 @@ def _build(policy: str, sync: bool, tracking=None, history=False):
         torch.optim.AdamW(model.parameters(), lr=3e-3),
         policy,
         model=model,
+        guardrails=True,  # under "constant" too: the guardrails' verdicts are what the ranks must agree on
         interval=10,
         total_steps=STEPS,
         history=history,

@@ -57,7 +57,9 @@ def test_a_layer_unfrozen_mid_run_is_guarded() -> None:
     """The parameter list was fixed at construction: a NaN gradient in a layer unfrozen at step 30
     was written into the weights at step 35."""
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, history=False)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "constant", guardrails=True, model=model, history=False
+    )
     for s in range(40):
         if s == 30:
             model.frozen.requires_grad_(True)
@@ -220,7 +222,9 @@ def test_a_checkpoint_of_another_model_is_refused() -> None:
 def test_history_record_is_written_when_the_optimizer_is_collected(tmp_path) -> None:
     def train() -> torch.nn.Module:
         model = make_net()
-        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, history=str(tmp_path))
+        opt = chuck.ChuckOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), "constant", guardrails=True, model=model, history=str(tmp_path)
+        )
         run_steps(model, opt, 0, 5)
         return model  # the optimizer goes out of scope without close()
 
@@ -262,7 +266,9 @@ def test_a_run_ending_inside_another_runs_record_write_is_written_after_it(tmp_p
     runs = []
     for _ in range(2):
         model = make_net()
-        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", model=model, history=str(tmp_path))
+        opt = chuck.ChuckOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1), "constant", guardrails=True, model=model, history=str(tmp_path)
+        )
         run_steps(model, opt, 0, 5)
         runs.append(opt)
     first, second = runs

@@ -30,11 +30,28 @@ def _same(model, weights: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
 
 
+#: Validation losses of a run that improves steadily (little noise), the last one the best (1.0).
+IMPROVING = (1.3, 1.2, 1.1, 1.05, 1.0)
+
+
+def _known_noise(opt) -> None:
+    """Four evaluations of a steadily improving run, so that the validation noise is known (small)."""
+    for v in IMPROVING[:-1]:
+        opt.observe(val_loss=v)
+
+
+def _improve(model, opt) -> None:
+    """20 steps with an evaluation every 4: validation losses ``IMPROVING``, the best (1.0) at step 20."""
+    for s in range(20):
+        if s and s % 4 == 0:
+            opt.observe(val_loss=IMPROVING[s // 4 - 1])
+        _step(model, opt, s)
+    opt.observe(val_loss=IMPROVING[-1])
+
+
 def _best_then_worse(model, opt, worse: float) -> None:
     """20 steps, a best validation loss of 1.0, 20 more steps, a reading of ``worse``, one step."""
-    for s in range(20):
-        _step(model, opt, s)
-    opt.observe(val_loss=1.0)
+    _improve(model, opt)
     for s in range(20, 40):
         _step(model, opt, s)
     opt.observe(val_loss=worse)
@@ -51,9 +68,7 @@ def _opt(model, **config):
 def test_overfitting_restores_the_best_weights_and_halves_the_lr() -> None:
     model = make_net()
     opt = _opt(model)
-    for s in range(20):
-        _step(model, opt, s)
-    opt.observe(val_loss=1.0)  # the best so far: its weights are kept at the next step
+    _improve(model, opt)  # the best so far: its weights are kept at the next step
     best = _weights(model)
     for s in range(20, 40):
         _step(model, opt, s)
@@ -81,9 +96,7 @@ def test_training_loss_jump_after_a_rollback_is_no_spike() -> None:
     not roll that back to its own (overfitted) snapshot."""
     model = make_net()
     opt = _opt(model, snapshot_every=10)
-    for s in range(20):
-        _step(model, opt, s)
-    opt.observe(val_loss=1.0)
+    _improve(model, opt)
     _step(model, opt, 20)
     for s in range(21, 60):
         _step(model, opt, s)
@@ -102,6 +115,8 @@ def test_near_zero_validation_noise_is_no_overfitting() -> None:
     model = make_net()
     opt = _opt(model)
     for s in range(20):
+        if s in (5, 10, 15):
+            opt.observe(val_loss={5: 2.0e-6, 10: 1.8e-6, 15: 1.7e-6}[s])
         _step(model, opt, s)
     opt.observe(val_loss=1.6e-6)
     _step(model, opt, 20)
@@ -121,11 +136,15 @@ def test_a_lucky_best_does_not_pin_the_run() -> None:
     g = Guardrails(GuardrailConfig(max_rollbacks_in_a_row=2))
     params = [torch.nn.Parameter(torch.ones(3))]
     opt = torch.optim.SGD(params, lr=0.1)
+    for v in (1.4, 1.3, 1.2, 1.1):  # a few evaluations before the best: the noise is known
+        g.judge_validation(v, initial_loss=2.0)
     assert g.judge_validation(1.0, initial_loss=2.0) is ValidationVote.SNAPSHOT
     g.take_best(0, params, opt, lr_mult=1.0)
     for _ in range(2):
         assert g.judge_validation(2.0, initial_loss=2.0) is ValidationVote.RESTORE
-        g.restore_best(params, opt)
+        response = g.respond_to_vote(ValidationVote.RESTORE, params, lr_mult=1.0)
+        assert response is not None and response.restore == "best"
+        g.restore("best", params, opt)
     assert g.judge_validation(2.0, initial_loss=2.0) is ValidationVote.SNAPSHOT
     assert g.best_val == 2.0
     assert g.judge_validation(2.1, initial_loss=2.0) is ValidationVote.NONE
@@ -150,6 +169,7 @@ def test_best_weights_survive_a_checkpoint() -> None:
     opt = _opt(model)
     for s in range(20):
         _step(model, opt, s)
+    _known_noise(opt)
     opt.observe(val_loss=1.0)
     best = _weights(model)
     for s in range(20, 40):
@@ -169,7 +189,9 @@ def test_best_weights_survive_a_checkpoint() -> None:
 
 def test_closure_optimizer_rolls_back_too() -> None:
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2), "constant", model=model)
+    opt = chuck.ChuckOptimizer(
+        torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2), "constant", guardrails=True, model=model
+    )
 
     def closure_at(s: int):
         def closure():
@@ -183,6 +205,7 @@ def test_closure_optimizer_rolls_back_too() -> None:
 
     for s in range(5):
         opt.step(closure_at(s))
+    _known_noise(opt)
     opt.observe(val_loss=1.0)
     best = _weights(model)
     for s in range(5, 10):
@@ -198,7 +221,9 @@ def test_the_run_record_counts_overfitting_rollbacks(tmp_path) -> None:
     from chuck.history import read_history
 
     model = make_net()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", model=model, history=str(tmp_path))
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "constant", guardrails=True, model=model, history=str(tmp_path)
+    )
     _best_then_worse(model, opt, 2.0)
     opt.close()
     df = read_history(tmp_path)
@@ -213,6 +238,7 @@ def test_batch_norm_statistics_go_back_with_the_weights() -> None:
     opt = _opt(model)
     for s in range(20):
         _step(model, opt, s)
+    _known_noise(opt)
     opt.observe(val_loss=1.0)
     x, y = batch(20)
     loss = F.cross_entropy(model(x), y)
