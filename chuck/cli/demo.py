@@ -14,7 +14,6 @@ overhead, interleaved).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-
-@dataclass
-class DemoConfig:
-    """Settings of ``chuck demo`` (each is a flag)."""
-
-    task: str = "cv.digits_mlp"
-    """Zoo task to train."""
-    lr: float = 1e-5
-    """The deliberately poor initial learning rate (too low for AdamW by about two decades)."""
-    steps: int = 600
-    """Training steps per arm."""
-    policy: str = "default"
-    """chuck policy for the second arm ("default", "heuristic", a path, models:/...)."""
-    seed: int = 0
-    """Seed of the task instance (data subset, init, batch order)."""
-    out: str = "chuck_demo.png"
-    """Where the PNG goes."""
-    tracking_uri: str | None = None
-    """MLflow tracking URI (default: sqlite under CHUCK_HOME)."""
-    experiment: str = "chuck-demo"
-    """MLflow experiment."""
-    quick: bool = False
-    """Short budget (60 steps), for CI smoke tests."""
-
-    def __post_init__(self) -> None:
-        from chuck.zoo import get_task
-
-        try:
-            get_task(self.task)
-        except KeyError as exc:
-            raise ValueError(exc.args[0]) from None
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+from chuck.cli.config import DemoConfig  # the settings live with the other commands' (no torch for --help)
+from chuck.core.defaults import DEFAULT_INTERVAL
 
 
 def _train_arm(task: Any, cfg: Any, steps: int, interval: int, policy: str | None, logger: Any, desc: str) -> dict[str, Any]:
@@ -165,7 +131,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     except PolicyLoadError as exc:
         print(f"! policy {policy_name!r} unavailable ({exc}); using 'heuristic' instead")
         policy_name, policy = "heuristic", chuck.load_policy("heuristic")
-    interval = policy.interval or 20
+    interval = policy.interval or DEFAULT_INTERVAL
     task = zoo.get_task(cfg.task)
     config = task.sample_config(np.random.default_rng(cfg.seed))
     config.optimizer, config.lr, config.label_noise = "AdamW", cfg.lr, 0.0

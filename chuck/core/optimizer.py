@@ -27,10 +27,7 @@ optimizer that wraps another.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-import numbers
-import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -42,13 +39,23 @@ from torch import nn
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 from torch.utils.hooks import RemovableHandle
 
-from chuck.core.actions import ACTION_VERSIONS, EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
+from chuck.core.actions import EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
+from chuck.core.advice import Advisor
 from chuck.core.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
 from chuck.core.controller import Controller, DecisionHook
 from chuck.core.defaults import DEFAULT_INTERVAL
 from chuck.core.distributed import rank_sync
 from chuck.core.guardrails import NONFINITE_WARN_AFTER, Action, GuardrailConfig, Guardrails, Response, ValidationVote, Verdict
-from chuck.core.observation import FEATURE_SETS, ObservationSpec
+from chuck.core.inputs import (
+    as_float,
+    check_spec_versions,
+    needs_closure,
+    read_scalars,
+    reported_number,
+    resolve_policy,
+    whole_number,
+)
+from chuck.core.observation import ObservationSpec
 from chuck.core.report import Decision, DecisionLog, HealthReport
 from chuck.core.run_record import RunLedger
 from chuck.monitors import (
@@ -64,8 +71,6 @@ from chuck.monitors import (
     WeightMonitor,
     recommend,
 )
-from chuck.monitors.gradients import dense_values
-from chuck.monitors.loss import require_scalar_loss
 from chuck.monitors.stepsize import StepSizeMonitor
 
 __all__ = ["ChuckOptimizer", "CheckpointError", "STATE_VERSION"]
@@ -165,9 +170,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
             raise TypeError(f"ChuckOptimizer wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, ChuckOptimizer):
             raise TypeError("this optimizer is already wrapped by ChuckOptimizer")
-        total_steps = _whole_number("total_steps", total_steps, 1)
-        interval = _whole_number("interval", interval, 2)
-        warmup = _whole_number("warmup", warmup, 0)
+        total_steps = whole_number("total_steps", total_steps, 1)
+        interval = whole_number("interval", interval, 2)
+        warmup = whole_number("warmup", warmup, 0)
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained (or None), got {type(model).__name__}")
         # torch.optim.Optimizer.__init__ would build param_groups/state/defaults of its own; here
@@ -186,9 +191,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.total_steps = total_steps
         # the first step past the budget, said once (see _past_budget); -1: no budget to pass
         self._past_budget_at = total_steps + 1 if total_steps is not None else -1
-        resolved = _resolve_policy(policy)
+        resolved = resolve_policy(policy)
         self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else DEFAULT_INTERVAL))
-        _check_spec_versions(resolved, action_spec)
+        check_spec_versions(resolved, action_spec)
         self.action_spec = action_spec or ActionSpec(
             version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION
         )
@@ -205,7 +210,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.guardrails = Guardrails(guardrails if isinstance(guardrails, GuardrailConfig) else None) if guardrails else None
         self._grad_scaler = grad_scaler
         self._last_scale: float | None = None
-        self._closure_driven = _needs_closure(optimizer)
+        self._closure_driven = needs_closure(optimizer)
         self._generator = torch.Generator().manual_seed(seed)
 
         window = monitor_window or max(50, 5 * self.interval)
@@ -233,7 +238,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         # data parallelism: one all-reduce per step replaces the scalar read; rank 0 decides for all
         self._ranks = rank_sync(process_group, optimizer, model, action_dims=len(self.action_spec.dims))
         self.controller.ranks = self._ranks
-        self._read_scalars = _read_scalars if self._ranks is None else self._ranks.read_scalars
+        self.read_scalars = read_scalars if self._ranks is None else self._ranks.read_scalars
         leader = self._ranks is None or self._ranks.is_leader  # the one rank that logs and writes history
         if not self._ctx.params:
             warnings.warn(
@@ -253,8 +258,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             tracking.attach(self)
         self.history_path: str | None = None
         self._closed = False
-        self.advise = True  # see the class docstring
-        self._advised: set[str] = set()  # the advice topics this run has been told
+        self.advisor = Advisor()  # ``advise`` turns it on and off
         self._ledger = RunLedger.start(
             self, history if leader else False, {"label": label, "batch_size": batch_size, "data_size": data_size}
         )
@@ -288,6 +292,15 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("ChuckOptimizer is not picklable; checkpoint it with state_dict()")
+
+    @property
+    def advise(self) -> bool:
+        """Whether chuck says what needs attention (see the class docstring)."""
+        return self.advisor.enabled
+
+    @advise.setter
+    def advise(self, on: bool) -> None:
+        self.advisor.enabled = bool(on)
 
     # -- public read-outs -------------------------------------------------
     @property
@@ -327,7 +340,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         after whatever a scheduler wrote since the last step: what the integrations log.
         """
         self.action_spec.publish()
-        return [_as_float(g[EFFECTIVE_LR_KEY]) for g in self.optimizer.param_groups if EFFECTIVE_LR_KEY in g]
+        return [as_float(g[EFFECTIVE_LR_KEY]) for g in self.optimizer.param_groups if EFFECTIVE_LR_KEY in g]
 
     @property
     def obs_spec(self) -> ObservationSpec:
@@ -406,13 +419,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def _run_step(self, closure: Callable[[], Any] | None = None, *, loss: Any = None) -> Any:
         self._calls += 1
-        if self._closed and self._advising("closed"):
-            warnings.warn(
-                "chuck: step() after close(): the run's history record was written when it closed and leaves out "
-                "these steps; for a new run, wrap the base optimizer again (opt.optimizer)",
-                RuntimeWarning,
-                stacklevel=_caller_level(),
-            )
+        if self._closed:
+            self.advisor.step_after_close()
         self._check_scaler()
         if self._closure_driven:
             return self._closure_step(closure)
@@ -424,7 +432,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self._pending_loss = None
         grads = self._grads()
         vote, self._val_vote = self._val_vote, ValidationVote.NONE
-        loss_v, gnorm_v, vote = self._read_scalars(loss, grads, vote)
+        loss_v, gnorm_v, vote = self.read_scalars(loss, grads, vote)
         if vote and self._act_on_vote(vote):
             return loss
         verdict = self._judge(loss_v, gnorm_v)
@@ -447,7 +455,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             if not first:  # the first evaluation happens before the base optimizer changes anything
                 grads = self._grads()
                 vote, self._val_vote = self._val_vote, ValidationVote.NONE
-                first["loss"], first["gnorm"], vote = self._read_scalars(out, grads, vote)
+                first["loss"], first["gnorm"], vote = self.read_scalars(out, grads, vote)
                 if vote and self._act_on_vote(vote):
                     first["verdict"] = None
                     raise _SkipStep
@@ -497,14 +505,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if g is None:
             return Verdict.OK
         verdict = g.check(loss_v, gnorm_v, self._loss_monitor.initial_loss())
-        if g.noisy and self._advising("noisy_loss"):
-            warnings.warn(
-                f"chuck: more than {g.config.noisy_share:.0%} of recent losses are over {g.config.spike_factor:g}x their "
-                "median (tiny batches, mixed tasks or noisy labels): the spike guardrail stands aside while the run is "
-                "this noisy; non-finite steps are still skipped.",
-                RuntimeWarning,
-                stacklevel=_caller_level(),
-            )
+        if g.noisy:
+            self.advisor.noisy_loss(g)
         return verdict
 
     def _clip(self, grads: list[torch.Tensor], gnorm_v: float) -> bool:
@@ -537,7 +539,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
     def _after_update(self, loss_v: float | None, gnorm_v: float, clipped: bool) -> None:
         self._step += 1
         if self._step == self._past_budget_at:
-            self._past_budget()
+            self.advisor.past_budget(self._step, self.total_steps)
         self.monitors.on_step(StepRecord(self._step, loss_v, gnorm_v, clipped))
         g = self.guardrails
         if g is not None:
@@ -548,43 +550,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 g.snapshot(self._step, self._ctx.params, self.optimizer)
         if self.controller.is_due(self._step):
             if self.controller.loss_blind:
-                self._no_loss()
+                self.advisor.no_loss(self._step)
             self.controller.decide(self._step)
         self._arm_if_due()
-
-    def _advising(self, topic: str) -> bool:
-        """Whether to say ``topic`` now: advice is on and this run has not heard it yet."""
-        if not self.advise or topic in self._advised:
-            return False
-        self._advised.add(topic)
-        return True
-
-    def _no_loss(self) -> None:
-        """Say once, at the first decision, that no step came with its loss: the loss monitors, the spike
-        guardrail and the policy's loss inputs are blind (``experiments/loss_blind.py``: the default
-        policy ends 1.44x worse in geo-mean on the validation families when the loop calls ``step()``)."""
-        if not self._advising("no_loss"):
-            return
-        warnings.warn(
-            f"chuck: {self._step} steps and no loss: step() was called without it, so chuck's loss monitors, its "
-            "spike guardrail and the policy's loss inputs see nothing (the default policy trains worse blind). "
-            "Call opt.step(loss=loss) or opt.step(closure), or opt.record_loss(loss) before a step() you do not "
-            "call yourself (GradScaler.step, a framework's loop).",
-            RuntimeWarning,
-            stacklevel=_caller_level(),  # the loop's opt.step(...)
-        )
-
-    def _past_budget(self) -> None:
-        """Say once that the run went past ``total_steps``: the policy's end-of-run schedule (a prior's
-        cooldown, an anneal) assumed the run ends there, and ``ctrl.progress`` stays at 1 from now on."""
-        warnings.warn(
-            f"chuck: step {self._step} is past total_steps={self.total_steps}; the policy planned the end of the "
-            "run (its cooldown or anneal) for that step, and what it does after is not what it was trained for. "
-            "Pass the number of optimizer steps the run will take (with gradient accumulation: the number of "
-            "step() calls, not of batches).",
-            RuntimeWarning,
-            stacklevel=_caller_level(),  # the loop's opt.step(...)
-        )
 
     def _check_scaler(self) -> None:
         """Count GradScaler-skipped steps: the scaler shrinks its scale exactly when it skips.
@@ -606,7 +574,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         assert g is not None
         self._carry_out(g.respond(verdict, loss_v, gnorm_v, self._ctx.params))
         if g.nonfinite_in_a_row == NONFINITE_WARN_AFTER:
-            self._nonfinite_streak(g)
+            self.advisor.nonfinite_streak(g, self.action_spec.lr_mult)
 
     def _carry_out(self, response: Response) -> None:
         """Do what a guardrail decided, in one place: restore a snapshot, move the lr multiplier
@@ -627,26 +595,6 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if spec.lr_mult != before:
             reason += f"; lr multiplier {before:.3g} -> {spec.lr_mult:.3g}"
         self.controller.record("guardrail", [], reason, self._step)
-
-    def _nonfinite_streak(self, g: Guardrails) -> None:
-        """Say once a run that every recent step was non-finite: training has stopped, and why is
-        usually not the step size (the lr has been halved at each of those steps)."""
-        if not self._advising("nonfinite"):
-            return
-        if g.nonfinite_rolled_back:
-            tried = f"the weights went back to the snapshot of step {g.snapshot_step} once, which did not help"
-        elif g.has_snapshot:
-            tried = "no rollback was tried yet"
-        else:
-            tried = "there was no snapshot to roll back to yet"
-        warnings.warn(
-            f"chuck: the last {NONFINITE_WARN_AFTER} steps all had a non-finite loss or gradient norm and were "
-            f"skipped (the lr multiplier is down to x{self.action_spec.lr_mult:.3g}); {tried}. "
-            "If the loss is non-finite at any lr, look at the loss or the data (log of 0, division by 0, NaN "
-            "inputs); if the weights overflowed in the first steps, start from a lower lr.",
-            RuntimeWarning,
-            stacklevel=_caller_level(),  # the loop's opt.step(...)
-        )
 
     def _arm_if_due(self) -> None:
         # Activations are sampled on the forward pass that precedes a decision step.
@@ -673,9 +621,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         Each value is one real number (a Python or numpy number, or a one-element tensor); a
         non-finite validation loss is recorded in ``metrics`` but neither watched nor judged.
         """
-        values = {k: _reported_number(k, v) for k, v in metrics.items()}  # every check before any effect
+        values = {k: reported_number(k, v) for k, v in metrics.items()}  # every check before any effect
         if val_loss is not None:
-            v = _reported_number("val_loss", val_loss)
+            v = reported_number("val_loss", val_loss)
             if math.isfinite(v):
                 self.monitors.on_validation(self._step, v)
                 if self.guardrails is not None:
@@ -803,123 +751,3 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if act is not None:
             act.disarm()
         self._arm_if_due()
-
-
-def _resolve_policy(policy: Any) -> Any:
-    from chuck.policies.base import Policy
-
-    if policy is None or isinstance(policy, Policy):
-        return policy
-    if isinstance(policy, str):
-        from chuck.core.loading import load_policy
-
-        return load_policy(policy)
-    raise TypeError(f"policy must be a chuck Policy, a name/path/URI string, or None; got {type(policy).__name__}")
-
-
-def _whole_number(name: str, value: Any, minimum: int) -> int | None:
-    """A step count given to the constructor: ``None``, or a whole number >= ``minimum``.
-
-    ``1.5`` or ``"10"`` would otherwise be taken as some other count without a word (``int("10")``,
-    a budget of 1.5 steps), and ``True`` as 1; a whole float (``100.0``, from arithmetic) is fine.
-    """
-    if value is None:
-        return None
-    whole = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
-    if isinstance(value, bool) or not whole:
-        raise TypeError(f"{name} must be a whole number of steps, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside chuck: the user's ``opt.step``
-    line, however many of chuck's own frames lie between (a closure-driven step adds one)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "chuck":
-        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
-    return level
-
-
-def _reported_number(name: str, value: Any) -> float:
-    """One number reported to :meth:`ChuckOptimizer.observe`: a real Python or numpy number, or a
-    one-element real tensor or array. ``float()`` would also take ``"0.5"`` and ``True`` without a word, and
-    a per-sample tensor with torch's message about "one element tensors"."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(
-                f"{name} must be one number (e.g. the mean over the validation set), got a tensor of shape {tuple(value.shape)}"
-            )
-        if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
-        return float(value.detach())
-    if isinstance(value, np.ndarray):
-        if value.size != 1:
-            raise ValueError(
-                f"{name} must be one number (e.g. the mean over the validation set), got an array of shape {tuple(value.shape)}"
-            )
-        value = value.reshape(())[()]  # its one element, as a numpy scalar: checked below like any number
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
-def _check_spec_versions(policy: Any, action_spec: ActionSpec | None) -> None:
-    if policy is None:
-        return
-    if policy.observation_version not in FEATURE_SETS:
-        raise ValueError(
-            f"policy {policy.id} was built for observation spec v{policy.observation_version}, "
-            f"this chuck knows {sorted(FEATURE_SETS)}"
-        )
-    if policy.action_version not in ACTION_VERSIONS:
-        raise ValueError(
-            f"policy {policy.id} was built for action spec v{policy.action_version}, this chuck knows {sorted(ACTION_VERSIONS)}"
-        )
-    if action_spec is not None and policy.action_version != action_spec.version:
-        raise ValueError(
-            f"policy {policy.id} was built for action spec v{policy.action_version}, "
-            f"the action_spec given is v{action_spec.version}"
-        )
-
-
-def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the base optimizer's ``step`` requires a closure (LBFGS evaluates the loss itself)."""
-    try:
-        param = inspect.signature(type(optimizer).step).parameters.get("closure")
-    except (TypeError, ValueError):
-        return False
-    return param is not None and param.default is inspect.Parameter.empty
-
-
-def _as_float(x: Any) -> float:
-    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
-
-
-def _read_scalars(loss: Any, grads: list[torch.Tensor], vote: int = 0) -> tuple[float | None, float, int]:
-    """Loss, global grad norm and the validation vote (in one process: as cast) of a step.
-
-    Loss and norm are read as floats with one host sync for both on accelerators; on CPU a
-    "sync" is free, so the two values are read directly (fewer ops to dispatch). Sparse
-    gradients count through their stored values.
-    """
-    require_scalar_loss(loss)  # before any fast path: each must refuse a per-sample loss
-    if grads:
-        norms = torch._foreach_norm([dense_values(g) for g in grads])
-        dev = norms[0].device
-        if dev.type == "cpu" and len(norms) <= 32:
-            # a few CPU scalars: reading them beats two more dispatched ops (stack, norm) on small models
-            gv = math.hypot(*map(float, norms))
-            return (None if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)), gv, vote
-        gnorm = torch.linalg.vector_norm(torch.stack(norms) if dev.type == "cpu" else torch.stack([n.to(dev) for n in norms]))
-    else:
-        gnorm, dev = torch.zeros(()), torch.device("cpu")
-    if loss is None:
-        return None, float(gnorm), vote
-    if isinstance(loss, torch.Tensor):
-        if dev.type == "cpu" and loss.device.type == "cpu":
-            return float(loss.detach()), float(gnorm), vote
-        lv, gv = torch.stack([loss.detach().reshape(()).float().to(dev), gnorm.float()]).tolist()
-        return lv, gv, vote
-    return float(loss), float(gnorm), vote

@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chuck.core.defaults import DEFAULT_INTERVAL
+
 ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 
 
@@ -370,7 +372,7 @@ def zoo_train_fn(
     task_id: str,
     seed: int = 0,
     steps: int | None = None,
-    interval: int = 20,
+    interval: int = DEFAULT_INTERVAL,
     optimizer: str = "AdamW",
     policy: str = "constant",
     instance_seed: int | None = None,

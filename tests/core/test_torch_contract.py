@@ -70,7 +70,7 @@ def test_global_hooks_fire_for_the_wrapper() -> None:
 
 
 def test_post_hooks_fire_on_skipped_steps() -> None:
-    model, opt = _opt()
+    model, opt = _opt(guardrails=True)
     fired = []
     opt.register_step_post_hook(lambda o, a, k: fired.append(o.step_count))
     x, y = batch(0)
@@ -121,7 +121,7 @@ def test_lbfgs_with_a_closure() -> None:
 
 def test_lbfgs_nonfinite_first_evaluation_is_skipped() -> None:
     model = nn.Linear(3, 1)
-    opt = chuck.ChuckOptimizer(torch.optim.LBFGS(model.parameters()), "constant", history=False)
+    opt = chuck.ChuckOptimizer(torch.optim.LBFGS(model.parameters()), "constant", guardrails=True, history=False)
     before = [p.detach().clone() for p in model.parameters()]
 
     def closure():
