@@ -16,6 +16,11 @@ Arms:
   its authors recommend. Prodigy estimates its own step size, so it ignores the starting
   lr: it runs once per instance and that run stands for every starting lr. Its multiplier
   is not swept (see ``chuck.evaluation.oracle``).
+* ``prodigy-sf``: ``prodigyplus.ProdigyPlusScheduleFree`` (Prodigy's step-size estimate on
+  schedule-free AdamW; package ``prodigy-plus-schedule-free``) at ``lr=1.0``, evaluated on its
+  averaged weights (its ``train()``/``eval()``); lr-free like ``prodigy``.
+* ``ldog``: ``dog.LDoG`` (Ivgi et al. 2023, "DoG is SGD's Best Friend", layer-wise; package
+  ``dog-optimizer``) at ``lr=1.0``, without the paper's optional weight averaging; lr-free.
 * ``chuck:SPEC``: ``ChuckOptimizer(AdamW, policy=SPEC, model=..., total_steps=budget,
   history=False)`` with its OOD fallback, validation reported through ``observe``;
   ``chuck:SPEC/no-observe`` never calls ``observe``.
@@ -33,9 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-BASELINES = ("adamw", "cosine", "plateau", "schedulefree", "prodigy")
+BASELINES = ("adamw", "cosine", "plateau", "schedulefree", "prodigy", "prodigy-sf", "ldog")
 #: Baselines that need a package outside chuck's core, with the module to import.
-BASELINE_PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt"}
+BASELINE_PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt", "prodigy-sf": "prodigyplus", "ldog": "dog"}
+#: Baselines that estimate their own step size: one run per instance stands for every starting lr.
+LR_FREE = ("prodigy", "prodigy-sf", "ldog")
 CHUCK_PREFIX = "chuck:"
 NO_OBSERVE_SUFFIX = "/no-observe"
 #: Validation every this many steps (what ReduceLROnPlateau and ``observe`` receive).
@@ -86,7 +93,7 @@ def chuck_arm(policy: str, observe: bool) -> str:
 
 def effective_lr(arm: str, lr: float) -> float:
     """The lr that identifies a run: Prodigy's runs do not depend on the starting lr."""
-    return PRODIGY_LR if arm == "prodigy" else float(lr)
+    return PRODIGY_LR if arm in LR_FREE else float(lr)
 
 
 def run_id(arm: str, lr: float) -> str:
@@ -135,6 +142,16 @@ def _make_arm(spec: RunSpec, inst: Any) -> tuple[Any, Any]:
 
         opt = Prodigy(_groups(base), lr=PRODIGY_LR * spec.lr_scale)
         return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    if arm == "prodigy-sf":
+        from prodigyplus import ProdigyPlusScheduleFree
+
+        opt = ProdigyPlusScheduleFree(_groups(base), lr=PRODIGY_LR * spec.lr_scale)
+        opt.train()
+        return opt, None
+    if arm == "ldog":
+        from dog import LDoG
+
+        return LDoG(_groups(base), lr=PRODIGY_LR * spec.lr_scale), None
     if is_chuck_arm(arm):
         import chuck
 

@@ -9,6 +9,13 @@
 
 Diverged and crashed runs count with regret (and harm) 100: they are in every statistic.
 
+The worst case is a figure of its own, since a user meets the worst run first:
+
+* ``worst_regret``: the largest regret of the arm (overall and per family);
+* ``catastrophes``: runs ending at ``CATASTROPHE`` (5x) the sweep's best or worse where Prodigy, on
+  the same instance, ends within ``PEER_FINE`` (2x): a failure a careful lr-free peer avoids.
+  ``None`` when the rows hold no Prodigy run of the instances.
+
 Every summary also holds the *hindsight* rows (:mod:`chuck.evaluation.hindsight`): what a user
 who picked the best lr of the sweep's grid after the fact reaches, and one who missed it by one
 grid step, read off the oracle sweep without another run (``Summary.hindsight``).
@@ -33,6 +40,10 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 WITHIN = 1.10
 HARM_THRESHOLD = 1.05
+CATASTROPHE = 5.0
+PEER_FINE = 2.0
+#: The lr-free peer a catastrophe is judged against.
+CATASTROPHE_PEER = "prodigy"
 
 
 @dataclass
@@ -50,6 +61,8 @@ class ArmStats:
     harm_runs: int | None = None
     harm_rate: float | None = None
     worst_harm: float | None = None
+    worst_regret: float | None = None
+    catastrophes: int | None = None
 
 
 @dataclass
@@ -119,15 +132,34 @@ class Summary:
     def to_markdown(self) -> str:
         """The headline table (one line per arm)."""
         lines = [
-            "| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | harm rate | worst harm | diverged | crashed |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | worst regret "
+            "| catastrophes | harm rate | worst harm | diverged | crashed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, s in self.arms.items():
             lines.append(
                 f"| {arm} | {s.runs} | {s.median_regret:.3f} [{s.median_regret_ci[0]:.3f}, {s.median_regret_ci[1]:.3f}] "
                 f"| {s.geo_regret:.3f} [{s.geo_regret_ci[0]:.3f}, {s.geo_regret_ci[1]:.3f}] | {s.within_10pct:.0%} "
+                f"| {_num(s.worst_regret)} | {'-' if s.catastrophes is None else s.catastrophes} "
                 f"| {_pct(s.harm_rate)} | {_num(s.worst_harm)} | {s.diverged} | {s.errors} |"
             )
+        families = sorted({f for s in self.arms.values() for f in s.per_family})
+        if families:
+            lines += [
+                "",
+                f"Worst regret by family (catastrophes: >= {CATASTROPHE:g}x the sweep's best where "
+                f"{CATASTROPHE_PEER} ends within {PEER_FINE:g}x):",
+                "",
+                "| arm | " + " | ".join(families) + " |",
+                "|---|" + "---|" * len(families),
+            ]
+            for arm, s in self.arms.items():
+                cells = []
+                for f in families:
+                    st = s.per_family.get(f)
+                    cat = "" if st is None or not st.catastrophes else f" ({st.catastrophes}!)"
+                    cells.append(_num(st.worst_regret if st else None) + cat)
+                lines.append(f"| {arm} | " + " | ".join(cells) + " |")
         lrs = sorted({lr for s in self.arms.values() for lr in s.per_lr}, key=float)
         if lrs:
             lines += [
@@ -189,6 +221,10 @@ def stats_line(name: str, s: ArmStats, width: int = 34) -> str:
     """One line of an arm's figures for a terminal: runs, median and geo-mean with intervals, within 10%
     (and the harm rate and worst harm when it has harm probes)."""
     harm = "" if s.harm_rate is None else f"  harm > 1.05 {s.harm_rate:.0%}, worst {s.worst_harm:.3g}"
+    if s.worst_regret is not None:
+        harm += f"  worst regret {s.worst_regret:.3g}"
+    if s.catastrophes is not None:
+        harm += f"  catastrophes {s.catastrophes}"
     (mlo, mhi), (glo, ghi) = s.median_regret_ci, s.geo_regret_ci
     return (
         f"{name:{width}s} {s.runs:4d} runs  median {s.median_regret:.3f} [{mlo:.3f}, {mhi:.3f}]"
@@ -239,6 +275,7 @@ def arm_stats(main: list[dict[str, Any]], probes: list[dict[str, Any]] | None) -
         within_10pct=float(np.mean(reg <= WITHIN)),
         diverged=sum(bool(r["diverged"]) for r in main),
         errors=sum(bool(r["error"]) for r in main),
+        worst_regret=float(np.max(reg)) if len(reg) else None,
     )
     if probes is not None:
         harm = np.array([float(r["harm"]) for r in probes], dtype=np.float64)
@@ -249,19 +286,34 @@ def arm_stats(main: list[dict[str, Any]], probes: list[dict[str, Any]] | None) -
     return stats
 
 
+def catastrophes(main: list[dict[str, Any]], peer: dict[tuple[str, int], float]) -> int | None:
+    """Runs at ``CATASTROPHE`` x the sweep's best or worse where the peer's run of the same instance
+    (``peer[(task_id, seed)]``, its regret) ends within ``PEER_FINE``; ``None`` without any peer run."""
+    judged = [r for r in main if (r["task_id"], int(r["seed"])) in peer]
+    if not judged:
+        return None
+    return sum(float(r["regret"]) >= CATASTROPHE and peer[(r["task_id"], int(r["seed"]))] <= PEER_FINE for r in judged)
+
+
 def summarize_arms(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, ArmSummary]:
     """Per-arm summaries from finished rows (``kind`` main or harm_probe)."""
     out: dict[str, ArmSummary] = {}
+    peer = {
+        (r["task_id"], int(r["seed"])): float(r["regret"]) for r in rows if r["arm"] == CATASTROPHE_PEER and r["kind"] == "main"
+    }
     for arm in arms:
         main = [r for r in rows if r["arm"] == arm and r["kind"] == "main"]
         if not main:
             continue
         probes = [r for r in rows if r["arm"] == arm and r["kind"] == "harm_probe"]
         s = ArmSummary(**asdict(arm_stats(main, probes)))
+        s.catastrophes = catastrophes(main, peer)
         for lr in sorted({float(r["lr"]) for r in main}):
             s.per_lr[repr(lr)] = arm_stats([r for r in main if float(r["lr"]) == lr], None)
         for fam in sorted({r["family"] for r in main}):
-            s.per_family[fam] = arm_stats([r for r in main if r["family"] == fam], [r for r in probes if r["family"] == fam])
+            fam_main = [r for r in main if r["family"] == fam]
+            s.per_family[fam] = arm_stats(fam_main, [r for r in probes if r["family"] == fam])
+            s.per_family[fam].catastrophes = catastrophes(fam_main, peer)
         out[arm] = s
     return out
 

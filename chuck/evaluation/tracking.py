@@ -8,7 +8,16 @@ from typing import Any
 
 from chuck.evaluation.stats import ArmStats, Summary, summary_paths
 
-HEADLINE = ("median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm", "harm_beyond_aa")
+HEADLINE = (
+    "median_regret",
+    "geo_regret",
+    "within_10pct",
+    "worst_regret",
+    "catastrophes",
+    "harm_rate",
+    "worst_harm",
+    "harm_beyond_aa",
+)
 
 
 def metric_name(text: str) -> str:
@@ -60,6 +69,8 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
                     metrics[f"geo_regret_lr_{float(lr):g}"] = st.geo_regret
                 for fam, st in stats.per_family.items():
                     metrics[metric_name(f"geo_regret.{fam}")] = st.geo_regret
+                    if st.worst_regret is not None:
+                        metrics[metric_name(f"worst_regret.{fam}")] = st.worst_regret
                 mlflow.log_metrics(metrics)
         write_summary(summary, out)
         for path in (*summary_paths(out, s.get("observe", True)), out / "rows.csv"):

@@ -578,3 +578,46 @@ def test_every_summary_says_what_hindsight_tuning_reaches(tiny_tasks, tmp_path):
     assert math.isclose(float(np.median(cosine)), tuned["median_regret"])
     md = (tmp_path / "eval" / "summary.md").read_text()
     assert "Hindsight" in md and "| cosine one lr step lower |" in md
+
+
+@pytest.mark.parametrize("arm", ["prodigy-sf", "ldog"])
+def test_lr_free_peers_train_and_ignore_the_starting_lr(tiny_tasks, arm):
+    """Prodigy + Schedule-Free and LDoG run as baselines; like Prodigy, one run stands for every starting lr."""
+    from chuck.evaluation.runs import effective_lr, run_id
+
+    low = run_one(RunSpec("test.tiny_a", 0, arm, 1e-4, 20))
+    high = run_one(RunSpec("test.tiny_a", 0, arm, 1e-1, 20))
+    assert low["error"] == high["error"] == "" and math.isfinite(low["final_loss"])
+    assert low["final_loss"] == high["final_loss"]
+    assert effective_lr(arm, 1e-4) == effective_lr(arm, 1e-1) and run_id(arm, 1e-4) == run_id(arm, 1e-1)
+
+
+def test_catastrophes_count_runs_a_peer_survives_and_worst_regret_is_reported():
+    from chuck.evaluation.stats import summarize_arms
+
+    def row(arm, task, seed, regret, family="f"):
+        return {
+            "arm": arm,
+            "kind": "main",
+            "task_id": task,
+            "family": family,
+            "seed": seed,
+            "lr": 1e-3,
+            "regret": regret,
+            "diverged": False,
+            "error": "",
+        }
+
+    rows = [
+        row("prodigy", "a", 0, 1.5),
+        row("prodigy", "b", 0, 3.0),  # the peer is fine on a, not on b
+        row("chuck:x", "a", 0, 6.0),
+        row("chuck:x", "a", 0, 1.1),  # one catastrophe on a
+        row("chuck:x", "b", 0, 50.0, family="g"),  # bad, but the peer failed there too: no catastrophe
+    ]
+    s = summarize_arms(rows, ["chuck:x", "prodigy"])["chuck:x"]
+    assert s.catastrophes == 1 and s.worst_regret == 50.0
+    assert s.per_family["f"].catastrophes == 1 and s.per_family["g"].catastrophes == 0
+    assert s.per_family["g"].worst_regret == 50.0
+    alone = summarize_arms([r for r in rows if r["arm"] != "prodigy"], ["chuck:x"])["chuck:x"]
+    assert alone.catastrophes is None  # without a peer run there is nothing to judge against
