@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 
 import chuck
+from chuck.testing import check_monitor
 from tests.conftest import make_net, run_steps
 from tests.monitors.test_user_monitor import LossRangeMonitor
 
@@ -32,28 +32,23 @@ def test_the_suite_holds_every_kind_of_monitor() -> None:
 
 @pytest.mark.parametrize("name", MONITORS)
 def test_monitor_contract(name: str) -> None:
-    opt = _trained_opt()
-    mon = opt.monitors[name]
-    s1, s2 = mon.stats(), mon.stats()
-    assert s1.keys() == s2.keys() and s1
-    for k, v in s1.items():
-        assert k.startswith(mon.name + "."), k
-        assert isinstance(v, float) and (math.isfinite(v) or math.isnan(v)), (k, v)
-    inds = mon.indicators()
-    assert inds or name == "ctrl", "the controller state is an observation source, not a health indicator"
-    for ind in inds:
-        assert ind.name.startswith(mon.name + ".")
-        assert ind.status in ("ok", "warn", "bad", "n/a")
-        assert ind.reason and ind.source
-    buf = io.BytesIO()
-    torch.save(mon.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
-    fresh = _trained_opt().monitors[name]
-    assert fresh.validate_state_dict(state) is None
-    fresh.load_state_dict(state)
-    a, b = fresh.stats(), mon.stats()
-    assert all((a[k] == b[k]) or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+    mon = _trained_opt().monitors[name]
+    assert mon.indicators() or name == "ctrl", "the controller state is an observation source, not a health indicator"
+    check_monitor(mon, fresh=_trained_opt().monitors[name])
+
+
+def test_check_monitor_attaches_a_new_monitor_to_a_small_run() -> None:
+    check_monitor(LossRangeMonitor())
+
+
+class _Unnamed(LossRangeMonitor):
+    def stats(self) -> dict[str, float]:
+        return {"loss_range": 1.0}  # not prefixed with the monitor's name
+
+
+def test_check_monitor_names_a_broken_rule() -> None:
+    with pytest.raises(AssertionError, match="must start with 'user.'"):
+        check_monitor(_Unnamed())
 
 
 def test_every_observation_feature_has_a_source() -> None:

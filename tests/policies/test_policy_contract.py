@@ -2,44 +2,41 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import chuck
-from chuck.core.actions import ACTION_VERSIONS, ActionSpec
+from chuck.core.actions import ActionSpec
 from chuck.core.observation import ObservationSpec
-from chuck.policies.prior import VERSIONS
+from chuck.policies.prior import CONFIGS
+from chuck.testing import check_policy
 
-#: Every built-in, every version of the prior included (a rejected ablation stays loadable, so it must keep the contract).
-POLICIES = ["constant", "heuristic", "prior", *(f"prior@{v}" for v in VERSIONS), "default"]
+#: Every built-in, every shipped version of the prior included (the lab's versions keep the contract in
+#: tests/experiments/test_prior_variants.py).
+POLICIES = ["constant", "heuristic", "prior", *(f"prior@{v}" for v in CONFIGS), "default"]
 
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_policy_contract(name: str) -> None:
-    policy = chuck.load_policy(name)
-    assert isinstance(policy, chuck.Policy)
-    spec = ObservationSpec(policy.observation_version)  # every version this chuck knows loads
-    assert policy.action_version in ACTION_VERSIONS
-    assert policy.id == f"{policy.name}@{policy.version}"
-    space = spec.space
-    space.seed(0)
-    for _ in range(100):
-        a = np.asarray(policy.act(space.sample()))
-        assert a.shape == (len(ActionSpec.dims),)
-        assert np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0)
-    for size in (3, len(spec.names) + 1):  # the size it was built for, or a clear error
-        with pytest.raises(ValueError, match=f"observation has {size} entries, spec v{spec.version} has {len(spec.names)}"):
-            policy.act(np.zeros(size, dtype=np.float32))
-    buf = io.BytesIO()
-    torch.save(policy.state_dict(), buf)
-    buf.seek(0)
-    policy.load_state_dict(torch.load(buf, weights_only=True))
-    meta = policy.metadata()
-    assert meta["name"] == policy.name and meta["observation_version"] == spec.version
+    check_policy(chuck.load_policy(name))
+
+
+class _OutOfRange(chuck.Policy):
+    """A policy that breaks the contract: its actions leave [-1, 1]."""
+
+    name = "out_of_range"
+    version = "0"
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        self.check_observation(observation)
+        return np.full(len(ActionSpec.dims), 2.0, dtype=np.float32)
+
+
+def test_check_policy_names_a_broken_rule() -> None:
+    with pytest.raises(AssertionError, match="outside"):
+        check_policy(_OutOfRange())
 
 
 def test_heuristic_reacts_to_instability_and_overfitting() -> None:
@@ -87,7 +84,10 @@ def test_default_policy_is_bundled_and_its_card_says_what_it_is() -> None:
         assert card["residual"]["state"] == "learned" and card["residual"]["why"]
         snapshot = card["residual"]["snapshot"]
         assert f"chuck:{snapshot}" in validation, "the snapshot it ships was compared on validation"
-        trained = chuck.load_policy(str(Path(__file__).resolve().parents[2] / snapshot))
+        where = Path(__file__).resolve().parents[2] / snapshot
+        if not where.exists():  # training runs live in git history (docs/results/MANIFEST.md), not in the tree
+            pytest.skip(f"the training snapshot {snapshot} is not checked out (git history keeps it)")
+        trained = chuck.load_policy(str(where))
         space = chuck.ObservationSpec().space
         space.seed(1)
         for _ in range(50):
