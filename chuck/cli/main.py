@@ -1,11 +1,10 @@
 """The ``chuck`` command line: demo, train-policy, evaluate, tune, history, ui.
 
-``chuck --help`` must answer at once, so nothing here imports torch (or anything that
-does) to build the parser: ``import chuck`` loads lazily, a subcommand's flags are built
-only when that subcommand is named, the flags of the config dataclasses
-(``MetaTrainConfig``, ``DemoConfig``) are read from their source without importing their
-modules, and each subcommand imports its heavy dependencies only when it runs.
-tests/cli/test_parser.py checks that importing this module leaves torch unloaded.
+``chuck --help`` must answer at once, so importing this module and building the parser
+import no torch (nor anything that does): ``import chuck`` loads lazily, a subcommand's flags
+are built only when that subcommand is named, the config dataclasses whose fields are flags
+(:mod:`chuck.cli.config`) import only the standard library, and each subcommand imports its
+heavy dependencies only when it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from chuck.cli.config import DemoConfig, MetaTrainConfig, field_default, field_docs, parse_modules, parse_task_weights
 
 
 def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -32,104 +33,24 @@ def _flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-class _NotLiteral(Exception):
-    """A dataclass default that cannot be read from the source without running it."""
-
-
-def _literal_default(value: Any) -> Any:
-    """The default a field's right-hand side stands for: a literal, ``field(default=...)`` or
-    ``field(default_factory=lambda: <literal>)``; :class:`_NotLiteral` for anything else."""
-    import ast
-
-    try:
-        if isinstance(value, ast.Call) and getattr(value.func, "id", getattr(value.func, "attr", "")) == "field":
-            kw = {k.arg: k.value for k in value.keywords}
-            if "default" in kw:
-                return ast.literal_eval(kw["default"])
-            factory = kw.get("default_factory")
-            if isinstance(factory, ast.Lambda):
-                return ast.literal_eval(factory.body)
-            raise _NotLiteral(ast.dump(value))
-        return ast.literal_eval(value)
-    except ValueError as exc:
-        raise _NotLiteral(str(exc)) from None
-
-
-def _dataclass_fields(module: str, cls_name: str) -> list[tuple[str, str, Any, str]]:
-    """``(name, annotation, default, doc)`` of each field of ``module.cls_name``.
-
-    Read from the module's source (found without importing it), so that building the parser
-    does not import torch: ``chuck.metatrain.train`` and ``chuck.cli.demo`` import it at their top. The
-    docs are the attribute docstrings. A default that is not a literal falls back to importing
-    the module (tests/cli/test_parser.py checks both ways agree).
-    """
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    tree = ast.parse(Path(spec.origin).read_text()) if spec is not None and spec.origin else None
-    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name), None) if tree else None
-    if cls is None:
-        return _imported_dataclass_fields(module, cls_name)
-    out = []
-    body = cls.body
-    for node, nxt in zip(body, [*body[1:], None]):
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        annotation = ast.unparse(node.annotation)
-        if annotation.startswith(("ClassVar", "typing.ClassVar")):
-            continue
-        if node.value is None:
-            return _imported_dataclass_fields(module, cls_name)
-        try:
-            default = _literal_default(node.value)
-        except _NotLiteral:
-            return _imported_dataclass_fields(module, cls_name)
-        doc = ""
-        if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-            doc = " ".join(nxt.value.value.split())
-        out.append((node.target.id, annotation, default, doc))
-    return out
-
-
-def _imported_dataclass_fields(module: str, cls_name: str) -> list[tuple[str, str, Any, str]]:
-    """The fallback of :func:`_dataclass_fields`: import the module and ask the dataclass."""
-    import ast
-    import importlib
-    import inspect
-    import textwrap
-
-    cls = getattr(importlib.import_module(module), cls_name)
-    docs: dict[str, str] = {}
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-        out.append((f.name, str(f.type), default, docs.get(f.name, "")))
-    return out
-
-
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser,
-    module: str,
-    cls_name: str,
+    cls: type,
     skip: Sequence[str] = (),
     types: dict[str, Callable[[str], Any]] | None = None,
 ) -> None:
-    """One flag per dataclass field, help text from the attribute docstrings in the source.
+    """One flag per field of the config dataclass ``cls``, its help the field's attribute docstring.
 
-    The fields are read by :func:`_dataclass_fields` (no import of ``module``). ``types`` parses
-    the named fields' flags (a dict or list field then takes that syntax instead of JSON). A
-    docstring that states its own ``(default: ...)`` keeps it: a default computed in
+    ``types`` parses the named fields' flags (a dict or list field then takes that syntax instead
+    of JSON). A docstring that states its own ``(default: ...)`` keeps it: a default computed in
     ``__post_init__`` is a rule, which ``(default: None)`` would hide.
     """
     types = types or {}
-    for name, annotation, default, doc in _dataclass_fields(module, cls_name):
-        if name in skip:
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
             continue
+        name, annotation, default, doc = f.name, str(f.type), field_default(f), docs.get(f.name, "")
         flag = "--" + name.replace("_", "-")
         shown = "none" if name in types and not default else json.dumps(default) if isinstance(default, (dict, list)) else default
         help_ = (doc if "(default: " in doc else f"{doc} (default: {shown})").replace("%", "%%")
@@ -158,7 +79,8 @@ def _optional(annotation: str):
 
 
 def _cmd_train_policy(args: argparse.Namespace) -> int:
-    from chuck.metatrain.train import MetaTrainConfig, train_policy
+    from chuck.core.loading import PolicyLoadError
+    from chuck.metatrain.train import train_policy
     from chuck.zoo import TaskSpecError
 
     fields = {f.name for f in dataclasses.fields(MetaTrainConfig)}
@@ -167,6 +89,10 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad setting (an unknown backend, ...)
         print(f"chuck train-policy: error: {exc}", file=sys.stderr)
         return 2
+    if isinstance(status := _tracking_store("train-policy", cfg.tracking_uri), int):
+        return status
+    if not _writable_directory("train-policy", "--output", cfg.output):
+        return 2
     try:
         result = train_policy(cfg)
     except ImportError as exc:  # a missing optional dependency (Ray for --backend ray): the message says what to install
@@ -174,6 +100,9 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
         return 2
     except TaskSpecError as exc:  # raised before anything starts: no run, no file
         print(f"chuck train-policy: error: {exc}", file=sys.stderr)
+        return 2
+    except PolicyLoadError as exc:  # --init-policy: missing, corrupt or not a policy; checked before training
+        print(f"chuck train-policy: error: --init-policy: {exc}", file=sys.stderr)
         return 2
     last = result.evaluations[-1] if result.evaluations else {}
     print(f"policy exported to {result.artifact_dir}")
@@ -193,7 +122,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from chuck.cli.demo import DemoConfig, run_demo
+    from chuck.cli.demo import run_demo
 
     fields = {f.name for f in dataclasses.fields(DemoConfig)}
     try:
@@ -201,6 +130,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad setting or an unknown task (DemoConfig checks both): nothing has started
         print(f"chuck demo: error: {exc}", file=sys.stderr)
         return 2
+    if isinstance(status := _tracking_store("demo", cfg.tracking_uri), int):
+        return status
     run_demo(cfg)
     return 0
 
@@ -208,6 +139,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _message(exc: Exception) -> str:
     """An exception's text as said (a KeyError's str() quotes it)."""
     return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def _tracking_store(command: str, given: str | None, *, answering: bool = True) -> str | int:
+    """The MLflow store ``command`` will use, or the exit status after saying on stderr, in one line, why
+    it cannot: a URI that names no store (``$MLFLOW_TRACKING_URI`` included) or an unusable ``CHUCK_HOME``
+    (2); with ``answering``, a tracking server that does not answer (1), at once: the MLflow client
+    would retry it for minutes."""
+    from chuck.tracking.store import check_reachable, check_tracking_uri, resolve_tracking_uri
+
+    try:
+        uri = check_tracking_uri(resolve_tracking_uri(given))
+    except (ValueError, OSError) as exc:
+        print(f"chuck {command}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if answering:
+            check_reachable(uri)
+    except ConnectionError as exc:
+        print(f"chuck {command}: error: {exc}", file=sys.stderr)
+        return 1
+    return uri
+
+
+def _writable_directory(command: str, flag: str, path: str | Path) -> bool:
+    """Whether ``path`` is a directory this process can write, or one it can create (nothing is created
+    here: a command refused later must leave nothing behind); if not, says why on stderr."""
+    import os
+
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        why = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    else:
+        return True
+    print(f"chuck {command}: error: {flag} {path}: cannot write there ({why})", file=sys.stderr)
+    return False
 
 
 def _eps_range(text: str | None) -> tuple[float, float] | None:
@@ -227,8 +196,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
     from chuck.history import filter_history, history_dir, read_history
     from chuck.history.table import format_table, to_csv, to_json
 
+    try:
+        frame = read_history()
+    except OSError as exc:  # CHUCK_HOME unusable
+        print(f"chuck history: error: {exc}", file=sys.stderr)
+        return 1
     df = filter_history(
-        read_history(),
+        frame,
         optimizer=args.optimizer,
         policy=args.policy,
         label=args.label,
@@ -243,7 +217,12 @@ def _cmd_history(args: argparse.Namespace) -> int:
         if target == "-":
             sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
         else:
-            Path(target).write_text(text)
+            try:
+                Path(target).write_text(text)
+            except OSError as exc:
+                flag = "--json" if args.json else "--csv"
+                print(f"chuck history: error: {flag} {target}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
+                return 1
             print(f"wrote {len(df)} runs to {target}", file=sys.stderr)
         return 0
     if len(df) == 0:
@@ -261,10 +240,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         get_task(args.task)
         if args.trials < 1:
             raise ValueError(f"--trials must be >= 1, got {args.trials}")
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
         eps = _eps_range(args.eps_range)
     except (ValueError, KeyError) as exc:
         print(f"chuck tune: error: {_message(exc)}", file=sys.stderr)
         return 2
+    if isinstance(status := _tracking_store("tune", args.tracking_uri), int):
+        return status
     instance_seed = args.seed if args.instance_seed is None else args.instance_seed
     print("tuning " + zoo_instance(args.task, instance_seed, args.steps, args.optimizer).describe(), flush=True)
     common = {
@@ -293,7 +276,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         else:
             train_fn, model = zoo_train_fn(args.task, seed=instance_seed, steps=args.steps, optimizer=args.optimizer)
             res = tune(train_fn, model=model, warm_start=not args.cold, seed=args.seed, progress=True, **common)
-    except TuneError as exc:
+    except (TuneError, ConnectionError) as exc:  # a storage that cannot be opened, an MLflow server that does not answer
         print(f"chuck tune: error: {exc}", file=sys.stderr)
         return 1
     assert res is not None
@@ -315,6 +298,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except TaskSpecError as exc:
         print(f"chuck evaluate: error: {exc}", file=sys.stderr)
         return 2
+    if not _writable_directory("evaluate", "--out", args.out):
+        return 2
+    if args.mlflow and isinstance(status := _tracking_store("evaluate", args.tracking_uri), int):
+        return status
     try:
         summary = evaluate(
             policies=args.policies,
@@ -350,21 +337,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from chuck.tracking.store import default_tracking_uri
     from chuck.tracking.ui import run_ui
 
-    return run_ui(args.tracking_uri or default_tracking_uri(), port=args.port)
+    uri = _tracking_store("ui", args.tracking_uri, answering=False)  # the UI serves the store itself
+    if isinstance(uri, int):
+        return uri
+    return run_ui(uri, port=args.port)
 
 
 def _train_policy_flags(p: argparse.ArgumentParser) -> None:
-    from chuck.metatrain.train import parse_modules, parse_task_weights  # numpy and gymnasium, not torch
-
-    _add_dataclass_flags(
-        p,
-        "chuck.metatrain.train",
-        "MetaTrainConfig",
-        types={"tasks_module": parse_modules, "task_weights": parse_task_weights},
-    )
+    _add_dataclass_flags(p, MetaTrainConfig, types={"tasks_module": parse_modules, "task_weights": parse_task_weights})
 
 
 def _history_flags(p: argparse.ArgumentParser) -> None:
@@ -552,7 +534,7 @@ COMMANDS: dict[str, _Command] = {
     ),
     "demo": _Command(
         "train a zoo task twice (plain AdamW vs chuck) and compare",
-        lambda p: _add_dataclass_flags(p, "chuck.cli.demo", "DemoConfig"),
+        lambda p: _add_dataclass_flags(p, DemoConfig),
         _cmd_demo,
     ),
     "history": _Command(

@@ -1,0 +1,240 @@
+"""The settings of chuck's commands, one dataclass each, and nothing heavy.
+
+Every field of a config dataclass is a flag of its command: its name, default and type make
+the flag, and the attribute docstring under it is the flag's help. This module imports only the
+standard library, so that ``chuck --help`` and ``chuck COMMAND --help`` answer without loading
+torch, numpy, stable-baselines3 or MLflow; the modules that run a command import its config
+from here (``chuck.metatrain.MetaTrainConfig`` is :class:`MetaTrainConfig`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+import numbers
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Where meta-training's environments run: subprocesses of this machine, or Ray actors on a cluster.
+BACKENDS = ("process", "ray")
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    """``"ID=W,ID=W"`` (the ``--task-weights`` flag) as ``{id: weight}``; ``""`` is no weights.
+
+    Only the format is checked here; whether the ids are trained on, and the values positive and
+    finite, is checked against the resolved tasks (:func:`chuck.envs.training_env.task_probabilities`).
+    """
+    out: dict[str, float] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        task_id, sep, value = item.partition("=")
+        if not sep or not task_id.strip():
+            raise ValueError(f"task weight {item!r} is not ID=WEIGHT (e.g. inhouse.churn=5)")
+        try:
+            out[task_id.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"task weight {item!r}: {value.strip()!r} is not a number") from None
+    return out
+
+
+def parse_modules(text: str) -> list[str]:
+    """``"a.tasks,b.tasks"`` (the ``--tasks-module`` flag) as a list of module names."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def default_eval_every(timesteps: int, rollout: int) -> int:
+    """The default ``eval_every``: a fifth of the budget rounded to one significant digit, at least one rollout.
+
+    A fifth gives every learning curve five points (four in training and the final one) whatever
+    the budget, where a fixed interval gave a short run a single point; one significant digit keeps
+    the evaluation steps readable (8000 for 40000, 600 for 3000); and evaluating more often than
+    PPO updates the policy (every ``rollout`` = n_steps x n_envs timesteps) would evaluate the same
+    policy twice.
+    """
+    raw = max(1.0, timesteps / 5)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return max(1, int(rollout), int(round(raw / magnitude) * magnitude))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: its attribute docstring, whitespace folded}`` of a config dataclass: its flags' help.
+
+    Attribute docstrings are not kept at run time, so they are read from the class's source (as
+    Sphinx's autodoc does); a field without one is missing from the dict.
+    """
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The value a field takes when its flag is not given (``default_factory`` called)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ValueError(f"field {f.name!r} has no default: every config field is an optional flag")
+
+
+@dataclass
+class MetaTrainConfig:
+    """Settings of one meta-training run (every field is a ``chuck train-policy`` flag)."""
+
+    tasks: str = "train"
+    """Training tasks: a split ("train", "custom", "all"), "domain:cv", task ids, or a comma-separated mix; each item
+    must select a task."""
+    tasks_module: list[str] = field(default_factory=list)
+    """Modules that register tasks when imported, comma-separated (e.g. my_pkg.tasks), imported here and in every
+    environment worker."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """How often each training task is sampled relative to the others, ID=W,ID=W; unlisted tasks weigh 1."""
+    eval_tasks: str = "validation"
+    """Tasks of the periodic evaluation (the validation families by default: they choose checkpoints)."""
+    timesteps: int = 40_000
+    """PPO timesteps (= decisions) in total, across environments."""
+    seed: int = 0
+    """Seed of PPO and of the environments."""
+    n_envs: int = 2
+    """Parallel environments (subprocesses, or Ray actors); one per core is right."""
+    backend: str = "process"
+    """Where the environments run: "process" (subprocesses of this machine) or "ray" (Ray actors on a cluster)."""
+    ray_address: str | None = None
+    """Ray cluster to join, HOST:PORT (default: $RAY_ADDRESS, else a local Ray runtime for this run)."""
+    ray_cpus_per_env: float = 1.0
+    """CPUs each environment actor requests from Ray."""
+    ray_gpus_per_env: float = 0.0
+    """GPUs each environment actor requests from Ray."""
+    interval: int = 20
+    """Inner training steps per decision; stored in the card and used at deployment."""
+    budget_scale: float = 1.0
+    """Multiplies each task's step budget (small values for smoke tests)."""
+    init_policy: str | None = None
+    """Start from this policy's actor and normalization ("default", a path, models:/...): fine-tuning."""
+    output: str = "runs/policy"
+    """Directory for checkpoints and the exported artifact; rerunning with it resumes."""
+    name: str = "chuck-policy"
+    """Registered model name in MLflow (and the policy's name in its card)."""
+    alias: str = "candidate"
+    """Alias set on the new registered version."""
+    eval_every: int | None = None
+    """Timesteps between held-out evaluations, 0: only at the end (default: a fifth of --timesteps rounded to one
+    significant digit, at least one PPO rollout: 8000 for 40000, 600 for 3000)."""
+    eval_episodes: int = 8
+    """Episodes per evaluation (fixed seeds, the same instances every time)."""
+    eval_workers: int = 0
+    """Worker processes of each evaluation, one torch thread each (PPO waits meanwhile); 0: one per CPU core."""
+    checkpoint_every: int = 2_000
+    """Timesteps between checkpoints."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: local SQLite under CHUCK_HOME)."""
+    experiment: str = "chuck-meta-training"
+    """MLflow experiment name."""
+    progress: bool = True
+    """Show a progress bar."""
+    # Written out, not imported: chuck.policies.prior imports torch. It must name the latest prior
+    # (chuck.policies.prior.LATEST); the test suite checks that it does.
+    prior: str | None = "prior@15"
+    """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none; by default
+    the latest version, the best prior alone (the shipped default policy names its own prior in its card)."""
+    ppo: dict[str, Any] = field(
+        default_factory=lambda: {
+            "n_steps": 256,
+            "batch_size": 128,
+            "n_epochs": 10,
+            "learning_rate": 3e-4,
+            "gamma": 1.0,
+            "gae_lambda": 0.95,
+            "clip_range": 0.2,
+            "ent_coef": 0.0,
+        }
+    )
+    """PPO hyperparameters passed to stable_baselines3.PPO (n_steps is per environment). gamma = 1: an
+    episode's return telescopes to log(L_start / L_end) only undiscounted, and the end of a run,
+    where annealing pays, must not be discounted away."""
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layers of actor and critic."""
+    log_std_init: float = -1.2
+    """Initial log std of the Gaussian policy: std 0.30 explores around the prior without slamming every bound."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        # the flags' text syntax is accepted from Python too
+        if isinstance(self.tasks_module, str):
+            self.tasks_module = parse_modules(self.tasks_module)
+        if isinstance(self.task_weights, str):
+            self.task_weights = parse_task_weights(self.task_weights)
+        for task_id, w in self.task_weights.items():
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w <= 0:
+                raise ValueError(f"task weight of {task_id!r} must be a positive finite number, got {w!r}")
+        # counts that must be positive: caught here, before a run, an MLflow entry or a worker exists
+        # (0 timesteps would export and register an untrained policy; 0 environments, an IndexError)
+        for name in ("timesteps", "n_envs", "eval_episodes", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.interval < 2:  # the Controller's own bound, said before the environments start
+            raise ValueError(
+                f"interval must be >= 2 (updates are sampled on the two steps before a decision), got {self.interval}"
+            )
+        if self.eval_workers < 0:
+            raise ValueError(f"eval_workers must be >= 0 (0: one per CPU core), got {self.eval_workers}")
+        if not (self.budget_scale > 0 and math.isfinite(self.budget_scale)):
+            raise ValueError(f"budget_scale must be a positive number, got {self.budget_scale}")
+        if not self.net_arch or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.net_arch):
+            raise ValueError(f"net_arch must be a list of layer widths >= 1, got {self.net_arch!r}")
+        if self.eval_every is None:
+            rollout = int(self.ppo.get("n_steps", 2048)) * self.n_envs  # 2048: stable-baselines3's default
+            self.eval_every = default_eval_every(self.timesteps, rollout)
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}")
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``chuck demo`` (each is a flag)."""
+
+    task: str = "cv.digits_mlp"
+    """Zoo task to train."""
+    lr: float = 1e-5
+    """The deliberately poor initial learning rate (too low for AdamW by about two decades)."""
+    steps: int = 600
+    """Training steps per arm."""
+    policy: str = "default"
+    """chuck policy for the second arm ("default", "heuristic", a path, models:/...)."""
+    seed: int = 0
+    """Seed of the task instance (data subset, init, batch order)."""
+    out: str = "chuck_demo.png"
+    """Where the PNG goes."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: sqlite under CHUCK_HOME)."""
+    experiment: str = "chuck-demo"
+    """MLflow experiment."""
+    quick: bool = False
+    """Short budget (60 steps), for CI smoke tests."""
+
+    def __post_init__(self) -> None:
+        from chuck.zoo import get_task  # the zoo imports torch: only when a demo is set up, never for --help
+
+        try:
+            get_task(self.task)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
