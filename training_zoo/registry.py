@@ -32,6 +32,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from chuck.zoo.task import Task
 
@@ -145,6 +146,13 @@ def _import_module(name: str) -> None:
     Errors raised inside the module (a missing dependency included) propagate unchanged, with
     their traceback: they are the user's to fix, and the traceback says where.
     """
+    if name.endswith(".py") or "/" in name or "\\" in name or name.startswith("."):
+        # importlib would fail with "the 'package' argument is required to perform a relative import"
+        module = Path(name).stem if name.endswith(".py") else "MODULE"
+        raise TaskSpecError(
+            f"{name!r} is a file path; a tasks module is named as for import, e.g. {module!r} (run from the "
+            "directory that holds it, or add that directory to PYTHONPATH)"
+        )
     for attempt in (0, 1):
         try:
             importlib.import_module(name)

@@ -172,7 +172,7 @@ def record_from_optimizer(
             "steps": opt.step_count,
             "initial_train_loss": float(np.mean(lm._initial)) if lm._initial else math.nan,
             "final_train_loss": lm._ema,
-            "best_val_loss": min(val) if val else math.nan,
+            "best_val_loss": lm.best_val_loss,  # the whole run's best: lm._val keeps the last 100 evaluations only
             "final_val_loss": val[-1] if val else math.nan,
             "diverged": diverged,
             "skips": g.skips if g else 0,

@@ -39,18 +39,28 @@ Why it cannot break training, and what it does when things go wrong:
   in order, once it is back; :func:`replay_spool` sends a leftover spool later.
 * Decision rows are appended to the spool as they come, never kept in a list, and the
   table is built from there at ``close()``: memory does not grow with the run, and the
-  table survives a server that is down at ``close()`` (faults issue, item 14).
+  table survives a server that is down at ``close()``.
 * The spool is a safety net, not a gate: if it cannot be written (full disk), records
   are still sent; while they cannot be sent either they wait in memory, at most
-  ``max_spool_records`` metrics and ``max_table_rows_in_memory`` decision rows
-  (faults issue, item 13). Whatever exceeds a bound is lost and counted (:attr:`lost`,
+  ``max_spool_records`` metrics and ``max_table_rows_in_memory`` decision rows.
+  Whatever exceeds a bound is lost and counted (:attr:`lost`,
   :attr:`decisions_lost`).
 * Loss is reported, never hidden: ``close()`` warns with the counts and writes the tags
   ``chuck.records_lost`` / ``chuck.decisions_lost`` on the run; a run the logger created
   ends with status ``FAILED`` instead of ``FINISHED`` (a run you passed in keeps its
-  status: it is yours to end, the tags say what is missing).
+  status: it is yours to end, the tags say what is missing). :func:`replay_spool` ends a run
+  the logger created with the status ``close()`` would have given it.
 * An unwritable ``CHUCK_HOME`` (or ``spool_dir``) falls back to a temporary spool with a
-  warning (faults issue, item 15).
+  warning.
+* MLflow unreachable when the logger starts a run (``experiment=...``) is an outage like one
+  mid-run: one warning, and the records wait in the spool under a placeholder :attr:`run_id`;
+  the run is created (dated when the logger started) when the server answers, and
+  :attr:`run_id` is then its id. If it never answers, :func:`replay_spool` creates it later.
+  A tracking URI that names no MLflow store (``foo://bar``) is a mistake, not an outage:
+  ValueError at once.
+* SIGTERM (``docker stop``, SLURM preemption) closes the logger before the process ends
+  (:mod:`chuck.core.termination`), waiting at most :data:`SIGTERM_CLOSE_TIMEOUT` seconds for
+  MLflow: what is unsent is in the spool by then.
 * ``close()`` gives up after ``close_timeout`` seconds (default 10; ``close(timeout=...)``
   overrides it once) and leaves what is unsent in the spool, so a server that is gone
   costs at most that much at the end of training.
@@ -69,12 +79,15 @@ import queue
 import tempfile
 import threading
 import time
+import uuid
 import warnings
+import weakref
 from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from chuck.core.report import Decision
+from chuck.core.termination import on_sigterm, terminating
 from chuck.monitors.base import Indicator, Monitor, StepRecord
 from chuck.tracking.spool import (
     LOSS_METRICS,
@@ -92,6 +105,9 @@ __all__ = ["MLflowDecisionLogger", "replay_spool"]
 SOURCE_CODES = {"policy": 0.0, "external": 0.0, "fallback": 1.0, "guardrail": 2.0}
 #: Loss points kept in memory for the timeline (halved whenever exceeded).
 MAX_CURVE_POINTS = 4096
+#: Seconds ``close()`` waits for MLflow while the process handles SIGTERM: ``docker stop`` sends
+#: SIGKILL 10 s after SIGTERM, and the history record and the spool must be on disk before that.
+SIGTERM_CLOSE_TIMEOUT = 3.0
 
 
 class MLflowDecisionLogger:
@@ -139,19 +155,22 @@ class MLflowDecisionLogger:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow import MlflowClient
 
-        from chuck.tracking.store import resolve_tracking_uri, setup, tag_experiment_kind
+        from chuck.tracking.store import check_reachable, check_tracking_uri, create_run, resolve_tracking_uri
 
-        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.tracking_uri = check_tracking_uri(resolve_tracking_uri(tracking_uri))  # a typo is an error, not an outage
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._owns_run = run_id is None
+        self._new_run: dict[str, Any] | None = None  # the run to create once MLflow answers
+        outage = ""
         if run_id is None:
-            setup(self.tracking_uri, experiment)
-            exp = self.client.get_experiment_by_name(experiment)
-            assert exp is not None, f"setup() created experiment {experiment!r}"
-            tag_experiment_kind(self.client, exp.experiment_id)
-            run_id = self.client.create_run(exp.experiment_id, run_name=run_name).info.run_id
-            self._owns_run = True
-        else:
-            self._owns_run = False
+            self._new_run = {"experiment": experiment, "run_name": run_name, "start_time": int(time.time() * 1000)}
+            try:
+                check_reachable(self.tracking_uri)  # a dead server answers in seconds, not after the client's retries
+                run_id = create_run(self.client, self.tracking_uri, self._new_run)
+                self._new_run = None
+            except Exception as exc:  # noqa: BLE001 - an outage at the start is spooled like one mid-run
+                run_id = uuid.uuid4().hex  # a placeholder naming the spool until the run exists
+                outage = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         self.run_id = run_id
         self.flush_every, self.batch_size = flush_every, batch_size
         self.log_observation = log_observation
@@ -159,6 +178,13 @@ class MLflowDecisionLogger:
         self.max_spool_records = max_spool_records
         self.max_table_rows_in_memory = max_table_rows_in_memory
         self._spool = Spool(_spool_directory(spool_dir), run_id)
+        if self._new_run is not None:
+            warnings.warn(
+                f"chuck: MLflow at {self.tracking_uri} is unreachable ({outage}); training goes on, records wait in "
+                f"{self._spool.directory} and the run is created in experiment {experiment!r} once MLflow answers",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.sent = 0
         # Loss counters, one per writing thread (training thread / sender thread): no shared +=.
         self._lost_queued = self._lost_bounded = 0
@@ -170,7 +196,13 @@ class MLflowDecisionLogger:
         self._rows: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._tags: dict[str, str] = {}
         self._params: dict[str, str] = {}  # parameters not yet accepted by MLflow
-        self._meta: dict[str, Any] = {"initial": {}, "title": run_name or "", "params": {}}
+        self._meta: dict[str, Any] = {
+            "initial": {},
+            "title": run_name or "",
+            "params": {},
+            "owns_run": self._owns_run,  # replay_spool ends the runs the logger created, and only those
+            "new_run": self._new_run,
+        }
         self.loss_every = int(loss_every)
         self._losses: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in LOSS_METRICS}  # for the timeline
         self.add_params(params or {})
@@ -183,8 +215,11 @@ class MLflowDecisionLogger:
         self._stop = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="chuck-mlflow-logger", daemon=True)
+        self._system_metrics = system_metrics
+        self._system = None if self._new_run else _start_system_metrics(run_id, self.tracking_uri, system_metrics)
+        self._spool.write_meta(self._meta)  # a spool left by a process that never reached MLflow still names its run
+        self._unregister_sigterm = on_sigterm(_closer(weakref.ref(self)))
         self._thread.start()
-        self._system = _start_system_metrics(run_id, self.tracking_uri, system_metrics)
 
     # -- counters ----------------------------------------------------------
     @property
@@ -197,7 +232,7 @@ class MLflowDecisionLogger:
         """Metric records lost so far (over a bound while neither the spool nor MLflow took them)."""
         return self._lost_queued + self._lost_bounded
 
-    dropped = lost  # the name of this counter before the faults issue
+    dropped = lost  # this counter's earlier name, kept for existing callers
 
     @property
     def decisions_lost(self) -> int:
@@ -304,6 +339,8 @@ class MLflowDecisionLogger:
         """
         with self._send_lock:
             records = self._take_in()
+            if self._new_run is not None and not self._create_pending_run():
+                return False  # nothing can be sent, not even the table, before the run exists
             if not records:
                 return True
             sent = self._send(records)
@@ -319,6 +356,25 @@ class MLflowDecisionLogger:
                 if sent:
                     self._persist(rest)
                 return False
+
+    def _create_pending_run(self) -> bool:
+        """Create the run MLflow could not create at the start; move the spool to its id. False while unreachable."""
+        from chuck.tracking.store import check_reachable, create_run
+
+        assert self._new_run is not None
+        try:
+            check_reachable(self.tracking_uri, timeout=2.0)  # a refused connection fails at once, without retries
+            run_id = create_run(self.client, self.tracking_uri, self._new_run)
+        except Exception:  # noqa: BLE001 - still down: the records wait
+            return False
+        with self._spool_lock:
+            self._spool.rename(run_id)
+            self.run_id, self._new_run = run_id, None
+            self._meta["new_run"] = None
+            self._spool.write_meta(self._meta)
+        if not self._closed:
+            self._system = _start_system_metrics(run_id, self.tracking_uri, self._system_metrics)
+        return True
 
     def _take_in(self) -> list[Record]:
         """Move what the training thread queued into the spool; every unsent metric record, oldest first.
@@ -419,7 +475,11 @@ class MLflowDecisionLogger:
         if self._closed:
             return
         self._closed = True
-        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        self._unregister_sigterm()
+        timeout = self.close_timeout if timeout is None else timeout
+        if terminating():  # SIGTERM: what is unsent goes to the spool before the sender's SIGKILL
+            timeout = min(timeout, SIGTERM_CLOSE_TIMEOUT)
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._take_in()  # everything on disk now, whatever a stuck sender is doing
         self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -446,6 +506,9 @@ class MLflowDecisionLogger:
             # unsent metrics that are only in memory (spool unwritable) die with the process
             self._lost_bounded += len(self._backlog)
             self._rows_lost_bounded += len(self._table_backlog)
+            # what replay_spool needs to end the run as close() would have: FAILED when records were lost
+            self._meta.update(closed=True, records_lost=self.lost, decisions_lost=self.decisions_lost)
+            self._spool.write_meta(self._meta)
             warnings.warn(
                 f"chuck: MLflow unreachable; {len(self._spool.read_metrics())} records kept in "
                 f"{self._spool.directory} (send them later with chuck.tracking.logger.replay_spool)" + self._loss_text(),
@@ -509,6 +572,17 @@ class MLflowDecisionLogger:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _closer(ref: weakref.ref[MLflowDecisionLogger]) -> Any:
+    """What SIGTERM runs: close the logger if it is still there (the spool is on disk when it returns)."""
+
+    def close() -> None:
+        logger = ref()
+        if logger is not None:
+            logger.close()
+
+    return close
 
 
 def _render_seconds(outcome: dict[str, Any]) -> float:
@@ -630,7 +704,7 @@ def _drain(q: queue.SimpleQueue) -> list:
 def _spool_directory(spool_dir: str | Path | None) -> Path:
     """``spool_dir`` (default ``$CHUCK_HOME/spool``) if it can be created and written, else a
     temporary directory, with a warning: logging to a remote server must not need a writable
-    CHUCK_HOME (faults issue, item 15)."""
+    CHUCK_HOME."""
     from chuck.core.home import chuck_home
 
     wanted: Path | str = spool_dir or "$CHUCK_HOME/spool"

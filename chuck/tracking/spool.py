@@ -6,16 +6,17 @@ Three files per run under the spool directory:
   by MLflow, rewritten atomically (temporary file, then rename) on every flush;
 * ``<run_id>.decisions.jsonl``: one decision per line, appended as decisions come. The
   table is built from it at ``close()`` (``chuck/decisions.json`` and ``.csv``), so
-  memory does not grow with the number of decisions (faults issue, item 14: an
-  in-memory list reached +433 MiB at 12k decisions), and it survives a server that is
-  down at ``close()``;
+  memory does not grow with the number of decisions (an in-memory list reached
+  +433 MiB at 12k decisions), and it survives a server that is down at ``close()``;
 * ``<run_id>.meta.json``: what the table needs besides the rows (the hyperparameters before the
   first decision, the run's title and parameters), so that a replayed run gets the same
-  timeline, table and description.
+  timeline, table and description; and how the run ends: whether the logger created it (or
+  must still create it: MLflow was unreachable at the start, and ``<run_id>`` is a placeholder),
+  whether ``close()`` ran, and what was lost.
 
 Every write reports failure (a full disk, a read-only directory) by returning False
 instead of raising: the spool is a safety net, and the logger keeps sending without
-it (faults issue, item 13). :func:`replay_spool` sends both files of a run later.
+it. :func:`replay_spool` sends both files of a run later.
 """
 
 from __future__ import annotations
@@ -37,10 +38,25 @@ class Spool:
 
     def __init__(self, directory: str | Path, run_id: str) -> None:
         self.directory = Path(directory)
+        self._name(run_id)
+        self.last_error: OSError | None = None  # why the last write failed
+
+    def _name(self, run_id: str) -> None:
         self.metrics_path = self.directory / f"{run_id}.jsonl"
         self.table_path = self.directory / f"{run_id}.decisions.jsonl"
         self.meta_path = self.directory / f"{run_id}.meta.json"
-        self.last_error: OSError | None = None  # why the last write failed
+
+    def rename(self, run_id: str) -> None:
+        """Move the files to ``run_id``'s names (a run created after an outage at its start)."""
+        old = (self.metrics_path, self.table_path, self.meta_path)
+        self._name(run_id)
+        for src, dst in zip(old, (self.metrics_path, self.table_path, self.meta_path)):
+            try:
+                os.replace(src, dst)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.last_error = exc
 
     # -- metrics -----------------------------------------------------------
     def read_metrics(self) -> list[Record]:
@@ -295,7 +311,13 @@ def _timeline(
 
 def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_size: int = 500) -> int:
     """Send a leftover spool (``<run_id>.jsonl``, and the run's ``<run_id>.decisions.jsonl`` table
-    beside it) to MLflow; returns the metric records sent. Each file is removed once accepted."""
+    beside it) to MLflow; returns the metric records sent. Each file is removed once accepted.
+
+    A run the logger could not create (MLflow was unreachable for the whole run) is created now, in
+    the experiment it was meant for. A run the logger created ends as its ``close()`` would have
+    ended it: ``FINISHED``, ``FAILED`` when records were lost, ``KILLED`` when the process ended
+    before ``close()``. A run you passed in keeps its status.
+    """
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -304,12 +326,21 @@ def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_
     path = Path(spool_path)
     run_id = path.name.split(".")[0]
     spool = Spool(path.parent, run_id)
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    meta = spool.read_meta()
+    new_run = meta.get("new_run")
+    if isinstance(new_run, dict) and new_run.get("experiment"):
+        from chuck.tracking.store import create_run
+
+        run_id = create_run(client, uri, new_run)
+        spool.rename(run_id)
+        meta["new_run"] = None
+        spool.write_meta(meta)  # sent twice is better than a second run if this replay is cut short
     records = [Metric(k, v, t, s) for k, v, t, s in spool.read_metrics()]
     for i in range(0, len(records), batch_size):
         client.log_batch(run_id, metrics=records[i : i + batch_size])
     spool.clear_metrics()
-    meta = spool.read_meta()
     if meta.get("params"):
         from mlflow.entities import Param
 
@@ -318,5 +349,12 @@ def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_
     if spool.table_path.exists():
         log_decision_table(client, run_id, spool.read_decisions(), meta=meta)
         spool.clear_decisions()
+    lost = {k: int(meta.get(k) or 0) for k in ("records_lost", "decisions_lost")}
+    if any(lost.values()):
+        for key, n in lost.items():
+            client.set_tag(run_id, f"chuck.{key}", str(n))
+    if meta.get("owns_run"):
+        status = "FAILED" if any(lost.values()) else "FINISHED" if meta.get("closed") else "KILLED"
+        client.set_terminated(run_id, status=status)
     spool.clear_meta()
     return len(records)

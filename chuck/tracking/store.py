@@ -8,12 +8,13 @@ pass one, or set ``MLFLOW_TRACKING_URI``.
 that ``load_policy("models:/NAME@ALIAS")`` in a fresh process finds what
 ``chuck train-policy`` registered. It never consults ``mlflow.get_tracking_uri()``:
 that never returns None (so a fallback after it never ran) and its default is a
-``mlflow.db`` in the current directory, which it creates (faults issue, item 9).
+``mlflow.db`` in the current directory, which it creates.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -49,6 +50,33 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` if MLflow has a store for its scheme; otherwise ValueError saying so in one line.
+
+    A URI no store answers to (``foo://bar``, a typo in ``MLFLOW_TRACKING_URI``) is a mistake to
+    report at once, not an outage to wait out.
+    """
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
+    except ImportError:  # pragma: no cover - MLflow moved its registry: MLflow reports the URI itself later
+        return uri
+    try:
+        registry.get_store_builder(uri)
+    except Exception:  # noqa: BLE001 - MLflow's UnsupportedModelRegistryStoreURIException, a page long
+        source = " (from $MLFLOW_TRACKING_URI)" if os.environ.get("MLFLOW_TRACKING_URI") == uri else ""
+        scheme = uri.split(":", 1)[0] if ":" in uri else ""
+        raise ValueError(
+            f"MLflow tracking URI {redact(uri)!r}{source} names no MLflow store (scheme {scheme!r}): use "
+            "http(s)://HOST:PORT, sqlite:///PATH, file:PATH or postgresql://..."
+        ) from None
+    return uri
+
+
+def redact(uri: str) -> str:
+    """``uri`` without the password of its ``user:password@`` part, for messages."""
+    return re.sub(r"(//[^/:@]*):[^/@]*@", r"\1:***@", uri)
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise ``ConnectionError`` if an http(s) tracking server does not answer within ``timeout``.
 
@@ -65,7 +93,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConnectionError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+        raise ConnectionError(f"MLflow tracking server {redact(uri)} is unreachable ({reason})") from None
 
 
 def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
@@ -89,6 +117,34 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
                 raise  # not a concurrent creation of the same experiment (several ranks or workers)
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+def ensure_experiment(client: Any, tracking_uri: str, experiment: str) -> str:
+    """The id of ``experiment`` in the store ``client`` talks to, created (as :func:`setup` does) if absent.
+
+    Client calls only: the MLflow decision logger creates its run from its sender thread when the
+    server comes back, where the fluent API's process-wide state must not change.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if (db := sqlite_path(tracking_uri)) is not None:
+            location = (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+        try:
+            return str(client.create_experiment(experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND])))
+        except Exception:  # noqa: BLE001 - another process created it first (several ranks or workers)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+    tag_experiment_kind(client, exp.experiment_id)
+    return str(exp.experiment_id)
+
+
+def create_run(client: Any, tracking_uri: str, new_run: dict[str, Any]) -> str:
+    """Create the run ``new_run`` describes (``experiment``, ``run_name``, ``start_time`` in ms); its id."""
+    experiment_id = ensure_experiment(client, tracking_uri, new_run["experiment"])
+    run = client.create_run(experiment_id, start_time=new_run.get("start_time"), run_name=new_run.get("run_name"))
+    return str(run.info.run_id)
 
 
 def tag_experiment_kind(client: Any, experiment_id: str) -> None:

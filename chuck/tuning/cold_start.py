@@ -19,7 +19,9 @@ histogram suggests (Silva & Rodriguez 2024; see
   machines): trials are numbered by the storage, a dead worker's trial is retried
   (heartbeats), and the study stops at ``n_trials`` finished trials (see
   :mod:`chuck.tuning.study`).
-* Tracking: one MLflow parent run per study, one nested run per trial.
+* Tracking: one MLflow parent run per study, one nested run per trial. A tracking URI that
+  names no MLflow store (ValueError) or a server that does not answer (ConnectionError) fails
+  before the study opens; a storage that cannot be opened raises :class:`StorageError`.
 * History: the best trial is written to the run history.
 
 ``train_fn(params, trial) -> float`` trains with ``params`` (a dict with ``lr``,
@@ -137,11 +139,18 @@ def tune(
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     from chuck.tuning.study import claim_parent_run, counts, open_study, optimize_until
 
+    if tracking:  # before any trial: the MLflow client would retry a dead server for minutes, then fail
+        from chuck.tracking.store import check_reachable, check_tracking_uri, resolve_tracking_uri
+
+        check_reachable(check_tracking_uri(resolve_tracking_uri(tracking_uri)))
     storage = storage or default_storage()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(
-        optuna, study_name, storage, seed=seed, n_startup_trials=n_startup_trials, heartbeat_interval=heartbeat_interval
-    )
+    try:
+        study = open_study(
+            optuna, study_name, storage, seed=seed, n_startup_trials=n_startup_trials, heartbeat_interval=heartbeat_interval
+        )
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a bad URL, a locked or unopenable database
+        raise StorageError(f"cannot open the Optuna storage {_redact(storage)}: {storage_problem(exc)}") from exc
     enqueued: list[dict[str, float]] = []
     basis = ""
     if warm_start and model is not None and not study.trials:
@@ -232,7 +241,32 @@ def _score(trial: Any, value: Any) -> float:
 
 
 class TuneError(RuntimeError):
-    """A study that cannot give a result: no trial ended with a finite loss."""
+    """A study that cannot give a result: no trial ended with a finite loss, or its storage cannot be opened."""
+
+
+class StorageError(TuneError):
+    """The Optuna storage cannot be opened: a URL of no known database, a directory, a locked database."""
+
+
+def storage_problem(exc: BaseException) -> str:
+    """What is wrong with a storage, in one line, from the error SQLAlchemy or Optuna raised."""
+    name = type(exc).__name__
+    orig = getattr(exc, "orig", None)  # the database driver's own error, without SQLAlchemy's SQL and links
+    if name == "NoSuchModuleError":
+        return "no database driver for its scheme (use sqlite:///PATH, postgresql://..., mysql://...)"
+    if name == "ArgumentError":
+        return "not a database URL (use sqlite:///PATH, postgresql://..., mysql://...)"
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    reason = text[0] if text else name
+    if "unable to open database file" in reason:
+        reason += " (a directory, or a folder that does not exist or cannot be written)"
+    return reason
+
+
+def _redact(url: str) -> str:
+    from chuck.tracking.store import redact
+
+    return redact(url)
 
 
 def _best_finite(optuna: Any, study: Any) -> Any:
@@ -357,8 +391,14 @@ class ZooInstance:
 
 
 def zoo_instance(task_id: str, instance_seed: int = 0, steps: int | None = None, optimizer: str = "AdamW") -> ZooInstance:
-    """The instance of zoo task ``task_id`` that ``instance_seed`` draws (the same one every time)."""
+    """The instance of zoo task ``task_id`` that ``instance_seed`` draws (the same one every time).
+
+    ``steps``: training steps per trial, at least 1 (``None``: the task's budget).
+    """
     import numpy as np
+
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a whole number >= 1 (or None for the task's budget), got {steps!r}")
 
     from chuck import zoo
 

