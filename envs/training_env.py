@@ -14,6 +14,7 @@ import torch
 from chuck.core.actions import ActionSpec
 from chuck.core.observation import ObservationSpec
 from chuck.core.optimizer import ChuckOptimizer
+from chuck.policies.residual import ResidualPolicy, make_prior
 from chuck.zoo.loop import train
 from chuck.zoo.registry import resolve_tasks
 from chuck.zoo.task import Task, TaskInstance
@@ -81,14 +82,16 @@ class TrainingControlEnv(gym.Env):
     * ``task_weights``: ``{task_id: weight}``, how often ``reset`` samples each task relative to
       the others (unlisted tasks weigh 1): an in-house task beside the N train families is otherwise
       sampled in 1 episode of N + 1. Weights must be positive and finite and name tasks of ``tasks``.
-    * ``prior``: ``None``, or a built-in controller (``"prior@N"``, see chuck.policies.prior)
-      whose action the agent's action is added to: the agent learns a residual, and the
-      exported policy carries the same prior (its card's ``prior`` field).
+    * ``prior``: ``None``, or a built-in controller (``"prior@10"``, ``"prior@15"``, see
+      chuck.policies.prior, or a name given to ``chuck.policies.register_policy``) whose action the
+      agent's action is added to (:meth:`chuck.policies.residual.ResidualPolicy.compose`, the sum the
+      exported policy deploys with): the agent learns a residual, and the exported policy carries the
+      same prior (its card's ``prior`` field).
     * ``warmup``: the lr warm-up (steps) the run's optimizer applies, as ``ChuckOptimizer(warmup=...)``
-      does; ``None``: the prior's (prior@10 and later warm up). Meta-training's held-out evaluation
+      does; ``None``: the prior's (the shipped priors warm up). Meta-training's held-out evaluation
       asks a whole exported policy with no prior here, so it passes that policy's warm-up.
-    * ``anneal``: the same for the per-step anneal at the end of a known budget (``Policy.anneal``,
-      prior@18); applied in the episodes that give ``total_steps``.
+    * ``anneal``: the same for the per-step anneal at the end of a known budget (``Policy.anneal``);
+      applied in the episodes that give ``total_steps``.
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -133,9 +136,11 @@ class TrainingControlEnv(gym.Env):
         self.loss_floor = loss_floor
         self.p_no_total, self.p_no_model, self.p_no_val = p_no_total, p_no_model, p_no_val
         self.give_val = True
-        self.prior = _load_prior(prior)
-        self.warmup = warmup if warmup is not None else getattr(self.prior, "warmup", None)
-        self.anneal = anneal if anneal is not None else getattr(self.prior, "anneal", None)
+        self.prior = make_prior(prior, ObservationSpec().version)
+        # the agent's action is a correction to the prior's, summed as a deployed residual sums it
+        self.residual = ResidualPolicy(self.prior) if self.prior is not None else None
+        self.warmup = warmup if warmup is not None else (self.prior.warmup if self.prior is not None else None)
+        self.anneal = anneal if anneal is not None else (self.prior.anneal if self.prior is not None else None)
         self.observation_space = ObservationSpec().space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
@@ -179,8 +184,8 @@ class TrainingControlEnv(gym.Env):
     # -- gym API ----------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if self.prior is not None:
-            self.prior.reset()  # a new run: the prior's cooldown state starts over
+        if self.residual is not None:
+            self.residual.reset()  # a new run: the prior's cooldown state starts over
         if self.task_probs is None:
             idx = int(self.np_random.integers(len(self.tasks)))
         else:
@@ -244,8 +249,8 @@ class TrainingControlEnv(gym.Env):
         controller = self.opt.controller
         if controller.pending is not None:
             a = np.asarray(action, dtype=np.float64)
-            if self.prior is not None:  # the agent learns corrections to the prior's action
-                a = np.clip(np.asarray(self.prior.act(controller.pending), dtype=np.float64) + a, -1.0, 1.0)
+            if self.residual is not None:  # the agent learns corrections to the prior's action
+                a = self.residual.compose(controller.pending, a)
             controller.act_external(a, self.opt.step_count)
         reached = self._train_to_decision()
         raw = self._eval()
@@ -314,12 +319,3 @@ def task_probabilities(tasks: Sequence[Task], weights: Mapping[str, float] | Non
             raise ValueError(f"task weight of {task_id!r} must be a positive finite number, got {w!r}")
     p = np.array([float(weights.get(i, 1.0)) for i in ids], dtype=np.float64)
     return p / p.sum()
-
-
-def _load_prior(spec: str | None) -> Any:
-    """The prior a residual policy trains on; the same constructor that a residual card's prior uses."""
-    if spec is None:
-        return None
-    from chuck.policies.learned import make_prior
-
-    return make_prior(spec, ObservationSpec().version)

@@ -6,14 +6,15 @@ step.* and weights.* features at every decision are averaged over the run. A fea
 moves monotonically with k, in the same direction on every task, separates the regimes
 without knowing the task.
 
-    python experiments/stepsize_signals.py --tasks train --out docs/results/stepsize_signals.csv
+    python -m experiments.stepsize_signals --tasks train --out docs/results/stepsize_signals.csv
 
 With ``--per-decision PATH`` every decision's features are also written (one row per decision)
 and the script prints, per offset, how often the prior's per-decision rules would fire: a
 cosine above RAISE_AT (once, and at two decisions in a row: prior version 8) and the distance
-guard (prior versions 5 and 6). Those shares are the figures quoted in chuck.policies.prior:
+guard (prior versions 5 and 6). Those shares are the figures behind experiments/prior_variants.py
+and docs/design/step-size-prior.md:
 
-    python experiments/stepsize_signals.py --tasks train --offsets=-1.5,-1,-0.5,0,0.5,1 \
+    python -m experiments.stepsize_signals --tasks train --offsets=-1.5,-1,-0.5,0,0.5,1 \
         --out /tmp/signals.csv --per-decision docs/results/stepsize_decisions.csv
 """
 
@@ -66,7 +67,7 @@ def run(task_id: str, offset: float, seed: int = 0) -> tuple[dict[str, Any], lis
 def rule_shares(per: list[dict[str, Any]], first: int | None = None) -> None:
     """Print, per offset, how often the prior's per-decision rules fire (in the first ``first`` decisions
     of each run; all of them when None)."""
-    from chuck.policies.prior import DIST_HIGH, HOLD_BELOW, NO_BOUND, RAISE_AT
+    from experiments.prior_variants import DIST_HIGH, HOLD_BELOW, NO_BOUND, RAISE_AT
 
     first = first or 10**9
     print(f"per offset, share of decisions ({'all' if first == 10**9 else f'first {first}'} of each run) where a rule fires:")

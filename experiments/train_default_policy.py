@@ -71,6 +71,8 @@ def config(run: str) -> MetaTrainConfig:
         n_envs=2,
         interval=20,
         prior=RUNS[run].prior,
+        # a prior chuck does not ship (v3's) is registered by the lab module, in every environment worker
+        tasks_module=[] if RUNS[run].prior in ("prior@10", "prior@15") else ["experiments.lab_policies"],
         output=str(ROOT / "experiments" / "runs" / f"default-{run}"),
         name="chuck-default",
         alias=RUNS[run].alias,

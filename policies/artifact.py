@@ -3,8 +3,7 @@
 Format (``format_version`` 1)::
 
     policy.pt    torch.save of a flat {name: Tensor} dict: the ActorNetwork state dict
-                 (policy_net.*, action_net.*, obs_mean, obs_var), or for an ensemble of N
-                 actors (architecture.members = N) each one's under members.<i>.; loaded with
+                 (policy_net.*, action_net.*, obs_mean, obs_var); loaded with
                  torch.load(weights_only=True), so loading runs no pickle code.
     policy.json  {"format": "chuck-policy", "format_version": 1, "name", "version",
                   "observation": ObservationSpec.card(), "action": ActionSpec.card(),
@@ -12,8 +11,8 @@ Format (``format_version`` 1)::
                   "normalization": {"clip_obs", "epsilon"}, "interval",
                   "observation_stats": {"low", "high", "mean", "std"}, "training": {...},
                   "evaluation": {...}, "sha256": checksum of policy.pt}
-                 optional: "prior" (a residual on this built-in prior), "residual_progress_gate",
-                 "residual_cooldown_cap" (chuck.policies.derive), "derived" (how a derived artifact was made)
+                 optional: "prior" (a residual on this built-in prior), "derived" (how a derived
+                 artifact was made, experiments/derive_residual.py)
 
 Every failure to load raises :class:`chuck.PolicyLoadError` naming what is wrong
 (missing file, not a regular file, too large, bad JSON, a card field that breaks the
@@ -38,7 +37,7 @@ from chuck.core.actions import ACTION_VERSIONS, ActionSpec
 from chuck.core.loading import PolicyLoadError
 from chuck.core.observation import FEATURE_SETS, ObservationSpec
 from chuck.policies.card import check_weights_match, validate_card
-from chuck.policies.learned import ActorEnsemble, ActorNetwork, LearnedPolicy
+from chuck.policies.learned import ActorNetwork, LearnedPolicy
 
 FORMAT = "chuck-policy"
 FORMAT_VERSION = 1
@@ -70,11 +69,14 @@ def read_regular_file(path: Path, limit: int) -> bytes:
         if st.st_size > limit:
             raise PolicyLoadError(f"policy artifact: {path} is larger than {limit} bytes ({st.st_size})")
         chunks, total = [], 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > limit:  # the file grew while being read
-                raise PolicyLoadError(f"policy artifact: {path} is larger than {limit} bytes")
+        try:
+            while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > limit:  # the file grew while being read
+                    raise PolicyLoadError(f"policy artifact: {path} is larger than {limit} bytes")
+        except OSError as exc:  # a "regular" file of /proc or sysfs (/proc/self/mem: EIO)
+            raise PolicyLoadError(f"policy artifact: cannot read {path} ({exc.strerror})") from None
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -91,7 +93,7 @@ def bundled_artifact_dir(name: str) -> Path:
     return path
 
 
-def save_artifact(actor: ActorNetwork | ActorEnsemble, out_dir: str | Path, card: dict[str, Any]) -> Path:
+def save_artifact(actor: ActorNetwork, out_dir: str | Path, card: dict[str, Any]) -> Path:
     """Write ``policy.pt`` and ``policy.json`` (the card is completed with format, specs, checksum)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,10 +128,13 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
     for p in (card_path, weights_path):
         if not p.exists():
             raise PolicyLoadError(f"policy artifact {path}: missing {p.name}")
+        _check_inside(path, p)
     try:
         raw_card = json.loads(read_regular_file(card_path, MAX_CARD_BYTES).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PolicyLoadError(f"policy artifact {path}: {CARD} is not valid JSON ({exc})") from None
+    except RecursionError:  # json's decoder recurses once per level of nesting; a card is a few levels deep
+        raise PolicyLoadError(f"policy artifact {path}: {CARD} is nested too deeply to be a policy card") from None
     obs_spec, act_spec = _declared_specs(raw_card)
     card = validate_card(
         raw_card,
@@ -154,20 +159,37 @@ def load_artifact(path: str | Path) -> LearnedPolicy:
         raise PolicyLoadError(f"policy artifact {path}: cannot read {WEIGHTS} ({type(exc).__name__}: {exc})") from None
     obs_dim, act_dim = len(obs_spec.names), len(act_spec.dims)
     check_weights_match(tensors, card, str(path), obs_dim, act_dim)
+    for name, tensor in tensors.items():
+        # a NaN weight makes every action NaN: the policy would hold at every decision without a word
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise PolicyLoadError(f"policy artifact {path}: {WEIGHTS} tensor {name!r} holds non-finite values (NaN or inf)")
     arch, norm = card["architecture"], card["normalization"]
     # the layers' random initialization is overwritten by the weights below, but drawing it would move
     # the caller's global RNG: a run would see other batches and dropout masks for having loaded chuck
     with torch.random.fork_rng(devices=[]):
-        nets = [
-            ActorNetwork(obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"])
-            for _ in range(arch["members"])
-        ]
-    actor: ActorNetwork | ActorEnsemble = nets[0] if len(nets) == 1 else ActorEnsemble(nets)
+        actor = ActorNetwork(
+            obs_dim, act_dim, arch["hidden"], arch["activation"], clip_obs=norm["clip_obs"], epsilon=norm["epsilon"]
+        )
     try:
         actor.load_state_dict(tensors, strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise PolicyLoadError(f"policy artifact {path}: weights do not match the card's architecture ({exc})") from None
     return LearnedPolicy(actor, card)
+
+
+def _check_inside(directory: Path, file: Path) -> None:
+    """PolicyLoadError unless ``file`` resolves inside the artifact ``directory``.
+
+    A file linked from elsewhere (``policy.pt -> /proc/self/mem``, ``policy.json -> ~/.netrc``)
+    is refused before it is opened: an artifact is its directory, and an error message must never
+    quote a file from outside it.
+    """
+    try:
+        inside = file.resolve(strict=True).is_relative_to(directory.resolve(strict=True))
+    except (OSError, RuntimeError) as exc:  # a dangling link, a link loop
+        raise PolicyLoadError(f"policy artifact {directory}: cannot resolve {file.name} ({exc})") from None
+    if not inside:
+        raise PolicyLoadError(f"policy artifact {directory}: {file.name} is a link to a file outside the artifact directory")
 
 
 def _declared_specs(raw_card: Any) -> tuple[ObservationSpec, ActionSpec]:

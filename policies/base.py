@@ -35,6 +35,10 @@ class Policy(ABC):
       per-step schedule the optimizer applies, not a decision.
     * ``anneal``: the share of a known budget (``total_steps``) over which the optimizer decays the lr
       linearly toward zero, per step, at the end of the run (``None``: none); a schedule like ``warmup``.
+    * ``prior``: the built-in rule a learned residual corrects (``None``: not a residual). In a run that
+      reports no training loss the controller asks it instead of the whole policy.
+    * ``obs_low``/``obs_high``: per feature, the range of the observations the policy was trained on
+      (``None``: unknown); :meth:`out_of_distribution` reads them, and the controller's fallback names them.
     """
 
     name: str = "policy"
@@ -44,6 +48,12 @@ class Policy(ABC):
     interval: int | None = None
     warmup: int | None = None
     anneal: float | None = None
+    prior: Policy | None = None
+    obs_low: np.ndarray | None = None
+    obs_high: np.ndarray | None = None
+    #: Whether ``ChuckOptimizer`` turns its guardrails on under this policy when the user leaves
+    #: ``guardrails`` unset: a policy that steers the run wants them; a pure observer does not.
+    guardrails_by_default: bool = True
 
     @property
     def id(self) -> str:
@@ -70,6 +80,16 @@ class Policy(ABC):
         """
         return {}
 
+    def out_of_distribution(self, observation: np.ndarray, margin: float = 0.0) -> list[str]:
+        """Names of the features outside ``[obs_low, obs_high]`` widened by ``margin`` x its width; empty
+        when the policy knows no range (the built-in rules are defined everywhere)."""
+        if self.obs_low is None or self.obs_high is None:
+            return []
+        obs = np.asarray(observation, dtype=np.float32).reshape(-1)
+        width = (self.obs_high - self.obs_low) * margin
+        bad = (obs < self.obs_low - width) | (obs > self.obs_high + width)
+        return [n for n, b in zip(_spec_names(self.observation_version), bad) if b]
+
     def reset(self) -> None:  # noqa: B027 - optional hook
         """Forget per-run state; the controller calls it when a run starts."""
 
@@ -78,6 +98,12 @@ class Policy(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         pass
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        """Why ``state`` cannot be loaded (``None`` when it can). The optimizer asks before it loads any
+        of a checkpoint: a policy with state checks every field of it here, so that a bad checkpoint is
+        refused whole instead of making every later decision fail."""
+        return None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -95,5 +121,9 @@ class Policy(ABC):
 
 
 @cache
+def _spec_names(version: str) -> tuple[str, ...]:
+    return tuple(ObservationSpec(version).names)
+
+
 def _spec_size(version: str) -> int:
-    return len(ObservationSpec(version).names)
+    return len(_spec_names(version))

@@ -3,9 +3,9 @@
 A card is data from outside (a download, a colleague's directory, a registry), so
 every field the loader uses is checked for presence, type and range here, and a
 bad one raises :class:`chuck.PolicyLoadError` naming the field (``architecture.hidden``,
-``interval``...), never a raw ``KeyError``/``TypeError`` from deep inside the loader
-(faults issue, item 8). Fields the loader does not use (``training``,
-``evaluation``) are kept as they are.
+``interval``...), never a raw ``KeyError``/``TypeError`` from deep inside the loader.
+Fields the loader does not use (``training``, ``evaluation``) are kept as they are; the
+fields of derived artifacts it does not implement (:data:`UNSUPPORTED_FIELDS`) are refused.
 
 The card's sizes are also compared with the tensors actually stored in ``policy.pt``
 (:func:`check_weights_match`) *before* the network is allocated: otherwise a card
@@ -21,16 +21,14 @@ from typing import Any
 
 import torch
 
-from chuck.core.loading import PolicyLoadError
+from chuck.core.loading import PolicyLoadError, is_registered
 from chuck.policies.learned import ACTIVATIONS
-from chuck.policies.prior import VERSIONS as PRIOR_VERSIONS
+from chuck.policies.prior import CONFIGS as PRIOR_CONFIGS
 
 #: Activations an exported actor may use: those ActorNetwork can build.
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 #: Most hidden layers a card may declare; SB3 policies use 2, and the shapes must match the weights anyway.
 MAX_HIDDEN_LAYERS = 16
-#: Most members an ensemble artifact may hold (``architecture.members``; chuck.policies.derive).
-MAX_MEMBERS = 16
 #: Decision interval bounds. ChuckOptimizer samples updates on the two steps before a decision,
 #: hence >= 2; an interval above 100k steps exceeds whole training runs of the zoo (budgets of a
 #: few thousand steps), so it would silently disable decisions (a card saying 1e12 did).
@@ -38,8 +36,12 @@ MIN_INTERVAL, MAX_INTERVAL = 2, 100_000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-#: Built-in controllers a learned policy may be a residual on (card field ``prior``).
-KNOWN_PRIORS = tuple(f"prior@{v}" for v in PRIOR_VERSIONS)
+#: Built-in controllers a learned policy may be a residual on (card field ``prior``); a name given to
+#: :func:`chuck.policies.register_policy` is accepted too.
+KNOWN_PRIORS = tuple(f"prior@{v}" for v in PRIOR_CONFIGS)
+#: Card fields of derived artifacts that this chuck does not implement (``experiments/residual_variants.py``
+#: loads them): an artifact that needs one is refused rather than run without it.
+UNSUPPORTED_FIELDS = ("residual_progress_gate", "residual_cooldown_cap")
 
 
 def _fail(where: str, field: str, problem: str) -> PolicyLoadError:
@@ -137,8 +139,14 @@ def validate_card(
     activation = arch.get("activation", "tanh")
     if activation not in ACTIVATION_NAMES:
         raise _fail(where, "architecture.activation", f"must be one of {ACTIVATION_NAMES}, not {activation!r}")
-    members = _integer(arch.get("members", 1), "architecture.members", where, 1, MAX_MEMBERS)
-    out["architecture"] = {**arch, "hidden": list(hidden), "activation": activation, "members": members}
+    members = arch.get("members", 1)
+    if isinstance(members, bool) or members != 1:
+        raise _fail(
+            where,
+            "architecture.members",
+            f"must be 1, not {members!r} (experiments/residual_variants.py loads ensembles of actors)",
+        )
+    out["architecture"] = {**arch, "hidden": list(hidden), "activation": activation, "members": 1}
 
     norm = dict(_section(card, "normalization", where, required=False))
     out["normalization"] = {
@@ -153,27 +161,20 @@ def validate_card(
         if key in stats:
             stats[key] = _numbers(stats[key], f"observation_stats.{key}", where, len(obs_names))
     out["observation_stats"] = stats
-    if card.get("residual_progress_gate") is not None:
-        out["residual_progress_gate"] = _number(card["residual_progress_gate"], "residual_progress_gate", where, positive=True)
-    if card.get("residual_cooldown_cap") is not None:
-        if not isinstance(card["residual_cooldown_cap"], bool):
-            raise _fail(where, "residual_cooldown_cap", f"must be true or false, not {card['residual_cooldown_cap']!r}")
-        out["residual_cooldown_cap"] = card["residual_cooldown_cap"]
+    for field in UNSUPPORTED_FIELDS:
+        if card.get(field) is not None:
+            raise _fail(where, field, "is not supported by this chuck (experiments/residual_variants.py loads such artifacts)")
     prior = card.get("prior")
-    if prior is not None and prior not in KNOWN_PRIORS:
-        raise _fail(where, "prior", f"must be one of {KNOWN_PRIORS} or absent, not {prior!r}")
+    if prior is not None and prior not in KNOWN_PRIORS and not (isinstance(prior, str) and is_registered(prior)):
+        raise _fail(where, "prior", f"must be one of {KNOWN_PRIORS}, a registered policy, or absent, not {prior!r}")
     for key in ("name", "version"):
         if key in card and not isinstance(card[key], (str, int, float)):
             raise _fail(where, key, f"must be a string, not {type(card[key]).__name__}")
     return out
 
 
-def expected_shapes(obs_dim: int, act_dim: int, hidden: list[int], members: int = 1) -> dict[str, tuple[int, ...]]:
-    """The state-dict shapes of :class:`chuck.policies.learned.ActorNetwork` for these sizes (of
-    :class:`~chuck.policies.learned.ActorEnsemble`'s ``members.<i>.`` networks when ``members`` > 1)."""
-    if members > 1:
-        one = expected_shapes(obs_dim, act_dim, hidden)
-        return {f"members.{i}.{k}": v for i in range(members) for k, v in one.items()}
+def expected_shapes(obs_dim: int, act_dim: int, hidden: list[int]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of :class:`chuck.policies.learned.ActorNetwork` for these sizes."""
     shapes: dict[str, tuple[int, ...]] = {}
     d = obs_dim
     for i, h in enumerate(hidden):
@@ -192,15 +193,14 @@ def check_weights_match(tensors: Any, card: dict[str, Any], where: str, obs_dim:
     """Compare the weights' names and shapes with the card's ``architecture.hidden`` (no allocation)."""
     if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise PolicyLoadError(f"policy artifact {where}: policy.pt must hold a {{name: tensor}} dict")
-    hidden, members = card["architecture"]["hidden"], card["architecture"].get("members", 1)
-    want = expected_shapes(obs_dim, act_dim, hidden, members)
+    hidden = card["architecture"]["hidden"]
+    want = expected_shapes(obs_dim, act_dim, hidden)
     got = {k: tuple(v.shape) for k, v in tensors.items()}
     if got != want:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
         k = diff[0]
         raise PolicyLoadError(
-            f"policy artifact {where}: card field architecture.hidden {hidden}"
-            f"{f' x {members} members' if members > 1 else ''} does not match the weights in "
+            f"policy artifact {where}: card field architecture.hidden {hidden} does not match the weights in "
             f"policy.pt ({k}: card implies {list(want[k]) if k in want else 'no such tensor'}, "
             f"file has {list(got[k]) if k in got else 'none'}); weights do not match the card's architecture"
         )

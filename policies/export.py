@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from chuck.policies.artifact import save_artifact
-from chuck.policies.learned import ActorEnsemble, ActorNetwork
+from chuck.policies.learned import ActorNetwork
 
 
 def actor_from_sb3(model: Any, obs_rms: Any | None, clip_obs: float = 10.0, epsilon: float = 1e-8) -> ActorNetwork:
@@ -41,18 +41,15 @@ def actor_to_fine_tune(policy: Any, name: str) -> ActorNetwork:
     """The single actor of a learned policy that a new PPO run starts from (``--init-policy``).
 
     Raises:
-        ValueError: a built-in rule (no network to start from) or an ensemble (several runs' networks,
-            which one PPO actor cannot hold: start from one of its members' artifacts instead).
+        ValueError: a built-in rule (no network to start from), or a network that is not one actor.
     """
     actor = getattr(policy, "actor", None)
-    if isinstance(actor, ActorEnsemble):
-        raise ValueError(
-            f"cannot fine-tune from {name!r}: it is an ensemble of {len(actor.members)} actors (card field "
-            "architecture.members), and one PPO actor cannot hold them; start from one member's artifact "
-            "(its card's derived.from lists them)"
-        )
-    if not isinstance(actor, ActorNetwork):
+    if actor is None:
         raise ValueError(f"cannot fine-tune from {name!r}: it is a built-in rule with no network; name a learned policy")
+    if not isinstance(actor, ActorNetwork):
+        raise ValueError(
+            f"cannot fine-tune from {name!r}: its actor is a {type(actor).__name__}, which one PPO actor cannot hold"
+        )
     return actor
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from chuck.core import statecheck as check
 from chuck.core.observation import ObservationSpec
 from chuck.policies.base import Policy
 
@@ -108,3 +109,6 @@ class HeuristicPolicy(Policy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._cooldown = int(state.get("cooldown", 0))
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        return check.count("cooldown", state.get("cooldown", 0))

@@ -26,7 +26,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.hooks import RemovableHandle
@@ -34,11 +34,18 @@ from torch.utils.hooks import RemovableHandle
 from chuck.core.actions import ActionSpec
 from chuck.core.explain import describe_feature, explain_action, training_ranges
 from chuck.core.observation import ObservationSpec
-from chuck.core.report import Decision, DecisionLog
+from chuck.core.report import Decision, DecisionLog, changes
 from chuck.monitors.control import ControlMonitor
 from chuck.monitors.suite import MonitorSuite
 
+if TYPE_CHECKING:
+    from chuck.policies.base import Policy
+
 DecisionHook = Callable[[Any, Decision], None]
+
+#: Decisions after which a feature that has not changed at any of them counts as a constant of the run
+#: (left out of a decision's words): one or two equal readings say nothing about whether it can move.
+UNCHANGED_AFTER = 3
 
 #: What to do when the observation leaves the range a learned policy was trained on.
 OOD_FALLBACKS = ("heuristic", "hold", "off")
@@ -60,7 +67,7 @@ class PolicyAnswer:
 _STEERING: dict[int, weakref.ref[Controller]] = {}
 
 
-def _own(policy: Any, controller: Controller) -> Any:
+def _own(policy: Policy, controller: Controller) -> Policy:
     """``policy`` for ``controller``'s run: the object itself, or a copy when it already steers another
     live run (two optimizers sharing one policy object would each move the other's decision state)."""
     for key in [k for k, ref in _STEERING.items() if ref() is None]:
@@ -71,7 +78,7 @@ def _own(policy: Any, controller: Controller) -> Any:
             policy = copy.deepcopy(policy)
         except Exception as exc:  # noqa: BLE001 - a user's policy may hold what does not copy
             raise ValueError(
-                f"policy {getattr(policy, 'id', policy)!r} already steers another ChuckOptimizer and cannot be copied "
+                f"policy {policy.id!r} already steers another ChuckOptimizer and cannot be copied "
                 f"({type(exc).__name__}: {exc}); give each optimizer its own instance"
             ) from exc
     _STEERING[id(policy)] = weakref.ref(controller)
@@ -95,7 +102,7 @@ class Controller:
 
     def __init__(
         self,
-        policy: Any,
+        policy: Policy | None,
         action_spec: ActionSpec,
         suite: MonitorSuite,
         control: ControlMonitor,
@@ -125,6 +132,10 @@ class Controller:
         self.pending: np.ndarray | None = None  # observation awaiting an external action
         self._hooks: OrderedDict[int, DecisionHook] = OrderedDict()
         self._fallback: Any = None
+        self._first_obs: dict[str, float] | None = None  # the run's first observation, and what moved since
+        self._varied: set[str] = set()
+        self._observed = 0
+        self._lr_moves_seen = action_spec.lr_moves  # the lr multiplier's moves already in a record
         self.ranks: Any = None  # a chuck.core.distributed.RankSync under data parallelism: rank 0 decides for all
         if policy is not None:
             policy.reset()  # a new run starts
@@ -174,10 +185,13 @@ class Controller:
     def ask(self, obs: np.ndarray) -> PolicyAnswer:
         """The policy's checked action. Any failure in asking means hold: training never crashes because of chuck."""
         dims = len(self.action_spec.dims)
+        policy = self.policy
+        if policy is None:
+            raise RuntimeError("no policy to ask: this controller is under external control (act_external)")
         try:
             if self._blind_residual():
                 return self._prior_answer(obs)
-            action = np.asarray(self.policy.act(obs.copy()), dtype=np.float64).reshape(-1)
+            action = np.asarray(policy.act(obs.copy()), dtype=np.float64).reshape(-1)
             if action.shape != (dims,):
                 return self._hold(f"policy returned shape {action.shape}, expected ({dims},)", failed=True)
             if not np.all(np.isfinite(action)):
@@ -185,9 +199,7 @@ class Controller:
             outside = self._out_of_distribution(obs)
             if outside:
                 return self._fallback_answer(obs, outside)
-            return PolicyAnswer(
-                action, "policy", attribution=_per_dimension(self.policy.explain(obs), action, self.action_spec.dims)
-            )
+            return PolicyAnswer(action, "policy", attribution=_per_dimension(policy.explain(obs), action, self.action_spec.dims))
         except Exception as exc:  # noqa: BLE001 - any failure in asking (act, OOD check, explain) means hold
             return self._hold(f"asking the policy raised {type(exc).__name__}: {exc}", failed=True)
 
@@ -206,10 +218,11 @@ class Controller:
         default ended 1.44x worse in geo-mean on the validation families). Its prior reads no training
         loss (the hypergradient, the budget, validation losses), so the prior decides alone.
         """
-        return getattr(self.policy, "prior", None) is not None and self.loss_blind
+        return self.policy is not None and self.policy.prior is not None and self.loss_blind
 
     def _prior_answer(self, obs: np.ndarray) -> PolicyAnswer:
         """The policy's own prior decides: still the policy (its built-in part), not a fallback to another rule."""
+        assert self.policy is not None and self.policy.prior is not None
         prior = self.policy.prior
         self.policy.check_observation(obs)  # the policy's size check, as its act() would make it
         action = np.asarray(prior.act(obs.copy()), dtype=np.float64).reshape(-1)
@@ -219,17 +232,16 @@ class Controller:
         return PolicyAnswer(action, "policy", why, _per_dimension(prior.explain(obs), action, self.action_spec.dims))
 
     def _out_of_distribution(self, obs: np.ndarray) -> list[str]:
-        check = getattr(self.policy, "out_of_distribution", None)
-        if check is None or self.ood_fallback == "off":
+        if self.policy is None or self.ood_fallback == "off":
             return []
-        return list(check(obs, margin=self.ood_margin))
+        return list(self.policy.out_of_distribution(obs, margin=self.ood_margin))
 
     def _fallback_answer(self, obs: np.ndarray, outside: list[str]) -> PolicyAnswer:
         why = f"out of distribution ({', '.join(outside[:4])}{'...' if len(outside) > 4 else ''})"
         named = self.obs_spec.as_dict(obs)
         first = outside[0]
         if first in named:
-            lo, hi = getattr(self.policy, "obs_low", None), getattr(self.policy, "obs_high", None)
+            lo, hi = (self.policy.obs_low, self.policy.obs_high) if self.policy is not None else (None, None)
             seen = ""
             if lo is not None and hi is not None and first in self.obs_spec.names:
                 i = self.obs_spec.names.index(first)
@@ -266,13 +278,17 @@ class Controller:
         before = self.action_spec.hyperparameters()
         result = self.action_spec.apply(action, self.control.median_grad_norm())
         attribution = attribution or {}
+        named = self.obs_spec.as_dict(obs)
+        loss = self.suite.get("loss")
         words = explain_action(
             self.action_spec.dims,
             before,
             result.hyperparameters,
             attribution,
-            self.obs_spec.as_dict(obs),
+            named,
             training_ranges=self._training_ranges(),
+            constant=self._unchanged(named),
+            steps_per_window=getattr(loss, "window", None),
         )
         if not (words or reason) and source != "external":
             words = "hold"
@@ -280,7 +296,19 @@ class Controller:
         if result.limited:
             reason = (reason + "; " if reason else "") + "at bound: " + ", ".join(result.limited)
         self.control.decision_made()
-        return self.record(source, result.action, reason, step, obs, attribution, result.hyperparameters)
+        return self.record(source, result.action, reason, step, obs, attribution, result.hyperparameters, before=before)
+
+    def _unchanged(self, named: dict[str, float]) -> set[str]:
+        """The features that have held one value at every decision of the run so far, this one included,
+        once there are ``UNCHANGED_AFTER`` of them: constants of the run, never the reason for a decision."""
+        if self._first_obs is None:
+            self._first_obs = dict(named)
+        else:
+            self._varied.update(k for k, v in named.items() if k not in self._first_obs or v != self._first_obs[k])
+        self._observed += 1
+        if self._observed < UNCHANGED_AFTER:
+            return set()
+        return {k for k in named if k not in self._varied}
 
     def _training_ranges(self) -> dict[str, tuple[float, float]]:
         """The feature ranges a learned policy saw in training (the words' "usual" where no monitor sets one)."""
@@ -297,16 +325,29 @@ class Controller:
         obs: np.ndarray | None = None,
         attribution: dict[str, dict[str, float]] | None = None,
         hyperparameters: dict[str, float] | None = None,
+        before: dict[str, float] | None = None,
     ) -> Decision:
+        """Record one decision (and call the decision hooks).
+
+        ``hyperparameters``: the values after it (default: now); ``before``: the values before it. Without
+        ``before`` (a guardrail's intervention) the lr before is read off the lr multiplier's last move,
+        when that move is a cut made since the previous record: a guardrail records every cut it makes
+        at once, while the recoveries between interventions only ever raise the multiplier.
+        """
+        after = hyperparameters if hyperparameters is not None else self.action_spec.hyperparameters()
+        if before is None:
+            before = self._before_guardrail(after)
+        self._lr_moves_seen = self.action_spec.lr_moves
         d = Decision(
             step=step,
             source=source,
             action=[float(a) for a in action],
             observation=self.obs_spec.as_dict(obs) if obs is not None else {},
-            hyperparameters=hyperparameters if hyperparameters is not None else self.action_spec.hyperparameters(),
+            hyperparameters=after,
             reason=reason,
             attribution=attribution or {},
             policy_id=self.policy_id,
+            changed=changes(before, after),
         )
         self.decisions.append(d)
         for hook in list(self._hooks.values()):
@@ -315,6 +356,17 @@ class Controller:
             except Exception as exc:  # noqa: BLE001 - a decision hook must never break training
                 warnings.warn(f"chuck decision hook {hook!r} failed: {exc}", RuntimeWarning, stacklevel=3)
         return d
+
+    def _before_guardrail(self, after: dict[str, float]) -> dict[str, float]:
+        """The hyperparameters before an intervention recorded without them: ``after`` with the lr the
+        multiplier's last cut started from, if that cut came after the previous record."""
+        before = dict(after)
+        spec = self.action_spec
+        if spec.lr_moves != self._lr_moves_seen:
+            was, now = spec.last_lr_move
+            if 0 < now < was and "lr" in after:
+                before["lr"] = after["lr"] * (was / now)
+        return before
 
     def register_decision_hook(self, hook: DecisionHook) -> RemovableHandle:
         """Call ``hook(optimizer, decision)`` after every decision; ``handle.remove()`` stops it."""

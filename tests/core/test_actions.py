@@ -142,6 +142,15 @@ def test_anneal_decays_the_lr_each_base_step_uses_over_the_end_of_a_known_budget
     assert opt.param_groups[0]["lr"] == 0.1, "the user's value stays in group['lr']"
 
 
+class _Annealing(chuck.Policy):
+    """Holds, and asks the optimizer to anneal over the last 30% of a known budget (``Policy.anneal``)."""
+
+    name, anneal = "annealing", 0.3
+
+    def act(self, observation):
+        return [0.0, 0.0, 0.0, 0.0]
+
+
 def test_anneal_needs_total_steps_resumes_from_a_checkpoint_and_refuses_bad_values() -> None:
     model = make_net()
     plain = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "constant", anneal=0.5, history=False)
@@ -159,9 +168,11 @@ def test_anneal_needs_total_steps_resumes_from_a_checkpoint_and_refuses_bad_valu
     opt2.load_state_dict(opt.state_dict())
     assert opt2.param_groups[0][EFFECTIVE_LR_KEY] == pytest.approx(0.075)
     assert _used_lrs(opt2, model2, 3) == pytest.approx([0.075, 0.05, 0.025])
-    own = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "prior@18", total_steps=100, history=False)
+    own = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), _Annealing(), total_steps=100, history=False)
     assert own.action_spec.anneal_start == 70, "the policy's own anneal"
-    off = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), "prior@18", total_steps=100, anneal=0, history=False)
+    off = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), _Annealing(), total_steps=100, anneal=0, history=False
+    )
     assert off.action_spec.anneal_start is None, "anneal=0 turns the policy's off"
     with pytest.raises(ValueError, match="anneal must be a fraction"):
         chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), total_steps=8, anneal=1.5, history=False)

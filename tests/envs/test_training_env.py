@@ -199,17 +199,30 @@ def test_the_warmup_is_the_priors_unless_given() -> None:
         env.close()
 
 
-def test_the_anneal_is_the_priors_and_needs_the_budget() -> None:
-    """A prior that anneals per step (prior@18) anneals in the env's episodes that give total_steps, as in
-    deployment."""
-    from chuck.policies.prior import COOLDOWN
+class _AnnealingPrior(chuck.Policy):
+    """A prior that holds and anneals per step over the last 30% of a known budget (``Policy.anneal``)."""
 
-    env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="prior@18", p_no_total=0.0)
-    env.reset(seed=0)
-    assert env.anneal == COOLDOWN
-    assert env.opt.action_spec.anneal_end == env.budget and env.opt.action_spec.anneal_start is not None
-    env.close()
-    env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="prior@18", p_no_total=1.0)
-    env.reset(seed=0)
-    assert env.opt.action_spec.anneal_start is None
-    env.close()
+    name, version, anneal = "annealing", "1", 0.3
+
+    def act(self, observation):
+        return np.zeros(4, dtype=np.float32)
+
+
+def test_the_anneal_is_the_priors_and_needs_the_budget() -> None:
+    """A prior that anneals per step (a registered one here) anneals in the env's episodes that give
+    total_steps, as in deployment."""
+    from chuck.policies import register_policy, unregister_policy
+
+    register_policy("test.annealing", _AnnealingPrior)
+    try:
+        env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="test.annealing", p_no_total=0.0)
+        env.reset(seed=0)
+        assert env.anneal == _AnnealingPrior.anneal
+        assert env.opt.action_spec.anneal_end == env.budget and env.opt.action_spec.anneal_start is not None
+        env.close()
+        env = TrainingControlEnv(tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="test.annealing", p_no_total=1.0)
+        env.reset(seed=0)
+        assert env.opt.action_spec.anneal_start is None
+        env.close()
+    finally:
+        unregister_policy("test.annealing")

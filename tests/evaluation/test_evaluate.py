@@ -367,12 +367,12 @@ def test_resuming_refuses_rows_of_another_policy_under_the_same_name(tiny_tasks,
     assert not count_runs
 
     # the same path now holds a policy on another prior: its old rows must not be resumed
-    _artifact_copy(policy, prior="prior@3")
+    _artifact_copy(policy, prior="prior@15")
     count_runs.clear()
     rows_before = (out / "rows.csv").read_text()
     with pytest.raises(EvaluationInputError, match="another policy under the same arm name") as err:
         _small(out, policies=[str(policy)], baselines=[])
-    assert arm in str(err.value) and "prior@3" in str(err.value)
+    assert arm in str(err.value) and "prior@15" in str(err.value)
     assert not count_runs and (out / "rows.csv").read_text() == rows_before  # nothing ran, nothing lost
 
     # what the message says to do: drop that arm's rows, and it is measured again with the new policy
@@ -383,7 +383,7 @@ def test_resuming_refuses_rows_of_another_policy_under_the_same_name(tiny_tasks,
         writer.writerows(rows)
     _small(out, policies=[str(policy)], baselines=[])
     assert [r for r in count_runs if r.arm == arm]
-    assert "prior@3" in json.loads((out / "arms.json").read_text())[arm]
+    assert "prior@15" in json.loads((out / "arms.json").read_text())[arm]
 
 
 def test_recorded_summarizes_every_arm_of_earlier_calls_without_running_again(tiny_tasks, tmp_path, count_runs):
@@ -391,14 +391,14 @@ def test_recorded_summarizes_every_arm_of_earlier_calls_without_running_again(ti
     arm the directory holds in that setting, so the summary of all of them is one resumed call."""
     out = tmp_path / "eval"
     _small(out, policies=["heuristic"], baselines=["adamw"])
-    _small(out, policies=["prior@3"], baselines=[])
+    _small(out, policies=["prior@15"], baselines=[])
     _small(out, policies=["constant"], baselines=[], observe=False)
-    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"chuck:prior@3"}  # the last call's only
+    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"chuck:prior@15"}  # the last call's only
     count_runs.clear()
     both = _small(out, policies="recorded", baselines=["adamw"])
     assert not count_runs and both.executed == 0
-    assert set(both.to_dict()["arms"]) == {"chuck:heuristic", "chuck:prior@3", "adamw"}
-    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"chuck:heuristic", "chuck:prior@3", "adamw"}
+    assert set(both.to_dict()["arms"]) == {"chuck:heuristic", "chuck:prior@15", "adamw"}
+    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"chuck:heuristic", "chuck:prior@15", "adamw"}
     alone = _small(out, policies="recorded", baselines=[], observe=False)
     assert set(alone.to_dict()["arms"]) == {"chuck:constant/no-observe"} and not count_runs
     with pytest.raises(EvaluationInputError, match="records no chuck arm measured with observe"):

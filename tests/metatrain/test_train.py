@@ -374,7 +374,7 @@ def test_held_out_evaluation_counts_asks_that_failed() -> None:
     (broken,) = evaluate_policy(Broken(), "tabular.wine_mlp", 1, **kw)
     assert broken["return"] == pytest.approx(held["return"])
     assert broken["failed_asks"] > 0 and "injected" in broken["first_failure"]
-    (fine,) = evaluate_policy(chuck.load_policy("prior@3"), "tabular.wine_mlp", 1, **kw)
+    (fine,) = evaluate_policy(chuck.load_policy("prior@10"), "tabular.wine_mlp", 1, **kw)
     assert fine["failed_asks"] == 0 and fine["first_failure"] == ""
 
 

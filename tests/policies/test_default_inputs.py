@@ -6,7 +6,8 @@ were chosen and evaluated; the default then shipped as prior@3 with a zero resid
 exactly as prior@3). Later changes to the monitors, the observation spec or the action path were
 made for speed only; this test fails if one of them changes a value a policy reads. (It runs
 prior@3, not ``"default"``: a later default with a warm-up takes a different path through the same
-code.) The run re-seeds after building the optimizer, so what a policy draws from torch's global
+code. prior@3 is prior@10 without the warm-up: its version lives in experiments/prior_variants.py,
+the rule it runs here is the product's.) The run re-seeds after building the optimizer, so what a policy draws from torch's global
 generator when it loads does not change the run. Recorded with
 ``PYTHONPATH=<0f6343d's packages> python -c "from tests.policies.test_default_inputs import _observations ..."``
 (see ``record()``).
@@ -14,6 +15,7 @@ generator when it loads does not change the run. Recorded with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -21,19 +23,22 @@ from pathlib import Path
 import torch
 
 import chuck
+from chuck.policies.prior import PRIOR_10, StepSizePrior
 
 FIXTURE = Path(__file__).parent / "fixtures" / "default_inputs_0f6343d.json"
 #: Features of the form ratio - 1 (Prechelt's GL = val / best - 1): near 0 a float-level change of the
 #: ratio is a large relative change of the feature (this session's CPU: GL 0.0030460 against 0.0030462,
 #: the ratio equal to 1e-7), so these are compared as the ratio.
 RATIO_MINUS_ONE = {"loss.overfit_gl"}
+#: prior@3: the step-size rule with its cooldown and validation guard, no warm-up, no raise gate.
+PRIOR_3 = dataclasses.replace(PRIOR_10, version="3", warmup=None)
 
 
 def _observations() -> list[dict[str, float]]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 3))
     opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=3e-3), "prior@3", model=model, total_steps=240, history=False
+        torch.optim.AdamW(model.parameters(), lr=3e-3), StepSizePrior(config=PRIOR_3), model=model, total_steps=240, history=False
     )
     torch.manual_seed(1)  # the data and dropout draws, whatever building the policy drew
     x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))

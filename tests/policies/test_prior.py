@@ -1,4 +1,6 @@
-"""The built-in step-size prior (chuck.policies.prior): its rule, its versions, its cooldown."""
+"""The built-in step-size prior (chuck.policies.prior): its rule, its shipped versions, its cooldown.
+
+The rejected versions are tested with their code, in tests/experiments/test_prior_variants.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 
 import chuck
 from chuck.core.observation import ObservationSpec
-from chuck.policies.prior import COOLDOWN, CUT_GL, DIST_HIGH, FAST_INTERVAL, FLOOR, GUARD_GL, NO_BOUND, StepSizePrior
+from chuck.policies.prior import COOLDOWN, CUT_GL, FLOOR, GUARD_GL, StepSizePrior
 
 SPEC = ObservationSpec()
 LOG3 = math.log(3.0)
@@ -23,9 +25,9 @@ def _obs(**features: float) -> np.ndarray:
 
 def test_versions_load_by_name() -> None:
     assert chuck.load_policy("prior").id == "prior@15"
-    assert chuck.load_policy("prior@1").id == "prior@1"
-    with pytest.raises(chuck.PolicyLoadError, match=r"unknown prior version '99': use one of \['1', '2', .*'10'"):
-        chuck.load_policy("prior@99")  # the versions listed in their order, not as strings sort
+    assert chuck.load_policy("prior@10").id == "prior@10"
+    with pytest.raises(chuck.PolicyLoadError, match=r"unknown prior version '99': use one of \['10', '15'\]"):
+        chuck.load_policy("prior@99")
 
 
 @pytest.mark.parametrize("name", [None, "", "  ", 3])
@@ -52,7 +54,7 @@ def _run(policy: StepSizePrior, total: int, interval: int, hypergrad: float = 0.
 
 
 def test_cooldown_anneals_the_last_part_of_a_known_budget() -> None:
-    mults = _run(StepSizePrior(version="2"), total=400, interval=20)
+    mults = _run(StepSizePrior(version="10"), total=400, interval=20)
     start = int(len(mults) * (1 - COOLDOWN))
     assert all(m == 1.0 for m in mults[: start - 1]), "a tuned run is left alone until the cooldown"
     tail = mults[start - 1 :]
@@ -63,18 +65,11 @@ def test_cooldown_anneals_the_last_part_of_a_known_budget() -> None:
 
 
 def test_cooldown_overrides_raises_but_keeps_cuts() -> None:
-    raised = _run(StepSizePrior(version="2"), total=400, interval=20, hypergrad=0.3)
+    raised = _run(StepSizePrior(version="10"), total=400, interval=20, hypergrad=0.3)
     assert raised[-1] < raised[int(len(raised) * (1 - COOLDOWN)) - 1], "no hypergradient raise undoes the descent"
-    cut = _run(StepSizePrior(version="2"), total=400, interval=20, hypergrad=-0.3)
-    plain = _run(StepSizePrior(version="1"), total=400, interval=20, hypergrad=-0.3)
+    cut = _run(StepSizePrior(version="10"), total=400, interval=20, hypergrad=-0.3)
+    plain = _run(StepSizePrior(version="10"), total=400, interval=20, hypergrad=-0.3, has_total=0.0)  # no budget: no cooldown
     assert cut[-1] <= plain[-1], "an overshoot is still cut in the cooldown"
-
-
-def test_without_total_steps_version_2_is_version_1() -> None:
-    for h in (-0.3, 0.0, 0.3):
-        assert _run(StepSizePrior(version="2"), 400, 20, h, has_total=0.0) == _run(
-            StepSizePrior(version="1"), 400, 20, h, has_total=0.0
-        )
 
 
 def test_cooldown_state_survives_a_checkpoint() -> None:
@@ -90,7 +85,7 @@ def test_a_real_run_anneals_under_chuck() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=1e-2), "prior@2", model=model, total_steps=200, interval=10
+        torch.optim.AdamW(model.parameters(), lr=1e-2), "prior@10", model=model, total_steps=200, interval=10
     )
     x, y = torch.randn(256, 4), torch.randn(256, 1)
     for _ in range(200):
@@ -114,55 +109,8 @@ def test_a_real_run_anneals_under_chuck() -> None:
 )
 def test_validation_guard(gl: float, has_val: float, expected: str) -> None:
     obs = _obs(**{"step.hypergrad": 0.4, "loss.has_val": has_val, "loss.overfit_gl": gl})
-    a = float(StepSizePrior(version="3").act(obs)[0])
+    a = float(StepSizePrior(version="10").act(obs)[0])
     assert {"raise": a > 0, "hold": a == 0, "halve": math.isclose(a, -math.log(2) / LOG3, rel_tol=1e-6)}[expected]
-    assert StepSizePrior(version="2").act(obs)[0] > 0, "version 2 has no guard"
-
-
-@pytest.mark.parametrize(
-    ("version", "ratio", "h", "expected"),
-    [
-        ("5", 2.0, 0.0, "lower"),  # steps 100x the distance bound, no descent left along them
-        ("5", 2.0, 0.3, "hold"),  # the cosine says "raise", the bound says the steps are large
-        ("5", 0.0, 0.0, "hold"),  # within the bound: version 3's rule decides
-        ("5", NO_BOUND, 0.0, "lower"),  # no positive bound at all
-        ("6", NO_BOUND, 0.0, "hold"),  # version 6 ignores a run with no positive bound
-        ("6", 2.0, 0.0, "lower"),
-        ("3", 2.0, 0.3, "raise"),  # version 3 has no distance guard
-    ],
-)
-def test_distance_guard(version: str, ratio: float, h: float, expected: str) -> None:
-    assert ratio > DIST_HIGH or expected != "lower"
-    a = float(StepSizePrior(version=version).act(_obs(**{"step.log10_update_over_dhat": ratio, "step.hypergrad": h}))[0])
-    assert {"lower": a < 0, "hold": a == 0, "raise": a > 0}[expected], a
-
-
-def test_version_7_decides_twice_as_often() -> None:
-    assert chuck.load_policy("prior@7").interval == FAST_INTERVAL < 20
-    assert chuck.load_policy("prior@3").interval is None, "earlier versions take the user's interval"
-
-
-def test_version_8_raises_only_on_persistent_evidence() -> None:
-    high, tuned = _obs(**{"step.hypergrad": 0.4}), _obs(**{"step.hypergrad": 0.03})
-    p = StepSizePrior(version="8")
-    assert [float(p.act(o)[0]) > 0 for o in (high, high, high, tuned, high, high)] == [False, True, True, False, False, True]
-    assert p.act(_obs(**{"step.hypergrad": -0.3}))[0] < 0, "a lower needs no second opinion"
-    # the evidence survives a checkpoint, and reset() forgets it (a new run)
-    a, b = StepSizePrior(version="8"), StepSizePrior(version="8")
-    a.act(high)
-    b.load_state_dict(a.state_dict())
-    assert b.act(high)[0] > 0
-    b.reset()
-    assert b.act(high)[0] == 0
-
-
-@pytest.mark.parametrize(("gap", "halves"), [(0.5, True), (-0.2, False)])
-def test_version_9_halves_only_an_overfitting_run(gap: float, halves: bool) -> None:
-    """Validation 2x its best: version 3 halves whatever the training loss; version 9 only when the
-    validation loss is above the training loss (a damaged run has both losses up)."""
-    obs = _obs(**{"loss.has_val": 1.0, "loss.overfit_gl": CUT_GL * 5, "loss.gen_gap": gap})
-    assert StepSizePrior(version="3").act(obs)[0] < 0
-    assert bool(StepSizePrior(version="9").act(obs)[0] < 0) is halves
 
 
 def test_version_10_warms_up_and_a_residual_on_it_carries_the_warmup() -> None:
@@ -170,7 +118,6 @@ def test_version_10_warms_up_and_a_residual_on_it_carries_the_warmup() -> None:
     from chuck.policies.prior import WARMUP
 
     assert chuck.load_policy("prior@10").warmup == WARMUP > 0
-    assert chuck.load_policy("prior@3").warmup is None, "earlier versions start at the user's lr"
     shipped = chuck.load_policy("default")
     assert isinstance(shipped, LearnedPolicy)
     residual = LearnedPolicy(shipped.actor, {**shipped.card, "prior": "prior@10"})
@@ -180,43 +127,12 @@ def test_version_10_warms_up_and_a_residual_on_it_carries_the_warmup() -> None:
     assert opt.action_spec.warmup_steps == WARMUP
 
 
-def test_version_11_holds_a_raise_at_the_first_decision_only() -> None:
-    high, low = _obs(**{"step.hypergrad": 0.4}), _obs(**{"step.hypergrad": -0.3})
-    p = StepSizePrior(version="11")
-    assert p.act(high)[0] == 0, "the first decision does not raise"
-    assert p.act(high)[0] > 0, "later ones do"
-    p.reset()
-    assert p.act(low)[0] < 0, "a first decision may still lower"
-    q = StepSizePrior(version="11")
-    q.load_state_dict(p.state_dict())
-    assert q.act(high)[0] > 0, "the count survives a checkpoint"
+def test_version_15_does_not_raise_steps_already_as_large_as_a_tuned_runs() -> None:
+    from chuck.policies.prior import CONFIGS
 
-
-def test_version_12_asks_for_more_evidence_early_in_a_run() -> None:
-    from chuck.policies.prior import EARLY_MARGIN, RAISE_AT
-
-    mid = _obs(**{"step.hypergrad": RAISE_AT + EARLY_MARGIN / 2})
-    assert StepSizePrior(version="10").act(mid)[0] > 0
-    p = StepSizePrior(version="12")
-    acts = [float(p.act(mid)[0]) for _ in range(12)]
-    assert acts[0] == 0, "the first decision needs a cosine above a tuned run's early baseline"
-    assert acts[-1] > 0, "late in a run the threshold is version 10's"
-
-
-def test_version_13_lowers_on_a_cosine_low_for_the_point_of_the_run() -> None:
-    lukewarm = _obs(**{"step.hypergrad": 0.0})
-    assert StepSizePrior(version="10").act(lukewarm)[0] == 0
-    p = StepSizePrior(version="13")
-    acts = [float(p.act(lukewarm)[0]) for _ in range(8)]
-    assert acts[0] < 0, "early, a tuned run reads a clearly positive cosine: zero means too high"
-    assert acts[-1] == 0, "late in a run the band is version 10's"
-
-
-@pytest.mark.parametrize("version", ["14", "15"])
-def test_versions_14_15_do_not_raise_steps_already_as_large_as_a_tuned_runs(version: str) -> None:
-    from chuck.policies.prior import VERSIONS
-
-    gate = VERSIONS[version]["raise_gate"]
+    version = "15"
+    gate = CONFIGS[version].raise_gate
+    assert gate is not None
     high = {"step.hypergrad": 0.4}
     assert StepSizePrior(version=version).act(_obs(**high, **{"weights.update_ratio_log10": gate - 0.5}))[0] > 0
     assert StepSizePrior(version=version).act(_obs(**high, **{"weights.update_ratio_log10": gate + 0.1}))[0] == 0
@@ -226,101 +142,27 @@ def test_versions_14_15_do_not_raise_steps_already_as_large_as_a_tuned_runs(vers
     assert StepSizePrior(version=version).act(_obs(**{"step.hypergrad": -0.3, "weights.update_ratio_log10": 0.0}))[0] < 0
 
 
-@pytest.mark.parametrize(
-    ("gap", "ratio", "silenced"),
-    [
-        (1.76, -10.0, True),  # the ResNet: validation 5.8e-5 of a ~2 starting loss (ratio at its clip)
-        (0.5, -8.0, True),  # validation ~5e-4 of the starting loss
-        (0.2, -1.0, False),  # an ordinary run past its best validation loss
-        (0.5, -6.0, False),  # validation ~4e-3 of the starting loss: above the floor
-        (3.0, -10.0, False),  # validation >= 20x training (gen_gap at its clip): overfitting, the guard's case
-    ],
-)
-def test_version_16_silences_the_validation_guard_at_near_zero_losses(gap: float, ratio: float, silenced: bool) -> None:
-    from chuck.policies.prior import VAL_FLOOR
+def test_a_config_is_the_rule_and_names_it() -> None:
+    """A PriorConfig runs the same rule under its own version; the shipped ones by name are the same objects."""
+    import dataclasses
 
-    features = {"loss.has_val": 1.0, "loss.overfit_gl": 2.0, "loss.gen_gap": gap, "loss.log_ratio_initial": ratio}
-    assert silenced is (gap + ratio < math.log(VAL_FLOOR) and gap < 3.0)
-    assert StepSizePrior(version="10").act(_obs(**features))[0] < 0, "version 10 halves on GL 200%"
-    a = float(StepSizePrior(version="16").act(_obs(**features))[0])
-    assert (a == 0.0) is silenced and (a < 0.0) is (not silenced)
-    # raises are silenced or not with the cut: a raise the cosine asks for is dropped only by an active guard
-    raised = float(StepSizePrior(version="16").act(_obs(**features, **{"step.hypergrad": 0.4}))[0])
-    assert (raised > 0) is silenced
+    from chuck.policies.prior import CONFIGS, LATEST, PRIOR_10, PRIOR_15, PriorConfig
 
-
-@pytest.mark.parametrize(
-    ("h", "ratio", "decades"),
-    [
-        (0.4, -3.0, 1.0),  # 1.5 decades below a tuned run's steps: the full decade
-        (0.4, -2.5, (-1.89 + 2.5) / 0.74),  # at the edge: most of the way to a tuned run's step size
-        (0.4, -2.4, None),  # steps not far from a tuned run's: version 15's raise
-        (0.15, -3.0, None),  # a weak cosine: version 15's raise
-        (-0.3, -3.0, None),  # the cosine says too high: no far raise, version 15 lowers
-    ],
-)
-def test_version_17_raises_by_up_to_a_decade_when_both_signals_say_far_too_low(
-    h: float, ratio: float, decades: float | None
-) -> None:
-    from chuck.core.actions import ActionSpec
-
-    obs = _obs(**{"step.hypergrad": h, "weights.update_ratio_log10": ratio})
-    p17 = StepSizePrior(version="17")
-    assert p17.action_version == "3" and p17.metadata()["action_version"] == "3"
-    log_change = float(p17.act(obs)[0]) * float(ActionSpec(version="3").steps[0])
-    v15 = float(StepSizePrior(version="15").act(obs)[0]) * LOG3
-    if decades is None:
-        assert log_change == pytest.approx(v15, rel=1e-6), "every other move is version 15's"
-    else:
-        assert log_change == pytest.approx(decades * math.log(10.0), rel=1e-6)
-        assert log_change > LOG3, "beyond v2's reach"
-
-
-def test_version_17_runs_under_chuck_on_action_spec_v3() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=1e-4), policy="prior@17", history=False)
-    assert opt.action_spec.version == "3"
-    for _ in range(60):
-        x = torch.randn(16, 4)
-        loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
-        loss.backward()
-        opt.step(loss=loss)
-        opt.zero_grad()
-    assert len(opt.decisions) >= 2
-
-
-def test_version_18_anneals_per_step_and_only_cuts_in_its_cooldown() -> None:
-    from chuck.policies.learned import LearnedPolicy
-
-    p18 = chuck.load_policy("prior@18")
-    assert p18.anneal == COOLDOWN and p18.metadata()["anneal"] == COOLDOWN
-    assert chuck.load_policy("prior@15").anneal is None
-    # in the cooldown the decisions no longer decay the lr (the optimizer does, per step); raises are dropped
-    assert _run(StepSizePrior(version="18"), total=400, interval=20) == [1.0] * 20
-    raised = _run(StepSizePrior(version="18"), total=400, interval=20, hypergrad=0.3)
-    start = int(20 * (1 - COOLDOWN))
-    assert raised[start - 2] < raised[start - 1] == raised[-1], "raises until the cooldown, none in it"
-    lowered = _run(StepSizePrior(version="18"), total=400, interval=20, hypergrad=-0.3)
-    assert all(b < a for a, b in zip(lowered, lowered[1:])), "cuts pass in the cooldown too"
-    # deployment: the optimizer takes the anneal from the policy (and a residual from its prior)
-    model = torch.nn.Linear(4, 1)
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), "prior@18", total_steps=100, history=False)
-    assert (opt.action_spec.anneal_start, opt.action_spec.anneal_end) == (70, 100)
-    shipped = chuck.load_policy("default")
-    assert isinstance(shipped, LearnedPolicy)
-    assert LearnedPolicy(shipped.actor, {**shipped.card, "prior": "prior@18"}).anneal == COOLDOWN
-
-
-@pytest.mark.parametrize(("cosine", "lowers"), [(0.16, True), (0.45, True), (0.9, False), (0.0, False)])
-def test_version_19_lowers_on_sign_flipping_updates(cosine: float, lowers: bool) -> None:
-    """An update cosine below UNSTABLE_COS lowers even where the hypergradient asks for a raise; 0 is the
-    observation's "not measured" value, not evidence."""
-    obs = _obs(**{"step.hypergrad": 0.4, "weights.update_ratio_log10": -2.0, "weights.update_cosine": cosine})
-    a19 = float(StepSizePrior(version="19").act(obs)[0])
-    a15 = float(StepSizePrior(version="15").act(obs)[0])
-    assert a15 > 0
-    if lowers:
-        assert a19 < 0
-    else:
-        assert a19 == a15
+    assert CONFIGS == {"10": PRIOR_10, "15": PRIOR_15} and LATEST == "15"
+    assert StepSizePrior(version="10").config is PRIOR_10 and StepSizePrior().config is PRIOR_15
+    no_warmup = dataclasses.replace(PRIOR_10, version="lab", warmup=None)
+    p = StepSizePrior(config=no_warmup)
+    assert p.id == "prior@lab" and p.warmup is None and p.metadata()["warmup"] is None
+    obs = [
+        _obs(**{"step.hypergrad": h, "ctrl.progress": k / 20, "ctrl.has_total": 1.0})
+        for k, h in enumerate(np.linspace(-0.3, 0.4, 20))
+    ]
+    ten = StepSizePrior(version="10")
+    assert [p.act(o).tolist() for o in obs] == [ten.act(o).tolist() for o in obs], (
+        "the warm-up is the optimizer's, not a decision"
+    )
+    with pytest.raises(ValueError, match=r"unknown prior version '3'; shipped: \['10', '15'\]"):
+        StepSizePrior(version="3")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRIOR_15.raise_gate = None  # type: ignore[misc]
+    assert isinstance(PRIOR_15, PriorConfig)

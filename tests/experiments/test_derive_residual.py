@@ -1,14 +1,19 @@
-"""Derived residual policies (chuck.policies.derive): averaging, shrinking, moving to another prior."""
+"""Derived residual policies (experiments/derive_residual.py, experiments/residual_variants.py): averaging,
+shrinking, moving to another prior, ensembles, gates and caps."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
 import chuck
-from chuck.policies.artifact import load_artifact, save_artifact
-from chuck.policies.derive import derive_residual
+from chuck.policies.artifact import load_artifact
+from experiments.derive_residual import derive_residual
+from experiments.derive_residual import save as save_artifact
+from experiments.residual_variants import load_variant
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def _residual(policy, obs: np.ndarray) -> np.ndarray:
 def _save(derived: tuple, where) -> chuck.policies.learned.LearnedPolicy:
     """Save a derive_residual result and load it back as an artifact."""
     actor, card = derived
-    return load_artifact(save_artifact(actor, where, card))
+    return load_variant(save_artifact(actor, where, card))
 
 
 def _with_path(derived: tuple, where) -> tuple:
@@ -46,7 +51,7 @@ def _perturbed(policy, tmp_path, seed: int):
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return load_artifact(save_artifact(actor, tmp_path / f"snap{seed}", card))
+    return load_variant(save_artifact(actor, tmp_path / f"snap{seed}", card))
 
 
 def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
@@ -69,7 +74,7 @@ def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
 def test_scale_shrinks_the_residual_and_keeps_the_prior(default, tmp_path) -> None:
     obs = _observations()
     actor, card = derive_residual([default], scale=0.5)
-    half = load_artifact(save_artifact(actor, tmp_path / "half", card))
+    half = load_variant(save_artifact(actor, tmp_path / "half", card))
     np.testing.assert_allclose(_residual(half, obs), 0.5 * _residual(default, obs), rtol=1e-5, atol=1e-6)
     assert half.card["prior"] == default.card["prior"] and half.id != default.id
     for o in obs[:4]:  # the action is the same prior plus half the correction, clipped
@@ -81,7 +86,7 @@ def test_scale_shrinks_the_residual_and_keeps_the_prior(default, tmp_path) -> No
 
 def test_moving_to_another_prior(default, tmp_path) -> None:
     actor, card = derive_residual([default], prior="prior@15")
-    moved = load_artifact(save_artifact(actor, tmp_path / "moved", card))
+    moved = load_variant(save_artifact(actor, tmp_path / "moved", card))
     assert moved.prior is not None and moved.prior.version == "15" and card["derived"]["prior"] == "prior@15"
     np.testing.assert_allclose(_residual(moved, _observations()), _residual(default, _observations()), atol=0)
 
@@ -95,7 +100,7 @@ def test_observation_ranges_are_united(default, tmp_path) -> None:
         low, high = list(base["low"]), list(base["high"])
         (low if by < 0 else high)[feature] += by
         card["observation_stats"] = {"low": low, "high": high}
-        return load_artifact(save_artifact(actor, tmp_path / name, card))
+        return load_variant(save_artifact(actor, tmp_path / name, card))
 
     _, union = derive_residual([widened("a", 0, -1.0), widened("b", 1, 2.0)])
     want_low, want_high = list(base["low"]), list(base["high"])
@@ -120,7 +125,7 @@ def test_bad_input_is_refused(default, bad) -> None:
 
 def test_snapshots_of_different_runs_are_not_averaged(default, tmp_path) -> None:
     actor, card = derive_residual([default], prior="prior@15")
-    other = load_artifact(save_artifact(actor, tmp_path / "other", card))
+    other = load_variant(save_artifact(actor, tmp_path / "other", card))
     with pytest.raises(ValueError, match="residuals on one prior"):
         derive_residual([default, other])
     with pytest.raises(ValueError, match="no policies"):
@@ -130,7 +135,7 @@ def test_snapshots_of_different_runs_are_not_averaged(default, tmp_path) -> None
 def test_ensemble_acts_as_the_mean_of_its_members(default, tmp_path) -> None:
     a, b = _perturbed(default, tmp_path, 1), _perturbed(default, tmp_path, 2)
     actor, card = derive_residual([a, b], ensemble=True, sources=["a", "b"])
-    both = load_artifact(save_artifact(actor, tmp_path / "ensemble", card))
+    both = load_variant(save_artifact(actor, tmp_path / "ensemble", card))
     assert both.card["architecture"]["members"] == 2 and card["derived"]["combined"] == "ensemble"
     obs = _observations()
     want = (np.clip(_residual(a, obs), -1, 1) + np.clip(_residual(b, obs), -1, 1)) / 2
@@ -165,7 +170,7 @@ def test_an_ensemble_cannot_be_fine_tuned_and_says_why(default, tmp_path) -> Non
     from chuck.policies.export import actor_to_fine_tune
 
     pair = _save(derive_residual([default, default], ensemble=True), tmp_path / "pair")
-    with pytest.raises(ValueError, match="ensemble of 2 actors"):
+    with pytest.raises(ValueError, match="its actor is a ActorEnsemble"):
         actor_to_fine_tune(pair, "pair")
     with pytest.raises(ValueError, match="built-in rule"):
         actor_to_fine_tune(chuck.load_policy("heuristic"), "heuristic")
@@ -173,19 +178,17 @@ def test_an_ensemble_cannot_be_fine_tuned_and_says_why(default, tmp_path) -> Non
 
 
 def test_a_card_whose_member_count_does_not_match_the_weights_is_refused(default, tmp_path) -> None:
-    import json
-
     actor, card = derive_residual([default, default], ensemble=True)
     out = save_artifact(actor, tmp_path / "pair", card)
     card = json.loads((out / "policy.json").read_text())
     card["architecture"]["members"] = 3
     (out / "policy.json").write_text(json.dumps(card))
     with pytest.raises(chuck.PolicyLoadError, match="x 3 members does not match the weights"):
-        load_artifact(out)
+        load_variant(out)
     card["architecture"]["members"] = 0
     (out / "policy.json").write_text(json.dumps(card))
     with pytest.raises(chuck.PolicyLoadError, match="architecture.members"):
-        load_artifact(out)
+        load_variant(out)
 
 
 def test_progress_gate_stops_learned_lr_cuts_until_the_loss_has_moved(default, tmp_path) -> None:
@@ -221,15 +224,13 @@ def test_progress_gate_stops_learned_lr_cuts_until_the_loss_has_moved(default, t
 
 
 def test_a_bad_progress_gate_in_a_card_is_refused(default, tmp_path) -> None:
-    import json
-
     actor, card = derive_residual([default], progress_gate=0.05)
     out = save_artifact(actor, tmp_path / "gated", card)
     raw = json.loads((out / "policy.json").read_text())
     raw["residual_progress_gate"] = -0.05
     (out / "policy.json").write_text(json.dumps(raw))
     with pytest.raises(chuck.PolicyLoadError, match="residual_progress_gate"):
-        load_artifact(out)
+        load_variant(out)
 
 
 def test_a_progress_gate_is_part_of_the_policys_identity(default, tmp_path) -> None:
@@ -279,8 +280,6 @@ def test_cooldown_cap_drops_learned_raises_in_the_priors_cooldown_only(default, 
 
 
 def test_a_cooldown_cap_is_part_of_the_policys_identity_and_checked_in_the_card(default, tmp_path) -> None:
-    import json
-
     from chuck.evaluation.identity import policy_identity
 
     actor, card = derive_residual([default])
@@ -292,7 +291,7 @@ def test_a_cooldown_cap_is_part_of_the_policys_identity_and_checked_in_the_card(
     raw["residual_cooldown_cap"] = "yes"
     (capped / "policy.json").write_text(json.dumps(raw))
     with pytest.raises(chuck.PolicyLoadError, match="residual_cooldown_cap"):
-        load_artifact(capped)
+        load_variant(capped)
 
 
 def test_a_masked_feature_is_read_at_its_training_mean(default, tmp_path) -> None:
@@ -301,7 +300,7 @@ def test_a_masked_feature_is_read_at_its_training_mean(default, tmp_path) -> Non
     name = "ctrl.log_lr_mult"
     i = chuck.ObservationSpec().names.index(name)
     masked_dir = save_artifact(*_with_path(derive_residual([default], mask=[name]), tmp_path / "masked"))
-    masked = load_artifact(masked_dir)
+    masked = load_artifact(masked_dir)  # an ordinary artifact: chuck loads it
     assert masked.card["derived"]["masked"] == [name] and name in masked.id
     plain_dir = save_artifact(*_with_path(derive_residual([default]), tmp_path / "plain"))
     assert policy_identity(str(masked_dir)) != policy_identity(str(plain_dir))
@@ -321,3 +320,23 @@ def test_a_masked_feature_is_read_at_its_training_mean(default, tmp_path) -> Non
 def test_masking_an_unknown_feature_is_refused(default) -> None:
     with pytest.raises(ValueError, match="not features of observation spec"):
         derive_residual([default], mask=["ctrl.no_such_feature"])
+
+
+@pytest.mark.parametrize(
+    ("derive", "field"),
+    [
+        ({"ensemble": True}, "architecture.members"),
+        ({"progress_gate": 0.05}, "residual_progress_gate"),
+        ({"cooldown_cap": True}, "residual_cooldown_cap"),
+    ],
+)
+def test_chuck_refuses_what_it_does_not_implement_and_says_where_it_loads(default, tmp_path, derive, field) -> None:
+    """A derived feature chuck does not ship is refused by its loader, never run without it."""
+    out = save_artifact(
+        *_with_path(derive_residual([default, default] if "ensemble" in derive else [default], **derive), tmp_path / "d")
+    )
+    with pytest.raises(chuck.PolicyLoadError, match=f"{field}.*experiments/residual_variants.py"):
+        load_artifact(out)
+    assert load_variant(out).version == json.loads((out / "policy.json").read_text())["version"]
+    plain = save_artifact(*_with_path(derive_residual([default]), tmp_path / "plain"))
+    assert type(load_variant(plain)) is type(load_artifact(plain)), "an ordinary artifact loads as chuck loads it"
