@@ -50,6 +50,17 @@ UNCHANGED_AFTER = 3
 #: What to do when the observation leaves the range a learned policy was trained on.
 OOD_FALLBACKS = ("heuristic", "hold", "off")
 
+#: Decisions at the start of a run that are not counted when judging whether it is mostly out of
+#: distribution (its statistics are still filling), and decisions counted after them before it is judged:
+#: a run is *mostly out of distribution* once more than half of at least this many decisions after the
+#: first ``OOD_UNCOUNTED`` fell back because the observation left the policy's training ranges.
+OOD_UNCOUNTED = 3
+OOD_JUDGED_AFTER = 3
+
+#: The words that mark the decision at which a run became mostly out of distribution (its reason ends with
+#: them and what they say): the MLflow logger tags the run when it sees them.
+MOSTLY_OOD = "MOSTLY OUT OF DISTRIBUTION"
+
 
 @dataclass
 class PolicyAnswer:
@@ -60,6 +71,7 @@ class PolicyAnswer:
     reason: str = ""
     attribution: dict[str, dict[str, float]] = field(default_factory=dict)
     failed: bool = False  # asking the policy failed (raised, wrong shape, non-finite): chuck held
+    out_of_distribution: bool = False  # the observation left the policy's training ranges: the fallback decided
 
 
 #: id(policy) -> the controller whose run it steers. A policy keeps per-run state (a prior's cooldown
@@ -136,6 +148,9 @@ class Controller:
         self._varied: set[str] = set()
         self._observed = 0
         self._lr_moves_seen = action_spec.lr_moves  # the lr multiplier's moves already in a record
+        self.asked = 0  # decisions the policy was asked for in this run
+        self.ood_counted = [0, 0]  # after the first OOD_UNCOUNTED: [decisions, out-of-distribution fallbacks]
+        self.mostly_ood_at: int | None = None  # the step at which the run became mostly out of distribution
         self.ranks: Any = None  # a chuck.core.distributed.RankSync under data parallelism: rank 0 decides for all
         if policy is not None:
             policy.reset()  # a new run starts
@@ -168,9 +183,47 @@ class Controller:
             answer = self.ask(obs)
         else:  # one rank asks, every rank applies its answer (and records its observation)
             answer, obs = self.ranks.agree(self.ask(obs) if self.ranks.is_leader else None, obs)
+        reason = answer.reason + self._count_out_of_distribution(answer, step)
         return self.apply(
-            answer.action, step=step, source=answer.source, reason=answer.reason, observation=obs, attribution=answer.attribution
+            answer.action, step=step, source=answer.source, reason=reason, observation=obs, attribution=answer.attribution
         )
+
+    @property
+    def mostly_out_of_distribution(self) -> bool:
+        """Whether more than half of this run's decisions after its first ``OOD_UNCOUNTED`` (at least
+        ``OOD_JUDGED_AFTER`` of them) fell back because the observation left the policy's training ranges:
+        the learned policy is not what steers this run."""
+        decisions, fallbacks = self.ood_counted
+        return decisions >= OOD_JUDGED_AFTER and 2 * fallbacks > decisions
+
+    def out_of_distribution_text(self) -> str:
+        """What a mostly out-of-distribution run means and what to do, in words (advice, health, the decision log)."""
+        decisions, fallbacks = self.ood_counted
+        policy = self.policy_id
+        return (
+            f"{fallbacks} of the {decisions} decisions after the first {OOD_UNCOUNTED} fell back to the "
+            f"{'heuristic' if self.ood_fallback == 'heuristic' else 'hold'}: this run's observations leave the ranges "
+            f"policy {policy} was trained on, so it is not what steers the run. Retrain it with your task "
+            "(chuck train-policy --tasks-module ... --init-policy ..., docs/retraining.md), or choose the heuristic "
+            "yourself (policy='heuristic')"
+        )
+
+    def health_notes(self) -> list[str]:
+        """The controller's recommendations for ``opt.health()``: a run that is mostly out of distribution."""
+        return [self.out_of_distribution_text()] if self.mostly_out_of_distribution else []
+
+    def _count_out_of_distribution(self, answer: PolicyAnswer, step: int) -> str:
+        """Count one decision towards :attr:`mostly_out_of_distribution`; the note for its reason at the
+        decision where the run becomes so (once a run), else ``""``."""
+        self.asked += 1
+        if self.asked <= OOD_UNCOUNTED:
+            return ""
+        self.ood_counted[0] += 1
+        self.ood_counted[1] += int(answer.out_of_distribution)
+        if self.mostly_ood_at is None and self.mostly_out_of_distribution:
+            self.mostly_ood_at = step
+            return f"; {MOSTLY_OOD}: {self.out_of_distribution_text()}"
+        return ""
 
     def observation(self) -> np.ndarray:
         return self.obs_spec.encode(self.suite.stats())
@@ -251,14 +304,14 @@ class Controller:
                 )
             why += f": {describe_feature(first, named[first])} ({first} = {named[first]:.3g}{seen})"
         if self.ood_fallback == "hold":
-            return self._hold(why)
+            return PolicyAnswer(np.zeros(len(self.action_spec.dims)), "fallback", f"hold: {why}", out_of_distribution=True)
         if self._fallback is None:
             from chuck.policies.heuristic import HeuristicPolicy
 
             self._fallback = HeuristicPolicy(observation_version=self.obs_spec.version)
         action = np.asarray(self._fallback.act(obs), dtype=np.float64)
         attribution = _per_dimension(self._fallback.explain(obs), action, self.action_spec.dims)
-        return PolicyAnswer(action, "fallback", f"{why}; the heuristic decided", attribution)
+        return PolicyAnswer(action, "fallback", f"{why}; the heuristic decided", attribution, out_of_distribution=True)
 
     def _hold(self, reason: str, failed: bool = False) -> PolicyAnswer:
         return PolicyAnswer(np.zeros(len(self.action_spec.dims)), "fallback", f"hold: {reason}", failed=failed)

@@ -6,7 +6,7 @@ attribution (``Decision.attribution``: ``{dimension: {feature or rule: weight}}`
 heuristic and the prior). This module only puts it into words, on top of the observation
 the decision was made from::
 
-    lr x2: update ratio 10^-4.6, below its usual 10^-3 (+0.41); loss falling 3% per 100 steps (+0.22)
+    lr x2: update ratio 2.5e-5, below its usual 1e-4 to 1e-1 (+0.41); loss falling 3% per 100 steps (+0.22)
 
 * **what changed** comes from the hyperparameters before and after the decision (``lr x2``,
   ``clipping on at 1.2x the median gradient norm``, ``dropout 0.1 -> 0.15``);
@@ -15,6 +15,13 @@ the decision was made from::
   (``+``: towards raising the hyperparameter). The usual ranges are the monitors' own
   thresholds (each cited where the monitor defines it); for features without one, the range
   the policy saw in training (its card's ``observation_stats``) when known.
+* **only measurements** are named as reasons: facts about the run's set-up (the model has dropout,
+  the run length is known: :data:`RUN_FACTS`) and features that have not changed over the run so
+  far are left out of the words, since they cannot say why *this* decision differs from the last.
+  The attribution itself is kept whole in ``Decision.attribution``.
+* **numbers read in their units**: counts as integers (``120 steps without a 1% improvement``),
+  powers of ten in plain scientific notation (``2.5e-5``), and values at the floor of what a
+  float32 run can hold as "about zero".
 
 The same words reach ``Decision.reason`` (hence ``print(decision)`` and ``opt.decisions``),
 the demo's summary, and the MLflow decision table, timeline and run description.
@@ -23,12 +30,26 @@ the demo's summary, and the MLflow decision table, timeline and run description.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chuck.monitors.base import sci
+
 #: Hyperparameter changes smaller than this (relative) read as "held".
 HOLD_TOLERANCE = 0.01
+
+#: Features that state a fact about the run's set-up, fixed for the run or flipped once (the model has
+#: dropout, the run length is known, activations are sampled, a validation loss was observed) or
+#: chuck's own switch (clipping on): a policy may weigh them, but they are never the reason a decision
+#: was taken now, so the words leave them out (``Decision.attribution`` keeps their weights).
+RUN_FACTS = frozenset({"ctrl.has_dropout", "ctrl.has_total", "act.has_data", "loss.has_val", "ctrl.clip_on"})
+
+#: log10 values at or below which a magnitude reads "about zero". Update ratios: an update below
+#: float32's relative resolution (2^-23, about 1.2e-7) of the weight it moves is rounded away, so a
+#: median ratio under 1e-8 means the weights do not move. Gradient magnitudes: the sampled histogram
+#: clamps |g| at 1e-16 (``chuck.monitors.gradients.HIST_LOW``), so its lowest decade holds the zeros.
+ABOUT_ZERO_LOG10 = {"weights.update_ratio_log10": -8.0, "grad.log10_abs_median": -15.0}
 
 
 def _pct(x: float) -> str:
@@ -39,8 +60,10 @@ def _times(x: float) -> str:
     return f"x{x:.3g}" if x < 10 else f"x{x:.0f}"
 
 
-def _pow10(v: float) -> str:
-    return f"10^{v:.1f}"
+def _sci(v: float, floor: float = -math.inf) -> str:
+    """``10**v`` in plain notation, two significant digits (``2.5e-5``, ``0.003``); ``about zero`` at or
+    below ``floor``."""
+    return "about zero" if v <= floor else sci(v)
 
 
 def _trend(v: float) -> str:
@@ -74,9 +97,9 @@ class Wording:
     """How one observation feature reads in words.
 
     Attributes:
-        text: the value in its own unit, as a phrase (``"update ratio 10^-4.6"``).
+        text: the value in its own unit, as a phrase (``"update ratio 2.5e-5"``).
         usual: the range of healthy values (``None``: no fixed one), in the feature's unit.
-        usual_text: that range in words: a level (``"10^-3"``, read "below its usual 10^-3") or,
+        usual_text: that range in words: a level or range (``"1e-4 to 1e-1"``, read "below its usual 1e-4 to 1e-1") or,
             starting with a word, a range (``"under x3"``, read "(usually under x3)").
     """
 
@@ -102,7 +125,7 @@ FEATURE_WORDS: dict[str, Wording] = {
     "loss.noise": _W(lambda v: f"minibatch loss swings about {math.expm1(v):.0%}", unit=lambda v: f"{math.expm1(v):.0%}"),
     "loss.noise_to_progress": _W(lambda v: f"noise {_pct(v)} of noise+progress", (0.0, 0.8), "under 80%"),
     "loss.spike": _W(lambda v: f"latest loss {_times(math.exp(v))} its recent median", (-math.inf, math.log(3.0)), "under x3"),
-    "loss.plateau": _W(lambda v: f"{v:.1f} windows without a 1% improvement", (0.0, 0.5), "under half a window"),
+    "loss.plateau": _W(lambda v: f"{v:.2g} loss windows without a 1% improvement", (0.0, 0.5), "under half the loss window"),
     "loss.log_ratio_initial": _W(lambda v: f"loss at {math.exp(v):.3g}x its initial value", unit=lambda v: f"{math.exp(v):.3g}x"),
     "loss.has_val": _W(_flag("a validation loss observed", "no validation loss yet")),
     "loss.gen_gap": _W(lambda v: f"validation loss {math.exp(v):.2f}x the training loss", (-math.inf, math.log(2.0)), "under 2x"),
@@ -116,15 +139,21 @@ FEATURE_WORDS: dict[str, Wording] = {
     "grad.clip_fraction": _W(lambda v: f"{_pct(v)} of recent steps clipped", unit=_pct),
     "grad.layer_spread_log10": _W(lambda v: f"per-layer gradient RMS spans {-v:.1f} decades", (-2.0, 0.0), "within 2 decades"),
     "grad.rms_floor_fraction": _W(lambda v: f"{_pct(v)} of tensors with gradient RMS below 1e-10", (0.0, 0.0), "none"),
-    "grad.snr": _W(lambda v: f"gradient signal share {_pct(v)}", (0.05, 1.0), "over 5%"),
-    "grad.log10_abs_median": _W(lambda v: f"median |gradient| {_pow10(v)}", unit=_pow10),
+    # no usual range: Adam's second moment remembers the run's larger early gradients, so the share
+    # falls in every run that converges (the health report judges noise by the noise scale instead)
+    "grad.snr": _W(lambda v: f"gradient signal share {_pct(v)}", unit=_pct),
+    "grad.log10_abs_median": _W(lambda v: f"median |gradient| {_sci(v, ABOUT_ZERO_LOG10['grad.log10_abs_median'])}", unit=_sci),
     "grad.eps_sgd_fraction": _W(lambda v: f"{_pct(v)} of |gradient| entries below the optimizer's eps", unit=_pct),
     "act.has_data": _W(_flag("activations sampled", "no activations sampled")),
     "act.dead_fraction": _W(lambda v: f"{_pct(v)} of ReLU units dead", (0.0, 0.1), "under 10%"),
     "act.saturation": _W(lambda v: f"{_pct(v)} of tanh/sigmoid outputs saturated", (0.0, 0.1), "under 10%"),
     "act.sparsity": _W(lambda v: f"{_pct(v)} of activations zero", unit=_pct),
-    "act.drift": _W(lambda v: f"activation scale moved {_times(math.exp(v))} from its start", (0.0, 1.0), "within x2.7"),
-    "weights.update_ratio_log10": _W(lambda v: f"update ratio {_pow10(v)}", (-4.0, -2.0), "10^-3"),
+    "act.drift": _W(
+        lambda v: f"activation scale moved {_times(math.exp(v))} from its start", (0.0, math.log(10.0)), "within x10"
+    ),
+    "weights.update_ratio_log10": _W(
+        lambda v: f"update ratio {_sci(v, ABOUT_ZERO_LOG10['weights.update_ratio_log10'])}", (-4.0, -1.0), "1e-4 to 1e-1"
+    ),
     "weights.update_cosine": _W(lambda v: f"consecutive updates at cosine {v:+.2f}", (-0.5, 1.0), "above -0.5"),
     "weights.scale_log_ratio": _W(
         lambda v: f"weights {_times(math.exp(v))} their init scale", (-math.log(10.0), math.log(10.0)), "within x10 of it"
@@ -142,7 +171,7 @@ FEATURE_WORDS: dict[str, Wording] = {
     "ctrl.has_total": _W(_flag("run length known", "run length unknown")),
     "ctrl.skip_rate": _W(lambda v: f"{_pct(v)} of steps thrown away by the guardrails", (0.0, 0.0), "none"),
     "step.log10_update_over_dhat": _W(
-        lambda v: f"steps {_pow10(v)} of the distance still to travel", (-2.0, 0.5), "10^-1 (Prodigy)"
+        lambda v: f"steps {_sci(v)} of the distance estimate", (-3.0, 0.5), "1e-3 to 3 (Prodigy's steps: about 0.1)"
     ),
     "step.hypergrad": _W(_hypergrad, (-0.05, 0.12), "between -0.05 and +0.12 at a tuned lr"),
     "step.dhat_growth": _W(
@@ -154,15 +183,22 @@ FEATURE_WORDS: dict[str, Wording] = {
 DIM_WORDS = {"lr": "lr", "weight_decay": "weight decay", "clip": "clipping", "dropout": "dropout"}
 
 
-def describe_feature(name: str, value: float, usual: tuple[float, float] | None = None) -> str:
-    """``"update ratio 10^-4.6, below its usual 10^-3"``: a feature's value and where it stands.
+def describe_feature(
+    name: str, value: float, usual: tuple[float, float] | None = None, *, steps_per_window: int | None = None
+) -> str:
+    """``"update ratio 2.5e-5, below its usual 1e-4 to 1e-1"``: a feature's value and where it stands.
 
     ``usual`` overrides the built-in range (e.g. the range the policy saw in training).
+    ``steps_per_window``: the loss monitor's window, to count ``loss.plateau`` in steps.
     Unknown features read as ``name = value``.
     """
     w = FEATURE_WORDS.get(name)
     if value is None or not math.isfinite(value):
         return f"{name} not measured"
+    if name == "loss.plateau" and steps_per_window:
+        steps = round(value * steps_per_window)
+        text = f"{steps} step{'' if steps == 1 else 's'} without a 1% improvement"
+        return text if value < 0.5 else f"{text} (usually under {steps_per_window // 2})"
     if usual is not None and not usual[0] < usual[1]:
         usual = None  # a flag, or a feature that never varied in training: no range to speak of
     if w is None:
@@ -192,11 +228,13 @@ def describe_push(
     observation: Mapping[str, float],
     training_ranges: Mapping[str, tuple[float, float]] | None = None,
     rule: bool = False,
+    *,
+    steps_per_window: int | None = None,
 ) -> str:
     """One attribution entry in words: the feature's value and range, then the sign of its push."""
     name, who = _feature_of(key)
     if name in observation:
-        text = describe_feature(name, observation[name], (training_ranges or {}).get(name))
+        text = describe_feature(name, observation[name], (training_ranges or {}).get(name), steps_per_window=steps_per_window)
     else:
         text = name  # a rule's own words ("instability (loss spike, ...)")
     if who:
@@ -238,6 +276,13 @@ def _went_up(dim: str, before: Mapping[str, float], after: Mapping[str, float]) 
     return a > b
 
 
+def is_reason(key: str, constant: Collection[str] = ()) -> bool:
+    """Whether an attribution entry may be named as a reason: a measurement (or a rule's own words), not
+    a fact of the run's set-up (:data:`RUN_FACTS`) nor a feature in ``constant`` (unchanged over the run)."""
+    name, _ = _feature_of(key)
+    return name not in RUN_FACTS and name not in constant
+
+
 def _is_rule(weights: Mapping[str, float]) -> bool:
     # the heuristic and the prior say which rule fired, weighted +-1; a learned attribution is a share of 1
     return bool(weights) and all(abs(abs(w) - 1.0) < 1e-9 for w in weights.values())
@@ -252,12 +297,15 @@ def explain_action(
     *,
     training_ranges: Mapping[str, tuple[float, float]] | None = None,
     k: int = 2,
+    constant: Collection[str] = (),
+    steps_per_window: int | None = None,
 ) -> str:
-    """Each dimension that moved, with the ``k`` features that pushed it hardest, in words.
+    """Each dimension that moved, with the ``k`` measurements that pushed it hardest, in words.
 
-    ``"lr x2: update ratio 10^-4.6, below its usual 10^-3 (+0.41); loss falling 3% per 100 steps (+0.22)"``.
+    ``"lr x2: update ratio 2.5e-5, below its usual 1e-4 to 1e-1 (+0.41); loss falling 3% per 100 steps (+0.22)"``.
     Dimensions are separated by ``". "``, the features of one by ``"; "``. A dimension the action asked to
-    move that did not (at a bound, no dropout to change) is left out.
+    move that did not (at a bound, no dropout to change) is left out. Facts of the run's set-up and the
+    features in ``constant`` (unchanged over the run so far) are never named (:func:`is_reason`).
     """
     parts = []
     for d in dims:
@@ -267,13 +315,16 @@ def explain_action(
         weights = dict(attribution.get(d, {}))
         rule = _is_rule(weights)
         up = _went_up(d, before, after)
-        by_size = sorted(weights.items(), key=lambda kv: -abs(kv[1]))
+        by_size = [kv for kv in sorted(weights.items(), key=lambda kv: -abs(kv[1])) if is_reason(kv[0], constant)]
         toward = [kv for kv in by_size if (kv[1] > 0) == up and kv[1] != 0][:k]
-        because = "; ".join(describe_push(n, w, observation, training_ranges, rule) for n, w in toward)
+
+        words = [describe_push(n, w, observation, training_ranges, rule, steps_per_window=steps_per_window) for n, w in toward]
         # a learned policy weighs pushes both ways: name the strongest one it overrode
         against = next((kv for kv in by_size if (kv[1] > 0) != up and kv[1] != 0), None)
         if against is not None and (not toward or abs(against[1]) > abs(toward[-1][1])):
-            because += ("; " if because else "") + "held back by " + describe_push(*against, observation, training_ranges, rule)
+            text = describe_push(*against, observation, training_ranges, rule, steps_per_window=steps_per_window)
+            words.append("held back by " + text)
+        because = "; ".join(words)
         parts.append(f"{changed}: {because}" if because else changed)
     return ". ".join(parts)
 
@@ -323,7 +374,7 @@ def summarize_decisions(decisions: Sequence[Any], initial: Mapping[str, float], 
     """What the policy did over a run, and why, in a few sentences (the demo and the MLflow run page).
 
     ``"raised the lr 7 times (x2 each, reaching 0.0013; steps 20-140); strongest input (median over
-    those decisions): update ratio 10^-4.2, below its usual 10^-3"``: per dimension and direction, the
+    those decisions): update ratio 6.3e-5, below its usual 1e-4 to 1e-1"``: per dimension and direction, the
     feature that most often pushed hardest, at its median value over those decisions.
     """
     lines: list[str] = []
@@ -383,11 +434,11 @@ def _how(dim: str, items: list[tuple[Any, str]]) -> str:
 
 def _common_reason(dim: str, decisions: list[Any]) -> str:
     """The feature that most often pushed ``dim`` hardest across ``decisions``, in words at its median value
-    over them (``"strongest input (median over those decisions): update ratio 10^-4.2, ..."``); a flag or a
+    over them (``"strongest input (median over those decisions): update ratio 6.3e-5, ..."``); a flag or a
     feature that did not vary reads without the label."""
     counts: dict[str, list[float]] = {}
     for d in decisions:
-        attr = (_get(d, "attribution") or {}).get(dim) or {}
+        attr = {k: w for k, w in ((_get(d, "attribution") or {}).get(dim) or {}).items() if is_reason(k)}
         if not attr:
             continue
         key = max(attr.items(), key=lambda kv: abs(kv[1]))[0]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, overload
 
 from chuck.monitors.base import Indicator
+from chuck.monitors.lr_advice import lr_direction
 
 #: Sources of a decision record.
 SOURCES = ("policy", "external", "fallback", "guardrail")
@@ -32,6 +33,9 @@ class Decision:
             Filled for learned policies (gradient x input), and for the heuristic and fallbacks
             from their rules.
         policy_id: ``name@version`` of the policy.
+        changed: hyperparameter -> ``(before, after)`` for every one this decision moved (effective
+            ``"lr"``, ``"weight_decay"``, ``"clip"`` (``inf``: off), ``"dropout"``, ``"knob.<name>"``);
+            empty when it held. The same values as the ``hyperparameters`` after it and before it.
     """
 
     step: int
@@ -42,12 +46,19 @@ class Decision:
     reason: str = ""
     attribution: dict[str, dict[str, float]] = field(default_factory=dict)
     policy_id: str = ""
+    changed: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as plain dicts, lists and tuples (what ``dataclasses.asdict`` gives, without its deep
+        copy of every number: a checkpoint converts up to a thousand records, each of a few hundred numbers)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
+        """The decision ``as_dict`` gave, also from records written before ``changed`` existed (it reads
+        as empty) and from JSON (its pairs as lists)."""
+        d = dict(d)
+        d["changed"] = {str(k): (float(b), float(a)) for k, (b, a) in (d.get("changed") or {}).items()}
         return cls(**d)
 
     def top_features(self, dim: str = "lr", k: int = 3) -> list[tuple[str, float]]:
@@ -55,12 +66,34 @@ class Decision:
         return sorted(self.attribution.get(dim, {}).items(), key=lambda kv: -abs(kv[1]))[:k]
 
     def __str__(self) -> str:
-        """``step 120 [policy] lr x3: update ratio 10^-4.6, below its usual 10^-3 (+0.41) -> lr 3e-05, wd 0.01, clipping off``."""
+        """``step 120 [policy] lr x3: update ratio 2.5e-5, below its usual 1e-4 to 1e-1 (+0.41) -> lr 3e-05, wd 0.01, clipping off``."""
         return f"step {self.step} [{self.source}] {self.reason or 'hold'} -> {_hp_text(self.hyperparameters)}"
 
     def __repr__(self) -> str:
         """Readable: the step, source, resulting hyperparameters and the reason (the observation is in ``.observation``)."""
         return f"Decision(step={self.step}, source={self.source!r}, {_hp_text(self.hyperparameters)}, reason={self.reason!r})"
+
+
+def changes(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """``{name: (before, after)}`` for every hyperparameter whose value differs (exactly: the words of a
+    decision call a move under 1% "held", the data keeps it). The multipliers behind the effective
+    values (``lr_mult``, ``wd_mult``) are left out; values not measured (``nan``) never count."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, a in after.items():
+        b = before.get(name, math.nan)
+        if name in ("lr_mult", "wd_mult") or math.isnan(a) or math.isnan(b) or a == b:
+            continue
+        out[name] = (float(b), float(a))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its dicts, lists and tuples copied (their immutable contents shared)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _hp_text(hp: dict[str, float]) -> str:
@@ -112,7 +145,12 @@ class DecisionLog(Sequence[Decision]):
 
 @dataclass
 class HealthReport:
-    """What ``ChuckOptimizer.health()`` returns: indicators plus architecture advice."""
+    """What ``ChuckOptimizer.health()`` returns: indicators plus architecture advice.
+
+    The indicators are judged against the run's phase (``ctrl.phase``: small updates and a flat loss
+    are expected while the lr is lowered on purpose) and advise at most one direction for the
+    learning rate (:attr:`lr_advice`; indicators that disagree with stronger evidence say so).
+    """
 
     step: int
     indicators: list[Indicator]
@@ -127,6 +165,11 @@ class HealthReport:
 
     def by_status(self, *statuses: str) -> list[Indicator]:
         return [i for i in self.indicators if i.status in statuses]
+
+    @property
+    def lr_advice(self) -> str:
+        """The way the indicators advise moving the learning rate: ``"raise"``, ``"lower"`` or ``""`` (none)."""
+        return lr_direction(self.indicators)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +195,12 @@ class HealthReport:
             if i.recommendation and i.status in ("warn", "bad"):  # ok and n/a ask for nothing
                 line += f"  -> {i.recommendation}"
             lines.append(line)
+        way = self.lr_advice
+        if way:
+            why = ", ".join(i.name for i in self.indicators if i.lr_advice == way and i.status in ("warn", "bad"))
+            lines.append(f"  learning rate: {way} it ({why})")
+        elif any("signals disagree" in i.recommendation for i in self.indicators):
+            lines.append("  learning rate: no change advised, the indicators disagree")
         if self.recommendations:
             lines.append("  architecture:")
             lines.extend(f"    - {r}" for r in self.recommendations)

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import torch
 
 Status = Literal["ok", "warn", "bad", "n/a"]
+#: Which way an indicator's recommendation moves the learning rate ("" when it does not).
+LrAdvice = Literal["raise", "lower", ""]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,9 @@ class Indicator:
         status: ``"ok"``, ``"warn"``, ``"bad"`` or ``"n/a"`` (not enough data).
         reason: one sentence saying why the status is what it is.
         recommendation: what a person (or the heuristic policy) should do; empty unless warn or bad.
-        source: where the threshold comes from (paper, issue or rule of thumb).
+        source: where the threshold comes from (a paper, a measurement script, a rule of thumb).
+        lr_advice: ``"raise"`` or ``"lower"`` when the recommendation moves the learning rate, so that
+            the report can settle indicators that disagree (``chuck.monitors.lr_advice``); ``""`` otherwise.
     """
 
     name: str
@@ -53,6 +57,7 @@ class Indicator:
     reason: str
     recommendation: str = ""
     source: str = ""
+    lr_advice: LrAdvice = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +90,83 @@ def advise(status: Status, recommendation: str) -> str:
     return recommendation if status in ("warn", "bad") else ""
 
 
+def lr_way(status: Status, way: LrAdvice) -> LrAdvice:
+    """``way`` when ``status`` asks for action (warn or bad); ``""`` otherwise."""
+    return way if status in ("warn", "bad") else ""
+
+
+def sci(log10_value: float) -> str:
+    """``10**log10_value`` in plain notation, two significant digits: ``2.5e-5``, ``0.003``."""
+    text = f"{10.0**log10_value:.2g}"
+    mantissa, e, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if e else text
+
+
+def lowered_lr_note(phase: RunPhase, at_peak_log10: float) -> str:
+    """Why a step-size measurement is small in a cooldown: ``"small because the lr is at 0.02x its peak
+    in the cooldown (6.3e-4 at the peak lr)"``."""
+    if math.isinf(at_peak_log10):
+        return f"small because the lr is at 0 {phase.where}"
+    return f"small because the lr is at {phase.lr_fraction:.2g}x its peak {phase.where} ({sci(at_peak_log10)} at the peak lr)"
+
+
+def phase_of(monitor: Monitor) -> RunPhase | None:
+    """The run's phase as the suite last set it on ``monitor``'s context (``None``: unknown, or a monitor
+    used on its own)."""
+    return getattr(getattr(monitor, "ctx", None), "phase", None)
+
+
+#: Phases of a run, in the order a run with a known budget goes through them.
+PHASES = ("early", "middle", "cooldown", "end")
+
+
+@dataclass(frozen=True)
+class RunPhase:
+    """Where a run stands, for judging its indicators: what is healthy changes as a run goes on.
+
+    Set by the controller's monitor (``ChuckOptimizer`` holds one) on :class:`MonitorContext` before the
+    indicators are read; ``None`` there when no controller watches the run.
+
+    Attributes:
+        name: ``"early"`` (the first tenth of a known budget, else the first decisions), ``"middle"``,
+            ``"cooldown"`` (the lr is being lowered on purpose: the anneal at the end of a known budget,
+            a scheduler, or a policy's cooldown in the second half of a known budget) or ``"end"`` (the
+            budget's last step is reached).
+        step: optimizer steps taken.
+        total_steps: the planned steps (``None``: not given).
+        lr_drop_log10: ``log10`` of the effective lr now over its peak so far in the run (``<= 0``).
+    """
+
+    name: str
+    step: int
+    total_steps: int | None = None
+    lr_drop_log10: float = 0.0
+
+    @property
+    def winding_down(self) -> bool:
+        """Whether the lr is being lowered on purpose (cooldown or end): smaller steps and a flatter
+        loss are what the schedule asks for, not signs of a problem."""
+        return self.name in ("cooldown", "end")
+
+    @property
+    def where(self) -> str:
+        """The phase as a place in the run: ``"in the cooldown"``, ``"at the end of the run"``."""
+        return {"end": "at the end of the run", "cooldown": "in the cooldown"}.get(self.name, f"in the {self.name} phase")
+
+    @property
+    def lr_fraction(self) -> float:
+        """The effective lr as a fraction of its peak."""
+        return 10.0**self.lr_drop_log10
+
+    def describe(self) -> str:
+        """``"cooldown (step 340 of 400), the lr at 0.04x its peak"``."""
+        where = f"step {self.step}" + (f" of {self.total_steps}" if self.total_steps else "")
+        text = f"{self.name} ({where})"
+        if self.lr_drop_log10 < -0.05:
+            text += f", the lr at {self.lr_fraction:.2g}x its peak"
+        return text
+
+
 @dataclass(frozen=True)
 class StepRecord:
     """What every monitor's per-step hook receives after a base-optimizer step.
@@ -114,6 +196,8 @@ class MonitorContext:
         self.model = model
         self.generator = generator
         self.names = names or {}
+        #: the run's phase when the indicators are read (:class:`RunPhase`); ``None``: unknown
+        self.phase: RunPhase | None = None
 
     @property
     def params(self) -> list[Any]:
@@ -140,7 +224,7 @@ class Monitor(ABC):
     * ``on_validation(step, value)``: when the user reports a validation loss.
     * ``on_guardrail(verdict)``: when a guardrail skipped, rolled back or accepted a step.
 
-    Contract (checked by ``tests/monitors/test_monitor_contract.py`` for every monitor,
+    Contract (checked by :func:`chuck.testing.check_monitor`, which the test suite runs on every monitor,
     the built-in ones and a user-defined one):
 
     * ``name`` is a short identifier, unique among the optimizer's monitors.

@@ -15,12 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, StepRecord, advise, as_real, grade, median
+from chuck.core import statecheck as check
+from chuck.monitors.base import Indicator, Monitor, Status, StepRecord, advise, as_real, grade, lr_way, median, phase_of
 
 #: Glorot & Bengio (2010), "Understanding the difficulty of training deep
 #: feedforward neural networks": back-propagated gradient variance should stay
 #: comparable across layers. We flag a spread of 2 (warn) and 4 (bad) decades
-#: between the smallest and largest per-layer gradient RMS.
+#: between the smallest and largest per-layer gradient RMS. The health report compares the layers'
+#: weight tensors (matrices and kernels) only: a bias's gradient is a sum over the batch that can
+#: cancel (the output bias of a balanced classifier), which says nothing about vanishing gradients.
 VANISHING_SPREAD_WARN = -2.0
 VANISHING_SPREAD_BAD = -4.0
 
@@ -55,6 +58,23 @@ EPS_DAMPED_WARN = 0.5
 #: percentile's worth of steps, not all of them).
 CLIP_MOSTLY = 0.5
 
+#: Gradient noise scale (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", appendix A):
+#: two minibatch gradients g1, g2 taken at (nearly) the same point estimate the true gradient's squared
+#: norm |G|^2 by g1.g2 and the minibatch noise tr(Sigma)/B by |g1 - g2|^2 / 2, both unbiased; their
+#: ratio is B_simple / B, the noise-to-signal ratio of this run's batch (the critical batch size in
+#: units of the batch). chuck takes the two sampled steps before each decision, and averages numerator
+#: and denominator separately over decisions (an EMA with this factor) before dividing, as they do.
+NOISE_BETA = 0.7
+#: Measurements whose pooled ratio is the run's early noise level, the reference the indicator judges by;
+#: also how many decisions in a row a level must hold before it is judged (one pair is noisy: when the
+#: true gradient is small, g1.g2 can come out negative and the ratio infinite).
+NOISE_EARLY = 3
+#: By their eq. 2.6 the step-optimal lr is lr_max / (1 + B_noise / B): it falls as the noise grows,
+#: which it does by an order of magnitude or more over a healthy run as the loss falls (their section
+#: 3), and annealing the lr is the answer. The indicator warns when, since the early level, the
+#: noise-optimal lr has fallen this many decades more than the run's lr did, outside a cooldown.
+NOISE_WARN_DECADES = 1.0
+
 #: Elements sampled per decision for the histogram: the 10th/90th percentiles of a
 #: 16k sample are within about half a percentile of the truth, and the cost
 #: (one sort of 16k floats) is the same for 1M or 1B parameters.
@@ -88,6 +108,18 @@ class GradientMonitor(Monitor):
         # For optimizers without Adam moments: EMA of g and g^2 across decision steps.
         self._m: list[torch.Tensor] | None = None
         self._v: list[torch.Tensor] | None = None
+        # Noise scale: the first sampled step's gradient (until the second), the EMAs of |G|^2 and of the
+        # minibatch noise, how many pairs were measured, and the early sums and level.
+        self._g_first: list[torch.Tensor] | None = None
+        self._layers: dict[str, float] = {}  # the weight tensors' gradient RMS spread, for the report
+        self._noise: dict[str, Any] = {
+            "signal": 0.0,
+            "noise": 0.0,
+            "pairs": 0,
+            "early_signal": 0.0,
+            "early_noise": 0.0,
+            "recent": [],  # the ratio after each of the last NOISE_EARLY pairs
+        }
 
     # -- per step ---------------------------------------------------------
     def on_step(self, record: StepRecord) -> None:
@@ -106,11 +138,58 @@ class GradientMonitor(Monitor):
             return float("inf")
         return float(np.percentile(np.fromiter(self._norms, float), self.clip_percentile))
 
+    # -- sampled steps ----------------------------------------------------
+    def before_update(self) -> None:
+        """The first sampled step keeps its gradient; the second measures the noise scale against it."""
+        grads = [as_real(p.grad.detach()) for p in self.ctx.params if p.grad is not None and not p.grad.is_sparse]
+        first, self._g_first = self._g_first, None
+        if not grads:
+            return
+        with torch.no_grad():
+            if first is None or [g.shape for g in first] != [g.shape for g in grads]:
+                self._g_first = [g.to(torch.float32, copy=True) for g in grads]
+                return
+            second = [g.float() for g in grads]
+            # scalars only, no gradient-sized temporaries: |g1 - g2|^2 = |g1|^2 + |g2|^2 - 2 g1.g2
+            dot = torch.stack([torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(first, second)]).sum()
+            sq = torch.stack([*torch._foreach_norm(first), *torch._foreach_norm(second)]).pow(2).sum()
+            signal, squares = read_floats([dot, sq])
+        if not (math.isfinite(signal) and math.isfinite(squares)):
+            return
+        self._add_noise_pair(signal, max(0.0, squares - 2.0 * signal) / 2.0)
+
+    def _add_noise_pair(self, signal: float, noise: float) -> None:
+        n = self._noise
+        b = NOISE_BETA if n["pairs"] else 0.0
+        n["signal"] = b * n["signal"] + (1 - b) * signal
+        n["noise"] = b * n["noise"] + (1 - b) * noise
+        if n["pairs"] < NOISE_EARLY:
+            n["early_signal"] += signal
+            n["early_noise"] += noise
+        n["pairs"] += 1
+        ratio = n["noise"] / n["signal"] if n["signal"] > 0 else math.inf
+        n["recent"] = [*n["recent"], ratio][-NOISE_EARLY:]
+
+    def noise_to_signal(self) -> tuple[float, float]:
+        """(now, early): the minibatch noise-to-signal ratio B_simple / B, averaged over recent decisions,
+        and its pooled level over the run's first ``NOISE_EARLY`` measurements (``nan`` until measured;
+        ``inf`` when the signal estimate is not positive: the gradient is lost in its noise)."""
+        n = self._noise
+
+        def ratio(noise: float, signal: float) -> float:
+            return noise / signal if signal > 0 else math.inf
+
+        now = ratio(n["noise"], n["signal"]) if n["pairs"] else math.nan
+        early = ratio(n["early_noise"], n["early_signal"]) if n["pairs"] >= NOISE_EARLY else math.nan
+        return now, early
+
     # -- decision steps ---------------------------------------------------
     def on_decision(self) -> None:
+        self._g_first = None  # pairs are the two sampled steps of one interval
         optimizer = self.ctx.optimizer
         # sparse gradients (nn.Embedding(sparse=True)) are read through their stored values
-        grads = [dense_values(p.grad) for p in self.ctx.params if p.grad is not None]
+        with_grad = [p for p in self.ctx.params if p.grad is not None]
+        grads = [dense_values(p.grad) for p in with_grad]
         out: dict[str, float] = {}
         if not grads:
             self._decision = out
@@ -120,6 +199,11 @@ class GradientMonitor(Monitor):
             rms_np = norms / np.sqrt([g.numel() for g in grads])
             pos = rms_np[rms_np > 0]
             out["grad.layer_spread_log10"] = float(np.log10(pos.min() / pos.max())) if pos.size else float("nan")
+            layers = rms_np[[p.dim() >= 2 for p in with_grad]]
+            self._layers = {
+                "spread": float(np.log10(layers.min() / layers.max())) if layers.size >= 2 and layers.min() > 0 else math.nan,
+                "floor": int(np.count_nonzero(layers < 1e-10)) / layers.size if layers.size else math.nan,
+            }
             out["grad.rms_floor_fraction"] = int(np.count_nonzero(rms_np < 1e-10)) / rms_np.size  # np.mean's value, faster
             out["grad.snr"] = self._snr(grads, optimizer)
             self._histogram(grads, optimizer, out)
@@ -248,12 +332,13 @@ class GradientMonitor(Monitor):
         s = self.stats()
         explode = s["grad.norm_log_ratio_initial"]
         st_exp = grade(explode, EXPLODING_WARN, EXPLODING_BAD)
-        spread = s["grad.layer_spread_log10"]
+        # the layers' weight tensors when there are two or more, else every tensor (see VANISHING_SPREAD_WARN)
+        spread, floor = self._layers.get("spread", math.nan), self._layers.get("floor", math.nan)
+        if math.isnan(spread):
+            spread, floor = s["grad.layer_spread_log10"], s["grad.rms_floor_fraction"]
         st_van = grade(spread, VANISHING_SPREAD_WARN, VANISHING_SPREAD_BAD, higher_is_worse=False)
-        if s["grad.rms_floor_fraction"] > 0 and st_van == "ok":
+        if floor > 0 and st_van == "ok":
             st_van = "warn"
-        snr = s["grad.snr"]
-        st_snr = grade(snr, 0.05, 0.01, higher_is_worse=False)
         clip = self.suggested_clip()
         return [
             Indicator(
@@ -267,31 +352,67 @@ class GradientMonitor(Monitor):
                     st_exp, f"clip gradients (clip_grad_norm_ at {clip:.3g}, the suggestion below) and lower the learning rate"
                 ),
                 "Pascanu et al. 2013 (norm clipping against exploding gradients)",
+                lr_way(st_exp, "lower"),
             ),
             Indicator(
                 "grad.vanishing",
                 spread,
                 st_van,
-                (
-                    f"per-layer gradient RMS spans {-spread:.1f} decades; "
-                    f"{s['grad.rms_floor_fraction']:.0%} of tensors have RMS < 1e-10"
-                )
+                (f"per-layer gradient RMS spans {-spread:.1f} decades; {floor:.0%} of tensors have RMS < 1e-10")
                 if not math.isnan(spread)
                 else "no decision step yet",
                 advise(st_van, "add normalization or residual connections; check the init"),
                 "Glorot & Bengio 2010 (keep gradient variance comparable across layers)",
             ),
-            Indicator(
-                "grad.noise",
-                snr,
-                st_snr,
-                f"mean explains {snr:.1%} of the gradient's second moment" if not math.isnan(snr) else "not enough moments yet",
-                advise(st_snr, "gradients are mostly noise: larger batch or lower lr"),
-                "signal-to-noise from Adam moments: McCandlish et al. 2018 (gradient noise scale)",
-            ),
+            self._noise_indicator(),
             self._clip_indicator(clip),
             self._histogram_indicator(),
         ]
+
+    def _noise_indicator(self) -> Indicator:
+        """Gradient noise judged against the run's own early level and its lr (see ``NOISE_WARN_DECADES``)."""
+        now, early = self.noise_to_signal()
+        src = (
+            "McCandlish et al. 2018, gradient noise scale from two minibatch gradients; their step-optimal "
+            "lr_max / (1 + B_noise/B) falls as the noise grows"
+        )
+        if math.isnan(early):
+            pairs = self._noise["pairs"]
+            return Indicator(
+                "grad.noise",
+                now,
+                "n/a",
+                f"measuring the run's early noise level ({pairs} of {NOISE_EARLY} gradient pairs)",
+                "",
+                src,
+            )
+        level = "the gradient is lost in its noise" if math.isinf(now) else f"noise is {now:.2g}x the gradient signal"
+        start = "no signal above the noise" if math.isinf(early) else f"{early:.2g}x"
+        why = f"{level} (B_noise/B: the critical batch in units of this one); early in the run {start}"
+        if math.isinf(early):
+            # noise-dominated from the start: each step could use a larger batch, but nothing grew
+            return Indicator("grad.noise", now, "ok", why + ": a larger batch would make each step count more", "", src)
+        phase = phase_of(self)
+        if phase is not None and phase.winding_down:
+            why += f"; noise outgrows the signal as a run converges, and the lr is decaying {phase.where}: expected"
+            return Indicator("grad.noise", now, "ok", why, "", src)
+        held = min(self._noise["recent"])  # the level every one of the last decisions reached
+        grown = math.log10((1.0 + held) / (1.0 + early))
+        lowered = -phase.lr_drop_log10 if phase is not None else 0.0
+        status: Status = "warn" if grown - lowered >= NOISE_WARN_DECADES else "ok"
+        if math.isfinite(grown):
+            why += f"; the noise-optimal lr fell {10.0**grown:.2g}x since" + (
+                f", the lr {10.0**lowered:.2g}x" if lowered > 0 else ""
+            )
+        return Indicator(
+            "grad.noise",
+            now,
+            status,
+            why,
+            advise(status, "the noise has outgrown the lr: decay the learning rate (or raise the batch size)"),
+            src,
+            lr_way(status, "lower"),
+        )
 
     def _clip_indicator(self, clip: float) -> Indicator:
         src = "AutoClip, Seetharaman et al. 2020 (clip at a percentile of the norm history)"
@@ -370,6 +491,8 @@ class GradientMonitor(Monitor):
             "hist_info": dict(self._hist_info),
             "m": None if self._m is None else [t.clone() for t in self._m],
             "v": None if self._v is None else [t.clone() for t in self._v],
+            "layers": dict(self._layers),
+            "noise": {k: list(v) if isinstance(v, list) else v for k, v in self._noise.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -381,17 +504,71 @@ class GradientMonitor(Monitor):
         self._hist_info_cache, self._hist_sample = dict(state.get("hist_info") or {}), None
         self._m = None if state["m"] is None else [t.clone() for t in state["m"]]
         self._v = None if state["v"] is None else [t.clone() for t in state["v"]]
+        # absent in older checkpoints: the report's layer spread and noise level are measured afresh
+        self._layers = dict(state.get("layers") or {})
+        noise = state.get("noise")
+        if noise:
+            self._noise = {**noise, "recent": list(noise["recent"])}
+        self._g_first = None  # a pair is measured within one interval: the next one starts it
 
     def validate_state_dict(self, state: dict[str, Any]) -> str | None:
-        norms = state.get("norms")
-        if not isinstance(norms, list) or not all(isinstance(x, float) and x >= 0 for x in norms):
-            return "norms must be a list of non-negative floats"
-        if state.get("m") is not None:
-            shapes = sorted(tuple(p.shape) for p in self.ctx.params)
-            ms = sorted(tuple(t.shape) for t in state["m"])
+        why = check.first(
+            check.numbers_list("norms", state.get("norms"), low=0.0),
+            check.items("clipped", state.get("clipped"), check.flag),
+            check.numbers_list("early", state.get("early"), max_len=20, low=0.0),
+            check.stats("decision", state.get("decision"), prefix=self.name + "."),
+            check.numbers_list("hist", state.get("hist"), low=0.0),
+            check.stats("hist_info", state.get("hist_info") or {}),
+            check.stats("layers", state.get("layers") or {}),
+            _noise_problem(state.get("noise")),
+        )
+        if why:
+            return why
+        if len(state["hist"]) != HIST_HIGH - HIST_LOW:
+            return f"hist must hold one share per decade ({HIST_HIGH - HIST_LOW}), got {len(state['hist'])}"
+        if state.get("hist_info") and set(state["hist_info"]) != HIST_INFO_KEYS:
+            return f"hist_info must hold {sorted(HIST_INFO_KEYS)}, got {sorted(state['hist_info'])}"
+        m, v = state.get("m"), state.get("v")
+        if (m is None) != (v is None):
+            return "the gradient moments m and v must both be saved or both be absent"
+        if m is None or v is None:
+            return None
+        why = check.first(
+            check.items("m", m, check.tensor, dtype=torch.float32, finite=True),
+            check.items("v", v, check.tensor, dtype=torch.float32, finite=True),
+        )
+        if why:
+            return why
+        if [t.shape for t in m] != [t.shape for t in v]:
+            return "the gradient moments m and v must have the same shapes"
+        ctx = getattr(self, "ctx", None)
+        if ctx is not None:
+            shapes = sorted(tuple(as_real(p).shape) for p in ctx.params)
+            ms = sorted(tuple(t.shape) for t in m)
             if any(s not in shapes for s in ms):
                 return f"gradient moments have shapes {ms[:4]}..., the model's parameters {shapes[:4]}...: another model?"
         return None
+
+
+def _noise_problem(noise: Any) -> str | None:
+    """Why a saved noise-scale state cannot be loaded (``None`` when it can, or is absent: older checkpoints)."""
+    if noise is None:
+        return None
+    if not isinstance(noise, dict):
+        return f"noise must be a dict, got {check.show(noise)}"
+    return check.first(
+        check.missing(noise, ("signal", "noise", "pairs", "early_signal", "early_noise", "recent")),
+        check.number("noise.signal", noise.get("signal")),
+        check.number("noise.noise", noise.get("noise"), low=0.0),
+        check.count("noise.pairs", noise.get("pairs")),
+        check.number("noise.early_signal", noise.get("early_signal")),
+        check.number("noise.early_noise", noise.get("early_noise"), low=0.0),
+        check.numbers_list("noise.recent", noise.get("recent"), max_len=NOISE_EARLY, low=0.0, inf=True),
+    )
+
+
+#: What :func:`_meaningful_range` reports (the health report's histogram indicator reads each).
+HIST_INFO_KEYS = frozenset({"negligible_fraction", "p10", "median", "p90", "eps", "below_eps"})
 
 
 def _meaningful_range(flat: torch.Tensor, eps: float | None) -> dict[str, float]:

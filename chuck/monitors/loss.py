@@ -9,21 +9,61 @@ fits and percentiles run at decision steps only.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import deque
 from typing import Any
 
 import numpy as np
+import torch
 
-from chuck.monitors.base import Indicator, Monitor, Status, StepRecord, advise, grade, median
+from chuck.core import statecheck as check
+from chuck.monitors.base import (
+    Indicator,
+    LrAdvice,
+    Monitor,
+    RunPhase,
+    Status,
+    StepRecord,
+    advise,
+    grade,
+    lr_way,
+    median,
+    phase_of,
+)
 
 
 def require_scalar_loss(loss: Any) -> None:
-    """Refuse a loss tensor of more than one element (a per-sample loss, ``reduction="none"``):
-    chuck reads the loss that was backpropagated, one number a step."""
-    if getattr(loss, "numel", None) is not None and loss.numel() != 1:
-        raise ValueError(
-            f"loss must be a scalar (the loss you backpropagated, e.g. loss.mean()), got a tensor of shape {tuple(loss.shape)}"
-        )
+    """Refuse anything but one real number: chuck reads the loss that was backpropagated, one number a step.
+
+    Taken: ``None`` (no loss this step), Python and numpy real numbers, and real tensors or arrays
+    of one element. Refused, saying what was given: a tensor of more than one element (a per-sample
+    loss, ``reduction="none"``: ValueError), text (``"0.5"``, which ``float()`` would read), booleans,
+    complex numbers and tensors (TypeError), and a meta tensor, which has a shape but no value
+    (ValueError). The same rule as :meth:`ChuckOptimizer.observe` applies to validation losses.
+    """
+    if loss is None:
+        return
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(
+                "loss must be a scalar (the loss you backpropagated, e.g. loss.mean()), "
+                f"got a tensor of shape {tuple(loss.shape)}"
+            )
+        if loss.is_complex() or loss.dtype == torch.bool:
+            raise TypeError(f"loss must be a real number, got a {loss.dtype} tensor")
+        if loss.is_meta:
+            raise ValueError(
+                "loss must be a number, got a meta tensor (a shape without a value): compute the loss on a real device"
+            )
+        return
+    if isinstance(loss, np.ndarray):
+        if loss.size != 1:
+            raise ValueError(f"loss must be a scalar (e.g. loss.mean()), got an array of shape {loss.shape}")
+        if loss.dtype.kind not in "iuf":
+            raise TypeError(f"loss must be a real number, got an array of dtype {loss.dtype}")
+        return
+    if isinstance(loss, (bool, np.bool_)) or not isinstance(loss, numbers.Real):
+        raise TypeError(f"loss must be a number (or a one-element tensor), got {type(loss).__name__} {loss!r:.60}")
 
 
 #: A step counts as "improving" when the smoothed loss beats its best by this
@@ -126,6 +166,12 @@ class LossMonitor(Monitor):
         self._cache = None
 
     @property
+    def best_val_loss(self) -> float:
+        """The lowest validation loss of the whole run (``nan`` before any): the evaluations kept for
+        the trend are the last 100 only, and the best may be older."""
+        return self._best_val if self._val else float("nan")
+
+    @property
     def losses_seen(self) -> int:
         """How many training losses the run has reported so far (0: every step came without one)."""
         return self._steps
@@ -207,11 +253,15 @@ class LossMonitor(Monitor):
         s = self.stats()
         n = len(self._log_losses)
         val_falling = self._val_falling(s)
+        # in a cooldown (or at the end) the lr is being lowered on purpose: a loss that has flattened
+        # after falling is the converging run the schedule is for, and lowering the lr is under way
+        phase = phase_of(self)
+        winding = phase if phase is not None and phase.winding_down else None
         return [
-            self._convergence(s, n, val_falling),
-            self._oscillation(s, val_falling),
+            self._convergence(s, n, val_falling, winding, early=phase is not None and phase.name == "early"),
+            self._oscillation(s, val_falling, winding),
             self._spike(s),
-            self._plateau(s, n, val_falling),
+            self._plateau(s, n, val_falling, winding),
             self._overfitting(s),
         ]
 
@@ -228,7 +278,9 @@ class LossMonitor(Monitor):
         vals = [v for _, v, _ in self._val]
         return len(vals) > 1 and vals[-1] <= min(vals[:-1]) * (1.0 - PLATEAU_REL_IMPROVEMENT)
 
-    def _convergence(self, s: dict[str, float], n: int, val_falling: bool) -> Indicator:
+    def _convergence(
+        self, s: dict[str, float], n: int, val_falling: bool, winding: RunPhase | None = None, early: bool = False
+    ) -> Indicator:
         slope, noise = s["loss.log_slope"], s["loss.noise"]
         src = "log-linear fit over the monitor window; a trend counts when it exceeds 2 standard errors"
         if math.isnan(slope):
@@ -237,12 +289,13 @@ class LossMonitor(Monitor):
         se = 100.0 * noise / math.sqrt(max(n * (n * n - 1) / 12.0, 1e-12))
         pct = f"{abs(math.expm1(slope)):.1%} per 100 steps"
         status: Status
+        way: LrAdvice = ""
         if slope < -max(2.0 * se, 1e-3):
             status, why, rec = "ok", f"training loss falling {pct}", ""
         elif slope > 2.0 * se and slope > 0.01:
             status = "bad" if slope >= CONVERGENCE_RISING_BAD else "warn"
             why = f"training loss rising {pct} over the last {n} steps"
-            rec = "the loss climbs: lower the learning rate (or check the data pipeline)"
+            rec, way = "the loss climbs: lower the learning rate (or check the data pipeline)", "lower"
         elif val_falling:
             status, rec = "ok", ""
             why = f"training loss flat within its minibatch noise over the last {n} steps, validation loss still falling"
@@ -257,13 +310,19 @@ class LossMonitor(Monitor):
                 if s["loss.has_val"] > 0
                 else "converged or stalled: report a validation loss (opt.observe(val_loss=...)) to tell which"
             )
+            if winding is not None:
+                status, rec = "ok", ""
+                why += f": converging while the lr decays {winding.where}, as expected"
         else:
             status = "warn"
             why = f"training loss has not moved from its starting level over the last {n} steps"
             rec = "no progress: check the learning rate (too low: flat; too high: noisy) and the data"
-        return Indicator("loss.convergence", slope, status, why, rec, src)
+            if early:  # a warm-up, or the first steps of a slow start: too soon to call it no progress
+                status, rec = "n/a", ""
+                why += ", too early in the run to judge"
+        return Indicator("loss.convergence", slope, status, why, rec, src, lr_way(status, way))
 
-    def _oscillation(self, s: dict[str, float], val_falling: bool) -> Indicator:
+    def _oscillation(self, s: dict[str, float], val_falling: bool, winding: RunPhase | None = None) -> Indicator:
         ntp, noise = s["loss.noise_to_progress"], s["loss.noise"]
         src = (
             "rule of thumb: a small trend next to minibatch noise is normal late in training; swings beyond "
@@ -282,8 +341,11 @@ class LossMonitor(Monitor):
         else:
             status = "bad" if noise >= OSCILLATION_NOISE_BAD and ntp >= 0.95 else "warn"
             why = f"the loss jumps without progress: {swing}, noise is {ntp:.0%} of noise+progress"
+            if status == "warn" and winding is not None:
+                status = "ok"  # the remedy, a lower lr, is under way
+                why += f"; the lr is already decaying {winding.where}"
         rec = advise(status, "lower the learning rate or raise the batch size (if the validation loss stalls too)")
-        return Indicator("loss.oscillation", ntp, status, why, rec, src)
+        return Indicator("loss.oscillation", ntp, status, why, rec, src, lr_way(status, "lower"))
 
     def _spike(self, s: dict[str, float]) -> Indicator:
         spike = s["loss.spike"]
@@ -295,9 +357,10 @@ class LossMonitor(Monitor):
             f"latest loss is x{math.exp(spike):.2f} its recent median" if not math.isnan(spike) else "fewer than 8 losses seen",
             advise(status, "loss spikes: lower the lr or clip gradients (chuck's guardrail rolls back 10x spikes)"),
             "PaLM (Chowdhery et al. 2022, sec. 5.1): roll back and skip on loss spikes",
+            lr_way(status, "lower"),
         )
 
-    def _plateau(self, s: dict[str, float], n: int, val_falling: bool) -> Indicator:
+    def _plateau(self, s: dict[str, float], n: int, val_falling: bool, winding: RunPhase | None = None) -> Indicator:
         p = s["loss.plateau"]
         src = "ReduceLROnPlateau-style patience, as a fraction of the window (half: warn, a whole window: bad)"
         if math.isnan(p):
@@ -306,6 +369,8 @@ class LossMonitor(Monitor):
         status = grade(p, 0.5, 1.0)
         if status != "ok" and val_falling:
             status, why = "ok", why + ", but the validation loss is still falling"
+        elif status != "ok" and winding is not None:
+            status, why = "ok", why + f": the run is converging while the lr decays {winding.where}, as expected"
         rec = advise(status, "plateau: try a warm restart (raise the lr briefly) or decay it; stop if validation stalls too")
         return Indicator("loss.plateau", p, status, why, rec, src)
 
@@ -366,6 +431,32 @@ class LossMonitor(Monitor):
         self._best_val = state["best_val"]
         self._cache = None
         self._median, self._median_at = state["median"], state["median_at"]
+
+    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
+        val: Any = state.get("val")
+        why = None if isinstance(val, (list, tuple)) else f"val must be a list, got {check.show(val)}"
+        for i, record in enumerate(val if why is None else []):  # (step, validation loss, training-loss EMA then)
+            if not isinstance(record, (list, tuple)) or len(record) != 3:
+                return f"val[{i}] must be (step, validation loss, training loss EMA), got {check.show(record)}"
+            why = check.first(
+                check.count(f"val[{i}][0]", record[0]),
+                check.number(f"val[{i}][1]", record[1]),
+                check.number(f"val[{i}][2]", record[2], nan=True),
+            )
+            if why:
+                break
+        return check.first(
+            why,
+            check.numbers_list("log_losses", state.get("log_losses")),
+            check.numbers_list("initial", state.get("initial"), max_len=5),
+            check.number("ema", state.get("ema"), nan=True),
+            check.number("best_ema", state.get("best_ema"), inf=True),
+            check.count("since_improve", state.get("since_improve")),
+            check.count("steps", state.get("steps")),
+            check.number("best_val", state.get("best_val"), inf=True),
+            check.optional(check.number, "median", state.get("median"), low=0.0),
+            check.count("median_at", state.get("median_at")),
+        )
 
 
 def _mean(values: list[float]) -> float:

@@ -30,10 +30,20 @@ from typing import Any
 
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, Status, advise, as_real, grade
+from chuck.core import statecheck as check
+from chuck.monitors.base import Indicator, Monitor, Status, advise, as_real, grade, lowered_lr_note, lr_way, phase_of, sci
 
 #: Coordinates sampled for both estimates; enough for stable sums, constant cost.
 SUBSET = 4096
+#: log10(mean |update| / d_hat) below which steps are tiny next to the distance estimate: warn, bad. At the
+#: zoo's train families' best constant AdamW lr no decision of a supervised task falls below 10^-3 (its
+#: 10th percentile is 10^-2.3), at a tenth of that lr 15% of them do (docs/results/stepsize_decisions.csv,
+#: written by experiments/stepsize_signals.py). d_hat bounds the distance from the start, not the
+#: distance left, so the ratio also falls as a run converges: the lines sit well below a tuned run's steps.
+SMALL_STEP_WARN, SMALL_STEP_BAD = -3.0, -4.0
+#: Hypergradient cosine (EMA) below which the last steps overshot: warn, bad (Baydin et al. 2018; at 10x
+#: the best lr its 10th percentile is -0.19 in the same measurement).
+OVERSHOOT_WARN, OVERSHOOT_BAD = -0.2, -0.5
 #: EMA factor of the hypergradient cosine across decisions.
 HYPERGRAD_BETA = 0.7
 #: Gathers read the whole of every tensor once (one ``cat``, then one ``index_select`` with a flat
@@ -192,27 +202,38 @@ class StepSizeMonitor(Monitor):
         low: Status
         if math.isinf(r):  # the run has not moved from its start along the sampled coordinates: no bound yet
             low, why = "n/a", "no distance estimate yet (the sampled coordinates have not moved)"
+        elif math.isnan(r):
+            low, why = "n/a", "no sampled update yet"
         else:
-            low = grade(-r if not math.isnan(r) else r, 2.0, 3.0)
-            why = f"mean step is 10^{r:.1f} of the distance estimate d_hat" if not math.isnan(r) else "no sampled update yet"
+            why = f"mean step is {sci(r)} of the distance estimate d_hat (tuned runs: above 1e-3)"
+            at_peak, phase = r, phase_of(self)
+            if phase is not None and phase.winding_down and phase.lr_drop_log10 < 0:
+                at_peak = r - phase.lr_drop_log10  # steps scale with the lr: judged at the run's peak lr
+            low = "ok" if math.isinf(at_peak) else grade(at_peak, SMALL_STEP_WARN, SMALL_STEP_BAD, higher_is_worse=False)
+            if phase is not None and at_peak != r and r < SMALL_STEP_WARN:
+                why += f"; {lowered_lr_note(phase, at_peak)}" + (": expected" if low == "ok" else "")
+        over = grade(h, OVERSHOOT_WARN, OVERSHOOT_BAD, higher_is_worse=False)
         return [
             Indicator(
                 "step.size_vs_distance",
                 r,
                 low,
                 why,
-                advise(low, "steps are tiny next to the distance still to travel: raise the learning rate"),
-                "D-Adaptation / Prodigy distance bound (Defazio & Mishchenko 2023; Mishchenko & Defazio 2023)",
+                advise(low, "steps are tiny next to the distance estimate: raise the learning rate"),
+                "D-Adaptation / Prodigy distance bound (Defazio & Mishchenko 2023; Mishchenko & Defazio 2023); "
+                "lines from docs/results/stepsize_decisions.csv",
+                lr_way(low, "raise"),
             ),
             Indicator(
                 "step.hypergradient",
                 h,
-                grade(-h if not math.isnan(h) else h, 0.2, 0.5),
+                over,
                 f"new gradients point {'along' if h >= 0 else 'against'} the last step (cosine {h:+.2f})"
                 if not math.isnan(h)
                 else "needs two consecutive sampled steps",
-                advise(grade(-h if not math.isnan(h) else h, 0.2, 0.5), "the last steps overshot: lower the learning rate"),
+                advise(over, "the last steps overshot: lower the learning rate"),
                 "hypergradient descent, Baydin et al. 2018",
+                lr_way(over, "lower"),
             ),
         ]
 
@@ -244,7 +265,38 @@ class StepSizeMonitor(Monitor):
         self._hyper, self._update_abs, self._growth = state["hyper"], state["update_abs"], state["growth"]
 
     def validate_state_dict(self, state: dict[str, Any]) -> str | None:
-        shapes = state.get("shapes") or []
-        if shapes and [list(p.shape) for p in self.ctx.params if not p.is_sparse][: len(shapes)] != shapes:
+        why = check.first(
+            check.missing(
+                state, ("idx", "shapes", "x0", "num", "gsum", "dhat", "dhat_prev", "u_prev", "hyper", "update_abs", "growth")
+            ),
+            check.number("num", state.get("num")),
+            check.number("dhat", state.get("dhat"), low=0.0),
+            check.number("dhat_prev", state.get("dhat_prev"), low=0.0),
+            check.number("hyper", state.get("hyper"), nan=True),
+            check.number("update_abs", state.get("update_abs"), nan=True, low=0.0),
+            check.number("growth", state.get("growth"), nan=True),
+            check.items("shapes", state.get("shapes"), lambda name, shape: check.items(name, shape, check.count)),
+        )
+        if why:
+            return why
+        idx, shapes = state.get("idx"), state["shapes"]
+        ctx = getattr(self, "ctx", None)
+        live = [p for p in ctx.params if not p.is_sparse] if ctx is not None else None
+        if live is not None and [list(p.shape) for p in live][: len(shapes)] != shapes:
             return "the sampled coordinates belong to parameters of other shapes: another model?"
-        return None
+        k: int | None = None  # the sampled coordinates: each vector below holds one value per coordinate
+        if idx is not None:
+            if not isinstance(idx, list) or len(idx) != len(shapes):
+                return f"idx must be a list of one index per sampled parameter ({len(shapes)}), got {check.show(idx)}"
+            for i, (positions, shape) in enumerate(zip(idx, shapes)):
+                # a complex parameter is sampled as its real and imaginary parts (as_real): two coordinates an entry
+                complex_ = live[i].is_complex() if live is not None else True
+                why = check.index(f"idx[{i}]", positions, math.prod(shape) * (2 if complex_ else 1))
+                if why:
+                    return why
+            k = sum(t.numel() for t in idx)
+            if state["x0"] is None:
+                return "x0 is missing: the sampled coordinates' starting point"
+        # without idx (nothing sampled yet) the first sampled step chooses the coordinates and these afresh
+        vector = {"dtype": torch.float32, "ndim": 1, "shape": None if k is None else (k,), "finite": True}
+        return check.first(*(check.optional(check.tensor, key, state[key], **vector) for key in ("x0", "gsum", "u_prev")))

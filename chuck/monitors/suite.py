@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from chuck.monitors.base import Indicator, Monitor, MonitorContext, StepRecord
+from chuck.monitors.control import ControlMonitor
+from chuck.monitors.lr_advice import resolve_lr_conflicts
 
 
 class MonitorSuite:
@@ -90,27 +92,38 @@ class MonitorSuite:
         return out
 
     def indicators(self) -> list[Indicator]:
+        """Every monitor's indicators, judged against the run's phase (the controller's monitor tells it,
+        through ``ctx.phase``), with at most one learning-rate direction among them
+        (:func:`chuck.monitors.lr_advice.resolve_lr_conflicts`)."""
+        control = next((m for m in self.monitors if isinstance(m, ControlMonitor)), None)
+        self.ctx.phase = control.phase() if control is not None else None
         out: list[Indicator] = []
         for m in self.monitors:
             try:
                 out.extend(m.indicators())
             except Exception as exc:  # noqa: BLE001 - a user's monitor must not break the report
                 warnings.warn(f"chuck: monitor {m.name!r} failed to report indicators: {exc}", RuntimeWarning, stacklevel=2)
-        return out
+        return resolve_lr_conflicts(out)
 
     # -- checkpoints ----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {m.name: m.state_dict() for m in self.monitors}
 
     def validate_state_dict(self, state: dict[str, Any]) -> list[str]:
-        """Problems that forbid loading ``state`` (empty when it loads)."""
+        """Problems that forbid loading ``state`` (empty when it loads), each naming its monitor."""
         problems = []
         for m in self.monitors:
-            if m.name not in state:
+            if state.get(m.name) is None:
                 continue  # a monitor added since the checkpoint starts fresh
-            why = m.validate_state_dict(state[m.name])
+            if not isinstance(state[m.name], dict):
+                problems.append(f"monitors.{m.name} must be a dict, got {type(state[m.name]).__name__}")
+                continue
+            try:
+                why = m.validate_state_dict(state[m.name])
+            except Exception as exc:  # noqa: BLE001 - a user's check that raises refuses the state, it does not crash the load
+                why = f"its validate_state_dict raised {type(exc).__name__}: {exc}"
             if why:
-                problems.append(f"monitor {m.name!r}: {why}")
+                problems.append(f"monitors.{m.name}: {why}")
         return problems
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -13,13 +13,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from chuck.monitors.base import Indicator, Monitor, advise, as_real, grade
+from chuck.core import statecheck as check
+from chuck.monitors.base import (
+    Indicator,
+    LrAdvice,
+    Monitor,
+    RunPhase,
+    Status,
+    advise,
+    as_real,
+    grade,
+    lowered_lr_note,
+    lr_way,
+    phase_of,
+    sci,
+)
 
-#: CS231n (Karpathy), "Neural Networks Part 3": the ratio of update magnitude to
-#: weight magnitude should be around 1e-3; much lower means a too-small lr, much
-#: higher a too-large one. We warn beyond one decade away, bad beyond two.
+#: CS231n (Karpathy), "Neural Networks Part 3": the ratio of update magnitude to weight magnitude
+#: should be around 1e-3; much lower means a too-small lr. Tiny: warn one decade below it, bad two.
 UPDATE_RATIO_TARGET_LOG10 = -3.0
-UPDATE_RATIO_WARN, UPDATE_RATIO_BAD = 1.0, 2.0
+UPDATE_RATIO_TINY_WARN, UPDATE_RATIO_TINY_BAD = -4.0, -5.0
+#: Large: Adam-family updates are normalized, so the ratio hardly grows with the lr. At the zoo's train
+#: families' best constant AdamW lr its per-decision median is 10^-2.3 and its 90th percentile 10^-1.8;
+#: at 10x that lr the 99th percentile is 10^-1.1 (docs/results/stepsize_decisions.csv, written by
+#: experiments/stepsize_signals.py). Warn from 10^-1 (a tenth of each weight moved per step), bad from 1.
+UPDATE_RATIO_LARGE_WARN, UPDATE_RATIO_LARGE_BAD = -1.0, 0.0
 #: Weight RMS this many e-folds from its He/Glorot init scale (He et al. 2015;
 #: Glorot & Bengio 2010) signals runaway growth or collapse.
 SCALE_WARN, SCALE_BAD = math.log(10.0), math.log(100.0)
@@ -121,37 +139,22 @@ class WeightMonitor(Monitor):
 
     def indicators(self) -> list[Indicator]:
         s = self.stats()
-        r = s["weights.update_ratio_log10"]
-        dev = abs(r - UPDATE_RATIO_TARGET_LOG10) if not math.isnan(r) else float("nan")
-        st_r = grade(dev, UPDATE_RATIO_WARN, UPDATE_RATIO_BAD)
-        rec_r = ""
-        if st_r in ("warn", "bad"):
-            rec_r = (
-                "updates are tiny: raise the learning rate"
-                if r < UPDATE_RATIO_TARGET_LOG10
-                else "updates are large: lower the learning rate"
-            )
         scale = s["weights.scale_log_ratio"]
         cos = s["weights.update_cosine"]
         nf = s["weights.nonfinite_fraction"]
+        flips = not math.isnan(cos) and cos < -0.5
         return [
-            Indicator(
-                "weights.update_ratio",
-                r,
-                st_r,
-                f"median ||update||/||weight|| = 10^{r:.2f} (target ~1e-3)" if not math.isnan(r) else "no sampled update yet",
-                rec_r,
-                "CS231n (Karpathy): update/weight ratio ~1e-3",
-            ),
+            _update_ratio(s["weights.update_ratio_log10"], phase_of(self)),
             Indicator(
                 "weights.update_direction",
                 cos,
-                "n/a" if math.isnan(cos) else ("warn" if cos < -0.5 else "ok"),
+                "n/a" if math.isnan(cos) else ("warn" if flips else "ok"),
                 f"cosine between consecutive updates = {cos:+.2f}" if not math.isnan(cos) else "needs two sampled updates",
-                "consecutive updates point against each other: the lr is likely past the edge of stability"
-                if not math.isnan(cos) and cos < -0.5
+                "consecutive updates point against each other: the lr is likely past the edge of stability; lower it"
+                if flips
                 else "",
                 "Cohen et al. 2021, edge of stability (sign-flipping updates)",
+                "lower" if flips else "",
             ),
             Indicator(
                 "weights.scale",
@@ -170,12 +173,13 @@ class WeightMonitor(Monitor):
                 f"{nf:.0%} of parameter tensors hold NaN/inf" if not math.isnan(nf) else "no decision step yet",
                 advise(grade(nf, 1e-12, 1e-12), "restore a checkpoint; lower lr; clip"),
                 "any non-finite weight is fatal",
+                lr_way(grade(nf, 1e-12, 1e-12), "lower"),
             ),
         ]
 
     def state_dict(self) -> dict[str, Any]:
         # The previous update is state too: a checkpoint taken between the two sampled steps
-        # of an interval must resume to the same update cosine (faults issue, item 6).
+        # of an interval must resume to the same update cosine.
         prev = None if self._prev_update is None else self._prev_update.clone()
         return {"stats": dict(self._stats), "ratios": self.update_ratios(), "prev_update": prev}
 
@@ -188,11 +192,46 @@ class WeightMonitor(Monitor):
 
     def validate_state_dict(self, state: dict[str, Any]) -> str | None:
         prev = state.get("prev_update")
-        if prev is not None:
-            n = sum(p.numel() for p in self.ctx.params)
-            if not isinstance(prev, torch.Tensor) or prev.numel() != n:
-                return f"the saved update has {getattr(prev, 'numel', lambda: '?')()} entries, the model {n}: another model?"
-        return None
+        why = check.first(
+            check.stats("stats", state.get("stats"), prefix=self.name + "."),
+            check.mapping("ratios", state.get("ratios"), check.number, low=0.0),
+            check.optional(check.tensor, "prev_update", prev, dtype=torch.float32, ndim=1, finite=True),
+        )
+        ctx = getattr(self, "ctx", None)
+        if why is None and prev is not None and ctx is not None:
+            n = sum(as_real(p).numel() for p in ctx.params)
+            if prev.numel() != n:
+                return f"the saved update has {prev.numel()} entries, the model {n}: another model?"
+        return why
+
+
+def _update_ratio(r: float, phase: RunPhase | None) -> Indicator:
+    """The update-ratio indicator. In a cooldown (or at the end) the lr was lowered on purpose and the
+    ratio with it (updates scale with the lr, Adam's as SGD's), so the ratio is judged at the run's peak
+    lr: tiny updates the schedule explains are OK, with a note."""
+    src = (
+        "CS231n (Karpathy): update/weight ratio ~1e-3 (tiny below 1e-4); large from 1e-1, above what "
+        "AdamW reaches at 10x its best lr (docs/results/stepsize_decisions.csv)"
+    )
+    if math.isnan(r):
+        return Indicator("weights.update_ratio", r, "n/a", "no sampled update yet", "", src)
+    why = f"median ||update||/||weight|| = {sci(r)} (healthy: 1e-4 to 1e-1)"
+    at_peak = r
+    if phase is not None and phase.winding_down and phase.lr_drop_log10 < 0:
+        at_peak = r - phase.lr_drop_log10  # what the ratio would be at the peak lr (inf: the lr is at 0)
+    status: Status
+    way: LrAdvice
+    if at_peak < UPDATE_RATIO_TINY_WARN:
+        status = "bad" if at_peak < UPDATE_RATIO_TINY_BAD else "warn"
+        way, rec = "raise", "updates are tiny: raise the learning rate"
+    elif r > UPDATE_RATIO_LARGE_WARN:
+        status = "bad" if r > UPDATE_RATIO_LARGE_BAD else "warn"
+        way, rec = "lower", "updates are large: lower the learning rate"
+    else:
+        status, way, rec = "ok", "", ""
+    if phase is not None and at_peak != r and r < UPDATE_RATIO_TINY_WARN:
+        why += f"; {lowered_lr_note(phase, at_peak)}" + (": expected" if status == "ok" else "")
+    return Indicator("weights.update_ratio", r, status, why, rec, src, way)
 
 
 def _median(a: np.ndarray) -> Any:

@@ -91,6 +91,21 @@ def test_registered_policy_loads_from_a_fresh_process(registered, dirs) -> None:
     assert list(tmp.iterdir()) == [], "the download directory must be removed"
 
 
+def test_a_local_store_is_read_without_importing_mlflow(registered, dirs) -> None:
+    """From the local SQLite store the version is read from the database and the artifact loaded where it
+    lies: MLflow's import (seconds) is not paid; an alias MLflow must resolve still goes through it."""
+    cwd, tmp = dirs
+    code = """
+import json, sys, chuck
+p = chuck.load_policy("models:/tiny-policy@champion")
+q = chuck.load_policy("models:/tiny-policy/1")
+print(json.dumps({"id": p.id, "same": q.id == p.id, "mlflow": "mlflow" in sys.modules}))
+"""
+    (line,) = [x for x in _run(code, [], registered, cwd, tmp).splitlines() if x.startswith("{")]
+    assert json.loads(line) == {"id": _bundled_id(), "same": True, "mlflow": False}
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
+
+
 def test_failed_fetch_cleans_up(registered, dirs) -> None:
     cwd, tmp = dirs
     results = _load(["models:/tiny-policy@nosuchalias", "models:/no-such-model/1"], registered, cwd, tmp)
