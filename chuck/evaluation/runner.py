@@ -27,7 +27,7 @@ from chuck.evaluation.identity import policy_identity, record, stale_arms
 from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
 from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
 from chuck.evaluation.schedule import ROW_FIELDS, Instance, Scheduler
-from chuck.evaluation.stats import Summary, mode_suffix, plot_regret_by_lr, summarize_arms, summary_paths
+from chuck.evaluation.stats import Summary, mode_suffix, plot_regret_by_lr, summarize_arms, write_summary
 
 DEFAULT_LRS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -434,8 +434,3 @@ def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]
     summary.aa_control["plot"] = str(plot) if plot else None
 
 
-def write_summary(summary: Summary, out: Path) -> None:
-    """``summary.json`` and ``summary.md`` in ``out`` (``summary_no_observe.*`` without ``observe``)."""
-    json_path, md_path = summary_paths(out, summary.settings.get("observe", True))
-    json_path.write_text(summary.to_json() + "\n")
-    md_path.write_text(summary.to_markdown())

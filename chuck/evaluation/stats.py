@@ -217,6 +217,13 @@ class Summary:
         return lines
 
 
+def write_summary(summary: Summary, out: Path) -> None:
+    """``summary.json`` and ``summary.md`` in ``out`` (``summary_no_observe.*`` without ``observe``)."""
+    json_path, md_path = summary_paths(out, summary.settings.get("observe", True))
+    json_path.write_text(summary.to_json() + "\n")
+    md_path.write_text(summary.to_markdown())
+
+
 def stats_line(name: str, s: ArmStats, width: int = 34) -> str:
     """One line of an arm's figures for a terminal: runs, median and geo-mean with intervals, within 10%
     (and the harm rate and worst harm when it has harm probes)."""
