@@ -18,20 +18,20 @@ import hashlib
 import json
 from pathlib import Path
 
+from chuck.core.loading import is_builtin
+from chuck.evaluation.runs import CHUCK_PREFIX, NO_OBSERVE_SUFFIX
+from chuck.policies.artifact import CARD, bundled_artifact_dir
+from chuck.policies.prior import LATEST
+
 MANIFEST = "arms.json"
 
 
 def policy_identity(location: str) -> str:
     """A short, stable string naming the policy at ``location`` (a built-in name or a directory)."""
-    from chuck.core.loading import is_builtin
 
     if location == "default":
-        from chuck.policies.artifact import bundled_artifact_dir
-
         return _artifact_identity(bundled_artifact_dir("default"))
     if location == "prior":
-        from chuck.policies.prior import LATEST
-
         return f"prior@{LATEST}"
     if is_builtin(location):
         return location
@@ -39,7 +39,6 @@ def policy_identity(location: str) -> str:
 
 
 def _artifact_identity(path: Path) -> str:
-    from chuck.policies.artifact import CARD
 
     try:
         card = json.loads((path / CARD).read_text())
@@ -72,7 +71,6 @@ def recorded_policies(out: Path, observe: bool) -> list[str]:
     """The policy specs of every chuck arm ``out``'s manifest records in this setting (with or without
     ``observe``), in the manifest's order: what ``--policies recorded`` expands to, so that a summary of
     every arm measured over several calls is one resumed call (nothing runs again)."""
-    from chuck.evaluation.runs import CHUCK_PREFIX, NO_OBSERVE_SUFFIX
 
     specs = []
     for arm in _read(out):

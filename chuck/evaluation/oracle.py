@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import chuck.zoo
+from chuck.core.home import chuck_home
 from chuck.evaluation.runs import EVAL_EVERY, effective_loss, run_id
 
 #: Nine half-decade learning rates, 1e-5 .. 1e-1 (rounded to 3 digits: 1e-5, 3.16e-5, ...).
@@ -42,7 +44,6 @@ def oracle_runs(lrs: tuple[float, ...]) -> list[tuple[str, float]]:
 
 
 def cache_dir() -> Path:
-    from chuck.core.home import chuck_home
 
     path = chuck_home() / "oracle"
     path.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,6 @@ def cache_dir() -> Path:
 
 def instance_key(task: Any, seed: int, budget_scale: float, steps: int, config: Any) -> dict[str, Any]:
     """What an instance's oracle depends on (hashed into the cache file name)."""
-    import chuck.zoo
 
     cfg = config.as_dict()
     cfg.pop("lr", None)  # set per run

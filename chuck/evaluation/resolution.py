@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import chuck.zoo as zoo
 from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key, oracle_runs, sweep_winners
 from chuck.evaluation.runs import (
     RunSpec,
@@ -82,7 +83,6 @@ class Resolution:
 
 
 def _spec(task: Any, seed: int, arm: str, lr: float, steps: int, lr_scale: float = 1.0) -> RunSpec:
-    from chuck import zoo
 
     # a task registered at runtime travels with the spec: a fresh worker process cannot look it up
     shipped = task if zoo.split_of(task.id) == "custom" else None

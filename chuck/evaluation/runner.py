@@ -22,12 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import chuck.zoo as zoo
+from chuck.core.loading import PolicyLoadError, is_builtin
 from chuck.evaluation.hindsight import hindsight_stats, instance_rows
-from chuck.evaluation.identity import policy_identity, record, stale_arms
+from chuck.evaluation.identity import policy_identity, record, recorded_policies, stale_arms
 from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
+from chuck.evaluation.resolution import DEFAULT_EPS, harm_against_aa, plot_replays, replay_references
 from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
 from chuck.evaluation.schedule import ROW_FIELDS, Instance, Scheduler
 from chuck.evaluation.stats import Summary, mode_suffix, plot_regret_by_lr, summarize_arms, write_summary
+from chuck.evaluation.tracking import log_summary
+from chuck.policies.registry import download_registered_policy
+from chuck.tracking.store import default_tracking_uri
 
 DEFAULT_LRS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -50,7 +56,6 @@ def _unique(xs: Sequence[Any]) -> list[Any]:
 
 def resolve_task_spec(spec: str | Sequence[str]) -> list[Any]:
     """``chuck.zoo.resolve_tasks``, accepting ``test``/``validation`` while the registry still calls them ``heldout``."""
-    from chuck import zoo
 
     items = []
     for item in _split_list(spec):
@@ -72,14 +77,10 @@ def _resolve_policy(spec: str, tracking_uri: str | None, downloads: Path) -> str
     ``models:/`` policies are downloaded once, into ``downloads`` (removed after the evaluation).
     """
     import chuck
-    from chuck.core.loading import PolicyLoadError, is_builtin
 
     try:
         if spec.startswith("models:/"):
             import inspect
-
-            from chuck.policies.registry import download_registered_policy
-            from chuck.tracking.store import default_tracking_uri
 
             uri = tracking_uri or default_tracking_uri()
             if "dst" in inspect.signature(download_registered_policy).parameters:
@@ -162,8 +163,6 @@ def _check(
             raise EvaluationInputError(f"{why} needs the {module} package: pip install 'chuck[experiments]'")
     policy_specs = _unique(_split_list(policies))
     if RECORDED in policy_specs:
-        from chuck.evaluation.identity import recorded_policies
-
         found = recorded_policies(Path(out), observe)
         if not found:
             setting = "with" if observe else "without"
@@ -184,8 +183,6 @@ def _check(
         raise EvaluationInputError("the Ray backend needs Ray, which is not installed: pip install 'chuck[ray]'")
     task_list = resolve_task_spec(tasks)
     if (workers or 1) > 1 or backend == "ray":
-        from chuck import zoo
-
         for task in task_list:
             if zoo.split_of(task.id) == "custom":
                 try:
@@ -303,8 +300,6 @@ def evaluate(
         shutil.rmtree(downloads, ignore_errors=True)
     write_summary(summary, inputs.out)  # first: an MLflow failure must not cost the results
     if mlflow:
-        from chuck.evaluation.tracking import log_summary
-
         try:
             log_summary(summary, inputs.out, tracking_uri, EXPERIMENT)
         except Exception as exc:  # noqa: BLE001 - store down, bad URI...: the evaluation itself succeeded
@@ -317,7 +312,6 @@ def evaluate(
 
 
 def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: Any = None, aa_control: bool = False) -> Summary:
-    from chuck import zoo
 
     arms = list(locations) + inputs.baselines
     instances = []
@@ -409,7 +403,6 @@ def _hindsight(instances: list[Instance], oracle_lrs: tuple[float, ...]) -> dict
 
 def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]]) -> None:
     """Replay the references (chuck.evaluation.resolution) and put the A/A next to every arm's harm."""
-    from chuck.evaluation.resolution import DEFAULT_EPS, harm_against_aa, plot_replays, replay_references
 
     workers = (inputs.workers or 1) if inputs.backend == "process" else (os.cpu_count() or 1)
     res = replay_references(
@@ -432,5 +425,3 @@ def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]
         res.rows, inputs.out / "aa_control.png", f"A/A control: {len(res.rows)} replays, {res.instances} instances"
     )
     summary.aa_control["plot"] = str(plot) if plot else None
-
-

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from chuck.zoo import get_task, loop
+
 BASELINES = ("adamw", "cosine", "plateau", "schedulefree", "prodigy", "prodigy-sf", "ldog")
 #: Baselines that need a package outside chuck's core, with the module to import.
 BASELINE_PACKAGES = {"schedulefree": "schedulefree", "prodigy": "prodigyopt", "prodigy-sf": "prodigyplus", "ldog": "dog"}
@@ -167,7 +169,6 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     Returns ``final_loss``, ``initial_loss``, ``loss_reference``, ``diverged``, ``error``
     (``""`` when none) and ``seconds``.
     """
-    from chuck.zoo import get_task, loop
 
     out: dict[str, Any] = {
         "final_loss": math.nan,

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import chuck.tracking as tracking
 from chuck.evaluation.stats import ArmStats, Summary, summary_paths, write_summary
 
 HEADLINE = (
@@ -31,7 +32,6 @@ def _metrics(stats: ArmStats, prefix: str = "") -> dict[str, float]:
 
 def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experiment: str) -> str:
     """Log ``summary`` to MLflow (chuck's store unless ``tracking_uri``); rewrite its files with the run id; return it."""
-    from chuck import tracking
 
     mlflow = tracking.setup(tracking_uri, experiment)
     s = summary.settings
