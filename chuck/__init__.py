@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ be
     from chuck.core.observation import ObservationSpec
     from chuck.core.optimizer import ChuckOptimizer
     from chuck.core.report import Decision, HealthReport
+    from chuck.core.safe_start import SafeStartConfig
     from chuck.history import read_history, suggest_hyperparameters
     from chuck.monitors import Indicator
     from chuck.policies.base import Policy
@@ -38,6 +39,7 @@ _LAZY = {
     "EFFECTIVE_LR_KEY": "chuck.core.actions",
     "Knob": "chuck.core.actions",
     "GuardrailConfig": "chuck.core.guardrails",
+    "SafeStartConfig": "chuck.core.safe_start",
     "PolicyLoadError": "chuck.core.loading",
     "load_policy": "chuck.core.loading",
     "Indicator": "chuck.monitors",
@@ -135,6 +137,7 @@ __all__ = [
     "ObservationSpec",
     "Policy",
     "PolicyLoadError",
+    "SafeStartConfig",
     "__version__",
     "load_policy",
     "read_history",

@@ -358,8 +358,27 @@ def main() -> None:
     ap.add_argument(
         "--check", type=int, default=0, help="determinism check: run the first N runs twice each, print, write nothing"
     )
+    ap.add_argument(
+        "--guardrails",
+        default=None,
+        help='a variant of the guardrails to measure: GuardrailConfig fields as JSON, e.g. \'{"spike_patience": 0}\' '
+        "(every run's default config gets them; name --out after the variant)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.guardrails:
+        variant = json.loads(args.guardrails)
+        from chuck.core import guardrails as g
+
+        base_init = g.GuardrailConfig.__init__
+
+        def init(self: object, *a: object, **k: object) -> None:
+            base_init(self, *a, **k)  # type: ignore[arg-type]
+            for name, value in variant.items():
+                setattr(self, name, value)
+            self.__post_init__()  # type: ignore[attr-defined]
+
+        g.GuardrailConfig.__init__ = init  # type: ignore[method-assign]
     torch.set_num_threads(1)
 
     import chuck  # noqa: F401 - chuck first: its import order is the one chuck evaluate has

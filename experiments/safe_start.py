@@ -8,9 +8,13 @@ lr). The figures, per starting lr:
 
 * the paired ratio of final validation losses, safe / plain: geometric mean with a 95% bootstrap
   interval over instances (``chuck.evaluation.stats.bootstrap_ci``), and the worst ratio;
-* the "catastrophe" proxy without an oracle: runs that end at ``CATASTROPHE`` (5x) Prodigy's final
-  loss of the same instance or worse, plain and safe;
-* the harm side: the share of runs more than 5% worse with the safe start.
+* the "catastrophe" proxy without an oracle: runs whose final loss (uncapped; a crash or NaN counts
+  as infinite) is ``CATASTROPHE`` (5x) Prodigy's final loss of the same instance or more, plain and safe;
+* the harm side: the share of runs more than 5% worse with the safe start;
+* the benchmark's resolution beside it (``--aa``): the plain arm trained again with the starting lr moved
+  by 0.1% (``aa``), paired with the plain run the same way. The first steps of these runs are chaotic (a
+  change that small moves many final losses by more than 5%, experiments/benchmark_resolution.py), so a
+  ratio of the safe start is read against this A/A ratio, not against 1.
 
 A diverged run counts with the divergence cap of ``chuck evaluate`` (``effective_loss``: 3x the larger
 of the initial and the reference loss), a crashed one as 100x its pair. One torch thread, one process;
@@ -48,7 +52,23 @@ HARM_LRS = (1e-3, 1e-2)
 #: A run this many times Prodigy's final loss of the same instance (or worse) is a catastrophe.
 CATASTROPHE = 5.0
 WORSE = 1.05
-FIELDS = ("task", "family", "seed", "lr", "arm", "variant", "final_loss", "effective_loss", "initial_loss", "diverged", "error", "stopped_at", "seconds")
+#: The A/A arm's lr: the plain arm's moved by 0.1% (as in experiments/benchmark_resolution.py).
+AA_SCALE = 1.001
+FIELDS = (
+    "task",
+    "family",
+    "seed",
+    "lr",
+    "arm",
+    "variant",
+    "final_loss",
+    "effective_loss",
+    "initial_loss",
+    "diverged",
+    "error",
+    "stopped_at",
+    "seconds",
+)
 
 
 @contextlib.contextmanager
@@ -81,6 +101,9 @@ def run(task_id: str, seed: int, lr: float, arm: str, policy: str, config: Any) 
     stopped = ""
     if arm == "prodigy":
         r = run_one(RunSpec(task_id, seed, "prodigy", lr, steps))
+    elif arm == "aa":
+        with _safe_start(False):
+            r = run_one(RunSpec(task_id, seed, f"chuck:{policy}", lr, steps, policy=policy, lr_scale=AA_SCALE))
     else:
         with _safe_start(config if arm == "safe" else False) as made:
             r = run_one(RunSpec(task_id, seed, f"chuck:{policy}", lr, steps, policy=policy))
@@ -102,6 +125,12 @@ def run(task_id: str, seed: int, lr: float, arm: str, policy: str, config: Any) 
     }
 
 
+def _raw(row: dict[str, Any]) -> float:
+    """A run's final loss as it ended (a diverged run uncapped); a crash or a non-finite loss: inf."""
+    v = float(row["final_loss"]) if row["final_loss"] not in ("", None) else math.nan
+    return v if math.isfinite(v) and not row["error"] else math.inf
+
+
 def _log_ratio(a: float, b: float) -> float:
     """log(a / b) of two effective losses; a crashed (inf) run counts as 100x its pair, two as level."""
     if math.isfinite(a) and math.isfinite(b):
@@ -111,41 +140,41 @@ def _log_ratio(a: float, b: float) -> float:
 
 def summarize(rows: list[dict[str, Any]], variant: str) -> dict[str, Any]:
     """Per starting lr (and over all): the paired figures of the module docstring."""
-    from chuck.evaluation.stats import bootstrap_ci
-
     loss: dict[tuple[str, int, float, str], float] = {}
+    final: dict[tuple[str, int, float, str], float] = {}  # raw final losses (a crash or NaN: inf), for catastrophes
     prodigy: dict[tuple[str, int], float] = {}
     stops: dict[tuple[str, int, float], int] = {}
     for r in rows:
         key = (r["task"], int(r["seed"]))
         if r["arm"] == "prodigy":
-            prodigy[key] = float(r["effective_loss"])
-        elif r["arm"] == "plain" or r["variant"] == variant:
+            prodigy[key] = _raw(r)
+        elif r["arm"] in ("plain", "aa") or r["variant"] == variant:
             loss[(*key, float(r["lr"]), r["arm"])] = float(r["effective_loss"])
+            final[(*key, float(r["lr"]), r["arm"])] = _raw(r)
             if r["arm"] == "safe" and str(r["stopped_at"]) not in ("", "-1"):
                 stops[(*key, float(r["lr"]))] = int(r["stopped_at"])
     out: dict[str, Any] = {}
     lrs = sorted({k[2] for k in loss})
     for lr in [*lrs, "all"]:
-        keys = sorted({k[:3] for k in loss if (lr == "all" or k[2] == lr) and (*k[:3], "safe") in loss and (*k[:3], "plain") in loss})
+        keys = sorted(
+            {k[:3] for k in loss if (lr == "all" or k[2] == lr) and (*k[:3], "safe") in loss and (*k[:3], "plain") in loss}
+        )
         if not keys:
             continue
         logs = np.array([_log_ratio(loss[(*k, "safe")], loss[(*k, "plain")]) for k in keys])
         # the bootstrap resamples instances (task, seed) with all their runs at this lr (one each per lr)
         inst = sorted({k[:2] for k in keys})
         per_inst = np.array([np.mean([x for k, x in zip(keys, logs) if k[:2] == i]) for i in inst])
-        geo = float(np.exp(per_inst.mean())) if lr == "all" else float(np.exp(logs.mean()))
-        lo, hi = bootstrap_ci(per_inst, lambda x, axis: np.exp(np.mean(x, axis=axis)), geo)
+        geo, lo, hi = _geo(per_inst)
         worst_i = int(np.argmax(logs))
         judged = [k for k in keys if k[:2] in prodigy]
-        cat = {
-            arm: sum(loss[(*k, arm)] >= CATASTROPHE * prodigy[k[:2]] for k in judged) for arm in ("plain", "safe")
-        }
+        cat = {arm: sum(final[(*k, arm)] >= CATASTROPHE * prodigy[k[:2]] for k in judged) for arm in ("plain", "safe")}
         out[str(lr)] = {
             "runs": len(keys),
             "instances": len(inst),
             "geo_ratio_safe_over_plain": geo,
             "ci95": [lo, hi],
+            "median_ratio": float(np.exp(np.median(logs))),
             "worst_ratio": float(np.exp(logs[worst_i])),
             "worst_run": list(keys[worst_i]),
             "best_ratio": float(np.exp(logs.min())),
@@ -154,6 +183,20 @@ def summarize(rows: list[dict[str, Any]], variant: str) -> dict[str, Any]:
             "catastrophes_vs_prodigy": {"judged": len(judged), **cat},
             "ramp_stopped": sum(k in stops for k in keys),
         }
+        aa_keys = [k for k in keys if (*k, "aa") in loss]
+        if aa_keys:
+            aa = np.array([_log_ratio(loss[(*k, "aa")], loss[(*k, "plain")]) for k in aa_keys])
+            aa_inst = sorted({k[:2] for k in aa_keys})
+            g, a_lo, a_hi = _geo(np.array([np.mean([x for k, x in zip(aa_keys, aa) if k[:2] == i]) for i in aa_inst]))
+            out[str(lr)]["aa"] = {
+                "runs": len(aa_keys),
+                "geo_ratio_aa_over_plain": g,
+                "ci95": [a_lo, a_hi],
+                "median_ratio": float(np.exp(np.median(aa))),
+                "worst_ratio": float(np.exp(aa.max())),
+                "worse_by_5pct": float(np.mean(aa > math.log(WORSE))),
+                "better_by_5pct": float(np.mean(aa < -math.log(WORSE))),
+            }
     harm_keys = [str(lr) for lr in HARM_LRS if str(lr) in out]
     if harm_keys:
         runs = sum(out[k]["runs"] for k in harm_keys)
@@ -164,8 +207,19 @@ def summarize(rows: list[dict[str, Any]], variant: str) -> dict[str, Any]:
     return out
 
 
+def _geo(per_instance_logs: np.ndarray) -> tuple[float, float, float]:
+    """Geometric mean of per-instance mean log ratios and its 95% bootstrap interval over instances."""
+    from chuck.evaluation.stats import bootstrap_ci
+
+    geo = float(np.exp(per_instance_logs.mean()))
+    lo, hi = bootstrap_ci(per_instance_logs, lambda x, axis: np.exp(np.mean(x, axis=axis)), geo)
+    return geo, lo, hi
+
+
 def _print(summary: dict[str, Any]) -> None:
-    print(f"{'start lr':>8s} {'runs':>4s} {'geo safe/plain':>26s} {'worst':>7s} {'>5% worse':>9s} {'>5% better':>10s} {'cat plain':>9s} {'cat safe':>8s} {'stopped':>7s}")
+    print(
+        f"{'start lr':>8s} {'runs':>4s} {'geo safe/plain':>26s} {'median':>6s} {'worst':>7s} {'>5% worse':>9s} {'>5% better':>10s} {'cat plain':>9s} {'cat safe':>8s} {'stopped':>7s}"
+    )
     for lr, s in summary.items():
         if lr.startswith("harm"):
             print(f"harm at {lr[8:]}: {s['worse_by_5pct']:.0%} of {s['runs']} runs more than 5% worse with the safe start")
@@ -173,8 +227,14 @@ def _print(summary: dict[str, Any]) -> None:
         c = s["catastrophes_vs_prodigy"]
         print(
             f"{lr:>8s} {s['runs']:4d} {s['geo_ratio_safe_over_plain']:8.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] "
-            f"{s['worst_ratio']:7.2f} {s['worse_by_5pct']:9.0%} {s['better_by_5pct']:10.0%} {c['plain']:9d} {c['safe']:8d} {s['ramp_stopped']:7d}"
+            f"{s['median_ratio']:6.3f} {s['worst_ratio']:7.2f} {s['worse_by_5pct']:9.0%} {s['better_by_5pct']:10.0%} {c['plain']:9d} {c['safe']:8d} {s['ramp_stopped']:7d}"
         )
+        if "aa" in s:
+            a = s["aa"]
+            print(
+                f"{'  A/A':>8s} {a['runs']:4d} {a['geo_ratio_aa_over_plain']:8.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
+                f"{a['median_ratio']:6.3f} {a['worst_ratio']:7.2f} {a['worse_by_5pct']:9.0%} {a['better_by_5pct']:10.0%}"
+            )
 
 
 def main() -> None:
@@ -186,6 +246,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a SafeStartConfig field for the safe arm")
     ap.add_argument("--out", type=Path, required=True, help="path stem: writes STEM.csv (resumable) and STEM.json")
     ap.add_argument("--summary-only", action="store_true", help="summarize the CSV, train nothing")
+    ap.add_argument("--aa", action="store_true", help="also the A/A arm: the plain arm with the lr moved by 0.1%%")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from chuck.core.safe_start import SafeStartConfig
@@ -197,7 +258,7 @@ def main() -> None:
         k, _, v = item.partition("=")
         if k not in types:
             ap.error(f"--set {item}: SafeStartConfig has no field {k!r}")
-        overrides[k] = int(v) if k in ("window", "steps") else float(v)
+        overrides[k] = int(v) if k in ("window", "steps", "watch") else float(v)
     config = SafeStartConfig(**overrides)
     variant = ",".join(f"{k}={v:g}" for k, v in sorted(overrides.items())) or "default"
     tasks = list_tasks(args.tasks) if args.tasks in ("train", "validation", "test") else args.tasks.split(",")
@@ -216,7 +277,8 @@ def main() -> None:
     for t in tasks:
         for s in seeds:
             jobs.append((t, s, 1.0, "prodigy", ""))
-            jobs += [(t, s, lr, arm, variant if arm == "safe" else "") for lr in lrs for arm in ("plain", "safe")]
+            arms = ("plain", "safe", "aa") if args.aa else ("plain", "safe")
+            jobs += [(t, s, lr, arm, variant if arm == "safe" else "") for lr in lrs for arm in arms]
     todo = [j for j in jobs if j not in done]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs in {csv_path}; {len(todo)} to go (safe arm: {variant})", flush=True)
     new = not csv_path.exists()
@@ -245,6 +307,7 @@ def main() -> None:
     rows = [r for r in rows if (r["task"], int(r["seed"])) in wanted and (r["arm"] == "prodigy" or float(r["lr"]) in lrs)]
     summary = summarize(rows, variant)
     _print(summary)
+    others = sorted({r["variant"] for r in rows if r["arm"] == "safe"} - {variant})
     json_path.write_text(
         json.dumps(
             {
@@ -256,6 +319,8 @@ def main() -> None:
                 "variant": variant,
                 "torch": torch.__version__,
                 "summary": summary,
+                # every other safe-start variant the CSV holds (--set), on the same plain, A/A and Prodigy runs
+                "variants": {v: summarize(rows, v) for v in others},
             },
             indent=1,
         )

@@ -54,6 +54,9 @@ class Policy(ABC):
     #: Whether ``ChuckOptimizer`` turns its guardrails on under this policy when the user leaves
     #: ``guardrails`` unset: a policy that steers the run wants them; a pure observer does not.
     guardrails_by_default: bool = True
+    #: Whether ``ChuckOptimizer`` starts the run with a safe start (``chuck.core.safe_start``: a geometric lr
+    #: ramp that stops at the first sign of blow-up) when the user leaves ``safe_start`` unset.
+    safe_start: bool = False
 
     @property
     def id(self) -> str:

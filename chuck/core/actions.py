@@ -32,6 +32,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from chuck.core import statecheck as check
+
 #: The param-group key where chuck publishes the lr the group's next base step uses: the group's own
 #: ``lr`` (the user's, or their scheduler's) times chuck's multiplier. Refreshed after every step and
 #: decision; a scheduler that steps after ``opt.step()`` moves ``group["lr"]`` and the key follows at the
@@ -160,11 +162,18 @@ class ActionSpec:
         self.step_lr_mult = 1.0
         #: steps of linear lr warm-up at the start of a run (0: none; see :meth:`start_warmup`)
         self.warmup_steps = 0
+        #: a geometric ramp under the warm-up (the safe start's, :meth:`ramp_geometric`): its first factor
+        #: and its length in steps; ``None``: the warm-up is linear
+        self.warmup_ramp: tuple[float, int] | None = None
         #: the base steps [anneal_start, anneal_end) over which the lr decays linearly toward zero at the
         #: end of a known budget (``None``: no per-step anneal; see :meth:`start_anneal`)
         self.anneal_start: int | None = None
         self.anneal_end = 0
         self._warm = 1.0  # the schedule factor (warm-up x anneal) of the coming base step
+        #: how many times :meth:`scale_lr` ran, and its last (multiplier before, after): what a decision
+        #: record reads to say what a guardrail's cut changed
+        self.lr_moves = 0
+        self.last_lr_move = (1.0, 1.0)
 
     def start_warmup(self, steps: int, steps_taken: int = 0) -> None:
         """Warm the lr up linearly over a run's first ``steps`` base steps: step k (0-based) runs at
@@ -190,9 +199,32 @@ class ActionSpec:
         self._warm = self.schedule_factor(steps_taken)
         self.publish()
 
+    def ramp_geometric(self, start: float, steps: int, steps_taken: int = 0) -> None:
+        """Put a geometric ramp under the warm-up: step k (0-based) of the first ``steps`` runs at
+        ``start ** ((steps - 1 - k) / (steps - 1))`` of the multiplier where that is below the linear
+        warm-up's factor (the safe start's range test, Smith 2017); the warm-up lasts at least ``steps``."""
+        if not 0.0 < start < 1.0 or steps < 2:
+            raise ValueError(f"a geometric ramp starts in (0, 1) and lasts 2 steps or more, got {start}, {steps}")
+        self.warmup_ramp = (float(start), int(steps))
+        self.warmup_steps = max(self.warmup_steps, int(steps))
+        self._warm = self.schedule_factor(steps_taken)
+        self.publish()
+
+    def end_warmup(self, steps_taken: int) -> None:
+        """Stop the warm-up now (the safe start found the lr's limit): later steps run at the multiplier."""
+        self.warmup_steps = 0
+        self._warm = self.schedule_factor(steps_taken)
+        self.publish()
+
     def warmup_factor(self, step: int) -> float:
         """The warm-up factor of the base step that ``step`` successful steps precede (1 after the ramp)."""
-        return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
+        if step >= self.warmup_steps:
+            return 1.0
+        linear = (step + 1) / self.warmup_steps
+        if self.warmup_ramp is None or step >= self.warmup_ramp[1]:
+            return linear
+        start, n = self.warmup_ramp
+        return min(linear, start ** ((n - 1 - step) / (n - 1)))
 
     def schedule_factor(self, step: int) -> float:
         """The per-step factor (warm-up, then the anneal of a known budget) of the base step that ``step``
@@ -312,7 +344,7 @@ class ActionSpec:
         """Move log(clip / median grad norm) by ``log_change``; never raises, never writes a bad value.
 
         Ratios are formed in log space: ``clip / median`` underflows for denormal medians and
-        ``math.log(0)`` raised (faults issue, item 4). A median that is not a usable positive
+        ``math.log(0)`` would raise. A median that is not a usable positive
         float (0, denormal, inf, nan) leaves the threshold where it is.
         """
         if not (MIN_CLIP_REFERENCE < median < math.inf) or log_change == 0:
@@ -330,6 +362,8 @@ class ActionSpec:
         recovery); returns the factor actually applied."""
         before = self.lr_mult
         self.lr_mult, _ = _clamp(self.lr_mult * factor, *self.lr_bounds)
+        self.lr_moves += 1
+        self.last_lr_move = (before, self.lr_mult)
         self.publish()
         return self.lr_mult / before
 
@@ -378,36 +412,46 @@ class ActionSpec:
             "knobs": {k: v.value for k, v in self.knobs.items()},
         }
 
-    def validate_state_dict(self, state: dict[str, Any]) -> str | None:
-        """Why ``state`` cannot be loaded (``None`` when it can): every value finite and in bounds."""
+    def validate_state_dict(self, state: Any) -> str | None:
+        """Why ``state`` cannot be loaded (``None`` when it can): every value of the right type, finite
+        and in bounds, one dropout probability per dropout module of the model."""
+        if not isinstance(state, dict):
+            return f"the action state must be a dict, got {type(state).__name__}"
         for key, (lo, hi) in (("lr_mult", self.lr_bounds), ("wd_mult", self.wd_bounds), ("dropout_mult", self.dropout_bounds)):
-            v = state.get(key)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or not (lo <= v <= hi):
-                return f"{key} must be a finite number in [{lo:g}, {hi:g}], got {v!r}"
-        clip = state.get("clip")
-        if not isinstance(clip, (int, float)) or math.isnan(clip) or clip <= 0:
+            why = check.number(key, state.get(key), low=lo, high=hi)
+            if why:
+                return why
+        clip: Any = state.get("clip")
+        if check.number("clip", clip, inf=True) or clip <= 0:
             return f"clip must be a positive number or inf (off), got {clip!r}"
-        if len(state.get("dropout_p", [])) != len(self.dropouts):
-            return f"the checkpoint has {len(state.get('dropout_p', []))} dropout modules, the model {len(self.dropouts)}"
-        if any(not (0.0 <= float(p) <= 1.0) for p in state.get("dropout_p", [])):
-            return "dropout probabilities must lie in [0, 1]"
-        for k, v in state.get("knobs", {}).items():
-            if k in self.knobs and not (self.knobs[k].low <= v <= self.knobs[k].high):
-                return f"knob {k!r} = {v!r} is outside [{self.knobs[k].low}, {self.knobs[k].high}]"
+        dropout_p = state.get("dropout_p", [])
+        why = check.numbers_list("dropout_p", dropout_p, low=0.0, high=1.0)
+        if why:
+            return why
+        if len(dropout_p) != len(self.dropouts):
+            return f"the checkpoint has {len(dropout_p)} dropout modules, the model {len(self.dropouts)}"
+        knobs = state.get("knobs", {})
+        if not isinstance(knobs, dict):
+            return f"knobs must be a dict, got {type(knobs).__name__}"
+        for k, v in knobs.items():
+            if k in self.knobs:
+                why = check.number(f"knob {k!r}", v, low=self.knobs[k].low, high=self.knobs[k].high)
+                if why:
+                    return why
         return None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lr_mult, self.wd_mult = state["lr_mult"], state["wd_mult"]
-        self.dropout_mult, self.clip = state["dropout_mult"], state["clip"]
-        self.step_lr_mult = self.lr_mult
-        why = self.validate_state_dict(state)
+        why = self.validate_state_dict(state)  # before any of it is applied
         if why:
             raise ValueError(f"cannot load the action state: {why}")
-        for (m, _), p in zip(self.dropouts, state["dropout_p"]):
-            m.p = p
-        for k, v in state["knobs"].items():
+        self.lr_mult, self.wd_mult = float(state["lr_mult"]), float(state["wd_mult"])
+        self.dropout_mult, self.clip = float(state["dropout_mult"]), float(state["clip"])
+        self.step_lr_mult = self.lr_mult
+        for (m, _), p in zip(self.dropouts, state.get("dropout_p", [])):
+            m.p = float(p)  # type: ignore[assignment]
+        for k, v in state.get("knobs", {}).items():
             if k in self.knobs:
-                self.knobs[k].value = v
+                self.knobs[k].value = float(v)
         self.publish()
 
 

@@ -69,6 +69,13 @@ class Advisor:
             "step() calls, not of batches)."
         )
 
+    def mostly_out_of_distribution(self, controller: Any) -> None:
+        """After a decision: once the run's decisions are mostly out-of-distribution fallbacks (the
+        controller's :attr:`~chuck.core.controller.Controller.mostly_out_of_distribution`), the learned
+        policy is not what steers it, which nothing else in the loop shows."""
+        if controller.mostly_ood_at is not None and self.due("mostly_ood"):
+            self.say(controller.out_of_distribution_text())
+
     def noisy_loss(self, g: Guardrails) -> None:
         if self.due("noisy_loss"):
             self.say(

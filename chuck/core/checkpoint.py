@@ -12,13 +12,15 @@ adds the last line of defence: should loading raise all the same, what was there
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import MISSING, fields
 from typing import Any
 
 import torch
 
 from chuck.core import statecheck as check
-from chuck.core.report import SOURCES, Decision
+from chuck.core.guardrails import ValidationVote
+from chuck.core.report import SOURCES, Decision, DecisionLog
 
 #: Format version of chuck's entry in ``state_dict()``. v2: monitors keyed by name with the
 #: controller state as the ``ctrl`` monitor; the weight monitor keeps its previous update.
@@ -203,3 +205,113 @@ def _base_state_problems(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -
                     )
                     break
     return problems
+
+
+def chuck_state(opt: Any, decisions: int) -> dict[str, Any]:
+    """chuck's entry of ``opt.state_dict()``, with the last ``decisions`` decision records."""
+    cs = {
+        "version": STATE_VERSION,
+        "step": opt._step,
+        "calls": opt._calls,
+        "interval": opt.interval,
+        "action": opt.action_spec.state_dict(),
+        "guardrails": opt.guardrails.state_dict() if opt.guardrails is not None else None,
+        "monitors": opt.monitors.state_dict(),
+        "rng": opt._generator.get_state(),
+        "policy_id": opt.policy_id,
+        "policy_state": opt.policy.state_dict() if opt.policy is not None else {},
+        # the most recent decisions only: a checkpoint stays small however long the run (the full
+        # trail goes to the tracking logger and the history record)
+        "decisions": [d.as_dict() for d in opt.decisions[max(0, len(opt.decisions) - decisions) :]],
+        "val_vote": int(opt._val_vote),
+        "metrics": dict(opt.metrics),
+        "last_scale": opt._last_scale,
+    }
+    if opt.safe_start is not None:  # only when on: a run without it checkpoints as before
+        cs["safe_start"] = opt.safe_start.state_dict()
+    return cs
+
+
+def load_checkpoint(opt: Any, state_dict: dict[str, Any]) -> None:
+    """Validate ``state_dict`` (the base optimizer's, with chuck's entry under ``"chuck"``) against ``opt``,
+    then load it: all of it, or (should loading raise all the same) nothing, the previous state put back.
+
+    Raises:
+        CheckpointError: naming what is wrong.
+    """
+    state_dict = dict(state_dict)
+    entry = state_dict.pop("chuck", None)
+    if entry is not None:
+        entry = validate_chuck_state(entry, opt, state_dict)
+        if opt.safe_start is not None and entry.get("safe_start") is not None:
+            why = opt.safe_start.validate_state_dict(entry["safe_start"], opt._ctx.params)
+            if why:
+                raise CheckpointError(f"cannot resume from this checkpoint (nothing was loaded):\n  - safe_start: {why}")
+    # what a failed load puts back: torch's load_state_dict gives the base optimizer new state and
+    # group objects (it never changes the old ones in place), so its attributes as they are now are
+    # its state; chuck's own is copied out, decisions and metrics kept as the objects they are
+    base_before = dict(opt.optimizer.__dict__)
+    chuck_before = chuck_state(opt, 0), opt.controller.decisions, opt.metrics
+    loading = ["the base optimizer's state"]  # what was being loaded, for the error
+    try:
+        opt.optimizer.load_state_dict(state_dict)
+        if entry is not None:
+            load_chuck_state(opt, entry, loading)
+    except Exception as exc:
+        try:
+            opt.optimizer.__dict__.clear()
+            opt.optimizer.__dict__.update(base_before)
+            load_chuck_state(opt, chuck_before[0], [])
+            opt.controller.decisions, opt.metrics = chuck_before[1], chuck_before[2]
+        except Exception as again:
+            raise CheckpointError(
+                f"loading {loading[-1]} raised {type(exc).__name__}: {exc}; putting the previous state back "
+                f"raised {type(again).__name__}: {again}, so the optimizer's state is undefined: build it again"
+            ) from exc
+        raise CheckpointError(
+            f"cannot resume from this checkpoint (nothing was loaded): loading {loading[-1]} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if entry is None:
+        warnings.warn(
+            "state_dict has no 'chuck' entry (a bare optimizer checkpoint?): chuck starts fresh", RuntimeWarning, stacklevel=4
+        )
+
+
+def load_chuck_state(opt: Any, cs: dict[str, Any], loading: list[str]) -> None:
+    """Load a validated entry; ``loading`` gets the name of each part as it is loaded."""
+    loading.append("chuck.policy_id")
+    if cs["policy_id"] != opt.policy_id:
+        warnings.warn(
+            f"checkpoint was written under policy {cs['policy_id']}, resuming under {opt.policy_id}",
+            RuntimeWarning,
+            stacklevel=5,  # the caller of opt.load_state_dict
+        )
+    opt._step, opt._calls = int(cs["step"]), int(cs["calls"])
+    loading.append("chuck.action")
+    opt.action_spec.load_state_dict(cs["action"])
+    opt.action_spec.start_warmup(opt.action_spec.warmup_steps, opt._step)
+    ss = opt.safe_start
+    if ss is not None and cs.get("safe_start") is not None:
+        loading.append("chuck.safe_start")
+        ss.load_state_dict(cs["safe_start"], opt._ctx.params)
+        # the warm-up as the run had it: over, when the ramp stopped at a blow-up
+        opt.action_spec.start_warmup(0 if ss.stopped_at >= 0 else ss.warmup, opt._step)
+    if opt.guardrails is not None and cs["guardrails"] is not None:
+        loading.append("chuck.guardrails")
+        opt.guardrails.load_state_dict(cs["guardrails"], opt._ctx.params)
+    opt._val_vote = ValidationVote(int(cs.get("val_vote", 0)))
+    loading.append("chuck.monitors")
+    opt.monitors.load_state_dict(cs["monitors"])
+    loading.append("chuck.rng")
+    opt._generator.set_state(cs["rng"])
+    if opt.policy is not None and cs["policy_state"]:
+        loading.append("chuck.policy_state")
+        opt.policy.load_state_dict(cs["policy_state"])
+    loading.append("chuck.decisions")
+    opt.controller.decisions = DecisionLog((Decision.from_dict(d) for d in cs["decisions"]), maxlen=opt.decisions.maxlen)
+    opt.metrics = dict(cs["metrics"])
+    opt._last_scale = cs["last_scale"]
+    act = opt.act_monitor
+    if act is not None:
+        act.disarm()
+    opt._arm_if_due()

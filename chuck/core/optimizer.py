@@ -41,7 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from chuck.core.actions import EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
 from chuck.core.advice import Advisor
-from chuck.core.checkpoint import STATE_VERSION, CheckpointError, validate_chuck_state
+from chuck.core.checkpoint import STATE_VERSION, CheckpointError, chuck_state, load_checkpoint
 from chuck.core.controller import Controller, DecisionHook
 from chuck.core.defaults import DEFAULT_INTERVAL
 from chuck.core.distributed import rank_sync
@@ -58,6 +58,7 @@ from chuck.core.inputs import (
 from chuck.core.observation import ObservationSpec
 from chuck.core.report import Decision, DecisionLog, HealthReport
 from chuck.core.run_record import RunLedger
+from chuck.core.safe_start import SafeStart, SafeStartConfig
 from chuck.monitors import (
     ActivationMonitor,
     ControlMonitor,
@@ -104,6 +105,12 @@ class ChuckOptimizer(torch.optim.Optimizer):
         anneal: share of ``total_steps`` over which the lr decays linearly toward zero at the end of the
             run, applied per step (warmup-stable-decay); defaults to the policy's own (``Policy.anneal``),
             else none. Needs ``total_steps``.
+        safe_start: a range test over the run's first steps (:mod:`chuck.core.safe_start`): the warm-up
+            starts with a geometric ramp from 1e-3 of the lr, and at the first sign of blow-up during the
+            warm-up the ramp stops, the best weights seen are put back and the lr settles below where the
+            loss stopped falling.
+            ``True``, a :class:`~chuck.core.safe_start.SafeStartConfig`, ``False``, or ``None`` (the
+            default): the policy's choice (``Policy.safe_start``; off when the policy does not say).
         max_grad_norm: initial gradient-clipping threshold (default: off until the policy turns it on).
         guardrails: a :class:`GuardrailConfig` (its thresholds), ``True`` for the default one, ``False`` for
             none, or ``None`` (the default): the policy's choice (``Policy.guardrails_by_default``), on under
@@ -149,6 +156,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         interval: int | None = None,
         warmup: int | None = None,
         anneal: float | None = None,
+        safe_start: SafeStartConfig | bool | None = None,
         max_grad_norm: float | None = None,
         guardrails: GuardrailConfig | bool | None = None,
         grad_scaler: Any | None = None,
@@ -203,6 +211,19 @@ class ChuckOptimizer(torch.optim.Optimizer):
         anneal = anneal if anneal is not None else getattr(resolved, "anneal", None)
         if anneal and total_steps is not None:
             self.action_spec.start_anneal(total_steps, anneal)
+        if safe_start is None:  # the policy's choice; off unless it asks
+            safe_start = resolved is not None and bool(resolved.safe_start)
+        if not isinstance(safe_start, (bool, SafeStartConfig)):
+            raise TypeError(f"safe_start must be a SafeStartConfig, True, False or None, got {type(safe_start).__name__}")
+        #: the safe start's range test (``None``: off)
+        self.safe_start: SafeStart | None = None
+        if safe_start:
+            ss = safe_start if isinstance(safe_start, SafeStartConfig) else SafeStartConfig()
+            window = self.action_spec.warmup_steps or self.interval
+            ramp = ss.steps or max(2, window // 2)
+            self.action_spec.ramp_geometric(ss.start, ramp)
+            warm = self.action_spec.warmup_steps
+            self.safe_start = SafeStart(ss, ramp, ss.watch or warm + ss.window, warm, self.action_spec.warmup_factor)
         if guardrails is None:  # the policy's own choice: on under every policy that steers, off for a pure observer
             guardrails = resolved is None or resolved.guardrails_by_default
         if not isinstance(guardrails, (bool, GuardrailConfig)):
@@ -435,6 +456,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         loss_v, gnorm_v, vote = self.read_scalars(loss, grads, vote)
         if vote and self._act_on_vote(vote):
             return loss
+        if self.safe_start is not None and self._safe_start_stops(loss_v, gnorm_v):
+            return loss
         verdict = self._judge(loss_v, gnorm_v)
         if verdict is not Verdict.OK:
             self._intervene(verdict, loss_v, gnorm_v)
@@ -457,6 +480,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 vote, self._val_vote = self._val_vote, ValidationVote.NONE
                 first["loss"], first["gnorm"], vote = self.read_scalars(out, grads, vote)
                 if vote and self._act_on_vote(vote):
+                    first["verdict"] = None
+                    raise _SkipStep
+                if self.safe_start is not None and self._safe_start_stops(first["loss"], first["gnorm"]):
                     first["verdict"] = None
                     raise _SkipStep
                 first["verdict"] = self._judge(first["loss"], first["gnorm"])
@@ -494,6 +520,25 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if response is None:
             return False
         self._carry_out(response)
+        return True
+
+    def _safe_start_stops(self, loss_v: float | None, gnorm_v: float) -> bool:
+        """The safe start's blow-up test, before the update; ``True``: it took the step (the ramp stopped,
+        the best weights of the ramp are back, the lr multiplier settled), so the update must not run."""
+        ss = self.safe_start
+        assert ss is not None
+        if not ss.active:
+            return False
+        stop = ss.check(self._step, loss_v, gnorm_v, self._ctx.params, self.optimizer, self._buffers())
+        if stop is None:
+            return False
+        spec = self.action_spec
+        if stop.restore:
+            ss.restore(self._ctx.params, self.optimizer, self._buffers())
+        before = spec.lr_mult
+        spec.end_warmup(self._step)
+        spec.scale_lr(stop.lr_factor)
+        self.controller.record("guardrail", [], f"{stop.reason}; lr multiplier {before:.3g} -> {spec.lr_mult:.3g}", self._step)
         return True
 
     def _buffers(self) -> list[torch.Tensor]:
@@ -552,6 +597,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             if self.controller.loss_blind:
                 self.advisor.no_loss(self._step)
             self.controller.decide(self._step)
+            self.advisor.mostly_out_of_distribution(self.controller)
         self._arm_if_due()
 
     def _check_scaler(self) -> None:
@@ -634,7 +680,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def health(self) -> HealthReport:
         """Every indicator (value, status, reason, recommendation) plus architecture advice."""
-        advice = recommend(self._profile, self.stats())
+        advice = recommend(self._profile, self.stats()) + self.controller.health_notes()
         if not self._ctx.params:
             advice = ["no parameter requires a gradient: chuck watches nothing (unfreeze a layer to train it)", *advice]
         return HealthReport(
@@ -680,24 +726,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         for pre_hook in list(self._optimizer_state_dict_pre_hooks.values()):
             pre_hook(self)
         sd = self.optimizer.state_dict()
-        sd["chuck"] = {
-            "version": STATE_VERSION,
-            "step": self._step,
-            "calls": self._calls,
-            "interval": self.interval,
-            "action": self.action_spec.state_dict(),
-            "guardrails": self.guardrails.state_dict() if self.guardrails is not None else None,
-            "monitors": self.monitors.state_dict(),
-            "rng": self._generator.get_state(),
-            "policy_id": self.policy_id,
-            "policy_state": self.policy.state_dict() if self.policy is not None else {},
-            # the most recent decisions only: a checkpoint stays small however long the run (the full
-            # trail goes to the tracking logger and the history record)
-            "decisions": [d.as_dict() for d in self.decisions[-CHECKPOINT_DECISIONS:]],
-            "val_vote": int(self._val_vote),
-            "metrics": dict(self.metrics),
-            "last_scale": self._last_scale,
-        }
+        sd["chuck"] = chuck_state(self, CHECKPOINT_DECISIONS)
         for post_hook in list(self._optimizer_state_dict_post_hooks.values()):
             out = post_hook(self, sd)
             sd = out if out is not None else sd
@@ -706,48 +735,18 @@ class ChuckOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Validate the whole checkpoint first; load nothing unless all of it is valid.
 
+        Every field of chuck's entry is checked (type, finiteness, sign, shapes against the live
+        parameters) before anything is loaded. Should loading raise all the same, the base optimizer's
+        state and chuck's are put back as they were before the call, and the load is refused: a
+        failed load is never half-applied.
+
         Raises:
             CheckpointError: naming what is wrong (a non-finite multiplier, another model's shapes, ...).
         """
         for pre_hook in list(self._optimizer_load_state_dict_pre_hooks.values()):
             out = pre_hook(self, state_dict)
             state_dict = out if out is not None else state_dict
-        state_dict = dict(state_dict)
-        chuck_state = state_dict.pop("chuck", None)
-        if chuck_state is not None:
-            chuck_state = validate_chuck_state(chuck_state, self, state_dict)
-        self.optimizer.load_state_dict(state_dict)
-        if chuck_state is None:
-            warnings.warn(
-                "state_dict has no 'chuck' entry (a bare optimizer checkpoint?): chuck starts fresh", RuntimeWarning, stacklevel=2
-            )
-        else:
-            self._load_chuck_state(chuck_state)
+        load_checkpoint(self, state_dict)
         self.action_spec.publish()  # the loaded groups carry the key as it was when they were saved
         for post_hook in list(self._optimizer_load_state_dict_post_hooks.values()):
             post_hook(self)
-
-    def _load_chuck_state(self, cs: dict[str, Any]) -> None:
-        if cs["policy_id"] != self.policy_id:
-            warnings.warn(
-                f"checkpoint was written under policy {cs['policy_id']}, resuming under {self.policy_id}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        self._step, self._calls = cs["step"], cs["calls"]
-        self.action_spec.load_state_dict(cs["action"])
-        self.action_spec.start_warmup(self.action_spec.warmup_steps, self._step)
-        if self.guardrails is not None and cs["guardrails"] is not None:
-            self.guardrails.load_state_dict(cs["guardrails"], self._ctx.params)
-        self._val_vote = ValidationVote(int(cs.get("val_vote", 0)))
-        self.monitors.load_state_dict(cs["monitors"])
-        self._generator.set_state(cs["rng"])
-        if self.policy is not None and cs["policy_state"]:
-            self.policy.load_state_dict(cs["policy_state"])
-        self.controller.decisions = DecisionLog((Decision.from_dict(d) for d in cs["decisions"]), maxlen=self.decisions.maxlen)
-        self.metrics = dict(cs["metrics"])
-        self._last_scale = cs["last_scale"]
-        act = self.act_monitor
-        if act is not None:
-            act.disarm()
-        self._arm_if_due()

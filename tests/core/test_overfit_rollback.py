@@ -256,3 +256,18 @@ def test_batch_norm_statistics_go_back_with_the_weights() -> None:
     opt.step(loss=loss)  # the rollback
     assert torch.equal(model[1].running_mean, taken)
     assert int(model[1].num_batches_tracked) == 21
+
+
+@pytest.mark.parametrize("persistence", [0, 2])
+def test_a_lasting_rise_within_the_noise_counts_only_when_asked(persistence: int) -> None:
+    """A validation loss that stays 30% above its best for two evaluations, on a run whose evaluations are
+    noisy enough that each rise alone is within the noise: a rollback only with ``overfit_persistence=2``."""
+    g = Guardrails(GuardrailConfig(overfit_persistence=persistence))
+    params = [torch.nn.Parameter(torch.ones(3))]
+    for v in (1.6, 1.0, 1.7, 1.1, 1.5, 0.9):  # noisy evaluations; the best (0.9) comes last
+        g.judge_validation(v, initial_loss=2.0)
+    g.take_best(0, params, torch.optim.SGD(params, lr=0.1), lr_mult=1.0)
+    assert g.val_noise() * g.config.overfit_noise > 0.3  # a 0.3 rise is within the noise
+    assert g.judge_validation(1.2, initial_loss=2.0) is ValidationVote.NONE
+    expected = ValidationVote.RESTORE if persistence == 2 else ValidationVote.NONE
+    assert g.judge_validation(1.2, initial_loss=2.0) is expected
