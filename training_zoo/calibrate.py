@@ -24,6 +24,11 @@ contend)::
     python -m chuck.zoo.calibrate --all                 # every family, again
     python -m chuck.zoo.calibrate --tasks cv.digits_mlp,domain:rl
     python -m chuck.zoo.calibrate --optimizer SGD --output /tmp/sgd.json   # per-optimizer offsets
+    python -m chuck.zoo.calibrate --tasks-module my_pkg.tasks --tasks custom   # your in-house tasks
+
+In-house tasks (the ``custom`` split) are written to ``$CHUCK_HOME/best_lr.json`` unless ``--output``
+says otherwise: every chuck process with that CHUCK_HOME reads it after the package's own file
+(a task can instead declare ``best_lr`` on its class: the value printed at the end).
 
 The per-optimizer offsets of :data:`chuck.zoo.starting_lr.OPTIMIZER_LR_OFFSET` come from
 runs of the last form, compared with the AdamW cache (``--compare``).
@@ -45,8 +50,8 @@ import numpy as np
 import torch
 
 from chuck.zoo import loop
-from chuck.zoo.registry import list_tasks, resolve_tasks
-from chuck.zoo.starting_lr import CACHE_PATH, REFERENCE_OPTIMIZER, cache_entry, reload_cache
+from chuck.zoo.registry import import_task_modules, list_tasks, resolve_tasks, split_of
+from chuck.zoo.starting_lr import CACHE_PATH, REFERENCE_OPTIMIZER, cache_entry, reload_cache, user_cache_path
 from chuck.zoo.task import Task
 
 #: Half-decade grid from 1e-5 to 1.
@@ -151,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", type=int, default=DEFAULT_INSTANCES)
     ap.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in DEFAULT_LRS))
     ap.add_argument("--optimizer", default=REFERENCE_OPTIMIZER)
-    ap.add_argument("--output", type=Path, default=CACHE_PATH)
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="where the entries go (default: $CHUCK_HOME/best_lr.json when in-house tasks are selected, "
+        "else the package's best_lr.json)",
+    )
+    ap.add_argument("--tasks-module", default="", help="modules that register in-house tasks, comma-separated")
     ap.add_argument("--compare", type=Path, default=None, help="print the offsets of this file vs the AdamW cache")
     args = ap.parse_args(argv)
     if args.compare is not None:
@@ -162,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"median offset: {float(np.median(list(offsets.values()))):+.2f} decades over {len(offsets)} families")
         return 0
     torch.set_num_threads(1)
+    import_task_modules([m.strip() for m in args.tasks_module.split(",") if m.strip()])
     tasks = (
         resolve_tasks(args.tasks)
         if args.tasks
@@ -176,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         "score": f"median over instances of log(min(final/start val loss, {WORST_RATIO:g})), "
         "then [1/4, 1/2, 1/4]-smoothed over the lr grid",
     }
+    if args.output is None:
+        in_house = any(split_of(t.id) == "custom" for t in tasks)
+        args.output = (user_cache_path() or CACHE_PATH) if in_house else CACHE_PATH
     existing: dict[str, Any] = {}
     if args.output.exists():
         existing = json.loads(args.output.read_text()).get("tasks", {})
@@ -193,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[{i}/{len(tasks)}] {task.id}: best lr {existing[task.id]['best_lr']:g} ({time.perf_counter() - t0:.0f}s)",
             flush=True,
         )
+    print(f"written to {args.output}")
     return 0
 
 

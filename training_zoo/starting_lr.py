@@ -19,6 +19,8 @@ The cache entry of a family is keyed by its id and by a hash of what determines
 its best lr (the step budget and the search space, see :func:`calibration_key`):
 change either and the entry is stale; a missing or stale entry falls back to
 :data:`FALLBACK_LR` with a warning, until ``python -m chuck.zoo.calibrate`` is rerun.
+In-house tasks are measured into ``$CHUCK_HOME/best_lr.json`` (:func:`user_cache_path`), read after
+the package's file; a task may also declare its own ``best_lr``.
 """
 
 from __future__ import annotations
@@ -91,15 +93,30 @@ def reload_cache() -> None:
     _load.cache_clear()
 
 
+def user_cache_path() -> Path | None:
+    """``$CHUCK_HOME/best_lr.json``, where ``python -m chuck.zoo.calibrate`` measures in-house tasks into;
+    ``None`` when CHUCK_HOME is not usable."""
+    from chuck.core.home import chuck_home
+
+    try:
+        return chuck_home() / "best_lr.json"
+    except OSError:
+        return None
+
+
 def cache_entry(task_id: str, key: str, path: Path | str | None = None) -> dict[str, Any] | None:
     """The cache entry for ``task_id`` if present *and* measured under ``key``; else ``None``.
 
-    ``path`` defaults to :data:`CACHE_PATH` (read at call time).
+    ``path`` defaults to :data:`CACHE_PATH`, then :func:`user_cache_path` (read at call time).
     """
-    entry = _load(str(path or CACHE_PATH)).get(task_id)
-    if entry is None or entry.get("key") != key:
-        return None
-    return entry
+    paths = [path] if path is not None else [CACHE_PATH, user_cache_path()]
+    for candidate in paths:
+        if candidate is None:
+            continue
+        entry = _load(str(candidate)).get(task_id)
+        if entry is not None and entry.get("key") == key:
+            return entry
+    return None
 
 
 _warned: set[tuple[str, str]] = set()
@@ -107,13 +124,12 @@ _warned: set[tuple[str, str]] = set()
 
 def lookup_best_lr(task_id: str, key: str, path: Path | str | None = None) -> float:
     """The cached best AdamW lr of a family, or :data:`FALLBACK_LR` with a warning (once per family and key)."""
-    path = path or CACHE_PATH
     entry = cache_entry(task_id, key, path)
     if entry is not None:
         return float(entry["best_lr"])
     if (task_id, key) not in _warned:
         _warned.add((task_id, key))
-        stale = task_id in _load(str(path))
+        stale = task_id in _load(str(path or CACHE_PATH))
         warnings.warn(
             f"task {task_id!r}: {'stale' if stale else 'no'} best-lr cache entry (budget or search space "
             f"changed, or never calibrated); starting lrs are drawn around {FALLBACK_LR:g}. "
@@ -121,6 +137,22 @@ def lookup_best_lr(task_id: str, key: str, path: Path | str | None = None) -> fl
             stacklevel=3,
         )
     return FALLBACK_LR
+
+
+def uncalibrated(tasks: Any) -> list[str]:
+    """The ids of ``tasks`` whose episodes start around :data:`FALLBACK_LR`: no fresh cache entry, and no
+    ``best_lr`` of their own (a task class that overrides the property declares its value)."""
+    from chuck.zoo.task import Task
+
+    return [
+        t.id for t in tasks if getattr(type(t), "best_lr", None) is Task.best_lr and cache_entry(t.id, t.calibration_key) is None
+    ]
+
+
+def count_as_said(tasks: Any) -> None:
+    """Count the missing-entry warning of each of ``tasks`` as said in this process: a meta-training run
+    says it once, in its main process, not again in each of its workers."""
+    _warned.update((t.id, t.calibration_key) for t in tasks)
 
 
 def draw_lr(rng: np.random.Generator, best_lr: float, optimizer: str) -> tuple[float, str]:

@@ -47,18 +47,42 @@ def parse_modules(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
 
-def default_eval_every(timesteps: int, rollout: int) -> int:
-    """The default ``eval_every``: a fifth of the budget rounded to one significant digit, at least one rollout.
+#: Held-out evaluations on a run's learning curve when ``--eval-every`` is not given (the final one included).
+CURVE_POINTS = 5
 
-    A fifth gives every learning curve five points (four in training and the final one) whatever
-    the budget, where a fixed interval gave a short run a single point; one significant digit keeps
-    the evaluation steps readable (8000 for 40000, 600 for 3000); and evaluating more often than
-    PPO updates the policy (every ``rollout`` = n_steps x n_envs timesteps) would evaluate the same
-    policy twice.
+#: The prior a policy trained from scratch is a residual on: the latest built-in version. Written out, not
+#: imported: chuck.policies.prior imports torch. The test suite checks that it names
+#: chuck.policies.prior.LATEST.
+LATEST_PRIOR = "prior@15"
+
+
+def ppo_updates(timesteps: int, rollout: int) -> int:
+    """How many times PPO updates the policy in a run of ``timesteps``: it learns whole rollouts
+    (``rollout`` = n_steps x n_envs timesteps each), so a run ends at the first multiple of ``rollout``
+    at or past ``timesteps``."""
+    return max(1, math.ceil(timesteps / max(1, rollout)))
+
+
+def evaluation_timesteps(timesteps: int, rollout: int, eval_every: int | None = None, points: int = CURVE_POINTS) -> list[int]:
+    """The timesteps at which a run's policy is evaluated on held-out instances, the final one included.
+
+    The policy changes once per rollout, so an evaluation sits between two updates and is labelled with
+    the timesteps the policy was trained on; a run of ``timesteps`` makes ``U`` = :func:`ppo_updates`
+    updates and ends at ``U x rollout``. Without ``eval_every``: ``min(points, U)`` evaluations spread
+    evenly over the updates, the last at the end, so a curve has as many points as the budget has
+    distinct policies, up to ``points`` (a budget of 3 rollouts: 3 points; of 79: 5). With
+    ``eval_every``: after every ``eval_every`` timesteps, each rounded up to the next update, and at
+    the end; ``0``: only at the end. A fine-tuning run adds the starting policy at timestep 0.
     """
-    raw = max(1.0, timesteps / 5)
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    return max(1, int(rollout), int(round(raw / magnitude) * magnitude))
+    updates = ppo_updates(timesteps, rollout)
+    end = updates * rollout
+    if eval_every is None:
+        n = min(points, updates)
+        return sorted({rollout * round(updates * j / n) for j in range(1, n + 1)})
+    if eval_every == 0:
+        return [end]
+    every = {rollout * math.ceil(k * eval_every / rollout) for k in range(1, end // eval_every + 1)}
+    return sorted({t for t in every if t <= end} | {end})
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -94,16 +118,23 @@ def field_default(f: dataclasses.Field) -> Any:
 class MetaTrainConfig:
     """Settings of one meta-training run (every field is a ``chuck train-policy`` flag)."""
 
-    tasks: str = "train"
+    tasks: str | None = None
     """Training tasks: a split ("train", "custom", "all"), "domain:cv", task ids, or a comma-separated mix; each item
-    must select a task."""
+    must select a task (default: "custom,train" when in-house tasks are registered (--tasks-module, an entry point,
+    $CHUCK_TASKS_MODULES), else "train")."""
     tasks_module: list[str] = field(default_factory=list)
     """Modules that register tasks when imported, comma-separated (e.g. my_pkg.tasks), imported here and in every
     environment worker."""
     task_weights: dict[str, float] = field(default_factory=dict)
-    """How often each training task is sampled relative to the others, ID=W,ID=W; unlisted tasks weigh 1."""
-    eval_tasks: str = "validation"
-    """Tasks of the periodic evaluation (the validation families by default: they choose checkpoints)."""
+    """How often each training task is sampled relative to the others, ID=W,ID=W; unlisted tasks weigh 1 (beside
+    --zoo-share, each side's weights split that side's share)."""
+    zoo_share: float = 0.5
+    """Share of training episodes drawn from the zoo's families when in-house tasks are trained beside them,
+    whatever the number of families on each side (0.5: half the episodes are your tasks'; --tasks custom trains on
+    your tasks alone)."""
+    eval_tasks: str | None = None
+    """Tasks of the held-out evaluation, on instances no training environment is seeded with (default: the in-house
+    tasks trained on when there are any, so a retrained policy is judged on your tasks; else "validation")."""
     timesteps: int = 40_000
     """PPO timesteps (= decisions) in total, across environments."""
     seed: int = 0
@@ -123,7 +154,9 @@ class MetaTrainConfig:
     budget_scale: float = 1.0
     """Multiplies each task's step budget (small values for smoke tests)."""
     init_policy: str | None = None
-    """Start from this policy's actor and normalization ("default", a path, models:/...): fine-tuning."""
+    """Start from this policy ("default", a path, models:/...): fine-tuning keeps its actor, its prior (unless --prior
+    is given), its observation ranges and statistics (merged with the new run's), and evaluates it beside the new
+    one as the reference arm."""
     output: str = "runs/policy"
     """Directory for checkpoints and the exported artifact; rerunning with it resumes."""
     name: str = "chuck-policy"
@@ -131,10 +164,11 @@ class MetaTrainConfig:
     alias: str = "candidate"
     """Alias set on the new registered version."""
     eval_every: int | None = None
-    """Timesteps between held-out evaluations, 0: only at the end (default: a fifth of --timesteps rounded to one
-    significant digit, at least one PPO rollout: 8000 for 40000, 600 for 3000)."""
+    """Timesteps between held-out evaluations, each rounded up to the next PPO update; 0: only at the end (default:
+    min(5, PPO updates in the budget) evaluations spread evenly over the updates, the last at the end; fine-tuning
+    adds the starting policy at timestep 0)."""
     eval_episodes: int = 8
-    """Episodes per evaluation (fixed seeds, the same instances every time)."""
+    """Held-out instances per evaluation (fixed seeds, the same instances every time, every arm)."""
     eval_workers: int = 0
     """Worker processes of each evaluation, one torch thread each (PPO waits meanwhile); 0: one per CPU core."""
     checkpoint_every: int = 2_000
@@ -145,11 +179,9 @@ class MetaTrainConfig:
     """MLflow experiment name."""
     progress: bool = True
     """Show a progress bar."""
-    # Written out, not imported: chuck.policies.prior imports torch. It must name the latest prior
-    # (chuck.policies.prior.LATEST); the test suite checks that it does.
-    prior: str | None = "prior@15"
-    """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none; by default
-    the latest version, the best prior alone (the shipped default policy names its own prior in its card)."""
+    prior: str | None = "auto"
+    """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none (default: auto:
+    the --init-policy's own prior when fine-tuning, else the latest version, the best prior alone)."""
     ppo: dict[str, Any] = field(
         default_factory=lambda: {
             "n_steps": 256,
@@ -197,11 +229,21 @@ class MetaTrainConfig:
             raise ValueError(f"budget_scale must be a positive number, got {self.budget_scale}")
         if not self.net_arch or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.net_arch):
             raise ValueError(f"net_arch must be a list of layer widths >= 1, got {self.net_arch!r}")
-        if self.eval_every is None:
-            rollout = int(self.ppo.get("n_steps", 2048)) * self.n_envs  # 2048: stable-baselines3's default
-            self.eval_every = default_eval_every(self.timesteps, rollout)
-        if self.eval_every < 0:
+        if self.eval_every is not None and (isinstance(self.eval_every, bool) or self.eval_every < 0):
             raise ValueError(f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}")
+        if not (isinstance(self.zoo_share, numbers.Real) and 0 < self.zoo_share < 1):
+            raise ValueError(f"zoo_share must be between 0 and 1 (exclusive), got {self.zoo_share!r}")
+        if self.prior == "auto" and not self.init_policy:
+            self.prior = LATEST_PRIOR  # nothing to inherit a prior from
+
+    @property
+    def rollout(self) -> int:
+        """Timesteps per PPO update: n_steps x n_envs (2048: stable-baselines3's default n_steps)."""
+        return int(self.ppo.get("n_steps", 2048)) * self.n_envs
+
+    def evaluation_timesteps(self) -> list[int]:
+        """When this run evaluates its policy on held-out instances: :func:`evaluation_timesteps`."""
+        return evaluation_timesteps(self.timesteps, self.rollout, self.eval_every)
 
 
 @dataclass

@@ -162,7 +162,7 @@ class GuardrailConfig:
         overfit_persistence: a rise above the first two thresholds but within the noise counts too once it
             lasts this many evaluations in a row; 0 (the default) never. Off by default: a noisy validation
             loss whose best was a lucky low reading sits above it at almost every evaluation (measured in
-            ``tests/core/test_guardrails_on_noisy_runs.py``: 2 rollbacks, 3.8x the bare optimizer's error);
+            the noisy-validation run of ``experiments/noisy_runs.py``: 2 rollbacks, 3.8x the bare optimizer's error);
             a small but clean validation set that overfits gains from it (a 250-step wine MLP: 0.34 against
             0.68 without, docs/results.md).
         overfit_backoff: after an overfitting rollback the lr multiplier is this factor times the

@@ -7,6 +7,8 @@ from chuck.metatrain import MetaTrainConfig, train_policy
   observation range, episodes per task, progress) and the MLflow logger output.
 * :mod:`chuck.metatrain.heldout`: the held-out evaluation episodes and the learning curve.
 * :mod:`chuck.metatrain.card`: the exported policy's card.
+* :mod:`chuck.metatrain.comparison`: the final policy against its start and holding, paired on held-out
+  instances: the figures ``chuck train-policy`` ends with.
 * :mod:`chuck.metatrain.ray_backend`: the environments as Ray actors.
 * :class:`MetaTrainConfig` lives in :mod:`chuck.cli.config`, beside the other commands' settings.
 """

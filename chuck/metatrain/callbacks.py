@@ -1,10 +1,10 @@
 """stable-baselines3 callbacks and logger output of meta-training.
 
 :func:`chuck.metatrain.train.train_policy` chains them in SB3's ``CallbackList``: the observation
-range and the per-task episode counts on every step; every ``eval_every`` and
-``checkpoint_every`` timesteps (:class:`EveryNTimestepsSinceStart`), the held-out evaluation of
-the exported policy and a resumable checkpoint; a progress bar. They share one
-:class:`TrainingState`, which the checkpoint saves.
+range and the per-task episode counts on every step; the held-out evaluation of the exported
+policy between PPO updates, at the timesteps :func:`chuck.cli.config.evaluation_timesteps` plans;
+every ``checkpoint_every`` timesteps (:class:`EveryNTimestepsSinceStart`) a resumable checkpoint;
+a progress bar. They share one :class:`TrainingState`, which the checkpoint saves.
 
 Imported by :func:`chuck.metatrain.train.train_policy` only: stable-baselines3 is an optional
 dependency (``chuck[all]``), and ``chuck --help`` must not load it.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,15 @@ class TrainingState:
     """Finished training episodes per task: ``{task_id: {"episodes": n, "return_sum": s}}``."""
     resumed: bool = False
     """Whether this run continues a checkpoint (not saved)."""
+    baseline_rows: list[dict[str, Any]] = field(default_factory=list)
+    """The constant (hold) policy's held-out episodes (evaluated once: the instances are fixed by their seeds)."""
+    reference_rows: list[dict[str, Any]] = field(default_factory=list)
+    """The starting policy's held-out episodes when fine-tuning (the reference arm), else empty."""
+    last_rows: list[dict[str, Any]] = field(default_factory=list)
+    """The held-out episodes of the latest evaluation of the policy being trained."""
+    comparison: dict[str, Any] = field(default_factory=dict)
+    """The final policy against the reference arm and the constant one, paired
+    (:func:`chuck.metatrain.comparison.compare_arms`); empty until the final evaluation."""
 
     @classmethod
     def load(cls, path: Path, task_ids: list[str], n_obs: int) -> TrainingState:
@@ -129,7 +138,18 @@ class TrainingState:
             evaluations=list(saved.get("evaluations", [])),
             task_episodes=dict(saved.get("task_episodes", {})),
             resumed=bool(saved),
+            baseline_rows=list(saved.get("baseline_rows", [])),
+            reference_rows=list(saved.get("reference_rows", [])),
+            last_rows=list(saved.get("last_rows", [])),
+            comparison=dict(saved.get("comparison", {})),
         )
+
+    def widen_ranges(self, low: np.ndarray | None, high: np.ndarray | None) -> None:
+        """Make the observation range the union of what it holds and ``[low, high]`` (a starting policy's)."""
+        if low is not None and len(low) == len(self.obs_low):
+            np.minimum(self.obs_low, np.asarray(low, dtype=np.float64), out=self.obs_low)
+        if high is not None and len(high) == len(self.obs_high):
+            np.maximum(self.obs_high, np.asarray(high, dtype=np.float64), out=self.obs_high)
 
     def episodes_per_task(self) -> dict[str, dict[str, Any]]:
         """``{task_id: {"episodes": n, "mean_return": r}}``: see :func:`task_episode_summary`."""
@@ -176,6 +196,10 @@ class ResumableCheckpointCallback(BaseCallback):
             "obs_high": state.obs_high.tolist(),
             "evaluations": state.evaluations,
             "task_episodes": state.task_episodes,
+            "baseline_rows": state.baseline_rows,
+            "reference_rows": state.reference_rows,
+            "last_rows": state.last_rows,
+            "comparison": state.comparison,
         }
         (self.folder / "state.json").write_text(json.dumps(saved))
 
@@ -185,17 +209,22 @@ class ResumableCheckpointCallback(BaseCallback):
 
 
 class HeldOutEvalCallback(BaseCallback):
-    """Exports the policy being trained and evaluates the export on the held-out tasks.
+    """Exports the policy being trained and evaluates the export on the held-out instances.
 
     What is evaluated is what ships: the torch-only artifact (:func:`chuck.policies.export.export_sb3`),
     loaded back, asked as deployment asks it (:func:`chuck.metatrain.heldout.evaluate_policy`), not
     SB3's ``predict``. Every evaluated export is kept under ``snapshots/`` (checkpoint selection
     compares them later with ``chuck evaluate``, on many more instances than these few episodes).
-    The constant (hold) policy is evaluated once, when the callback is made, on the same instances:
-    each evaluation's ``advantage`` is the policy's mean return over it.
 
-    Fired by :class:`EveryNTimestepsSinceStart`, except at ``total_timesteps``, where the final
-    evaluation (:meth:`evaluate_unless_done`) follows at once: one evaluation there, not two.
+    The arms, on the same instances: the constant (hold) policy and, when fine-tuning, the starting
+    policy (``reference``), each evaluated once (their rows are kept in the state, so a resumed run does
+    not run them again); the starting policy is also the learning curve's point at timestep 0. Each
+    evaluation row holds the policy's mean return, the constant's, their difference (``advantage``), the
+    reference's mean return and the policy's difference to it (``vs_start``, a mean of paired differences).
+
+    An evaluation runs at the start of the first rollout at or past each timestep of ``at``, so that it
+    sits between two PPO updates and is labelled with the timesteps its policy was trained on; the final
+    one follows training (:meth:`evaluate_unless_done`).
 
     Args:
         run_episodes: ``run_episodes(policy)`` gives one row per held-out episode (``policy`` an
@@ -204,7 +233,8 @@ class HeldOutEvalCallback(BaseCallback):
         snapshots: the folder of the snapshots, one sub-folder per timestep.
         state: the run's state; each evaluation is appended to its ``evaluations``.
         mlflow: the ``mlflow`` module, with the run active: ``eval.*`` and ``task.*`` metrics.
-        total_timesteps: the run's budget.
+        at: the timesteps to evaluate at during training (:func:`chuck.cli.config.evaluation_timesteps`).
+        reference: the starting policy's artifact path when fine-tuning, else ``None``.
     """
 
     def __init__(
@@ -214,13 +244,23 @@ class HeldOutEvalCallback(BaseCallback):
         snapshots: Path,
         state: TrainingState,
         mlflow: Any,
-        total_timesteps: int,
+        at: Sequence[int] = (),
+        reference: str | None = None,
     ) -> None:
         super().__init__()
         self.run_episodes, self.card, self.snapshots = run_episodes, card, snapshots
-        self.state, self.mlflow, self.total_timesteps = state, mlflow, total_timesteps
-        self.baseline_rows = run_episodes(None)
-        self.baseline = float(np.mean([r["return"] for r in self.baseline_rows]))
+        self.state, self.mlflow, self.at = state, mlflow, sorted(at)
+        if not state.baseline_rows:
+            state.baseline_rows = run_episodes(None)
+        self.baseline = _mean_return(state.baseline_rows)
+        self.reference: float | None = None
+        if reference is not None:
+            if not state.reference_rows:
+                state.reference_rows = run_episodes(reference)
+            self.reference = _mean_return(state.reference_rows)
+            if not any(e["timesteps"] == 0 for e in state.evaluations):
+                self._record(0, state.reference_rows, arm="start")
+                state.evaluations.sort(key=lambda e: int(e["timesteps"]))  # first, also in a run resumed from before
 
     def evaluate(self, model: BaseAlgorithm) -> dict[str, Any]:
         """Export ``model``'s policy, evaluate it, log the result and append it to the state's evaluations."""
@@ -233,17 +273,8 @@ class HeldOutEvalCallback(BaseCallback):
         export_sb3(model, venv, snap, self.card(model))
         load_artifact(snap)  # evaluate what ships, the torch-only export: it must load
         rows = self.run_episodes(str(snap))  # by path: each worker loads the file with the code it runs
-        mean = float(np.mean([r["return"] for r in rows]))
-        result = {
-            "timesteps": timesteps,
-            "heldout_return": mean,
-            "constant_return": self.baseline,
-            "advantage": mean - self.baseline,
-            "diverged": float(np.mean([r["diverged"] for r in rows])),
-            # decisions where asking the policy failed and the controller held: a broken policy
-            # scores exactly as "hold" does, so say so rather than report its return silently
-            "failed_asks": float(sum(r["failed_asks"] for r in rows)),
-        }
+        self.state.last_rows = rows
+        result = self._record(timesteps, rows, arm="trained")
         failures = [r["first_failure"] for r in rows if r["failed_asks"]]
         if failures:
             warnings.warn(
@@ -252,38 +283,72 @@ class HeldOutEvalCallback(BaseCallback):
                 RuntimeWarning,
                 stacklevel=2,
             )
-        metrics = {f"eval.{k}": v for k, v in result.items() if k != "timesteps"}
-        self.mlflow.log_metrics(metrics, step=timesteps)
         per_task = {}
         for task_id, row in self.state.episodes_per_task().items():
             per_task[f"task.{task_id}.episodes"] = float(row["episodes"])
             if row["mean_return"] is not None:
                 per_task[f"task.{task_id}.mean_return"] = float(row["mean_return"])
         self.mlflow.log_metrics(per_task, step=timesteps)
+        return result
+
+    def _record(self, timesteps: int, rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
+        """One evaluation row from the episodes of ``rows``: appended to the state and logged as ``eval.*``."""
+        mean = _mean_return(rows)
+        decisions = sum(int(r.get("decisions", 0)) for r in rows)
+        result: dict[str, Any] = {
+            "timesteps": timesteps,
+            "arm": arm,
+            "heldout_return": mean,
+            "constant_return": self.baseline,
+            "advantage": mean - self.baseline,
+            "diverged": float(np.mean([r["diverged"] for r in rows])),
+            # decisions where asking the policy failed and the controller held: a broken policy
+            # scores exactly as "hold" does, so say so rather than report its return silently
+            "failed_asks": float(sum(r["failed_asks"] for r in rows)),
+            # decisions the out-of-distribution check handed to the heuristic (or to hold)
+            "fallback_share": sum(int(r.get("fallbacks", 0)) for r in rows) / decisions if decisions else 0.0,
+        }
+        if self.reference is not None:
+            result["start_return"] = self.reference
+            result["vs_start"] = mean - self.reference  # the same instances: the mean of the paired differences
+        self.mlflow.log_metrics({f"eval.{k}": v for k, v in result.items() if k not in ("timesteps", "arm")}, step=timesteps)
         self.state.evaluations.append(result)
         return result
+
+    def last_timesteps(self) -> int:
+        """The timesteps of the latest evaluation (-1 before any)."""
+        return max((int(e["timesteps"]) for e in self.state.evaluations), default=-1)
 
     def evaluate_unless_done(self, model: BaseAlgorithm) -> bool:
         """Evaluate ``model`` unless the latest evaluation is at its timesteps (a finished run resumed
         to register it after a crash); whether it evaluated."""
-        evaluations = self.state.evaluations
-        if evaluations and evaluations[-1]["timesteps"] == int(model.num_timesteps):
+        if self.last_timesteps() == int(model.num_timesteps):
             return False
         self.evaluate(model)
         return True
 
     def status(self) -> dict[str, str]:
-        """The latest held-out return and the constant policy's, for the progress bar."""
+        """The latest held-out return, the constant policy's and the starting policy's, for the progress bar."""
         evaluations = self.state.evaluations
-        return {
+        out = {
             "heldout": f"{evaluations[-1]['heldout_return']:+.3f}" if evaluations else "-",
             "constant": f"{self.baseline:+.3f}",
         }
+        if self.reference is not None:
+            out["start"] = f"{self.reference:+.3f}"
+        return out
+
+    def _on_rollout_start(self) -> None:
+        now, last = int(self.model.num_timesteps), self.last_timesteps()
+        if any(last < t <= now for t in self.at):
+            self.evaluate(self.model)
 
     def _on_step(self) -> bool:
-        if self.num_timesteps < self.total_timesteps:
-            self.evaluate(self.model)
         return True
+
+
+def _mean_return(rows: list[dict[str, Any]]) -> float:
+    return float(np.mean([r["return"] for r in rows]))
 
 
 class ProgressCallback(BaseCallback):

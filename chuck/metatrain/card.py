@@ -4,7 +4,9 @@ A card says what deployment needs to use the policy as it was trained (the decis
 the prior under the residual, the observation statistics behind the normalization and the
 out-of-distribution check) and what it was trained on, read from the run rather than inferred
 from the spec: the resolved tasks with each one's episodes and mean return, the timesteps, the
-PPO settings, the MLflow run and the latest held-out evaluation.
+PPO settings, the MLflow run, the latest held-out evaluation and, at the end of a run, the final
+policy against its start and the constant policy, paired on the held-out instances
+(``comparison``: :func:`chuck.metatrain.comparison.compare_arms`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ if TYPE_CHECKING:
     from chuck.metatrain.callbacks import TrainingState
 
 
-def build_card(cfg: MetaTrainConfig, state: TrainingState, model: BaseAlgorithm) -> dict[str, Any]:
+def build_card(
+    cfg: MetaTrainConfig, state: TrainingState, model: BaseAlgorithm, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The card of the policy ``model`` exports now, in run ``state.run_id`` of ``cfg``.
 
     Its evaluation is the latest in ``state`` (``{}`` before the first). An observation never seen
-    in training keeps the observation space's own bounds as its range.
+    in training keeps the observation space's own bounds as its range (a fine-tuning run's state
+    starts from its starting policy's ranges, so the exported range contains them). ``extra`` goes
+    into the ``training`` section (the episode weights and held-out seeds the run used).
     """
     assert state.run_id is not None, "a card names its MLflow run: start the run first"
     venv = model.get_vec_normalize_env()
@@ -62,6 +68,9 @@ def build_card(cfg: MetaTrainConfig, state: TrainingState, model: BaseAlgorithm)
             "interval": cfg.interval,
             "budget_scale": cfg.budget_scale,
             "init_policy": cfg.init_policy,
+            "zoo_share": cfg.zoo_share,
+            **(extra or {}),
         },
         "evaluation": state.evaluations[-1] if state.evaluations else {},
+        **({"comparison": state.comparison} if state.comparison else {}),
     }

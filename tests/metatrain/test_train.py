@@ -41,6 +41,7 @@ def test_tiny_meta_training_end_to_end(tmp_path, monkeypatch) -> None:
     assert [e["timesteps"] for e in result.evaluations][-1] >= 256 and len(result.evaluations) >= 2
     assert policy.card["prior"] == f"prior@{LATEST}", "a residual on the latest built-in prior, as configured by default"
     assert MetaTrainConfig().prior == f"prior@{LATEST}", "the default prior follows the latest version"
+    assert [e["timesteps"] for e in result.evaluations] == [128, 256], "no starting policy: no point at 0"
     assert len(list((tmp_path / "run" / "snapshots").iterdir())) >= 2, "every evaluated policy is kept for selection"
 
     import mlflow
@@ -146,22 +147,23 @@ def test_task_weights_and_modules_parse_from_flags_and_config() -> None:
 
 
 def test_eval_every_default_scales_with_the_budget_and_is_documented(capsys) -> None:
-    """A fixed default gave a short run's learning curve a single point (issue 15)."""
+    """A fixed default gave a short run's learning curve a single point; the default plans min(5, PPO updates)
+    evaluations over the run, each between two updates."""
     from chuck.cli.main import main
-    from chuck.metatrain.train import default_eval_every
 
-    assert MetaTrainConfig(timesteps=40_000).eval_every == 8_000
-    assert MetaTrainConfig(timesteps=20_000).eval_every == 4_000
-    assert MetaTrainConfig(timesteps=3_000).eval_every == 600  # five points on the learning curve, round steps
+    assert MetaTrainConfig(timesteps=40_000).eval_every is None, "None: the planned default"
+    assert len(MetaTrainConfig(timesteps=40_000).evaluation_timesteps()) == 5
+    assert MetaTrainConfig(timesteps=3_000).evaluation_timesteps() == [512, 1024, 2048, 2560, 3072]
     # never more often than PPO updates the policy (n_steps x n_envs): the same policy evaluated twice
-    assert MetaTrainConfig(timesteps=3_000, n_envs=8).eval_every == 256 * 8
-    assert MetaTrainConfig(timesteps=3_000, eval_every=0).eval_every == 0
-    assert [default_eval_every(t, 1) for t in (1, 256, 12_345, 1_000_000)] == [1, 50, 2_000, 200_000]
+    assert MetaTrainConfig(timesteps=3_000, n_envs=8).evaluation_timesteps() == [2048, 4096]
+    assert MetaTrainConfig(timesteps=3_000, eval_every=0).evaluation_timesteps() == [3072]
     with pytest.raises(SystemExit):
         main(["train-policy", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "(default: a fifth of --timesteps rounded to one significant digit" in help_text
-    assert "--eval-every EVAL_EVERY Timesteps between held-out evaluations, 0: only at the end (default: a fifth" in help_text
+    assert (
+        "--eval-every EVAL_EVERY Timesteps between held-out evaluations, each rounded up to the next PPO update; "
+        "0: only at the end (default: min(5, PPO updates in the budget) evaluations" in help_text
+    )
 
 
 @pytest.mark.slow

@@ -63,3 +63,49 @@ def test_engineered_out_of_range_run_falls_back(tmp_path) -> None:
     obs = np.zeros(len(spec.names), dtype=np.float32)
     obs[i] = -3.0
     assert "ctrl.log10_lr" not in policy.out_of_distribution(obs)
+
+
+def test_a_run_whose_decisions_mostly_fall_back_is_told_once(tmp_path) -> None:
+    """A policy that never saw this run's observations decides nothing in it: the heuristic does, at every
+    decision. The loop is told once (a RuntimeWarning at its step line), and so are ``opt.health()``, the
+    decision log (the decision at which more than half of those after the third fell back) and MLflow."""
+    import warnings
+
+    from mlflow import MlflowClient
+
+    from chuck.core.controller import MOSTLY_OOD, OOD_JUDGED_AFTER, OOD_UNCOUNTED
+
+    spec = chuck.ObservationSpec()
+    low, high = spec.low.copy(), spec.high.copy()
+    i = spec.names.index("ctrl.log10_lr")
+    low[i], high[i] = -4.0, -2.0
+    path = _artifact(tmp_path, low, high)  # every decision of an lr-3 run is out of its range
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = chuck.MLflowDecisionLogger(experiment="chuck-ood", tracking_uri=uri, flush_every=0.2)
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=3.0), str(path), model=model, tracking=logger)
+    steps = 10 * (OOD_UNCOUNTED + OOD_JUDGED_AFTER + 4)  # the card's interval is 10: four decisions past the verdict
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(opt, model, steps=steps)
+    told = [w for w in caught if issubclass(w.category, RuntimeWarning) and "fell back to the heuristic" in str(w.message)]
+    assert len(told) == 1, [str(w.message) for w in caught]
+    assert told[0].filename == __file__, "the warning points at the loop's opt.step line"
+    assert "retrain" in str(told[0].message).lower() and "docs/retraining.md" in str(told[0].message)
+    assert len([d for d in opt.decisions if d.source == "fallback"]) == len(opt.decisions) >= OOD_UNCOUNTED + OOD_JUDGED_AFTER
+    marked = [d for d in opt.decisions if MOSTLY_OOD in d.reason]
+    assert len(marked) == 1 and marked[0] is opt.decisions[OOD_UNCOUNTED + OOD_JUDGED_AFTER - 1]
+    assert any("fell back" in r for r in opt.health().recommendations)
+    opt.close()
+    tags = MlflowClient(tracking_uri=uri).get_run(logger.run_id).data.tags
+    assert tags["chuck.mostly_out_of_distribution"] == str(marked[0].step)
+
+
+def test_a_run_in_range_is_not_told_it_is_out_of_distribution(tmp_path) -> None:
+    spec = chuck.ObservationSpec()
+    path = _artifact(tmp_path, spec.low, spec.high)
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), str(path), model=model)
+    _run(opt, model, steps=100)
+    assert not opt.controller.mostly_out_of_distribution and opt.controller.mostly_ood_at is None
+    assert not any("fell back" in r for r in opt.health().recommendations)
