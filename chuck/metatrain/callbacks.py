@@ -25,6 +25,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EveryNTimesteps
 from stable_baselines3.common.logger import KVWriter
 
+from chuck.policies.artifact import load_artifact
+from chuck.policies.export import export_sb3
+
 
 class MLflowKVWriter(KVWriter):
     """An SB3 logger output that sends every numeric rollout metric to the active MLflow run."""
@@ -264,8 +267,6 @@ class HeldOutEvalCallback(BaseCallback):
 
     def evaluate(self, model: BaseAlgorithm) -> dict[str, Any]:
         """Export ``model``'s policy, evaluate it, log the result and append it to the state's evaluations."""
-        from chuck.policies.artifact import load_artifact
-        from chuck.policies.export import export_sb3
 
         timesteps = int(model.num_timesteps)
         venv = model.get_vec_normalize_env()

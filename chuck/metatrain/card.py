@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
+from chuck.cli.config import MetaTrainConfig
 from chuck.core.observation import ObservationSpec
+from chuck.metatrain.callbacks import TrainingState
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
 
-    from chuck.cli.config import MetaTrainConfig
-    from chuck.metatrain.callbacks import TrainingState
+    pass
 
 
 def build_card(

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from chuck.evaluation.stats import bootstrap_ci, geomean
+
 #: The verdicts of a comparison, by where its interval lies.
 VERDICTS = ("better", "worse", "no clear difference")
 
@@ -36,7 +38,6 @@ def paired_ratio(
     ``verdict`` and ``fallback_share`` of each arm (decisions the out-of-distribution check handed to
     the heuristic).
     """
-    from chuck.evaluation.stats import bootstrap_ci, geomean
 
     other = {(r["task_id"], int(r["seed"])): r for r in other_rows}
     pairs = [

@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import chuck.zoo as zoo
+from chuck.core.controller import PolicyAnswer
+from chuck.core.loading import load_policy
+from chuck.envs import TrainingControlEnv
+from chuck.evaluation.runs import init_worker
+from chuck.evaluation.schedule import worker_context
+from chuck.zoo.starting_lr import count_as_said
+
 if TYPE_CHECKING:
-    from chuck.core.controller import PolicyAnswer
+    pass
 
 
 def evaluate_policy(
@@ -79,8 +87,6 @@ def evaluate_policy(
             return rows
         from concurrent.futures import ProcessPoolExecutor
 
-        from chuck.evaluation.schedule import worker_context
-
         ctx = worker_context()
         init = (list(modules), _by_value(shipped))
         with ProcessPoolExecutor(
@@ -114,8 +120,6 @@ class EvaluationPool:
     def executor(self) -> Any:
         if self._executor is None:
             from concurrent.futures import ProcessPoolExecutor
-
-            from chuck.evaluation.schedule import worker_context
 
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers,
@@ -151,9 +155,6 @@ def _init_eval_worker(modules: list[str], shipped: bytes | list[tuple[Any, str]]
     """Pool initializer: one torch thread, and the in-house tasks this process can resolve."""
     import pickle
 
-    from chuck import zoo
-    from chuck.evaluation.runs import init_worker
-
     init_worker()
     # bytes: made by this run's own process (_by_value)
     tasks: list[tuple[Any, str]] = pickle.loads(shipped) if isinstance(shipped, bytes) else list(shipped)  # noqa: S301
@@ -174,13 +175,11 @@ def _episode(
     calibration_said: bool = False,
 ) -> dict[str, Any]:
     """One evaluation episode (in this process or a worker); ``policy`` may be an artifact's path."""
-    from chuck.envs import TrainingControlEnv
 
     if isinstance(policy, (str, Path)):
         # loaded here, in the worker, from the file: an object pickled by a training process started
         # before the code changed carries the old version's attributes into workers running the new
         # code (a session editing chuck while v6 trained: every held-out evaluation failed to ask)
-        from chuck.core.loading import load_policy
 
         policy = load_policy(str(policy))
 
@@ -194,8 +193,6 @@ def _episode(
         anneal=getattr(policy, "anneal", None),
     )
     if calibration_said:
-        from chuck.zoo.starting_lr import count_as_said
-
         count_as_said(env.tasks)
     hold = np.zeros(env.action_space.shape, dtype=np.float32)
     decisions = fallbacks = 0

@@ -59,15 +59,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import chuck.tracking as tracking
+import chuck.zoo as zoo
 from chuck.cli.config import BACKENDS, LATEST_PRIOR, MetaTrainConfig, evaluation_timesteps, parse_modules, parse_task_weights
+from chuck.core.loading import load_policy
 from chuck.core.observation import ObservationSpec
+from chuck.envs import TrainingControlEnv
+from chuck.envs.training_env import task_probabilities
+from chuck.metatrain.callbacks import TrainingState
+from chuck.metatrain.card import build_card
+from chuck.metatrain.comparison import compare_arms
 from chuck.metatrain.heldout import EvaluationPool, evaluate_policy, log_learning_curve
+from chuck.policies.artifact import load_artifact, save_artifact
+from chuck.policies.export import actor_to_fine_tune, export_sb3, load_actor_into_sb3
+from chuck.zoo import split_of
+from chuck.zoo.starting_lr import FALLBACK_LR, count_as_said, uncalibrated
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from chuck.metatrain.callbacks import TrainingState
+    pass
 
 __all__ = [
     "BACKENDS",
@@ -149,7 +161,6 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import Logger
 
-    from chuck import tracking
     from chuck.metatrain.callbacks import (
         EveryNTimestepsSinceStart,
         HeldOutEvalCallback,
@@ -160,10 +171,6 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
         TaskEpisodesCallback,
         TrainingState,
     )
-    from chuck.metatrain.card import build_card
-    from chuck.metatrain.comparison import compare_arms
-    from chuck.policies.artifact import load_artifact
-    from chuck.policies.export import export_sb3
 
     # what to train on and from: a bad task spec or starting policy fails before any file or run exists
     init = _fine_tune_start(cfg) if cfg.init_policy else None
@@ -264,7 +271,6 @@ def resolve_config(cfg: MetaTrainConfig, start: FineTuneStart | None = None) -> 
     ``eval_tasks`` evaluates on the in-house tasks trained on when there are any, on "validation" otherwise;
     prior ``"auto"`` is the starting policy's own prior when fine-tuning (``start``), the latest otherwise.
     """
-    from chuck import zoo
 
     zoo.import_task_modules(cfg.tasks_module)
     tasks = cfg.tasks
@@ -291,8 +297,6 @@ def resolve_training_tasks(cfg: MetaTrainConfig) -> tuple[list[Any], list[Any]]:
         chuck.zoo.TaskSpecError: a spec item that selects nothing, an unknown id or module, or a
             weight that is not positive and finite or names a task not trained on.
     """
-    from chuck import zoo
-    from chuck.envs.training_env import task_probabilities
 
     if cfg.tasks is None or cfg.eval_tasks is None:
         cfg = resolve_config(cfg)
@@ -308,7 +312,6 @@ def resolve_training_tasks(cfg: MetaTrainConfig) -> tuple[list[Any], list[Any]]:
 
 def _in_house(tasks: Sequence[Any]) -> list[str]:
     """The ids of the in-house tasks (the "custom" split) among ``tasks``."""
-    from chuck.zoo import split_of
 
     return [t.id for t in tasks if split_of(t.id) == "custom"]
 
@@ -352,7 +355,6 @@ def heldout_seed(cfg: MetaTrainConfig) -> int:
 
 def _say_uncalibrated(tasks: Sequence[Any]) -> None:
     """Once, in this process: the tasks whose episodes start around 1e-3 instead of their own best lr."""
-    from chuck.zoo.starting_lr import FALLBACK_LR, count_as_said, uncalibrated
 
     missing = uncalibrated(tasks)
     count_as_said(tasks)  # not again when this process draws an episode (one environment, one eval worker)
@@ -371,8 +373,6 @@ def _fine_tune_start(cfg: MetaTrainConfig) -> FineTuneStart:
     """What ``cfg.init_policy`` gives a PPO run to start from (ValueError if it has no network), with a
     warning for what the new run would not keep: a prior other than its own named by ``cfg.prior``, a
     progress gate."""
-    from chuck.core.loading import load_policy
-    from chuck.policies.export import actor_to_fine_tune
 
     assert cfg.init_policy
     start = load_policy(cfg.init_policy)
@@ -406,7 +406,6 @@ def _fine_tune_start(cfg: MetaTrainConfig) -> FineTuneStart:
 def _save_start(start: FineTuneStart, where: Path) -> str:
     """The starting policy as an artifact directory of this run (the reference arm's workers load it by path,
     whether it came from the package, a path or the MLflow registry)."""
-    from chuck.policies.artifact import load_artifact, save_artifact
 
     if not (where / "policy.json").exists():
         save_artifact(start.actor, where, {k: v for k, v in start.card.items() if k != "sha256"})
@@ -424,7 +423,6 @@ def _heldout_episodes(
     Episode ``i`` has seed ``seed + i``; with in-house tasks among the evaluation tasks, its task is the
     ``i``-th of them in turn (each gets its share of the instances, not a random one).
     """
-    from chuck.zoo import split_of
 
     assert cfg.eval_tasks is not None
     options = None
@@ -488,8 +486,6 @@ def _make_vec_env(
     tasks sampled with ``weights`` (:func:`episode_weights`; default ``cfg.task_weights``)."""
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
-    from chuck.zoo import split_of
-
     shipped = [(t, split_of(t.id)) for t in train_tasks if split_of(t.id) == "custom"]
     assert cfg.tasks is not None, "resolve_config names the tasks"
     thunks = [
@@ -536,8 +532,6 @@ def _make_env(
         import torch
 
         torch.set_num_threads(1)  # one core per environment process
-        from chuck import zoo
-        from chuck.envs import TrainingControlEnv
 
         zoo.import_task_modules(modules)
         known = set(zoo.list_tasks("all"))
@@ -548,8 +542,6 @@ def _make_env(
             tasks=tasks, interval=interval, budget_scale=budget_scale, prior=prior, task_weights=task_weights
         )
         if calibration_said:
-            from chuck.zoo.starting_lr import count_as_said
-
             count_as_said(env.tasks)
         env.reset(seed=seed)
         return env
@@ -605,8 +597,6 @@ def _make_ppo(cfg: MetaTrainConfig, venv: VecNormalize, resume_from: Path | None
     from stable_baselines3 import PPO
     from stable_baselines3.common.running_mean_std import RunningMeanStd
 
-    from chuck.policies.export import load_actor_into_sb3
-
     if resume_from is not None and (resume_from / "ppo.zip").exists():
         return PPO.load(str(resume_from / "ppo.zip"), env=venv, device="cpu")
     model = PPO(
@@ -638,7 +628,6 @@ def register_once(mlflow: Any, run_id: str, name: str, alias: str, timesteps: in
     these timesteps under this name and alias, that version is returned and nothing is registered.
     A new alias (or more timesteps) registers a new version.
     """
-    from chuck import tracking
 
     done = f"models:/{name}@{alias} timesteps {timesteps}"
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
