@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from chuck.core.actions import ACTION_DIMS
 from chuck.core.observation import ObservationSpec
 from chuck.policies.base import Policy
 from chuck.policies.residual import ResidualPolicy, make_prior
@@ -131,7 +132,6 @@ class LearnedPolicy(Policy):
         """Per action dimension, the signed gradient x input attribution of the actor's output
         (Simonyan et al. 2014; Shrikumar et al. 2016) on normalized features, normalized to
         sum |.| = 1 per dimension; for a residual policy, the prior's own reason is added."""
-        from chuck.core.actions import ACTION_DIMS
 
         obs = torch.as_tensor(self.check_observation(observation)).reshape(1, -1)
         out: dict[str, dict[str, float]] = {}

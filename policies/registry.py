@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from chuck.core.loading import PolicyLoadError
+from chuck.tracking.store import check_reachable, resolve_tracking_uri, sqlite_path
 
 #: Seconds to wait for a tracking server to answer its health check before giving up.
 CONNECT_TIMEOUT_S = 5.0
@@ -62,7 +63,6 @@ def download_registered_policy(uri: str, tracking_uri: str | None = None, dst: s
         import mlflow
     except ImportError as exc:
         raise PolicyLoadError(f"loading {uri!r} needs mlflow: pip install 'chuck[all]'") from exc
-    from chuck.tracking.store import check_reachable, resolve_tracking_uri, sqlite_path
 
     store = resolve_tracking_uri(tracking_uri)
     db = sqlite_path(store)
@@ -115,7 +115,6 @@ def _parse(uri: str) -> tuple[str, str]:
 def local_artifact(uri: str, tracking_uri: str | None = None) -> Path | None:
     """The artifact directory of registered policy ``uri`` when the store is a local SQLite file and the
     artifact a local directory, read from the database without MLflow; ``None`` otherwise (MLflow answers)."""
-    from chuck.tracking.store import resolve_tracking_uri, sqlite_path
 
     db = sqlite_path(resolve_tracking_uri(tracking_uri))
     if db is None or not db.is_file():

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from chuck.core.home import chuck_home
+
 #: The committed calibration results (see :mod:`chuck.zoo.calibrate`).
 CACHE_PATH = Path(__file__).with_name("best_lr.json")
 
@@ -96,7 +98,6 @@ def reload_cache() -> None:
 def user_cache_path() -> Path | None:
     """``$CHUCK_HOME/best_lr.json``, where ``python -m chuck.zoo.calibrate`` measures in-house tasks into;
     ``None`` when CHUCK_HOME is not usable."""
-    from chuck.core.home import chuck_home
 
     try:
         return chuck_home() / "best_lr.json"
@@ -137,16 +138,6 @@ def lookup_best_lr(task_id: str, key: str, path: Path | str | None = None) -> fl
             stacklevel=3,
         )
     return FALLBACK_LR
-
-
-def uncalibrated(tasks: Any) -> list[str]:
-    """The ids of ``tasks`` whose episodes start around :data:`FALLBACK_LR`: no fresh cache entry, and no
-    ``best_lr`` of their own (a task class that overrides the property declares its value)."""
-    from chuck.zoo.task import Task
-
-    return [
-        t.id for t in tasks if getattr(type(t), "best_lr", None) is Task.best_lr and cache_entry(t.id, t.calibration_key) is None
-    ]
 
 
 def count_as_said(tasks: Any) -> None:

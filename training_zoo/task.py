@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from chuck.zoo.starting_lr import FALLBACK_LR, calibration_key, draw_lr, lookup_best_lr
+from chuck.zoo.starting_lr import FALLBACK_LR, cache_entry, calibration_key, draw_lr, lookup_best_lr
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
 
@@ -264,3 +264,11 @@ def split_train_val(
         (torch.as_tensor(x[tr_idx]), torch.as_tensor(y_tr)),
         (torch.as_tensor(x[val_idx]), torch.as_tensor(y[val_idx])),
     )
+
+
+def uncalibrated(tasks: Any) -> list[str]:
+    """The ids of ``tasks`` whose episodes start around :data:`FALLBACK_LR`: no fresh cache entry, and no
+    ``best_lr`` of their own (a task class that overrides the property declares its value)."""
+    return [
+        t.id for t in tasks if getattr(type(t), "best_lr", None) is Task.best_lr and cache_entry(t.id, t.calibration_key) is None
+    ]

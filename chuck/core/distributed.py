@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from chuck.core.controller import PolicyAnswer
+from chuck.monitors.gradients import dense_values
 from chuck.monitors.loss import require_scalar_loss
 
 __all__ = ["RankSync", "ShardedParametersError", "rank_sync"]
@@ -151,7 +152,6 @@ class RankSync:
         restore_votes]``; a non-finite value on any rank makes that value NaN on every rank (the
         guardrails skip); the agreed vote is the largest any rank cast (``chuck.core.guardrails.ValidationVote``).
         """
-        from chuck.monitors.gradients import dense_values
 
         dev = self.device
         if grads:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from chuck.core.home import chuck_home
 from chuck.core.termination import on_sigterm
 
 #: Bins of the lr histogram per decade: 200 makes a bin 1.2% wide, finer than any lr difference a
@@ -187,8 +188,6 @@ def usable_history_directory(target: bool | str) -> str | bool:
     """
     try:
         if target is True:
-            from chuck.core.home import chuck_home
-
             directory = chuck_home() / "history"
         else:
             directory = Path(str(target)).expanduser()

@@ -62,7 +62,7 @@ def evaluate_policy(
     pool of ``chuck evaluate``); they import ``modules`` and register ``shipped`` ((task, split)
     pairs sent by value) first, as environment workers do. Every episode is fixed by its seed, so
     the rows do not depend on ``workers``. ``calibration_said``: the caller has said which tasks lack a
-    best-lr entry (:func:`chuck.zoo.starting_lr.uncalibrated`), so the episodes do not say it again.
+    best-lr entry (:func:`chuck.zoo.task.uncalibrated`), so the episodes do not say it again.
     ``pool``: workers kept across calls (a run's evaluations), used instead of starting ``workers`` new ones.
     """
     jobs = [(seed + i, options[i] if options else None) for i in range(episodes)]

@@ -73,7 +73,8 @@ from chuck.metatrain.heldout import EvaluationPool, evaluate_policy, log_learnin
 from chuck.policies.artifact import load_artifact, save_artifact
 from chuck.policies.export import actor_to_fine_tune, export_sb3, load_actor_into_sb3
 from chuck.zoo import split_of
-from chuck.zoo.starting_lr import FALLBACK_LR, count_as_said, uncalibrated
+from chuck.zoo.starting_lr import FALLBACK_LR, count_as_said
+from chuck.zoo.task import uncalibrated
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO

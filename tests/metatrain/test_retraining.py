@@ -128,6 +128,7 @@ def test_missing_best_lr_entries_are_named_once_per_run() -> None:
 def test_a_calibration_in_chuck_home_is_read_for_an_in_house_task(tmp_path, monkeypatch) -> None:
     """``python -m chuck.zoo.calibrate`` writes in-house tasks to $CHUCK_HOME/best_lr.json; every process reads it."""
     from chuck.zoo import starting_lr
+    from chuck.zoo.task import uncalibrated
 
     class Measured(_local_task("inhouse.measured_test")):  # type: ignore[misc]
         best_lr = zoo.Task.best_lr
@@ -140,7 +141,7 @@ def test_a_calibration_in_chuck_home_is_read_for_an_in_house_task(tmp_path, monk
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert task.best_lr == 0.02 and starting_lr.uncalibrated([task]) == []
+            assert task.best_lr == 0.02 and uncalibrated([task]) == []
     finally:
         starting_lr.reload_cache()
 
