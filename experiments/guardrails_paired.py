@@ -361,7 +361,7 @@ def main() -> None:
     ap.add_argument(
         "--guardrails",
         default=None,
-        help='a variant of the guardrails to measure: GuardrailConfig fields as JSON, e.g. \'{"spike_patience": 0}\' '
+        help="a variant of the guardrails to measure: GuardrailConfig fields as JSON, e.g. '{\"spike_patience\": 0}' "
         "(every run's default config gets them; name --out after the variant)",
     )
     args = ap.parse_args()

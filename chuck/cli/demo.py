@@ -136,7 +136,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     config = task.sample_config(np.random.default_rng(cfg.seed))
     config.optimizer, config.lr, config.label_noise = "AdamW", cfg.lr, 0.0
     uri = cfg.tracking_uri or tracking.default_tracking_uri()
-    tracking.setup(uri, cfg.experiment)
+    # no tracking.setup here: each logger imports MLflow, opens the store and creates its run (in an
+    # experiment carrying chuck's kind tag) in its own thread, while the arms train
     print(
         f"chuck demo: {cfg.task} ({config.width}x{config.depth} {config.activation}, norm={config.norm}), "
         f"AdamW from lr={cfg.lr:g}, {steps} steps per arm; policy {policy.id}"

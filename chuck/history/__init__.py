@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         learned_value,
         nearest_runs,
         rank_runs,
+        start_value,
         suggest_from_fingerprint,
         suggest_hyperparameters,
     )
@@ -75,6 +76,7 @@ _MODULES = {
         "learned_value",
         "nearest_runs",
         "rank_runs",
+        "start_value",
         "suggest_from_fingerprint",
         "suggest_hyperparameters",
     ),
@@ -115,6 +117,7 @@ __all__ = [
     "record_from_optimizer",
     "report_polars_missing_once",
     "schema_problem",
+    "start_value",
     "suggest_from_fingerprint",
     "suggest_hyperparameters",
     "summarize_decisions",

@@ -1,8 +1,9 @@
 """A run record: what one finished run leaves in the history, and how it gets there.
 
 A record holds the task fingerprint (:mod:`chuck.history.fingerprints`), the initial
-and final hyperparameters, a summary of the decision trail, the outcome and the
-policy id. :func:`write_run_record` is the end-of-run entry point: it takes plain
+and final hyperparameters, the lr the run started from and the lr it used most
+(``lr_start``, ``lr_median``: :class:`chuck.core.run_record.LrTrail`), a summary of the
+decision trail, the outcome and the policy id. :func:`write_run_record` is the end-of-run entry point: it takes plain
 data only, so the optimizer's finalizer can call it after the optimizer itself has
 been garbage-collected (faults issue, item 10), and it never raises into the user's
 run (a missing polars is reported once per process, a full disk as "disk full").
@@ -28,7 +29,17 @@ from chuck.history.storage import report_polars_missing_once, write_rows
 
 @dataclass
 class RunRecord:
-    """One finished run. Flattened into one Parquet row (nested parts as JSON strings)."""
+    """One finished run. Flattened into one Parquet row (nested parts as JSON strings).
+
+    Attributes:
+        initial: the hyperparameters when the ChuckOptimizer was built (``initial_*`` columns).
+        final: the hyperparameters at the end (``final_*``): after any cooldown, so not a start to repeat.
+        lr: ``{"start": ..., "median": ...}`` (``lr_start``, ``lr_median``): the base optimizer's lr at
+            the first step as the user set it (no multiplier), and the median effective lr over the
+            steps taken (:class:`chuck.core.run_record.LrTrail`). Records written before these fields
+            existed lack the columns: readers fall back to ``initial_lr``
+            (:func:`chuck.history.warm_start.start_value`).
+    """
 
     run_id: str
     created: float
@@ -39,12 +50,14 @@ class RunRecord:
     outcome: dict[str, Any]
     decisions: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    lr: dict[str, float] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"run_id": self.run_id, "created": self.created, "policy_id": self.policy_id, "label": self.label}
         row.update({f"fp_{k}": v for k, v in self.fingerprint.items()})
         row.update({f"initial_{k}": _f(v) for k, v in self.initial.items()})
         row.update({f"final_{k}": _f(v) for k, v in self.final.items()})
+        row.update({f"lr_{k}": _f(v) for k, v in self.lr.items()})
         row.update(
             {
                 f"outcome_{k}": (_f(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
@@ -101,8 +114,10 @@ def build_run_record(
     outcome: Mapping[str, Any],
     decisions: Iterable[Any] | Mapping[str, Any] = (),
     label: str = "",
+    lr: Mapping[str, float] | None = None,
 ) -> RunRecord:
-    """A record from plain data; ``decisions`` is a trail (summarized) or an existing summary (a mapping)."""
+    """A record from plain data; ``decisions`` is a trail (summarized) or an existing summary (a mapping);
+    ``lr``: ``{"start", "median"}`` (:attr:`RunRecord.lr`; without it ``start`` is ``initial["lr"]``)."""
     summary = dict(decisions) if isinstance(decisions, Mapping) else summarize_decisions(decisions)
     return RunRecord(
         run_id=uuid.uuid4().hex,
@@ -114,6 +129,7 @@ def build_run_record(
         outcome=dict(outcome),
         decisions=summary,
         label=label,
+        lr=dict(lr) if lr else ({"start": initial["lr"]} if "lr" in initial else {}),
     )
 
 
@@ -126,6 +142,7 @@ def write_run_record(
     outcome: Mapping[str, Any],
     decisions: Iterable[Any] | Mapping[str, Any] = (),
     label: str = "",
+    lr: Mapping[str, float] | None = None,
     directory: str | Path | None = None,
 ) -> Path | None:
     """Write the record of a finished run from plain data; the path, or None when it could not be written.
@@ -144,6 +161,7 @@ def write_run_record(
             outcome=outcome,
             decisions=decisions,
             label=label,
+            lr=lr,
         )
         return write_record(record, directory)
     except ModuleNotFoundError:  # not installed (a half-imported polars is a failure to say as such)
@@ -160,6 +178,8 @@ def record_from_optimizer(
     lm = opt.loss_monitor
     val = [v for _, v, _ in lm._val]
     g = opt.guardrails
+    trail = getattr(opt, "_lr_trail", None)  # set by chuck.core.run_record.RunLedger when history is on
+    lr = trail.summary() if trail is not None else {}
     diverged = bool(opt.weight_monitor.stats().get("weights.nonfinite_fraction", 0.0) or 0.0) or (
         lm.history > 0 and not math.isfinite(lm._ema)
     )
@@ -181,4 +201,5 @@ def record_from_optimizer(
         },
         decisions=opt.decisions,
         label=label,
+        lr=lr or None,
     )

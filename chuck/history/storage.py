@@ -137,7 +137,7 @@ def schema_problem(frame: Any) -> str | None:
             ok = f == "boolean"
         elif col.startswith("outcome_") and col not in NUMERIC_OUTCOMES:
             ok = True
-        elif col.startswith(("fp_", "initial_", "final_", "outcome_")):
+        elif col.startswith(("fp_", "initial_", "final_", "outcome_", "lr_")):
             ok = f == "numeric"
         else:
             ok = True  # a column from a newer chuck: kept, never used
@@ -210,7 +210,9 @@ def summary_columns(df: Any) -> Sequence[str]:
         "policy_id",
         "fp_param_count",
         "fp_optimizer",
+        "lr_start",
         "initial_lr",
+        "lr_median",
         "final_lr",
         "outcome_steps",
         "outcome_best_val_loss",

@@ -81,13 +81,20 @@ def _final_loss(row: dict[str, Any]) -> str:
     return "-" if loss is None else f"{loss:.4g}"
 
 
+def _start_lr(row: dict[str, Any]) -> Any:
+    """The lr the run started from (``lr_start``; ``initial_lr`` in records written before it existed)."""
+    v = row.get("lr_start")
+    return row.get("initial_lr") if recorded_number(v) is None else v
+
+
 COLUMNS: tuple[Column, ...] = (
     Column("when", lambda r: _when(r.get("created")), drop=3),
     Column("label", lambda r: str(r.get("label") or "-"), flexible=True),
     Column("policy", lambda r: str(r.get("policy_id") or "-"), flexible=True, middle=True),
     Column("params", lambda r: _params(r.get("fp_param_count")), right=True, drop=4),
     Column("optim", lambda r: str(r.get("fp_optimizer") or "-"), drop=2),
-    Column("lr start", lambda r: _fmt(r.get("initial_lr"), ".3g"), right=True, drop=1),
+    Column("lr start", lambda r: _fmt(_start_lr(r), ".3g"), right=True, drop=1),
+    Column("lr median", lambda r: _fmt(r.get("lr_median"), ".3g"), right=True, drop=0),
     Column("lr end", lambda r: _fmt(r.get("final_lr"), ".3g"), right=True),
     Column("steps", lambda r: _count(r.get("outcome_steps")), right=True, drop=5),
     Column("final loss", _final_loss, right=True),

@@ -3,8 +3,17 @@
 :func:`nearest_runs` ranks the history by fingerprint distance; :func:`rank_runs` judges
 each run by how it *ended* (:func:`chuck.history.outcomes.classify_run`) and gives it a
 weight; :func:`suggest_hyperparameters` turns the weighted runs into a starting lr, weight
-decay and clip, using what chuck learned in each run (initial value times the multiplier
-it ended on), not the user's decayed schedule value, and says what the suggestion rests on.
+decay and clip, and says what the suggestion rests on.
+
+**What a run votes for: what it started with.** A run's outcome is the outcome of its start:
+the lr, weight decay and clip it began from (:func:`start_value`), under whatever policy and
+schedule then steered it. So a warm start repeats the starts of the runs that ended well. It
+never repeats what a run ended on: under chuck's cooldown (or a cosine schedule) the final lr is
+the end of an anneal, 10-100x below any lr worth starting from, and a run that recovered from a
+poor start still ended with its multiplier wherever that recovery left it. The lr a run used
+most is recorded too (``lr_median``), for people reading the history. Records written before
+``lr_start`` existed fall back to ``initial_lr`` (the lr when the ChuckOptimizer was built:
+the same value unless a scheduler changed it before the first step).
 
 **Distance.** Two runs' fingerprints (:func:`chuck.history.fingerprints.fingerprint_vector`)
 are compared as vectors whose axes are scaled so that one unit is one large difference:
@@ -55,7 +64,8 @@ class RankedRun:
         row: the history record.
         outcome: how it ended (:class:`chuck.history.outcomes.RunOutcome`).
         weight: its share of the vote (0 for a failed run; the used ones sum to 1).
-        lr, weight_decay, clip: what chuck learned in it (``lr`` None when the record has none).
+        lr, weight_decay, clip: what it started with (:func:`start_value`; ``lr`` None when the
+            record has none).
     """
 
     distance: float
@@ -130,7 +140,7 @@ def nearest_runs(
     target = fingerprint_vector(fp)
     out = []
     for row in df.iter_rows(named=True):
-        if not row.get("final_lr") or (not include_failed and classify_run(row).failed):
+        if not start_value(row, "lr") or (not include_failed and classify_run(row).failed):
             continue
         rfp = {k[3:]: v for k, v in row.items() if k.startswith("fp_")}
         d = float(np.linalg.norm(fingerprint_vector(rfp) - target))
@@ -140,10 +150,33 @@ def nearest_runs(
     return out[:k]
 
 
+def _number(v: Any) -> float | None:
+    """A recorded number (``None`` for a missing, NaN or non-numeric value; infinity stays: clip off)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        return None
+    return float(v)
+
+
+def start_value(row: dict, name: str) -> float | None:
+    """What a past run started with for ``name`` ("lr", "weight_decay", "clip"): what a warm start repeats.
+
+    The lr is ``lr_start`` (the base optimizer's lr at the first step, as the user set it); records
+    written before that column existed fall back to ``initial_lr``. Every name falls back to the
+    ``initial_`` column, and a hand-made record with neither to its ``final_`` value.
+    """
+    keys = ("lr_start", "initial_lr", "final_lr") if name == "lr" else (f"initial_{name}", f"final_{name}")
+    for key in keys:
+        v = _number(row.get(key))
+        if v is not None:
+            return v
+    return None
+
+
 def learned_value(row: dict, name: str, mult: str) -> float | None:
-    """What a past run learned for ``name`` ("lr", "weight_decay"): its initial value times the
-    multiplier chuck ended on (``mult``: "lr_mult", "wd_mult"), or the final value when the
-    record has no multiplier."""
+    """What a past run ended on for ``name`` ("lr", "weight_decay"): its initial value times the
+    multiplier chuck ended on (``mult``: "lr_mult", "wd_mult"), or the final value when the record
+    has no multiplier. After a cooldown this is the end of an anneal: warm starts use
+    :func:`start_value` instead."""
     start, m = row.get(f"initial_{name}"), row.get(f"final_{mult}")
     return start * m if start and m else row.get(f"final_{name}")
 
@@ -161,10 +194,10 @@ def rank_runs(
         if run.outcome.failed:
             failed.append(run)
             continue
-        run.lr = learned_value(row, "lr", "lr_mult")
-        run.weight_decay = learned_value(row, "weight_decay", "wd_mult")
-        clip = row.get("final_clip")
-        run.clip = clip if isinstance(clip, (int, float)) and clip > 0 and not math.isnan(clip) else math.inf
+        run.lr = start_value(row, "lr")
+        run.weight_decay = start_value(row, "weight_decay")
+        clip = start_value(row, "clip")
+        run.clip = clip if clip is not None and clip > 0 else math.inf
         used.append(run)
         if len(used) == k:
             break
@@ -246,12 +279,11 @@ def suggest_hyperparameters(
 
     The ``k`` nearest runs within ``max_distance`` (fingerprint distance, explained in
     :mod:`chuck.history.warm_start`) that neither diverged nor collapsed each vote with what
-    chuck learned during them: their initial lr and weight decay times the multipliers chuck
-    ended on (the user's own schedule factored out: a cosine schedule's final lr is near zero
-    and says nothing about a good start). A run's vote weighs by how it *ended* (its final
-    loss against its initial one, relative to the best such run) and how close it is. lr and
-    weight decay are combined geometrically; clip takes the weighted median. Records without
-    multipliers (from ``chuck.tune``) vote with their values.
+    they started with (:func:`start_value`), never with what they ended on (after a cooldown
+    or a cosine schedule the final lr is near zero and says nothing about a good start). A
+    run's vote weighs by how it *ended* (its final loss against its initial one, relative to
+    the best such run) and how close it is. lr and weight decay are combined geometrically;
+    clip takes the weighted median.
 
     The returned :class:`Suggestion` says what it rests on: the runs, their distances and
     weights, the runs left out and why, how much the voters disagree and a confidence, in
@@ -303,8 +335,9 @@ def suggest_from_fingerprint(fp: dict[str, Any], *, k: int = 5, max_distance: fl
 def _describe(s: Suggestion, used: list[RankedRun], why: str) -> str:
     lr = f"lr {s.lr:.3g}" if s.lr is not None else "no lr"
     out = [
-        f"{lr}, weight decay {s.weight_decay:.3g}, clip {s.clip:.3g} from {len(used)} past run(s) "
-        f"(worth {s.effective_runs:.1f} once weighted by how they ended and how close they are)",
+        f"starting {lr}, weight decay {s.weight_decay:.3g}, clip {s.clip:.3g} from {len(used)} past run(s), "
+        f"repeating what they started with (worth {s.effective_runs:.1f} once weighted by how they ended and "
+        "how close they are)",
         f"fingerprint distance {min(s.distances):.2f} to {max(s.distances):.2f} "
         "(0: the same model shape, optimizer, batch and data; 1: one large difference such as 10x the "
         "parameters, 4x the depth, normalization on or off or 8x the batch; another activation or optimizer: 1.4)",

@@ -7,8 +7,9 @@ What a run page shows (metric names group into sections on MLflow's "Model metri
 
 * **Training** section, at the steps they belong to: ``Training/train_loss`` (mean over every
   ``loss_every`` steps) and ``Training/val_loss`` (each ``opt.observe(val_loss=...)``) next to the
-  effective ``Training/lr`` and ``Training/weight_decay`` at every decision (sorted, they fill the
-  first row: lr, train_loss, val_loss);
+  effective ``Training/lr`` (the lr each step ran with, logged where it changes so that MLflow's
+  chart is step-shaped: :class:`_StepTap`) and ``Training/weight_decay`` at every decision (sorted,
+  they fill the first row: lr, train_loss, val_loss);
 * **chuck** section, at every decision: ``chuck/clip_on`` (0/1), ``chuck/clip_ratio`` (threshold /
   median gradient norm, while on), ``chuck/dropout`` and ``chuck/decision_source`` (0 policy or
   external, 1 fallback, 2 guardrail: decisions as markers);
@@ -19,7 +20,7 @@ What a run page shows (metric names group into sections on MLflow's "Model metri
   and whatever ``params`` you pass (the demo passes its task);
 * artifacts at ``close()``: ``chuck/timeline.html`` (interactive) and ``chuck/timeline.png``
   (losses above, hyperparameters below, every decision marked by source, the largest changes
-  annotated with their reason; :mod:`chuck.tracking.timeline`), ``chuck/decisions.csv`` (step, source,
+  numbered and told in full below the panels; :mod:`chuck.tracking.timeline`), ``chuck/decisions.csv`` (step, source,
   what changed, why, then the hyperparameters), ``chuck/decisions.json`` (the same with the
   per-dimension attribution) and ``chuck/observations.csv`` (the raw observations, one row per
   decision);
@@ -30,6 +31,14 @@ What a run page shows (metric names group into sections on MLflow's "Model metri
 Why it cannot slow training: ``ChuckOptimizer`` only appends records to in-memory
 queues; a daemon thread sends them in batches (``log_batch``, up to ``batch_size``
 metrics) every ``flush_every`` seconds.
+
+Why it starts and ends in about a second (``experiments/bench_mlflow_logger.py``, figures in
+docs/mlflow.md): what took the time was importing MLflow and opening its store (seconds; the
+first run under a ``CHUCK_HOME`` also builds the SQLite schema, about ten seconds), then, at
+``close()``, importing matplotlib and laying out the timeline. The constructor now only checks
+the tracking URI (without importing MLflow for its own schemes) and starts the sender thread,
+which imports MLflow, creates the run (:attr:`run_id` waits for it) and loads matplotlib while
+the run trains; the timeline is drawn with a fixed layout, without pyplot.
 
 Why it cannot break training, and what it does when things go wrong:
 
@@ -140,7 +149,7 @@ class MLflowDecisionLogger:
         experiment: str = "chuck",
         run_name: str | None = None,
         tracking_uri: str | None = None,
-        flush_every: float = 2.0,
+        flush_every: float = 1.0,
         batch_size: int = 500,
         spool_dir: str | Path | None = None,
         max_spool_records: int = 200_000,
@@ -153,32 +162,31 @@ class MLflowDecisionLogger:
     ) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        from mlflow import MlflowClient
-
-        from chuck.tracking.store import check_reachable, check_tracking_uri, create_run, resolve_tracking_uri
+        from chuck.tracking.store import check_reachable, check_tracking_uri, resolve_tracking_uri
 
         self.tracking_uri = check_tracking_uri(resolve_tracking_uri(tracking_uri))  # a typo is an error, not an outage
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._client: Any = None  # made on first use, by the sender thread (importing MLflow takes seconds)
+        self._client_lock = threading.Lock()
         self._owns_run = run_id is None
         self._new_run: dict[str, Any] | None = None  # the run to create once MLflow answers
+        self._connected = threading.Event()  # the sender thread's first attempt to reach MLflow is over
         outage = ""
         if run_id is None:
             self._new_run = {"experiment": experiment, "run_name": run_name, "start_time": int(time.time() * 1000)}
             try:
                 check_reachable(self.tracking_uri)  # a dead server answers in seconds, not after the client's retries
-                run_id = create_run(self.client, self.tracking_uri, self._new_run)
-                self._new_run = None
             except Exception as exc:  # noqa: BLE001 - an outage at the start is spooled like one mid-run
-                run_id = uuid.uuid4().hex  # a placeholder naming the spool until the run exists
                 outage = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        self.run_id = run_id
+            run_id = uuid.uuid4().hex  # a placeholder naming the spool until the run exists
+        self._run_id = run_id
+        self._experiment = experiment
         self.flush_every, self.batch_size = flush_every, batch_size
         self.log_observation = log_observation
         self.close_timeout = close_timeout
         self.max_spool_records = max_spool_records
         self.max_table_rows_in_memory = max_table_rows_in_memory
         self._spool = Spool(_spool_directory(spool_dir), run_id)
-        if self._new_run is not None:
+        if outage:
             warnings.warn(
                 f"chuck: MLflow at {self.tracking_uri} is unreachable ({outage}); training goes on, records wait in "
                 f"{self._spool.directory} and the run is created in experiment {experiment!r} once MLflow answers",
@@ -205,6 +213,8 @@ class MLflowDecisionLogger:
         }
         self.loss_every = int(loss_every)
         self._losses: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in LOSS_METRICS}  # for the timeline
+        self._lr_tap: _StepTap | None = None
+        self._last_error = ""
         self.add_params(params or {})
         # Two locks, so that spooling never waits behind the network: `_send_lock` lets one thread
         # send at a time (and may be held for a whole hung request); `_spool_lock` guards the spool
@@ -214,12 +224,36 @@ class MLflowDecisionLogger:
         self._abandoned = False  # close() gave up: the spool is final, a late sender must not touch it
         self._stop = threading.Event()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="chuck-mlflow-logger", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(bool(outage),), name="chuck-mlflow-logger", daemon=True)
         self._system_metrics = system_metrics
-        self._system = None if self._new_run else _start_system_metrics(run_id, self.tracking_uri, system_metrics)
+        self._system: Any = None
         self._spool.write_meta(self._meta)  # a spool left by a process that never reached MLflow still names its run
         self._unregister_sigterm = on_sigterm(_closer(weakref.ref(self)))
         self._thread.start()
+
+    @property
+    def client(self) -> Any:
+        """The ``MlflowClient`` of :attr:`tracking_uri` (created on first use: importing MLflow takes seconds)."""
+        with self._client_lock:
+            if self._client is None:
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            return self._client
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run's id.
+
+        A run the logger creates is created by its sender thread, so that the caller's training starts
+        at once (importing MLflow and opening a store take seconds, a new SQLite store's schema more);
+        reading this waits until that first attempt is over (a server that accepts and never answers
+        holds it for the client's request timeouts). While MLflow is unreachable it is a placeholder
+        naming the spool, and the run's id once it exists.
+        """
+        if not self._connected.is_set() and threading.current_thread() is not self._thread:
+            self._connected.wait()
+        return self._run_id
 
     # -- counters ----------------------------------------------------------
     @property
@@ -263,8 +297,10 @@ class MLflowDecisionLogger:
         self._spool.write_meta(self._meta)
         self._median_norm = getattr(getattr(opt, "control", None), "median_grad_norm", None)
         monitors = getattr(opt, "monitors", None)
-        if self.loss_every > 0 and monitors is not None and hasattr(monitors, "add"):
-            monitors.add(_LossTap(self, self.loss_every))
+        spec, base_opt = getattr(opt, "action_spec", None), getattr(opt, "optimizer", None)
+        if monitors is not None and hasattr(monitors, "add") and spec is not None and base_opt is not None:
+            self._lr_tap = _StepTap(self, self.loss_every, spec, base_opt)
+            monitors.add(self._lr_tap)
         register = getattr(opt, "register_decision_hook", None)
         if register is not None:
             self._hook_handle = register(self)
@@ -281,7 +317,10 @@ class MLflowDecisionLogger:
         now = int(time.time() * 1000)
         put = self._put
         hp = d.hyperparameters
-        for key, k in (("Training/lr", "lr"), ("Training/weight_decay", "weight_decay"), ("chuck/dropout", "dropout")):
+        logged: tuple[tuple[str, str], ...] = (("Training/weight_decay", "weight_decay"), ("chuck/dropout", "dropout"))
+        if self._lr_tap is None or self._lr_tap.on_device:  # nothing logs the lr step by step: log it at each decision
+            logged = (("Training/lr", "lr"), *logged)
+        for key, k in logged:
             v = hp.get(k)
             if v is not None and math.isfinite(v):
                 put((key, float(v), now, d.step))
@@ -294,6 +333,7 @@ class MLflowDecisionLogger:
             row["clip_ratio"] = clip / median
             put(("chuck/clip_ratio", clip / median, now, d.step))
         put(("chuck/decision_source", SOURCE_CODES.get(d.source, 0.0), now, d.step))
+        self._tags.update({"chuck.mostly_out_of_distribution": str(d.step)} if "MOSTLY OUT OF DISTRIBUTION" in d.reason else {})
         for dim, a in zip(("lr", "weight_decay", "clip", "dropout"), d.action):
             put((f"chuck.action/{dim}", float(a), now, d.step))
         if self.log_observation:
@@ -323,7 +363,8 @@ class MLflowDecisionLogger:
                     del steps[1::2], values[1::2]
 
     # -- background sending ------------------------------------------------
-    def _loop(self) -> None:
+    def _loop(self, outage: bool = False) -> None:
+        self._connect(outage)
         while not self._stop.wait(self.flush_every):
             try:
                 self.flush()
@@ -331,6 +372,38 @@ class MLflowDecisionLogger:
                 warnings.warn(
                     f"chuck: MLflow sender error, will retry: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=1
                 )
+
+    def _connect(self, outage: bool) -> None:
+        """The sender thread's first work, off the training thread: import MLflow, create the run (unless
+        the constructor already found the server down: then each flush tries), tag its experiment, start
+        the system metrics; then load what drawing the timeline at ``close()`` needs."""
+        try:
+            with self._send_lock:
+                if not self._owns_run:
+                    self._tag_experiment_of_run()
+                    if not self._closed:
+                        self._system = _start_system_metrics(self._run_id, self.tracking_uri, self._system_metrics)
+                elif self._new_run is not None and not outage and not self._create_pending_run():
+                    warnings.warn(
+                        f"chuck: MLflow at {self.tracking_uri} cannot create the run ({self._last_error}); training "
+                        f"goes on, records wait in {self._spool.directory} and the run is created in experiment "
+                        f"{self._experiment!r} once MLflow answers",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+        except Exception:  # noqa: BLE001, S110 - MLflow unreachable or not installed: flush() retries
+            pass
+        finally:
+            self._connected.set()
+        if not self._stop.is_set():
+            _prepare_rendering()
+
+    def _tag_experiment_of_run(self) -> None:
+        """Give the experiment of a run passed in chuck's kind tag (MLflow 3 opens it on its runs view)."""
+        from chuck.tracking.store import tag_experiment_kind
+
+        with contextlib.suppress(Exception):  # unreachable, or the run is not there: it is not ours to fix
+            tag_experiment_kind(self.client, self.client.get_run(self._run_id).info.experiment_id)
 
     def flush(self) -> bool:
         """Spool the decision rows and the queued metrics, then send what is unsent (spooled first).
@@ -365,11 +438,12 @@ class MLflowDecisionLogger:
         try:
             check_reachable(self.tracking_uri, timeout=2.0)  # a refused connection fails at once, without retries
             run_id = create_run(self.client, self.tracking_uri, self._new_run)
-        except Exception:  # noqa: BLE001 - still down: the records wait
+        except Exception as exc:  # noqa: BLE001 - still down: the records wait
+            self._last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             return False
         with self._spool_lock:
             self._spool.rename(run_id)
-            self.run_id, self._new_run = run_id, None
+            self._run_id, self._new_run = run_id, None
             self._meta["new_run"] = None
             self._spool.write_meta(self._meta)
         if not self._closed:
@@ -436,7 +510,7 @@ class MLflowDecisionLogger:
             for i in range(0, len(records), self.batch_size):
                 chunk = records[i : i + self.batch_size]
                 self.client.log_batch(
-                    self.run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk], tags=tags if i == 0 else []
+                    self._run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in chunk], tags=tags if i == 0 else []
                 )
                 done += len(chunk)
                 self.sent += len(chunk)
@@ -452,14 +526,14 @@ class MLflowDecisionLogger:
         from mlflow.entities import Param
 
         try:
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in self._params.items()])
+            self.client.log_batch(self._run_id, params=[Param(k, v) for k, v in self._params.items()])
             self._params = {}
             return
         except Exception:  # noqa: BLE001 - a conflict or the server down: find out one by one
             pass
         for k, v in list(self._params.items()):
             try:
-                self.client.log_param(self.run_id, k, v)
+                self.client.log_param(self._run_id, k, v)
             except Exception as exc:  # noqa: BLE001
                 if getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
                     return  # unreachable: retry at the next flush
@@ -476,6 +550,8 @@ class MLflowDecisionLogger:
             return
         self._closed = True
         self._unregister_sigterm()
+        if self._lr_tap is not None:
+            self._lr_tap.end()  # the lr held until the last step: the chart's last flat stretch
         timeout = self.close_timeout if timeout is None else timeout
         if terminating():  # SIGTERM: what is unsent goes to the spool before the sender's SIGKILL
             timeout = min(timeout, SIGTERM_CLOSE_TIMEOUT)
@@ -517,7 +593,7 @@ class MLflowDecisionLogger:
             )
         elif self.lost or self.decisions_lost:
             warnings.warn(
-                f"chuck: MLflow run {self.run_id} is incomplete:{self._loss_text()}; tagged "
+                f"chuck: MLflow run {self._run_id} is incomplete:{self._loss_text()}; tagged "
                 f"chuck.records_lost{' and marked FAILED' if self._owns_run else ''}",
                 RuntimeWarning,
                 stacklevel=2,
@@ -550,7 +626,7 @@ class MLflowDecisionLogger:
                         outcome["render_s"] = time.monotonic() - outcome.pop("rendering_since")
                 if n:
                     with self._send_lock:
-                        send_decision_artifacts(self.client, self.run_id, Path(tmp), kept, self._meta, self._owns_run)
+                        send_decision_artifacts(self.client, self._run_id, Path(tmp), kept, self._meta, self._owns_run)
                 with self._spool_lock:
                     if self._abandoned:  # the table reached MLflow but close() already left it to replay_spool
                         return
@@ -559,10 +635,10 @@ class MLflowDecisionLogger:
                     self._table_backlog = []
             lost = self.lost or self.decisions_lost
             if lost:
-                self.client.set_tag(self.run_id, "chuck.records_lost", str(self.lost))
-                self.client.set_tag(self.run_id, "chuck.decisions_lost", str(self.decisions_lost))
+                self.client.set_tag(self._run_id, "chuck.records_lost", str(self.lost))
+                self.client.set_tag(self._run_id, "chuck.decisions_lost", str(self.decisions_lost))
             if self._owns_run:
-                self.client.set_terminated(self.run_id, status="FAILED" if lost else "FINISHED")
+                self.client.set_terminated(self._run_id, status="FAILED" if lost else "FINISHED")
             outcome["done"] = True
         except Exception as exc:  # noqa: BLE001 - never raise into the user's code
             outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -591,28 +667,73 @@ def _render_seconds(outcome: dict[str, Any]) -> float:
     return outcome.get("render_s", 0.0) + (time.monotonic() - since if since is not None else 0.0)
 
 
-class _LossTap(Monitor):
-    """Hands the logger the training loss (mean over ``every`` steps) and every validation loss, at
-    their steps, through the monitor lifecycle (guardrail-skipped steps never reach it). It adds no
-    statistic and no indicator: the policy's observation and the health report are unchanged."""
+#: Relative change of the lr that :class:`_StepTap` logs as a new value: a warm-up or an anneal that
+#: moves the lr a little every step is drawn as stairs 0.5% high, at most ``ln(range) / 0.005`` points
+#: (about 920 for a 100x anneal) however many steps it spans.
+LR_LOG_TOLERANCE = 0.005
+
+
+class _StepTap(Monitor):
+    """Hands the logger, at the steps they belong to, through the monitor lifecycle (guardrail-skipped
+    steps never reach it): the training loss (mean over ``every`` steps; ``0``: none), every validation
+    loss, and the effective lr each base step ran with (param group 0's ``lr`` times chuck's multiplier
+    for that step, warm-up and anneal included) as ``Training/lr``.
+
+    MLflow draws a straight line between a metric's logged points. The lr changes as a step (at a
+    decision, a guardrail's cut, each step of a warm-up), so it is logged where it changes: the value
+    held until the step before, at that step, then the new value at its first step; an lr that held
+    still costs nothing per step. The chart is then step-shaped, with each jump between the last step
+    of the old lr and the first of the new one. An lr kept as a tensor on an accelerator is not read
+    per step (each read would wait for the device): it is logged at each decision instead.
+
+    It adds no statistic and no indicator: the policy's observation and the health report are unchanged.
+    """
 
     name = "mlflow_losses"
 
-    def __init__(self, logger: MLflowDecisionLogger, every: int) -> None:
+    def __init__(self, logger: MLflowDecisionLogger, every: int, spec: Any, base_optimizer: Any) -> None:
         self.logger, self.every = logger, every
+        self._spec, self._base = spec, base_optimizer
         self._sum, self._n = 0.0, 0
+        self._lr: float | None = None  # the lr logged last, the step it was logged at, the last step it held
+        self._logged_at = self._held_to = 0
+        self.on_device = False  # the lr is a tensor on an accelerator: not read per step
 
     def on_step(self, record: StepRecord) -> None:
-        if record.loss is None:
+        if self.every > 0 and record.loss is not None:
+            self._sum += record.loss
+            self._n += 1
+            if self._n >= self.every:
+                self.logger.log_metric("Training/train_loss", self._sum / self._n, record.step)
+                self._sum, self._n = 0.0, 0
+        groups = self._base.param_groups
+        lr = groups[0].get("lr") if groups else None
+        if type(lr) is not float:
+            if lr is None:
+                return
+            if getattr(getattr(lr, "device", None), "type", "cpu") != "cpu":
+                self.on_device = True  # the decisions log the lr instead
+                return
+            lr = float(lr)
+        value = lr * self._spec.step_lr_mult
+        last = self._lr
+        if last is not None and abs(value - last) <= LR_LOG_TOLERANCE * abs(last):
+            self._held_to = record.step
             return
-        self._sum += record.loss
-        self._n += 1
-        if self._n >= self.every:
-            self.logger.log_metric("Training/train_loss", self._sum / self._n, record.step)
-            self._sum, self._n = 0.0, 0
+        self.end()
+        self.logger.log_metric("Training/lr", value, record.step)
+        self._lr, self._logged_at = value, record.step
+        self._held_to = record.step
+
+    def end(self) -> None:
+        """Log the current lr at the last step it held, if it was logged earlier (the flat stretch's end)."""
+        if self._lr is not None and self._held_to > self._logged_at:
+            self.logger.log_metric("Training/lr", self._lr, self._held_to)
+            self._logged_at = self._held_to
 
     def on_validation(self, step: int, value: float) -> None:
-        self.logger.log_metric("Training/val_loss", value, step)
+        if self.every > 0:
+            self.logger.log_metric("Training/val_loss", value, step)
 
     def stats(self) -> dict[str, float]:
         return {}
@@ -684,6 +805,14 @@ def _start_system_metrics(run_id: str, tracking_uri: str, every: bool | float) -
         return monitor
     except Exception:  # noqa: BLE001 - psutil missing, an old MLflow: no system metrics, nothing else changes
         return None
+
+
+def _prepare_rendering() -> None:
+    """Load what drawing the timeline needs (matplotlib, its fonts), so that ``close()`` only draws."""
+    with contextlib.suppress(Exception):  # no matplotlib: the table is logged without its picture
+        from chuck.tracking.timeline import prepare
+
+        prepare()
 
 
 def _stop_system_metrics(monitor: Any) -> None:

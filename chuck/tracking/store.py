@@ -50,12 +50,21 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
+#: Schemes of the stores every MLflow install has (``sqlite`` and the other databases with SQLAlchemy,
+#: which MLflow requires): accepted without importing MLflow, which takes seconds.
+BUILTIN_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql")
+
+
 def check_tracking_uri(uri: str) -> str:
     """``uri`` if MLflow has a store for its scheme; otherwise ValueError saying so in one line.
 
     A URI no store answers to (``foo://bar``, a typo in ``MLFLOW_TRACKING_URI``) is a mistake to
-    report at once, not an outage to wait out.
+    report at once, not an outage to wait out. The schemes of MLflow's own stores
+    (:data:`BUILTIN_SCHEMES`) are accepted as they are; any other asks MLflow's store registry
+    (plugins included), which imports MLflow.
     """
+    if re.match(rf"^({'|'.join(BUILTIN_SCHEMES)})://", uri):
+        return uri
     try:
         from mlflow.tracking._tracking_service.utils import _tracking_store_registry as registry
     except ImportError:  # pragma: no cover - MLflow moved its registry: MLflow reports the URI itself later
@@ -100,7 +109,8 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
     """Point MLflow at ``tracking_uri`` (default: the local SQLite store) and select ``experiment``.
 
     For a SQLite store the experiment's artifacts go next to the database, not into
-    the current directory. Returns the ``mlflow`` module.
+    the current directory. The experiment carries :data:`EXPERIMENT_KIND`, also when it was
+    created elsewhere (MLflow 3 then opens it on its runs view). Returns the ``mlflow`` module.
     """
     mlflow = _mlflow()
     uri = resolve_tracking_uri(tracking_uri)
@@ -115,7 +125,8 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
         except mlflow.exceptions.MlflowException:
             if mlflow.get_experiment_by_name(experiment) is None:
                 raise  # not a concurrent creation of the same experiment (several ranks or workers)
-    mlflow.set_experiment(experiment)
+    exp = mlflow.set_experiment(experiment)
+    tag_experiment_kind(mlflow.MlflowClient(tracking_uri=uri), exp.experiment_id)
     return mlflow
 
 

@@ -4,9 +4,11 @@ One picture of a run under chuck, in two forms built from the same data:
 
 * :func:`plot_png` (matplotlib): panels for the loss (training and validation), the
   effective lr, weight decay, gradient clipping (the threshold, with "off" drawn as such)
-  and dropout; every decision is a marker coloured by its source (policy, fallback,
-  guardrail, external), with a legend, and the largest changes are annotated with their
-  reason. A baseline run (the demo's plain AdamW) can be drawn in grey in every panel.
+  and dropout; every decision is a line coloured by its source (policy, fallback,
+  guardrail, external), with a legend; the largest changes are numbered above the panels
+  and told in full (what changed, why) in numbered notes below them, so that no note
+  covers a curve, the legend or another note. A baseline run (the demo's plain AdamW) can
+  be drawn in grey in every panel.
 * :func:`write_html`: the same panels as inline SVG in one self-contained page (no
   network, no external script), where hovering or clicking a marker shows the decision's
   step, source, what changed and why, the sources can be toggled, and the decision table
@@ -144,20 +146,108 @@ LABELS = {"lr": "learning rate", "weight_decay": "weight decay", "clip": "clip t
 
 
 # -- PNG ---------------------------------------------------------------------------------------
-def plot_png(tl: Timeline, path: str | Path, dpi: int = 110) -> Path:
-    """Draw the timeline with matplotlib; returns the path."""
-    import matplotlib
+#: Layout of the PNG, in inches: the figure's width, the margins around the panels, the loss panel's
+#: and each hyperparameter panel's height, the gap between panels.
+FIG_WIDTH, LEFT, RIGHT = 12.0, 1.0, 0.3
+LOSS_HEIGHT, PANEL_HEIGHT, PANEL_GAP = 2.2, 1.05, 0.22
+#: Above the panels: the title, then the strip of numbered markers for the annotated decisions.
+TITLE_SPACE, MARKER_STRIP = 0.42, 0.32
+#: Below the last panel: its step axis, the legend of decision sources, then the numbered notes.
+AXIS_SPACE, LEGEND_SPACE, BOTTOM = 0.55, 0.32, 0.15
+#: The notes: font size (points), characters a line before it wraps (two columns), gaps (inches).
+NOTE_FONT, NOTE_WRAP, NOTE_GAP, COLUMN_GAP = 7.5, 92, 0.1, 0.3
+#: Line height of the notes' text in inches (matplotlib's default line spacing is 1.2), and the padding
+#: their boxes add above and below (``pad`` 0.35 of the font size each side).
+NOTE_LINE, NOTE_PAD = 1.2 * NOTE_FONT / 72, 2 * 0.35 * NOTE_FONT / 72 + 0.04
+#: Width a numbered marker takes in the strip (inches): nearer markers are moved apart.
+MARKER_WIDTH = 0.26
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def prepare() -> None:
+    """Import and warm up what :func:`plot_png` needs (matplotlib, its fonts, the Agg canvas), so that a
+    later drawing pays only for itself: the MLflow logger calls this from its sender thread while the run
+    trains. Changes no global matplotlib state (no backend switch)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    FigureCanvasAgg(fig)
+    fig.text(0.5, 0.5, "1 step lr", fontsize=NOTE_FONT, bbox={"boxstyle": "round"})
+    fig.savefig(io.BytesIO(), format="png", dpi=20)
+
+
+def _notes(tl: Timeline, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[str]]]:
+    """The decisions to annotate (the largest changes, in step order) and each one's note, wrapped, whole."""
+    top = sorted((r for r in rows if r["size"] > 0), key=lambda r: -r["size"])[:ANNOTATE]
+    out = []
+    for i, r in enumerate(sorted(top, key=lambda r: r["step"]), start=1):
+        text = f"{i}. step {r['step']} [{r['source']}] {r['changed']}" + (f": {r['why']}" if r["why"] else "")
+        out.append((r, textwrap.wrap(text, NOTE_WRAP, subsequent_indent="    ")))
+    return out
+
+
+def _spread(xs: list[float], width: float, lo: float, hi: float) -> list[float]:
+    """Positions for markers wanted at ``xs`` (sorted), at least ``width`` apart, within [lo, hi]."""
+    out: list[float] = []
+    for x in xs:
+        out.append(max(x, lo, out[-1] + width if out else lo))
+    over = out[-1] - hi if out else 0.0
+    if over > 0:  # pushed past the right edge: move back from the right, keeping the gaps
+        for i in range(len(out) - 1, -1, -1):
+            out[i] = min(out[i], hi if i == len(out) - 1 else out[i + 1] - width)
+    return out
+
+
+def draw_figure(tl: Timeline) -> Any:
+    """The timeline as a matplotlib ``Figure`` (no pyplot, no backend switch); :func:`plot_png` saves it.
+
+    Layout, fixed in inches so that nothing overlaps (no ``tight_layout``): the title; a strip of
+    numbered markers, each above its decision's step (moved apart when steps crowd, joined to the step
+    by a line); the panels (the loss with its legend inside, then the hyperparameters); the step axis;
+    the legend of decision sources; the numbered notes, two columns, each a decision's step, source,
+    what changed and why, wrapped and never cut. The figure grows with the notes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     panels = tl.panels()
-    heights = [2.2] + [1.0] * len(panels)
-    fig, axes = plt.subplots(
-        len(heights), 1, figsize=(12, 2.2 + 1.6 * len(panels)), sharex=True, gridspec_kw={"height_ratios": heights}
-    )
     rows = tl.rows()
+    notes = _notes(tl, rows)
+    columns = [notes[: (len(notes) + 1) // 2], notes[(len(notes) + 1) // 2 :]]
+    note_heights = [sum(len(lines) * NOTE_LINE + NOTE_PAD + NOTE_GAP for _, lines in col) for col in columns]
+    handles = [
+        Line2D([0], [0], color=c, lw=2, label=f"{s} decision")
+        for s, c in SOURCE_COLORS.items()
+        if any(r["source"] == s for r in rows)
+    ]
+    heights = [LOSS_HEIGHT] + [PANEL_HEIGHT] * len(panels)
+    panels_h = sum(heights) + PANEL_GAP * (len(heights) - 1)
+    below = AXIS_SPACE + (LEGEND_SPACE if handles else 0.0) + max(note_heights) + BOTTOM
+    H = TITLE_SPACE + (MARKER_STRIP if notes else 0.0) + panels_h + below
+    fig = Figure(figsize=(FIG_WIDTH, H))
+    FigureCanvasAgg(fig)
+    top = H - TITLE_SPACE - (MARKER_STRIP if notes else 0.0)  # inches from the bottom
+    gs = fig.add_gridspec(
+        len(heights),
+        1,
+        height_ratios=heights,
+        left=LEFT / FIG_WIDTH,
+        right=1 - RIGHT / FIG_WIDTH,
+        top=top / H,
+        bottom=(top - panels_h) / H,
+        hspace=PANEL_GAP / (panels_h - PANEL_GAP * (len(heights) - 1)) * len(heights),
+    )
+    axes = [fig.add_subplot(gs[0])]
+    axes += [fig.add_subplot(gs[i], sharex=axes[0]) for i in range(1, len(heights))]
+    for ax in axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    fig.suptitle(tl.title, y=1 - 0.12 / H, va="top", fontsize=12)
+    x_end = tl.end() or 1.0
+    x0, x1 = -0.02 * x_end, 1.02 * x_end
+    axes[0].set_xlim(x0, x1)
     base = tl.baseline or {}
     bname = base.get("name", "baseline")
 
@@ -173,10 +263,10 @@ def plot_png(tl: Timeline, path: str | Path, dpi: int = 110) -> Path:
             f = s.finite()
             ax.plot(f.steps, f.values, color=BASELINE_COLOR, label=f"{bname}: {key.replace('_', ' ')}", **style)
     if any(v > 0 for v in tr.values + va.values):
-        ax.set_yscale("log")
+        _log_axis(ax, [v for v in tr.values + va.values if v > 0])
     ax.set_ylabel("loss")
-    ax.legend(loc="upper right", fontsize=8, ncol=2)
-    ax.set_title(tl.title)
+    if ax.get_lines():
+        ax.legend(loc="upper right", fontsize=8, ncol=2)
 
     for ax, key in zip(axes[1:], panels):
         s = tl.hp_series(key)
@@ -184,16 +274,9 @@ def plot_png(tl: Timeline, path: str | Path, dpi: int = 110) -> Path:
             _clip_panel(ax, s)
             b = base.get("clip")
             if b is not None:
-                finite = [v for v in b.values if math.isfinite(v)]
-                if finite:
-                    ax.step(
-                        b.steps,
-                        [v if math.isfinite(v) else math.nan for v in b.values],
-                        where="post",
-                        color=BASELINE_COLOR,
-                        lw=1.5,
-                        label=bname,
-                    )
+                if any(math.isfinite(v) for v in b.values):
+                    shown = [v if math.isfinite(v) else math.nan for v in b.values]
+                    ax.step(b.steps, shown, where="post", color=BASELINE_COLOR, lw=1.5, label=bname)
                 else:
                     ax.text(
                         0.99,
@@ -211,55 +294,114 @@ def plot_png(tl: Timeline, path: str | Path, dpi: int = 110) -> Path:
                 ax.step(b.steps, b.values, where="post", color=BASELINE_COLOR, lw=1.5, label=bname)
             vals = [v for v in s.values + (list(b.values) if b is not None else []) if v is not None and math.isfinite(v)]
             if key == "lr" and vals and min(vals) > 0 and max(vals) / min(vals) > 20:
-                ax.set_yscale("log")
+                _log_axis(ax, vals)
             if b is not None:
                 ax.legend(loc="upper left", fontsize=8)
         ax.set_ylabel(LABELS[key], fontsize=9)
 
-    # every decision, on every panel, coloured by source
-    for ax in axes:
-        for r in rows:
-            ax.axvline(
-                r["step"],
-                color=SOURCE_COLORS.get(r["source"], "#333"),
-                alpha=0.25 if r["changed"] == "nothing" else 0.6,
-                lw=0.6 if r["changed"] == "nothing" else 1.0,
-                zorder=0,
-            )
-    lr_ax = axes[1 + panels.index("lr")]
-    for r in rows:
-        if math.isfinite(r["lr"]):
-            lr_ax.scatter([r["step"]], [r["lr"]], s=18, color=SOURCE_COLORS.get(r["source"], "#333"), zorder=3)
-    # the largest changes, with their reason
-    top = sorted((r for r in rows if r["size"] > 0), key=lambda r: -r["size"])[:ANNOTATE]
-    x_end = tl.end() or 1.0
-    for i, r in enumerate(sorted(top, key=lambda r: r["step"])):
-        lines = textwrap.wrap(r["why"], 46)
-        text = f"step {r['step']} [{r['source']}] {r['changed']}\n" + "\n".join(lines[:4]) + (" ..." if len(lines) > 4 else "")
-        right_half = r["step"] > 0.6 * x_end
-        axes[0].annotate(
-            text,
-            xy=(r["step"], 0.97 - 0.32 * (i % 3)),
-            xycoords=("data", "axes fraction"),
-            xytext=(-4 if right_half else 4, 0),
-            textcoords="offset points",
-            fontsize=6.5,
-            va="top",
-            ha="right" if right_half else "left",
-            bbox={"boxstyle": "round", "fc": "white", "ec": SOURCE_COLORS.get(r["source"], "#333"), "alpha": 0.9},
-        )
-    handles = [
-        Line2D([0], [0], color=c, lw=2, label=f"{s} decision")
-        for s, c in SOURCE_COLORS.items()
-        if any(r["source"] == s for r in rows)
-    ]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    # every decision, on every panel, coloured by source: one collection a panel
+    if rows:
+        import matplotlib.colors as mcolors
+
+        colors = [
+            mcolors.to_rgba(SOURCE_COLORS.get(r["source"], "#333"), 0.25 if r["changed"] == "nothing" else 0.6) for r in rows
+        ]
+        widths = [0.6 if r["changed"] == "nothing" else 1.0 for r in rows]
+        steps = [r["step"] for r in rows]
+        for ax in axes:
+            ax.vlines(steps, 0, 1, transform=ax.get_xaxis_transform(), colors=colors, linewidths=widths, zorder=0)
+        lr_ax = axes[1 + panels.index("lr")]
+        dots = [(r["step"], r["lr"], SOURCE_COLORS.get(r["source"], "#333")) for r in rows if math.isfinite(r["lr"])]
+        if dots:
+            lr_ax.scatter([d[0] for d in dots], [d[1] for d in dots], s=18, c=[d[2] for d in dots], zorder=3)
     axes[-1].set_xlabel("step")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+
+    # the numbered markers above the loss panel, and the notes they number below everything
+    plot_w = FIG_WIDTH - LEFT - RIGHT
+
+    def x_inch(step: float) -> float:
+        return LEFT + plot_w * (float(step) - x0) / (x1 - x0)
+
+    wanted = [x_inch(r["step"]) for r, _ in notes]
+    placed = _spread(wanted, MARKER_WIDTH, LEFT, FIG_WIDTH - RIGHT)
+    y_axes_top, y_marker = top, top + MARKER_STRIP / 2
+    markers, texts = [], []
+    for i, ((r, _), want, at) in enumerate(zip(notes, wanted, placed), start=1):
+        color = SOURCE_COLORS.get(r["source"], "#333")
+        fig.add_artist(Line2D([want / FIG_WIDTH, at / FIG_WIDTH], [y_axes_top / H, (y_marker - 0.08) / H], color=color, lw=0.8))
+        markers.append(
+            fig.text(
+                at / FIG_WIDTH,
+                y_marker / H,
+                str(i),
+                ha="center",
+                va="center",
+                fontsize=8,
+                fontweight="bold",
+                color=color,
+                bbox={"boxstyle": "circle,pad=0.25", "fc": "white", "ec": color, "lw": 1.2},
+            )
+        )
+    y_legend = top - panels_h - AXIS_SPACE
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, y_legend / H),
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+        )
+    y_notes = y_legend - (LEGEND_SPACE if handles else 0.0)
+    col_w = (plot_w - COLUMN_GAP) / 2
+    for c, col in enumerate(columns):
+        y = y_notes
+        for r, lines in col:
+            texts.append(
+                fig.text(
+                    (LEFT + c * (col_w + COLUMN_GAP)) / FIG_WIDTH,
+                    (y - NOTE_PAD / 2) / H,
+                    "\n".join(lines),
+                    ha="left",
+                    va="top",
+                    fontsize=NOTE_FONT,
+                    bbox={"boxstyle": "round,pad=0.35", "fc": "white", "ec": SOURCE_COLORS.get(r["source"], "#333")},
+                )
+            )
+            y -= len(lines) * NOTE_LINE + NOTE_PAD + NOTE_GAP
+    fig.chuck_markers, fig.chuck_notes = markers, texts  # type: ignore[attr-defined]  # for the layout test
+    return fig
+
+
+def _log_axis(ax: Any, values: Sequence[float]) -> None:
+    """A log y axis with a few short labels ("2.3", not "2.3 x 10^0": they must fit the margin) and no
+    minor ticks (matplotlib makes each tick an object: a log axis's minor ticks were most of a drawing)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
+
+    ax.set_yscale("log")
+    within_a_decade = max(values) / min(values) < 10
+    ax.yaxis.set_major_locator(MaxNLocator(5) if within_a_decade else LogLocator(base=10, numticks=6))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
+def plot_png(tl: Timeline, path: str | Path, dpi: int = 110) -> Path:
+    """Draw the timeline (:func:`draw_figure`) into a PNG; returns the path."""
     out = Path(path)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    draw_figure(tl).savefig(out, dpi=dpi)
+    return out
+
+
+def _off_stretches(s: Series) -> list[tuple[float, float]]:
+    """The step ranges where a step series is not finite (clipping off), consecutive ones merged."""
+    out: list[tuple[float, float]] = []
+    for (a, va), b in zip(zip(s.steps, s.values), s.steps[1:]):
+        if math.isfinite(va) or b <= a:
+            continue
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
     return out
 
 
@@ -270,10 +412,10 @@ def _clip_panel(ax: Any, s: Series) -> None:
     if finite:
         ax.step(s.steps, shown, where="post", color=SOURCE_COLORS["policy"], lw=1.5)
         ax.set_yscale("log")
-    # off periods: a shaded band labelled "off"
-    for (a, va), (b, _) in zip(zip(s.steps, s.values), zip(s.steps[1:], s.values[1:])):
-        if not math.isfinite(va) and b > a:
-            ax.axvspan(a, b, color="#dddddd", alpha=0.6, lw=0)
+    # off periods: a shaded band labelled "off", one per stretch (not one per decision: a long run
+    # holds hundreds, and a band each cost close() most of a second)
+    for a, b in _off_stretches(s):
+        ax.axvspan(a, b, color="#dddddd", alpha=0.6, lw=0)
     if not finite:
         ax.set_yticks([])
         ax.text(0.5, 0.5, "clipping off throughout", ha="center", va="center", transform=ax.transAxes, fontsize=9)
@@ -366,13 +508,11 @@ def _svg_panel(tl: Timeline, panel: str, x: Any, y0: float, h: float, width: int
         f'<rect x="{left}" y="{y0}" width="{width - left - right}" height="{h}" fill="none" stroke="#ccc"/>',
     ]
     if panel == "clip":
-        hp = tl.hp_series("clip")
-        for (a, va), b in zip(zip(hp.steps, hp.values), hp.steps[1:]):
-            if not math.isfinite(va) and b > a:
-                parts.append(
-                    f'<rect x="{x(a):.1f}" y="{y0}" width="{max(x(b) - x(a), 0.5):.1f}" height="{h}" fill="#e5e5e5">'
-                    f"<title>clipping off</title></rect>"
-                )
+        for a, b in _off_stretches(tl.hp_series("clip")):
+            parts.append(
+                f'<rect x="{x(a):.1f}" y="{y0}" width="{max(x(b) - x(a), 0.5):.1f}" height="{h}" fill="#e5e5e5">'
+                f"<title>clipping off</title></rect>"
+            )
         if not vals:
             parts.append(
                 f'<text x="{width / 2}" y="{y0 + h / 2}" font-size="12" text-anchor="middle">clipping off throughout</text>'

@@ -7,10 +7,11 @@ for Adam-family optimizers, epsilon within the range the gradient-magnitude
 histogram suggests (Silva & Rodriguez 2024; see
 ``chuck.monitors.GradientMonitor.suggested_eps_range``).
 
-* Warm start: when a model is given, the history's suggestion and its best-weighted
-  runs (the nearest runs that ended well; diverged and collapsed ones are left out,
-  see :mod:`chuck.history.warm_start`) are enqueued (``study.enqueue_trial``) before
-  TPE samples anything; ``TuneResult.warm_start_basis`` says what they rest on.
+* Warm start: when a model is given, the history's suggestion and the starts of its
+  best-weighted runs (what the nearest runs that ended well started with; diverged and
+  collapsed ones are left out, see :mod:`chuck.history.warm_start`) are enqueued
+  (``study.enqueue_trial``) before TPE samples anything, each distinct trial once;
+  ``TuneResult.warm_start_basis`` says what they rest on.
 * Storage: an Optuna RDB URL (default ``sqlite:///$CHUCK_HOME/optuna.db``; a
   PostgreSQL URL works the same way). Calling ``tune`` again with the same study
   name resumes: it runs only the trials still missing to reach ``n_trials``.
@@ -288,14 +289,25 @@ def _clip(v: float, lo: float, hi: float) -> float:
     return min(max(v, lo), hi)
 
 
+#: Significant digits two warm-start trials are compared at: trials that print the same (``chuck tune``
+#: prints 3 digits) are one trial, enqueued once.
+WARM_START_DIGITS = 3
+
+
+def _same_trial_key(params: dict[str, float]) -> tuple[str, ...]:
+    return tuple(f"{k}={v:.{WARM_START_DIGITS}g}" for k, v in sorted(params.items()))
+
+
 def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_range) -> tuple[list[dict[str, float]], Any]:
     """Trials to enqueue before TPE samples anything, and the suggestion they come from.
 
-    First the history's suggestion (the nearest runs that ended well, weighted by how they
-    ended: :func:`chuck.history.suggest_hyperparameters`), then the best-weighted of those
-    runs on their own, ``k`` trials in all. Diverged and collapsed runs never seed a trial:
-    the three warm-start trials of issue 15, seeded by a run that collapsed, all scored at
-    chance level.
+    First the history's suggestion (what the nearest runs that ended well started with, weighted
+    by how they ended: :func:`chuck.history.suggest_hyperparameters`), then the best-weighted of
+    those runs' own starts, ``k`` trials at most. A trial repeats a run's *start*
+    (:func:`chuck.history.start_value`), never the lr it ended on after a cooldown. Diverged and
+    collapsed runs never seed a trial. A trial equal to an earlier one to :data:`WARM_START_DIGITS`
+    significant digits in every value (after clipping to the search ranges) is left out: several runs
+    that started alike (or a suggestion resting on one run) seed one trial, not copies.
     """
     from chuck.history import fingerprint, rank_runs, suggest_from_fingerprint
 
@@ -307,6 +319,7 @@ def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_
     candidates = [(suggestion.lr, suggestion.weight_decay, suggestion.clip)]
     candidates += [(r.lr, r.weight_decay, r.clip) for r in sorted(used, key=lambda r: -r.weight) if r.lr]
     out: list[dict[str, float]] = []
+    seen: set[tuple[str, ...]] = set()
     for lr, wd, clip in candidates:
         params = {
             "lr": _clip(lr, *lr_range),
@@ -315,7 +328,8 @@ def _warm_start_params(model, optimizer, k, lr_range, wd_range, clip_range, eps_
         }
         if eps_range is not None:
             params["eps"] = math.sqrt(eps_range[0] * eps_range[1])
-        if not any(all(math.isclose(params[key], o[key], rel_tol=1e-6) for key in params) for o in out):
+        if _same_trial_key(params) not in seen:
+            seen.add(_same_trial_key(params))
             out.append(params)
         if len(out) == k:
             break
@@ -348,6 +362,7 @@ def _write_history(result: TuneResult, model: Any, optimizer: str) -> None:
                 },
                 decisions={},
                 label=f"tune:{result.study_name}",
+                lr={"start": hp["lr"]},
             )
         )
     except Exception as exc:  # noqa: BLE001

@@ -10,6 +10,7 @@ from chuck.cli.main import main
 
 def test_demo_end_to_end(tmp_path, capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made_elsewhere = MlflowClient(tracking_uri=uri).create_experiment("chuck-demo")  # without chuck's kind tag
     res = run_demo(DemoConfig(quick=True, out=str(tmp_path / "demo.png"), tracking_uri=uri))
     out = capsys.readouterr().out
     assert "final val loss" in out and "decisions" in out and "chuck ui" in out
@@ -31,6 +32,8 @@ def test_demo_end_to_end(tmp_path, capsys) -> None:
         assert client.get_metric_history(run_id, "Training/lr")
         assert client.get_run(run_id).data.params["task"] == "cv.digits_mlp"
     assert client.get_run(chuck_id).data.tags["chuck.mode"] == "policy"
+    assert {client.get_run(r).info.experiment_id for r in res["run_ids"]} == {made_elsewhere}
+    assert client.get_experiment(made_elsewhere).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_demo_plot_explains_itself(tmp_path) -> None:

@@ -153,9 +153,9 @@ def test_history_cli(capsys) -> None:
     assert "no runs" in capsys.readouterr().out
 
 
-def test_suggestion_factors_out_the_users_schedule() -> None:
+def test_suggestion_repeats_the_start_not_the_users_schedule_nor_chucks_multiplier() -> None:
     """A run that started at 1e-3 under a cosine schedule (final lr ~0) while chuck's multiplier ended at 4
-    suggests 4e-3, not the decayed lr."""
+    suggests its start, 1e-3: neither the decayed lr nor where the multiplier ended (the outcome is the start's)."""
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
     opt = torch.optim.AdamW(model.parameters())
     rec = _record(1e-3, fingerprint(model, opt))
@@ -163,4 +163,4 @@ def test_suggestion_factors_out_the_users_schedule() -> None:
     rec.initial = {"lr": 1e-3, "weight_decay": 0.02, "clip": math.inf}
     write_record(rec)
     s = suggest_hyperparameters(model, opt)
-    assert s.lr == pytest.approx(4e-3) and s.weight_decay == pytest.approx(0.04)
+    assert s.lr == pytest.approx(1e-3) and s.weight_decay == pytest.approx(0.02)

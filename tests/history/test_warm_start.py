@@ -41,17 +41,18 @@ def _instance(seed: int):
     return inst.model, inst.optimizer, cfg.batch_size
 
 
-def _write(seed: int, learned_lr: float, outcome: dict) -> str:
-    """A run of instance ``seed`` that started at lr 1e-3 and ended with chuck's multiplier at ``learned_lr / 1e-3``."""
+def _write(seed: int, start_lr: float, outcome: dict) -> str:
+    """A run of instance ``seed`` that started at lr ``start_lr`` and ended 100x lower (chuck's cooldown)."""
     model, opt, batch = _instance(seed)
     rec = RunRecord(
         run_id=uuid.uuid4().hex,
         created=time.time(),
         policy_id="heuristic@1",
         fingerprint=fingerprint(model, opt, batch_size=batch),
-        initial={"lr": 1e-3, "weight_decay": 0.01, "clip": math.inf},
-        final={"lr": learned_lr, "weight_decay": 0.01, "clip": math.inf, "lr_mult": learned_lr / 1e-3, "wd_mult": 1.0},
+        initial={"lr": start_lr, "weight_decay": 0.01, "clip": math.inf},
+        final={"lr": start_lr / 100, "weight_decay": 0.01, "clip": math.inf, "lr_mult": 0.01, "wd_mult": 1.0},
         outcome={"initial_train_loss": 1.1, "diverged": False, "steps": 250, **outcome},
+        lr={"start": start_lr, "median": start_lr},
     )
     write_record(rec)
     return rec.run_id

@@ -50,6 +50,40 @@ def _train(opt, model, start: int, stop: int) -> None:
             opt.observe(val_loss=float(loss.detach()) * 1.1)
 
 
+def _assert_step_shaped(history, decisions, last_step: int) -> None:
+    """The logged lr is piecewise constant: it changes only from a decision's step to the next step, to
+    the lr that decision set, and its last point is the run's last step."""
+    points = sorted((m.step, m.value) for m in history)
+    assert points and points[-1][0] == last_step, points[-3:]
+    after = {d.step: d.hyperparameters["lr"] for d in decisions}
+    for (a, va), (b, vb) in zip(points, points[1:]):
+        assert b > a, "one value a step"
+        if vb != pytest.approx(va):
+            assert b == a + 1 and a in after, f"the lr jumped between steps {a} and {b}, not right after a decision"
+            assert vb == pytest.approx(after[a])
+
+
+def test_the_lr_chart_is_step_shaped(tmp_path) -> None:
+    """MLflow joins a metric's points with straight lines: the lr is logged where it changes (the old value
+    at a decision's step, the new one at the next), so the chart shows the steps the lr really took."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = chuck.MLflowDecisionLogger(experiment="chuck-steps", tracking_uri=uri, spool_dir=tmp_path / "spool")
+    model = make_net()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-5), "heuristic", model=model, interval=5, tracking=logger, history=False
+    )
+    _train(opt, model, 0, 60)
+    opt.close()
+    moves = [d for d in opt.decisions if d.changed.get("lr")]
+    assert len(moves) >= 2, "the heuristic raises an lr this low"
+    history = MlflowClient(tracking_uri=uri).get_metric_history(logger.run_id, "Training/lr")
+    _assert_step_shaped(history, opt.decisions, last_step=60)
+    points = sorted((m.step, m.value) for m in history)
+    assert points[0] == (1, pytest.approx(1e-5))
+    held = {a for (a, va), (_, vb) in zip(points, points[1:]) if vb != pytest.approx(va)}
+    assert held == {d.step for d in moves}, "every move of the lr is drawn as a step at its decision"
+
+
 def test_decisions_reach_the_tracking_server(server_uri) -> None:
     logger = chuck.MLflowDecisionLogger(experiment="chuck-test", run_name="content", tracking_uri=server_uri, flush_every=0.2)
     model = make_net()
@@ -63,11 +97,7 @@ def test_decisions_reach_the_tracking_server(server_uri) -> None:
     assert run.data.tags["chuck.policy_id"] == "heuristic@1"
     assert run.data.tags["chuck.mode"] == "policy" and run.data.tags["chuck.policy_version"] == "1"
     steps = [d.step for d in opt.decisions]
-    lr_hist = client.get_metric_history(logger.run_id, "Training/lr")
-    assert sorted(m.step for m in lr_hist) == sorted(steps)
-    assert [m.value for m in sorted(lr_hist, key=lambda m: m.step)] == pytest.approx(
-        [d.hyperparameters["lr"] for d in opt.decisions]
-    )
+    _assert_step_shaped(client.get_metric_history(logger.run_id, "Training/lr"), opt.decisions, last_step=60)
     for key in (
         "Training/weight_decay",
         "chuck/clip_on",
@@ -152,8 +182,9 @@ def test_server_outage_mid_run(tmp_path) -> None:
             opt.close()
         assert logger.spooled == 0
         client = MlflowClient(tracking_uri=srv.uri)
-        lr_hist = client.get_metric_history(logger.run_id, "Training/lr")
-        assert sorted(m.step for m in lr_hist) == sorted(d.step for d in opt.decisions)
+        sources = client.get_metric_history(logger.run_id, "chuck/decision_source")
+        assert sorted(m.step for m in sources) == sorted(d.step for d in opt.decisions)
+        _assert_step_shaped(client.get_metric_history(logger.run_id, "Training/lr"), opt.decisions, last_step=300)
         losses = client.get_metric_history(logger.run_id, "Training/train_loss")
         assert sorted(m.step for m in losses) == list(range(10, 301, 10))  # every 10 steps, the outage's too
         assert len(opt.decisions) == 60
@@ -166,6 +197,7 @@ def test_unreachable_server_keeps_records_for_replay(tmp_path) -> None:
     logger = chuck.MLflowDecisionLogger(
         experiment="chuck-replay", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
     )
+    assert logger.run_id  # the run exists (its id waits for the sender thread to create it)
     srv.stop()
     model = make_net()
     opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), "constant", model=model, interval=5, tracking=logger)
@@ -182,7 +214,7 @@ def test_unreachable_server_keeps_records_for_replay(tmp_path) -> None:
         sent = replay_spool(logger.spool_path, tracking_uri=srv.uri)
         assert sent > 0 and not logger.spool_path.exists() and not table.exists()
         client = MlflowClient(tracking_uri=srv.uri)
-        hist = client.get_metric_history(logger.run_id, "Training/lr")
+        hist = client.get_metric_history(logger.run_id, "chuck/decision_source")
         assert len(hist) == len(opt.decisions) == 6
         rows = json.loads(Path(client.download_artifacts(logger.run_id, "chuck/decisions.json")).read_text())
         assert [r["step"] for r in rows] == [d.step for d in opt.decisions]
@@ -203,7 +235,7 @@ def test_spool_on_a_full_disk_does_not_stop_sending(server_uri, full_disk) -> No
         _train(opt, model, 0, 60)
         opt.close()
     client = MlflowClient(tracking_uri=server_uri)
-    steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "Training/lr"))
+    steps = sorted(m.step for m in client.get_metric_history(logger.run_id, "chuck/decision_source"))
     assert steps == sorted(d.step for d in opt.decisions) and len(steps) == 12
     assert len(client.get_metric_history(logger.run_id, "chuck.obs/grad.snr")) == 12
     assert logger.lost == 0
@@ -219,6 +251,7 @@ def test_lost_records_are_counted_and_the_run_is_not_marked_complete(tmp_path, f
         logger = chuck.MLflowDecisionLogger(
             experiment="chuck-lost", tracking_uri=srv.uri, flush_every=3600, spool_dir=full_disk, max_spool_records=50
         )
+        assert logger.run_id  # the run exists (its id waits for the sender thread to create it)
         srv.stop()
         model = make_net()
         opt = chuck.ChuckOptimizer(
@@ -229,8 +262,9 @@ def test_lost_records_are_counted_and_the_run_is_not_marked_complete(tmp_path, f
             assert logger.flush() is False  # drained into memory, capped at 50: the rest are gone
         assert logger.lost > 0
         srv.start()
-        with pytest.warns(RuntimeWarning, match=f"{logger.lost} records .*lost"):
-            logger.close()
+        with pytest.warns(RuntimeWarning, match=r"\d+ records .*lost") as said:
+            logger.close()  # (it queues the lr's last step too: one more record lost)
+        assert f" {logger.lost} records " in str(said[0].message)
         run = MlflowClient(tracking_uri=srv.uri).get_run(logger.run_id)
         assert run.data.tags["chuck.records_lost"] == str(logger.lost)
         assert run.info.status == "FAILED"
@@ -290,7 +324,7 @@ def test_unwritable_chuck_home_falls_back_to_a_temporary_spool(server_uri, tmp_p
     )
     _train(opt, model, 0, 30)
     opt.close()
-    hist = MlflowClient(tracking_uri=server_uri).get_metric_history(logger.run_id, "Training/lr")
+    hist = MlflowClient(tracking_uri=server_uri).get_metric_history(logger.run_id, "chuck/decision_source")
     assert len(hist) == len(opt.decisions) == 6
 
 
@@ -341,8 +375,8 @@ def test_a_hung_request_does_not_keep_later_records_out_of_the_spool(tmp_path) -
         with pytest.warns(RuntimeWarning, match="records kept in"):
             logger.close(timeout=1.0)
         assert time.monotonic() - t0 < 5.0
-        lr_steps = sorted(s for k, _, _, s in read_metric_file(logger.spool_path) if k == "Training/lr")
-        assert lr_steps == [d.step for d in opt.decisions] and len(lr_steps) == 6
+        steps = sorted(s for k, _, _, s in read_metric_file(logger.spool_path) if k == "chuck/decision_source")
+        assert steps == [d.step for d in opt.decisions] and len(steps) == 6
     finally:
         hung.close()
 
@@ -457,7 +491,7 @@ def test_server_unreachable_at_the_start_creates_the_run_when_it_answers(tmp_pat
         run = client.get_run(logger.run_id)
         assert run.info.status == "FINISHED" and run.info.run_name == "late"
         assert client.get_experiment(run.info.experiment_id).name == "chuck-late-server"
-        assert len(client.get_metric_history(logger.run_id, "Training/lr")) == len(opt.decisions) == 6
+        assert len(client.get_metric_history(logger.run_id, "chuck/decision_source")) == len(opt.decisions) == 6
     finally:
         srv.stop()
 
@@ -485,7 +519,7 @@ def test_replay_creates_a_run_mlflow_never_saw_and_ends_it(tmp_path) -> None:
         exp = client.get_experiment_by_name("chuck-never-seen")
         (run,) = client.search_runs([exp.experiment_id])
         assert run.info.status == "FINISHED"
-        assert len(client.get_metric_history(run.info.run_id, "Training/lr")) == len(opt.decisions) == 6
+        assert len(client.get_metric_history(run.info.run_id, "chuck/decision_source")) == len(opt.decisions) == 6
     finally:
         srv.stop()
 
@@ -552,6 +586,6 @@ def test_sigterm_leaves_the_queued_records_in_the_spool(tmp_path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err[-2000:]
     spooled = _lines(str(tmp_path / "spool" / f"{'1' * 32}.jsonl"))
-    assert sum(json.loads(r)[0] == "Training/lr" for r in spooled) == 6
+    assert sum(json.loads(r)[0] == "chuck/decision_source" for r in spooled) == 6
     assert len(_lines(str(tmp_path / "spool" / f"{'1' * 32}.decisions.jsonl"))) == 6
     assert len(list((tmp_path / "home" / "history").glob("run-*.parquet"))) == 1

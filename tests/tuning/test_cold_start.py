@@ -98,8 +98,8 @@ def test_warm_start_leaves_out_runs_that_collapsed_and_says_what_it_rests_on(tin
                 created=time.time(),
                 policy_id="heuristic@1",
                 fingerprint=fingerprint(model, None) | {"optimizer": "AdamW"},
-                initial={"lr": 1e-3, "weight_decay": 0.01, "clip": math.inf},
-                final={"lr": lr, "weight_decay": 0.01, "clip": math.inf, "lr_mult": lr / 1e-3, "wd_mult": 1.0},
+                initial={"lr": lr, "weight_decay": 0.01, "clip": math.inf},
+                final={"lr": lr / 100, "weight_decay": 0.01, "clip": math.inf, "lr_mult": 0.01, "wd_mult": 1.0},
                 outcome={"initial_train_loss": 1.1, "best_val_loss": best, "final_val_loss": final, "steps": 250},
             )
         )
