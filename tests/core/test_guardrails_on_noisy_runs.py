@@ -189,14 +189,17 @@ RUNS: dict[str, Callable[[], Run]] = {
 }
 
 
-def train(run: Run, policy: str | None, seed: int = 0) -> tuple[float, torch.nn.Module, torch.optim.Optimizer]:
-    """Train ``run`` bare (``policy=None``) or under ``policy`` with guardrails on; the clean error."""
+def train(
+    run: Run, policy: str | None, seed: int = 0, guardrails: bool = True
+) -> tuple[float, torch.nn.Module, torch.optim.Optimizer]:
+    """Train ``run`` bare (``policy=None``) or under ``policy`` with its guardrails on or off; the clean
+    error, the model and the optimizer."""
     torch.manual_seed(seed)
     model = run.model()
     base = torch.optim.AdamW(model.parameters(), lr=run.lr)
     opt: torch.optim.Optimizer = base
     if policy is not None:
-        opt = chuck.ChuckOptimizer(base, policy, model=model, total_steps=run.steps, guardrails=True, history=False)
+        opt = chuck.ChuckOptimizer(base, policy, model=model, total_steps=run.steps, guardrails=guardrails, history=False)
         opt.advise = False  # type: ignore[attr-defined]
     g = torch.Generator().manual_seed(1000 + seed)
     val_g = torch.Generator().manual_seed(2000 + seed)
@@ -217,6 +220,11 @@ def train(run: Run, policy: str | None, seed: int = 0) -> tuple[float, torch.nn.
     return run.error(model), model, opt
 
 
+def train_steering(run: Run, policy: str, guardrails: bool, seed: int = 0) -> float:
+    """``run`` under a steering ``policy`` with its guardrails on or off (everything else equal): the clean error."""
+    return train(run, policy, seed, guardrails)[0]
+
+
 @pytest.mark.parametrize("name", list(RUNS))
 def test_constant_with_guardrails_is_within_ten_percent_of_bare(name: str) -> None:
     run = RUNS[name]()
@@ -224,32 +232,6 @@ def test_constant_with_guardrails_is_within_ten_percent_of_bare(name: str) -> No
     guarded, _, opt = train(run, "constant")
     assert math.isfinite(guarded)
     assert guarded <= 1.1 * bare + 1e-9, f"{name}: guarded {guarded:.4g} vs bare {bare:.4g}; {opt.guardrails.__dict__}"
-
-
-def train_steering(run: Run, policy: str, guardrails: bool, seed: int = 0) -> float:
-    """``run`` under a steering ``policy`` with its guardrails on or off (everything else equal)."""
-    torch.manual_seed(seed)
-    model = run.model()
-    opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=run.lr),
-        policy,
-        model=model,
-        total_steps=run.steps,
-        guardrails=guardrails,
-        history=False,
-    )
-    opt.advise = False
-    g, val_g = torch.Generator().manual_seed(1000 + seed), torch.Generator().manual_seed(2000 + seed)
-    for step in range(run.steps):
-        if run.before_step is not None:
-            run.before_step(model, opt, step)
-        loss = run.loss(model, step, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step(loss=loss)
-        if run.validate is not None and (step + 1) % run.every == 0:
-            opt.observe(val_loss=run.validate(model, val_g))
-    return run.error(model)
 
 
 @pytest.mark.slow
