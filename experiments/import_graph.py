@@ -6,7 +6,7 @@
 Reads every module's ``import``/``from ... import`` statements with ``ast`` (nothing is imported),
 maps the mapped folders (envs/, policies/, training_zoo/) to ``chuck.envs``, ``chuck.policies``,
 ``chuck.zoo``, and counts an import at module top and one inside a function alike (a deferred
-import is still a dependency). docs/design/architecture.md holds its output.
+import is still a dependency); imports under ``if TYPE_CHECKING:`` never run and are left out. docs/design/architecture.md holds its output.
 """
 
 from __future__ import annotations
@@ -37,7 +37,17 @@ def imports(path: Path, name: str) -> set[str]:
     """The chuck modules ``path`` imports (absolute and relative imports resolved)."""
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {  # imports under ``if TYPE_CHECKING:`` never run
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "chuck")
         elif isinstance(node, ast.ImportFrom):

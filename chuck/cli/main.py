@@ -266,7 +266,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     }
     try:
         if args.n_workers > 1:
-            from chuck.tuning.study import tune_zoo_in_workers
+            from chuck.tuning.workers import tune_zoo_in_workers
 
             res = tune_zoo_in_workers(
                 args.task,

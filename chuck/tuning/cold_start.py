@@ -123,7 +123,7 @@ def tune(
     ``heartbeat_interval``: seconds between a running trial's heartbeats; a trial silent for
     three of them belongs to a dead worker and is retried. ``prepare_only``:
     create the study, enqueue the warm start and start the MLflow parent run, run no trial
-    and return ``None`` (what :func:`chuck.tuning.study.tune_zoo_in_workers` does before starting workers).
+    and return ``None`` (what :func:`chuck.tuning.workers.tune_zoo_in_workers` does before starting workers).
     """
     try:
         import optuna
