@@ -355,7 +355,10 @@ class LossMonitor(Monitor):
             spike,
             status,
             f"latest loss is x{math.exp(spike):.2f} its recent median" if not math.isnan(spike) else "fewer than 8 losses seen",
-            advise(status, "loss spikes: lower the lr or clip gradients (chuck's guardrail rolls back 10x spikes)"),
+            advise(
+                status,
+                "loss spikes: lower the lr or clip gradients (chuck's guardrails skip a loss far outside the run's recent ones and roll back a repeated one)",
+            ),
             "PaLM (Chowdhery et al. 2022, sec. 5.1): roll back and skip on loss spikes",
             lr_way(status, "lower"),
         )
