@@ -6,8 +6,8 @@
     loss.backward(); opt.step(loss=loss); opt.zero_grad()
 
 Every public name loads on first use (PEP 562): ``import chuck`` itself imports
-nothing heavy, so the ``chuck`` command answers ``--help`` without loading torch
-(issue 15). Using the core (``ChuckOptimizer``, ``load_policy``) needs torch, numpy
+nothing heavy, so the ``chuck`` command answers ``--help`` without loading torch.
+Using the core (``ChuckOptimizer``, ``load_policy``) needs torch, numpy
 and gymnasium only; stable-baselines3, MLflow, Optuna and polars are imported by
 the modules that use them.
 """

@@ -56,7 +56,7 @@ def read_regular_file(path: Path, limit: int) -> bytes:
 
     Opened non-blocking and checked with ``fstat`` on the open descriptor, so the check and the
     read see the same file: a FIFO would otherwise block ``open()`` forever and a link to
-    ``/dev/zero`` never reach end of file (faults issue, item 8).
+    ``/dev/zero`` never reach end of file.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)

@@ -3,7 +3,7 @@
 The store is the one ``chuck train-policy`` registered into, found with
 :func:`chuck.tracking.store.resolve_tracking_uri` (explicit argument, ``MLFLOW_TRACKING_URI``,
 else ``$CHUCK_HOME/mlflow.db``), never MLflow's process default, which is a
-``./mlflow.db`` it would create in the working directory (faults issue, item 9).
+``./mlflow.db`` it would create in the working directory.
 Nothing is created in the working directory, the download directory is always
 removed, and an unreachable server fails within seconds, not after the MLflow
 client's minutes of retries.

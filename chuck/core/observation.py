@@ -86,7 +86,7 @@ FEATURES_V1: tuple[Feature, ...] = (
 )
 
 #: Version 2 adds learning-rate-free step-size signals (chuck.monitors.stepsize), so that a
-#: policy can tell "too high" from "too low" without knowing the task (policy issue, lever 1).
+#: policy can tell "too high" from "too low" without knowing the task.
 FEATURES_V2: tuple[Feature, ...] = FEATURES_V1 + (
     _F("step.log10_update_over_dhat", -8.0, 3.0, -1.0, "log10(mean |update| / Prodigy-style distance estimate d_hat)"),
     _F("step.hypergrad", -1.0, 1.0, 0.0, "EMA of cos(-new gradient, last step): > 0 still descending, < 0 overshooting"),

@@ -502,7 +502,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def _grads(self) -> list[torch.Tensor]:
         # Every parameter of every group, whenever it has a gradient: a layer unfrozen mid-run is
-        # covered by the guardrails from its first gradient on (faults issue, item 2).
+        # covered by the guardrails from its first gradient on.
         return [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
 
     def _act_on_vote(self, vote: int) -> bool:
@@ -604,7 +604,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         """Count GradScaler-skipped steps: the scaler shrinks its scale exactly when it skips.
 
         An overflow is routine in mixed precision (the scaler probes upwards), so it is counted,
-        not treated as instability: no lr backoff, no skip-rate signal (faults issue, item 3).
+        not treated as instability: no lr backoff, no skip-rate signal.
         """
         if self._grad_scaler is None or not self._grad_scaler.is_enabled():
             return
@@ -710,7 +710,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
 
     def __del__(self) -> None:
         # A run trained inside a function that returns only the model is garbage-collected
-        # without close(): its record is written then (faults issue, item 10).
+        # without close(): its record is written then.
         if not getattr(self, "_closed", True):
             with contextlib.suppress(Exception):  # never raise from a finalizer
                 self.close()

@@ -48,7 +48,7 @@ from chuck.evaluation.stats import HARM_THRESHOLD, ArmStats, arm_stats
 
 #: The lr perturbations of the replays (relative): finer than any decision a policy makes.
 DEFAULT_EPS = (1e-3, -1e-3)
-#: A harm probe this much worse than constant AdamW is "severe" (the policy issue's "none worse by
+#: A harm probe this much worse than constant AdamW is "severe" (the harm target's "none worse by
 #: more than 20%").
 SEVERE_HARM = 1.2
 

@@ -4,7 +4,7 @@ One judgement, shared by the warm starts (:mod:`chuck.history.warm_start`, which
 failed runs out and weight the rest by how they *ended*) and the ``chuck history``
 table (its ``outcome`` column). Judging by the end matters: a run that reached a
 good loss and then collapsed (final 1.44, best 0.62) once voted for its final,
-far too high, lr as if it had gone well (issue 15).
+far too high, lr as if it had gone well.
 
 * ``diverged``: the record says so (non-finite weights or loss), or a final loss is
   infinite.
@@ -26,7 +26,7 @@ from typing import Any
 
 #: A run whose final loss is more than this many times its best (validation) or initial (training)
 #: loss collapsed: 1.5 is far outside the noise of a finished run's last evaluation, and well short
-#: of the 2.3x of the collapse that issue 15 reports.
+#: of the 2.3x of the collapse that a user reported.
 COLLAPSE_FACTOR = 1.5
 
 #: The statuses a warm start leaves out.

@@ -5,7 +5,7 @@ and final hyperparameters, the lr the run started from and the lr it used most
 (``lr_start``, ``lr_median``: :class:`chuck.core.run_record.LrTrail`), a summary of the
 decision trail, the outcome and the policy id. :func:`write_run_record` is the end-of-run entry point: it takes plain
 data only, so the optimizer's finalizer can call it after the optimizer itself has
-been garbage-collected (faults issue, item 10), and it never raises into the user's
+been garbage-collected, and it never raises into the user's
 run (a missing polars is reported once per process, a full disk as "disk full").
 """
 

@@ -5,15 +5,15 @@ memory, written to a temporary name and renamed into place (atomic on POSIX).
 Concurrent writers from many processes therefore never touch the same file and
 nothing is lost; readers see either a whole record or none. A full disk removes the
 temporary file and says "disk full" (polars' own message for a short write is
-"Invalid thrift: transport error"; faults issue, item 11).
+"Invalid thrift: transport error").
 
 Reading is defensive: a file that cannot be read (truncated, corrupt) or that reads
 but is not a chuck run record (a foreign or hand-edited schema: missing columns,
 strings where numbers belong, nested columns) is reported with a warning and
-skipped, never fatal (faults issue, item 11).
+skipped, never fatal.
 
 polars is imported only here, when a record is written or read; without it,
-:func:`report_polars_missing_once` says so once per process (faults issue, item 12).
+:func:`report_polars_missing_once` says so once per process.
 The ``chuck history`` filters live here too.
 """
 
@@ -65,7 +65,7 @@ def report_polars_missing_once() -> None:
     """Warn, at most once per process, that the run history is off because polars is missing.
 
     A core-only install (torch, numpy, gymnasium) used to warn at every interpreter exit
-    and for every run; one clear line is enough (faults issue, item 12).
+    and for every run; one clear line is enough.
     """
     global _polars_reported
     with _polars_lock:

@@ -1,7 +1,7 @@
 """What ``chuck history`` prints: a table for people, JSON and CSV for machines.
 
 The table used to be polars' own repr: a shape line, a dtype row, about 210
-characters wide, ids wrapped over lines and steps printed as ``600.0`` (issue 15).
+characters wide, ids wrapped over lines and steps printed as ``600.0``.
 Here every column has a readable name, counts are integers, numbers are short,
 long text is shortened with an ellipsis, and the whole table fits ``width``
 columns (100 by default): the label and policy columns give way first, then the

@@ -47,7 +47,7 @@ from chuck.history.storage import read_history
 
 #: Scale of the outcome weight: runs whose log(final / initial loss) is this much above the best
 #: run's count 1/e as much. 0.25 (a final loss 28% higher relative to its start) lets the runs that
-#: ended well outvote a larger number of runs that ended at chance level (issue 15).
+#: ended well outvote a larger number of runs that ended at chance level.
 OUTCOME_TEMPERATURE = 0.25
 
 #: Closeness ``1 / (distance + DISTANCE_OFFSET)``: a run of the same shape (0) counts 10x one at

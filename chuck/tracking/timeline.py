@@ -379,8 +379,15 @@ def _log_axis(ax: Any, values: Sequence[float]) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     ax.set_yscale("log")
-    within_a_decade = max(values) / min(values) < 10
-    ax.yaxis.set_major_locator(MaxNLocator(5) if within_a_decade else LogLocator(base=10, numticks=6))
+    lo, hi = min(values), max(values)
+    nice = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    if hi / lo > 100:  # decades: 1e-05, 0.0001, ...
+        locator: Any = LogLocator(base=10, numticks=6)
+    elif sum(lo <= t <= hi for t in nice) >= 2:  # 1, 2, 5 times a power of ten
+        locator = LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    else:  # a narrow range (a loss from 2.1 to 2.4): evenly spaced
+        locator = MaxNLocator(4)
+    ax.yaxis.set_major_locator(locator)
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
 
@@ -411,7 +418,7 @@ def _clip_panel(ax: Any, s: Series) -> None:
     shown = [v if math.isfinite(v) else math.nan for v in s.values]
     if finite:
         ax.step(s.steps, shown, where="post", color=SOURCE_COLORS["policy"], lw=1.5)
-        ax.set_yscale("log")
+        _log_axis(ax, finite)
     # off periods: a shaded band labelled "off", one per stretch (not one per decision: a long run
     # holds hundreds, and a band each cost close() most of a second)
     for a, b in _off_stretches(s):

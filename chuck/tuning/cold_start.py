@@ -379,7 +379,7 @@ class ZooInstance:
 
     A zoo task is a family: :meth:`chuck.zoo.Task.sample_config` draws width, depth,
     activation, normalization, batch size, data fraction, ... from its seed. Tuning one
-    of them without saying which left the result unexplained (issue 15), hence
+    of them without saying which left the result unexplained, hence
     :meth:`describe` and ``--instance-seed``.
     """
 

@@ -1,4 +1,4 @@
-"""The effective lr on every param group: ``group["chuck_effective_lr"]`` (issue 15).
+"""The effective lr on every param group: ``group["chuck_effective_lr"]``.
 
 ``group["lr"]`` keeps the user's (or their scheduler's) value under the multiplier design; the
 value the optimizer really uses must still be readable where people look, on the groups.

@@ -1,5 +1,5 @@
 """One decision clock: the env and deployment decide at the same steps, see the same
-observations and end with the same hyperparameters, faults included (core redesign issue)."""
+observations and end with the same hyperparameters, faults included."""
 
 from __future__ import annotations
 

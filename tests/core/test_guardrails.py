@@ -246,7 +246,7 @@ def _amp_run(overflow_steps: set[int], steps: int = 600) -> chuck.ChuckOptimizer
 
 
 def test_routine_gradscaler_overflows_do_not_cut_the_lr() -> None:
-    """Faults issue, item 3: 29 overflows in 3000 steps drove the heuristic's lr multiplier to 0.35
+    """29 overflows in 3000 steps drove the heuristic's lr multiplier to 0.35
     against 22.6 without them. Overflows must not read as instability."""
     clean = _amp_run(set())
     noisy = _amp_run(set(range(30, 600, 60)))  # 10 overflows in 600 steps

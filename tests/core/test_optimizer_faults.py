@@ -1,6 +1,6 @@
-"""Regression tests for the faults issue's training-loop and checkpoint items (1, 2, 4-7, 10, 12).
+"""Regression tests for faults of the training loop and of checkpoints.
 
-Each reproduces the fault as the issue describes it; each failed before its fix.
+Each reproduces a fault as a user met it; each failed before its fix.
 """
 
 from __future__ import annotations

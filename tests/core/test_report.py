@@ -75,7 +75,7 @@ def test_real_overfitting_is_bad_and_names_the_best_step() -> None:
 
 
 def test_large_generalization_gap_is_worth_a_look_even_at_the_best_validation_loss() -> None:
-    """Validation 2.8x the training loss, still at its best: not "ok" (the issue's case), not yet "bad"."""
+    """Validation 2.8x the training loss, still at its best: not "ok" (a reported case), not yet "bad"."""
     mon = LossMonitor(window=50)
     for s in range(200):
         mon.on_step(StepRecord(s, 0.1 * math.exp(-s / 400), 1.0, False))

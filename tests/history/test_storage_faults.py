@@ -1,5 +1,4 @@
-"""History storage under faults: foreign Parquet files, a full disk, polars missing
-(faults issue, items 11 and 12)."""
+"""History storage under faults: foreign Parquet files, a full disk, polars missing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``chuck history``: a table that fits 100 columns, JSON and CSV for machines (issue 15).
+"""``chuck history``: a table that fits 100 columns, JSON and CSV for machines.
 
 It used to print polars' repr: a shape line, a dtype row, about 210 characters wide, the
 policy id wrapped over lines and steps as ``600.0``.

@@ -1,4 +1,4 @@
-"""Warm starts learn from how runs *ended* (issue 15).
+"""Warm starts learn from how runs *ended*.
 
 A run that collapsed at the end (best validation loss 0.62, final 1.44) used to vote for its
 final lr as if it had gone well, weighted by its best loss, and a diverged one could too: the
@@ -64,7 +64,7 @@ def _family_history() -> dict[str, set[str]]:
         _write(2, GOOD_LR, {"best_val_loss": 0.56, "final_val_loss": 0.58, "final_train_loss": 0.5}),
         _write(3, 1.25 * GOOD_LR, {"best_val_loss": 0.56, "final_val_loss": 0.59, "final_train_loss": 0.52}),
     }
-    collapsed = {  # the issue's numbers: a good loss reached, then lost at a far too high lr
+    collapsed = {  # a reported run: a good loss reached, then lost at a far too high lr
         _write(4, 0.83, {"best_val_loss": 0.62, "final_val_loss": 1.44, "final_train_loss": 1.3}),
         _write(5, 0.6, {"best_val_loss": 0.7, "final_val_loss": 1.2, "final_train_loss": 1.1}),
     }

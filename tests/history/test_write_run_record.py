@@ -1,5 +1,5 @@
 """``write_run_record``: the end-of-run entry point builds the record from plain data, so a
-``weakref.finalize`` can write it after the optimizer is gone (faults issue, item 10)."""
+``weakref.finalize`` can write it after the optimizer is gone."""
 
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def _train_policy_cli(tmp_path, *args: str) -> list[str]:
     ],
 )
 def test_cli_refuses_a_bad_task_spec_or_setting_before_anything_starts(tmp_path, capsys, monkeypatch, args, needle) -> None:
-    """A named split that selects nothing used to train on the rest without a word (issue 15)."""
+    """A named split that selects nothing used to train on the rest without a word."""
     from chuck.cli.main import main
     from chuck.zoo import registry
 
@@ -168,7 +168,7 @@ def test_eval_every_default_scales_with_the_budget_and_is_documented(capsys) -> 
 
 @pytest.mark.slow
 def test_tasks_module_reaches_the_env_workers_and_the_card_says_what_was_trained(tmp_path) -> None:
-    """The retraining path of docs/retraining.md, as a user runs it (issue 15).
+    """The retraining path of docs/retraining.md, as a user runs it.
 
     ``chuck`` the console script, run in a directory holding the user's task module and nothing
     else: the module is found there, imported in the command's process and in both

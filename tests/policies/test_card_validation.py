@@ -1,5 +1,5 @@
 """Malformed or hostile artifacts fail with PolicyLoadError naming the field, quickly, without
-allocating what the card asks for (faults issue, item 8).
+allocating what the card asks for.
 
 Every case starts from the bundled default artifact, so the weights and their checksum are
 genuine and only the part under test is wrong.

@@ -1,5 +1,5 @@
 """Decisions in MLflow, checked through MlflowClient against a real `mlflow server` on loopback;
-a server outage in the middle of a run; and the faults of the issue's items 13-15: a spool
+a server outage in the middle of a run; and the faults of a spool
 on a full disk, records lost and reported, bounded memory, the decision table spooled and
 replayed, an unwritable CHUCK_HOME, a configurable close deadline."""
 
