@@ -531,6 +531,7 @@ def test_replay_ends_the_run_the_logger_created(tmp_path) -> None:
         logger = chuck.MLflowDecisionLogger(
             experiment="chuck-replay-status", tracking_uri=srv.uri, flush_every=0.2, spool_dir=tmp_path / "spool"
         )
+        assert logger.run_id  # the run exists (its id waits for the sender thread to create it)
         srv.stop()
         model = make_net()
         opt = chuck.ChuckOptimizer(
