@@ -1,6 +1,6 @@
 """Trace one `chuck evaluate` run: every decision and guardrail intervention, with the features behind it.
 
-The same instance, starting lr and loop as `chuck evaluate` (AdamW base, ``total_steps`` known, a
+The same instance, starting lr and loop as `chuck evaluate` (AdamW base unless --base names another, ``total_steps`` known, a
 validation loss observed every 20 steps), under one policy; prints the validation curve and, per
 decision, the lr it left, the lr action, a few features and the policy's reason. What docs/results.md
 says about single runs (why the prior halves a ResNet at near-zero losses, why the residual lowers a
@@ -30,12 +30,13 @@ def main() -> None:
     ap.add_argument("seed", type=int, help="the instance seed (chuck evaluate's --seeds)")
     ap.add_argument("lr", type=float, help="the starting lr")
     ap.add_argument("policy", help="what chuck.load_policy takes: default, prior@10, an artifact directory")
+    ap.add_argument("--base", default="AdamW", help="the base optimizer (chuck.zoo.task.BASE_OPTIMIZERS; default: %(default)s)")
     ap.add_argument("--no-observe", action="store_true", help="do not pass validation losses to chuck")
     ap.add_argument("--feature", action="append", default=[], help="another observation feature to print (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     task = get_task(args.task)
-    cfg = instance_config(task, args.seed)
+    cfg = instance_config(task, args.seed, args.base)
     cfg.lr = args.lr
     torch.manual_seed(cfg.seed)
     inst = task.build(cfg)

@@ -67,6 +67,7 @@ OPTIMIZER_LR_OFFSET: dict[str, float] = {
     "Adam": 0.0,
     "RMSprop": -0.25,
     "SGD": 0.5,
+    "NesterovSGD": 0.5,  # not calibrated separately: Nesterov's look-ahead leaves the usable lr range alike
 }
 
 

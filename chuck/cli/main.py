@@ -326,6 +326,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             progress=not args.no_progress,
             aa_control=args.aa_control,
+            base_optimizers=args.base_optimizer,
         )
     except EvaluationInputError as exc:
         print(f"chuck evaluate: error: {exc}", file=sys.stderr)
@@ -435,7 +436,8 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_flags(p: argparse.ArgumentParser) -> None:
-    from chuck.evaluation import BASELINES, DEFAULT_LRS, DEFAULT_POLICIES, DEFAULT_SEEDS, ORACLE_LRS
+    from chuck.evaluation import BASELINES, DEFAULT_LRS, DEFAULT_POLICIES, DEFAULT_SEEDS, LR_SHIFT, ORACLE_LRS
+    from chuck.zoo.task import BASE_OPTIMIZERS
 
     def _csv(xs: Sequence[object]) -> str:
         return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs)
@@ -460,7 +462,16 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
         help="modules that register tasks when imported, comma-separated (e.g. my_pkg.tasks); imported here "
         "and in every worker (default: none)",
     )
-    p.add_argument("--lrs", default=_csv(DEFAULT_LRS), help="starting learning rates (default: %(default)s)")
+    by_factor: dict[float, list[str]] = {}
+    for base, factor in LR_SHIFT.items():
+        by_factor.setdefault(factor, []).append(base)
+    shifts = "; ".join(f"x{factor:g} for {' and '.join(bases)}" for factor, bases in by_factor.items())
+    p.add_argument(
+        "--lrs",
+        default=None,
+        help="starting learning rates, used as given for every base optimizer (default: "
+        f"{_csv(DEFAULT_LRS)}, shifted per base optimizer: {shifts})",
+    )
     p.add_argument("--seeds", default=_csv(DEFAULT_SEEDS), help="instance seeds (default: %(default)s)")
     p.add_argument(
         "--workers",
@@ -494,7 +505,21 @@ def _evaluate_flags(p: argparse.ArgumentParser) -> None:
         help="never report validation losses to chuck (observe); arms become chuck:SPEC/no-observe "
         "(default: validation losses reported)",
     )
-    p.add_argument("--oracle-lrs", default=_csv(ORACLE_LRS), help="the oracle sweep's lrs (default: %(default)s)")
+    p.add_argument(
+        "--oracle-lrs",
+        default=None,
+        help="the oracle sweep's lrs, used as given for every base optimizer (default: "
+        f"{len(ORACLE_LRS)} lrs from {min(ORACLE_LRS):g} to {max(ORACLE_LRS):g} a half decade apart, "
+        "shifted per base optimizer as --lrs is)",
+    )
+    p.add_argument(
+        "--base-optimizer",
+        default="AdamW",
+        help=f"comma-separated base optimizers, each its own set of instances ({', '.join(BASE_OPTIMIZERS)}): the "
+        "arms adamw (the base at a constant lr), cosine, plateau and chuck, and the oracle sweep, train it; "
+        "schedulefree, prodigy, prodigy-sf and ldog bring their own optimizer. Every figure is reported per base "
+        "and pooled (default: %(default)s)",
+    )
     p.add_argument(
         "--aa-control",
         action="store_true",
@@ -587,7 +612,7 @@ COMMANDS: dict[str, _Command] = {
         "chuck policies vs baseline optimizers: regret against an lr-sweep oracle",
         _evaluate_flags,
         _cmd_evaluate,
-        "Every arm trains the same task instances (task, seed) from every starting lr; "
+        "Every arm trains the same task instances (task, seed, base optimizer) from every starting lr; "
         "regret = final validation loss / the best of an lr sweep. Resumes in --out.",
     ),
     "ui": _Command(

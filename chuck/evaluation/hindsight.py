@@ -89,7 +89,11 @@ def hindsight_stats(rows: list[dict[str, Any]]) -> dict[str, ArmStats]:
 
 
 def rows_from_cache(
-    tasks: Iterable[Any], seeds: Iterable[int], budget_scale: float = 1.0, oracle_lrs: tuple[float, ...] = ORACLE_LRS
+    tasks: Iterable[Any],
+    seeds: Iterable[int],
+    budget_scale: float = 1.0,
+    oracle_lrs: tuple[float, ...] = ORACLE_LRS,
+    base: str = "AdamW",
 ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """The hindsight rows of every (task, seed) whose oracle sweep is cached (``$CHUCK_HOME/oracle``).
 
@@ -98,7 +102,8 @@ def rows_from_cache(
     runs, with the runs they lack. The cache keeps no crashed run, so an instance whose sweep had a crash
     stays incomplete however often it is evaluated: its rows come from the runs it has (a lacking
     neighbour gives no step row), where ``chuck evaluate`` counts the crash as regret 100. Nothing is
-    trained.
+    trained. ``base``: the instances' base optimizer (each base has its own cached sweeps, see
+    :mod:`chuck.evaluation.bases`; pass its ``oracle_lrs`` too).
     """
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
@@ -106,7 +111,7 @@ def rows_from_cache(
     for task in tasks:
         for seed in seeds:
             steps = steps_for(task, budget_scale)
-            cache = OracleCache(instance_key(task, seed, budget_scale, steps, instance_config(task, seed)))
+            cache = OracleCache(instance_key(task, seed, budget_scale, steps, instance_config(task, seed, base)))
             if not cache.runs:
                 missing.append(f"{task.id} seed {seed}")
                 continue

@@ -82,17 +82,19 @@ class Resolution:
         return asdict(self)
 
 
-def _spec(task: Any, seed: int, arm: str, lr: float, steps: int, lr_scale: float = 1.0) -> RunSpec:
+def _spec(task: Any, seed: int, arm: str, lr: float, steps: int, lr_scale: float = 1.0, base: str = "AdamW") -> RunSpec:
 
     # a task registered at runtime travels with the spec: a fresh worker process cannot look it up
     shipped = task if zoo.split_of(task.id) == "custom" else None
-    return RunSpec(task.id, seed, arm, lr, steps, task=shipped, lr_scale=lr_scale)
+    return RunSpec(task.id, seed, arm, lr, steps, task=shipped, lr_scale=lr_scale, base=base)
 
 
-def _sweep_results(cache: OracleCache, task: Any, seed: int, steps: int, lrs: tuple[float, ...], pool: Any) -> dict[str, Any]:
+def _sweep_results(
+    cache: OracleCache, task: Any, seed: int, steps: int, lrs: tuple[float, ...], pool: Any, base: str = "AdamW"
+) -> dict[str, Any]:
     """The instance's complete sweep: cached runs, the missing ones trained now (and cached)."""
     missing = [(a, lr) for a, lr in oracle_runs(lrs) if run_id(a, lr) not in cache.runs]
-    specs = [_spec(task, seed, a, lr, steps) for a, lr in missing]
+    specs = [_spec(task, seed, a, lr, steps, base=base) for a, lr in missing]
     for (a, lr), result in zip(missing, pool.map(run_one, specs), strict=True):
         cache.add(run_id(a, lr), result)
     return dict(cache.runs)
@@ -112,11 +114,13 @@ def replay_references(
     workers: int = 1,
     budget_scale: float = 1.0,
     oracle_lrs: tuple[float, ...] = ORACLE_LRS,
+    base: str = "AdamW",
 ) -> Resolution:
     """Replay every instance's oracle and tuned-lr references at lr x (1 + eps); see the module.
 
     Uses (and completes) the oracle cache ``chuck evaluate`` keeps, so the references are the
-    ones an evaluation with the same settings divides by.
+    ones an evaluation with the same settings divides by. ``base``: the instances' base optimizer
+    (:mod:`chuck.evaluation.bases`), whose sweep the references come from; every row names it.
     """
     if not eps or any(e == 0 or not math.isfinite(e) or abs(e) >= 0.5 for e in eps):
         raise ValueError(f"eps must be non-zero relative perturbations below 0.5, got {eps!r}")
@@ -131,14 +135,14 @@ def replay_references(
         for task in tasks:
             for seed in seeds:
                 steps = steps_for(task, budget_scale)
-                cache = OracleCache(instance_key(task, seed, budget_scale, steps, instance_config(task, seed)))
-                refs = _references(_sweep_results(cache, task, seed, steps, oracle_lrs, pool), oracle_lrs)
+                cache = OracleCache(instance_key(task, seed, budget_scale, steps, instance_config(task, seed, base)))
+                refs = _references(_sweep_results(cache, task, seed, steps, oracle_lrs, pool, base), oracle_lrs)
                 instances += 1
                 for name, (arm, lr, loss) in refs.items():
                     for e in (0.0, *eps):
-                        meta = {"task_id": task.id, "family": task.family, "seed": seed, "reference": name}
+                        meta = {"task_id": task.id, "family": task.family, "seed": seed, "base": base, "reference": name}
                         meta |= {"run": run_id(arm, lr), "eps": e, "reference_loss": loss}
-                        jobs.append((meta, _spec(task, seed, arm, lr, steps, lr_scale=1.0 + e)))
+                        jobs.append((meta, _spec(task, seed, arm, lr, steps, lr_scale=1.0 + e, base=base)))
         results = pool.map(run_one, [spec for _, spec in jobs])
         by_instance: dict[tuple[str, int], bool] = {}
         for (meta, _), result in zip(jobs, results, strict=True):
@@ -148,7 +152,8 @@ def replay_references(
                 same = effective_loss(result) == meta["reference_loss"]
                 by_instance[key] = by_instance.get(key, True) and same
                 if not same:
-                    mismatches.append(f"{key[0]} seed {key[1]}: {meta['run']} ({meta['reference']}) gave ratio {ratio!r}")
+                    where = f"{key[0]} seed {key[1]}" + ("" if base == "AdamW" else f" ({base})")
+                    mismatches.append(f"{where}: {meta['run']} ({meta['reference']}) gave ratio {ratio!r}")
                 continue
             rows.append(
                 meta
@@ -160,6 +165,19 @@ def replay_references(
                 }
             )
         reproduced = sum(by_instance.values())
+    return _resolution(rows, reproduced, instances, mismatches)
+
+
+def combine_resolutions(parts: list[Resolution]) -> Resolution:
+    """The replays of several :func:`replay_references` calls (one per base optimizer) as one: their
+    rows pooled and summarized again, their counts added."""
+    rows = [r for p in parts for r in p.rows]
+    mismatches = [m for p in parts for m in p.mismatches]
+    return _resolution(rows, sum(p.reproduced for p in parts), sum(p.instances for p in parts), mismatches)
+
+
+def _resolution(rows: list[dict[str, Any]], reproduced: int, instances: int, mismatches: list[str]) -> Resolution:
+    """The replays' statistics (:class:`Resolution`) from their rows."""
 
     def as_main(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r | {"regret": r["ratio"]} for r in rs]
@@ -194,7 +212,8 @@ def harm_against_aa(replays: list[dict[str, Any]], probes: list[dict[str, Any]])
 
     Args:
         replays: :attr:`Resolution.rows` (only the ``tuned`` ones are read).
-        probes: harm probes (``arm``, ``task_id``, ``seed``, ``harm``), e.g. ``kind == "harm_probe"``
+        probes: harm probes (``arm``, ``task_id``, ``seed``, ``harm``; ``base``, AdamW when absent,
+            pairs a probe with the replays of its own base), e.g. ``kind == "harm_probe"``
             rows of ``rows.csv``; probes of instances without replays are left out.
 
     Returns:
@@ -203,11 +222,11 @@ def harm_against_aa(replays: list[dict[str, Any]], probes: list[dict[str, Any]])
         instance (a probe inside its instance's A/A spread is no evidence of harm); plus
         ``"A/A"``, the replays' own ``harm_rate`` and ``severe_rate``.
     """
-    spread: dict[tuple[str, int], float] = {}
+    spread: dict[tuple[str, int, str], float] = {}
     aa: list[float] = []
     for r in replays:
         if r["reference"] == "tuned":
-            key = (str(r["task_id"]), int(r["seed"]))
+            key = (str(r["task_id"]), int(r["seed"]), str(r.get("base") or "AdamW"))
             spread[key] = max(spread.get(key, -math.inf), float(r["ratio"]))
             aa.append(float(r["ratio"]))
     out: dict[str, dict[str, float]] = {}
@@ -219,7 +238,7 @@ def harm_against_aa(replays: list[dict[str, Any]], probes: list[dict[str, Any]])
         }
     by_arm: dict[str, list[tuple[float, float]]] = {}
     for p in probes:
-        key = (str(p["task_id"]), int(p["seed"]))
+        key = (str(p["task_id"]), int(p["seed"]), str(p.get("base") or "AdamW"))
         if key in spread and p.get("harm") is not None:
             by_arm.setdefault(str(p["arm"]), []).append((float(p["harm"]), spread[key]))
     for arm, pairs in by_arm.items():

@@ -18,24 +18,24 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import chuck.zoo as zoo
 from chuck.core.loading import PolicyLoadError, is_builtin
+from chuck.evaluation.bases import DEFAULT_BASE, default_grids, parse_bases
 from chuck.evaluation.hindsight import hindsight_stats, instance_rows
 from chuck.evaluation.identity import policy_identity, record, recorded_policies, stale_arms
-from chuck.evaluation.oracle import ORACLE_LRS, OracleCache, instance_key
-from chuck.evaluation.resolution import DEFAULT_EPS, harm_against_aa, plot_replays, replay_references
+from chuck.evaluation.oracle import OracleCache, instance_key
+from chuck.evaluation.resolution import DEFAULT_EPS, combine_resolutions, harm_against_aa, plot_replays, replay_references
 from chuck.evaluation.runs import BASELINE_PACKAGES, BASELINES, EVAL_EVERY, chuck_arm, instance_config, steps_for
-from chuck.evaluation.schedule import ROW_FIELDS, Instance, Scheduler
+from chuck.evaluation.schedule import LEGACY_ROW_FIELDS, ROW_FIELDS, Instance, Scheduler
 from chuck.evaluation.stats import Summary, mode_suffix, plot_regret_by_lr, summarize_arms, write_summary
 from chuck.evaluation.tracking import log_summary
 from chuck.policies.registry import download_registered_policy
 from chuck.tracking.store import default_tracking_uri
 
-DEFAULT_LRS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_POLICIES = ("default", "heuristic")
 EXPERIMENT = "chuck-evaluate"
@@ -98,9 +98,11 @@ def _resolve_policy(spec: str, tracking_uri: str | None, downloads: Path) -> str
     return location
 
 
-def _settings_hash(budget_scale: float, oracle_lrs: Sequence[float]) -> str:
-    blob = json.dumps({"budget_scale": budget_scale, "eval_every": EVAL_EVERY, "oracle_lrs": list(oracle_lrs)})
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+def _settings_hash(budget_scale: float, oracle_lrs: Sequence[float], base: str = DEFAULT_BASE) -> str:
+    settings: dict[str, Any] = {"budget_scale": budget_scale, "eval_every": EVAL_EVERY, "oracle_lrs": list(oracle_lrs)}
+    if base != DEFAULT_BASE:  # AdamW's rows keep the keys they had before evaluations named a base
+        settings["base"] = base
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -119,6 +121,13 @@ class _Inputs:
     budget_scale: float
     observe: bool
     backend: str = "process"
+    #: The base optimizers, each with its grids: ``base -> (starting lrs, oracle lrs)``; ``lrs`` and
+    #: ``oracle_lrs`` above are the first base's.
+    grids: dict[str, tuple[list[float], tuple[float, ...]]] = field(default_factory=dict)
+
+    @property
+    def bases(self) -> list[str]:
+        return list(self.grids)
 
 
 BACKENDS = ("process", "ray")
@@ -150,8 +159,16 @@ def _check(
     observe: bool,
     oracle_lrs: Any,
     backend: str = "process",
+    base_optimizers: Any = DEFAULT_BASE,
 ) -> _Inputs:
-    """Everything that can be wrong with the inputs, before anything runs (policies are checked by the caller)."""
+    """Everything that can be wrong with the inputs, before anything runs (policies are checked by the caller).
+
+    ``lrs`` or ``oracle_lrs`` ``None``: each base optimizer's default grid (:mod:`chuck.evaluation.bases`).
+    """
+    try:
+        bases = parse_bases(base_optimizers)
+    except ValueError as exc:
+        raise EvaluationInputError(f"base_optimizers {base_optimizers!r}: {exc}") from None
     baseline_names = _unique(_split_list(baselines))
     unknown = [b for b in baseline_names if b not in BASELINES]
     if unknown:
@@ -197,19 +214,27 @@ def _check(
     if rows.exists() and rows.stat().st_size:
         with open(rows, newline="") as f:
             header = next(csv.reader(f), None)
-        if header is not None and tuple(header) != ROW_FIELDS:
+        if header is not None and tuple(header) not in (ROW_FIELDS, LEGACY_ROW_FIELDS):
             raise EvaluationInputError(
                 f"{rows} has other columns ({header}); it was written by another version of "
                 "chuck evaluate: choose a new output directory"
             )
+    given_lrs = None if lrs is None else _numbers(lrs, float, "lrs")
+    given_oracle = None if oracle_lrs is None else tuple(sorted(_numbers(oracle_lrs, float, "oracle lrs")))
+    grids = {}
+    for base in bases:
+        default_lrs, default_oracle = default_grids(base)
+        grids[base] = (list(default_lrs) if given_lrs is None else given_lrs, given_oracle or default_oracle)
+    first_lrs, first_oracle = grids[bases[0]]
     return _Inputs(
         policies=policy_specs,
         baselines=baseline_names,
         task_spec=tasks,
         tasks=task_list,
-        lrs=_numbers(lrs, float, "lrs"),
+        lrs=first_lrs,
         seeds=_numbers(seeds, int, "seeds"),
-        oracle_lrs=tuple(sorted(_numbers(oracle_lrs, float, "oracle lrs"))),
+        oracle_lrs=first_oracle,
+        grids=grids,
         workers=workers,
         out=out,
         budget_scale=float(budget_scale),
@@ -222,28 +247,30 @@ def evaluate(
     policies: Sequence[str] | str = DEFAULT_POLICIES,
     baselines: Sequence[str] | str = BASELINES,
     tasks: Sequence[str] | str = "test",
-    lrs: Sequence[float] | str = DEFAULT_LRS,
+    lrs: Sequence[float] | str | None = None,
     seeds: Sequence[int] | str = DEFAULT_SEEDS,
     workers: int | None = None,
     out: str | Path = "chuck-evaluate",
     budget_scale: float = 1.0,
     observe: bool = True,
-    oracle_lrs: Sequence[float] | str = ORACLE_LRS,
+    oracle_lrs: Sequence[float] | str | None = None,
     mlflow: bool = True,
     tracking_uri: str | None = None,
     progress: bool = True,
     backend: str = "process",
     ray_address: str | None = None,
     aa_control: bool = False,
+    base_optimizers: Sequence[str] | str = DEFAULT_BASE,
 ) -> Summary:
     """Evaluate chuck policies against baseline optimizers on zoo (or your) tasks.
 
-    Every arm trains the same instances (task, seed) from every starting lr through the
-    deployment path (``ChuckOptimizer`` with its fallback; validation every 20 steps through
-    ``observe`` unless ``observe=False``) for the task's budget times ``budget_scale``. Regret
-    is the final validation loss over the instance's oracle (best over a constant-AdamW,
-    AdamW + cosine and Prodigy sweep over ``oracle_lrs``); a diverged or crashed run counts
-    as regret 100. See ``chuck.evaluation`` for every definition.
+    Every arm trains the same instances (task, seed, base optimizer) from every starting lr
+    through the deployment path (``ChuckOptimizer`` with its fallback; validation every 20 steps
+    through ``observe`` unless ``observe=False``) for the task's budget times ``budget_scale``.
+    Regret is the final validation loss over the instance's oracle (best over a sweep of the base
+    at a constant lr and with cosine over ``oracle_lrs``, and Prodigy once); a diverged or crashed
+    run counts as regret 100. See ``chuck.evaluation`` for every definition, and
+    :mod:`chuck.evaluation.bases` for the base optimizers.
 
     Args:
         policies: policy specs for ``chuck.load_policy`` (``default``, ``heuristic``,
@@ -253,8 +280,10 @@ def evaluate(
         baselines: any of ``adamw``, ``cosine``, ``plateau``, ``schedulefree``, ``prodigy``.
         tasks: a split (``test``, ``validation``, ``train``, ``custom``, ``all``), ``domain:X``,
             task ids, or a comma-separated mix.
-        lrs: starting learning rates.
-        seeds: instance seeds; each (task, seed) is one instance.
+        lrs: starting learning rates, used as given for every base optimizer (default: 1e-4, 1e-3,
+            1e-2, 1e-1, times the base's ``chuck.evaluation.bases.LR_SHIFT``: x10 for SGD and
+            NesterovSGD).
+        seeds: instance seeds; each (task, seed, base) is one instance.
         workers: worker processes (one torch thread each); 1 (the default) runs in this process.
             With ``backend="ray"``: the runs in flight at once (default: the cluster's CPUs).
         out: output directory (``rows.csv``, ``summary.json``, ``summary.md``, ``regret_by_lr.png``;
@@ -266,7 +295,8 @@ def evaluate(
         budget_scale: multiplies every task's step budget (small values for smoke tests).
         observe: report validation losses to chuck's ``observe``; ``False`` gives the arms
             ``chuck:SPEC/no-observe``.
-        oracle_lrs: the oracle sweep's lrs (default nine half-decades 1e-5..1e-1).
+        oracle_lrs: the oracle sweep's lrs, used as given for every base optimizer (default: nine
+            half-decades 1e-5..1e-1, shifted per base as ``lrs`` is).
         mlflow: log a parent run (experiment ``chuck-evaluate``) with the summary and plot.
         tracking_uri: MLflow store (default: chuck's local SQLite store).
         progress: show a progress bar.
@@ -280,12 +310,21 @@ def evaluate(
             in ``out/aa_replays.json``, a plot per family in ``out/aa_control.png``; see
             :mod:`chuck.evaluation.resolution`). Six runs per
             instance, run again on every call, on this machine's processes with ``backend="ray"``.
+        base_optimizers: a name, comma-separated names or a sequence, of
+            ``chuck.zoo.task.BASE_OPTIMIZERS`` (AdamW, Adam, SGD, RMSprop, NesterovSGD); each is its
+            own set of instances. The arms ``adamw`` (the base at a constant lr), ``cosine``,
+            ``plateau`` and the chuck arms train it, and so do the oracle sweep's runs;
+            ``schedulefree``, ``prodigy``, ``prodigy-sf`` and ``ldog`` bring their own optimizer
+            (and run on every base's instances all the same). The summary pools every base
+            (``Summary.arms``) and gives each its own figures (``Summary.by_base``).
 
     Raises:
-        EvaluationInputError: an unknown policy, task or baseline, or a bad setting; raised
+        EvaluationInputError: an unknown policy, task, baseline or base optimizer, or a bad setting; raised
             before any run starts or any file is written.
     """
-    inputs = _check(policies, baselines, tasks, lrs, seeds, workers, out, budget_scale, observe, oracle_lrs, backend)
+    inputs = _check(
+        policies, baselines, tasks, lrs, seeds, workers, out, budget_scale, observe, oracle_lrs, backend, base_optimizers
+    )
     downloads = Path(tempfile.mkdtemp(prefix="chuck-evaluate-policies-"))
     try:
         locations = {chuck_arm(p, observe): _resolve_policy(p, tracking_uri, downloads) for p in inputs.policies}
@@ -315,12 +354,27 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
 
     arms = list(locations) + inputs.baselines
     instances = []
-    for task in inputs.tasks:
-        ship = zoo.split_of(task.id) == "custom"  # registered at runtime: a fresh worker cannot look it up
-        for seed in inputs.seeds:
-            steps = steps_for(task, inputs.budget_scale)
-            cache = OracleCache(instance_key(task, seed, inputs.budget_scale, steps, instance_config(task, seed)))
-            instances.append(Instance(task=task, seed=seed, steps=steps, cache=cache, ship_task=ship))
+    for base, (lrs, oracle_lrs) in inputs.grids.items():
+        settings_hash = _settings_hash(inputs.budget_scale, oracle_lrs, base)
+        for task in inputs.tasks:
+            ship = zoo.split_of(task.id) == "custom"  # registered at runtime: a fresh worker cannot look it up
+            for seed in inputs.seeds:
+                steps = steps_for(task, inputs.budget_scale)
+                config = instance_config(task, seed, base)
+                cache = OracleCache(instance_key(task, seed, inputs.budget_scale, steps, config))
+                instances.append(
+                    Instance(
+                        task=task,
+                        seed=seed,
+                        steps=steps,
+                        cache=cache,
+                        ship_task=ship,
+                        base=base,
+                        lrs=tuple(lrs),
+                        oracle_lrs=oracle_lrs,
+                        settings_hash=settings_hash,
+                    )
+                )
     inputs.out.mkdir(parents=True, exist_ok=True)
     sched = Scheduler(
         arms,
@@ -328,7 +382,7 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         instances,
         inputs.lrs,
         inputs.oracle_lrs,
-        _settings_hash(inputs.budget_scale, inputs.oracle_lrs),
+        _settings_hash(inputs.budget_scale, inputs.oracle_lrs, inputs.bases[0]),
         inputs.out / "rows.csv",
         inputs.workers or 1,
         progress,
@@ -361,10 +415,12 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         "budget_scale": inputs.budget_scale,
         "observe": inputs.observe,
         "oracle_lrs": list(inputs.oracle_lrs),
-        "oracle_arms": "constant AdamW and AdamW + cosine at every oracle lr; Prodigy once at lr=1.0 (+ cosine)",
+        "oracle_arms": "constant and cosine runs of the instance's base optimizer at every oracle lr; Prodigy once at lr=1.0 (+ cosine)",
         "eval_every": EVAL_EVERY,
         "workers": inputs.workers or 1,
         "backend": inputs.backend,
+        "base_optimizers": inputs.bases,
+        "grids": {base: {"lrs": list(lrs), "oracle_lrs": list(olrs)} for base, (lrs, olrs) in inputs.grids.items()},
     }
     summary = Summary(
         arms=summarize_arms(rows, arms),
@@ -374,12 +430,14 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
         executed=sched.executed,
         oracle_executed=sched.oracle_executed,
         warnings=sched.warnings,
-        hindsight=_hindsight(sched.instances, inputs.oracle_lrs),
+        hindsight=_hindsight(sched.instances),
+        by_base={base: summarize_arms([r for r in rows if r["base"] == base], arms) for base in inputs.bases},
     )
     spec = inputs.task_spec if isinstance(inputs.task_spec, str) else ",".join(map(str, inputs.task_spec))
+    bases = "" if inputs.bases == [DEFAULT_BASE] else f", bases {','.join(inputs.bases)}"
     title = (
         f"tasks {spec[:40]} ({len(inputs.tasks)} families x {len(inputs.seeds)} seeds, budget x{inputs.budget_scale:g}"
-        f"{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep"
+        f"{bases}{'' if inputs.observe else ', no observe'}): lower is better, 1 = best of a {len(inputs.oracle_lrs)}-lr sweep"
     )
     if aa_control:
         _add_aa_control(summary, inputs, rows)
@@ -390,13 +448,13 @@ def _run(inputs: _Inputs, locations: dict[str, str], progress: bool, executor: A
     return summary
 
 
-def _hindsight(instances: list[Instance], oracle_lrs: tuple[float, ...]) -> dict[str, dict[str, Any]]:
-    """The hindsight rows' statistics (chuck.evaluation.hindsight), read off the finished sweeps."""
+def _hindsight(instances: list[Instance]) -> dict[str, dict[str, Any]]:
+    """The hindsight rows' statistics (chuck.evaluation.hindsight), read off the finished sweeps (every base pooled)."""
     rows = [
         r
         for inst in instances
         if inst.oracle_ready
-        for r in instance_rows(inst.results, oracle_lrs, inst.task.id, inst.task.family, inst.seed)
+        for r in instance_rows(inst.results, inst.oracle_lrs or (), inst.task.id, inst.task.family, inst.seed)
     ]
     return {name: asdict(stats) for name, stats in hindsight_stats(rows).items()}
 
@@ -405,12 +463,33 @@ def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]
     """Replay the references (chuck.evaluation.resolution) and put the A/A next to every arm's harm."""
 
     workers = (inputs.workers or 1) if inputs.backend == "process" else (os.cpu_count() or 1)
-    res = replay_references(
-        inputs.tasks, inputs.seeds, workers=workers, budget_scale=inputs.budget_scale, oracle_lrs=tuple(inputs.oracle_lrs)
-    )
-    table = harm_against_aa(res.rows, [r for r in rows if r["kind"] == "harm_probe"])
+    per_base = {
+        base: replay_references(
+            inputs.tasks,
+            inputs.seeds,
+            workers=workers,
+            budget_scale=inputs.budget_scale,
+            oracle_lrs=tuple(oracle_lrs),
+            base=base,
+        )
+        for base, (_, oracle_lrs) in inputs.grids.items()
+    }
+    res = combine_resolutions(list(per_base.values()))
+    probes = [r for r in rows if r["kind"] == "harm_probe"]
+    table = harm_against_aa(res.rows, probes)
     for arm, stats in summary.arms.items():
         stats.harm_beyond_aa = table[arm]["beyond_aa"] if arm in table else None
+    by_base: dict[str, Any] = {}
+    for base, base_res in per_base.items():
+        base_table = harm_against_aa(base_res.rows, [r for r in probes if r["base"] == base])
+        for arm, stats in summary.by_base.get(base, {}).items():
+            stats.harm_beyond_aa = base_table[arm]["beyond_aa"] if arm in base_table else None
+        by_base[base] = {
+            "oracle": asdict(base_res.oracle),
+            "harm": base_table.get("A/A", {}),
+            "instances": base_res.instances,
+            "reproduced": base_res.reproduced,
+        }
     summary.aa_control = {
         "eps": list(DEFAULT_EPS),
         "oracle": asdict(res.oracle),
@@ -418,6 +497,7 @@ def _add_aa_control(summary: Summary, inputs: _Inputs, rows: list[dict[str, Any]
         "harm": table.get("A/A", {}),
         "instances": res.instances,
         "reproduced": res.reproduced,
+        "by_base": by_base,
     }
     summary.warnings += [f"A/A control: an exact replay did not reproduce its reference: {m}" for m in res.mismatches]
     (inputs.out / "aa_replays.json").write_text(json.dumps(res.rows, indent=1, allow_nan=True) + "\n")

@@ -1,15 +1,16 @@
 """One evaluation run: an arm trains one task instance through the deployment path.
 
-An *instance* is ``(task, seed)``: ``task.sample_config(default_rng(seed))`` with the base
-optimizer forced to AdamW. Every arm builds it after ``torch.manual_seed(config.seed)``, so
+An *instance* is ``(task, seed, base)``: ``task.sample_config(default_rng(seed))`` with the base
+optimizer forced to ``base`` (``RunSpec.base``, AdamW unless the evaluation names others, see
+:mod:`chuck.evaluation.bases`). Every arm builds it after ``torch.manual_seed(config.seed)``, so
 data, initialization and batch order are the same for all arms (common random numbers), and
 trains it with :func:`chuck.zoo.loop.train`, the loop every other chuck workflow uses.
 
 Arms:
 
-* ``adamw``: the instance's AdamW at the starting lr, constant.
-* ``cosine``: AdamW + ``CosineAnnealingLR`` over the budget.
-* ``plateau``: AdamW + ``ReduceLROnPlateau(factor=0.5, patience=2)`` on each evaluation.
+* ``adamw``: the instance's base optimizer (AdamW by default) at the starting lr, constant.
+* ``cosine``: the base optimizer + ``CosineAnnealingLR`` over the budget.
+* ``plateau``: the base optimizer + ``ReduceLROnPlateau(factor=0.5, patience=2)`` on each evaluation.
 * ``schedulefree``: ``schedulefree.AdamWScheduleFree`` (Defazio et al. 2024) at the starting
   lr, warm-up 5% of the budget, evaluated on its averaged weights.
 * ``prodigy``: ``prodigyopt.Prodigy`` (Mishchenko & Defazio 2024) at ``lr=1.0`` + cosine, as
@@ -21,7 +22,7 @@ Arms:
   averaged weights (its ``train()``/``eval()``); lr-free like ``prodigy``.
 * ``ldog``: ``dog.LDoG`` (Ivgi et al. 2023, "DoG is SGD's Best Friend", layer-wise; package
   ``dog-optimizer``) at ``lr=1.0``, without the paper's optional weight averaging; lr-free.
-* ``chuck:SPEC``: ``ChuckOptimizer(AdamW, policy=SPEC, model=..., total_steps=budget,
+* ``chuck:SPEC``: ``ChuckOptimizer(base, policy=SPEC, model=..., total_steps=budget,
   history=False)`` with its OOD fallback, validation reported through ``observe``;
   ``chuck:SPEC/no-observe`` never calls ``observe``.
 """
@@ -73,6 +74,8 @@ class RunSpec:
             process cannot look up by id; ``None`` for zoo and entry-point tasks.
         lr_scale: multiplies the lr the run trains at (Prodigy's multiplier for ``prodigy``);
             1 except in the A/A replays of ``chuck.evaluation.resolution``.
+        base: the base optimizer of the ``adamw``, ``cosine``, ``plateau`` and chuck arms, one of
+            ``chuck.zoo.task.BASE_OPTIMIZERS`` (the lr-free and schedule-free baselines bring their own).
     """
 
     task_id: str
@@ -83,6 +86,7 @@ class RunSpec:
     policy: str | None = None
     task: Any = None
     lr_scale: float = 1.0
+    base: str = "AdamW"
 
 
 def is_chuck_arm(arm: str) -> bool:
@@ -103,10 +107,10 @@ def run_id(arm: str, lr: float) -> str:
     return f"{arm}@{effective_lr(arm, lr)!r}"
 
 
-def instance_config(task: Any, seed: int):
-    """The instance's sampled settings with the base optimizer forced to AdamW (lr set per run)."""
+def instance_config(task: Any, seed: int, base: str = "AdamW"):
+    """The instance's sampled settings with the base optimizer forced to ``base`` (lr set per run)."""
     cfg = task.sample_config(np.random.default_rng(seed))
-    cfg.optimizer = "AdamW"
+    cfg.optimizer = base
     return cfg
 
 
@@ -182,7 +186,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     opt = None
     try:
         task = spec.task if spec.task is not None else get_task(spec.task_id)
-        cfg = instance_config(task, spec.seed)
+        cfg = instance_config(task, spec.seed, spec.base)
         cfg.lr = float(spec.lr) * spec.lr_scale
         torch.manual_seed(cfg.seed)
         inst = task.build(cfg)

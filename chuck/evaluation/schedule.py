@@ -9,6 +9,11 @@ an interrupted evaluation resumes where it stopped.
 Runs that are the same training run are executed once: Prodigy ignores the starting lr, the
 ``adamw`` and ``cosine`` arms at a swept lr are the oracle's own runs, and a harm probe at a
 starting lr is that main run.
+
+Each instance carries its base optimizer and its lr grids (:mod:`chuck.evaluation.bases`): the
+instances of one call may differ in both. Rows of a base other than AdamW have keys of their own
+(the base is hashed into the settings part), and every row names its base (column ``base``);
+a ``rows.csv`` written before that column existed is read as AdamW's and rewritten with it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import csv
 import math
 import multiprocessing
+import os
+import tempfile
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -56,7 +63,10 @@ ROW_FIELDS = (
     "diverged",
     "error",
     "seconds",
+    "base",
 )
+#: The columns of a ``rows.csv`` written before rows named their base optimizer (every one AdamW's).
+LEGACY_ROW_FIELDS = ROW_FIELDS[:-1]
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -72,13 +82,20 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
 @dataclass
 class Instance:
-    """One (task, seed) of the evaluation: its steps, its oracle cache and the runs finished so far."""
+    """One (task, seed, base) of the evaluation: its steps, its oracle cache and the runs finished so far.
+
+    ``lrs``, ``oracle_lrs`` and ``settings_hash`` left ``None`` are the :class:`Scheduler`'s.
+    """
 
     task: Any
     seed: int
     steps: int
     cache: OracleCache
     ship_task: bool
+    base: str = "AdamW"
+    lrs: tuple[float, ...] | None = None
+    oracle_lrs: tuple[float, ...] | None = None
+    settings_hash: str | None = None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     oracle_ready: bool = False
     oracle: float = math.nan
@@ -88,7 +105,7 @@ class Instance:
 
 def parse_row(raw: dict[str, str]) -> dict[str, Any] | None:
     """A row of rows.csv with its types back; ``None`` for a torn line (a run killed mid-write)."""
-    if any(raw.get(k) is None for k in ROW_FIELDS):
+    if any(raw.get(k) is None for k in ROW_FIELDS) or not raw["base"]:
         return None
     try:
         row: dict[str, Any] = dict(raw)
@@ -101,6 +118,17 @@ def parse_row(raw: dict[str, str]) -> dict[str, Any] | None:
         return row
     except ValueError:
         return None
+
+
+def upgrade_rows(path: Path, raws: list[dict[str, str]]) -> None:
+    """Rewrite ``path`` with :data:`ROW_FIELDS` (atomically): the rows of an older ``rows.csv``, given
+    their ``base``; a torn line (missing columns) is dropped, as reading drops it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rows-", suffix=".csv")
+    with os.fdopen(fd, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: raw[k] for k in ROW_FIELDS} for raw in raws if parse_row(raw) is not None)
+    os.replace(tmp, path)
 
 
 class InlineExecutor(Executor):
@@ -140,7 +168,12 @@ class Scheduler:
         self.executor = executor  # given: runs go there (chuck.metatrain.ray_backend.RayExecutor); else a process pool
         self.lrs, self.oracle_lrs, self.settings_hash = lrs, oracle_lrs, settings_hash
         self.rows_path, self.workers, self.progress = rows_path, workers, progress
-        self.oracle_ids = [run_id(a, lr) for a, lr in oracle_runs(oracle_lrs)]
+        for inst in instances:  # an instance without grids of its own gets the scheduler's
+            inst.lrs = tuple(lrs) if inst.lrs is None else tuple(inst.lrs)
+            inst.oracle_lrs = tuple(oracle_lrs) if inst.oracle_lrs is None else tuple(inst.oracle_lrs)
+            inst.settings_hash = settings_hash if inst.settings_hash is None else inst.settings_hash
+        #: Per instance, the run ids of its oracle sweep.
+        self.oracle_ids = [{run_id(a, lr) for a, lr in oracle_runs(self._oracle_lrs(i))} for i in range(len(instances))]
         self.done_keys: set[str] = set()
         self.rows: list[dict[str, Any]] = []
         self.waiting: dict[tuple[int, str], list[tuple[str, str, float]]] = {}
@@ -148,26 +181,43 @@ class Scheduler:
         self.planned: set[str] = set()
         self.executed = self.oracle_executed = 0
         self.warnings: list[str] = []
+        #: The rows of an older rows.csv (without ``base``), rewritten with it when the run starts.
+        self.legacy_rows: list[dict[str, str]] | None = None
+
+    def _oracle_lrs(self, i: int) -> tuple[float, ...]:
+        grid = self.instances[i].oracle_lrs
+        assert grid is not None  # set in __init__
+        return grid
 
     # -- rows ---------------------------------------------------------------------------------
     def key(self, kind: str, i: int, arm: str, lr: float) -> str:
         inst = self.instances[i]
-        return f"{kind}|{inst.task.id}|{inst.seed}|{arm}|{lr!r}|{inst.steps}|{self.settings_hash}"
+        return f"{kind}|{inst.task.id}|{inst.seed}|{arm}|{lr!r}|{inst.steps}|{inst.settings_hash}"
 
     def load_rows(self) -> None:
         if not self.rows_path.exists():
             return
         with open(self.rows_path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames is not None and tuple(reader.fieldnames) != ROW_FIELDS:
+            header = None if reader.fieldnames is None else tuple(reader.fieldnames)
+            if header is not None and header not in (ROW_FIELDS, LEGACY_ROW_FIELDS):
                 raise ValueError(f"{self.rows_path} has other columns ({reader.fieldnames}): choose a new output directory")
-            for raw in reader:
-                row = parse_row(raw)
-                if row is not None and row["key"] not in self.done_keys:
-                    self.done_keys.add(row["key"])
-                    self.rows.append(row)
+            raws = list(reader)
+        if header == LEGACY_ROW_FIELDS:  # every row of an older version is AdamW's (the file is upgraded in run())
+            for raw in raws:
+                if raw.get(LEGACY_ROW_FIELDS[-1]) is not None:  # a torn last line stays torn
+                    raw["base"] = "AdamW"
+            self.legacy_rows = raws
+        for raw in raws:
+            row = parse_row(raw)
+            if row is not None and row["key"] not in self.done_keys:
+                self.done_keys.add(row["key"])
+                self.rows.append(row)
 
     def open_rows(self) -> None:
+        if self.legacy_rows is not None:
+            upgrade_rows(self.rows_path, self.legacy_rows)
+            self.legacy_rows = None
         new = not self.rows_path.exists() or self.rows_path.stat().st_size == 0
         torn = not new and not self.rows_path.read_bytes().endswith(b"\n")
         self.file = open(self.rows_path, "a", newline="")  # noqa: SIM115 - open for the whole run, closed in run()
@@ -205,6 +255,7 @@ class Scheduler:
             "diverged": bool(res["diverged"]),
             "error": res.get("error", ""),
             "seconds": res["seconds"],
+            "base": inst.base,
         }
         self.writer.writerow(row)
         self.file.flush()
@@ -245,16 +296,15 @@ class Scheduler:
     def oracle_check(self, i: int) -> None:
         """When instance ``i``'s sweep is complete: its oracle, its harm probes, its buffered rows."""
         inst = self.instances[i]
-        if inst.oracle_ready or any(rid not in inst.results for rid in self.oracle_ids):
+        if inst.oracle_ready or any(rid not in inst.results for rid in self.oracle_ids[i]):
             return
-        inst.oracle, inst.best_lr = oracle_of(inst.results, self.oracle_lrs)
+        inst.oracle, inst.best_lr = oracle_of(inst.results, self._oracle_lrs(i))
         inst.oracle_ready = True
+        name = f"{inst.task.id} seed {inst.seed}" + ("" if inst.base == "AdamW" else f" ({inst.base})")
         if not math.isfinite(inst.oracle):
-            self.warnings.append(
-                f"{inst.task.id} seed {inst.seed}: every oracle run crashed; its runs count as regret {FAILED_REGRET:g}"
-            )
+            self.warnings.append(f"{name}: every oracle run crashed; its runs count as regret {FAILED_REGRET:g}")
         if inst.best_lr is None:
-            self.warnings.append(f"{inst.task.id} seed {inst.seed}: every constant-AdamW run crashed; no harm probes")
+            self.warnings.append(f"{name}: every constant-{inst.base} run crashed; no harm probes")
         else:
             for arm in self.arms:
                 self.need("harm_probe", i, arm, inst.best_lr)
@@ -265,14 +315,14 @@ class Scheduler:
     def plan(self) -> None:
         for i, inst in enumerate(self.instances):
             inst.results.update(inst.cache.runs)
-            for arm, lr in oracle_runs(self.oracle_lrs):
+            for arm, lr in oracle_runs(self._oracle_lrs(i)):
                 rid = run_id(arm, lr)
                 if rid not in inst.results and (i, rid) not in self.waiting:
                     self.waiting[(i, rid)] = []
                     self.enqueue(i, rid, arm, lr)
-        for i in range(len(self.instances)):
+        for i, inst in enumerate(self.instances):
             self.oracle_check(i)
-            for lr in self.lrs:
+            for lr in inst.lrs or ():
                 for arm in self.arms:
                     self.need("main", i, arm, lr)
 
@@ -288,13 +338,14 @@ class Scheduler:
             steps=inst.steps,
             policy=self.locations.get(arm),
             task=inst.task if inst.ship_task else None,
+            base=inst.base,
         )
 
     def finish(self, i: int, rid: str, result: dict[str, Any]) -> None:
         inst = self.instances[i]
         inst.results[rid] = result
         self.executed += 1
-        if rid in self.oracle_ids:
+        if rid in self.oracle_ids[i]:
             self.oracle_executed += 1
             inst.cache.add(rid, result)
         for kind, arm, lr in self.waiting.pop((i, rid), []):

@@ -16,6 +16,12 @@ The worst case is a figure of its own, since a user meets the worst run first:
   the same instance, ends within ``PEER_FINE`` (2x): a failure a careful lr-free peer avoids.
   ``None`` when the rows hold no Prodigy run of the instances.
 
+An evaluation on several base optimizers (:mod:`chuck.evaluation.bases`) pools them in its
+headline figures (``Summary.arms``; an instance is a task, seed *and* base, so Prodigy's run on
+an SGD instance is judged against that instance's oracle) and repeats every figure per base
+(``Summary.by_base``). Pooled, ``per_lr`` groups runs by their starting lr as given, so where the
+bases' grids differ (:mod:`chuck.evaluation.bases`) an lr's figure covers the bases that start there.
+
 Every summary also holds the *hindsight* rows (:mod:`chuck.evaluation.hindsight`): what a user
 who picked the best lr of the sweep's grid after the fact reaches, and one who missed it by one
 grid step, read off the oracle sweep without another run (``Summary.hindsight``).
@@ -108,7 +114,11 @@ class Summary:
         aa_control: with the A/A control, its figures: ``oracle`` and ``tuned`` (the replays'
             statistics as an :class:`ArmStats` dict), ``harm`` (the replays' shares above 1.05 and
             1.2), ``eps``, ``instances``, ``reproduced`` (instances whose exact replays matched
-            their references) and ``plot`` (the replays per family); ``None`` without it.
+            their references), ``plot`` (the replays per family) and ``by_base`` (per base
+            optimizer: its ``oracle``, ``harm``, ``instances`` and ``reproduced``); ``None`` without it.
+        by_base: per base optimizer of the evaluation (``settings["base_optimizers"]``), its arms'
+            :class:`ArmSummary` over that base's instances alone (``harm_beyond_aa`` against that
+            base's replays); ``arms`` pools every base.
     """
 
     arms: dict[str, ArmSummary]
@@ -122,6 +132,7 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     hindsight: dict[str, dict[str, Any]] = field(default_factory=dict)
     aa_control: dict[str, Any] | None = None
+    by_base: dict[str, dict[str, ArmSummary]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,19 +141,9 @@ class Summary:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=True)
 
     def to_markdown(self) -> str:
-        """The headline table (one line per arm)."""
-        lines = [
-            "| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | worst regret "
-            "| catastrophes | harm rate | worst harm | diverged | crashed |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for arm, s in self.arms.items():
-            lines.append(
-                f"| {arm} | {s.runs} | {s.median_regret:.3f} [{s.median_regret_ci[0]:.3f}, {s.median_regret_ci[1]:.3f}] "
-                f"| {s.geo_regret:.3f} [{s.geo_regret_ci[0]:.3f}, {s.geo_regret_ci[1]:.3f}] | {s.within_10pct:.0%} "
-                f"| {_num(s.worst_regret)} | {'-' if s.catastrophes is None else s.catastrophes} "
-                f"| {_pct(s.harm_rate)} | {_num(s.worst_harm)} | {s.diverged} | {s.errors} |"
-            )
+        """The headline table (one line per arm), its breakdowns, and with several base optimizers a
+        table per base."""
+        lines = _arms_table(self.arms)
         families = sorted({f for s in self.arms.values() for f in s.per_family})
         if families:
             lines += [
@@ -173,11 +174,29 @@ class Summary:
                 lines.append(
                     f"| {arm} | " + " | ".join(_num(s.per_lr[lr].geo_regret if lr in s.per_lr else None) for lr in lrs) + " |"
                 )
+        if len(self.by_base) > 1:
+            lines += self._by_base_markdown()
         if self.hindsight:
             lines += self._hindsight_markdown()
         if self.aa_control:
             lines += self._aa_markdown(self.aa_control)
         return "\n".join(lines) + "\n"
+
+    def _by_base_markdown(self) -> list[str]:
+        grids = self.settings.get("grids", {})
+        lines = [
+            "",
+            "Per base optimizer (the arms adamw, cosine, plateau and chuck train it; the oracle is a sweep of it; "
+            "the lr-free and schedule-free baselines bring their own optimizer):",
+        ]
+        for base, arms in self.by_base.items():
+            grid = grids.get(base, {})
+            lrs = ", ".join(f"{float(x):g}" for x in grid.get("lrs", []))
+            oracle = grid.get("oracle_lrs", [])
+            sweep = f"; oracle sweep {float(min(oracle)):g}..{float(max(oracle)):g}" if oracle else ""
+            lines += ["", f"**{base}** (starting lrs {lrs or '-'}{sweep}):", ""]
+            lines += _arms_table(arms, beyond_aa=self.aa_control is not None)
+        return lines
 
     def _hindsight_markdown(self) -> list[str]:
         lines = [
@@ -215,6 +234,26 @@ class Summary:
         ]
         lines += [f"| {arm} | {_pct(s.harm_rate)} | {_pct(s.harm_beyond_aa)} |" for arm, s in self.arms.items()]
         return lines
+
+
+def _arms_table(arms: dict[str, ArmSummary], beyond_aa: bool = False) -> list[str]:
+    """One line per arm: runs, regret with intervals, within 10%, the worst case, harm, failures
+    (and the harm beyond the A/A with ``beyond_aa``)."""
+    extra = " harm beyond the A/A |" if beyond_aa else ""
+    lines = [
+        "| arm | runs | median regret [95% CI] | geo regret [95% CI] | within 10% | worst regret "
+        f"| catastrophes | harm rate | worst harm |{extra} diverged | crashed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if beyond_aa else ""),
+    ]
+    for arm, s in arms.items():
+        cell = f" {_pct(s.harm_beyond_aa)} |" if beyond_aa else ""
+        lines.append(
+            f"| {arm} | {s.runs} | {s.median_regret:.3f} [{s.median_regret_ci[0]:.3f}, {s.median_regret_ci[1]:.3f}] "
+            f"| {s.geo_regret:.3f} [{s.geo_regret_ci[0]:.3f}, {s.geo_regret_ci[1]:.3f}] | {s.within_10pct:.0%} "
+            f"| {_num(s.worst_regret)} | {'-' if s.catastrophes is None else s.catastrophes} "
+            f"| {_pct(s.harm_rate)} | {_num(s.worst_harm)} |{cell} {s.diverged} | {s.errors} |"
+        )
+    return lines
 
 
 def write_summary(summary: Summary, out: Path) -> None:
@@ -293,21 +332,24 @@ def arm_stats(main: list[dict[str, Any]], probes: list[dict[str, Any]] | None) -
     return stats
 
 
-def catastrophes(main: list[dict[str, Any]], peer: dict[tuple[str, int], float]) -> int | None:
+def instance_of(row: dict[str, Any]) -> tuple[str, int, str]:
+    """The instance a row belongs to: ``(task_id, seed, base)`` (rows without ``base`` are AdamW's)."""
+    return str(row["task_id"]), int(row["seed"]), str(row.get("base") or "AdamW")
+
+
+def catastrophes(main: list[dict[str, Any]], peer: dict[tuple[str, int, str], float]) -> int | None:
     """Runs at ``CATASTROPHE`` x the sweep's best or worse where the peer's run of the same instance
-    (``peer[(task_id, seed)]``, its regret) ends within ``PEER_FINE``; ``None`` without any peer run."""
-    judged = [r for r in main if (r["task_id"], int(r["seed"])) in peer]
+    (``peer[instance_of(row)]``, its regret) ends within ``PEER_FINE``; ``None`` without any peer run."""
+    judged = [r for r in main if instance_of(r) in peer]
     if not judged:
         return None
-    return sum(float(r["regret"]) >= CATASTROPHE and peer[(r["task_id"], int(r["seed"]))] <= PEER_FINE for r in judged)
+    return sum(float(r["regret"]) >= CATASTROPHE and peer[instance_of(r)] <= PEER_FINE for r in judged)
 
 
 def summarize_arms(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, ArmSummary]:
     """Per-arm summaries from finished rows (``kind`` main or harm_probe)."""
     out: dict[str, ArmSummary] = {}
-    peer = {
-        (r["task_id"], int(r["seed"])): float(r["regret"]) for r in rows if r["arm"] == CATASTROPHE_PEER and r["kind"] == "main"
-    }
+    peer = {instance_of(r): float(r["regret"]) for r in rows if r["arm"] == CATASTROPHE_PEER and r["kind"] == "main"}
     for arm in arms:
         main = [r for r in rows if r["arm"] == arm and r["kind"] == "main"]
         if not main:

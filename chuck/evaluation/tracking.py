@@ -1,4 +1,9 @@
-"""MLflow logging of an evaluation: a parent run with the summary and the plot, one child per arm."""
+"""MLflow logging of an evaluation: a parent run with the summary and the plot, one child per arm.
+
+The parent's metrics ``ARM.METRIC`` pool every base optimizer; ``by_base.BASE.ARM.METRIC`` are one
+base's (each child run carries its arm's as ``BASE.METRIC``). The base optimizers are the param and
+tag ``base_optimizers``.
+"""
 
 from __future__ import annotations
 
@@ -46,12 +51,24 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
         "oracle_lrs": ",".join(f"{x:g}" for x in s["oracle_lrs"]),
         "out": str(out.resolve()),
     }
+    bases = list(s.get("base_optimizers") or ["AdamW"])
+    params["base_optimizers"] = ",".join(bases)
+    grids = s.get("grids") or {}
+    if len(bases) > 1:  # "lrs" and "oracle_lrs" are the first base's; the others' grids beside them
+        for base in bases[1:]:
+            if base in grids:
+                params[metric_name(f"lrs.{base}")] = ",".join(f"{x:g}" for x in grids[base]["lrs"])
+                params[metric_name(f"oracle_lrs.{base}")] = ",".join(f"{x:g}" for x in grids[base]["oracle_lrs"])
     with mlflow.start_run(run_name=f"evaluate {str(s['task_spec'])[:60]}") as run:
         summary.mlflow_run_id = run.info.run_id
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.set_tag("base_optimizers", params["base_optimizers"])
         headline: dict[str, float] = {}
         for arm, stats in summary.arms.items():
             headline.update(_metrics(stats, metric_name(arm) + "."))
+        for base, arms in summary.by_base.items():
+            for arm, stats in arms.items():
+                headline.update(_metrics(stats, metric_name(f"by_base.{base}.{arm}.")))
         mlflow.log_metrics(headline)
         mlflow.log_metrics({"runs": summary.rows, "executed": summary.executed})
         for name, h in summary.hindsight.items():
@@ -70,6 +87,9 @@ def log_summary(summary: Summary, out: Path, tracking_uri: str | None, experimen
                     metrics[metric_name(f"geo_regret.{fam}")] = st.geo_regret
                     if st.worst_regret is not None:
                         metrics[metric_name(f"worst_regret.{fam}")] = st.worst_regret
+                for base, arms in summary.by_base.items():
+                    if arm in arms:
+                        metrics.update(_metrics(arms[arm], metric_name(f"{base}.")))
                 mlflow.log_metrics(metrics)
         write_summary(summary, out)
         for path in (*summary_paths(out, s.get("observe", True)), out / "rows.csv"):

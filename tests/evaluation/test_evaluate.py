@@ -621,3 +621,151 @@ def test_catastrophes_count_runs_a_peer_survives_and_worst_regret_is_reported():
     assert s.per_family["g"].worst_regret == 50.0
     alone = summarize_arms([r for r in rows if r["arm"] != "prodigy"], ["chuck:x"])["chuck:x"]
     assert alone.catastrophes is None  # without a peer run there is nothing to judge against
+
+
+# -- base optimizers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("base", "nesterov"), [("SGD", False), ("NesterovSGD", True)])
+def test_a_base_optimizer_is_what_the_adamw_and_chuck_arms_train(tiny_tasks, monkeypatch, base, nesterov):
+    from chuck.evaluation import runs
+
+    built = {}
+    make_arm = runs._make_arm
+
+    def spy(spec, inst):
+        opt, scheduler = make_arm(spec, inst)
+        built[spec.arm] = opt
+        return opt, scheduler
+
+    monkeypatch.setattr(runs, "_make_arm", spy)
+    for arm in ("adamw", "chuck:heuristic"):
+        res = run_one(RunSpec("test.tiny_a", 0, arm, 1e-2, 20, policy="heuristic", base=base))
+        assert res["error"] == "" and math.isfinite(res["final_loss"]), (arm, res)
+    wrapped = built["chuck:heuristic"]
+    assert isinstance(wrapped, chuck.ChuckOptimizer)
+    for opt in (built["adamw"], wrapped.optimizer):
+        assert type(opt) is torch.optim.SGD and opt.param_groups[0]["nesterov"] is nesterov
+    # the default stays AdamW, and an lr-free baseline keeps its own optimizer on any base
+    run_one(RunSpec("test.tiny_a", 0, "adamw", 1e-2, 20))
+    assert type(built["adamw"]) is torch.optim.AdamW
+    run_one(RunSpec("test.tiny_a", 0, "prodigy", 1e-2, 20, base=base))
+    assert type(built["prodigy"]).__name__ == "Prodigy"
+
+
+def test_each_base_optimizer_is_its_own_instances_with_its_own_oracle_and_figures(tiny_tasks, tmp_path, count_runs):
+    from chuck.core.home import chuck_home
+
+    out = tmp_path / "eval"
+    s = _small(out, base_optimizers="AdamW,sgd")  # names match case-insensitively
+    assert s.settings["base_optimizers"] == ["AdamW", "SGD"]
+    # explicit lrs are used as given for every base
+    assert s.settings["grids"] == {b: {"lrs": [1e-3], "oracle_lrs": ORACLE} for b in ("AdamW", "SGD")}
+    # every run of an SGD instance is built on SGD (the lr-free Prodigy carries it and ignores it)
+    assert {spec.base for spec in count_runs} == {"AdamW", "SGD"}
+    assert {spec.arm for spec in count_runs if spec.base == "SGD"} >= {"chuck:heuristic", "adamw", "cosine", "prodigy"}
+    # one oracle cache per base: the key holds the config with its optimizer
+    caches = [json.loads(p.read_text()) for p in (chuck_home() / "oracle").glob("*.json")]
+    assert sorted(c["key"]["config"]["optimizer"] for c in caches) == ["AdamW", "SGD"]
+    assert all(len(c["runs"]) == N_ORACLE for c in caches)
+    rows = _rows(out / "rows.csv")
+    assert {r["base"] for r in rows} == {"AdamW", "SGD"}
+    assert len({r["key"] for r in rows}) == len(rows)
+    oracle = {r["base"]: r["oracle_loss"] for r in rows}
+    assert oracle["AdamW"] != oracle["SGD"]  # two sweeps, two oracles
+    # pooled figures over both bases, and each base's own
+    assert list(s.by_base) == ["AdamW", "SGD"]
+    for arm in ("chuck:heuristic", "adamw", "prodigy"):
+        assert s.arms[arm].runs == 2 and [s.by_base[b][arm].runs for b in s.by_base] == [1, 1]
+        regrets = sorted(float(r["regret"]) for r in rows if r["arm"] == arm and r["kind"] == "main")
+        assert sorted(s.by_base[b][arm].median_regret for b in s.by_base) == regrets
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["by_base"]) == {"AdamW", "SGD"} and summary["settings"]["base_optimizers"] == ["AdamW", "SGD"]
+    assert set(summary["by_base"]["SGD"]["adamw"]) >= {"median_regret", "geo_regret", "within_10pct", "per_family"}
+    md = (out / "summary.md").read_text()
+    assert "**AdamW** (starting lrs 0.001" in md and "**SGD** (starting lrs 0.001" in md
+    # resuming finds every row of both bases; AdamW alone resumes AdamW's rows only, with its keys as before
+    count_runs.clear()
+    assert _small(out, base_optimizers=["AdamW", "SGD"]).executed == 0 and not count_runs
+    alone = _small(out)
+    assert alone.executed == 0 and list(alone.by_base) == ["AdamW"] and alone.arms["adamw"].runs == 1
+    assert alone.to_dict()["by_base"]["AdamW"] == alone.to_dict()["arms"]
+    assert "**AdamW**" not in (out / "summary.md").read_text()  # one base: the headline table is its table
+
+
+@pytest.mark.parametrize("bases", ["Lion", "AdamW,lion", ""])
+def test_an_unknown_base_optimizer_fails_before_any_run(tiny_tasks, tmp_path, capsys, count_runs, bases):
+    out = tmp_path / "eval"
+    with pytest.raises(EvaluationInputError, match="base optimizer") as err:
+        _small(out, base_optimizers=bases)
+    assert "SGD" in str(err.value)  # the choices are named
+    argv = ["evaluate", "--policies", "heuristic", "--baselines", "adamw", "--tasks", "test.tiny_a", "--seeds", "0"]
+    assert main([*argv, "--base-optimizer", bases, "--out", str(out), "--no-mlflow", "--no-progress"]) == 2
+    assert "base optimizer" in capsys.readouterr().err
+    assert count_runs == [] and not out.exists()
+
+
+def test_default_lr_grids_shift_a_decade_up_for_the_sgd_family_only(tiny_tasks, tmp_path):
+    from chuck.evaluation import DEFAULT_LRS
+    from chuck.evaluation.bases import default_grids
+    from chuck.evaluation.runner import _check
+
+    assert default_grids("AdamW") == default_grids("Adam") == default_grids("RMSprop") == (DEFAULT_LRS, ORACLE_LRS)
+    for base in ("SGD", "NesterovSGD"):
+        lrs, oracle = default_grids(base)
+        assert lrs == (1e-3, 1e-2, 1e-1, 1.0)
+        assert len(oracle) == len(ORACLE_LRS) and oracle[0] == 1e-4 and oracle[-1] == 1.0
+        assert all(math.isclose(b, 10 * a, rel_tol=1e-2) for a, b in zip(ORACLE_LRS, oracle, strict=True))
+
+    def grids(**kw):
+        args = ("heuristic", "adamw", "test.tiny_a", kw.get("lrs"), "0", 1, tmp_path / "x", SCALE, True)
+        return _check(*args, kw.get("oracle_lrs"), "process", "AdamW,SGD").grids
+
+    assert grids() == {"AdamW": (list(DEFAULT_LRS), ORACLE_LRS), "SGD": ([1e-3, 1e-2, 1e-1, 1.0], default_grids("SGD")[1])}
+    given = grids(lrs="0.05", oracle_lrs=[0.1, 0.01])  # explicit grids: as given for every base (sorted)
+    assert given == {"AdamW": ([0.05], (0.01, 0.1)), "SGD": ([0.05], (0.01, 0.1))}
+
+
+def test_a_rows_file_from_before_the_base_column_is_resumed_as_adamw(tiny_tasks, tmp_path, count_runs):
+    from chuck.evaluation.schedule import LEGACY_ROW_FIELDS
+
+    out = tmp_path / "eval"
+    first = _small(out)
+    rows = _rows(out / "rows.csv")
+    with open(out / "rows.csv", "w", newline="") as f:  # as an older version wrote it
+        w = csv.DictWriter(f, fieldnames=LEGACY_ROW_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    count_runs.clear()
+    again = _small(out)
+    assert not count_runs and again.to_dict()["arms"] == first.to_dict()["arms"]
+    assert _rows(out / "rows.csv") == rows  # upgraded: the base column back, every row AdamW's
+
+
+def test_cli_base_optimizers_in_summary_aa_control_and_mlflow(tiny_tasks, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--policies", "heuristic", "--baselines", "adamw", "--tasks", "test.tiny_a", "--lrs", "1e-3"]
+    argv += ["--seeds", "0", "--budget-scale", str(SCALE), "--oracle-lrs", ",".join(map(str, ORACLE))]
+    assert main([*argv, "--base-optimizer", "AdamW,SGD", "--aa-control", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "**SGD**" in printed and "harm beyond the A/A" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    aa = summary["aa_control"]
+    assert aa["instances"] == 2 and set(aa["by_base"]) == {"AdamW", "SGD"}
+    assert [aa["by_base"][b]["instances"] for b in ("AdamW", "SGD")] == [1, 1]
+    replays = json.loads((out / "aa_replays.json").read_text())
+    assert sorted({r["base"] for r in replays}) == ["AdamW", "SGD"]
+    for base, arms in summary["by_base"].items():
+        assert arms["adamw"]["harm_beyond_aa"] == 0.0, base  # the base at the tuned lr is its own reference
+        assert arms["chuck:heuristic"]["harm_beyond_aa"] is not None
+
+    import mlflow
+
+    from chuck.tracking.store import default_tracking_uri
+
+    run = mlflow.MlflowClient(default_tracking_uri()).get_run(summary["mlflow_run_id"])
+    assert run.data.params["base_optimizers"] == "AdamW,SGD" and run.data.tags["base_optimizers"] == "AdamW,SGD"
+    sgd = summary["by_base"]["SGD"]["chuck:heuristic"]["median_regret"]
+    assert math.isclose(run.data.metrics["by_base.SGD.chuck:heuristic.median_regret"], sgd)
+    pooled = summary["arms"]["chuck:heuristic"]["median_regret"]
+    assert math.isclose(run.data.metrics["chuck:heuristic.median_regret"], pooled)
