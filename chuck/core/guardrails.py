@@ -6,7 +6,8 @@ judges a loss against *this run's own* losses, and every lr cut it makes is temp
 * **Non-finite** loss or gradient norm: the step is skipped (the base optimizer never sees it,
   so weights and optimizer state are untouched) and the lr is backed off. When
   ``max_rollbacks_in_a_row`` steps in a row are non-finite, the weights themselves may be what
-  overflows: they go back to the last snapshot, once per streak. A streak that outlasts that
+  overflows: they go back to the last snapshot (the first is the run's starting state, taken before
+  its first update), once per streak, and the streak's lr cuts stay. A streak that outlasts that
   rollback is non-finite whatever the weights (a bug in the loss, bad data): chuck keeps skipping
   and says so once (``NONFINITE_WARN_AFTER`` steps).
 * **Spike**: a loss far outside the run's own recent distribution, on three tests that must all
@@ -54,6 +55,7 @@ from typing import Any
 
 import torch
 
+from chuck.core.restart import StartGuard
 from chuck.core.snapshot import Snapshot
 
 #: Non-finite steps in a row after which chuck tells the user (once a run): by then a rollback,
@@ -90,6 +92,7 @@ class Action(str, Enum):
     ACCEPT_LEVEL_SHIFT = "accept_level_shift"
     AMP_OVERFLOW = "amp_overflow"  # GradScaler skipped the step: counted, no backoff
     ROLLBACK_OVERFIT = "rollback_overfit"  # back to the best validation loss's weights
+    RESTART = "restart"  # a blow-up in the first steps: back to the starting weights, a tenth of the lr
 
 
 class ValidationVote(int, Enum):
@@ -107,7 +110,7 @@ class Response:
     Attributes:
         action: what happened, as guardrail records and monitors name it.
         restore: which snapshot to put back first: ``"spike"`` (the last healthy state), ``"best"``
-            (the best validation loss's state) or ``None``.
+            (the best validation loss's state), ``"start"`` (the run's starting state) or ``None``.
         lr_factor: multiply chuck's lr multiplier by this (``1.0``: leave it). The optimizer reports
             the factor actually applied (bounds may clip it) with :meth:`Guardrails.charged`.
         recoverable: whether the cut is a debt repaid over healthy steps.
@@ -167,6 +170,12 @@ class GuardrailConfig:
             0.68 without, docs/results.md).
         overfit_backoff: after an overfitting rollback the lr multiplier is this factor times the
             smaller of its value now and its value when the best weights were taken.
+        restart_window: updates after the start (or a restart) during which a blow-up restarts the run
+            from its starting weights (:mod:`chuck.core.restart`); 0 disables restarts.
+        restart_rise: a blow-up: the median of the last five losses exceeds the first loss by this
+            multiple of its magnitude (and by the loss's noise).
+        restart_factor: each restart multiplies the lr multiplier by this (a cut that stays).
+        max_restarts: restarts at most.
     """
 
     spike_factor: float = 10.0
@@ -187,6 +196,10 @@ class GuardrailConfig:
     overfit_min_evaluations: int = VAL_NOISE_MIN
     overfit_persistence: int = 0
     overfit_backoff: float = 0.5
+    restart_window: int = 50
+    restart_rise: float = 1.0
+    restart_factor: float = 0.1
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         def number(name: str) -> float:
@@ -203,10 +216,17 @@ class GuardrailConfig:
             raise ValueError(f"backoff must be in (0, 1], got {self.backoff}")
         if not (0 < number("noisy_share") <= 1):
             raise ValueError(f"noisy_share must be in (0, 1], got {self.noisy_share}")
-        for name in ("min_spike_fraction", "healthy_factor", "overfit_min_fraction", "overfit_noise"):
+        for name in ("min_spike_fraction", "healthy_factor", "overfit_min_fraction", "overfit_noise", "restart_rise"):
             if number(name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name, low in (("snapshot_every", 0), ("recovery_steps", 0), ("min_history", 1), ("window", 2)):
+        for name, low in (
+            ("snapshot_every", 0),
+            ("recovery_steps", 0),
+            ("min_history", 1),
+            ("window", 2),
+            ("restart_window", 0),
+            ("max_restarts", 0),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
@@ -227,6 +247,8 @@ class GuardrailConfig:
             raise ValueError(f"overfit_gl must be > 0 (or None to disable), got {self.overfit_gl}")
         if not (0 < number("overfit_backoff") <= 1):
             raise ValueError(f"overfit_backoff must be in (0, 1], got {self.overfit_backoff}")
+        if not (0 < number("restart_factor") < 1):
+            raise ValueError(f"restart_factor must be in (0, 1), got {self.restart_factor}")
 
 
 class Guardrails:
@@ -239,6 +261,8 @@ class Guardrails:
     def __init__(self, config: GuardrailConfig | None = None) -> None:
         self.config = config or GuardrailConfig()
         self._spike = Snapshot()  # the last healthy state, for spike and non-finite rollbacks
+        cfg = self.config
+        self.start = StartGuard(cfg.restart_window, cfg.restart_rise, cfg.max_restarts)
         self.best = Snapshot()  # the best validation loss's state, for the overfitting rollback
         self.best_val = math.inf
         self.last_val = math.nan  # the validation loss judged last (for the rollback's record)
@@ -339,7 +363,12 @@ class Guardrails:
                     f"loss={loss}, grad_norm={grad_norm}, non-finite {self.nonfinite_in_a_row} steps in a row "
                     f"(the weights themselves may overflow); restored step {self._spike.step}"
                 )
-                return Response(Action.ROLLBACK_NONFINITE, "spike", cfg.backoff, reason=f"rollback_nonfinite: {why}")
+                # Weights that overflow at this lr will overflow again when a repaid cut brings it back:
+                # the streak's cuts and this one stay.
+                self.debt = 0.0
+                return Response(
+                    Action.ROLLBACK_NONFINITE, "spike", cfg.backoff, recoverable=False, reason=f"rollback_nonfinite: {why}"
+                )
             self.skips += 1
             return Response(
                 Action.SKIP_NONFINITE,
@@ -377,6 +406,25 @@ class Guardrails:
                 f"rollback_spike: loss {loss:.4g} far outside the recent losses (median {m:.4g}) "
                 f"{self.spikes_in_a_row} steps in a row; restored step {self._spike.step}"
             ),
+        )
+
+    def blew_up(self, loss: float | None, grad_norm: float, params: Sequence[torch.Tensor]) -> Response | None:
+        """The restart of a run whose first steps blew up (:mod:`chuck.core.restart`), or ``None``."""
+        why = self.start.check(loss, grad_norm)
+        if why is None or not self.start.can_restore(params):
+            return None
+        cfg = self.config
+        self.debt = self.streak_debt = 0.0  # the cuts that led here were about the lr, and stay
+        self.spikes_in_a_row = self.nonfinite_in_a_row = 0
+        self.reset_reference()
+        n = self.start.restarts + 1
+        return Response(
+            Action.RESTART,
+            "start",
+            cfg.restart_factor,
+            recoverable=False,
+            reset_loss_reference=True,
+            reason=f"restart: blow-up in the first steps ({why}); starting weights restored (restart {n} of at most {cfg.max_restarts})",
         )
 
     def charged(self, response: Response, applied: float) -> None:
@@ -453,13 +501,16 @@ class Guardrails:
         optimizer: torch.optim.Optimizer,
         buffers: Sequence[torch.Tensor] = (),
     ) -> None:
-        """Put parameters and optimizer state back to the ``"spike"`` or the ``"best"`` snapshot.
+        """Put parameters and optimizer state back to the ``"spike"``, ``"best"`` or ``"start"`` snapshot.
 
         After the best one, the spike snapshot becomes the restored state: it held the overfitted
         weights, and a spike rollback to them would undo this one."""
         if which == "best":
             self.best.restore(params, optimizer, buffers)
             self._spike.take(self.best.step or 0, params, optimizer)
+        elif which == "start":
+            self.start.restore(params, optimizer, buffers)
+            self._spike.take(0, params, optimizer)
         else:
             self._spike.restore(params, optimizer)
 
@@ -564,6 +615,7 @@ class Guardrails:
             "fresh_for": self._fresh_for,
             "vals": list(self._vals),
             "snapshot_pending": self._snapshot_pending,
+            "start": self.start.state_dict(),
             "snapshot_step": self._spike.step,
             "snap_params": params,
             "snap_state": state,
@@ -596,6 +648,9 @@ class Guardrails:
         for key in ("skips", "rollbacks", "amp_overflows", "spikes_in_a_row", "nonfinite_in_a_row", "good_in_a_row"):
             if key in state and not _count(state[key]):
                 return f"guardrails.{key} must be a non-negative integer, got {state[key]!r}"
+        start = state.get("start", {})
+        if not isinstance(start, dict) or ("restarts" in start and not _count(start["restarts"])):
+            return f"guardrails.start must be a dict with a non-negative integer 'restarts', got {start!r}"
         for key in ("skips", "rollbacks", "spikes_in_a_row", "snapshot_pending", "snapshot_step", "snap_params", "snap_state"):
             if key not in state:
                 return f"guardrails.{key} is missing"
@@ -660,6 +715,7 @@ class Guardrails:
                 self._median = median(self._losses)
         self._vals = deque((float(v) for v in state.get("vals", [])), maxlen=VAL_NOISE_WINDOW)
         self._spike.load(state["snapshot_step"], state["snap_params"], state["snap_state"], params)
+        self.start.load_state_dict(state.get("start") or {})
         over = state.get("overfit") or {}  # absent in checkpoints from before the overfitting rollback
         self.overfit_rollbacks = int(over.get("rollbacks", 0))
         self.overfit_in_a_row = int(over.get("in_a_row", 0))

@@ -451,12 +451,15 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if loss is None:
             loss = self._pending_loss
         self._pending_loss = None
+        self._snapshot_start()
         grads = self._grads()
         vote, self._val_vote = self._val_vote, ValidationVote.NONE
         loss_v, gnorm_v, vote = self.read_scalars(loss, grads, vote)
         if vote and self._act_on_vote(vote):
             return loss
         if self.safe_start is not None and self._safe_start_stops(loss_v, gnorm_v):
+            return loss
+        if self._restarts(loss_v, gnorm_v):
             return loss
         verdict = self._judge(loss_v, gnorm_v)
         if verdict is not Verdict.OK:
@@ -471,6 +474,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         if closure is None:
             raise TypeError(f"{type(self.optimizer).__name__} evaluates the loss itself: call opt.step(closure)")
         first: dict[str, Any] = {}
+        self._snapshot_start()
 
         def guarded() -> Any:
             with torch.enable_grad():
@@ -483,6 +487,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
                     first["verdict"] = None
                     raise _SkipStep
                 if self.safe_start is not None and self._safe_start_stops(first["loss"], first["gnorm"]):
+                    first["verdict"] = None
+                    raise _SkipStep
+                if self._restarts(first["loss"], first["gnorm"]):
                     first["verdict"] = None
                     raise _SkipStep
                 first["verdict"] = self._judge(first["loss"], first["gnorm"])
@@ -499,6 +506,28 @@ class ChuckOptimizer(torch.optim.Optimizer):
             return None
         self._after_update(first["loss"], first["gnorm"], first["clipped"])
         return loss
+
+    def _snapshot_start(self) -> None:
+        """Before the run's first update, keep its starting state: an lr far too high can blow the
+        weights up within the first few steps, before any periodic snapshot exists to go back to."""
+        g = self.guardrails
+        if g is None or self._step != 0:
+            return
+        if not g.has_snapshot and g.config.snapshot_every > 0:
+            g.snapshot(0, self._ctx.params, self.optimizer)
+        g.start.begin(self._ctx.params, self.optimizer, self._buffers())
+
+    def _restarts(self, loss_v: float | None, gnorm_v: float) -> bool:
+        """The start guard's blow-up test, before the update; ``True``: the run went back to its start
+        (the update must not run on the blown-up weights)."""
+        g = self.guardrails
+        if g is None or not g.start.active:
+            return False
+        response = g.blew_up(loss_v, gnorm_v, self._ctx.params)
+        if response is None:
+            return False
+        self._carry_out(response)
+        return True
 
     def _grads(self) -> list[torch.Tensor]:
         # Every parameter of every group, whenever it has a gradient: a layer unfrozen mid-run is
@@ -588,6 +617,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         self.monitors.on_step(StepRecord(self._step, loss_v, gnorm_v, clipped))
         g = self.guardrails
         if g is not None:
+            g.start.updated()
             repay = g.good_step(self._step, loss_v)
             if repay != 1.0:
                 g.repaid(repay, self.action_spec.scale_lr(repay))

@@ -279,8 +279,9 @@ def test_snapshot_waits_for_a_healthy_loss() -> None:
     )
     for s in range(49):
         _step(model, opt, s)
-    _step(model, opt, 49, loss_scale=5.0)  # step 50 is due, but its loss is 5x the median: no snapshot yet
-    assert opt.guardrails.snapshot_step is None
+    assert opt.guardrails.snapshot_step == 0  # the starting state, kept before the first update
+    _step(model, opt, 49, loss_scale=5.0)  # step 50 is due, but its loss is 5x the median: not taken yet
+    assert opt.guardrails.snapshot_step == 0
     _step(model, opt, 50)
     assert opt.guardrails.snapshot_step == 51
 
