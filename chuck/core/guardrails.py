@@ -382,6 +382,7 @@ class Guardrails:
             self.spikes_in_a_row = 0
             self.skips += 1
             self.reset_reference()
+            self.start.new_level()
             return Response(
                 Action.ACCEPT_LEVEL_SHIFT,
                 lr_factor=math.exp(repay),

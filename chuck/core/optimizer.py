@@ -459,11 +459,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
             return loss
         if self.safe_start is not None and self._safe_start_stops(loss_v, gnorm_v):
             return loss
-        if self._restarts(loss_v, gnorm_v):
-            return loss
         verdict = self._judge(loss_v, gnorm_v)
         if verdict is not Verdict.OK:
             self._intervene(verdict, loss_v, gnorm_v)
+            return loss
+        if self._restarts(loss_v, gnorm_v):
             return loss
         clipped = self._clip(grads, gnorm_v)
         self._update(self.optimizer.step)
@@ -489,11 +489,11 @@ class ChuckOptimizer(torch.optim.Optimizer):
                 if self.safe_start is not None and self._safe_start_stops(first["loss"], first["gnorm"]):
                     first["verdict"] = None
                     raise _SkipStep
-                if self._restarts(first["loss"], first["gnorm"]):
-                    first["verdict"] = None
-                    raise _SkipStep
                 first["verdict"] = self._judge(first["loss"], first["gnorm"])
                 if first["verdict"] is not Verdict.OK:
+                    raise _SkipStep
+                if self._restarts(first["loss"], first["gnorm"]):
+                    first["verdict"] = None
                     raise _SkipStep
                 first["clipped"] = self._clip(grads, first["gnorm"])
             return out
@@ -518,8 +518,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         g.start.begin(self._ctx.params, self.optimizer, self._buffers())
 
     def _restarts(self, loss_v: float | None, gnorm_v: float) -> bool:
-        """The start guard's blow-up test, before the update; ``True``: the run went back to its start
-        (the update must not run on the blown-up weights)."""
+        """The start guard's blow-up test on a step the other guardrails passed, before its update; ``True``:
+        the run went back to its start (the update must not run on the blown-up weights). A jump the spike
+        test skips never reaches it: a blow-up climbs over several steps."""
         g = self.guardrails
         if g is None or not g.start.active:
             return False

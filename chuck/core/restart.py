@@ -12,7 +12,9 @@ this guard does that, inside the run:
   median of the last :data:`WIDTH` losses above the median of the first :data:`WIDTH` (the starting
   level; one lucky first minibatch is not) by more than ``restart_rise`` times its magnitude (twice the
   starting level, for a positive loss) and by more than :data:`NOISE` robust standard deviations of the
-  loss's step-to-step noise. Non-finite steps are the guardrails' (skipped, and a
+  loss's step-to-step noise. Only steps the other guardrails let through count: a sudden jump is a
+  spike (skipped, and a lasting one accepted as a new level, from which the rise is judged again); a
+  blow-up climbs over several steps. Non-finite steps are the guardrails' (skipped, and a
   streak of them rolls back to the last snapshot, which in the first steps is this same starting
   state): one NaN from a corrupted batch says nothing about the lr;
 * at a blow-up the starting state comes back, the lr multiplier is multiplied by ``restart_factor``
@@ -88,6 +90,11 @@ class StartGuard:
         if m - first > max(self.rise * abs(first), NOISE * robust_noise(self.losses)):
             return f"median of the last {WIDTH} losses {m:.4g}, of the first {first:.4g}"
         return None
+
+    def new_level(self) -> None:
+        """The loss moved to another level for good (the guardrails accepted a level shift): judge the
+        rise from there."""
+        self.losses = []
 
     def updated(self) -> None:
         """One update was taken; at the end of the window the guard ends and frees its copy."""
