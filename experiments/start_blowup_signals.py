@@ -3,11 +3,12 @@
 For each family of a split and each starting lr from a decade below to three decades above the family's
 best constant lr (per base optimizer), trains the bare base optimizer at a constant lr after the shipped
 policy's linear warm-up (``--warmup``: the 20 steps of ``prior@10``) and records, over the
-first WINDOW steps: the rise of the median of the last 5 losses over the median of the first 5 (in units
-of the latter's magnitude: what ``chuck.core.restart`` reads), the ratio of the median of the last 5
-gradient norms to the first, and whether a loss or gradient norm went non-finite;
-then the final validation loss of the whole run. A restart rule must fire on the starts that end far
-above the best and never on those that end near it.
+first WINDOW steps: the step at which ``chuck.core.restart``'s blow-up test (the shipped settings, fed
+every finite loss as the optimizer would) would have restarted the run (-1: never), the rise of the median of
+the last 5 losses over the median of the first 5 at step WINDOW, the ratio of the median of the last 5
+gradient norms to the first, and whether a loss or gradient norm went non-finite; then the final validation
+loss of the whole run (which never restarts: the test only watches). A restart rule must fire on the starts
+that end far above the best and never on those that end near it.
 
     python experiments/start_blowup_signals.py --split train --base AdamW,SGD --out docs/results/start_blowup_signals.csv
 """
@@ -22,11 +23,13 @@ from statistics import median
 
 import torch
 
+from chuck.core.guardrails import GuardrailConfig
+from chuck.core.restart import StartGuard
 from chuck.evaluation.runs import init_worker, instance_config, steps_for
 from chuck.zoo import get_task, list_tasks
 from chuck.zoo.starting_lr import OPTIMIZER_LR_OFFSET
 
-WINDOW = 40
+WINDOW = GuardrailConfig().restart_window
 #: The shipped default's warm-up (``chuck.policies.prior.WARMUP``): what a restart rule under it sees.
 WARMUP = 20
 DECADES = (-1.0, 0.0, 1.0, 2.0, 3.0)
@@ -41,7 +44,10 @@ def one(job: tuple[str, int, str, float, int]) -> dict:
     torch.manual_seed(cfg.seed)
     inst = task.build(cfg)
     steps = steps_for(task, 1.0)
-    losses, norms, nonfinite = [], [], False
+    losses, norms, nonfinite, restart_at = [], [], False, -1
+    cfg_g = GuardrailConfig()
+    guard = StartGuard(cfg_g.restart_window, cfg_g.restart_rise, cfg_g.max_restarts)
+    guard.begin(list(inst.model.parameters()), inst.optimizer, [])
     final = math.nan
     try:
         for k in range(steps):
@@ -51,6 +57,9 @@ def one(job: tuple[str, int, str, float, int]) -> dict:
             params = [p for g in inst.optimizer.param_groups for p in g["params"] if p.grad is not None]
             gn = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
             lv = float(loss)
+            if restart_at < 0 and guard.check(lv, gn) is not None:
+                restart_at = k
+            guard.updated()
             if k < WINDOW:
                 losses.append(lv)
                 norms.append(gn)
@@ -63,6 +72,7 @@ def one(job: tuple[str, int, str, float, int]) -> dict:
     l0, g0 = losses[0] if losses else math.nan, norms[0] if norms else math.nan
     return {
         "task": task_id,
+        "restart_at": restart_at,
         "seed": seed,
         "base": base,
         "decade": decade,

@@ -253,6 +253,9 @@ def load_checkpoint(opt: Any, state_dict: dict[str, Any]) -> None:
     base_before = dict(opt.optimizer.__dict__)
     chuck_before = chuck_state(opt, 0), opt.controller.decisions, opt.metrics
     loading = ["the base optimizer's state"]  # what was being loaded, for the error
+    start_before = opt.guardrails.start if opt.guardrails is not None else None
+    if opt.guardrails is not None and start_before is not None:
+        opt.guardrails.start = start_before.fresh()  # a load ends the start guard; a failed one must not
     try:
         opt.optimizer.load_state_dict(state_dict)
         if entry is not None:
@@ -263,6 +266,8 @@ def load_checkpoint(opt: Any, state_dict: dict[str, Any]) -> None:
             opt.optimizer.__dict__.update(base_before)
             load_chuck_state(opt, chuck_before[0], [])
             opt.controller.decisions, opt.metrics = chuck_before[1], chuck_before[2]
+            if opt.guardrails is not None and start_before is not None:
+                opt.guardrails.start = start_before
         except Exception as again:
             raise CheckpointError(
                 f"loading {loading[-1]} raised {type(exc).__name__}: {exc}; putting the previous state back "

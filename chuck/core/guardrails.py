@@ -7,7 +7,7 @@ judges a loss against *this run's own* losses, and every lr cut it makes is temp
   so weights and optimizer state are untouched) and the lr is backed off. When
   ``max_rollbacks_in_a_row`` steps in a row are non-finite, the weights themselves may be what
   overflows: they go back to the last snapshot (the first is the run's starting state, taken before
-  its first update), once per streak, and the streak's lr cuts stay. A streak that outlasts that
+  its first update), once per streak. A streak that outlasts that
   rollback is non-finite whatever the weights (a bug in the loss, bad data): chuck keeps skipping
   and says so once (``NONFINITE_WARN_AFTER`` steps).
 * **Spike**: a loss far outside the run's own recent distribution, on three tests that must all
@@ -172,8 +172,8 @@ class GuardrailConfig:
             smaller of its value now and its value when the best weights were taken.
         restart_window: updates after the start (or a restart) during which a blow-up restarts the run
             from its starting weights (:mod:`chuck.core.restart`); 0 disables restarts.
-        restart_rise: a blow-up: the median of the last five losses exceeds the first loss by this
-            multiple of its magnitude (and by the loss's noise).
+        restart_rise: a blow-up: the median of the last five losses exceeds the median of the first five
+            by this multiple of its magnitude (and by the loss's noise).
         restart_factor: each restart multiplies the lr multiplier by this (a cut that stays).
         max_restarts: restarts at most.
     """
@@ -363,12 +363,7 @@ class Guardrails:
                     f"loss={loss}, grad_norm={grad_norm}, non-finite {self.nonfinite_in_a_row} steps in a row "
                     f"(the weights themselves may overflow); restored step {self._spike.step}"
                 )
-                # Weights that overflow at this lr will overflow again when a repaid cut brings it back:
-                # the streak's cuts and this one stay.
-                self.debt = 0.0
-                return Response(
-                    Action.ROLLBACK_NONFINITE, "spike", cfg.backoff, recoverable=False, reason=f"rollback_nonfinite: {why}"
-                )
+                return Response(Action.ROLLBACK_NONFINITE, "spike", cfg.backoff, reason=f"rollback_nonfinite: {why}")
             self.skips += 1
             return Response(
                 Action.SKIP_NONFINITE,
@@ -417,6 +412,7 @@ class Guardrails:
         cfg = self.config
         self.debt = self.streak_debt = 0.0  # the cuts that led here were about the lr, and stay
         self.spikes_in_a_row = self.nonfinite_in_a_row = 0
+        self.nonfinite_rolled_back = False
         self.reset_reference()
         n = self.start.restarts + 1
         return Response(
@@ -479,9 +475,10 @@ class Guardrails:
         self._snapshot_pending = False
 
     def drop_snapshot(self) -> None:
-        """Forget both snapshots (the trainable set changed: a rollback would be partial)."""
+        """Forget the snapshots (the trainable set changed: a rollback would be partial)."""
         self._spike.drop()
         self.best.drop()
+        self.start.drop()
 
     def covers(self, params: Sequence[torch.Tensor]) -> bool:
         """Whether the spike snapshot holds exactly these parameters (a layer unfrozen since: no)."""
@@ -512,6 +509,11 @@ class Guardrails:
         elif which == "start":
             self.start.restore(params, optimizer, buffers)
             self._spike.take(0, params, optimizer)
+            # the validation losses so far belong to the run that blew up: its best is no rollback target
+            self.best.drop()
+            self.best_val, self.last_val = math.inf, math.nan
+            self._vals.clear()
+            self.overfit_in_a_row = self.val_rises_in_a_row = 0
         else:
             self._spike.restore(params, optimizer)
 

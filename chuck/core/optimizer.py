@@ -527,6 +527,8 @@ class ChuckOptimizer(torch.optim.Optimizer):
         response = g.blew_up(loss_v, gnorm_v, self._ctx.params)
         if response is None:
             return False
+        if self.safe_start is not None:
+            self.safe_start.finish()  # its losses and best weights belong to the run that blew up
         self._carry_out(response)
         return True
 

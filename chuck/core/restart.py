@@ -6,8 +6,8 @@ moments hold the blow-up's gradients (Liu et al. 2020, "On the Variance of the A
 and Beyond"). A practitioner who sees the loss climb at once starts over with a ten-times-lower lr;
 this guard does that, inside the run:
 
-* before the run's first update it keeps the starting state (the weights and the model's buffers; the
-  optimizer has no state yet, so going back to it also restarts Adam's moments);
+* before the run's first update it keeps the starting state (the weights, and with ``model=`` the
+  model's buffers; the optimizer has no state yet, so going back to it also restarts Adam's moments);
 * during the first ``restart_window`` updates after the start (or a restart), a **blow-up** is the
   median of the last :data:`WIDTH` losses above the median of the first :data:`WIDTH` (the starting
   level; one lucky first minibatch is not) by more than ``restart_rise`` times its magnitude (twice the
@@ -19,13 +19,16 @@ this guard does that, inside the run:
   state): one NaN from a corrupted batch says nothing about the lr;
 * at a blow-up the starting state comes back, the lr multiplier is multiplied by ``restart_factor``
   (a cut that stays: the lr that blew up would blow up again) and the window starts over, at most
-  ``max_restarts`` times; then the window ends and the guardrails' other tests carry on.
+  ``max_restarts`` times; then the window ends and the guardrails' other tests carry on. The warm-up
+  is not run again: the restart's lr is a decade below the one that blew up, and the best validation
+  loss seen so far (the blown-up run's) is forgotten.
 
 The threshold is the run's own starting level, so a healthy start does not reach it: on the 22 train
 families, the bare optimizer (AdamW, and SGD with momentum) under the default's 20-step warm-up from a
-decade below to three decades above each family's best lr (220 starts), none of the 120 starts that
-ended within 2x of the best final loss crossed it in its first 40 steps; of the 74 that ended 5x above
-it or diverged, 36 crossed it and 26 more went non-finite (``experiments/start_blowup_signals.py``;
+decade below to three decades above each family's best lr (220 starts), this test, fed every loss of
+the first 50 updates, fired on none of the 120 starts that ended within 2x of the best final loss, and
+on 50 of the 74 that ended 5x above it or diverged (12 more went non-finite without firing first, which
+the non-finite rollback handles; ``experiments/start_blowup_signals.py``,
 docs/results/start_blowup_signals.csv). A loss that rises by the task's nature (a value function whose
 targets grow as the policy improves) could cross it; a restart costs such a run the steps since its
 start and a decade of lr, which the policy's raises can win back.
@@ -61,7 +64,8 @@ class StartGuard:
 
     Args:
         window: updates after the start (or a restart) during which a blow-up restarts the run; 0: never.
-        rise: a blow-up: the recent median loss exceeds the first loss by this multiple of its magnitude.
+        rise: a blow-up: the recent median loss exceeds the starting level (the median of the first
+            :data:`WIDTH`) by this multiple of its magnitude.
         max_restarts: restarts at most; after the last the guard ends.
     """
 
@@ -119,10 +123,22 @@ class StartGuard:
         self.active = False
         self._start.drop()
 
+    def drop(self) -> None:
+        """The trainable set changed: before the first update the start is taken again, after it the guard ends
+        (a restart would be partial)."""
+        self._start.drop()
+        if self.updates > 0 or self.restarts > 0:
+            self.active = False
+
     # -- checkpoint -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The counts only: a run resumed from a checkpoint has no start to go back to, so the guard ends."""
         return {"restarts": self.restarts}
+
+    def fresh(self) -> StartGuard:
+        """A guard with these settings and nothing seen (what a checkpoint loads into, so that a failed load
+        can put this one back untouched)."""
+        return StartGuard(self.window, self.rise, self.max_restarts)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.restarts = int(state.get("restarts", 0))

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import chuck
+from chuck.core.checkpoint import CheckpointError
 from chuck.core.guardrails import GuardrailConfig
 from chuck.core.restart import StartGuard
-from tests.conftest import batch, make_net
+from tests.conftest import batch, make_net, run_steps
 
 
 def _regression(seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -153,3 +154,58 @@ def test_a_resumed_run_keeps_its_restart_count_and_no_start_to_go_back_to() -> N
 def test_bad_restart_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         GuardrailConfig(**bad)
+
+
+def _climbing_run(observe_before: int = 0, add_group_at: int | None = None):
+    """A loss that climbs 20% a step whatever the weights (a blow-up at once), with validation losses
+    observed over the first steps."""
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), "constant", guardrails=True, model=model)
+    for s in range(30):
+        x, y = batch(s)
+        F.cross_entropy(model(x), y).backward()
+        opt.step(loss=torch.tensor(1.2**s))
+        opt.zero_grad()
+        if s < observe_before:
+            opt.observe(val_loss=1.0 / (s + 1))
+        if _restarts(opt):
+            break
+    return opt
+
+
+def test_a_restart_forgets_the_blown_up_runs_best_validation_loss() -> None:
+    opt = _climbing_run(observe_before=8)
+    assert _restarts(opt)
+    g = opt.guardrails
+    assert g.best_val == float("inf") and not g.best.exists  # no rollback back into the run that blew up
+
+
+def test_a_changed_trainable_set_before_the_first_update_retakes_the_start() -> None:
+    model = make_net()
+    opt = chuck.ChuckOptimizer(torch.optim.SGD(model.hidden.parameters(), lr=1e-2), "constant", guardrails=True, model=model)
+    opt.add_param_group({"params": list(model.out.parameters())})
+    x, y = batch(0)
+    F.cross_entropy(model(x), y).backward()
+    opt.step(loss=torch.tensor(1.0))
+    assert opt.guardrails.start.can_restore(opt._ctx.params)
+
+
+def test_a_failed_checkpoint_load_leaves_the_start_guard_as_it_was() -> None:
+    from tests.core.test_checkpoint_fuzz import _BrittleMonitor  # its load fails after the guardrails loaded
+
+    def fresh(steps: int) -> tuple[torch.nn.Module, chuck.ChuckOptimizer]:
+        model = make_net()
+        opt = chuck.ChuckOptimizer(
+            torch.optim.Adam(model.parameters(), lr=1e-3), "constant", guardrails=True, model=model, monitors=[_BrittleMonitor()]
+        )
+        opt.advise = False
+        run_steps(model, opt, 0, steps)
+        return model, opt
+
+    _, source = fresh(60)
+    _, target = fresh(3)
+    guard = target.guardrails.start
+    assert guard.active and guard.can_restore(target._ctx.params)
+    with pytest.raises(CheckpointError):
+        target.load_state_dict(source.state_dict())
+    assert target.guardrails.start is guard and guard.active and guard.can_restore(target._ctx.params)
