@@ -15,6 +15,7 @@ cap), and the harm shares are also given over the probes both arms ran at the sa
 
     python experiments/paired_regret.py docs/results/test_v10/rows.csv prodigy chuck:default
     python experiments/paired_regret.py ROWS A B --seeds 0,1,2     # only these instance seeds
+    python experiments/paired_regret.py ROWS A B --base SGD        # one base optimizer's instances (default: AdamW)
     python experiments/paired_regret.py ROWS A B --exclude-family cv.textures_resnet   # without one family
     python experiments/paired_regret.py docs/results/test_v10/rows.csv chuck:default chuck:default \
         --a-rows OTHER_DIR/rows.csv   # the same arm name in two directories: two defaults
@@ -152,13 +153,28 @@ def main() -> None:
     ap.add_argument("--exclude-family", action="append", default=[], help="leave this family out (repeatable)")
     ap.add_argument("--resolvable", help="a resolution JSON: keep only the instances whose A/A replays stay within --tolerance")
     ap.add_argument("--tolerance", type=float, default=0.05, help="for --resolvable (default: %(default)s)")
+    ap.add_argument(
+        "--base",
+        default="AdamW",
+        help="the base optimizer whose instances are compared (rows.csv's base column; default: %(default)s)",
+    )
     args = ap.parse_args()
-    rows = pl.read_csv(args.rows).select(COLUMNS)
+
+    def read(path: str) -> pl.DataFrame:
+        """The rows of one base optimizer (rows written before the base column are AdamW's)."""
+        frame = pl.read_csv(path)
+        if "base" in frame.columns:
+            frame = frame.filter(pl.col("base") == args.base)
+        elif args.base != "AdamW":
+            raise SystemExit(f"{path} has no base column: its rows are AdamW's")
+        return frame.select(COLUMNS)
+
+    rows = read(args.rows)
     unknown = set(args.exclude_family) - set(rows["family"].unique().to_list())
     if unknown:
         raise SystemExit(f"no runs of {sorted(unknown)} in {args.rows}")
     if args.a_rows:
-        other = pl.read_csv(args.a_rows).select(COLUMNS).filter(pl.col("arm") == args.a)
+        other = read(args.a_rows).filter(pl.col("arm") == args.a)
         if other.is_empty():
             raise SystemExit(f"no rows of arm {args.a!r} in {args.a_rows}")
         check_shared_instances(rows, other, args.a_rows)

@@ -70,6 +70,11 @@ RATIO_PER_DECADE = 0.74
 #: Version 19: consecutive updates with a cosine below UNSTABLE_COS (Adam keeps them near parallel at any
 #: sane lr) are the edge of stability (Cohen et al. 2021): lower whatever the hypergradient says.
 UNSTABLE_COS = 0.5
+#: Version 20: no cosine-driven lower while the training loss is within 10% of its start
+#: (``loss.log_ratio_initial`` above PLATEAU_HOLD): a run that has learned nothing yet sits on a plateau
+#: (a long-range memory or parity task before its drop, a flat valley whose updates flip sign), not past
+#: a valley it never reached, and a lower lr only lengthens the way off it. Instability still lowers.
+PLATEAU_HOLD = math.log(0.9)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class VariantConfig(PriorConfig):
         far_raise: up to a decade per decision when far too low, on action spec v3 (version 17).
         anneal: the optimizer anneals per step over the cooldown; decisions only cut there (version 18).
         stability: lower on sign-flipping updates (version 19).
+        plateau_hold: no cosine-driven lower while ``loss.log_ratio_initial`` is above it (version 20).
     """
 
     lower_at: float = LOWER_AT
@@ -104,6 +110,7 @@ class VariantConfig(PriorConfig):
     far_raise: bool = False
     anneal: bool = False
     stability: bool = False
+    plateau_hold: float | None = None
 
 
 def _variant(version: str, base: VariantConfig, **changes: Any) -> VariantConfig:
@@ -137,6 +144,7 @@ VARIANTS: dict[str, VariantConfig] = {
     "17": _variant("17", _V15, far_raise=True),
     "18": _variant("18", _V15, anneal=True),
     "19": _variant("19", _V15, stability=True),
+    "20": _variant("20", _V10, plateau_hold=PLATEAU_HOLD),
 }
 #: The versions that live only here (registered as ``prior@N`` by experiments/lab_policies.py).
 LAB_VERSIONS = tuple(v for v in VARIANTS if v not in ("10", "15"))
@@ -186,6 +194,9 @@ class PriorVariant(StepSizePrior):
         raise_at = RAISE_AT + c.early_margin * early
         lower_at = c.lower_at + (max(0.0, EARLY_MARGIN * early - EARLY_LOWER_SLACK) if c.early_lower else 0.0)
         lr, why = self.lr_action(f, min(lower_at, raise_at), raise_at)
+        hold = c.plateau_hold
+        if hold is not None and lr < 0.0 and why == "step.hypergrad" and f.get("loss.log_ratio_initial", -np.inf) > hold:
+            lr, why = 0.0, ""
         if c.far_raise and lr > 0.0:
             lr, why = _far(f, lr, why)
         first, self._decisions = self._decisions == 0, self._decisions + 1

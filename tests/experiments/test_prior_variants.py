@@ -110,7 +110,7 @@ def test_version_3_is_prior_10_without_its_warmup() -> None:
 
 
 def test_lab_versions_load_by_name_and_keep_the_contract(lab) -> None:
-    assert lab.lab_prior_names() == [f"prior@{v}" for v in range(1, 20) if v not in (10, 15)]
+    assert lab.lab_prior_names() == [f"prior@{v}" for v in range(1, 21) if v not in (10, 15)]
     for name in lab.lab_prior_names():
         policy = chuck.load_policy(name)
         assert policy.id == name and isinstance(policy, PriorVariant)
@@ -322,6 +322,22 @@ def test_version_19_lowers_on_sign_flipping_updates(cosine: float, lowers: bool)
         assert a19 == a15
 
 
+@pytest.mark.parametrize(
+    ("features", "expected"),
+    [
+        ({"step.hypergrad": -0.3, "loss.log_ratio_initial": 0.0}, 0),  # nothing learned yet: a plateau, hold
+        ({"step.hypergrad": -0.3, "loss.log_ratio_initial": -0.05}, 0),  # still within 10% of the start
+        ({"step.hypergrad": -0.3, "loss.log_ratio_initial": -1.0}, -1),  # past its start: an overshoot, lower
+        ({"ctrl.skip_rate": 0.2, "loss.log_ratio_initial": 0.0}, -1),  # instability lowers on a plateau too
+        ({"step.hypergrad": 0.4, "loss.log_ratio_initial": 0.0}, 1),  # raises are not held
+    ],
+)
+def test_version_20_holds_cosine_lowers_while_the_loss_sits_at_its_start(features: dict, expected: int) -> None:
+    assert np.sign(PriorVariant(version="20").act(_obs(**features))[0]) == expected
+    if expected == 0:  # what version 10, the same rule without the hold, does there
+        assert PriorVariant(version="10").act(_obs(**features))[0] < 0
+
+
 def test_every_version_is_in_the_ablation() -> None:
-    assert sorted(VARIANTS, key=int) == [str(v) for v in range(1, 20)]
+    assert sorted(VARIANTS, key=int) == [str(v) for v in range(1, 21)]
     assert set(LAB_VERSIONS) == set(VARIANTS) - set(CONFIGS)
