@@ -44,6 +44,7 @@ import torch
 
 from chuck.core import statecheck as check
 from chuck.core.guardrails import _snapshot_problem
+from chuck.core.restart import robust_noise
 from chuck.core.snapshot import Snapshot
 
 
@@ -170,11 +171,8 @@ class SafeStart:
         return None
 
     def noise(self) -> float:
-        """A robust standard deviation of one loss's noise: 1.4826 x the median absolute step-to-step
-        change, over sqrt(2) (a difference of two independent draws); a trend or the jump of a blow-up
-        moves the median of the changes little."""
-        d = [abs(b - a) for a, b in zip(self.losses, self.losses[1:])]
-        return 1.4826 * median(d) / math.sqrt(2.0) if d else 0.0
+        """A robust standard deviation of one loss's noise (:func:`chuck.core.restart.robust_noise`)."""
+        return robust_noise(self.losses)
 
     def _stop(self, step: int, what: str) -> SafeStartStop:
         onset = self.factor(self.best_step)
