@@ -198,6 +198,7 @@ def record_from_optimizer(
             "skips": g.skips if g else 0,
             "rollbacks": g.rollbacks if g else 0,
             "overfit_rollbacks": g.overfit_rollbacks if g else 0,
+            "restarts": g.start.restarts if g else 0,
         },
         decisions=opt.decisions,
         label=label,

@@ -48,6 +48,7 @@ NUMERIC_OUTCOMES = {
     "outcome_skips",
     "outcome_rollbacks",
     "outcome_overfit_rollbacks",
+    "outcome_restarts",
 }
 
 

@@ -209,3 +209,15 @@ def test_a_failed_checkpoint_load_leaves_the_start_guard_as_it_was() -> None:
     with pytest.raises(CheckpointError):
         target.load_state_dict(source.state_dict())
     assert target.guardrails.start is guard and guard.active and guard.can_restore(target._ctx.params)
+
+
+def test_the_run_record_counts_the_restarts(tmp_path) -> None:
+    from chuck.history import read_history
+
+    model, x, y = _regression()
+    opt = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), "constant", guardrails=True, model=model, history=str(tmp_path)
+    )
+    _train(model, opt, x, y, 40)
+    opt.close()
+    assert read_history(tmp_path).row(0, named=True)["outcome_restarts"] == opt.guardrails.start.restarts >= 1
