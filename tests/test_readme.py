@@ -45,7 +45,7 @@ def _loop(lines: list[str]) -> list[str]:
 
 
 def test_readme_and_docs_show_the_same_loop_with_total_steps() -> None:
-    """Issue 15: docs/index.md called observe after the loop, the README inside it, and the README left out
+    """docs/index.md called observe after the loop, the README inside it, and the README left out
     total_steps, which the policy uses to anneal the lr at the end of a run."""
     readme = _loop(_python_block(ROOT / "README.md", "## Use"))
     docs = _loop(_python_block(ROOT / "docs" / "index.md", "## Two lines in your loop"))

@@ -26,7 +26,6 @@ for every base: only the defaults shift.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from chuck.evaluation.oracle import ORACLE_LRS
 from chuck.zoo.task import BASE_OPTIMIZERS
@@ -55,16 +54,14 @@ def default_grids(base: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return shifted(DEFAULT_LRS, base), shifted(ORACLE_LRS, base)
 
 
-def parse_bases(value: str | Sequence[Any]) -> list[str]:
-    """Base optimizer names from a name, a comma-separated list or a sequence, in order, without repeats.
+def parse_bases(names: Sequence[str]) -> list[str]:
+    """The canonical base optimizer names of ``names`` (already split), in order, without repeats.
 
     Names match :data:`chuck.zoo.task.BASE_OPTIMIZERS` case-insensitively (``sgd`` is ``SGD``).
 
     Raises:
         ValueError: an unknown name, or none at all.
     """
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    names = [i.strip() for i in items if i.strip()]
     canonical = {b.lower(): b for b in BASE_OPTIMIZERS}
     unknown = [n for n in names if n.lower() not in canonical]
     if unknown:

@@ -166,7 +166,7 @@ def _check(
     ``lrs`` or ``oracle_lrs`` ``None``: each base optimizer's default grid (:mod:`chuck.evaluation.bases`).
     """
     try:
-        bases = parse_bases(base_optimizers)
+        bases = parse_bases(_split_list(base_optimizers))
     except ValueError as exc:
         raise EvaluationInputError(f"base_optimizers {base_optimizers!r}: {exc}") from None
     baseline_names = _unique(_split_list(baselines))

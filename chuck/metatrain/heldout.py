@@ -68,17 +68,21 @@ def evaluate_policy(
     jobs = [(seed + i, options[i] if options else None) for i in range(episodes)]
     bar = _progress_bar(len(jobs), "held-out evaluation") if progress else None
     rows: list[dict[str, Any]] = []
+
+    def gather(executor: Any) -> list[dict[str, Any]]:
+        """Every episode on ``executor``, its rows in seed order."""
+        futures = [
+            executor.submit(_episode, policy, tasks, interval, budget_scale, s, opts, calibration_said) for s, opts in jobs
+        ]
+        for fut in futures:
+            rows.append(fut.result())
+            if bar is not None:
+                bar.update(1)
+        return rows
+
     try:
         if pool is not None and len(jobs) > 1:
-            executor = pool.executor()
-            futures = [
-                executor.submit(_episode, policy, tasks, interval, budget_scale, s, opts, calibration_said) for s, opts in jobs
-            ]
-            for fut in futures:  # in seed order
-                rows.append(fut.result())
-                if bar is not None:
-                    bar.update(1)
-            return rows
+            return gather(pool.executor())
         if workers <= 1 or len(jobs) <= 1:
             for s, opts in jobs:
                 rows.append(_episode(policy, tasks, interval, budget_scale, s, opts, calibration_said))
@@ -92,14 +96,7 @@ def evaluate_policy(
         with ProcessPoolExecutor(
             max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_eval_worker, initargs=init
         ) as fresh:
-            futures = [
-                fresh.submit(_episode, policy, tasks, interval, budget_scale, s, opts, calibration_said) for s, opts in jobs
-            ]
-            for fut in futures:  # in seed order
-                rows.append(fut.result())
-                if bar is not None:
-                    bar.update(1)
-        return rows
+            return gather(fresh)
     finally:
         if bar is not None:
             bar.close()

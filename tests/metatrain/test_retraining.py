@@ -14,31 +14,7 @@ from chuck import zoo
 from chuck.cli.config import LATEST_PRIOR, MetaTrainConfig, evaluation_timesteps
 from chuck.metatrain.comparison import VERDICTS, compare_arms, paired_ratio, summary_lines
 from chuck.policies.prior import LATEST
-
-
-def _local_task(task_id: str):
-    """A tiny in-house task class (milliseconds per step) that declares its best lr."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class Local(zoo.Task):
-        id, domain, budget = task_id, "inhouse", 400
-        space = zoo.SearchSpace(widths=(16,), depths=(1,), norms=("none",), batch_sizes=(32,), dropouts=(0.0,))
-
-        @property
-        def best_lr(self) -> float:
-            return 1e-2
-
-        def build(self, config: zoo.TaskConfig) -> zoo.TaskInstance:
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(128, 4, generator=g)
-            y = (x[:, 0] > 0).long()
-            model = nn.Sequential(nn.Linear(4, config.width), nn.Tanh(), nn.Linear(config.width, 2))
-            opt = zoo.make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
-            return zoo.SupervisedInstance(model, opt, config, (x[:96], y[:96]), (x[96:], y[96:]), F.cross_entropy, math.log(2))
-
-    return Local
+from tests.metatrain.local_tasks import local_task as _local_task
 
 
 def test_the_learning_curve_has_as_many_points_as_the_budget_has_policies() -> None:

@@ -243,30 +243,10 @@ def test_a_task_registered_in_the_calling_script_reaches_subprocess_workers(tmp_
     The class is local to this function, so a worker cannot import it: it only exists there
     because meta-training sends the in-house tasks it resolved along with each environment.
     """
-    import math
-
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
     from chuck import zoo
+    from tests.metatrain.local_tasks import local_task
 
-    class Local(zoo.Task):
-        id, domain, budget = "inhouse.local_script", "inhouse", 400
-        space = zoo.SearchSpace(widths=(16,), depths=(1,), norms=("none",), batch_sizes=(32,), dropouts=(0.0,))
-
-        @property
-        def best_lr(self) -> float:
-            return 1e-2
-
-        def build(self, config: zoo.TaskConfig) -> zoo.TaskInstance:
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(128, 4, generator=g)
-            y = (x[:, 0] > 0).long()
-            model = nn.Sequential(nn.Linear(4, config.width), nn.Tanh(), nn.Linear(config.width, 2))
-            opt = zoo.make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay)
-            return zoo.SupervisedInstance(model, opt, config, (x[:96], y[:96]), (x[96:], y[96:]), F.cross_entropy, math.log(2))
-
+    Local = local_task("inhouse.local_script")
     zoo.register_task(Local, replace=True)
     try:
         cfg = MetaTrainConfig(
@@ -294,7 +274,7 @@ def test_a_task_registered_in_the_calling_script_reaches_subprocess_workers(tmp_
 
 
 def test_held_out_evaluation_in_workers_matches_one_process() -> None:
-    """Issue 15: the held-out evaluation runs in worker processes (one torch thread each); the rows
+    """The held-out evaluation runs in worker processes (one torch thread each); the rows
     are fixed by the episode seeds, so they do not depend on the number of workers."""
     from chuck.metatrain.train import evaluate_policy
 

@@ -83,7 +83,7 @@ def test_eps_range_only_for_adam_family(tiny) -> None:
 
 
 def test_warm_start_leaves_out_runs_that_collapsed_and_says_what_it_rests_on(tiny, tmp_path) -> None:
-    """Issue 15: three history-seeded trials all at chance level, seeded by a run that collapsed."""
+    """Three history-seeded trials all at chance level, seeded by a run that collapsed."""
     import time
     import uuid
 
