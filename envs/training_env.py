@@ -92,6 +92,8 @@ class TrainingControlEnv(gym.Env):
       asks a whole exported policy with no prior here, so it passes that policy's warm-up.
     * ``anneal``: the same for the per-step anneal at the end of a known budget (``Policy.anneal``);
       applied in the episodes that give ``total_steps``.
+    * ``observation_version``: the observation spec the agent reads (``chuck.core.observation``;
+      default: the newest); a fine-tuned or evaluated policy passes its own.
 
     ``reset(options=...)`` accepts ``task_id`` and any :class:`chuck.zoo.TaskConfig` field
     (``lr``, ``optimizer``, ``label_noise``, ...) to pin parts of the sampled instance.
@@ -120,6 +122,7 @@ class TrainingControlEnv(gym.Env):
         task_weights: Mapping[str, float] | None = None,
         warmup: int | None = None,
         anneal: float | None = None,
+        observation_version: str | None = None,
     ) -> None:
         super().__init__()
         if interval < 2:
@@ -136,12 +139,13 @@ class TrainingControlEnv(gym.Env):
         self.loss_floor = loss_floor
         self.p_no_total, self.p_no_model, self.p_no_val = p_no_total, p_no_model, p_no_val
         self.give_val = True
-        self.prior = make_prior(prior, ObservationSpec().version)
+        self.obs_spec = ObservationSpec(observation_version)
+        self.prior = make_prior(prior, self.obs_spec.version)
         # the agent's action is a correction to the prior's, summed as a deployed residual sums it
         self.residual = ResidualPolicy(self.prior) if self.prior is not None else None
         self.warmup = warmup if warmup is not None else (self.prior.warmup if self.prior is not None else None)
         self.anneal = anneal if anneal is not None else (self.prior.anneal if self.prior is not None else None)
-        self.observation_space = ObservationSpec().space
+        self.observation_space = self.obs_spec.space
         self.action_space = ActionSpec().space
         self.instance: TaskInstance | None = None
         self.opt: ChuckOptimizer | None = None
@@ -225,6 +229,8 @@ class TrainingControlEnv(gym.Env):
             history=False,  # thousands of meta-training episodes are not user runs
         )
         self.opt.advise = False  # nor is there a user to advise (a diverging episode is routine here)
+        # the agent is the policy: the controller encodes the features it reads (its policy slot is empty)
+        self.opt.controller.obs_spec = self.obs_spec
         first = self._eval()
         ref = self.instance.loss_reference
         self.l_init = max(first, self.loss_floor * ref) if math.isfinite(first) else ref

@@ -4,6 +4,7 @@
     python experiments/train_default_policy.py --timesteps 40000  # stop earlier (resume later with a larger number)
     python experiments/train_default_policy.py --run v5          # the residual on prior@15 (PPO seed 1)
     python experiments/train_default_policy.py --run v6          # v4's recipe with PPO seed 1 (a replicate)
+    python experiments/train_default_policy.py --run v7          # v4's recipe on observation spec v3
 
 Training never replaces the shipped default by itself: a snapshot replaces it only after it
 beats the current default on the validation split, with and without validation losses
@@ -28,7 +29,10 @@ prior@3 stopped at 103,424 decisions, level with its prior on validation. ``v6``
 another PPO seed: does v4's gain over its prior replicate, or was it one lucky run? (and, if it
 replicates, two runs' corrections to average; ``--run v6``, resumable: 186,368 decisions so far). At
 164,752 it was worse than v4 on validation and level with its prior; the v4 + v6 ensemble did not
-beat v4 (docs/results.md).
+beat v4 (docs/results.md). ``v7`` is v4's recipe on observation spec v3, which drops the features whose
+meaning depends on the base optimizer (the raw lr, the raw gradient scale, the share of coordinates below
+Adam's epsilon), over a zoo whose SGD episodes run with and without Nesterov momentum (``--run v7``,
+resumable): can the residual's gain carry to SGD, where v4's reads an lr a decade above Adam's as "high"?
 
 Wall time on this project's machine (2 cores, one env per core, nothing else running): 31,744
 decisions in 34 minutes including six validation evaluations, about 16 decisions per second,
@@ -52,6 +56,7 @@ class Run(NamedTuple):
     prior: str
     seed: int
     alias: str
+    observation: str = "2"  # the observation spec its policy reads (chuck.core.observation)
 
 
 RUNS = {
@@ -59,6 +64,7 @@ RUNS = {
     "v4": Run("prior@10", seed=0, alias="champion"),
     "v5": Run("prior@15", seed=1, alias="challenger"),
     "v6": Run("prior@10", seed=1, alias="replicate"),
+    "v7": Run("prior@10", seed=0, alias="challenger", observation="3"),
 }
 
 
@@ -71,6 +77,7 @@ def config(run: str) -> MetaTrainConfig:
         n_envs=2,
         interval=20,
         prior=RUNS[run].prior,
+        observation_version=RUNS[run].observation,
         # a prior chuck does not ship (v3's) is registered by the lab module, in every environment worker
         tasks_module=[] if RUNS[run].prior in ("prior@10", "prior@15") else ["experiments.lab_policies"],
         output=str(ROOT / "experiments" / "runs" / f"default-{run}"),

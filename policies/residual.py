@@ -106,6 +106,9 @@ def make_prior(spec: str | None, observation_version: str) -> Policy | None:
         return StepSizePrior(observation_version=observation_version, version=version)
     if is_registered(spec):
         prior = load_policy(spec)
+        if prior.observation_version != observation_version and isinstance(prior, StepSizePrior):
+            # a step-size rule (a lab variant) reads its features by name from any spec that has them
+            prior = type(prior)(observation_version, config=prior.config)
         if prior.observation_version != observation_version:
             raise ValueError(
                 f"prior {spec!r} reads observation spec v{prior.observation_version}, the residual v{observation_version}"

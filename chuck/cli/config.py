@@ -179,6 +179,9 @@ class MetaTrainConfig:
     """MLflow experiment name."""
     progress: bool = True
     """Show a progress bar."""
+    observation_version: str | None = None
+    """Observation spec the policy reads (chuck.core.observation; default: the --init-policy's own when fine-tuning,
+    else the newest)."""
     prior: str | None = "auto"
     """Built-in controller the policy is a residual on ("prior@N", see chuck.policies.prior), or none (default: auto:
     the --init-policy's own prior when fine-tuning, else the latest version, the best prior alone)."""

@@ -93,9 +93,20 @@ FEATURES_V2: tuple[Feature, ...] = FEATURES_V1 + (
     _F("step.dhat_growth", -1.0, 3.0, 0.0, "log10 growth of d_hat since the last decision (> 0: still far from the goal)"),
 )
 
+#: Features whose value depends on which base optimizer runs, not only on how the run goes: the raw
+#: learning rate (SGD's good lrs sit about a decade above Adam's, so the same value means "too high"
+#: under one and "too low" under the other), the raw gradient scale (a property of the loss and the
+#: parametrization) and the share of coordinates below Adam's epsilon (undefined for SGD).
+BASE_DEPENDENT: frozenset[str] = frozenset({"ctrl.log10_lr", "grad.log10_abs_median", "grad.eps_sgd_fraction"})
+
+#: Version 3 is version 2 without :data:`BASE_DEPENDENT`: a policy trained on it reads the run through
+#: ratios and responses (update-to-weight ratios, loss and gradient trends, its own lr multiplier, the
+#: step-size signals) that mean the same under AdamW, SGD with momentum or RMSprop.
+FEATURES_V3: tuple[Feature, ...] = tuple(f for f in FEATURES_V2 if f.name not in BASE_DEPENDENT)
+
 #: Every observation version this chuck can encode; artifacts name theirs, the newest is the default.
-FEATURE_SETS: dict[str, tuple[Feature, ...]] = {"1": FEATURES_V1, "2": FEATURES_V2}
-LATEST_VERSION = "2"
+FEATURE_SETS: dict[str, tuple[Feature, ...]] = {"1": FEATURES_V1, "2": FEATURES_V2, "3": FEATURES_V3}
+LATEST_VERSION = "3"
 
 
 class ObservationSpec:
@@ -106,7 +117,8 @@ class ObservationSpec:
     True
     """
 
-    def __init__(self, version: str = LATEST_VERSION) -> None:
+    def __init__(self, version: str | None = None) -> None:
+        version = LATEST_VERSION if version is None else version
         if version not in FEATURE_SETS:
             raise ValueError(f"observation spec v{version} is unknown to this chuck (it knows {sorted(FEATURE_SETS)})")
         features = FEATURE_SETS[version]

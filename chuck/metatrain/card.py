@@ -42,10 +42,11 @@ def build_card(
     rms = venv.obs_rms
     assert isinstance(rms, RunningMeanStd)  # one, not a dict of them: the observation is a Box
     timesteps = int(model.num_timesteps)
-    spec = ObservationSpec()
+    spec = ObservationSpec(cfg.observation_version)
     finite = np.isfinite(state.obs_low) & np.isfinite(state.obs_high)
     return {
         "name": cfg.name,
+        "observation": spec.card(),
         "version": f"{state.run_id[:8]}-{timesteps}",
         "interval": cfg.interval,
         "prior": cfg.prior,

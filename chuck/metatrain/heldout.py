@@ -188,6 +188,7 @@ def _episode(
         budget_scale=budget_scale,
         warmup=getattr(policy, "warmup", None),
         anneal=getattr(policy, "anneal", None),
+        observation_version=getattr(policy, "observation_version", None),  # the features the policy reads
     )
     if calibration_said:
         count_as_said(env.tasks)

@@ -63,6 +63,7 @@ import chuck.tracking as tracking
 import chuck.zoo as zoo
 from chuck.cli.config import BACKENDS, LATEST_PRIOR, MetaTrainConfig, evaluation_timesteps, parse_modules, parse_task_weights
 from chuck.core.loading import load_policy
+from chuck.core.observation import LATEST_VERSION as LATEST_OBSERVATION
 from chuck.core.observation import ObservationSpec
 from chuck.envs import TrainingControlEnv
 from chuck.envs.training_env import task_probabilities
@@ -186,7 +187,9 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     run_episodes = _heldout_episodes(cfg, eval_tasks, seed0, pool)
     out, ckpt = Path(cfg.output), Path(cfg.output) / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
-    state = TrainingState.load(ckpt / "state.json", [t.id for t in train_tasks], len(ObservationSpec().names))
+    state = TrainingState.load(
+        ckpt / "state.json", [t.id for t in train_tasks], len(ObservationSpec(cfg.observation_version).names)
+    )
     if init is not None and not state.resumed:  # fine-tuning keeps what the starting policy was trained on
         state.widen_ranges(init.obs_low, init.obs_high)
     reference = _save_start(init, out / "start") if init is not None else None
@@ -284,7 +287,10 @@ def resolve_config(cfg: MetaTrainConfig, start: FineTuneStart | None = None) -> 
     prior = cfg.prior
     if prior == "auto":
         prior = start.card.get("prior") if start is not None else LATEST_PRIOR
-    return dataclasses.replace(cfg, tasks=tasks, eval_tasks=eval_tasks, prior=prior)
+    observation_version = cfg.observation_version
+    if observation_version is None:  # a fine-tuned actor keeps reading the features it was trained on
+        observation_version = str(start.card["observation"]["version"]) if start is not None else LATEST_OBSERVATION
+    return dataclasses.replace(cfg, tasks=tasks, eval_tasks=eval_tasks, prior=prior, observation_version=observation_version)
 
 
 def resolve_training_tasks(cfg: MetaTrainConfig) -> tuple[list[Any], list[Any]]:
@@ -500,6 +506,7 @@ def _make_vec_env(
             shipped=shipped,
             task_weights=dict(cfg.task_weights if weights is None else weights),
             calibration_said=True,
+            observation_version=cfg.observation_version,
         )
         for i in range(cfg.n_envs)
     ]
@@ -520,6 +527,7 @@ def _make_env(
     shipped: Sequence[tuple[Any, str]] = (),
     task_weights: dict[str, float] | None = None,
     calibration_said: bool = False,
+    observation_version: str | None = None,
 ):
     """The constructor of one environment, run in its worker (a subprocess or a Ray actor).
 
@@ -540,7 +548,12 @@ def _make_env(
             if task.id not in known:
                 zoo.register_task(task, split=split)
         env = TrainingControlEnv(
-            tasks=tasks, interval=interval, budget_scale=budget_scale, prior=prior, task_weights=task_weights
+            tasks=tasks,
+            interval=interval,
+            budget_scale=budget_scale,
+            prior=prior,
+            task_weights=task_weights,
+            observation_version=observation_version,
         )
         if calibration_said:
             count_as_said(env.tasks)
@@ -581,7 +594,9 @@ def _log_run_settings(mlflow: Any, cfg: MetaTrainConfig, state: TrainingState) -
 
     if not state.resumed:
         mlflow.log_params({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in asdict(cfg).items()})
-        mlflow.set_tags({"chuck.kind": "meta-training", "chuck.observation_version": ObservationSpec().version})
+        mlflow.set_tags(
+            {"chuck.kind": "meta-training", "chuck.observation_version": ObservationSpec(cfg.observation_version).version}
+        )
     # a tag, not a param: a resumed run may resolve a spec like "custom" to more tasks than before
     mlflow.set_tag("chuck.resolved_tasks", ",".join(state.task_ids))
 

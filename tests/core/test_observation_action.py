@@ -111,3 +111,14 @@ def test_effective_restores_even_on_error() -> None:
         assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.2)
         raise RuntimeError
     assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[0]["weight_decay"] == 0.1
+
+
+def test_observation_v3_reads_no_feature_whose_meaning_depends_on_the_base_optimizer() -> None:
+    from chuck.core.observation import BASE_DEPENDENT, LATEST_VERSION
+
+    v2, v3 = ObservationSpec("2"), ObservationSpec("3")
+    assert LATEST_VERSION == "3" and set(v2.names) >= BASE_DEPENDENT
+    assert not BASE_DEPENDENT & set(v3.names)
+    assert v3.names == [n for n in v2.names if n not in BASE_DEPENDENT], "the rest, in v2's order"
+    stats = dict.fromkeys(v2.names, 0.25)
+    assert v3.as_dict(v3.encode(stats)) == {n: v for n, v in v2.as_dict(v2.encode(stats)).items() if n in v3.names}

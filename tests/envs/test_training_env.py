@@ -13,6 +13,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import chuck.envs
 from chuck import zoo
+from chuck.core.observation import ObservationSpec
 from chuck.envs import ENV_ID, TrainingControlEnv
 
 SMALL = dict(interval=4, budget_scale=0.05)  # 8-step episodes: the checkers only need the plumbing
@@ -226,3 +227,19 @@ def test_the_anneal_is_the_priors_and_needs_the_budget() -> None:
         env.close()
     finally:
         unregister_policy("test.annealing")
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_the_agent_reads_the_observation_spec_it_was_given(version: str) -> None:
+    spec = ObservationSpec(version)
+    env = TrainingControlEnv(
+        tasks="tabular.wine_mlp", interval=5, budget_scale=0.1, prior="prior@10", observation_version=version
+    )
+    try:
+        obs, _ = env.reset(seed=0)
+        assert env.observation_space.shape == obs.shape == (len(spec.names),) and env.observation_space.contains(obs)
+        assert env.prior is not None and env.prior.observation_version == version
+        obs, *_ = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+        assert obs.shape == (len(spec.names),)
+    finally:
+        env.close()

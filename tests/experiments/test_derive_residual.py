@@ -15,6 +15,9 @@ from experiments.derive_residual import derive_residual
 from experiments.derive_residual import save as save_artifact
 from experiments.residual_variants import load_variant
 
+#: The observation spec the shipped default reads (its card's), which these derivations start from.
+DEFAULT_SPEC = "2"
+
 
 @pytest.fixture(scope="module")
 def default() -> chuck.policies.learned.LearnedPolicy:
@@ -22,7 +25,7 @@ def default() -> chuck.policies.learned.LearnedPolicy:
 
 
 def _observations(n: int = 32) -> np.ndarray:
-    space = chuck.ObservationSpec().space
+    space = chuck.ObservationSpec(DEFAULT_SPEC).space
     space.seed(3)
     return np.stack([space.sample() for _ in range(n)])
 
@@ -194,7 +197,7 @@ def test_a_card_whose_member_count_does_not_match_the_weights_is_refused(default
 def test_progress_gate_stops_learned_lr_cuts_until_the_loss_has_moved(default, tmp_path) -> None:
     gated = _save(derive_residual([default], progress_gate=0.05), tmp_path / "gated")
     assert gated.card["residual_progress_gate"] == 0.05 and gated.id != default.id
-    spec = chuck.ObservationSpec()
+    spec = chuck.ObservationSpec(DEFAULT_SPEC)
     i = spec.names.index("loss.log_ratio_initial")
     cuts = [o for o in _observations(256) if _residual(default, o[None])[0, 0] < -0.05]
     assert cuts, "the shipped residual lowers the lr somewhere in the observation space"
@@ -254,7 +257,7 @@ def test_cooldown_cap_drops_learned_raises_in_the_priors_cooldown_only(default, 
     capped = _save(derive_residual([default], cooldown_cap=True), tmp_path / "capped")
     assert capped.card["residual_cooldown_cap"] is True and capped.card["derived"]["cooldown_cap"] is True
     assert capped.id != default.id
-    spec = chuck.ObservationSpec()
+    spec = chuck.ObservationSpec(DEFAULT_SPEC)
     prog, has_total = spec.names.index("ctrl.progress"), spec.names.index("ctrl.has_total")
     capped_raises = 0
     for o in _observations(256):
@@ -298,7 +301,7 @@ def test_a_masked_feature_is_read_at_its_training_mean(default, tmp_path) -> Non
     from chuck.evaluation.identity import policy_identity
 
     name = "ctrl.log_lr_mult"
-    i = chuck.ObservationSpec().names.index(name)
+    i = chuck.ObservationSpec(DEFAULT_SPEC).names.index(name)
     masked_dir = save_artifact(*_with_path(derive_residual([default], mask=[name]), tmp_path / "masked"))
     masked = load_artifact(masked_dir)  # an ordinary artifact: chuck loads it
     assert masked.card["derived"]["masked"] == [name] and name in masked.id

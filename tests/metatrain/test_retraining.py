@@ -64,6 +64,7 @@ def test_defaults_follow_the_registered_in_house_tasks() -> None:
     assert not zoo.list_tasks("custom"), "precondition: no in-house task registered in this process"
     plain = resolve_config(MetaTrainConfig())
     assert (plain.tasks, plain.eval_tasks, plain.prior) == ("train", "validation", LATEST_PRIOR)
+    assert plain.observation_version == chuck.ObservationSpec().version
     zoo.register_task(_local_task("inhouse.defaults_test"), replace=True)
     try:
         ours = resolve_config(MetaTrainConfig())
@@ -214,3 +215,17 @@ def test_fine_tuning_keeps_what_the_starting_policy_knew_and_compares_with_it(tm
     curve = (tmp_path / "run" / "evaluations.csv").read_text().splitlines()
     assert curve[1].startswith("0,start,")
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["reference_rows"]
+
+
+def test_fine_tuning_keeps_the_observation_spec_its_starting_policy_reads() -> None:
+    """An actor reads its inputs by position: fine-tuning the default (trained on an older spec) trains it on
+    that spec, not on the newest."""
+    from chuck.metatrain.train import _fine_tune_start, resolve_config
+
+    cfg = MetaTrainConfig(init_policy="default")
+    start = _fine_tune_start(cfg)
+    resolved = resolve_config(cfg, start)
+    assert (
+        resolved.observation_version == start.card["observation"]["version"] == chuck.load_policy("default").observation_version
+    )
+    assert resolved.observation_version != chuck.ObservationSpec().version, "precondition: the default predates the newest spec"

@@ -1,7 +1,7 @@
 """The policies still see what they were chosen on.
 
 The fixture holds every decision's observation of one fixed run under prior@3, recorded with the
-code at commit 0f6343d (the observation code on which the prior's versions and the PPO snapshots
+code at commit 0f6343d, on observation spec v2 (the observation code on which the prior's versions and the PPO snapshots
 were chosen and evaluated; the default then shipped as prior@3 with a zero residual, which acts
 exactly as prior@3). Later changes to the monitors, the observation spec or the action path were
 made for speed only; this test fails if one of them changes a value a policy reads. (It runs
@@ -38,7 +38,11 @@ def _observations() -> list[dict[str, float]]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 3))
     opt = chuck.ChuckOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=3e-3), StepSizePrior(config=PRIOR_3), model=model, total_steps=240, history=False
+        torch.optim.AdamW(model.parameters(), lr=3e-3),
+        StepSizePrior("2", config=PRIOR_3),
+        model=model,
+        total_steps=240,
+        history=False,
     )
     torch.manual_seed(1)  # the data and dropout draws, whatever building the policy drew
     x, y = torch.randn(512, 8), torch.randint(0, 3, (512,))

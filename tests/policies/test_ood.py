@@ -11,6 +11,9 @@ from chuck.policies.artifact import save_artifact
 from chuck.policies.learned import ActorNetwork
 from tests.conftest import batch, make_net
 
+#: The feature the tests put out of range: SGD at lr 3 moves the weights by far more than 1e-3 of their size.
+FEATURE = "weights.update_ratio_log10"
+
 
 def _artifact(tmp_path, low, high):
     torch.manual_seed(0)
@@ -50,19 +53,19 @@ def test_in_range_observations_use_the_policy(tmp_path) -> None:
 def test_engineered_out_of_range_run_falls_back(tmp_path) -> None:
     spec = chuck.ObservationSpec()
     low, high = spec.low.copy(), spec.high.copy()
-    i = spec.names.index("ctrl.log10_lr")
-    low[i], high[i] = -4.0, -2.0  # the policy only ever saw lrs in [1e-4, 1e-2]
+    i = spec.names.index(FEATURE)
+    low[i], high[i] = -6.0, -3.0  # the policy only ever saw steps of at most 1e-3 of the weights
     path = _artifact(tmp_path, low, high)
     for mode, needle in (("heuristic", "heuristic"), ("hold", "hold")):
         model = make_net()
         opt = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=3.0), str(path), model=model, ood_fallback=mode)
         _run(opt, model)
         d = opt.decisions[-1]
-        assert d.source == "fallback" and "out of distribution (ctrl.log10_lr)" in d.reason and needle in d.reason
+        assert d.source == "fallback" and f"out of distribution ({FEATURE})" in d.reason and needle in d.reason
     policy = chuck.load_policy(str(path))
     obs = np.zeros(len(spec.names), dtype=np.float32)
-    obs[i] = -3.0
-    assert "ctrl.log10_lr" not in policy.out_of_distribution(obs)
+    obs[i] = -4.0
+    assert FEATURE not in policy.out_of_distribution(obs)
 
 
 def test_a_run_whose_decisions_mostly_fall_back_is_told_once(tmp_path) -> None:
@@ -77,8 +80,8 @@ def test_a_run_whose_decisions_mostly_fall_back_is_told_once(tmp_path) -> None:
 
     spec = chuck.ObservationSpec()
     low, high = spec.low.copy(), spec.high.copy()
-    i = spec.names.index("ctrl.log10_lr")
-    low[i], high[i] = -4.0, -2.0
+    i = spec.names.index(FEATURE)
+    low[i], high[i] = -6.0, -3.0
     path = _artifact(tmp_path, low, high)  # every decision of an lr-3 run is out of its range
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = chuck.MLflowDecisionLogger(experiment="chuck-ood", tracking_uri=uri, flush_every=0.2)

@@ -67,7 +67,7 @@ def test_default_policy_is_bundled_and_its_card_says_what_it_is() -> None:
 
     assert card["training"]["tasks"] == "train" and card["prior"] in KNOWN_PRIORS
     assert card["splits"] == {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
-    assert policy.interval == 20 and policy.observation_version == chuck.ObservationSpec().version
+    assert policy.interval == 20 and policy.observation_version == policy.card["observation"]["version"]
     validation = card["evaluation"]["validation"]
     assert {f"chuck:{card['prior']}", "adamw", "prodigy"} <= set(validation), "the prior it ships was compared on validation"
     if card.get("residual", {}).get("state") == "zero":

@@ -19,6 +19,10 @@ from chuck.policies.learned import LearnedPolicy
 class _Annealing(chuck.Policy):
     name, version, warmup, anneal = "annealing", "1", 5, 0.3
 
+    def __init__(self, observation_version: str | None = None) -> None:
+        if observation_version is not None:
+            self.observation_version = observation_version
+
     def act(self, observation):
         self.check_observation(observation)
         return np.zeros(4, dtype=np.float32)
@@ -61,9 +65,10 @@ def test_a_factory_that_builds_no_policy_is_refused() -> None:
 def test_a_registered_policy_can_be_a_residuals_prior(annealing) -> None:
     default = chuck.load_policy("default")
     assert isinstance(default, LearnedPolicy)
+    register_policy(annealing, lambda: _Annealing(default.observation_version), replace=True)  # the residual's spec
     on_it = LearnedPolicy(default.actor, {**default.card, "prior": annealing})
     assert isinstance(on_it.prior, _Annealing) and (on_it.warmup, on_it.anneal) == (5, 0.3)
-    obs = chuck.ObservationSpec().space.sample()
+    obs = chuck.ObservationSpec(default.observation_version).space.sample()
     np.testing.assert_array_equal(on_it.act(obs), default.correction(obs))  # the prior holds: the correction alone
 
 

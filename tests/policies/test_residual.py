@@ -11,8 +11,8 @@ from chuck.policies.prior import StepSizePrior
 from chuck.policies.residual import ResidualPolicy, make_prior
 
 
-def _observations(n: int = 16) -> list[np.ndarray]:
-    space = chuck.ObservationSpec().space
+def _observations(n: int = 16, version: str | None = None) -> list[np.ndarray]:
+    space = (chuck.ObservationSpec(version) if version else chuck.ObservationSpec()).space
     space.seed(5)
     return [space.sample() for _ in range(n)]
 
@@ -45,12 +45,12 @@ def test_the_deployed_learned_policy_is_the_residual_sum() -> None:
     assert isinstance(default, LearnedPolicy) and default.residual is not None and default.prior is not None
     prior = make_prior(default.card["prior"], default.observation_version)
     assert prior is not None
-    for obs in _observations():
+    for obs in _observations(version=default.observation_version):
         want = ResidualPolicy.combine(prior.act(obs), default.correction(obs))
         np.testing.assert_array_equal(default.act(obs), want)
     bare = LearnedPolicy(default.actor, {k: v for k, v in default.card.items() if k != "prior"})
     assert bare.prior is None and bare.residual is None and bare.warmup is None
-    obs = _observations(1)[0]
+    obs = _observations(1, default.observation_version)[0]
     np.testing.assert_array_equal(bare.act(obs), default.correction(obs))
 
 
