@@ -237,6 +237,17 @@ def texture_images(n: int, size: int, rng: np.random.Generator, n_classes: int =
     return imgs, labels
 
 
+def sparse_parity(n: int, bits: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` strings of ``bits`` random signs (+-1), labelled with the parity of their first ``k``.
+
+    The (n, k) sparse parity of Barak et al. 2022 ("Hidden progress in deep learning: SGD learns parities
+    near the computational limit"): a network trained on it sits at chance loss for a stretch whose length
+    grows like bits^k before the loss drops, with no visible progress on the plateau.
+    """
+    x = np.random.default_rng(seed).integers(0, 2, size=(n, bits)) * 2 - 1
+    return x.astype(np.float32), (x[:, :k] < 0).sum(1).astype(np.int64) % 2
+
+
 def sequence_task(kind: str, n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic sequence tasks over small vocabularies.
 

@@ -47,6 +47,7 @@ VALIDATION = (
     "rl.cartpole_a2c",
     "tabular.wine_mlp",
     "tabular.friedman3_small_scale",
+    "tabular.sparse_parity_mlp",
 )
 TEST = (
     "cv.shapes_vit",

@@ -127,6 +127,32 @@ class ResidualMLP(DatasetMLPTask):
     space = SearchSpace(widths=(32, 64), depths=(4, 8), norms=("layer", "batch"), batch_sizes=(32, 64))
 
 
+class SparseParityMLP(SupervisedTask):
+    """The (30, 3) sparse parity (``chuck.zoo.data.sparse_parity``) with a two-hidden-layer MLP. Axis: a
+    plateau before learning starts: the loss sits at chance for a third to all of the budget at a tuned
+    lr, with small, consistent updates, then drops to near zero (a step-size rule must not read the
+    flat loss as instability and lower the lr, which only makes the plateau longer)."""
+
+    id, domain, n_classes, budget = "tabular.sparse_parity_mlp", "tabular", 2, 600
+    space = SearchSpace(
+        widths=(128, 256),
+        depths=(2,),
+        activations=("relu", "gelu"),
+        norms=("none", "layer"),
+        batch_sizes=(32, 64),
+        data_fraction=(0.8, 1.0),
+        dropouts=(0.0,),
+    )
+
+    def data(self, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
+        from chuck.zoo import data
+
+        return data.sparse_parity(6000, bits=30, k=3)
+
+    def model(self, config: TaskConfig):
+        return models.mlp(30, 2, config.width, config.depth, config.activation, config.norm, config.dropout)
+
+
 FAMILIES = [
     BreastCancerMLP,
     WineMLP,
@@ -139,4 +165,5 @@ FAMILIES = [
     Friedman2LargeScale,
     Friedman3SmallScale,
     ResidualMLP,
+    SparseParityMLP,
 ]
