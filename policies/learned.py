@@ -135,11 +135,7 @@ class LearnedPolicy(Policy):
 
         obs = torch.as_tensor(self.check_observation(observation)).reshape(1, -1)
         out: dict[str, dict[str, float]] = {}
-        # on a plateau the prior holds, a learned lr cut was dropped (ResidualPolicy.compose): nothing to credit
-        dropped = getattr(self.prior, "holds_plateau", False) and float(self.correction(observation)[0]) < 0.0
         for d, dim in enumerate(ACTION_DIMS):
-            if dropped and dim == "lr":
-                continue
             attr = self.actor.attribution(obs, d)
             if np.abs(attr).sum() > 0:
                 out[dim] = {n: float(a) for n, a in zip(self._spec.names, attr) if a != 0.0}

@@ -73,15 +73,6 @@ WARMUP = 20
 #: still positive cosine runs away. A missing ratio (no weights watched) reads -3 and does not gate.
 RAISE_GATE = -1.6
 
-#: Plateau: the smoothed training loss is still within 10% of where the run started
-#: (``loss.log_ratio_initial`` above PLATEAU_LOSS) while its steps are no larger than a tuned run's
-#: (``weights.update_ratio_log10`` below RAISE_GATE). A run that has learned nothing yet with steps of a
-#: tuned size sits on a plateau (sparse parities, long-range memory, grokking: Barak et al. 2022, "Hidden
-#: progress in deep learning"), where consecutive gradients may disagree in a flat valley; a lower lr only
-#: lengthens the plateau. A start far too high shows larger steps, a rising loss or skipped steps instead,
-#: and is still lowered (and restarted by the guardrails).
-PLATEAU_LOSS = math.log(0.9)
-
 #: The lr log-change of one unit of action (action spec v2: x3), to turn the cooldown's schedule into actions.
 _LOG_STEP = float(ACTION_VERSIONS["2"]["lr_log_step"])
 
@@ -99,8 +90,6 @@ class PriorConfig:
             their best and halve the lr past ``CUT_GL``.
         warmup: steps of linear lr warm-up at the start of a run (``Policy.warmup``); ``None``: none.
         raise_gate: ``weights.update_ratio_log10`` at or above which raises are dropped; ``None``: no gate.
-        hold_on_plateau: on a plateau (:func:`on_plateau`) the hypergradient rule's lowers are held, and a
-            residual on this prior may not lower the lr either (:class:`~chuck.policies.residual.ResidualPolicy`).
     """
 
     version: str
@@ -108,7 +97,6 @@ class PriorConfig:
     validation_guard: bool
     warmup: int | None
     raise_gate: float | None
-    hold_on_plateau: bool = False
 
 
 #: The prior under the shipped default policy (its card's ``prior``).
@@ -116,22 +104,10 @@ PRIOR_10 = PriorConfig(version="10", cooldown=COOLDOWN, validation_guard=True, w
 #: prior@10 with the raise gate: on the train and validation splits level with prior@10 in geo-mean regret,
 #: with fewer runs harmed at a tuned lr (docs/design/step-size-prior.md).
 PRIOR_15 = PriorConfig(version="15", cooldown=COOLDOWN, validation_guard=True, warmup=WARMUP, raise_gate=RAISE_GATE)
-#: prior@10 that holds its lowers on a plateau: the prior under the shipped default policy since the zoo has a
-#: family that sits on one (docs/design/step-size-prior.md).
-PRIOR_21 = PriorConfig(
-    version="21", cooldown=COOLDOWN, validation_guard=True, warmup=WARMUP, raise_gate=None, hold_on_plateau=True
-)
 #: The shipped configurations by version.
-CONFIGS: dict[str, PriorConfig] = {c.version: c for c in (PRIOR_10, PRIOR_15, PRIOR_21)}
+CONFIGS: dict[str, PriorConfig] = {c.version: c for c in (PRIOR_10, PRIOR_15)}
 #: The best prior alone: ``load_policy("prior")`` and the default prior of ``chuck train-policy``.
 LATEST = "15"
-
-
-def on_plateau(f: dict[str, float]) -> bool:
-    """Whether the run sits on a plateau (see :data:`PLATEAU_LOSS`): its loss has not moved 10% from its start
-    and its steps are no larger than a tuned run's. A missing feature reads as "not on a plateau" for the
-    loss, "small steps" for the update ratio (no weights watched)."""
-    return f.get("loss.log_ratio_initial", -math.inf) > PLATEAU_LOSS and f.get("weights.update_ratio_log10", -3.0) < RAISE_GATE
 
 
 class StepSizePrior(Policy):
@@ -163,8 +139,6 @@ class StepSizePrior(Policy):
     def reset(self) -> None:
         self._level: float | None = None  # log lr change the cooldown has asked for so far (None: not started)
         self._last_progress: float | None = None
-        self.holds_plateau = False
-
 
     @property
     def in_cooldown(self) -> bool:
@@ -186,10 +160,6 @@ class StepSizePrior(Policy):
     def act(self, observation: np.ndarray) -> np.ndarray:
         f = self.spec.as_dict(observation)
         lr, why = self.lr_action(f)
-        # the last decision's plateau verdict, which a residual on this prior reads after the prior acts
-        self.holds_plateau = self.config.hold_on_plateau and on_plateau(f)
-        if self.holds_plateau and lr < 0.0 and why == "step.hypergrad":
-            lr, why = 0.0, ""
         lr, why = self._gate(f, lr, why)
         if self.config.validation_guard:
             lr, why = self._guard(f, lr, why)

@@ -48,14 +48,8 @@ class ResidualPolicy(Policy):
 
     def compose(self, observation: np.ndarray, correction: Any) -> np.ndarray:
         """The action for ``correction`` at ``observation``: the prior acts (one decision of its own) and
-        :meth:`combine` adds the correction. Where the prior holds the lr on a plateau (its
-        ``holds_plateau`` after acting, ``chuck.policies.prior.on_plateau``), the correction may raise the
-        lr but not lower it: a learned cut there only lengthens the plateau."""
-        prior_action = self._rule.act(observation)
-        if getattr(self._rule, "holds_plateau", False):
-            correction = np.array(correction, copy=True)
-            correction[0] = max(correction[0], 0.0)
-        return self.combine(prior_action, correction)
+        :meth:`combine` adds the correction."""
+        return self.combine(self._rule.act(observation), correction)
 
     @staticmethod
     def combine(prior_action: Any, correction: Any) -> np.ndarray:

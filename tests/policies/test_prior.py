@@ -26,7 +26,7 @@ def _obs(**features: float) -> np.ndarray:
 def test_versions_load_by_name() -> None:
     assert chuck.load_policy("prior").id == "prior@15"
     assert chuck.load_policy("prior@10").id == "prior@10"
-    with pytest.raises(chuck.PolicyLoadError, match=r"unknown prior version '99': use one of \['10', '15', '21'\]"):
+    with pytest.raises(chuck.PolicyLoadError, match=r"unknown prior version '99': use one of \['10', '15'\]"):
         chuck.load_policy("prior@99")
 
 
@@ -146,9 +146,9 @@ def test_a_config_is_the_rule_and_names_it() -> None:
     """A PriorConfig runs the same rule under its own version; the shipped ones by name are the same objects."""
     import dataclasses
 
-    from chuck.policies.prior import CONFIGS, LATEST, PRIOR_10, PRIOR_15, PRIOR_21, PriorConfig
+    from chuck.policies.prior import CONFIGS, LATEST, PRIOR_10, PRIOR_15, PriorConfig
 
-    assert CONFIGS == {"10": PRIOR_10, "15": PRIOR_15, "21": PRIOR_21} and LATEST == "15"
+    assert CONFIGS == {"10": PRIOR_10, "15": PRIOR_15} and LATEST == "15"
     assert StepSizePrior(version="10").config is PRIOR_10 and StepSizePrior().config is PRIOR_15
     no_warmup = dataclasses.replace(PRIOR_10, version="lab", warmup=None)
     p = StepSizePrior(config=no_warmup)
@@ -161,38 +161,8 @@ def test_a_config_is_the_rule_and_names_it() -> None:
     assert [p.act(o).tolist() for o in obs] == [ten.act(o).tolist() for o in obs], (
         "the warm-up is the optimizer's, not a decision"
     )
-    with pytest.raises(ValueError, match=r"unknown prior version '3'; shipped: \['10', '15', '21'\]"):
+    with pytest.raises(ValueError, match=r"unknown prior version '3'; shipped: \['10', '15'\]"):
         StepSizePrior(version="3")
     with pytest.raises(dataclasses.FrozenInstanceError):
         PRIOR_15.raise_gate = None  # type: ignore[misc]
     assert isinstance(PRIOR_15, PriorConfig)
-
-
-#: A run on a plateau: its loss within 10% of its start, its steps a tuned run's size or smaller.
-PLATEAU = {"loss.log_ratio_initial": -0.02, "weights.update_ratio_log10": -2.5}
-
-
-@pytest.mark.parametrize(
-    ("features", "on"),
-    [
-        (PLATEAU, True),
-        ({**PLATEAU, "loss.log_ratio_initial": -0.2}, False),  # the loss has moved: learning has started
-        ({**PLATEAU, "weights.update_ratio_log10": -1.0}, False),  # steps larger than a tuned run's: too high
-    ],
-)
-def test_version_21_holds_its_lowers_on_a_plateau_only(features: dict[str, float], on: bool) -> None:
-    from chuck.policies.prior import on_plateau
-
-    f = {**features, "step.hypergrad": -0.2}  # consecutive gradients disagree
-    assert on_plateau(f) is on
-    assert StepSizePrior(version="10").act(_obs(**f))[0] < 0, "prior@10 lowers in every case"
-    held = StepSizePrior(version="21")
-    assert bool(held.act(_obs(**f))[0] == 0) == on and held.holds_plateau == on
-    assert held.act(_obs(**{**f, "step.hypergrad": 0.3}))[0] > 0, "raises are not held"
-
-
-def test_version_21_still_cuts_on_instability_and_in_its_cooldown_on_a_plateau() -> None:
-    unstable = _obs(**PLATEAU, **{"step.hypergrad": -0.2, "ctrl.skip_rate": 0.1})
-    assert StepSizePrior(version="21").act(unstable)[0] == -1.0
-    late = _obs(**PLATEAU, **{"step.hypergrad": -0.2, "ctrl.progress": 0.95, "ctrl.has_total": 1.0})
-    assert StepSizePrior(version="21").act(late)[0] < 0

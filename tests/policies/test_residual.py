@@ -75,21 +75,3 @@ def test_an_unknown_prior_is_refused() -> None:
     assert make_prior(None, chuck.ObservationSpec().version) is None
     with pytest.raises(ValueError, match="unknown prior 'prior@4'"):
         make_prior("prior@4", chuck.ObservationSpec().version)
-
-
-def test_a_residual_may_not_lower_the_lr_where_its_prior_holds_it_on_a_plateau() -> None:
-    """The learned correction cannot cut the lr on a plateau of a prior that holds there (prior@21), in
-    meta-training (``compose`` with the agent's action) as in deployment (``act``); elsewhere, and on a
-    prior that does not hold, it acts in full."""
-    spec = chuck.ObservationSpec()
-    plateau = spec.encode({"loss.log_ratio_initial": -0.02, "weights.update_ratio_log10": -2.5})
-    moved = spec.encode({"loss.log_ratio_initial": -0.5, "weights.update_ratio_log10": -2.5})
-    cut, lift = np.array([-0.6, 0.2, 0.0, 0.0]), np.array([0.6, 0.2, 0.0, 0.0])
-    on_21 = ResidualPolicy(StepSizePrior(version="21"))
-    on_10 = ResidualPolicy(StepSizePrior(version="10"))
-    assert on_21.compose(plateau, cut)[0] == 0.0 and on_21.compose(plateau, cut)[1] == pytest.approx(0.2)
-    assert on_21.compose(plateau, lift)[0] == pytest.approx(0.6)
-    assert on_21.compose(moved, cut)[0] == pytest.approx(-0.6)
-    assert on_10.compose(plateau, cut)[0] == pytest.approx(-0.6)
-    deployed = ResidualPolicy(StepSizePrior(version="21"), lambda obs: np.array(cut, dtype=np.float32))
-    assert deployed.act(plateau)[0] == 0.0 and deployed.act(moved)[0] == pytest.approx(-0.6)
