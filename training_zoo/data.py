@@ -248,6 +248,17 @@ def sparse_parity(n: int, bits: int, k: int, seed: int = 0) -> tuple[np.ndarray,
     return x.astype(np.float32), (x[:, :k] < 0).sum(1).astype(np.int64) % 2
 
 
+def first_token_memory(n: int, length: int, vocab: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` strings of ``length`` random tokens 1..``vocab``, labelled with their first token (0-based).
+
+    A recurrent net must carry one token through ``length`` steps of distractors to its last state: a
+    long-range memory task whose loss sits at chance (log ``vocab``) until the gradient through time is
+    large enough to find the dependency, then drops (Hochreiter & Schmidhuber 1997; Bengio et al. 1994).
+    """
+    x = np.random.default_rng(seed).integers(1, vocab + 1, size=(n, length))
+    return x, (x[:, 0] - 1).astype(np.int64)
+
+
 def sequence_task(kind: str, n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic sequence tasks over small vocabularies.
 

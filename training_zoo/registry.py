@@ -57,6 +57,7 @@ TEST = (
     "rl.cartpole_dqn",
     "tabular.noisy_labels_mlp",
     "tabular.residual_mlp",
+    "nlp.memory_lstm",
 )
 #: Split names accepted by :func:`register_task` (``"all"`` is only a selector).
 SPLITS = ("train", "validation", "test", "custom")

@@ -98,6 +98,36 @@ class ParityGRU(SupervisedTask):
         return models.RecurrentModel(3, 2, config.width, config.depth, per_position=False, dropout=config.dropout)
 
 
+class _FirstTokenMemory(SupervisedTask):
+    """Recall the first of ``length`` tokens from the last recurrent state (``chuck.zoo.data.first_token_memory``).
+    Axis: long-range memory, a plateau at chance before the loss drops."""
+
+    domain, n_classes, budget = "nlp", 8, 600
+    length: int = 0
+    cell: str = "gru"
+
+    def data(self, config: TaskConfig):
+        return data.first_token_memory(4000, self.length, vocab=8, seed=11)
+
+    def model(self, config: TaskConfig):
+        return models.RecurrentModel(9, 8, config.width, config.depth, per_position=False, dropout=config.dropout, cell=self.cell)
+
+
+class MemoryGRU(_FirstTokenMemory):
+    """The first of 20 tokens, a GRU: at its tuned lr the loss sits at chance for about 150-250 steps."""
+
+    id, length, cell = "nlp.memory_gru", 20, "gru"
+    space = SearchSpace(widths=(64, 128), depths=(1,), dropouts=(0.0,), **_SEQ_SPACE)
+
+
+class MemoryLSTM(_FirstTokenMemory):
+    """The first of 16 tokens, an LSTM: at a tuned lr the loss sits at chance for about 350 steps, and a
+    start a few times too high stays there for the whole budget (looking like a plateau)."""
+
+    id, length, cell = "nlp.memory_lstm", 16, "lstm"
+    space = SearchSpace(widths=(48, 64, 96), depths=(1,), dropouts=(0.0,), **_SEQ_SPACE)
+
+
 class BracketsTransformer(SupervisedTask):
     """Is a string of 10 brackets balanced? Bidirectional Transformer classifier. Axis: attention,
     binary classification of structure."""
@@ -217,4 +247,6 @@ FAMILIES = [
     TopicFewShotTransformer,
     MarkovLSTM,
     DigitSumTransformer,
+    MemoryGRU,
+    MemoryLSTM,
 ]

@@ -134,6 +134,7 @@ class SparseParityMLP(SupervisedTask):
     flat loss as instability and lower the lr, which only makes the plateau longer)."""
 
     id, domain, n_classes, budget = "tabular.sparse_parity_mlp", "tabular", 2, 600
+    bits = 30
     space = SearchSpace(
         widths=(128, 256),
         depths=(2,),
@@ -147,10 +148,26 @@ class SparseParityMLP(SupervisedTask):
     def data(self, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
         from chuck.zoo import data
 
-        return data.sparse_parity(6000, bits=30, k=3)
+        return data.sparse_parity(6000, bits=self.bits, k=3)
 
     def model(self, config: TaskConfig):
-        return models.mlp(30, 2, config.width, config.depth, config.activation, config.norm, config.dropout)
+        return models.mlp(self.bits, 2, config.width, config.depth, config.activation, config.norm, config.dropout)
+
+
+class SparseParitySmallMLP(SparseParityMLP):
+    """The (20, 3) sparse parity with one to three hidden layers: a shorter plateau (about 100-300 steps at
+    a tuned lr) than the (30, 3) one, on more depths and widths."""
+
+    id, budget, bits = "tabular.sparse_parity_small_mlp", 500, 20
+    space = SearchSpace(
+        widths=(64, 128, 256),
+        depths=(1, 2, 3),
+        activations=("relu", "gelu", "tanh"),
+        norms=("none", "layer"),
+        batch_sizes=(32, 64),
+        data_fraction=(0.8, 1.0),
+        dropouts=(0.0,),
+    )
 
 
 FAMILIES = [
@@ -166,4 +183,5 @@ FAMILIES = [
     Friedman3SmallScale,
     ResidualMLP,
     SparseParityMLP,
+    SparseParitySmallMLP,
 ]
