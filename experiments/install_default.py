@@ -107,6 +107,7 @@ def main() -> None:
         card["evaluation"]["validation"].update(_headlines(path))
     for path in args.test_summary:  # e.g. with and without observe(val_loss=...)
         card["evaluation"].setdefault("test", {}).update(_headlines(path))
+        _add_by_base(card["evaluation"], path)
     save_artifact(actor, TARGET, card)
     load_artifact(TARGET)
     print(f"installed the default ({args.residual} residual on {args.prior}) -> {TARGET}")
@@ -119,9 +120,12 @@ def update_card(test_summaries: list[str], note: str) -> None:
     path = TARGET / CARD
     card = json.loads(path.read_text())
     test: dict[str, dict[str, float]] = {}
+    evaluation = card.setdefault("evaluation", {})
+    evaluation.pop("test_by_base", None)  # replaced with the new figures, like the test section
     for summary in test_summaries:
         test.update(_headlines(summary))
-    card.setdefault("evaluation", {})["test"] = test
+        _add_by_base(evaluation, summary)
+    evaluation["test"] = test
     residual = card.setdefault("residual", {})
     residual["why"] = f"{residual.get('why', '')} {note}".strip()
     # the new card is checked as a whole artifact (beside the untouched weights) before it replaces the old
@@ -136,11 +140,22 @@ def update_card(test_summaries: list[str], note: str) -> None:
     print(f"updated the card of {TARGET}: test figures from {', '.join(test_summaries)}")
 
 
-def _headlines(summary_json: str) -> dict[str, dict[str, float]]:
-    """Per arm, the headline figures of a `chuck evaluate` summary."""
-    summary = json.loads(Path(summary_json).read_text())
-    keep = ("runs", "median_regret", "geo_regret", "within_10pct", "harm_rate", "worst_harm")
-    return {arm: {k: v for k, v in stats.items() if k in keep} for arm, stats in summary.get("arms", summary).items()}
+#: The figures of each arm a card keeps: the middle (median, geo-mean, within 10%) and the tail (worst
+#: regret, catastrophes against Prodigy on the same instance, harm at the tuned lr).
+HEADLINES = ("runs", "median_regret", "geo_regret", "within_10pct", "worst_regret", "catastrophes", "harm_rate", "worst_harm")
+
+
+def _headlines(summary_json: str | Path, section: dict | None = None) -> dict[str, dict[str, float]]:
+    """Per arm, the headline figures of a `chuck evaluate` summary (or of one of its ``by_base`` sections)."""
+    arms = section if section is not None else json.loads(Path(summary_json).read_text()).get("arms", {})
+    return {arm: {k: v for k, v in stats.items() if k in HEADLINES} for arm, stats in arms.items()}
+
+
+def _add_by_base(evaluation: dict, summary_json: str | Path) -> None:
+    """The summary's per-base-optimizer headlines, under ``evaluation["test_by_base"][base]``."""
+    by_base = json.loads(Path(summary_json).read_text()).get("by_base") or {}
+    for base, arms in by_base.items():
+        evaluation.setdefault("test_by_base", {}).setdefault(base, {}).update(_headlines(summary_json, arms))
 
 
 if __name__ == "__main__":
