@@ -16,7 +16,10 @@ def _summary(tmp_path: Path) -> Path:
     stats = {"runs": 4, "median_regret": 1.1, "geo_regret": 1.3, "within_10pct": 0.5, "worst_regret": 7.0, "catastrophes": 1}
     summary = {
         "arms": {"chuck:default": {**stats, "per_family": {"x": 1.0}}},
-        "by_base": {"SGD": {"chuck:default": {**stats, "catastrophes": 1}}, "AdamW": {"chuck:default": {**stats, "catastrophes": 0}}},
+        "by_base": {
+            "SGD": {"chuck:default": {**stats, "catastrophes": 1}},
+            "AdamW": {"chuck:default": {**stats, "catastrophes": 0}},
+        },
     }
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
