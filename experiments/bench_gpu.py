@@ -91,9 +91,12 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, device: torch.device) -> tor
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def run_block(model: nn.Module, opt, batches: list[torch.Tensor], device: torch.device, wrapped: bool) -> float:
-    """Seconds for the block, the device synchronized at both ends only."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+def run_block(
+    model: nn.Module, opt, batches: list[torch.Tensor], device: torch.device, wrapped: bool, timed: bool = True
+) -> float:
+    """Seconds for the block, the device synchronized at both ends only (``timed``; otherwise no
+    synchronization of its own, for counting the loop's)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" and timed else (lambda: None)
     sync()
     t0 = time.perf_counter()
     for tokens in batches:
@@ -107,6 +110,7 @@ def run_block(model: nn.Module, opt, batches: list[torch.Tensor], device: torch.
 
 def count_syncs(fn: Callable[[], object]) -> int:
     """How many times ``fn`` made the host wait for the device (CUDA only)."""
+    torch.cuda.synchronize()  # nothing pending from before
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -114,6 +118,7 @@ def count_syncs(fn: Callable[[], object]) -> int:
             fn()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
@@ -157,8 +162,8 @@ def overhead(args: argparse.Namespace, device: torch.device) -> dict:
         "target_ratio": 1.03,
     }
     if device.type == "cuda":
-        bare_syncs = count_syncs(lambda: run_block(bare_model, bare, batches, device, False))
-        chuck_syncs = count_syncs(lambda: run_block(chuck_model, wrapped, batches, device, True))
+        bare_syncs = count_syncs(lambda: run_block(bare_model, bare, batches, device, False, timed=False))
+        chuck_syncs = count_syncs(lambda: run_block(chuck_model, wrapped, batches, device, True, timed=False))
         out["host_syncs_per_step"] = {
             "bare": bare_syncs / args.block,
             "chuck": chuck_syncs / args.block,

@@ -46,7 +46,7 @@ from chuck.policies.prior import LATEST
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "policies" / "artifacts" / "default"
-KEEP = ("name", "interval", "prior", "architecture", "training")
+KEEP = ("name", "interval", "prior", "architecture", "training", "observation", "action")
 
 
 def main() -> None:
@@ -104,10 +104,11 @@ def main() -> None:
     card["splits"] = {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
     card["evaluation"] = {"validation": {}}
     for path in args.selection:
-        card["evaluation"]["validation"].update(_headlines(path))
+        card["evaluation"]["validation"].update(_headlines(_read(path)))
     for path in args.test_summary:  # e.g. with and without observe(val_loss=...)
-        card["evaluation"].setdefault("test", {}).update(_headlines(path))
-        _add_by_base(card["evaluation"], path)
+        summary = _read(path)
+        card["evaluation"].setdefault("test", {}).update(_headlines(summary))
+        _add_by_base(card["evaluation"], summary)
     save_artifact(actor, TARGET, card)
     load_artifact(TARGET)
     print(f"installed the default ({args.residual} residual on {args.prior}) -> {TARGET}")
@@ -122,7 +123,8 @@ def update_card(test_summaries: list[str], note: str) -> None:
     test: dict[str, dict[str, float]] = {}
     evaluation = card.setdefault("evaluation", {})
     evaluation.pop("test_by_base", None)  # replaced with the new figures, like the test section
-    for summary in test_summaries:
+    for summary_json in test_summaries:
+        summary = _read(summary_json)
         test.update(_headlines(summary))
         _add_by_base(evaluation, summary)
     evaluation["test"] = test
@@ -145,17 +147,21 @@ def update_card(test_summaries: list[str], note: str) -> None:
 HEADLINES = ("runs", "median_regret", "geo_regret", "within_10pct", "worst_regret", "catastrophes", "harm_rate", "worst_harm")
 
 
-def _headlines(summary_json: str | Path, section: dict | None = None) -> dict[str, dict[str, float]]:
-    """Per arm, the headline figures of a `chuck evaluate` summary (or of one of its ``by_base`` sections)."""
-    arms = section if section is not None else json.loads(Path(summary_json).read_text()).get("arms", {})
-    return {arm: {k: v for k, v in stats.items() if k in HEADLINES} for arm, stats in arms.items()}
+def _read(summary_json: str | Path) -> dict:
+    return json.loads(Path(summary_json).read_text())
 
 
-def _add_by_base(evaluation: dict, summary_json: str | Path) -> None:
+def _headlines(summary: dict) -> dict[str, dict[str, float]]:
+    """Per arm, the headline figures of a `chuck evaluate` summary (or of one of its ``by_base`` sections:
+    an ``{arm: stats}`` mapping), leaving out those it could not compute."""
+    arms = summary.get("arms", summary)
+    return {arm: {k: v for k, v in stats.items() if k in HEADLINES and v is not None} for arm, stats in arms.items()}
+
+
+def _add_by_base(evaluation: dict, summary: dict) -> None:
     """The summary's per-base-optimizer headlines, under ``evaluation["test_by_base"][base]``."""
-    by_base = json.loads(Path(summary_json).read_text()).get("by_base") or {}
-    for base, arms in by_base.items():
-        evaluation.setdefault("test_by_base", {}).setdefault(base, {}).update(_headlines(summary_json, arms))
+    for base, arms in (summary.get("by_base") or {}).items():
+        evaluation.setdefault("test_by_base", {}).setdefault(base, {}).update(_headlines(arms))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,18 @@ def bundled_artifact_dir(name: str) -> Path:
 
 
 def save_artifact(actor: ActorNetwork, out_dir: str | Path, card: dict[str, Any]) -> Path:
-    """Write ``policy.pt`` and ``policy.json`` (the card is completed with format, specs, checksum)."""
+    """Write ``policy.pt`` and ``policy.json`` (the card is completed with format, specs, checksum).
+
+    A card without an ``observation`` section gets the newest spec's; an actor that reads another number
+    of features is refused (ValueError) before anything is written: its card must name the spec it reads.
+    """
+    if "observation" not in card:
+        newest, inputs = ObservationSpec(), int(actor.obs_mean.shape[0])
+        if inputs != len(newest.names):
+            raise ValueError(
+                f"the actor reads {inputs} features, observation spec v{newest.version} has {len(newest.names)}: "
+                "give the card the observation section of the spec it was trained on"
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}

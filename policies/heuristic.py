@@ -45,7 +45,7 @@ class HeuristicPolicy(Policy):
 
     def __init__(self, restart_cooldown: int = 10, observation_version: str | None = None) -> None:
         # as a fallback it reads the observation of the policy it stands in for (any known version)
-        self.spec = ObservationSpec(observation_version) if observation_version else ObservationSpec()
+        self.spec = ObservationSpec(observation_version)
         self.observation_version = self.spec.version
         self.restart_cooldown = restart_cooldown
         self._cooldown = 0

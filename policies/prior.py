@@ -131,7 +131,7 @@ class StepSizePrior(Policy):
         self.config = config
         self.version = config.version
         self.warmup = config.warmup
-        self.spec = ObservationSpec(observation_version) if observation_version else ObservationSpec()
+        self.spec = ObservationSpec(observation_version)
         self.observation_version = self.spec.version
         self._why: dict[str, dict[str, float]] = {}
         self.reset()

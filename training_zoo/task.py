@@ -60,7 +60,11 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What ``Task.sample_config`` draws from. Each field lists the choices (or a range)."""
+    """What ``Task.sample_config`` draws from. Each field lists the choices (or a range).
+
+    ``optimizers`` names base optimizers of :func:`make_optimizer`; an ``"SGD"`` draw is SGD with momentum 0.9,
+    with Nesterov momentum (``"NesterovSGD"``) in the instances whose drawn seed is odd, half of them.
+    """
 
     widths: Sequence[int] = (32, 64, 128)
     depths: Sequence[int] = (1, 2, 3)

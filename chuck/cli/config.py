@@ -236,6 +236,12 @@ class MetaTrainConfig:
             raise ValueError(f"eval_every must be >= 0 (0: only at the end), got {self.eval_every}")
         if not (isinstance(self.zoo_share, numbers.Real) and 0 < self.zoo_share < 1):
             raise ValueError(f"zoo_share must be between 0 and 1 (exclusive), got {self.zoo_share!r}")
+        if self.observation_version is not None:
+            from chuck.core.observation import FEATURE_SETS  # numpy and gymnasium: not for --help
+
+            self.observation_version = str(self.observation_version)
+            if self.observation_version not in FEATURE_SETS:
+                raise ValueError(f"observation_version must be one of {sorted(FEATURE_SETS)}, got {self.observation_version!r}")
         if self.prior == "auto" and not self.init_policy:
             self.prior = LATEST_PRIOR  # nothing to inherit a prior from
 

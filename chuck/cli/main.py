@@ -80,7 +80,7 @@ def _optional(annotation: str):
 
 def _cmd_train_policy(args: argparse.Namespace) -> int:
     from chuck.core.loading import PolicyLoadError
-    from chuck.metatrain.train import train_policy
+    from chuck.metatrain.train import SettingsConflict, train_policy
     from chuck.zoo import TaskSpecError
 
     fields = {f.name for f in dataclasses.fields(MetaTrainConfig)}
@@ -98,7 +98,7 @@ def _cmd_train_policy(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a missing optional dependency (Ray for --backend ray): the message says what to install
         print(f"chuck train-policy: error: {exc}", file=sys.stderr)
         return 2
-    except TaskSpecError as exc:  # raised before anything starts: no run, no file
+    except (TaskSpecError, SettingsConflict) as exc:  # raised before anything starts: no run, no file
         print(f"chuck train-policy: error: {exc}", file=sys.stderr)
         return 2
     except PolicyLoadError as exc:  # --init-policy: missing, corrupt or not a policy; checked before training

@@ -25,6 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EveryNTimesteps
 from stable_baselines3.common.logger import KVWriter
 
+from chuck.core.observation import FEATURE_SETS, ObservationSpec
 from chuck.policies.artifact import load_artifact
 from chuck.policies.export import export_sb3
 
@@ -107,6 +108,8 @@ class TrainingState:
 
     task_ids: list[str]
     """The resolved training tasks (not saved: resolved again by every run)."""
+    observation_version: str
+    """The observation spec the run trains on (a resumed run keeps it)."""
     obs_low: np.ndarray
     """Smallest raw value of each observation seen in training (the card's out-of-distribution reference)."""
     obs_high: np.ndarray
@@ -130,11 +133,14 @@ class TrainingState:
     (:func:`chuck.metatrain.comparison.compare_arms`); empty until the final evaluation."""
 
     @classmethod
-    def load(cls, path: Path, task_ids: list[str], n_obs: int) -> TrainingState:
-        """The state saved at ``path``, or a fresh one (``resumed`` false) where there is none."""
+    def load(cls, path: Path, task_ids: list[str], spec: ObservationSpec) -> TrainingState:
+        """The state saved at ``path``, or a fresh one (``resumed`` false) where there is none, for a run on
+        observation spec ``spec``."""
         saved = json.loads(path.read_text()) if path.exists() else {}
+        n_obs = len(spec.names)
         return cls(
             task_ids=task_ids,
+            observation_version=spec.version,
             obs_low=np.asarray(saved.get("obs_low", [np.inf] * n_obs), dtype=np.float64),
             obs_high=np.asarray(saved.get("obs_high", [-np.inf] * n_obs), dtype=np.float64),
             run_id=saved.get("run_id"),
@@ -146,6 +152,17 @@ class TrainingState:
             last_rows=list(saved.get("last_rows", [])),
             comparison=dict(saved.get("comparison", {})),
         )
+
+    @staticmethod
+    def saved_observation_version(path: Path) -> str | None:
+        """The observation spec of the run saved at ``path``; ``None`` where there is no run, or where its
+        state predates the recorded version and its number of features does not tell (only spec v2 has 40)."""
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        if "observation_version" in saved:
+            return str(saved["observation_version"])
+        return "2" if len(saved.get("obs_low", [])) == len(FEATURE_SETS["2"]) else None
 
     def widen_ranges(self, low: np.ndarray | None, high: np.ndarray | None) -> None:
         """Make the observation range the union of what it holds and ``[low, high]`` (a starting policy's)."""
@@ -194,6 +211,7 @@ class ResumableCheckpointCallback(BaseCallback):
         state = self.state
         saved = {
             "run_id": state.run_id,
+            "observation_version": state.observation_version,
             "timesteps": int(model.num_timesteps),
             "obs_low": state.obs_low.tolist(),
             "obs_high": state.obs_high.tolist(),

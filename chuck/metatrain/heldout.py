@@ -233,6 +233,8 @@ def _episode(
 
 def _ask_as_deployed(env: Any, policy: Any, obs: np.ndarray) -> PolicyAnswer:
     controller = env.opt.controller
+    # the env encodes the spec it was built for: the policy's own (see _episode), or the answer is garbage
+    assert controller.obs_spec.version == policy.observation_version, "the env must encode the policy's observation spec"
     controller.policy = policy
     try:
         return controller.ask(obs)

@@ -85,6 +85,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "SettingsConflict",
     "MetaTrainConfig",
     "FineTuneStart",
     "TrainResult",
@@ -99,6 +100,11 @@ __all__ = [
     "resolve_training_tasks",
     "train_policy",
 ]
+
+
+class SettingsConflict(ValueError):
+    """Settings that contradict the starting policy or the run's checkpoint; raised before anything starts."""
+
 
 #: The first held-out seed; training environments are seeded with ``seed + 1000 * i`` (:func:`heldout_seed`).
 HELDOUT_SEED = 10_000
@@ -150,6 +156,8 @@ class FineTuneStart:
     observations: float
     """How many observations its normalization statistics summarize (its training timesteps; 1e4 when the
     card does not say): their weight when merged with the new run's."""
+    observation_version: str
+    """The observation spec its actor reads (the new run trains on it)."""
 
 
 def train_policy(cfg: MetaTrainConfig) -> TrainResult:
@@ -157,6 +165,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
 
     Raises:
         chuck.zoo.TaskSpecError: a bad task spec or task weight, before any file or run exists.
+        SettingsConflict: an observation spec other than the starting policy's or the checkpoint's.
         ImportError: a missing optional dependency (stable-baselines3; Ray for ``backend="ray"``).
     """
     _need_dependencies(cfg)
@@ -176,7 +185,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
 
     # what to train on and from: a bad task spec or starting policy fails before any file or run exists
     init = _fine_tune_start(cfg) if cfg.init_policy else None
-    cfg = resolve_config(cfg, init)
+    cfg = resolve_config(_with_checkpoint_observation(cfg), init)
     train_tasks, eval_tasks = resolve_training_tasks(cfg)
     weights = episode_weights(train_tasks, cfg.task_weights, cfg.zoo_share)
     _say_uncalibrated(train_tasks + [t for t in eval_tasks if t not in train_tasks])
@@ -187,9 +196,7 @@ def train_policy(cfg: MetaTrainConfig) -> TrainResult:
     run_episodes = _heldout_episodes(cfg, eval_tasks, seed0, pool)
     out, ckpt = Path(cfg.output), Path(cfg.output) / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
-    state = TrainingState.load(
-        ckpt / "state.json", [t.id for t in train_tasks], len(ObservationSpec(cfg.observation_version).names)
-    )
+    state = TrainingState.load(ckpt / "state.json", [t.id for t in train_tasks], ObservationSpec(cfg.observation_version))
     if init is not None and not state.resumed:  # fine-tuning keeps what the starting policy was trained on
         state.widen_ranges(init.obs_low, init.obs_high)
     reference = _save_start(init, out / "start") if init is not None else None
@@ -287,10 +294,33 @@ def resolve_config(cfg: MetaTrainConfig, start: FineTuneStart | None = None) -> 
     prior = cfg.prior
     if prior == "auto":
         prior = start.card.get("prior") if start is not None else LATEST_PRIOR
+    # a fine-tuned actor reads its inputs by position: it keeps the observation spec it was trained on
     observation_version = cfg.observation_version
-    if observation_version is None:  # a fine-tuned actor keeps reading the features it was trained on
-        observation_version = str(start.card["observation"]["version"]) if start is not None else LATEST_OBSERVATION
+    if start is not None and observation_version not in (None, start.observation_version):
+        raise SettingsConflict(
+            f"--init-policy {start.name} reads observation spec v{start.observation_version}: it cannot be fine-tuned "
+            f"on v{observation_version} (leave --observation-version out)"
+        )
+    if observation_version is None:
+        observation_version = start.observation_version if start is not None else LATEST_OBSERVATION
     return dataclasses.replace(cfg, tasks=tasks, eval_tasks=eval_tasks, prior=prior, observation_version=observation_version)
+
+
+def _with_checkpoint_observation(cfg: MetaTrainConfig) -> MetaTrainConfig:
+    """``cfg`` resuming its checkpoint on the observation spec the checkpoint was trained on.
+
+    Raises:
+        SettingsConflict: ``cfg`` names another spec than the checkpoint's.
+    """
+    saved = TrainingState.saved_observation_version(Path(cfg.output) / "checkpoint" / "state.json")
+    if saved is None:
+        return cfg
+    if cfg.observation_version not in (None, saved):
+        raise SettingsConflict(
+            f"{cfg.output} holds a run on observation spec v{saved}: it resumes on v{saved}, not "
+            f"v{cfg.observation_version} (leave --observation-version out, or give another --output)"
+        )
+    return dataclasses.replace(cfg, observation_version=saved)
 
 
 def resolve_training_tasks(cfg: MetaTrainConfig) -> tuple[list[Any], list[Any]]:
@@ -407,6 +437,7 @@ def _fine_tune_start(cfg: MetaTrainConfig) -> FineTuneStart:
         obs_low=getattr(start, "obs_low", None),
         obs_high=getattr(start, "obs_high", None),
         observations=float(timesteps) if isinstance(timesteps, (int, float)) and timesteps > 0 else 1e4,
+        observation_version=start.observation_version,
     )
 
 
@@ -594,9 +625,7 @@ def _log_run_settings(mlflow: Any, cfg: MetaTrainConfig, state: TrainingState) -
 
     if not state.resumed:
         mlflow.log_params({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in asdict(cfg).items()})
-        mlflow.set_tags(
-            {"chuck.kind": "meta-training", "chuck.observation_version": ObservationSpec(cfg.observation_version).version}
-        )
+        mlflow.set_tags({"chuck.kind": "meta-training", "chuck.observation_version": str(cfg.observation_version)})
     # a tag, not a param: a resumed run may resolve a spec like "custom" to more tasks than before
     mlflow.set_tag("chuck.resolved_tasks", ",".join(state.task_ids))
 

@@ -19,8 +19,6 @@ def test_the_accelerator_benchmark_measures_every_arm_on_a_cpu(monkeypatch) -> N
     cpu = torch.device("cpu")
     out = bench.overhead(args, cpu)
     assert out["params"] > 0 and out["ratio_paired_blocks"] > 0 and out["control_ratio_paired_blocks"] > 0
-    lo, hi = out["ratio_paired_blocks_ci95"]
-    assert lo <= out["ratio_paired_blocks"] <= hi
     assert "host_syncs_per_step" not in out, "sync counting needs CUDA"
     run = bench.real_run(args, cpu)
     assert set(run) == {"adamw", "chuck", "prodigy", "floor"} and all(math.isfinite(v) for v in run.values())

@@ -16,7 +16,7 @@ from experiments.derive_residual import save as save_artifact
 from experiments.residual_variants import load_variant
 
 #: The observation spec the shipped default reads (its card's), which these derivations start from.
-DEFAULT_SPEC = "2"
+DEFAULT_SPEC = chuck.load_policy("default").observation_version
 
 
 @pytest.fixture(scope="module")

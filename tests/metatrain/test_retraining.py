@@ -219,13 +219,37 @@ def test_fine_tuning_keeps_what_the_starting_policy_knew_and_compares_with_it(tm
 
 def test_fine_tuning_keeps_the_observation_spec_its_starting_policy_reads() -> None:
     """An actor reads its inputs by position: fine-tuning the default (trained on an older spec) trains it on
-    that spec, not on the newest."""
-    from chuck.metatrain.train import _fine_tune_start, resolve_config
+    that spec, not on the newest, and another spec named for it is refused before anything starts."""
+    from chuck.metatrain.train import SettingsConflict, _fine_tune_start, resolve_config
 
     cfg = MetaTrainConfig(init_policy="default")
     start = _fine_tune_start(cfg)
+    if start.observation_version == chuck.ObservationSpec().version:
+        pytest.skip("the default reads the newest spec: nothing tells keeping it from taking the newest")
     resolved = resolve_config(cfg, start)
-    assert (
-        resolved.observation_version == start.card["observation"]["version"] == chuck.load_policy("default").observation_version
-    )
-    assert resolved.observation_version != chuck.ObservationSpec().version, "precondition: the default predates the newest spec"
+    assert resolved.observation_version == start.observation_version == chuck.load_policy("default").observation_version
+    newest = MetaTrainConfig(init_policy="default", observation_version=chuck.ObservationSpec().version)
+    with pytest.raises(SettingsConflict, match="cannot be fine-tuned"):
+        resolve_config(newest, start)
+
+
+def test_an_unknown_observation_spec_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"observation_version must be one of \['1', '2', '3'\], got '9'"):
+        MetaTrainConfig(observation_version="9")
+
+
+def test_a_resumed_run_keeps_the_observation_spec_of_its_checkpoint(tmp_path) -> None:
+    from chuck.metatrain.train import SettingsConflict, _with_checkpoint_observation
+
+    state = tmp_path / "checkpoint" / "state.json"
+    state.parent.mkdir()
+    cfg = MetaTrainConfig(output=str(tmp_path))
+    assert _with_checkpoint_observation(cfg).observation_version is None, "no checkpoint: the newest, resolved later"
+    state.write_text(json.dumps({"observation_version": "2", "obs_low": [0.0] * 40}))
+    assert _with_checkpoint_observation(cfg).observation_version == "2"
+    with pytest.raises(SettingsConflict, match="resumes on v2"):
+        _with_checkpoint_observation(MetaTrainConfig(output=str(tmp_path), observation_version="3"))
+    state.write_text(json.dumps({"obs_low": [0.0] * 40}))  # saved before the version was recorded: 40 features is v2
+    assert _with_checkpoint_observation(cfg).observation_version == "2"
+    state.write_text(json.dumps({"obs_low": [0.0] * 37}))  # v1 or v3: the settings decide
+    assert _with_checkpoint_observation(MetaTrainConfig(output=str(tmp_path), observation_version="3")).observation_version == "3"

@@ -158,3 +158,23 @@ def test_loading_a_learned_policy_leaves_the_global_rng_where_it_was() -> None:
         torch.manual_seed(0)
         load()
         assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_actor_of_another_spec_is_not_saved_under_the_newest(tmp_path) -> None:
+    """A card that names no observation spec gets the newest; an actor that reads another number of features
+    is refused before anything is written, rather than saved as an artifact that cannot load."""
+    from chuck.policies.artifact import save_artifact
+    from chuck.policies.learned import ActorNetwork
+
+    card = {"name": "t", "version": "1", "interval": 10, "architecture": {"hidden": [4], "activation": "tanh"}}
+    newest = chuck.ObservationSpec()
+    with pytest.raises(ValueError, match=f"reads {len(newest.names) + 3} features"):
+        save_artifact(ActorNetwork(len(newest.names) + 3, 4, [4]), tmp_path / "wrong", card)
+    assert not (tmp_path / "wrong").exists()
+    two = chuck.ObservationSpec("2")
+    saved = save_artifact(ActorNetwork(len(two.names), 4, [4]), tmp_path / "v2", {**card, "observation": two.card()})
+    assert load_artifact(saved).observation_version == "2"
+    assert (
+        load_artifact(save_artifact(ActorNetwork(len(newest.names), 4, [4]), tmp_path / "new", card)).observation_version
+        == newest.version
+    )

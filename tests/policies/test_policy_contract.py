@@ -64,6 +64,7 @@ def test_default_policy_is_bundled_and_its_card_says_what_it_is() -> None:
     policy = chuck.load_policy("default")
     card = policy.card
     from chuck.policies.card import KNOWN_PRIORS
+    from chuck.policies.residual import make_prior
 
     assert card["training"]["tasks"] == "train" and card["prior"] in KNOWN_PRIORS
     assert card["splits"] == {"trained_on": "train", "chose_design_and_checkpoint": "validation", "reported_on": "test"}
@@ -72,8 +73,9 @@ def test_default_policy_is_bundled_and_its_card_says_what_it_is() -> None:
     assert {f"chuck:{card['prior']}", "adamw", "prodigy"} <= set(validation), "the prior it ships was compared on validation"
     if card.get("residual", {}).get("state") == "zero":
         # shipped as the prior until a PPO snapshot beats it on validation: it must act exactly so
-        prior = chuck.load_policy(card["prior"])
-        space = chuck.ObservationSpec().space
+        prior = make_prior(card["prior"], policy.observation_version)
+        assert prior is not None
+        space = chuck.ObservationSpec(policy.observation_version).space
         space.seed(1)
         for _ in range(50):
             obs = space.sample()
@@ -88,7 +90,7 @@ def test_default_policy_is_bundled_and_its_card_says_what_it_is() -> None:
         if not where.exists():  # training runs live in git history (docs/results/MANIFEST.md), not in the tree
             pytest.skip(f"the training snapshot {snapshot} is not checked out (git history keeps it)")
         trained = chuck.load_policy(str(where))
-        space = chuck.ObservationSpec().space
+        space = chuck.ObservationSpec(policy.observation_version).space
         space.seed(1)
         for _ in range(50):
             obs = space.sample()

@@ -87,3 +87,26 @@ def test_a_worker_knows_the_names_its_commands_modules_register(tmp_path) -> Non
     code = "import chuck; print(chuck.load_policy('prior@mine').id)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "prior@10"
+
+
+def test_a_residuals_prior_reads_the_residuals_observation_spec_or_is_refused(annealing) -> None:
+    """A registered step-size rule follows the residual's spec (it reads its features by name); any other
+    policy built for another spec is refused, naming both."""
+    import dataclasses
+
+    from chuck.policies.prior import PRIOR_10, StepSizePrior
+    from chuck.policies.residual import make_prior
+
+    class Rule(StepSizePrior):
+        pass
+
+    config = dataclasses.replace(PRIOR_10, version="rule")
+    register_policy("test.rule", lambda: Rule(config=config))
+    try:
+        moved = make_prior("test.rule", "2")
+        assert isinstance(moved, Rule) and moved.observation_version == "2" and moved.config == config
+        assert make_prior("test.rule", chuck.ObservationSpec().version).observation_version == chuck.ObservationSpec().version
+    finally:
+        unregister_policy("test.rule")
+    with pytest.raises(ValueError, match=rf"reads observation spec v{chuck.ObservationSpec().version}, the residual v2"):
+        make_prior(annealing, "2")

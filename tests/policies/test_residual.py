@@ -12,7 +12,7 @@ from chuck.policies.residual import ResidualPolicy, make_prior
 
 
 def _observations(n: int = 16, version: str | None = None) -> list[np.ndarray]:
-    space = (chuck.ObservationSpec(version) if version else chuck.ObservationSpec()).space
+    space = chuck.ObservationSpec(version).space
     space.seed(5)
     return [space.sample() for _ in range(n)]
 

@@ -158,6 +158,5 @@ def test_half_of_the_sampled_sgd_instances_use_nesterov_momentum() -> None:
     sgd = [c for c in cfgs if c.optimizer in ("SGD", "NesterovSGD")]
     assert all((c.optimizer == "NesterovSGD") == bool(c.seed % 2) for c in sgd), "decided by the instance's seed"
     assert 0.3 < sum(c.optimizer == "NesterovSGD" for c in sgd) / len(sgd) < 0.7
-    assert not any(c.seed % 2 == 0 and c.optimizer == "NesterovSGD" for c in cfgs)
     inst = task.build(next(c for c in cfgs if c.optimizer == "NesterovSGD"))
     assert inst.optimizer.defaults["nesterov"] and inst.optimizer.defaults["momentum"] == 0.9

@@ -114,15 +114,16 @@ class _FirstTokenMemory(SupervisedTask):
 
 
 class MemoryGRU(_FirstTokenMemory):
-    """The first of 20 tokens, a GRU: at its tuned lr the loss sits at chance for about 150-250 steps."""
+    """The first of 20 tokens, a GRU. Axis: long-range memory, a plateau at chance for about 150-250 steps at
+    its tuned lr."""
 
     id, length, cell = "nlp.memory_gru", 20, "gru"
     space = SearchSpace(widths=(64, 128), depths=(1,), dropouts=(0.0,), **_SEQ_SPACE)
 
 
 class MemoryLSTM(_FirstTokenMemory):
-    """The first of 16 tokens, an LSTM: at a tuned lr the loss sits at chance for about 350 steps, and a
-    start a few times too high stays there for the whole budget (looking like a plateau)."""
+    """The first of 16 tokens, an LSTM. Axis: long-range memory where a plateau (at chance for about 350 steps
+    at a tuned lr) and a start a few times too high (at chance for the whole budget) look alike."""
 
     id, length, cell = "nlp.memory_lstm", 16, "lstm"
     space = SearchSpace(widths=(48, 64, 96), depths=(1,), dropouts=(0.0,), **_SEQ_SPACE)

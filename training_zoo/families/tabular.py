@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chuck.zoo import models
+from chuck.zoo import data, models
 from chuck.zoo.families.supervised import DatasetMLPTask, SupervisedTask
 from chuck.zoo.task import SearchSpace, TaskConfig
 
@@ -146,8 +146,6 @@ class SparseParityMLP(SupervisedTask):
     )
 
     def data(self, config: TaskConfig) -> tuple[np.ndarray, np.ndarray]:
-        from chuck.zoo import data
-
         return data.sparse_parity(6000, bits=self.bits, k=3)
 
     def model(self, config: TaskConfig):
@@ -155,8 +153,8 @@ class SparseParityMLP(SupervisedTask):
 
 
 class SparseParitySmallMLP(SparseParityMLP):
-    """The (20, 3) sparse parity with one to three hidden layers: a shorter plateau (about 100-300 steps at
-    a tuned lr) than the (30, 3) one, on more depths and widths."""
+    """The (20, 3) sparse parity with one to three hidden layers. Axis: a shorter plateau (about 100-300 steps
+    at a tuned lr) than the (30, 3) one's, over more depths, widths and activations."""
 
     id, budget, bits = "tabular.sparse_parity_small_mlp", 500, 20
     space = SearchSpace(
