@@ -275,12 +275,17 @@ def _need_dependencies(cfg: MetaTrainConfig) -> None:
 
 
 def resolve_config(cfg: MetaTrainConfig, start: FineTuneStart | None = None) -> MetaTrainConfig:
-    """``cfg`` with its defaults made concrete: a copy naming the tasks, the evaluation tasks and the prior.
+    """``cfg`` with its defaults made concrete: a copy naming the tasks, the evaluation tasks, the prior and the
+    observation spec.
 
     Imports ``cfg.tasks_module`` first (the in-house tasks it registers decide the defaults): no ``tasks``
     trains on the in-house tasks and the zoo's train split when any is registered, on "train" otherwise; no
     ``eval_tasks`` evaluates on the in-house tasks trained on when there are any, on "validation" otherwise;
-    prior ``"auto"`` is the starting policy's own prior when fine-tuning (``start``), the latest otherwise.
+    prior ``"auto"`` is the starting policy's own prior when fine-tuning (``start``), the latest otherwise; no
+    ``observation_version`` is the starting policy's own spec when fine-tuning, the newest otherwise.
+
+    Raises:
+        SettingsConflict: an ``observation_version`` other than the starting policy's.
     """
 
     zoo.import_task_modules(cfg.tasks_module)
