@@ -18,7 +18,8 @@ the validation split in minutes:
   For inputs whose meaning depends on something arbitrary, like ``ctrl.log_lr_mult`` (the lr relative to
   the user's starting value, which is wherever the user happened to start): what the actor learned from
   them is a property of the training distribution's starting lrs, not of the run.
-* **Gate** or **cap** the residual (``--progress-gate``, ``--cooldown-cap``; experiments/residual_variants.py).
+* **Gate**, **cap** or **hold** the residual (``--progress-gate``, ``--cooldown-cap``, ``--plateau-hold``;
+  experiments/residual_variants.py).
 
 The result is an artifact whose card records how it was derived (``derived``). An average, a shrunk,
 moved or masked residual is an ordinary artifact (``chuck evaluate --policies OUT``;
@@ -162,6 +163,7 @@ def derive_residual(
     progress_gate: float | None = None,
     cooldown_cap: bool = False,
     mask: list[str] | None = None,
+    plateau_hold: bool = False,
 ) -> tuple[ActorNetwork | ActorEnsemble, dict[str, Any]]:
     """The averaged (or, with ``ensemble``, ensembled), shrunk (``scale``) actor and its card, on
     ``prior`` (default: the policies' own).
@@ -174,6 +176,9 @@ def derive_residual(
     known budget, where the prior anneals the lr: warmup-stable-decay, Hagele et al. 2024) the residual
     may lower the lr but not raise it. A residual that raises there undoes the anneal the oracle's
     cosine arm gets and ends the run at its peak lr, where the final loss is noisiest.
+
+    ``plateau_hold`` (card field ``residual_plateau_hold``): where the prior holds its lowers on a steady
+    plateau (lab priors ``prior@22`` and ``prior@23``), the residual may not lower the lr either.
 
     ``mask``: observation feature names the actor reads at their training mean (see the module
     docstring; done in the actor's observation normalization, so the artifact loads anywhere), e.g.
@@ -209,6 +214,8 @@ def derive_residual(
         card["residual_progress_gate"] = float(progress_gate)
     if cooldown_cap:
         card["residual_cooldown_cap"] = True
+    if plateau_hold:
+        card["residual_plateau_hold"] = True
     card.pop("observation_stats", None)
     if (stats := observation_stats(policies)) is not None:
         card["observation_stats"] = stats
@@ -221,10 +228,12 @@ def derive_residual(
         "prior": card.get("prior"),
         "progress_gate": progress_gate,
         "cooldown_cap": cooldown_cap,
+        "plateau_hold": plateau_hold,
         "masked": sorted(mask or []),
     }
     on = str(card.get("prior") or "none").replace("@", "") + (f"-gate{progress_gate:g}" if progress_gate else "")
     on += "-capped" if cooldown_cap else ""
+    on += "-plateau-hold" if plateau_hold else ""
     on += "".join(f"-masked-{m}" for m in sorted(mask or []))
     if isinstance(actor, ActorEnsemble):
         card["architecture"] = {**card.get("architecture", {}), "members": len(actor.members)}
@@ -273,6 +282,9 @@ def main() -> None:
         "--cooldown-cap", action="store_true", help="in the prior's cooldown the residual may lower the lr, not raise it"
     )
     ap.add_argument(
+        "--plateau-hold", action="store_true", help="where the prior holds a steady plateau the residual may not lower the lr"
+    )
+    ap.add_argument(
         "--mask", action="append", default=[], help="an observation feature the actor reads at its training mean (repeatable)"
     )
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the residual by this (default: %(default)s)")
@@ -296,6 +308,7 @@ def main() -> None:
             progress_gate=args.progress_gate,
             cooldown_cap=args.cooldown_cap,
             mask=args.mask,
+            plateau_hold=args.plateau_hold,
         )
     except ValueError as e:
         raise SystemExit(str(e)) from None

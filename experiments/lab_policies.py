@@ -8,11 +8,16 @@ imports task modules can name them; from the repository root::
 (``--tasks-module`` imports the module in the command's process and names it to the processes it starts.)
 A residual on one of them (``chuck train-policy --prior prior@16``, a derived artifact's card) loads
 wherever this module is imported. Derived artifacts with features chuck does not ship (ensembles,
-progress gates, cooldown caps) get a name with :func:`register_artifact`.
+progress gates, cooldown caps, plateau holds) get a name with :func:`register_artifact`, or, for the
+commands, from the environment at import::
+
+    CHUCK_LAB_ARTIFACTS=hold22=experiments/runs/derived/default-hold22 chuck evaluate --policies default,hold22 \
+        --tasks validation --tasks-module experiments.lab_policies --out DIR
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from chuck.policies import Policy, register_policy, unregister_policy
@@ -51,4 +56,25 @@ def register_artifact(name: str, path: str | Path) -> None:
     register_policy(name, load, replace=True)
 
 
+#: The environment variable naming derived artifacts at import: ``name=path[,name=path...]``.
+ARTIFACTS_ENV = "CHUCK_LAB_ARTIFACTS"
+
+
+def register_from_env() -> list[str]:
+    """Name the derived artifacts that :data:`ARTIFACTS_ENV` lists; returns the names.
+
+    Raises:
+        ValueError: an entry that is not ``name=path``.
+    """
+    names = []
+    for entry in filter(None, (e.strip() for e in os.environ.get(ARTIFACTS_ENV, "").split(","))):
+        name, sep, path = entry.partition("=")
+        if not (sep and name.strip() and path.strip()):
+            raise ValueError(f"{ARTIFACTS_ENV}: {entry!r} is not name=path")
+        register_artifact(name.strip(), path.strip())
+        names.append(name.strip())
+    return names
+
+
 register()
+register_from_env()

@@ -75,6 +75,15 @@ UNSTABLE_COS = 0.5
 #: (a long-range memory or parity task before its drop, a flat valley whose updates flip sign), not past
 #: a valley it never reached, and a lower lr only lengthens the way off it. Instability still lowers.
 PLATEAU_HOLD = math.log(0.9)
+#: Version 22: version 20's hold only while the gradient norm holds steady over the window
+#: (``grad.norm_cv`` below PLATEAU_SWING), and, where the rule does not raise, a residual on it with
+#: ``residual_plateau_hold`` may not lower the lr either. The hope: a start too high that sits near its
+#: starting loss looks like a plateau to the loss and to the update ratios (version 21), but its steps
+#: overshoot, and overshooting steps make the gradient norm swing (the edge of stability: Cohen et al.
+#: 2021). On the train split's plateau families under the constant policy (experiments/plateau_signals.py)
+#: that CV had a 90th percentile of 0.27 (AdamW) and 0.48 (SGD) at the grid's best lr, and a median of
+#: 0.41 half a decade above it and 0.78 a decade above it (SGD): it separates in the median, not run by run.
+PLATEAU_SWING = 0.4
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,11 @@ class VariantConfig(PriorConfig):
         anneal: the optimizer anneals per step over the cooldown; decisions only cut there (version 18).
         stability: lower on sign-flipping updates (version 19).
         plateau_hold: no cosine-driven lower while ``loss.log_ratio_initial`` is above it (version 20).
+        plateau_swing: the hold applies only while ``grad.norm_cv`` is below it, and then, where the rule does
+            not raise, holds a residual's learned lowers too (``holds_plateau``, read by a residual whose card
+            has ``residual_plateau_hold``; version 22).
+        hold_ceiling: the hold applies only while ``ctrl.log_lr_mult`` is at or below it: not above the
+            user's own lr, where a negative cosine may be chuck's own climb overshooting (version 23).
     """
 
     lower_at: float = LOWER_AT
@@ -111,6 +125,8 @@ class VariantConfig(PriorConfig):
     anneal: bool = False
     stability: bool = False
     plateau_hold: float | None = None
+    plateau_swing: float | None = None
+    hold_ceiling: float | None = None
 
 
 def _variant(version: str, base: VariantConfig, **changes: Any) -> VariantConfig:
@@ -145,6 +161,8 @@ VARIANTS: dict[str, VariantConfig] = {
     "18": _variant("18", _V15, anneal=True),
     "19": _variant("19", _V15, stability=True),
     "20": _variant("20", _V10, plateau_hold=PLATEAU_HOLD),
+    "22": _variant("22", _V10, plateau_hold=PLATEAU_HOLD, plateau_swing=PLATEAU_SWING),
+    "23": _variant("23", _V10, plateau_hold=PLATEAU_HOLD, plateau_swing=PLATEAU_SWING, hold_ceiling=0.0),
 }
 #: The versions that live only here (registered as ``prior@N`` by experiments/lab_policies.py).
 LAB_VERSIONS = tuple(v for v in VARIANTS if v not in ("10", "15"))
@@ -178,6 +196,7 @@ class PriorVariant(StepSizePrior):
         super().reset()
         self._asked_raise = False  # the previous decision's cosine asked for a raise (version 8)
         self._decisions = 0  # decisions so far in this run (versions 11-13)
+        self.holds_plateau = False  # the last decision held lowers on a steady plateau (versions 22, 23)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "asked_raise": self._asked_raise, "decided": self._decisions}
@@ -194,9 +213,17 @@ class PriorVariant(StepSizePrior):
         raise_at = RAISE_AT + c.early_margin * early
         lower_at = c.lower_at + (max(0.0, EARLY_MARGIN * early - EARLY_LOWER_SLACK) if c.early_lower else 0.0)
         lr, why = self.lr_action(f, min(lower_at, raise_at), raise_at)
-        hold = c.plateau_hold
-        if hold is not None and lr < 0.0 and why == "step.hypergrad" and f.get("loss.log_ratio_initial", -np.inf) > hold:
+        hold = c.plateau_hold is not None and f.get("loss.log_ratio_initial", -np.inf) > c.plateau_hold
+        if c.plateau_swing is not None:
+            hold = hold and f.get("grad.norm_cv", np.inf) < c.plateau_swing
+        if c.hold_ceiling is not None:
+            hold = hold and f.get("ctrl.log_lr_mult", 0.0) <= c.hold_ceiling
+        if hold and lr < 0.0 and why == "step.hypergrad":
             lr, why = 0.0, ""
+        # read by a residual with ``residual_plateau_hold`` after this prior acts: no learned cut where the
+        # rule does not raise (a correction may still temper a raise: a start too low sits near its
+        # starting loss too, climbing)
+        self.holds_plateau = hold and c.plateau_swing is not None and lr <= 0.0
         if c.far_raise and lr > 0.0:
             lr, why = _far(f, lr, why)
         first, self._decisions = self._decisions == 0, self._decisions + 1

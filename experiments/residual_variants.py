@@ -11,6 +11,8 @@ them here. None of them beat the shipped default (docs/design/step-size-prior.md
   ``-gate`` the residual may not lower the lr; a learned cut before learning starts only keeps a run there.
 * cooldown cap (card field ``residual_cooldown_cap``): in the prior's cooldown (warmup-stable-decay,
   Hägele et al. 2024) the residual may lower the lr but not raise it, so it cannot undo the anneal.
+* plateau hold (card field ``residual_plateau_hold``): where its prior (``prior@22``, ``prior@23``) holds
+  its lowers on a steady plateau, the residual may not lower the lr either.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class DerivedPolicy(LearnedPolicy):
         self.progress_gate: float | None = card.get("residual_progress_gate")
         self._progress = self._spec.names.index("loss.log_ratio_initial")
         self.cooldown_cap = bool(card.get("residual_cooldown_cap", False))
+        self.plateau_hold = bool(card.get("residual_plateau_hold", False))
 
     @torch.no_grad()
     def correction(self, observation: np.ndarray) -> np.ndarray:
@@ -89,19 +92,21 @@ class DerivedPolicy(LearnedPolicy):
         return out
 
     def act(self, observation: np.ndarray) -> np.ndarray:
-        if not self.cooldown_cap or self.residual is None or self.prior is None:
+        if not (self.cooldown_cap or self.plateau_hold) or self.residual is None or self.prior is None:
             return super().act(observation)
         correction = self.correction(observation)
         prior_action = self.prior.act(observation)
         if self._capped():
             correction[0] = min(correction[0], 0.0)  # the prior anneals: no learned raise against it
+        if self._held():
+            correction[0] = max(correction[0], 0.0)  # the prior holds a steady plateau: no learned cut either
         return ResidualPolicy.combine(prior_action, correction)
 
     def explain(self, observation: np.ndarray) -> dict[str, dict[str, float]]:
         out = super().explain(observation)
         obs = torch.as_tensor(self.check_observation(observation)).reshape(1, -1)
         lr_out = float(self.actor(obs).detach()[0, 0])
-        if (self._gated(observation) and lr_out < 0.0) or (self._capped() and lr_out > 0.0):
+        if ((self._gated(observation) or self._held()) and lr_out < 0.0) or (self._capped() and lr_out > 0.0):
             # the gate dropped a learned lr cut, or the cap a learned raise: nothing to credit the actor with
             prior_only = {k: v for k, v in out.get("lr", {}).items() if k.startswith("prior: ")}
             if prior_only:
@@ -109,6 +114,11 @@ class DerivedPolicy(LearnedPolicy):
             else:
                 out.pop("lr", None)
         return out
+
+    def _held(self) -> bool:
+        """The plateau hold holds: the prior's last decision held its lowers on a steady plateau (its
+        ``holds_plateau``, read after the prior acts)."""
+        return self.plateau_hold and bool(getattr(self.prior, "holds_plateau", False))
 
     def _capped(self) -> bool:
         """The cooldown cap holds: the prior's last decision fell in its cooldown (read after the prior acts)."""
@@ -188,6 +198,7 @@ def _check_derived(derived: dict[str, Any], members: Any, where: str) -> None:
         raise PolicyLoadError(
             f"policy artifact {where}: card field residual_progress_gate must be a finite number > 0, not {gate!r}"
         )
-    cap = derived.get("residual_cooldown_cap")
-    if cap is not None and not isinstance(cap, bool):
-        raise PolicyLoadError(f"policy artifact {where}: card field residual_cooldown_cap must be true or false, not {cap!r}")
+    for field in ("residual_cooldown_cap", "residual_plateau_hold"):
+        flag = derived.get(field)
+        if flag is not None and not isinstance(flag, bool):
+            raise PolicyLoadError(f"policy artifact {where}: card field {field} must be true or false, not {flag!r}")

@@ -41,7 +41,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 KNOWN_PRIORS = tuple(f"prior@{v}" for v in PRIOR_CONFIGS)
 #: Card fields of derived artifacts that this chuck does not implement (``experiments/residual_variants.py``
 #: loads them): an artifact that needs one is refused rather than run without it.
-UNSUPPORTED_FIELDS = ("residual_progress_gate", "residual_cooldown_cap")
+UNSUPPORTED_FIELDS = ("residual_progress_gate", "residual_cooldown_cap", "residual_plateau_hold")
 
 
 def _fail(where: str, field: str, problem: str) -> PolicyLoadError:

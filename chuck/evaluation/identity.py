@@ -45,6 +45,7 @@ def _artifact_identity(path: Path) -> str:
         if card.get("sha256"):
             gate = f" progress gate {card['residual_progress_gate']}" if card.get("residual_progress_gate") is not None else ""
             gate += " cooldown cap" if card.get("residual_cooldown_cap") else ""
+            gate += " plateau hold" if card.get("residual_plateau_hold") else ""
             return f"{card.get('version', '?')} weights {str(card['sha256'])[:12]} prior {card.get('prior') or 'none'}{gate}"
     except (OSError, ValueError):
         pass

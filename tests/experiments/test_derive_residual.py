@@ -69,6 +69,7 @@ def test_average_of_two_snapshots_is_their_mean(default, tmp_path) -> None:
         "prior": default.card["prior"],
         "progress_gate": None,
         "cooldown_cap": False,
+        "plateau_hold": False,
         "masked": [],
     }
     assert "sha256" not in card and "evaluation" not in card  # they described the originals
@@ -297,6 +298,37 @@ def test_a_cooldown_cap_is_part_of_the_policys_identity_and_checked_in_the_card(
         load_variant(capped)
 
 
+def test_plateau_hold_drops_learned_cuts_where_its_prior_holds(default, tmp_path) -> None:
+    from chuck.evaluation.identity import policy_identity
+    from experiments import lab_policies
+
+    lab_policies.register()  # prior@22 is a lab version
+    held = _save(derive_residual([default], prior="prior@22", plateau_hold=True), tmp_path / "held")
+    plain = _save(derive_residual([default], prior="prior@22"), tmp_path / "plain")
+    assert held.card["residual_plateau_hold"] is True and held.card["derived"]["plateau_hold"] is True
+    assert "plateau hold" in policy_identity(str(tmp_path / "held"))
+    spec = chuck.ObservationSpec(DEFAULT_SPEC)
+    # a steady plateau with a cosine in the band, and nothing else the prior acts on (no instability, no
+    # validation, no known budget): the prior holds at 0
+    steady = {"loss.log_ratio_initial": 0.0, "grad.norm_cv": 0.1, "step.hypergrad": 0.0, "ctrl.skip_rate": 0.0}
+    steady |= {"loss.log_slope": 0.0, "loss.has_val": 0.0, "ctrl.has_total": 0.0}
+    dropped = 0
+    for o in _observations(256):
+        for name, value in steady.items():
+            o[spec.names.index(name)] = value
+        held.reset(), plain.reset()
+        got, want = held.act(o), plain.act(o)
+        assert held.prior.holds_plateau
+        if float(_residual(default, o[None])[0, 0]) < 0:
+            dropped += 1
+            assert got[0] == 0.0 > want[0]  # the prior's hold, without the learned cut
+            assert all(k.startswith("prior: ") for k in held.explain(o).get("lr", {}))
+            np.testing.assert_allclose(got[1:], want[1:], atol=1e-6)
+        else:
+            np.testing.assert_allclose(got, want, atol=1e-6)
+    assert dropped, "some learned cut on the plateau was dropped"
+
+
 def test_a_masked_feature_is_read_at_its_training_mean(default, tmp_path) -> None:
     from chuck.evaluation.identity import policy_identity
 
@@ -331,6 +363,7 @@ def test_masking_an_unknown_feature_is_refused(default) -> None:
         ({"ensemble": True}, "architecture.members"),
         ({"progress_gate": 0.05}, "residual_progress_gate"),
         ({"cooldown_cap": True}, "residual_cooldown_cap"),
+        ({"plateau_hold": True, "prior": "prior@22"}, "residual_plateau_hold"),
     ],
 )
 def test_chuck_refuses_what_it_does_not_implement_and_says_where_it_loads(default, tmp_path, derive, field) -> None:

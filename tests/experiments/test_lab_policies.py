@@ -58,3 +58,19 @@ def test_a_derived_artifact_gets_a_name(lab, tmp_path) -> None:
         assert policy.card["architecture"]["members"] == 2
     finally:
         chuck.policies.unregister_policy("lab:pair")
+
+
+def test_the_environment_names_derived_artifacts_for_the_commands(lab, tmp_path, monkeypatch) -> None:
+    from experiments.derive_residual import derive_residual, save
+
+    actor, card = derive_residual([chuck.load_policy("default")], cooldown_cap=True)
+    path = save(actor, tmp_path / "capped", card)
+    monkeypatch.setenv(lab.ARTIFACTS_ENV, f" lab:capped={path} ,")
+    try:
+        assert lab.register_from_env() == ["lab:capped"]
+        assert chuck.load_policy("lab:capped").card["residual_cooldown_cap"] is True
+    finally:
+        chuck.policies.unregister_policy("lab:capped")
+    monkeypatch.setenv(lab.ARTIFACTS_ENV, "no-path-here")
+    with pytest.raises(ValueError, match="is not name=path"):
+        lab.register_from_env()

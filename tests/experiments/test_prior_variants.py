@@ -110,7 +110,7 @@ def test_version_3_is_prior_10_without_its_warmup() -> None:
 
 
 def test_lab_versions_load_by_name_and_keep_the_contract(lab) -> None:
-    assert lab.lab_prior_names() == [f"prior@{v}" for v in range(1, 21) if v not in (10, 15)]
+    assert lab.lab_prior_names() == [f"prior@{v}" for v in [*range(1, 21), 22, 23] if v not in (10, 15)]
     for name in lab.lab_prior_names():
         policy = chuck.load_policy(name)
         assert policy.id == name and isinstance(policy, PriorVariant)
@@ -338,6 +338,34 @@ def test_version_20_holds_cosine_lowers_while_the_loss_sits_at_its_start(feature
         assert PriorVariant(version="10").act(_obs(**features))[0] < 0
 
 
+def _plateau(h: float, cv: float = 0.2, moved: float = 0.0, mult: float = 0.0, **more: float) -> np.ndarray:
+    """A decision on a run whose loss moved ``moved`` (log ratio to its start), with gradient-norm CV ``cv``
+    and chuck's lr multiplier exp(``mult``)."""
+    f = {"step.hypergrad": h, "loss.log_ratio_initial": moved, "grad.norm_cv": cv, "ctrl.log_lr_mult": mult}
+    return _obs(**f, **more)
+
+
+@pytest.mark.parametrize(
+    ("obs", "v22", "v23", "held"),
+    [
+        (_plateau(-0.3), 0, 0, True),  # steady plateau: both hold, and hold a residual's cuts
+        (_plateau(-0.3, cv=0.8), -1, -1, False),  # the gradient norm swings: lowered as by version 10
+        (_plateau(-0.3, moved=-1.0), -1, -1, False),  # the loss has moved: no plateau
+        (_plateau(-0.3, mult=1.0), 0, -1, None),  # above the user's lr: version 23 lets chuck undo its climb
+        (_plateau(0.4), 1, 1, False),  # a raise is not held, and a correction may temper it
+        (_plateau(0.0), 0, 0, True),  # in the band: held, so no learned cut either
+    ],
+)
+def test_versions_22_and_23_hold_lowers_on_a_steady_plateau(obs: np.ndarray, v22: int, v23: int, held: bool | None) -> None:
+    p22, p23 = PriorVariant(version="22"), PriorVariant(version="23")
+    assert np.sign(p22.act(obs)[0]) == v22 and np.sign(p23.act(obs)[0]) == v23
+    if held is not None:
+        assert p22.holds_plateau is held and p23.holds_plateau is held
+    else:
+        assert p22.holds_plateau and not p23.holds_plateau
+    assert not PriorVariant(version="20").holds_plateau, "version 20 never binds a residual"
+
+
 def test_every_version_is_in_the_ablation() -> None:
-    assert sorted(VARIANTS, key=int) == [str(v) for v in range(1, 21)]
+    assert sorted(VARIANTS, key=int) == [str(v) for v in [*range(1, 21), 22, 23]]
     assert set(LAB_VERSIONS) == set(VARIANTS) - set(CONFIGS)
