@@ -54,6 +54,7 @@ from chuck.core.observation import ObservationSpec
 from chuck.policies.artifact import save_artifact
 from chuck.policies.card import KNOWN_PRIORS
 from chuck.policies.learned import ActorNetwork, LearnedPolicy
+from experiments.prior_variants import HOLDING_VERSIONS
 from experiments.residual_variants import ActorEnsemble, load_variant
 
 #: A masked feature's normalization variance: its normalized value (x - mean) / sqrt(var) is 0, the
@@ -197,6 +198,12 @@ def derive_residual(
         raise ValueError(f"unknown prior {prior!r}; known: {list(KNOWN_PRIORS)} and the registered policies")
     if progress_gate is not None and not (progress_gate > 0 and np.isfinite(progress_gate)):
         raise ValueError(f"progress_gate must be a finite number > 0, got {progress_gate}")
+    on_prior = prior or (policies[0].card.get("prior") if policies else None)
+    if plateau_hold and on_prior not in [f"prior@{v}" for v in HOLDING_VERSIONS]:
+        raise ValueError(
+            f"plateau_hold needs a prior that holds a steady plateau ({', '.join(f'prior@{v}' for v in HOLDING_VERSIONS)}), "
+            f"not {on_prior!r}: on any other it would do nothing"
+        )
     actor: ActorNetwork | ActorEnsemble = ensemble_actor(policies) if ensemble else average_actor(policies)
     spec = ObservationSpec(policies[0].observation_version)
     unknown = [m for m in mask or [] if m not in spec.names]

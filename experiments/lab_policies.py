@@ -64,13 +64,15 @@ def register_from_env() -> list[str]:
     """Name the derived artifacts that :data:`ARTIFACTS_ENV` lists; returns the names.
 
     Raises:
-        ValueError: an entry that is not ``name=path``.
+        ValueError: an entry that is not ``name=path``, or a name of a lab prior.
     """
     names = []
     for entry in filter(None, (e.strip() for e in os.environ.get(ARTIFACTS_ENV, "").split(","))):
         name, sep, path = entry.partition("=")
         if not (sep and name.strip() and path.strip()):
             raise ValueError(f"{ARTIFACTS_ENV}: {entry!r} is not name=path")
+        if name.strip() in lab_prior_names():
+            raise ValueError(f"{ARTIFACTS_ENV}: {name.strip()!r} names a lab prior; give the artifact another name")
         register_artifact(name.strip(), path.strip())
         names.append(name.strip())
     return names

@@ -68,7 +68,8 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(gt + 0.5 * eq)
 
 
-def report(df: pl.DataFrame) -> None:
+def report(df: pl.DataFrame) -> pl.DataFrame:
+    """Print the tables of the module docstring; returns the separation table (one row per feature)."""
     best = df.group_by("family", "seed", "base").agg(pl.col("lr").sort_by("final").first().alias("best"))
     df = df.join(best, on=["family", "seed", "base"]).with_columns(
         (pl.col("lr") / pl.col("best")).log10().round(1).alias("offset")
@@ -101,6 +102,7 @@ def report(df: pl.DataFrame) -> None:
         q = q.agg(pl.len(), cv.quantile(0.1).alias("q10"), cv.median().alias("median"), cv.quantile(0.9).alias("q90"))
         with pl.Config(tbl_rows=40):
             print(q.sort("base", "offset"))
+    return table
 
 
 def main() -> None:

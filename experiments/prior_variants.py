@@ -83,6 +83,9 @@ PLATEAU_HOLD = math.log(0.9)
 #: 2021). On the train split's plateau families under the constant policy (experiments/plateau_signals.py)
 #: that CV had a 90th percentile of 0.27 (AdamW) and 0.48 (SGD) at the grid's best lr, and a median of
 #: 0.41 half a decade above it and 0.78 a decade above it (SGD): it separates in the median, not run by run.
+#: The evidence above the best lr is SGD's only: no AdamW start above its grid's best sat on a plateau
+#: there (the parity's too-high AdamW starts memorize: their training loss falls). At the validation
+#: parity's best AdamW lr the median CV was 0.46, above the threshold, where the hold does not act.
 PLATEAU_SWING = 0.4
 
 
@@ -164,6 +167,9 @@ VARIANTS: dict[str, VariantConfig] = {
     "22": _variant("22", _V10, plateau_hold=PLATEAU_HOLD, plateau_swing=PLATEAU_SWING),
     "23": _variant("23", _V10, plateau_hold=PLATEAU_HOLD, plateau_swing=PLATEAU_SWING, hold_ceiling=0.0),
 }
+#: The versions that hold a steady plateau and tell a residual so (``holds_plateau``): the priors a
+#: derived artifact with ``residual_plateau_hold`` may sit on.
+HOLDING_VERSIONS = tuple(v for v, c in VARIANTS.items() if c.plateau_swing is not None)
 #: The versions that live only here (registered as ``prior@N`` by experiments/lab_policies.py).
 LAB_VERSIONS = tuple(v for v in VARIANTS if v not in ("10", "15"))
 
@@ -221,8 +227,10 @@ class PriorVariant(StepSizePrior):
         if hold and lr < 0.0 and why == "step.hypergrad":
             lr, why = 0.0, ""
         # read by a residual with ``residual_plateau_hold`` after this prior acts: no learned cut where the
-        # rule does not raise (a correction may still temper a raise: a start too low sits near its
-        # starting loss too, climbing)
+        # rule's own reading (the cosine, or instability) is not a raise, whatever the gate, the validation
+        # guard and the cooldown make of it below (a correction may still temper a raise: a start too low
+        # sits near its starting loss too, climbing). This is the version that was measured; a learned cut
+        # beside the prior's own cut for instability or the guard is dropped with the rest.
         self.holds_plateau = hold and c.plateau_swing is not None and lr <= 0.0
         if c.far_raise and lr > 0.0:
             lr, why = _far(f, lr, why)

@@ -183,7 +183,13 @@ def load_variant(path: str | Path) -> LearnedPolicy:
     actor.load_state_dict(tensors, strict=True)
     card.update(derived)
     card["architecture"] = {**card["architecture"], "members": members}
-    return DerivedPolicy(actor, card)
+    policy = DerivedPolicy(actor, card)
+    if policy.plateau_hold and getattr(getattr(policy.prior, "variant", None), "plateau_swing", None) is None:
+        raise PolicyLoadError(
+            f"policy artifact {path}: card field residual_plateau_hold needs a prior that holds a steady plateau "
+            f"(experiments/prior_variants.py HOLDING_VERSIONS), not {card.get('prior')!r}"
+        )
+    return policy
 
 
 def _check_derived(derived: dict[str, Any], members: Any, where: str) -> None:

@@ -9,7 +9,9 @@ is refused before any run starts, with what to do instead.
 An identity names what decides the policy's behaviour, not its paperwork: for an exported
 artifact its card's ``version``, weight hash and prior (the card's evaluation summaries are
 written after the artifact is measured and must not make its own rows look stale); for a
-built-in rule its resolved name (``prior`` -> ``prior@15``).
+built-in rule its resolved name (``prior`` -> ``prior@15``); for a name given to
+:func:`chuck.policies.register_policy`, the name and, when the policy it builds has a card, that card's
+identity (a name can be pointed at another artifact).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from chuck.core.loading import is_builtin
+from chuck.core.loading import is_builtin, is_registered, load_policy
 from chuck.evaluation.runs import CHUCK_PREFIX, NO_OBSERVE_SUFFIX
 from chuck.policies.artifact import CARD, bundled_artifact_dir
 from chuck.policies.prior import LATEST
@@ -33,21 +35,32 @@ def policy_identity(location: str) -> str:
         return _artifact_identity(bundled_artifact_dir("default"))
     if location == "prior":
         return f"prior@{LATEST}"
+    if is_registered(location):
+        card = getattr(load_policy(location), "card", None)
+        named = _card_identity(card) if isinstance(card, dict) else None
+        return f"{location}: {named}" if named else location
     if is_builtin(location):
         return location
     return _artifact_identity(Path(location))
 
 
+def _card_identity(card: dict) -> str | None:
+    """An artifact card's identity (version, weight hash, prior, derived features); None without a hash."""
+    if not card.get("sha256"):
+        return None
+    gate = f" progress gate {card['residual_progress_gate']}" if card.get("residual_progress_gate") is not None else ""
+    gate += " cooldown cap" if card.get("residual_cooldown_cap") else ""
+    gate += " plateau hold" if card.get("residual_plateau_hold") else ""
+    return f"{card.get('version', '?')} weights {str(card['sha256'])[:12]} prior {card.get('prior') or 'none'}{gate}"
+
+
 def _artifact_identity(path: Path) -> str:
 
     try:
-        card = json.loads((path / CARD).read_text())
-        if card.get("sha256"):
-            gate = f" progress gate {card['residual_progress_gate']}" if card.get("residual_progress_gate") is not None else ""
-            gate += " cooldown cap" if card.get("residual_cooldown_cap") else ""
-            gate += " plateau hold" if card.get("residual_plateau_hold") else ""
-            return f"{card.get('version', '?')} weights {str(card['sha256'])[:12]} prior {card.get('prior') or 'none'}{gate}"
-    except (OSError, ValueError):
+        named = _card_identity(json.loads((path / CARD).read_text()))
+        if named:
+            return named
+    except (OSError, ValueError, AttributeError):
         pass
     # no card to read the identity from: the content of every file
     digest = hashlib.sha256()

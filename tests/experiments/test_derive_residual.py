@@ -376,3 +376,36 @@ def test_chuck_refuses_what_it_does_not_implement_and_says_where_it_loads(defaul
     assert load_variant(out).version == json.loads((out / "policy.json").read_text())["version"]
     plain = save_artifact(*_with_path(derive_residual([default]), tmp_path / "plain"))
     assert type(load_variant(plain)) is type(load_artifact(plain)), "an ordinary artifact loads as chuck loads it"
+
+
+def test_a_plateau_hold_on_a_prior_that_never_holds_is_refused(default, tmp_path) -> None:
+    from experiments import lab_policies
+
+    lab_policies.register()
+    with pytest.raises(ValueError, match="plateau_hold needs a prior that holds a steady plateau"):
+        derive_residual([default], plateau_hold=True)  # the default's own prior@10
+    actor, card = derive_residual([default], prior="prior@22", plateau_hold=True)
+    out = save_artifact(actor, tmp_path / "held", card)
+    raw = json.loads((out / "policy.json").read_text())
+    raw["prior"] = "prior@20"  # holds the cosine's cuts, but never tells a residual
+    (out / "policy.json").write_text(json.dumps(raw))
+    with pytest.raises(chuck.PolicyLoadError, match="residual_plateau_hold needs a prior"):
+        load_variant(out)
+
+
+def test_a_registered_derived_artifact_is_named_by_its_card_in_the_arms_manifest(default, tmp_path) -> None:
+    from chuck.evaluation.identity import policy_identity
+    from experiments import lab_policies
+
+    lab_policies.register()
+    held = save_artifact(*_with_path(derive_residual([default], prior="prior@22", plateau_hold=True), tmp_path / "held"))
+    plain = save_artifact(*_with_path(derive_residual([default], prior="prior@22"), tmp_path / "plain"))
+    try:
+        lab_policies.register_artifact("lab:held", held)
+        first = policy_identity("lab:held")
+        assert first.startswith("lab:held: ") and first.endswith("prior prior@22 plateau hold")
+        lab_policies.register_artifact("lab:held", plain)  # the same name, pointed at another artifact
+        assert policy_identity("lab:held") != first
+    finally:
+        chuck.policies.unregister_policy("lab:held")
+    assert policy_identity("prior@22") == "prior@22"  # a lab rule has no card: its name

@@ -74,3 +74,6 @@ def test_the_environment_names_derived_artifacts_for_the_commands(lab, tmp_path,
     monkeypatch.setenv(lab.ARTIFACTS_ENV, "no-path-here")
     with pytest.raises(ValueError, match="is not name=path"):
         lab.register_from_env()
+    monkeypatch.setenv(lab.ARTIFACTS_ENV, f"prior@22={path}")
+    with pytest.raises(ValueError, match="names a lab prior"):
+        lab.register_from_env()

@@ -29,8 +29,8 @@ def test_report_separates_a_feature_that_rises_above_the_best_lr(capsys) -> None
                         {"family": family, "seed": 0, "base": base, "lr": lr, "decision": d, "final": final}
                         | {"loss.log_ratio_initial": 0.0, "grad.norm_cv": 0.1 + k + 0.01 * d, "step.hypergrad": 0.0}
                     )
-    report(pl.DataFrame(rows))
-    out = capsys.readouterr().out
-    assert "36 decisions, 36 on a plateau" in out
-    cv_line = next(line for line in out.splitlines() if "grad.norm_cv " in line or "grad.norm_cv  " in line)
-    assert "1.0" in cv_line  # above the best lr every decision reads higher: AUC 1
+    table = report(pl.DataFrame(rows))
+    assert "36 decisions, 36 on a plateau" in capsys.readouterr().out
+    aucs = dict(zip(table["feature"], table["auc"]))
+    assert aucs["grad.norm_cv"] == 1.0  # above the best lr every decision reads higher
+    assert aucs["step.hypergrad"] == 0.5  # the same everywhere: no separation
