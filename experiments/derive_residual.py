@@ -54,7 +54,7 @@ from chuck.core.observation import ObservationSpec
 from chuck.policies.artifact import save_artifact
 from chuck.policies.card import KNOWN_PRIORS
 from chuck.policies.learned import ActorNetwork, LearnedPolicy
-from experiments.prior_variants import HOLDING_VERSIONS
+from experiments.prior_variants import HOLDING_VERSIONS, holds_a_plateau
 from experiments.residual_variants import ActorEnsemble, load_variant
 
 #: A masked feature's normalization variance: its normalized value (x - mean) / sqrt(var) is 0, the
@@ -199,7 +199,7 @@ def derive_residual(
     if progress_gate is not None and not (progress_gate > 0 and np.isfinite(progress_gate)):
         raise ValueError(f"progress_gate must be a finite number > 0, got {progress_gate}")
     on_prior = prior or (policies[0].card.get("prior") if policies else None)
-    if plateau_hold and on_prior not in [f"prior@{v}" for v in HOLDING_VERSIONS]:
+    if plateau_hold and not holds_a_plateau(on_prior):
         raise ValueError(
             f"plateau_hold needs a prior that holds a steady plateau ({', '.join(f'prior@{v}' for v in HOLDING_VERSIONS)}), "
             f"not {on_prior!r}: on any other it would do nothing"

@@ -28,7 +28,7 @@ import polars as pl
 import torch
 
 import chuck
-from chuck.evaluation.runs import EVAL_EVERY, instance_config, steps_for
+from chuck.evaluation.runs import EVAL_EVERY, init_worker, instance_config, steps_for
 from chuck.zoo import get_task, loop
 
 #: The plateau families of the train and validation splits, by split (the test split's is not read here).
@@ -42,7 +42,6 @@ GRIDS = {
 
 def run(job: tuple[str, int, str, float, int]) -> list[dict[str, Any]]:
     family, seed, base, lr, decisions = job
-    torch.set_num_threads(1)
     task = get_task(family)
     cfg = instance_config(task, seed, base)
     cfg.lr = lr
@@ -78,20 +77,16 @@ def report(df: pl.DataFrame) -> pl.DataFrame:
     plateau = df.filter(pl.col("loss.log_ratio_initial") > math.log(0.9))
     print(f"{df.height} decisions, {plateau.height} on a plateau (loss not 10% below its start)")
     print(plateau.group_by("base", "offset").len().sort("base", "offset"))
-    feats = [c for c in df.columns if "." in c]
+
+    def separation(x: pl.DataFrame, f: str) -> float:
+        """The ROC area of ``f`` for decisions half a decade or more above the best lr against those at or below it."""
+        return auc(x.filter(pl.col("offset") >= 0.5)[f].to_numpy(), x.filter(pl.col("offset") <= 0.0)[f].to_numpy())
+
     out = []
-    for f in feats:
+    for f in (c for c in df.columns if "." in c):
         x = plateau.filter(pl.col(f).is_not_nan() & pl.col(f).is_not_null())
-        hi = x.filter(pl.col("offset") >= 0.5)[f].to_numpy()
-        ok = x.filter(pl.col("offset") <= 0.0)[f].to_numpy()
-        per_base = {
-            b: auc(
-                x.filter((pl.col("base") == b) & (pl.col("offset") >= 0.5))[f].to_numpy(),
-                x.filter((pl.col("base") == b) & (pl.col("offset") <= 0.0))[f].to_numpy(),
-            )
-            for b in GRIDS
-        }
-        out.append({"feature": f, "auc": auc(hi, ok), **{f"auc_{b}": v for b, v in per_base.items()}})
+        per_base = {f"auc_{b}": separation(x.filter(pl.col("base") == b), f) for b in GRIDS}
+        out.append({"feature": f, "auc": separation(x, f), **per_base})
     table = pl.DataFrame(out).with_columns((pl.col("auc") - 0.5).abs().alias("sep")).sort("sep", descending=True)
     with pl.Config(tbl_rows=25):
         print(table.head(25))
@@ -123,7 +118,7 @@ def main() -> None:
         for base, grid in GRIDS.items()
         for lr in grid
     ]
-    with mp.get_context("spawn").Pool(args.workers) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=init_worker) as pool:
         rows = [r for part in pool.imap_unordered(run, jobs) for r in part]
     df = pl.DataFrame(rows, infer_schema_length=None)
     df.write_csv(args.out)

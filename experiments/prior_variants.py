@@ -170,6 +170,13 @@ VARIANTS: dict[str, VariantConfig] = {
 #: The versions that hold a steady plateau and tell a residual so (``holds_plateau``): the priors a
 #: derived artifact with ``residual_plateau_hold`` may sit on.
 HOLDING_VERSIONS = tuple(v for v, c in VARIANTS.items() if c.plateau_swing is not None)
+
+
+def holds_a_plateau(prior: str | None) -> bool:
+    """Whether the prior named ``prior`` (a card's ``prior``) is one of :data:`HOLDING_VERSIONS`."""
+    return prior in [f"prior@{v}" for v in HOLDING_VERSIONS]
+
+
 #: The versions that live only here (registered as ``prior@N`` by experiments/lab_policies.py).
 LAB_VERSIONS = tuple(v for v in VARIANTS if v not in ("10", "15"))
 

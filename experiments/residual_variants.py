@@ -41,6 +41,7 @@ from chuck.policies.artifact import (
 from chuck.policies.card import UNSUPPORTED_FIELDS, expected_shapes, validate_card
 from chuck.policies.learned import ActorNetwork, LearnedPolicy, _unit_l1
 from chuck.policies.residual import ResidualPolicy
+from experiments.prior_variants import holds_a_plateau
 
 #: Most members an ensemble artifact may hold (``architecture.members``).
 MAX_MEMBERS = 16
@@ -184,7 +185,7 @@ def load_variant(path: str | Path) -> LearnedPolicy:
     card.update(derived)
     card["architecture"] = {**card["architecture"], "members": members}
     policy = DerivedPolicy(actor, card)
-    if policy.plateau_hold and getattr(getattr(policy.prior, "variant", None), "plateau_swing", None) is None:
+    if policy.plateau_hold and not holds_a_plateau(card.get("prior")):
         raise PolicyLoadError(
             f"policy artifact {path}: card field residual_plateau_hold needs a prior that holds a steady plateau "
             f"(experiments/prior_variants.py HOLDING_VERSIONS), not {card.get('prior')!r}"
