@@ -30,6 +30,7 @@ What is printed:
     python experiments/bench_overhead.py --model mlp     # one of them
     python experiments/bench_overhead.py --rounds 3      # quicker
     python experiments/bench_overhead.py --model mlp --split   # fixed per-step cost vs decisions
+    python experiments/bench_overhead.py --policy default      # what the shipped policy costs
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class OwnTime:
         return timed
 
 
-def measure(name: str, rounds: int, block: int) -> dict:
+def measure(name: str, rounds: int, block: int, policy: str = "heuristic") -> dict:
     make, shape, batch = MODELS[name]
     torch.manual_seed(0)
     bare_model = make()
@@ -130,7 +131,7 @@ def measure(name: str, rounds: int, block: int) -> dict:
     bare = torch.optim.AdamW(bare_model.parameters(), lr=1e-3)
     control = torch.optim.AdamW(control_model.parameters(), lr=1e-3)
     wrapped = chuck.ChuckOptimizer(
-        torch.optim.AdamW(chuck_model.parameters(), lr=1e-3), policy="heuristic", model=chuck_model, history=False
+        torch.optim.AdamW(chuck_model.parameters(), lr=1e-3), policy=policy, model=chuck_model, history=False
     )
     if block % wrapped.interval:
         raise ValueError(f"--block must be a multiple of the decision interval ({wrapped.interval})")
@@ -165,6 +166,7 @@ def measure(name: str, rounds: int, block: int) -> dict:
     own_ms = own.seconds / own_steps * 1e3
     return {
         "model": name,
+        "policy": policy,
         "model_params": n_params,
         "batch": batch,
         "steps_per_arm": len(t_bare),
@@ -195,7 +197,7 @@ def paired_ratio(pairs: list[float], resamples: int = 10_000, seed: int = 0) -> 
     return math.exp(statistics.fmean(logs)), (math.exp(lo), math.exp(hi))
 
 
-def split(name: str, rounds: int, block: int) -> dict:
+def split(name: str, rounds: int, block: int, policy: str = "heuristic") -> dict:
     """Where chuck's cost sits: the bare loop, chuck with no decision in the run (interval larger than the
     run: the fixed per-step cost) and chuck at its interval, interleaved in one process."""
     make, shape, batch = MODELS[name]
@@ -207,7 +209,7 @@ def split(name: str, rounds: int, block: int) -> dict:
         torch.optim.AdamW(models[0].parameters(), lr=1e-3),
         *(
             chuck.ChuckOptimizer(
-                torch.optim.AdamW(m.parameters(), lr=1e-3), policy="heuristic", model=m, history=False, interval=interval
+                torch.optim.AdamW(m.parameters(), lr=1e-3), policy=policy, model=m, history=False, interval=interval
             )
             for m, interval in ((models[1], 10**9), (models[2], None))
         ),
@@ -225,6 +227,7 @@ def split(name: str, rounds: int, block: int) -> dict:
     bare, fixed, full = (statistics.fmean(t) for t in times)
     return {
         "model": name,
+        "policy": policy,
         "bare_mean_ms": round(bare * 1e3, 4),
         "fixed_per_step_ms": round((fixed - bare) * 1e3, 4),
         "decisions_per_step_ms": round((full - fixed) * 1e3, 4),
@@ -240,17 +243,22 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=40, help="steps per block (a multiple of the interval)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--split", action="store_true", help="split chuck's cost into its fixed per-step part and its decisions")
+    ap.add_argument(
+        "--policy",
+        default="heuristic",
+        help="the policy chuck runs (the targets are the heuristic's; 'default' measures what the shipped policy costs)",
+    )
     args = ap.parse_args()
     if args.split:
         for name in MODELS if args.model == "all" else [args.model]:
-            print(json.dumps(split(name, args.rounds, args.block * (10 if name == "mlp" else 1)), indent=2))
+            print(json.dumps(split(name, args.rounds, args.block * (10 if name == "mlp" else 1), args.policy), indent=2))
         return
     targets = {"cnn": 1.02, "mlp": 1.15}  # the core redesign issue's targets
     results = []
     for name in MODELS if args.model == "all" else [args.model]:
         # the MLP's steps are ~100x shorter: give it more of them (and more pairs) for the same noise
         mlp = name == "mlp"
-        r = measure(name, args.rounds * (4 if mlp else 1), args.block * (10 if mlp else 1))
+        r = measure(name, args.rounds * (4 if mlp else 1), args.block * (10 if mlp else 1), args.policy)
         results.append(r)
         print(json.dumps(r, indent=2))
         lo, hi = r["ratio_paired_blocks_ci95"]

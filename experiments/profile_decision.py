@@ -6,7 +6,8 @@ of a few microseconds), the MLP of ``bench_overhead.py`` trains for ``--steps`` 
 ``ChuckOptimizer("heuristic")``, and each method's total is printed per decision. Nested calls
 are included in their callers (``MonitorSuite.on_decision`` holds ``GradientMonitor.on_decision``).
 
-    python experiments/profile_decision.py             # 4,000 steps, about 10 seconds
+    python experiments/profile_decision.py                    # 4,000 steps, about 10 seconds
+    python experiments/profile_decision.py --policy default   # the shipped policy (its act and explain timed too)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from chuck.monitors.loss import LossMonitor
 from chuck.monitors.stepsize import StepSizeMonitor
 from chuck.monitors.suite import MonitorSuite
 from chuck.monitors.weights import WeightMonitor
+from chuck.policies.learned import LearnedPolicy
 
 SECONDS: collections.Counter[str] = collections.Counter()
 CALLS: collections.Counter[str] = collections.Counter()
@@ -41,6 +43,7 @@ TIMED = {
     StepSizeMonitor: ("before_update", "after_update", "on_decision", "stats"),
     ActivationMonitor: ("arm", "on_decision", "stats"),
     LossMonitor: ("stats",),
+    LearnedPolicy: ("act", "explain"),
 }
 
 
@@ -60,6 +63,7 @@ def _timed(label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--policy", default="heuristic", help="the policy chuck runs ('default': the shipped one)")
     args = ap.parse_args()
     for cls, names in TIMED.items():
         for name in names:
@@ -67,7 +71,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = make_mlp()
-    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), "heuristic", model=model, history=False)
+    opt = chuck.ChuckOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), args.policy, model=model, history=False)
     xs, ys = [torch.randn(32, 64) for _ in range(50)], [torch.randint(0, 10, (32,)) for _ in range(50)]
 
     def train(steps: int) -> None:

@@ -69,9 +69,10 @@ class ActorEnsemble(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(obs).clamp(-1.0, 1.0) for m in self.networks]).mean(0)
 
-    def attribution(self, obs: torch.Tensor, dim: int) -> np.ndarray:
-        """The members' attributions averaged (each on its own normalized features), normalized to sum |.| = 1."""
-        return _unit_l1(np.mean([m.attribution(obs, dim) for m in self.networks], axis=0))
+    def attributions(self, obs: torch.Tensor) -> np.ndarray:
+        """The members' attributions averaged (each on its own normalized features), each output's row
+        normalized to sum |.| = 1."""
+        return np.stack([_unit_l1(row) for row in np.mean([m.attributions(obs) for m in self.networks], axis=0)])
 
 
 class DerivedPolicy(LearnedPolicy):
