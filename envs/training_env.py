@@ -227,10 +227,10 @@ class TrainingControlEnv(gym.Env):
             anneal=self.anneal,
             seed=config.seed,
             history=False,  # thousands of meta-training episodes are not user runs
+            # the agent is the policy: the controller encodes the features it reads (its policy slot is empty)
+            observation_version=self.obs_spec.version,
         )
         self.opt.advise = False  # nor is there a user to advise (a diverging episode is routine here)
-        # the agent is the policy: the controller encodes the features it reads (its policy slot is empty)
-        self.opt.controller.obs_spec = self.obs_spec
         first = self._eval()
         ref = self.instance.loss_reference
         self.l_init = max(first, self.loss_floor * ref) if math.isfinite(first) else ref

@@ -27,10 +27,15 @@ from torch import nn
 from chuck.zoo.starting_lr import FALLBACK_LR, cache_entry, calibration_key, draw_lr, lookup_best_lr
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
-#: Every base optimizer :func:`make_optimizer` builds: the zoo's sampled four and SGD with Nesterov
+#: A base optimizer no sampled config draws, so no policy trains on it: what an evaluation on it
+#: measures is how chuck carries to an optimizer it has never seen. Adafactor (Shazeer & Stern 2018,
+#: ``torch.optim.Adafactor``) steps relative to each parameter's RMS, and its lr only caps that relative
+#: step (``min(lr, 1/sqrt(t))``), so neither the lr's scale nor its effect is AdamW's.
+HELD_OUT_OPTIMIZERS = ("Adafactor",)
+#: Every base optimizer :func:`make_optimizer` builds: the zoo's sampled four, SGD with Nesterov
 #: momentum, which half of the sampled SGD instances run (kept out of the sampled tuple, which is part of
-#: every family's calibration key).
-BASE_OPTIMIZERS = (*OPTIMIZERS, "NesterovSGD")
+#: every family's calibration key), and the held-out ones.
+BASE_OPTIMIZERS = (*OPTIMIZERS, "NesterovSGD", *HELD_OUT_OPTIMIZERS)
 
 
 @dataclass
@@ -195,6 +200,8 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
         return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     if name == "RMSprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    if name == "Adafactor":
+        return torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose from {BASE_OPTIMIZERS}")
 
 

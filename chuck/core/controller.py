@@ -110,6 +110,8 @@ class Controller:
         ood_fallback: ``"heuristic"``, ``"hold"`` or ``"off"``.
         ood_margin: tolerance beyond the trained range, as a fraction of that range.
         max_decisions: decisions kept in memory (``None``: all).
+        observation_version: the observation spec encoded under external control (the agent's; default
+            the newest). A policy reads its own, and naming another one for it is an error.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class Controller:
         ood_fallback: str = "heuristic",
         ood_margin: float = 0.1,
         max_decisions: int | None = 50_000,
+        observation_version: str | None = None,
     ) -> None:
         if interval < 2:
             raise ValueError(f"interval must be >= 2 (updates are sampled on the two steps before a decision), got {interval}")
@@ -133,8 +136,13 @@ class Controller:
             policy = _own(policy, self)
         self.policy = policy
         self.action_spec = action_spec
-        # the policy's own observation version (older artifacts keep loading); the newest otherwise
-        self.obs_spec = ObservationSpec(policy.observation_version) if policy is not None else ObservationSpec()
+        # the policy's own observation version (older artifacts keep loading); else the agent's, or the newest
+        if policy is not None and observation_version is not None and str(observation_version) != str(policy.observation_version):
+            raise ValueError(
+                f"policy {getattr(policy, 'id', policy)!r} reads observation spec v{policy.observation_version}, "
+                f"not v{observation_version}: observation_version is for external control (policy=None)"
+            )
+        self.obs_spec = ObservationSpec(policy.observation_version if policy is not None else observation_version)
         self.suite = suite
         self.control = control
         self.interval = int(interval)

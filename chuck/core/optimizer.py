@@ -134,6 +134,9 @@ class ChuckOptimizer(torch.optim.Optimizer):
         ood_fallback: what to do when the observation leaves the range the (learned) policy was
             trained on: ``"heuristic"`` (ask the heuristic policy), ``"hold"``, or ``"off"``.
         ood_margin: tolerance beyond the trained range, as a fraction of that range.
+        observation_version: the observation spec chuck encodes when the run is under external control
+            (``policy=None``: the agent's, as the meta-environment's); default the newest. A policy reads
+            its own spec, and naming another one for it raises ``ValueError``.
         process_group: under data parallelism, the ranks that agree on every guardrail verdict and
             decision (:mod:`chuck.core.distributed`): ``None`` means the default group whenever
             ``torch.distributed`` is initialized with more than one rank; ``False`` never agrees.
@@ -172,6 +175,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         data_size: int | None = None,
         ood_fallback: str = "heuristic",
         ood_margin: float = 0.1,
+        observation_version: str | None = None,
         process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -255,6 +259,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
             ood_fallback=ood_fallback,
             ood_margin=ood_margin,
             max_decisions=max_decisions,
+            observation_version=observation_version,
         )
         # data parallelism: one all-reduce per step replaces the scalar read; rank 0 decides for all
         self._ranks = rank_sync(process_group, optimizer, model, action_dims=len(self.action_spec.dims))

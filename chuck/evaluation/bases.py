@@ -16,7 +16,7 @@ optimizer forced to that base (:func:`chuck.evaluation.runs.instance_config`). O
 Learning-rate grids. The default starting lrs (:data:`DEFAULT_LRS`) and oracle sweep
 (:data:`chuck.evaluation.oracle.ORACLE_LRS`) are AdamW's. A base whose usable lrs sit elsewhere
 has both default grids multiplied by its :data:`LR_SHIFT`: SGD with momentum (plain and Nesterov)
-by 10. Its best lr is half a decade above AdamW's on the zoo's median family, but spreads from one
+and Adafactor by 10. Its best lr is half a decade above AdamW's on the zoo's median family, but spreads from one
 decade below to 1.7 above across families (``chuck.zoo.starting_lr.OPTIMIZER_LR_OFFSET``); a whole
 decade leans the grids towards the families far above, and is the step external optimizer benchmarks
 put between SGD's lr grid and Adam's. Lrs given explicitly (``lrs=``, ``oracle_lrs=``, ``--lrs``, ``--oracle-lrs``) are used as given
@@ -35,7 +35,9 @@ DEFAULT_BASE = "AdamW"
 #: The default starting lrs (AdamW's; other bases get them times :func:`lr_shift`).
 DEFAULT_LRS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 #: Multiplier of the default lr grids per base optimizer; a base not listed keeps AdamW's (1.0).
-LR_SHIFT: dict[str, float] = {"SGD": 10.0, "NesterovSGD": 10.0}
+#: Adafactor's lr caps a step relative to the parameter's RMS (typically 0.03-0.1 at init), so its usable
+#: lrs sit about a decade above AdamW's, and torch's default (1e-2) a decade above AdamW's (1e-3).
+LR_SHIFT: dict[str, float] = {"SGD": 10.0, "NesterovSGD": 10.0, "Adafactor": 10.0}
 
 
 def lr_shift(base: str) -> float:

@@ -281,8 +281,8 @@ def evaluate(
         tasks: a split (``test``, ``validation``, ``train``, ``custom``, ``all``), ``domain:X``,
             task ids, or a comma-separated mix.
         lrs: starting learning rates, used as given for every base optimizer (default: 1e-4, 1e-3,
-            1e-2, 1e-1, times the base's ``chuck.evaluation.bases.LR_SHIFT``: x10 for SGD and
-            NesterovSGD).
+            1e-2, 1e-1, times the base's ``chuck.evaluation.bases.LR_SHIFT``: x10 for SGD,
+            NesterovSGD and Adafactor).
         seeds: instance seeds; each (task, seed, base) is one instance.
         workers: worker processes (one torch thread each); 1 (the default) runs in this process.
             With ``backend="ray"``: the runs in flight at once (default: the cluster's CPUs).
@@ -311,8 +311,8 @@ def evaluate(
             :mod:`chuck.evaluation.resolution`). Six runs per
             instance, run again on every call, on this machine's processes with ``backend="ray"``.
         base_optimizers: a name, comma-separated names or a sequence, of
-            ``chuck.zoo.task.BASE_OPTIMIZERS`` (AdamW, Adam, SGD, RMSprop, NesterovSGD); each is its
-            own set of instances. The arms ``adamw`` (the base at a constant lr), ``cosine``,
+            ``chuck.zoo.task.BASE_OPTIMIZERS`` (AdamW, Adam, SGD, RMSprop, NesterovSGD, and Adafactor,
+            which no meta-training episode draws); each is its own set of instances. The arms ``adamw`` (the base at a constant lr), ``cosine``,
             ``plateau`` and the chuck arms train it, and so do the oracle sweep's runs;
             ``schedulefree``, ``prodigy``, ``prodigy-sf`` and ``ldog`` bring their own optimizer
             (and run on every base's instances all the same). The summary pools every base

@@ -266,3 +266,22 @@ def test_a_learned_residual_stands_aside_in_a_run_that_reports_no_loss() -> None
     _, seeing = _blind_or_not("default", give_loss=True)
     assert {d.source for d in seeing.decisions} == {"policy"} and not any("stands aside" in d.reason for d in seeing.decisions)
     assert [d.hyperparameters for d in seeing.decisions] != [d.hyperparameters for d in opt.decisions]
+
+
+def test_external_control_encodes_the_observation_version_it_is_given() -> None:
+    """The meta-env's agent reads the spec it names; a policy reads its own and refuses another."""
+    model = torch.nn.Linear(4, 1)
+    external = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), policy=None, observation_version="2", history=False
+    )
+    assert external.controller.obs_spec.version == "2"
+    assert external.observation().shape == (len(chuck.ObservationSpec("2").names),)
+    newest = chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy=None, history=False)
+    assert newest.controller.obs_spec.version == chuck.ObservationSpec().version
+    env = TrainingControlEnv(tasks=TASK, interval=INTERVAL, budget_scale=0.05, observation_version="2")
+    env.reset(seed=0)
+    assert env.opt.controller.obs_spec.version == "2"
+    policy = ReplayPolicy([np.zeros(4)])
+    policy.observation_version = "2"
+    with pytest.raises(ValueError, match="reads observation spec v2, not v3"):
+        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy=policy, observation_version="3", history=False)

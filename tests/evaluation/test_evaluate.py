@@ -705,13 +705,13 @@ def test_an_unknown_base_optimizer_fails_before_any_run(tiny_tasks, tmp_path, ca
     assert count_runs == [] and not out.exists()
 
 
-def test_default_lr_grids_shift_a_decade_up_for_the_sgd_family_only(tiny_tasks, tmp_path):
+def test_default_lr_grids_shift_a_decade_up_for_sgd_and_adafactor_only(tiny_tasks, tmp_path):
     from chuck.evaluation import DEFAULT_LRS
     from chuck.evaluation.bases import default_grids
     from chuck.evaluation.runner import _check
 
     assert default_grids("AdamW") == default_grids("Adam") == default_grids("RMSprop") == (DEFAULT_LRS, ORACLE_LRS)
-    for base in ("SGD", "NesterovSGD"):
+    for base in ("SGD", "NesterovSGD", "Adafactor"):
         lrs, oracle = default_grids(base)
         assert lrs == (1e-3, 1e-2, 1e-1, 1.0)
         assert len(oracle) == len(ORACLE_LRS) and oracle[0] == 1e-4 and oracle[-1] == 1.0

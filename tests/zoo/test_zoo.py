@@ -160,3 +160,27 @@ def test_half_of_the_sampled_sgd_instances_use_nesterov_momentum() -> None:
     assert 0.3 < sum(c.optimizer == "NesterovSGD" for c in sgd) / len(sgd) < 0.7
     inst = task.build(next(c for c in cfgs if c.optimizer == "NesterovSGD"))
     assert inst.optimizer.defaults["nesterov"] and inst.optimizer.defaults["momentum"] == 0.9
+
+
+def test_a_held_out_base_optimizer_is_never_drawn_yet_builds_and_trains() -> None:
+    """Adafactor is an evaluation base no sampled config (hence no meta-training episode) ever draws."""
+    from chuck.zoo.task import BASE_OPTIMIZERS, HELD_OUT_OPTIMIZERS, OPTIMIZERS
+
+    assert set(HELD_OUT_OPTIMIZERS) <= set(BASE_OPTIMIZERS)
+    assert not set(HELD_OUT_OPTIMIZERS) & set(OPTIMIZERS)
+    rng = np.random.default_rng(2)
+    for tid in zoo.list_tasks():
+        task = zoo.get_task(tid)
+        drawn = {task.sample_config(rng).optimizer for _ in range(20)}
+        assert not drawn & set(HELD_OUT_OPTIMIZERS), tid
+    task = zoo.get_task("tabular.wine_mlp")
+    cfg = task.sample_config(np.random.default_rng(0))
+    cfg.optimizer = "Adafactor"
+    inst = task.build(cfg)
+    assert type(inst.optimizer) is torch.optim.Adafactor
+    first = inst.evaluate()
+    for _ in range(30):
+        inst.optimizer.zero_grad()
+        inst.train_step()  # forward and backward
+        inst.optimizer.step()
+    assert inst.evaluate() < first
