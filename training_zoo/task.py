@@ -201,6 +201,10 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
     if name == "RMSprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
     if name == "Adafactor":
+        if not hasattr(torch.optim, "Adafactor"):
+            raise RuntimeError(
+                f"the Adafactor base needs torch.optim.Adafactor (torch >= 2.5); this is torch {torch.__version__}"
+            )
         return torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose from {BASE_OPTIMIZERS}")
 

@@ -97,6 +97,31 @@ def _own(policy: Policy, controller: Controller) -> Policy:
     return policy
 
 
+def observation_version_for(policy: Policy | None, version: str | int | None) -> str | None:
+    """The observation spec a controller encodes: a policy's own, else ``version`` (external control: the
+    agent's), else ``None`` (the newest).
+
+    Raises:
+        TypeError: ``version`` is neither a string nor an integer.
+        ValueError: ``version`` is not a spec this chuck knows, or names another spec than the policy reads.
+    """
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, (str, int)):
+            raise TypeError(f"observation_version must be a spec version such as '3', got {type(version).__name__}")
+        version = str(version)
+        ObservationSpec(version)  # an unknown version fails here, naming the known ones
+    if policy is None:
+        return version
+    own = str(policy.observation_version)
+    if version is not None and version != own:
+        raise ValueError(
+            f"policy {getattr(policy, 'id', policy)!r} reads observation spec v{own}, not v{version}: "
+            "observation_version is the spec of a run under external control (policy=None); a built-in "
+            "policy that takes one is constructed with it (e.g. HeuristicPolicy(observation_version=...))"
+        )
+    return own
+
+
 class Controller:
     """Owns the decision clock, asks the policy, applies and records decisions.
 
@@ -126,23 +151,18 @@ class Controller:
         ood_fallback: str = "heuristic",
         ood_margin: float = 0.1,
         max_decisions: int | None = 50_000,
-        observation_version: str | None = None,
+        observation_version: str | int | None = None,
     ) -> None:
         if interval < 2:
             raise ValueError(f"interval must be >= 2 (updates are sampled on the two steps before a decision), got {interval}")
         if ood_fallback not in OOD_FALLBACKS:
             raise ValueError(f"ood_fallback must be one of {OOD_FALLBACKS}, got {ood_fallback!r}")
+        # the policy's own observation version (older artifacts keep loading); else the agent's, or the newest
+        self.obs_spec = ObservationSpec(observation_version_for(policy, observation_version))
         if policy is not None:
             policy = _own(policy, self)
         self.policy = policy
         self.action_spec = action_spec
-        # the policy's own observation version (older artifacts keep loading); else the agent's, or the newest
-        if policy is not None and observation_version is not None and str(observation_version) != str(policy.observation_version):
-            raise ValueError(
-                f"policy {getattr(policy, 'id', policy)!r} reads observation spec v{policy.observation_version}, "
-                f"not v{observation_version}: observation_version is for external control (policy=None)"
-            )
-        self.obs_spec = ObservationSpec(policy.observation_version if policy is not None else observation_version)
         self.suite = suite
         self.control = control
         self.interval = int(interval)

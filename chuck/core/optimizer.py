@@ -42,7 +42,7 @@ from torch.utils.hooks import RemovableHandle
 from chuck.core.actions import EFFECTIVE_LR_KEY, LATEST_ACTION_VERSION, ActionSpec, Knob
 from chuck.core.advice import Advisor
 from chuck.core.checkpoint import STATE_VERSION, CheckpointError, chuck_state, load_checkpoint
-from chuck.core.controller import Controller, DecisionHook
+from chuck.core.controller import Controller, DecisionHook, observation_version_for
 from chuck.core.defaults import DEFAULT_INTERVAL
 from chuck.core.distributed import rank_sync
 from chuck.core.guardrails import NONFINITE_WARN_AFTER, Action, GuardrailConfig, Guardrails, Response, ValidationVote, Verdict
@@ -175,7 +175,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         data_size: int | None = None,
         ood_fallback: str = "heuristic",
         ood_margin: float = 0.1,
-        observation_version: str | None = None,
+        observation_version: str | int | None = None,
         process_group: Any = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -206,6 +206,7 @@ class ChuckOptimizer(torch.optim.Optimizer):
         resolved = resolve_policy(policy)
         self.interval = int(interval or (resolved.interval if resolved is not None and resolved.interval else DEFAULT_INTERVAL))
         check_spec_versions(resolved, action_spec)
+        observation_version = observation_version_for(resolved, observation_version)  # before anything is bound
         self.action_spec = action_spec or ActionSpec(
             version=resolved.action_version if resolved is not None else LATEST_ACTION_VERSION
         )

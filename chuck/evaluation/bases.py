@@ -16,7 +16,7 @@ optimizer forced to that base (:func:`chuck.evaluation.runs.instance_config`). O
 Learning-rate grids. The default starting lrs (:data:`DEFAULT_LRS`) and oracle sweep
 (:data:`chuck.evaluation.oracle.ORACLE_LRS`) are AdamW's. A base whose usable lrs sit elsewhere
 has both default grids multiplied by its :data:`LR_SHIFT`: SGD with momentum (plain and Nesterov)
-and Adafactor by 10. Its best lr is half a decade above AdamW's on the zoo's median family, but spreads from one
+and Adafactor by 10. SGD's best lr is half a decade above AdamW's on the zoo's median family, but spreads from one
 decade below to 1.7 above across families (``chuck.zoo.starting_lr.OPTIMIZER_LR_OFFSET``); a whole
 decade leans the grids towards the families far above, and is the step external optimizer benchmarks
 put between SGD's lr grid and Adam's. Lrs given explicitly (``lrs=``, ``oracle_lrs=``, ``--lrs``, ``--oracle-lrs``) are used as given

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import chuck
+from chuck.core.actions import EFFECTIVE_LR_KEY
 from chuck.envs import TrainingControlEnv
 from chuck.policies.base import Policy
 from chuck.zoo.loop import evaluate
@@ -283,5 +284,15 @@ def test_external_control_encodes_the_observation_version_it_is_given() -> None:
     assert env.opt.controller.obs_spec.version == "2"
     policy = ReplayPolicy([np.zeros(4)])
     policy.observation_version = "2"
+    agreeing = chuck.ChuckOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), policy=policy, observation_version=2, history=False
+    )
+    assert agreeing.controller.obs_spec.version == "2"  # an integer names the same spec
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="reads observation spec v2, not v3"):
-        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy=policy, observation_version="3", history=False)
+        chuck.ChuckOptimizer(base, policy=policy, observation_version="3", history=False)
+    assert all(EFFECTIVE_LR_KEY not in g for g in base.param_groups), "refused before anything was bound"
+    with pytest.raises(ValueError, match="unknown"):
+        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy=None, observation_version="9", history=False)
+    with pytest.raises(TypeError, match="observation_version"):
+        chuck.ChuckOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), policy=None, observation_version=2.0, history=False)

@@ -68,23 +68,6 @@ def test_explain_attributes_to_named_features(sb3_and_artifact) -> None:
         assert abs(sum(abs(v) for v in per_dim.values()) - 1.0) < 1e-5
 
 
-def test_attributions_of_all_outputs_at_once_match_one_backward_pass_each(sb3_and_artifact) -> None:
-    """The batched pass is the per-output gradient x input: row d is output d's alone."""
-    _, _, out = sb3_and_artifact
-    actor = load_artifact(out).actor
-    space = chuck.ObservationSpec().space
-    space.seed(2)
-    for _ in range(8):
-        obs = torch.as_tensor(space.sample()).reshape(1, -1)
-        rows = actor.attributions(obs)
-        assert rows.shape == (actor.action_net.out_features, obs.shape[1])
-        for d, row in enumerate(rows):
-            z = actor.normalize(obs).requires_grad_(True)
-            actor.action_net(actor.policy_net(z))[0, d].backward()
-            one = (z.grad * z).detach().reshape(-1).numpy()
-            np.testing.assert_allclose(row, one / np.abs(one).sum(), rtol=1e-4, atol=1e-6)
-
-
 def _copy(src: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "a"
     shutil.copytree(src, dst)

@@ -168,11 +168,11 @@ def test_a_held_out_base_optimizer_is_never_drawn_yet_builds_and_trains() -> Non
 
     assert set(HELD_OUT_OPTIMIZERS) <= set(BASE_OPTIMIZERS)
     assert not set(HELD_OUT_OPTIMIZERS) & set(OPTIMIZERS)
-    rng = np.random.default_rng(2)
     for tid in zoo.list_tasks():
-        task = zoo.get_task(tid)
-        drawn = {task.sample_config(rng).optimizer for _ in range(20)}
-        assert not drawn & set(HELD_OUT_OPTIMIZERS), tid
+        # every draw comes from the family's search space (an SGD draw may turn Nesterov, nothing else)
+        assert not set(zoo.get_task(tid).space.optimizers) & set(HELD_OUT_OPTIMIZERS), tid
+    if not hasattr(torch.optim, "Adafactor"):
+        pytest.skip(f"torch {torch.__version__} has no torch.optim.Adafactor")
     task = zoo.get_task("tabular.wine_mlp")
     cfg = task.sample_config(np.random.default_rng(0))
     cfg.optimizer = "Adafactor"
