@@ -68,13 +68,13 @@ def register_from_env() -> list[str]:
     """
     names = []
     for entry in filter(None, (e.strip() for e in os.environ.get(ARTIFACTS_ENV, "").split(","))):
-        name, sep, path = entry.partition("=")
-        if not (sep and name.strip() and path.strip()):
+        name, sep, path = (part.strip() for part in entry.partition("="))
+        if not (sep and name and path):
             raise ValueError(f"{ARTIFACTS_ENV}: {entry!r} is not name=path")
-        if name.strip() in lab_prior_names():
-            raise ValueError(f"{ARTIFACTS_ENV}: {name.strip()!r} names a lab prior; give the artifact another name")
-        register_artifact(name.strip(), path.strip())
-        names.append(name.strip())
+        if name in lab_prior_names():
+            raise ValueError(f"{ARTIFACTS_ENV}: {name!r} names a lab prior; give the artifact another name")
+        register_artifact(name, path)
+        names.append(name)
     return names
 
 

@@ -36,7 +36,7 @@ DEFAULT_BASE = "AdamW"
 DEFAULT_LRS: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 #: Multiplier of the default lr grids per base optimizer; a base not listed keeps AdamW's (1.0).
 #: Adafactor's lr caps a step relative to the parameter's RMS (typically 0.03-0.1 at init), so its usable
-#: lrs sit about a decade above AdamW's, and torch's default (1e-2) a decade above AdamW's (1e-3).
+#: lrs sit about a decade above AdamW's (torch's defaults: 1e-2 against 1e-3).
 LR_SHIFT: dict[str, float] = {"SGD": 10.0, "NesterovSGD": 10.0, "Adafactor": 10.0}
 
 
