@@ -148,14 +148,16 @@ def _message(exc: Exception) -> str:
 
 def _tracking_store(command: str, given: str | None, *, answering: bool = True) -> str | int:
     """The MLflow store ``command`` will use, or the exit status after saying on stderr, in one line, why
-    it cannot: a URI that names no store (``$MLFLOW_TRACKING_URI`` included) or an unusable ``CHUCK_HOME``
-    (2); with ``answering``, a tracking server that does not answer (1), at once: the MLflow client
-    would retry it for minutes."""
+    it cannot: a URI that names no store (``$MLFLOW_TRACKING_URI`` included), an unusable ``CHUCK_HOME``
+    or a local store whose schema the installed MLflow does not read (2); with ``answering``, a tracking
+    server that does not answer (1), at once: the MLflow client would retry it for minutes."""
+    from chuck.tracking.schema import StoreSchemaError, check_store_schema
     from chuck.tracking.store import check_reachable, check_tracking_uri, resolve_tracking_uri
 
     try:
         uri = check_tracking_uri(resolve_tracking_uri(given))
-    except (ValueError, OSError) as exc:
+        check_store_schema(uri)
+    except (ValueError, OSError, StoreSchemaError) as exc:
         print(f"chuck {command}: error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -3,6 +3,7 @@
 Importing this package imports no MLflow; each module imports it where it is used.
 """
 
+from chuck.tracking.schema import StoreSchemaError, check_store_schema
 from chuck.tracking.store import (
     EXPERIMENT_KIND,
     check_reachable,
@@ -16,7 +17,9 @@ from chuck.tracking.store import (
 
 __all__ = [
     "EXPERIMENT_KIND",
+    "StoreSchemaError",
     "check_reachable",
+    "check_store_schema",
     "default_tracking_uri",
     "register_artifact",
     "resolve_tracking_uri",

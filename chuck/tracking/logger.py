@@ -162,9 +162,11 @@ class MLflowDecisionLogger:
     ) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from chuck.tracking.schema import check_store_schema
         from chuck.tracking.store import check_reachable, check_tracking_uri, resolve_tracking_uri
 
         self.tracking_uri = check_tracking_uri(resolve_tracking_uri(tracking_uri))  # a typo is an error, not an outage
+        check_store_schema(self.tracking_uri)  # so is a store this MLflow cannot read: waiting never fixes it
         self._client: Any = None  # made on first use, by the sender thread (importing MLflow takes seconds)
         self._client_lock = threading.Lock()
         self._owns_run = run_id is None

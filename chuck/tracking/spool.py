@@ -321,12 +321,14 @@ def replay_spool(spool_path: str | Path, tracking_uri: str | None = None, batch_
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    from chuck.tracking.schema import check_store_schema
     from chuck.tracking.store import resolve_tracking_uri
 
     path = Path(spool_path)
     run_id = path.name.split(".")[0]
     spool = Spool(path.parent, run_id)
     uri = resolve_tracking_uri(tracking_uri)
+    check_store_schema(uri)
     client = MlflowClient(tracking_uri=uri)
     meta = spool.read_meta()
     new_run = meta.get("new_run")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from chuck.core.home import chuck_home
+from chuck.tracking.schema import check_store_schema
 
 #: The experiment kind MLflow 3 opens on its runs view (not the GenAI overview).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -112,8 +113,9 @@ def setup(tracking_uri: str | None = None, experiment: str = "chuck") -> Any:
     the current directory. The experiment carries :data:`EXPERIMENT_KIND`, also when it was
     created elsewhere (MLflow 3 then opens it on its runs view). Returns the ``mlflow`` module.
     """
-    mlflow = _mlflow()
     uri = resolve_tracking_uri(tracking_uri)
+    check_store_schema(uri)  # before MLflow, whose message for a newer store's schema gives the wrong fix
+    mlflow = _mlflow()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # models are registered (and looked up) in the same store
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -185,6 +187,7 @@ def register_artifact(
     """
     mlflow = _mlflow()
     uri = tracking_uri or mlflow.get_tracking_uri()
+    check_store_schema(uri)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         client.get_registered_model(name)
