@@ -149,7 +149,7 @@ def _message(exc: Exception) -> str:
 def _tracking_store(command: str, given: str | None, *, answering: bool = True) -> str | int:
     """The MLflow store ``command`` will use, or the exit status after saying on stderr, in one line, why
     it cannot: a URI that names no store (``$MLFLOW_TRACKING_URI`` included), an unusable ``CHUCK_HOME``
-    or a local store whose schema the installed MLflow does not read (2); with ``answering``, a tracking
+    or a local store a newer MLflow migrated (2); with ``answering``, a tracking
     server that does not answer (1), at once: the MLflow client would retry it for minutes."""
     from chuck.tracking.schema import StoreSchemaError, check_store_schema
     from chuck.tracking.store import check_reachable, check_tracking_uri, resolve_tracking_uri

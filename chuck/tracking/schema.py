@@ -5,7 +5,7 @@ of its own migrations, with one message for both directions: "out-of-date databa
 'mlflow db upgrade'". That advice is right for a store an older MLflow wrote and wrong for one a
 newer MLflow wrote (two environments sharing ``$CHUCK_HOME``: the one with the newer MLflow migrated
 the store, and ``mlflow db upgrade`` from the older one cannot go forward). :func:`check_store_schema`
-tells the two apart before MLflow opens the store and says what to do in each case.
+catches that case before MLflow opens the store and says what to do.
 
 It reads the store's revision with the standard library's ``sqlite3`` and MLflow's migration graph
 from the files of its ``db_migrations/versions`` package, without importing MLflow (which takes
@@ -60,31 +60,27 @@ def store_revision(db: Path) -> str | None:
 
 
 def check_store_schema(uri: str) -> None:
-    """Raise :class:`StoreSchemaError` if ``uri`` is a SQLite store the installed MLflow cannot open.
+    """Raise :class:`StoreSchemaError` if ``uri`` is a SQLite store that a newer MLflow than the installed
+    one has migrated.
 
-    Only ``sqlite:///`` stores are read; any other store, a store not created yet and one whose
-    revision is the installed MLflow's head pass. The message names the store, both revisions and the
-    fix: upgrading MLflow (a store written by a newer one) or ``mlflow db upgrade`` after a backup (a
-    store written by an older one).
+    Only ``sqlite:///`` stores are read; any other store, a store not created yet and one whose revision
+    the installed MLflow knows pass. A known revision older than the head is left to MLflow, whose own
+    error asks for ``mlflow db upgrade``, the right fix there; and a store that another process is
+    creating at this moment (several ranks or workers opening a new store) shows such a revision between
+    two of its migrations, which MLflow waits out under its lock.
     """
     if not uri.startswith("sqlite:///"):
         return
     db = Path(uri[len("sqlite:///") :])
     found = store_revision(db)
     known, head = mlflow_revisions()
-    if found is None or head is None or found == head:
+    if found is None or head is None or found in known:
         return
-    installed = _installed_mlflow_version()
-    if found not in known:
-        raise StoreSchemaError(
-            f"the MLflow store {db} was written by a newer MLflow than the one installed here (MLflow {installed}): its "
-            f"schema is {found}, which this MLflow does not know (it reads {head}). Upgrade MLflow in this "
-            "environment (pip install -U mlflow), or give chuck another store: CHUCK_HOME=DIR for a new local "
-            "one, or MLFLOW_TRACKING_URI"
-        )
     raise StoreSchemaError(
-        f"the MLflow store {db} was written by an older MLflow (schema {found}; MLflow {installed} reads {head}). "
-        f"Copy the file as a backup, then migrate it: mlflow db upgrade {uri}"
+        f"the MLflow store {db} was written by a newer MLflow than the one installed here "
+        f"(MLflow {_installed_mlflow_version()}): its schema is {found}, which this MLflow does not know (it "
+        f"reads {head}). Upgrade MLflow in this environment (pip install -U mlflow), or give chuck another store: "
+        "CHUCK_HOME=DIR for a new local one, or MLFLOW_TRACKING_URI"
     )
 
 
