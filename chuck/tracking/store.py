@@ -17,11 +17,10 @@ import os
 import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from chuck.core.home import chuck_home
-from chuck.tracking.schema import check_store_schema
+from chuck.tracking.schema import check_store_schema, sqlite_path
 
 #: The experiment kind MLflow 3 opens on its runs view (not the GenAI overview).
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -44,11 +43,6 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 def default_tracking_uri() -> str:
     """:func:`resolve_tracking_uri` with nothing given (kept for existing callers)."""
     return resolve_tracking_uri(None)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 #: Schemes of the stores every MLflow install has (``sqlite`` and the other databases with SQLAlchemy,

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import textwrap
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from mlflow import MlflowClient
@@ -15,7 +17,7 @@ from mlflow import MlflowClient
 import chuck
 from chuck import tracking
 from chuck.cli.main import main
-from chuck.tracking.schema import StoreSchemaError, check_store_schema, mlflow_revisions, store_revision
+from chuck.tracking.schema import StoreSchemaError, check_store_schema, mlflow_revisions, revisions_in, store_revision
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +37,30 @@ def _store_at(tmp_path: Path, template: Path, revision: str | None = None) -> st
 
 
 def test_the_migration_graph_read_from_files_has_mlflows_own_head(fresh_store) -> None:
-    from mlflow.store.db.utils import _get_latest_schema_revision
+    import mlflow
+    from alembic.script import ScriptDirectory
 
     known, head = mlflow_revisions()
-    assert head == _get_latest_schema_revision()
+    migrations = Path(mlflow.__file__).parent / "store" / "db_migrations"
+    assert [head] == ScriptDirectory(str(migrations)).get_heads()
     assert head in known and len(known) > 10
     assert store_revision(fresh_store) == head
+
+
+def _script(versions: Path, name: str, text: str) -> None:
+    (versions / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+def test_the_graph_reader_takes_annotated_revisions_and_merges(tmp_path) -> None:
+    _script(tmp_path, "a", 'revision = "a1"\ndown_revision = None\n')
+    _script(tmp_path, "b", 'revision: str = "b1"\ndown_revision: str | None = "a1"\n')
+    _script(tmp_path, "c", 'revision = "c1"\ndown_revision = "a1"\n')
+    _script(tmp_path, "m", 'revision: str = "m1"\ndown_revision = ("b1", "c1")\n')
+    assert revisions_in(tmp_path) == (frozenset({"a1", "b1", "c1", "m1"}), "m1")
+    _script(tmp_path, "d", 'revision = "d1"\ndown_revision = "a1"\n')  # a second head: no verdict
+    assert revisions_in(tmp_path)[1] is None
+    _script(tmp_path, "e", "revision = make_revision()\n")  # not readable as data: the check is off
+    assert revisions_in(tmp_path) == (frozenset(), None)
 
 
 def test_a_store_at_the_installed_head_and_stores_not_made_yet_pass(tmp_path, fresh_store) -> None:
@@ -49,6 +69,24 @@ def test_a_store_at_the_installed_head_and_stores_not_made_yet_pass(tmp_path, fr
     tracking.setup(uri, "ok")
     check_store_schema(f"sqlite:///{tmp_path / 'not-yet.db'}")
     check_store_schema("http://127.0.0.1:1")  # a server's store is the server's business
+    mid_creation = tmp_path / "mid.db"
+    sqlite3.connect(mid_creation).close()  # another process has just created the file, no tables yet
+    check_store_schema(f"sqlite:///{mid_creation}")
+
+
+def test_the_store_file_is_found_as_sqlalchemy_finds_it(tmp_path, fresh_store) -> None:
+    """A query string is not part of the path, a percent escape is decoded, and a '#' in a directory name
+    neither cuts the path short nor leaves a stray file."""
+    odd = tmp_path / "run#1 50%"
+    odd.mkdir()
+    shutil.copy(fresh_store, odd / "mlflow.db")
+    with sqlite3.connect(odd / "mlflow.db") as con:
+        con.execute("UPDATE alembic_version SET version_num = '0123456789ab'")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for uri in (f"sqlite:///{odd / 'mlflow.db'}?timeout=20", f"sqlite:///{quote(str(odd / 'mlflow.db'))}"):
+        with pytest.raises(StoreSchemaError, match="newer MLflow"):
+            check_store_schema(uri)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_a_store_a_newer_mlflow_wrote_asks_for_a_newer_mlflow(tmp_path, fresh_store) -> None:
@@ -60,6 +98,8 @@ def test_a_store_a_newer_mlflow_wrote_asks_for_a_newer_mlflow(tmp_path, fresh_st
         tracking.setup(uri, "x")
     with pytest.raises(StoreSchemaError, match="newer MLflow"):  # before training starts, not in the sender thread
         chuck.MLflowDecisionLogger(experiment="x", tracking_uri=uri, spool_dir=tmp_path / "spool")
+    with pytest.raises(StoreSchemaError, match="newer MLflow"):
+        tracking.register_artifact("run", "policy", "model", tracking_uri=uri)
 
 
 def test_a_store_an_older_mlflow_wrote_is_left_to_mlflows_own_upgrade_advice(tmp_path, fresh_store) -> None:
