@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,10 @@ class EveryNTimestepsSinceStart(EveryNTimesteps):
         super()._on_training_start()
 
 
+#: What a meta-training checkpoint holds (in the order :class:`ResumableCheckpointCallback` writes them).
+CHECKPOINT_FILES = ("ppo.zip", "vecnormalize.pkl", "state.json")
+
+
 class ResumableCheckpointCallback(BaseCallback):
     """Saves what a rerun with the same output resumes from, into ``folder``.
 
@@ -196,6 +201,12 @@ class ResumableCheckpointCallback(BaseCallback):
     training-internal pickle, never shipped; the exported card holds them as numbers) and
     ``state.json`` (:class:`TrainingState`). Fired by :class:`EveryNTimestepsSinceStart`;
     :meth:`save` is also called when training ends.
+
+    A long run is stopped when its machine or session ends, at any moment, also in the middle of a
+    save: the three files are written in full into ``folder/.saving`` first and then moved over the
+    previous ones (a rename within one file system replaces a file whole), so a save cut short leaves
+    the previous checkpoint as it was; only a cut between the three renames, microseconds apart, would
+    mix two saves.
     """
 
     def __init__(self, folder: Path, state: TrainingState) -> None:
@@ -205,9 +216,10 @@ class ResumableCheckpointCallback(BaseCallback):
     def save(self, model: BaseAlgorithm) -> None:
         venv = model.get_vec_normalize_env()
         assert venv is not None, "meta-training normalizes observations with VecNormalize"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        model.save(str(self.folder / "ppo.zip"))
-        venv.save(str(self.folder / "vecnormalize.pkl"))
+        staging = self.folder / ".saving"
+        staging.mkdir(parents=True, exist_ok=True)
+        model.save(str(staging / "ppo.zip"))
+        venv.save(str(staging / "vecnormalize.pkl"))
         state = self.state
         saved = {
             "run_id": state.run_id,
@@ -222,7 +234,10 @@ class ResumableCheckpointCallback(BaseCallback):
             "last_rows": state.last_rows,
             "comparison": state.comparison,
         }
-        (self.folder / "state.json").write_text(json.dumps(saved))
+        (staging / "state.json").write_text(json.dumps(saved))
+        for name in CHECKPOINT_FILES:  # all written: now replace the previous checkpoint, file by file
+            os.replace(staging / name, self.folder / name)
+        staging.rmdir()
 
     def _on_step(self) -> bool:
         self.save(self.model)
