@@ -50,12 +50,17 @@ def commands(run: Path, steps: Sequence[int], out: str) -> list[str]:
         f"{base} --base-optimizer AdamW,SGD,Adafactor --out {out}",
         f"{base} --base-optimizer AdamW,SGD --no-observe --out {out}",
     ]
+    # `chuck evaluate --no-observe` names its arms ARM/no-observe; Adafactor is measured with observe only
+    settings = (("", ("AdamW", "SGD", "Adafactor")), ("/no-observe", ("AdamW", "SGD")))
     for snap in snaps:
-        for b in ("AdamW", "SGD", "Adafactor"):
-            paired = f"python experiments/paired_regret.py {out}/rows.csv chuck:default chuck:{snap} --base {b}"
-            lines.append(paired)
-            if b != "Adafactor":
-                lines.append(f"{paired} --exclude-family {PARITY}")
+        for suffix, bases in settings:
+            for b in bases:
+                paired = (
+                    f"python experiments/paired_regret.py {out}/rows.csv chuck:default{suffix} chuck:{snap}{suffix} --base {b}"
+                )
+                lines.append(paired)
+                if b != "Adafactor":
+                    lines.append(f"{paired} --exclude-family {PARITY}")
     return lines
 
 
@@ -86,7 +91,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"select_snapshots: error: {exc}", file=sys.stderr)
         return 2
-    returns = {int(e["timesteps"]): float(e["heldout_return"]) for e in saved["evaluations"]}
+    if steps[0] != done and not args.unfinished:  # stopped between the last save and the final evaluation
+        print(
+            f"select_snapshots: error: {args.run} saved {done:,} decisions but its last held-out evaluation is at "
+            f"{steps[0]:,}: rerun the training command, which evaluates the final policy, then this",
+            file=sys.stderr,
+        )
+        return 2
+    returns = {
+        int(e["timesteps"]): float(e["heldout_return"]) for e in saved["evaluations"] if e.get("arm", "trained") == "trained"
+    }
     print(f"{args.run}: {done:,} decisions; candidates (final first):")
     for s in steps:
         where = args.run / "snapshots" / f"{s:08d}"

@@ -42,8 +42,9 @@ so none ships.
 ``v8`` is v4's recipe, spec v2 included, on v7's zoo (the plateau families in the train split, SGD
 episodes with and without Nesterov momentum): v7 changed the spec and the zoo at once, and v8 tells them
 apart. If v7's losses on AdamW's ordinary families come from the spec, v8 keeps v4's gains there and adds
-v7's on the near-zero-loss families. It is chosen by v7's rule, written down before its snapshots are
-measured (docs/results.md, "An observation that reads the same under every base optimizer").
+v7's on the near-zero-loss families. Its snapshots are chosen by the rule in
+docs/results/retrain_v8/RULE.md, written down before any of them was measured
+(``experiments/select_snapshots.py experiments/runs/default-v8`` names the candidates once it is done).
 
 Wall time on this project's machine (2 cores, one env per core, nothing else running): 31,744
 decisions in 34 minutes including six validation evaluations, about 16 decisions per second,

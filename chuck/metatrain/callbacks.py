@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -203,10 +204,10 @@ class ResumableCheckpointCallback(BaseCallback):
     :meth:`save` is also called when training ends.
 
     A long run is stopped when its machine or session ends, at any moment, also in the middle of a
-    save: the three files are written in full into ``folder/.saving`` first and then moved over the
-    previous ones (a rename within one file system replaces a file whole), so a save cut short leaves
-    the previous checkpoint as it was; only a cut between the three renames, microseconds apart, would
-    mix two saves.
+    save: the three files are written in full (and flushed to disk) into ``folder/.saving`` first and
+    then moved over the previous ones (a rename within one file system replaces a file whole), so a
+    save cut short leaves the previous checkpoint as it was; only a cut between the three renames,
+    microseconds apart, would mix two saves.
     """
 
     def __init__(self, folder: Path, state: TrainingState) -> None:
@@ -235,9 +236,12 @@ class ResumableCheckpointCallback(BaseCallback):
             "comparison": state.comparison,
         }
         (staging / "state.json").write_text(json.dumps(saved))
+        for name in CHECKPOINT_FILES:  # on disk before any rename, so a rename never points at unwritten data
+            with open(staging / name, "rb") as f:
+                os.fsync(f.fileno())
         for name in CHECKPOINT_FILES:  # all written: now replace the previous checkpoint, file by file
             os.replace(staging / name, self.folder / name)
-        staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)  # a stray file there must not stop training after a good save
 
     def _on_step(self) -> bool:
         self.save(self.model)

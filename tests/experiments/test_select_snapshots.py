@@ -39,7 +39,10 @@ def test_the_commands_measure_every_candidate_on_every_base_the_rule_names() -> 
     assert "--policies default,runs/x/snapshots/00000600,runs/x/snapshots/00000500" in lines[0]
     assert "--base-optimizer AdamW,SGD,Adafactor" in lines[0] and "--no-observe" in lines[1]
     paired = [line for line in lines if line.startswith("python experiments/paired_regret.py")]
-    assert len(paired) == 2 * 5  # AdamW and SGD with and without the parity, Adafactor
+    # per snapshot: AdamW and SGD with and without the parity, in both settings, and Adafactor with observe
+    assert len(paired) == 2 * 9
+    assert sum("chuck:default/no-observe chuck:runs/x/snapshots/00000600/no-observe" in line for line in paired) == 4
+    assert not any("/no-observe" in line and "Adafactor" in line for line in paired)
 
 
 def test_an_unfinished_run_is_refused_unless_asked(tmp_path, capsys) -> None:
@@ -48,6 +51,11 @@ def test_an_unfinished_run_is_refused_unless_asked(tmp_path, capsys) -> None:
     (tmp_path / "checkpoint" / "state.json").write_text(json.dumps(state))
     assert main([str(tmp_path), "--timesteps", "600"]) == 2
     assert "at 300 of 600 decisions" in capsys.readouterr().err
+    assert main([str(tmp_path), "--timesteps", "300"]) == 0  # finished, its final evaluation made
+    state["timesteps"] = 400  # saved after the last evaluation, stopped before the final one
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps(state))
+    assert main([str(tmp_path), "--timesteps", "400"]) == 2
+    assert "last held-out evaluation is at 300" in capsys.readouterr().err
     assert main([str(tmp_path), "--timesteps", "600", "--unfinished", "--after", "0", "--best", "1"]) == 0
     out = capsys.readouterr().out
     assert "snapshots/00000300" in out and "snapshots/00000100" in out and "(MISSING)" in out
