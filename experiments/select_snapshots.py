@@ -26,17 +26,22 @@ from typing import Any
 PARITY = "tabular.sparse_parity_mlp"
 
 
+def trained(evaluations: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trained policy's evaluations (rows whose ``arm`` is ``"trained"``, or that have none)."""
+    return [e for e in evaluations if e.get("arm", "trained") == "trained"]
+
+
 def candidates(evaluations: Sequence[dict[str, Any]], *, after: int, best: int) -> list[int]:
     """Timesteps of the candidates: the last evaluation's, then the ``best`` other evaluations after
     ``after`` by held-out return (ties: the later one), in that order.
 
-    Only the trained policy's evaluations count (rows whose ``arm`` is ``"trained"``, or that have none).
+    Only the trained policy's evaluations count (:func:`trained`).
     """
-    trained = [e for e in evaluations if e.get("arm", "trained") == "trained"]
-    if not trained:
+    rows = trained(evaluations)
+    if not rows:
         raise ValueError("the run holds no held-out evaluation of its trained policy yet")
-    final = max(int(e["timesteps"]) for e in trained)
-    late = [e for e in trained if int(e["timesteps"]) > after and int(e["timesteps"]) != final]
+    final = max(int(e["timesteps"]) for e in rows)
+    late = [e for e in rows if int(e["timesteps"]) > after and int(e["timesteps"]) != final]
     late.sort(key=lambda e: (float(e["heldout_return"]), int(e["timesteps"])), reverse=True)
     return [final] + [int(e["timesteps"]) for e in late[:best]]
 
@@ -98,9 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    returns = {
-        int(e["timesteps"]): float(e["heldout_return"]) for e in saved["evaluations"] if e.get("arm", "trained") == "trained"
-    }
+    returns = {int(e["timesteps"]): float(e["heldout_return"]) for e in trained(saved["evaluations"])}
     print(f"{args.run}: {done:,} decisions; candidates (final first):")
     for s in steps:
         where = args.run / "snapshots" / f"{s:08d}"

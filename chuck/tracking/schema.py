@@ -68,13 +68,13 @@ def _assigned(script: Path, names: tuple[str, ...]) -> dict[str, object]:
         return {}
     out: dict[str, object] = {}
     for node in tree.body:
-        target, value = (
-            (node.targets[0], node.value)
-            if isinstance(node, ast.Assign) and len(node.targets) == 1
-            else (node.target, node.value)
-            if isinstance(node, ast.AnnAssign)
-            else (None, None)
-        )
+        value: ast.expr | None
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):  # revision: str = "..."
+            target, value = node.target, node.value
+        else:
+            continue
         if isinstance(target, ast.Name) and target.id in names and value is not None:
             with contextlib.suppress(ValueError):
                 out[target.id] = ast.literal_eval(value)
